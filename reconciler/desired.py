@@ -1,0 +1,312 @@
+"""Desired state: every model file of a commit (or of a checkout), parsed and checked.
+
+Files are read straight from Git objects, never from a work tree that someone may be writing to.
+Loading is incremental: a namespace directory whose tree is unchanged is not even listed again,
+and a file whose blob is unchanged is not parsed again, so loading the next commit costs in
+proportion to what changed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import git
+
+from . import modelfile, naming
+from .modelfile import ModelFields, ParseResult
+
+MODELS_DIR = "models"
+MODEL_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, order=True)
+class ModelKey:
+    """A model's identity: the namespace directory and the resource name (the file's stem)."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """Why a file is not (or not entirely) part of the desired state."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    """A valid model file: what it says and where it lives."""
+
+    key: ModelKey
+    fields: ModelFields
+    path: str
+    blob: str  # the file's Git blob SHA (or a content hash for a checkout): changes when the file does
+
+    @property
+    def reference(self) -> str:
+        return self.fields.reference
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """The models a commit asks for, and the problems that kept files out.
+
+    `unreadable` holds the keys of model files that exist but could not be used (broken YAML, schema
+    errors, a name that does not match the file, duplicates): whoever acts on this state must keep
+    the last good version of those models rather than treat them as removed.
+    """
+
+    commit: str | None
+    models: Mapping[ModelKey, DesiredModel]
+    problems: tuple[Problem, ...]
+    unreadable: frozenset[ModelKey] = frozenset()
+
+    def in_namespace(self, namespace: str) -> list[DesiredModel]:
+        """The models of one namespace, ordered by name."""
+        return [m for k, m in sorted(self.models.items()) if k.namespace == namespace]
+
+
+@dataclass(frozen=True)
+class _SourceFile:
+    path: str  # relative to the repository root, with '/'
+    blob: str
+    read: Callable[[], bytes]
+    symlink: bool = False
+
+
+@dataclass(frozen=True)
+class _FileResult:
+    path: str
+    blob: str
+    model: DesiredModel | None
+    claimed: ModelKey | None  # the model this file stands for, known from its path even when broken
+    problems: tuple[Problem, ...]
+
+
+@dataclass
+class LoadStats:
+    """Counters that show how much work a load did (for tests and benchmarks)."""
+
+    parsed: int = 0
+    namespaces_listed: int = 0
+    loads: int = 0
+
+
+class GitLoader:
+    """Loads desired state from commits of one repository, reusing work between commits.
+
+    Not thread-safe: one loader belongs to one reconciler or API process's refresh path.
+    """
+
+    def __init__(self, repo: git.Repo) -> None:
+        self._repo = repo
+        self._parsed: dict[str, ParseResult] = {}
+        self._namespaces: dict[tuple[str, str], tuple[_FileResult, ...]] = {}
+        self.stats = LoadStats()
+
+    def load(self, commit: str) -> DesiredState:
+        """The desired state at `commit` (any revision GitPython resolves)."""
+        commit_obj = self._repo.commit(commit)
+        self.stats.loads += 1
+        try:
+            models_tree = commit_obj.tree / MODELS_DIR
+        except KeyError:
+            models_tree = None
+        used_namespaces: dict[tuple[str, str], tuple[_FileResult, ...]] = {}
+        results: list[_FileResult] = []
+        problems: list[Problem] = []
+        if isinstance(models_tree, git.Tree):
+            for item in models_tree:
+                if isinstance(item, git.Tree):
+                    cache_key = (item.name, item.hexsha)
+                    namespace_results = self._namespaces.get(cache_key)
+                    if namespace_results is None:
+                        self.stats.namespaces_listed += 1
+                        namespace_results = _load_namespace(item.name, self._git_files(item), self._parse)
+                    used_namespaces[cache_key] = namespace_results
+                    results.extend(namespace_results)
+                elif isinstance(item, git.Blob) and _is_model_file(item.name):
+                    problems.append(_misplaced(item.path))
+        # Keep only what the newest commit uses, so the caches never outgrow one repository.
+        self._namespaces = used_namespaces
+        live_blobs = {r.blob for rs in used_namespaces.values() for r in rs}
+        self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
+        return _assemble(commit_obj.hexsha, results, problems)
+
+    def _parse(self, file: _SourceFile) -> ParseResult:
+        cached = self._parsed.get(file.blob)
+        if cached is None:
+            self.stats.parsed += 1
+            cached = self._parsed[file.blob] = _read_and_parse(file)
+        return cached
+
+    def _git_files(self, tree: git.Tree) -> Iterator[_SourceFile]:
+        for item in tree.traverse():
+            if isinstance(item, git.Blob) and _is_model_file(item.name):
+                yield _SourceFile(
+                    path=item.path,
+                    blob=item.hexsha,
+                    read=_blob_reader(self._repo, item.binsha),
+                    symlink=item.mode == git.Blob.link_mode,
+                )
+
+
+def load_directory(root: str | os.PathLike[str]) -> DesiredState:
+    """The desired state of a checkout on disk, as `ollama-gitops validate` checks it."""
+    root = Path(root)
+    models_dir = root / MODELS_DIR
+    results: list[_FileResult] = []
+    problems: list[Problem] = []
+    if models_dir.is_dir():
+        for entry in sorted(models_dir.iterdir()):
+            relative = entry.relative_to(root).as_posix()
+            if entry.is_dir() and not entry.is_symlink():
+                files = _directory_files(root, entry)
+                results.extend(_load_namespace(entry.name, files, _read_and_parse))
+            elif _is_model_file(entry.name):
+                problems.append(_misplaced(relative))
+    return _assemble(None, results, problems)
+
+
+def _directory_files(root: Path, namespace_dir: Path) -> Iterator[_SourceFile]:
+    for dirpath, dirnames, filenames in os.walk(namespace_dir):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            if not _is_model_file(filename):
+                continue
+            file = Path(dirpath) / filename
+            yield _SourceFile(
+                path=file.relative_to(root).as_posix(),
+                blob=git.Blob.NULL_HEX_SHA,
+                read=_file_reader(file),
+                symlink=file.is_symlink(),
+            )
+
+
+def _load_namespace(
+    namespace: str, files: Iterable[_SourceFile], parse: Callable[[_SourceFile], ParseResult]
+) -> tuple[_FileResult, ...]:
+    """Check and parse the model files under one namespace directory."""
+    namespace_error = naming.dns1123_label_error(namespace)
+    results = []
+    for file in files:
+        path = PurePosixPath(file.path)
+        if len(path.parts) != 3:
+            results.append(_FileResult(file.path, file.blob, None, None, (_too_deep(file.path),)))
+            continue
+        if namespace_error:
+            problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
+            results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
+            continue
+        claimed = ModelKey(namespace, path.stem)
+        if file.symlink:
+            problem = Problem(file.path, None, "model files must be regular files, not symbolic links")
+            results.append(_FileResult(file.path, file.blob, None, claimed, (problem,)))
+            continue
+        results.append(_check_file(file, claimed, parse(file)))
+    return tuple(results)
+
+
+def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _FileResult:
+    if not isinstance(parsed, ModelFields):
+        problems = tuple(Problem(file.path, e.line, e.message) for e in parsed)
+        return _FileResult(file.path, file.blob, None, claimed, problems)
+    name = naming.resource_name(parsed.name, parsed.tag)
+    name_error = naming.dns1123_subdomain_error(name)
+    if name_error:
+        message = f"model {parsed.reference} gives the resource name '{name}', which {name_error}"
+        return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
+    if name != claimed.name:
+        suffix = PurePosixPath(file.path).suffix
+        message = (
+            f"file name does not match the model: {parsed.reference} must be in "
+            f"'{claimed.namespace}/{name}{suffix}' (the name is <name>-<tag>, lowercased, "
+            "with characters outside [a-z0-9.-] replaced by '-')"
+        )
+        return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
+    model = DesiredModel(key=claimed, fields=parsed, path=file.path, blob=file.blob)
+    return _FileResult(file.path, file.blob, model, claimed, ())
+
+
+def _assemble(commit: str | None, results: Iterable[_FileResult], problems: list[Problem]) -> DesiredState:
+    by_key: dict[ModelKey, list[_FileResult]] = defaultdict(list)
+    for result in results:
+        problems.extend(result.problems)
+        if result.claimed is not None:
+            by_key[result.claimed].append(result)
+    models: dict[ModelKey, DesiredModel] = {}
+    unreadable: set[ModelKey] = set()
+    for key, claims in by_key.items():
+        if len(claims) > 1:
+            paths = sorted(c.path for c in claims)
+            for path in paths:
+                others = ", ".join(p for p in paths if p != path)
+                problems.append(Problem(path, None, f"model {key} is defined more than once (also in {others})"))
+            unreadable.add(key)
+        elif claims[0].model is not None:
+            models[key] = claims[0].model
+        else:
+            unreadable.add(key)
+    return DesiredState(
+        commit=commit,
+        models=dict(sorted(models.items())),
+        problems=tuple(sorted(problems)),
+        unreadable=frozenset(unreadable),
+    )
+
+
+def _read_and_parse(file: _SourceFile) -> ParseResult:
+    try:
+        return modelfile.parse(file.read())
+    except modelfile.FileTooLarge as exc:
+        return exc.errors
+
+
+def _blob_reader(repo: git.Repo, binsha: bytes) -> Callable[[], bytes]:
+    def read() -> bytes:
+        stream = repo.odb.stream(binsha)
+        if stream.size > modelfile.MAX_FILE_BYTES:
+            while stream.read(1 << 20):  # the shared cat-file pipe must be emptied all the same
+                pass
+            raise modelfile.FileTooLarge(stream.size)
+        return stream.read()
+
+    return read
+
+
+def _file_reader(file: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        size = file.stat().st_size
+        if size > modelfile.MAX_FILE_BYTES:
+            raise modelfile.FileTooLarge(size)
+        return file.read_bytes()
+
+    return read
+
+
+def _is_model_file(name: str) -> bool:
+    return name.endswith(MODEL_SUFFIXES)
+
+
+def _misplaced(path: str) -> Problem:
+    name = PurePosixPath(path).name
+    return Problem(path, None, f"model files go in models/<namespace>/; move it to e.g. models/default/{name}")
+
+
+def _too_deep(path: str) -> Problem:
+    parts = PurePosixPath(path).parts
+    return Problem(path, None, f"model files go directly in models/<namespace>/; move it to models/{parts[1]}/{parts[-1]}")

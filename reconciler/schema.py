@@ -1,0 +1,131 @@
+"""The model file JSON Schema (`schemas/model.schema.json`): loading it and explaining its errors.
+
+The schema is the single source of truth for what a model file may say; the loader, the API and
+editors all use the same file. Errors are turned into messages that name the field and, for YAML's
+typing traps, say how to fix the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+SCHEMA_FILE = "model.schema.json"
+
+
+@functools.cache
+def model_schema() -> dict[str, Any]:
+    """The parsed model schema, as shipped with the package."""
+    text = resources.files("reconciler").joinpath("data", "schemas", SCHEMA_FILE).read_text("utf-8")
+    return json.loads(text)
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = model_schema()
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def field_names() -> tuple[str, ...]:
+    """The top-level fields a model file may have, in schema order."""
+    return tuple(model_schema()["properties"])
+
+
+@dataclass(frozen=True)
+class SchemaError:
+    """One way a document breaks the schema: where (a path of keys) and why."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+def validate(document: Any, raw_scalars: Mapping[tuple[str | int, ...], str] | None = None) -> list[SchemaError]:
+    """Check `document` against the model schema; an empty list means valid.
+
+    `raw_scalars` maps the path of each scalar YAML read as a non-string to the text written in the
+    file, so that a hint can show what to quote (`tag: 1.10` is the float 1.1).
+    """
+    validator = _validator()
+    if validator.is_valid(document):  # the common case, and much cheaper than collecting errors
+        return []
+    raw = raw_scalars or {}
+    errors = [e for error in validator.iter_errors(document) for e in _explain(error, raw)]
+    return sorted(errors, key=lambda e: [str(p) for p in e.path])
+
+
+def _explain(error: jsonschema.ValidationError, raw: Mapping[tuple[str | int, ...], str]) -> Iterator[SchemaError]:
+    path = tuple(error.absolute_path)
+    where = _dotted(path)
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        for name in missing:
+            yield SchemaError(path, f"missing required field '{_dotted(path + (name,))}'")
+    elif error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
+        allowed = list(error.schema.get("properties", {}))
+        for name in error.instance:
+            if name in allowed:
+                continue
+            hint = difflib.get_close_matches(str(name), allowed, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f" (allowed: {', '.join(allowed)})"
+            yield SchemaError(path + (name,), f"unknown field '{_dotted(path + (name,))}'{suggestion}")
+    elif error.validator == "type":
+        yield SchemaError(path, _type_message(where, error.validator_value, error.instance, raw.get(path)))
+    elif "propertyNames" in error.schema_path:
+        yield SchemaError(path, f"'{where}' has an invalid key {error.instance!r}: a key is an optional DNS "
+                          "subdomain prefix and '/', then at most 63 letters, digits, '-', '_' and '.'")
+    elif error.validator == "pattern":
+        yield SchemaError(path, f"field '{where}' has an invalid value {error.instance!r}: {_pattern_hint(path)}")
+    else:
+        yield SchemaError(path, f"field '{where}': {error.message}" if path else error.message)
+
+
+def _type_message(where: str, expected: str | list[str], instance: Any, raw_text: str | None) -> str:
+    expected_name = expected if isinstance(expected, str) else " or ".join(expected)
+    actual = _json_type(instance)
+    message = f"field '{where}' must be a {expected_name}, not {actual}" if where else (
+        f"a model file must be a mapping of fields, not {actual}"
+    )
+    if expected == "string" and raw_text and instance is not None:
+        key = where.rsplit(".", 1)[-1]
+        message += f": YAML reads {raw_text} as {instance!r}; write {key}: \"{raw_text}\" to keep it as written"
+    return message
+
+
+def _pattern_hint(path: tuple[str | int, ...]) -> str:
+    hints = {
+        "name": "an Ollama model name is letters, digits, '.', '_' and '-', with '/' between path parts",
+        "tag": "an Ollama tag is letters, digits, '.', '_' and '-'",
+        "refreshRequestedAt": "write an RFC 3339 time such as 2026-11-25T14:00:00Z",
+    }
+    if path and path[0] == "labels":
+        return "a label value is at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+    return hints.get(str(path[0]) if path else "", "see schemas/model.schema.json")
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "empty (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path)

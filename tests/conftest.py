@@ -1,0 +1,21 @@
+"""Shared fixtures: real Git repositories in temporary directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gitrepos import WorkRepo, init_bare
+
+
+@pytest.fixture
+def work_repo(tmp_path: Path) -> WorkRepo:
+    """An empty working repository on branch main."""
+    return WorkRepo(tmp_path / "work")
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    """An empty bare repository (branch main) to push to and fetch from."""
+    return init_bare(tmp_path / "remote.git")

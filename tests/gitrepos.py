@@ -1,0 +1,66 @@
+"""Real Git repositories for tests: a working clone with helpers to write, commit and push files."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import git
+
+AUTHOR = "Test Author <test@example.com>"
+
+
+def init_bare(path: Path) -> Path:
+    """A bare repository whose default branch is main, as a remote."""
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(path)], check=True)
+    return path
+
+
+class WorkRepo:
+    """A non-bare repository that tests write model files into and commit."""
+
+    def __init__(self, path: Path, remote: Path | None = None) -> None:
+        self.path = path
+        if remote is not None and (remote / "HEAD").exists() and _has_commits(remote):
+            self.repo = git.Repo.clone_from(str(remote), str(path))
+        else:
+            self.repo = git.Repo.init(str(path), initial_branch="main")
+            if remote is not None:
+                self.repo.create_remote("origin", str(remote))
+        with self.repo.config_writer() as config:
+            config.set_value("user", "name", "Test Author")
+            config.set_value("user", "email", "test@example.com")
+            config.set_value("commit", "gpgsign", "false")
+
+    def write(self, relative: str, content: str | bytes) -> Path:
+        file = self.path / relative
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        file.write_bytes(content)
+        return file
+
+    def model(self, namespace: str, name: str, tag: str, extra: str = "") -> str:
+        """Write a minimal valid model file for name:tag and return its repository path."""
+        from reconciler.naming import resource_name
+
+        relative = f"models/{namespace}/{resource_name(name, tag)}.yaml"
+        self.write(relative, f"name: {name}\ntag: \"{tag}\"\n{extra}")
+        return relative
+
+    def remove(self, relative: str) -> None:
+        (self.path / relative).unlink()
+
+    def commit(self, message: str = "change") -> str:
+        """Stage everything (additions, changes, removals) and commit; return the commit SHA."""
+        self.repo.git.add("-A")
+        self.repo.git.commit("-q", "--allow-empty", "-m", message)
+        return self.repo.head.commit.hexsha
+
+    def push(self, branch: str = "main") -> None:
+        self.repo.git.push("-q", "origin", f"HEAD:refs/heads/{branch}")
+
+
+def _has_commits(bare: Path) -> bool:
+    result = subprocess.run(["git", "-C", str(bare), "rev-parse", "-q", "--verify", "HEAD"], capture_output=True)
+    return result.returncode == 0

@@ -1,0 +1,218 @@
+"""Loading desired state from commits of real Git repositories."""
+
+from __future__ import annotations
+
+import os
+
+import git
+import pytest
+
+from gitrepos import WorkRepo
+from reconciler import modelfile
+from reconciler.desired import GitLoader, ModelKey, load_directory
+
+
+def load(work: WorkRepo, commit: str | None = None) -> tuple:
+    loader = GitLoader(git.Repo(work.path))
+    state = loader.load(commit or work.repo.head.commit.hexsha)
+    return state, loader
+
+
+def test_models_are_keyed_by_namespace_and_resource_name(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.model("team-a", "llama3", "8b-instruct-q4_K_M")
+    commit = work_repo.commit()
+    state, _ = load(work_repo)
+    assert state.commit == commit
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b"), ModelKey("team-a", "llama3-8b-instruct-q4-k-m")]
+    model = state.models[ModelKey("team-a", "llama3-8b-instruct-q4-k-m")]
+    assert (model.reference, model.path) == ("llama3:8b-instruct-q4_K_M", "models/team-a/llama3-8b-instruct-q4-k-m.yaml")
+    assert model.blob == work_repo.repo.head.commit.tree[model.path].hexsha
+    assert state.problems == () and state.unreadable == frozenset()
+
+
+def test_yml_suffix_is_accepted(work_repo: WorkRepo) -> None:
+    work_repo.write("models/default/gemma3-1b.yml", "name: gemma3\ntag: 1b\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert ModelKey("default", "gemma3-1b") in state.models
+
+
+def test_reads_git_objects_not_the_work_tree(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    commit = work_repo.commit()
+    work_repo.write("models/default/llama3.2-1b.yaml", "broken: [\n")  # uncommitted edit
+    work_repo.model("default", "phi3", "mini")  # uncommitted file
+    state, _ = load(work_repo, commit)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")] and state.problems == ()
+
+
+def test_one_broken_file_never_stops_the_others(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/default/gemma3-1b.yaml", "name: gemma3\ntag: [\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+    assert state.unreadable == {ModelKey("default", "gemma3-1b")}
+    (problem,) = state.problems
+    assert problem.path == "models/default/gemma3-1b.yaml" and problem.line == 3
+    assert str(problem).startswith("models/default/gemma3-1b.yaml:3: YAML syntax error")
+
+
+def test_file_name_must_match_the_model(work_repo: WorkRepo) -> None:
+    work_repo.write("models/default/llama.yaml", "name: llama3.2\ntag: 1b\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert state.models == {}
+    assert state.unreadable == {ModelKey("default", "llama")}
+    (problem,) = state.problems
+    assert "must be in 'default/llama3.2-1b.yaml'" in problem.message
+
+
+def test_resource_name_must_be_a_valid_kubernetes_name(work_repo: WorkRepo) -> None:
+    work_repo.write("models/default/x.-1.yaml", "name: x.\ntag: '1'\n")
+    work_repo.write("models/default/long.yaml", f"name: {'a' * 199}\ntag: {'b' * 60}\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert state.models == {}
+    messages = sorted(p.message for p in state.problems)
+    assert len(messages) == 2
+    assert any("must be at most 253 characters" in m for m in messages)
+    assert any("start and end with a letter or digit" in m for m in messages)
+
+
+def test_invalid_namespace_directory_is_reported(work_repo: WorkRepo) -> None:
+    work_repo.write("models/Team_A/llama3.2-1b.yaml", "name: llama3.2\ntag: 1b\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    (problem,) = state.problems
+    assert state.models == {} and "namespace directory 'Team_A' is not a valid namespace name" in problem.message
+
+
+def test_two_files_for_one_model_are_both_errors(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/default/llama3.2-1b.yml", "name: llama3.2\ntag: 1b\n")
+    work_repo.write("models/default/LLAMA3.2-1B.yaml", "name: LLAMA3.2\ntag: 1B\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert ModelKey("default", "llama3.2-1b") not in state.models
+    assert ModelKey("default", "llama3.2-1b") in state.unreadable
+    duplicate_paths = sorted(p.path for p in state.problems if "defined more than once" in p.message)
+    assert duplicate_paths == ["models/default/llama3.2-1b.yaml", "models/default/llama3.2-1b.yml"]
+    # the upper-case file is refused on its own (its stem is not the resource name)
+    assert any(p.path == "models/default/LLAMA3.2-1B.yaml" and "file name does not match" in p.message for p in state.problems)
+
+
+def test_misplaced_files_are_reported_and_others_ignored(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/gemma3-1b.yaml", "name: gemma3\ntag: 1b\n")
+    work_repo.write("models/default/nested/phi3-mini.yaml", "name: phi3\ntag: mini\n")
+    work_repo.write("models/README.md", "# not a model\n")
+    work_repo.write("models/default/.gitkeep", "")
+    work_repo.write(".github/workflows/validate.yaml", "on: push\n")
+    work_repo.write("README.md", "hello\n")
+    work_repo.write("other/x.yaml", "not: a model\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+    assert {(p.path, p.message.split(";")[0]) for p in state.problems} == {
+        ("models/gemma3-1b.yaml", "model files go in models/<namespace>/"),
+        ("models/default/nested/phi3-mini.yaml", "model files go directly in models/<namespace>/"),
+    }
+    assert state.unreadable == frozenset()
+
+
+def test_symbolic_links_are_refused(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    os.symlink("llama3.2-1b.yaml", work_repo.path / "models/default/gemma3-1b.yaml")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+    (problem,) = state.problems
+    assert "not symbolic links" in problem.message
+
+
+def test_repository_without_models_directory_is_empty(work_repo: WorkRepo) -> None:
+    work_repo.write("README.md", "empty\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert state.models == {} and state.problems == ()
+
+
+def test_oversized_blob_is_refused_and_the_next_file_still_reads(work_repo: WorkRepo) -> None:
+    work_repo.write("models/default/a-1.yaml", b"name: a\ntag: '1'\n" + b"#" * (2 * 1024 * 1024) + b"\n")
+    work_repo.model("default", "b", "1")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("default", "b-1")]
+    (problem,) = state.problems
+    assert f"over the {modelfile.MAX_FILE_BYTES}-byte limit" in problem.message
+
+
+def test_next_commit_parses_only_changed_files(work_repo: WorkRepo) -> None:
+    for i in range(20):
+        work_repo.model("default" if i % 2 else "team-b", f"model{i}", "1b")
+    first = work_repo.commit()
+    loader = GitLoader(git.Repo(work_repo.path))
+    assert len(loader.load(first).models) == 20
+    assert loader.stats.parsed == 20
+
+    work_repo.model("default", "model1", "1b", extra="suspend: true\n")
+    second = work_repo.commit()
+    state = loader.load(second)
+    assert loader.stats.parsed == 21
+    assert loader.stats.namespaces_listed == 3  # team-b's tree is unchanged and not listed again
+    assert state.models[ModelKey("default", "model1-1b")].fields.suspend is True
+
+    third = work_repo.commit("empty")  # same tree
+    loader.load(third)
+    assert loader.stats.parsed == 21
+
+
+def test_identical_content_in_two_files_is_parsed_once(work_repo: WorkRepo) -> None:
+    work_repo.write("models/a/x-1.yaml", "name: x\ntag: '1'\n")
+    work_repo.write("models/b/x-1.yaml", "name: x\ntag: '1'\n")
+    work_repo.commit()
+    state, loader = load(work_repo)
+    assert len(state.models) == 2 and loader.stats.parsed == 1
+
+
+def test_broken_then_fixed_file(work_repo: WorkRepo) -> None:
+    path = work_repo.model("default", "llama3.2", "1b")
+    work_repo.commit()
+    loader = GitLoader(git.Repo(work_repo.path))
+    loader.load("HEAD")
+    work_repo.write(path, "name: llama3.2\ntag: 1b\nsuspend: perhaps\n")
+    broken = loader.load(work_repo.commit())
+    assert broken.models == {} and broken.unreadable == {ModelKey("default", "llama3.2-1b")}
+    work_repo.model("default", "llama3.2", "1b")
+    fixed = loader.load(work_repo.commit())
+    assert list(fixed.models) == [ModelKey("default", "llama3.2-1b")] and fixed.unreadable == frozenset()
+
+
+def test_problems_are_sorted_and_stable(work_repo: WorkRepo) -> None:
+    for name in ("c", "a", "b"):
+        work_repo.write(f"models/default/{name}-1.yaml", "name: [\n")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert [p.path for p in state.problems] == [f"models/default/{n}-1.yaml" for n in "abc"]
+
+
+@pytest.mark.parametrize("layout", ["git", "directory"])
+def test_directory_and_git_loads_agree(work_repo: WorkRepo, layout: str) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/default/bad-1.yaml", "name: bad\n")
+    work_repo.write("models/x.yaml", "name: x\ntag: y\n")
+    work_repo.commit()
+    state = load(work_repo)[0] if layout == "git" else load_directory(work_repo.path)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+    assert [(p.path, p.line) for p in state.problems] == [("models/default/bad-1.yaml", 1), ("models/x.yaml", None)]
+
+
+def test_in_namespace_orders_by_name(work_repo: WorkRepo) -> None:
+    for name in ("zeta", "alpha"):
+        work_repo.model("default", name, "1")
+    work_repo.model("other", "beta", "1")
+    work_repo.commit()
+    state, _ = load(work_repo)
+    assert [m.key.name for m in state.in_namespace("default")] == ["alpha-1", "zeta-1"]

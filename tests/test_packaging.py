@@ -1,0 +1,48 @@
+"""What `pip install .` ships: the schema and the example models repo travel inside the wheel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_carries_schema_and_example_repo(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("ollama_gitops-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        shipped_schema = json.loads(archive.read("reconciler/data/schemas/model.schema.json"))
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert shipped_schema == json.loads((ROOT / "schemas/model.schema.json").read_text())
+    for path in (
+        "reconciler/data/models-repo/README.md",
+        "reconciler/data/models-repo/models/default/llama3.2-1b.yaml",
+        "reconciler/data/models-repo/models/default/gemma3-1b.yaml",
+        "reconciler/data/models-repo/.github/workflows/validate.yaml",
+        "reconciler/data/models-repo/schemas/model.schema.json",
+    ):
+        assert path in names, path
+    assert "ollama-gitops = reconciler.cli:main" in entry_points
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def test_schema_is_2020_12_with_id_descriptions_and_examples() -> None:
+    schema = json.loads((ROOT / "schemas/model.schema.json").read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] and schema["examples"] and schema["additionalProperties"] is False
+    for name, prop in schema["properties"].items():
+        assert prop.get("description"), f"{name} has no description"
+    assert {"labels", "annotations", "suspend", "prune", "refreshRequestedAt"} <= set(schema["properties"])
+
+
+def test_example_model_files_carry_the_editor_modeline() -> None:
+    for file in (ROOT / "examples/models-repo/models").rglob("*.yaml"):
+        assert file.read_text().startswith("# yaml-language-server: $schema=../../schemas/model.schema.json"), file

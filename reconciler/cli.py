@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .settings import Settings, add_reconciler_options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,7 +39,44 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--format", choices=("text", "github"), default="text",
                           help="'github' prints GitHub Actions error annotations")
     validate.set_defaults(run=_run_validate)
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="make Ollama match the models repository, on a schedule",
+        description="Fetch the models repository, and pull, re-pull and prune models in Ollama to match it.",
+    )
+    reconcile.add_argument("--once", action="store_true", help="run one cycle, wait for its pulls, and exit")
+    reconcile.add_argument("--dry-run", action="store_true", help="with --once: print the plan and change nothing")
+    add_reconciler_options(reconcile)
+    reconcile.set_defaults(run=_run_reconcile)
     return parser
+
+
+def _run_reconcile(args: argparse.Namespace) -> int:
+    from . import service
+    from .state import StateLocked
+
+    _configure_logging(args.log_level)
+    if args.dry_run and not args.once:
+        print("ollama-gitops: --dry-run needs --once", file=sys.stderr)
+        return 2
+    try:
+        running = service.build(Settings.from_args(args))
+    except (service.ConfigurationError, StateLocked, OSError) as exc:
+        print(f"ollama-gitops: {exc}", file=sys.stderr)
+        return 2
+    if not args.once:
+        return service.run_forever(running)
+    try:
+        return service.run_once(running, sys.stdout, dry_run=args.dry_run)
+    finally:
+        running.stop()
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the actions
 
 
 def _run_validate(args: argparse.Namespace) -> int:

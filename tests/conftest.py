@@ -19,3 +19,23 @@ def work_repo(tmp_path: Path) -> WorkRepo:
 def remote(tmp_path: Path) -> Path:
     """An empty bare repository (branch main) to push to and fetch from."""
     return init_bare(tmp_path / "remote.git")
+
+
+@pytest.fixture
+def ollama():
+    """The stand-in Ollama server, with a catalogue of pullable models."""
+    from rig import CATALOGUE
+    from standins.ollama_server import OllamaStandin
+
+    with OllamaStandin(dict(CATALOGUE)) as server:
+        yield server
+
+
+@pytest.fixture
+def rig(tmp_path: Path, ollama):
+    """A reconciler wired to a real bare remote and the stand-in Ollama."""
+    from rig import Rig
+
+    test_rig = Rig(tmp_path, ollama)
+    yield test_rig
+    test_rig.stop()

@@ -1,0 +1,98 @@
+"""The Ollama edge: the few calls the reconciler makes, behind a small interface.
+
+`ModelServer` is what the core needs; `OllamaServer` implements it with the official `ollama`
+client. Errors come out as two kinds the core can act on: the server is unreachable (retry the whole
+cycle later, change nothing), or one model's operation failed (Ollama's own message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import httpx
+import ollama
+
+from .plan import InstalledModel, normalize_reference
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (completed bytes, total bytes) as a pull streams."""
+
+
+class ServerUnreachable(Exception):
+    """Ollama could not be reached at all."""
+
+
+class ModelOperationFailed(Exception):
+    """Ollama answered, and refused or failed the operation; the message is Ollama's."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ModelServer(Protocol):
+    url: str
+
+    def installed(self) -> dict[str, InstalledModel]:
+        """The models on the server, keyed by normalised reference."""
+
+    def pull(self, reference: str, progress: ProgressCallback) -> None:
+        """Pull a model, reporting progress; returns when it is installed."""
+
+    def delete(self, reference: str) -> bool:
+        """Delete a model; False when the server did not have it (which counts as done)."""
+
+
+class OllamaServer:
+    """A `ModelServer` backed by one Ollama server, through the official client."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0, pull_read_timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = ollama.Client(host=self.url, timeout=timeout)
+        # A pull streams for as long as the download takes; only a stall should time it out.
+        self._pull_client = ollama.Client(host=self.url, timeout=httpx.Timeout(timeout, read=pull_read_timeout))
+
+    def installed(self) -> dict[str, InstalledModel]:
+        response = self._call(self._client.list)
+        models: dict[str, InstalledModel] = {}
+        for model in response.models:
+            reference = model.model or ""
+            modified = model.modified_at.isoformat() if model.modified_at else None
+            models[normalize_reference(reference)] = InstalledModel(reference, int(model.size or 0), model.digest or "", modified)
+        return models
+
+    def pull(self, reference: str, progress: ProgressCallback) -> None:
+        layers: dict[str, tuple[int, int]] = {}
+
+        def stream() -> None:
+            for update in self._pull_client.pull(reference, stream=True):
+                if update.digest and update.total:
+                    layers[update.digest] = (update.completed or 0, update.total)
+                    progress(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
+
+        self._call(stream)
+
+    def delete(self, reference: str) -> bool:
+        try:
+            self._call(lambda: self._client.delete(reference))
+        except ModelOperationFailed as exc:
+            if exc.status_code == 404:
+                return False
+            raise
+        return True
+
+    def _call(self, operation: Callable[[], object]) -> object:
+        try:
+            return operation()
+        except ollama.ResponseError as exc:
+            raise ModelOperationFailed(exc.error, exc.status_code) from None
+        except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnreachable(f"Ollama is not reachable at {self.url}: {_reason(exc)}") from None
+        except httpx.HTTPError as exc:
+            # The connection broke or stalled mid-operation (e.g. mid-pull): the model's operation failed.
+            raise ModelOperationFailed(f"connection to Ollama at {self.url} failed: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

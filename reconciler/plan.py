@@ -1,0 +1,267 @@
+"""The plan: a pure function from (desired, observed, recorded) state to the actions that close the gap.
+
+No I/O here. Everything the decision depends on is an argument, so every rule of the reconciler is
+unit-testable on its own, and `--dry-run` prints exactly what a real cycle would do.
+
+Safety rules, in order of precedence:
+- never delete what cannot be seen: a file that is broken keeps its model's last good version; when
+  Ollama could not be observed nothing is pulled or deleted;
+- only models ollama-gitops pulled itself are ever deleted, and never one whose file said
+  `prune: false`; `suspend: true` leaves a model alone entirely;
+- a commit that would remove every managed model is refused unless `allow_empty`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+
+from .desired import DesiredModel, DesiredState, ModelKey
+from .state import READY, AppliedSpec, ModelRecord
+
+
+@dataclass(frozen=True)
+class InstalledModel:
+    """A model as Ollama lists it."""
+
+    reference: str
+    size: int
+    digest: str
+    modified_at: str | None = None
+
+
+@dataclass(frozen=True)
+class Pull:
+    """Pull `reference` into Ollama, for every model key that asks for it."""
+
+    reference: str
+    keys: tuple[ModelKey, ...]
+    reason: str
+    refresh: str | None = None  # the refreshRequestedAt value this pull satisfies
+
+
+@dataclass(frozen=True)
+class Delete:
+    """Delete `reference` from Ollama, then forget the keys (files removed from Git)."""
+
+    reference: str
+    keys: tuple[ModelKey, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Stop managing a removed model without touching Ollama.
+
+    `release` means the reference is no longer ollama-gitops's to prune: its weights were kept on
+    purpose, so a file that asks for it again later adopts it rather than owning it.
+    """
+
+    key: ModelKey
+    reference: str
+    reason: str
+    release: bool = True
+
+
+@dataclass(frozen=True)
+class MarkReady:
+    """The model is in Ollama as wanted: record it Ready with what Ollama reports."""
+
+    key: ModelKey
+    installed: InstalledModel
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordError:
+    """Show an error on a model without changing what is pulled (e.g. its file is broken)."""
+
+    key: ModelKey
+    message: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Leave a model as it is, and say why (for dry runs and logs)."""
+
+    key: ModelKey
+    reason: str
+
+
+Action = Pull | Delete | Forget | MarkReady | RecordError | Skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    specs: Mapping[ModelKey, AppliedSpec]  # what each managed model should now be recorded as
+    refused: str | None = None  # why the plan deletes nothing although files were removed
+
+    def of(self, kind: type) -> list:
+        """The actions of one kind, in plan order."""
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    @property
+    def changes_anything(self) -> bool:
+        return any(not isinstance(a, Skip) for a in self.actions)
+
+
+def applied_spec(model: DesiredModel) -> AppliedSpec:
+    """What the reconciler records of a desired model."""
+    fields = model.fields
+    return AppliedSpec(
+        reference=fields.reference,
+        path=model.path,
+        prune=fields.prune,
+        suspend=fields.suspend,
+        refresh_requested_at=fields.refresh_requested_at,
+    )
+
+
+def plan(
+    desired: DesiredState,
+    observed: Mapping[str, InstalledModel] | None,
+    records: Mapping[ModelKey, ModelRecord],
+    owned: Set[str],
+    *,
+    in_flight: Set[str] = frozenset(),
+    now: float,
+    allow_empty: bool = False,
+) -> Plan:
+    """Decide what to do. `observed` is None when Ollama could not be asked: then nothing changes in it.
+
+    `observed` is keyed by normalised reference (see `normalize_reference`); `owned` holds the
+    references ollama-gitops pulled itself; `in_flight` those being pulled right now.
+    """
+    specs: dict[ModelKey, AppliedSpec] = {key: applied_spec(m) for key, m in desired.models.items()}
+    problems = {p.path: p for p in desired.problems}
+    for key in desired.unreadable:
+        if key in records:  # keep the last good version of a broken file's model
+            specs[key] = records[key].spec
+    actions: list[Action] = []
+    for key in sorted(desired.unreadable):
+        record = records.get(key)
+        if record is not None:
+            problem = problems.get(record.spec.path)
+            message = f"model file is invalid, keeping the last good version: {problem.message if problem else 'see problems'}"
+            if record.status.error != message:
+                actions.append(RecordError(key, message))
+
+    removed = sorted(key for key in records if key not in specs)
+    refused = None
+    if removed and not specs and not allow_empty:
+        refused = (
+            f"commit {(desired.commit or '')[:12]} would remove all {len(removed)} models; "
+            "refusing to prune to zero without --allow-empty"
+        )
+        specs.update({key: records[key].spec for key in removed})
+        removed = []
+
+    wanted_by_reference: dict[str, list[ModelKey]] = defaultdict(list)
+    for key, spec in sorted(specs.items()):
+        wanted_by_reference[normalize_reference(spec.reference)].append(key)
+
+    for reference, keys in sorted(wanted_by_reference.items()):
+        actions.extend(_plan_reference(reference, keys, specs, records, observed, in_flight, now))
+
+    if observed is not None:
+        actions.extend(_plan_removals(removed, records, owned, wanted_by_reference, observed, in_flight))
+    return Plan(tuple(actions), specs, refused)
+
+
+def _plan_reference(
+    reference: str,
+    keys: list[ModelKey],
+    specs: Mapping[ModelKey, AppliedSpec],
+    records: Mapping[ModelKey, ModelRecord],
+    observed: Mapping[str, InstalledModel] | None,
+    in_flight: Set[str],
+    now: float,
+) -> list[Action]:
+    active = [k for k in keys if not specs[k].suspend]
+    actions: list[Action] = [Skip(k, "suspended") for k in keys if specs[k].suspend]
+    if not active:
+        return actions
+    if reference in in_flight:
+        return actions + [Skip(k, "pull in progress") for k in active]
+    if observed is None:
+        return actions + [Skip(k, "Ollama not reachable") for k in active]
+
+    installed = observed.get(reference)
+    refresh = _pending_refresh(active, specs, records)
+    new_keys = [k for k in active if k not in records]
+    if installed is not None and refresh is None:
+        for key in active:
+            status = records[key].status if key in records else None
+            if status is None or status.state != READY or status.error or status.digest != installed.digest or status.size != installed.size:
+                actions.append(MarkReady(key, installed, "already in Ollama"))
+        return actions
+
+    retry_at = min((records[k].status.next_retry_at or 0.0) for k in active if k in records) if len(new_keys) < len(active) else 0.0
+    if retry_at > now and not new_keys:
+        return actions + [Skip(k, f"retrying in {retry_at - now:.0f}s after a failed pull") for k in active]
+    if refresh is not None and installed is not None:
+        reason = f"refresh requested at {refresh}"
+    elif new_keys:
+        reason = "new model, not in Ollama"
+    elif any(records[k].status.state == READY for k in active):
+        reason = "drift: missing from Ollama"
+    else:
+        reason = "not in Ollama"
+    return actions + [Pull(reference, tuple(active), reason, refresh)]
+
+
+def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ModelRecord]) -> str | None:
+    """The refresh value still to act on, if any key's file bumped it since the last pull."""
+    for key in keys:
+        wanted = specs[key].refresh_requested_at
+        record = records.get(key)
+        # A model seen for the first time is pulled (or found) as it is: its refresh value is history.
+        if wanted is not None and record is not None and record.status.refresh_handled != wanted:
+            return wanted
+    return None
+
+
+def _plan_removals(
+    removed: list[ModelKey],
+    records: Mapping[ModelKey, ModelRecord],
+    owned: Set[str],
+    wanted_by_reference: Mapping[str, list[ModelKey]],
+    observed: Mapping[str, InstalledModel],
+    in_flight: Set[str],
+) -> list[Action]:
+    actions: list[Action] = []
+    by_reference: dict[str, list[ModelKey]] = defaultdict(list)
+    for key in removed:
+        by_reference[normalize_reference(records[key].spec.reference)].append(key)
+    for reference, keys in sorted(by_reference.items()):
+        specs = [records[k].spec for k in keys]
+
+        def forget(reason: str, release: bool = True) -> list[Action]:
+            return [Forget(k, records[k].spec.reference, reason, release) for k in keys]
+
+        if reference in wanted_by_reference:
+            actions.extend(forget("file removed; the model is still wanted by another file", release=False))
+        elif reference in in_flight:
+            # Deciding now would race the download; prune once it has ended.
+            actions.extend(Skip(k, "file removed; waiting for the pull in progress to end") for k in keys)
+        elif any(s.suspend for s in specs):
+            actions.extend(forget("file removed while suspended; weights kept"))
+        elif not all(s.prune for s in specs):
+            actions.extend(forget("file removed; prune: false keeps the weights"))
+        elif reference not in owned:
+            actions.extend(forget("file removed; not pulled by ollama-gitops, weights kept"))
+        elif reference not in observed:
+            actions.extend(forget("file removed; already gone from Ollama"))
+        else:
+            actions.append(Delete(reference, tuple(keys), "file removed from Git"))
+    return actions
+
+
+def normalize_reference(reference: str) -> str:
+    """Ollama's identity for a reference: `latest` when no tag, and case-insensitive."""
+    last = reference.rsplit("/", 1)[-1]
+    if ":" not in last:
+        reference += ":latest"
+    return reference.lower()

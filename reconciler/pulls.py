@@ -1,0 +1,142 @@
+"""Pulls in the background: a bounded worker pool that records each pull's outcome as it ends.
+
+A cycle hands pulls over and moves on; it never waits for a download. A reference whose pull is in
+flight is not pulled again until that pull has ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+
+from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
+from .plan import InstalledModel, Pull, normalize_reference
+from .state import FAILED, PULLING, READY, StateStore
+
+log = logging.getLogger("ollama_gitops.pulls")
+
+BACKOFF_BASE = 15.0  # seconds before the first retry
+BACKOFF_CAP = 900.0  # never wait more than this between retries
+
+
+def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter: about base*2^(n-1), capped, scaled by a random 50-100%."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
+    return ceiling * (0.5 + 0.5 * rng())
+
+
+class PullPool:
+    """Runs pulls on at most `concurrency` threads and records their outcome in the store."""
+
+    def __init__(
+        self,
+        server: ModelServer,
+        store: StateStore,
+        *,
+        concurrency: int = 2,
+        clock: Callable[[], float] = time.time,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        self._server = server
+        self._store = store
+        self._clock = clock
+        self._on_finished = on_finished
+        self._executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="pull")
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, Future[None]] = {}
+
+    def in_flight(self) -> frozenset[str]:
+        """Normalised references being pulled now."""
+        with self._lock:
+            return frozenset(self._in_flight)
+
+    def submit(self, pull: Pull, commit: str | None) -> bool:
+        """Start `pull` unless the same reference is in flight; returns whether it was started."""
+        reference = normalize_reference(pull.reference)
+        with self._lock:
+            if reference in self._in_flight:
+                return False
+            with self._store.editing() as edit:
+                edit.own(reference)  # recorded before the download starts, so a crash never orphans it
+                for key in pull.keys:
+                    status = edit.status(key)
+                    if status is not None:
+                        status.state, status.progress_completed, status.progress_total = PULLING, None, None
+            self._in_flight[reference] = self._executor.submit(self._run, pull, reference, commit)
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every pull in flight now to end; False on timeout."""
+        with self._lock:
+            futures = list(self._in_flight.values())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for future in futures:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                future.result(timeout=remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    def shutdown(self, wait: bool = False) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def _run(self, pull: Pull, reference: str, commit: str | None) -> None:
+        started = self._clock()
+        try:
+            self._server.pull(pull.reference, lambda done, total: self._store.update_progress(pull.keys, done, total))
+            installed = self._server.installed().get(reference)
+        except (ModelOperationFailed, ServerUnreachable) as exc:
+            self._record_failure(pull, str(exc), commit)
+        except Exception as exc:  # a bug or an unexpected client error must not kill the worker silently
+            log.exception("unexpected error pulling %s", pull.reference)
+            self._record_failure(pull, f"unexpected error: {exc}", commit)
+        else:
+            self._record_success(pull, installed, commit, self._clock() - started)
+        finally:
+            with self._lock:
+                self._in_flight.pop(reference, None)
+            if self._on_finished is not None:
+                self._on_finished()
+
+    def _record_success(self, pull: Pull, installed: InstalledModel | None, commit: str | None, seconds: float) -> None:
+        now = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self._store.editing() as edit:
+            for key in pull.keys:
+                status = edit.status(key)
+                if status is None:  # the file went away during the pull; the next cycle prunes it
+                    continue
+                status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
+                status.size = installed.size if installed else None
+                status.digest = installed.digest if installed else None
+                status.last_pull_time, status.applied_commit = now, commit
+                status.progress_completed = status.progress_total = None
+                if pull.refresh is not None:
+                    status.refresh_handled = pull.refresh
+        log.info("action=pulled reference=%s models=%s commit=%s seconds=%.1f", pull.reference,
+                 ",".join(map(str, pull.keys)), _short(commit), seconds)
+
+    def _record_failure(self, pull: Pull, message: str, commit: str | None) -> None:
+        retry_in = 0.0
+        with self._store.editing() as edit:
+            for key in pull.keys:
+                status = edit.status(key)
+                if status is None:
+                    continue
+                status.failures += 1
+                retry_in = backoff_delay(status.failures)
+                status.state, status.error = FAILED, message[:1024]
+                status.next_retry_at = self._clock() + retry_in
+                status.applied_commit = commit
+                status.progress_completed = status.progress_total = None
+        log.warning("action=failed reference=%s models=%s commit=%s retry_in=%.0fs error=%r", pull.reference,
+                    ",".join(map(str, pull.keys)), _short(commit), retry_in, message)
+
+
+def _short(commit: str | None) -> str:
+    return (commit or "-")[:12]

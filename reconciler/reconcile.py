@@ -1,0 +1,233 @@
+"""One reconcile cycle: fetch, load, observe, plan, apply, record.
+
+The order is the data flow: Git -> desired state -> plan (pure) -> Ollama -> status. A cycle whose
+commit is already applied, with nothing pending and no drift check due, stops after the fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from .desired import DesiredState, GitLoader
+from .gitrepo import GitError, GitRepo
+from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
+from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, normalize_reference, plan
+from .pulls import PullPool
+from .state import PENDING, READY, ModelRecord, ModelStatus, StateStore
+
+log = logging.getLogger("ollama_gitops.reconcile")
+
+SUCCEEDED, FAILED_OUTCOME = "Succeeded", "Failed"
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle did."""
+
+    outcome: str  # Succeeded or Failed
+    commit: str | None
+    message: str
+    plan: Plan | None = None
+    noop: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == SUCCEEDED
+
+
+class Reconciler:
+    """Keeps one Ollama server in line with one branch of a models repository."""
+
+    def __init__(
+        self,
+        repo: GitRepo,
+        server: ModelServer,
+        store: StateStore,
+        *,
+        concurrency: int = 2,
+        resync_interval: float = 300.0,
+        allow_empty: bool = False,
+        clock: Callable[[], float] = time.time,
+        on_pull_finished: Callable[[], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.server = server
+        self.store = store
+        self.resync_interval = resync_interval
+        self.allow_empty = allow_empty
+        self._clock = clock
+        self._loader: GitLoader | None = None
+        self._converged = False  # did the last applied cycle leave nothing to retry?
+        self._cycle_lock = threading.Lock()
+        self.desired: DesiredState | None = None
+        self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock, on_finished=on_pull_finished)
+
+    def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
+        """Run one cycle; never raises for trouble outside the process (Git, Ollama, bad files)."""
+        with self._cycle_lock:
+            started = time.monotonic()
+            report = self._cycle(dry_run)
+            if not dry_run:
+                self._record_cycle(report, time.monotonic() - started)
+            return report
+
+    def close(self) -> None:
+        self.pulls.shutdown(wait=False)
+
+    # -- the cycle ------------------------------------------------------------------------------------
+    def _cycle(self, dry_run: bool) -> CycleReport:
+        try:
+            commit = self.repo.fetch()
+        except GitError as exc:
+            log.warning("action=fetch-failed error=%r", str(exc))
+            return CycleReport(FAILED_OUTCOME, self.store.sync.last_fetched_commit, f"{exc}; nothing changed")
+        self.store.sync = replace(self.store.sync, last_fetched_commit=commit)
+        now = self._clock()
+        if not dry_run and self._is_noop(commit, now):
+            return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
+
+        desired = self._load(commit)
+        try:
+            observed: dict[str, InstalledModel] | None = self.server.installed()
+            unreachable = None
+        except (ServerUnreachable, ModelOperationFailed) as exc:
+            observed, unreachable = None, str(exc)
+        the_plan = plan(
+            desired, observed, self.store.records(), self.store.owned(),
+            in_flight=self.pulls.in_flight(), now=now, allow_empty=self.allow_empty,
+        )
+        if dry_run:
+            return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit, unreachable or "dry run", the_plan)
+
+        failures = self._apply(the_plan, commit, now)
+        if observed is not None:
+            self.store.sync = replace(self.store.sync, last_resync_at=now)
+        problems = [m for m in (unreachable, the_plan.refused, *failures) if m]
+        self._converged = not problems
+        if problems:
+            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), the_plan)
+        self.store.sync = replace(self.store.sync, last_applied_commit=commit)
+        changes = sum(1 for a in the_plan.actions if not isinstance(a, Skip))
+        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {changes} change(s)", the_plan)
+
+    def _is_noop(self, commit: str, now: float) -> bool:
+        sync = self.store.sync
+        if not self._converged or commit != sync.last_applied_commit or self.desired is None:
+            return False
+        if sync.last_resync_at is None or now - sync.last_resync_at >= self.resync_interval:
+            return False
+        return not self.store.needs_attention(now, self.desired)
+
+    def _load(self, commit: str) -> DesiredState:
+        if self._loader is None:
+            self._loader = GitLoader(self.repo.repo)
+        self.desired = self._loader.load(commit)
+        return self.desired
+
+    # -- applying ----------------------------------------------------------------------------------------
+    def _apply(self, the_plan: Plan, commit: str, now: float) -> list[str]:
+        """Carry the plan out; returns messages for what could not be done (to retry next cycle)."""
+        lines = _Log(commit)
+        with self.store.editing() as edit:
+            for key, spec in the_plan.specs.items():
+                record = edit.get(key)
+                if record is None:
+                    # A refresh value already in a new file is history: the model is pulled or found anyway.
+                    edit.put(key, ModelRecord(spec, ModelStatus(PENDING, refresh_handled=spec.refresh_requested_at)))
+                elif record.spec != spec:
+                    edit.put(key, ModelRecord(spec, record.status))
+            for action in the_plan.actions:
+                if isinstance(action, MarkReady):
+                    status = edit.status(action.key)
+                    assert status is not None
+                    _mark_ready(status, action.installed, commit)
+                    lines.add("ready", action.key, action.installed.reference, action.reason)
+                elif isinstance(action, RecordError):
+                    status = edit.status(action.key)
+                    if status is not None:
+                        status.error = action.message[:1024]
+                    lines.add("skipped", action.key, None, action.message)
+                elif isinstance(action, Skip):
+                    lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
+        failures: list[str] = []
+        for action in the_plan.actions:
+            if isinstance(action, Pull):
+                if self.pulls.submit(action, commit):
+                    lines.add("pull", action.keys, action.reference, action.reason)
+            elif isinstance(action, Delete):
+                failure = self._delete(action, lines)
+                if failure:
+                    failures.append(failure)
+            elif isinstance(action, Forget):
+                with self.store.editing() as edit:
+                    edit.forget(action.key)
+                    if action.release:
+                        edit.own(normalize_reference(action.reference), False)
+                lines.add("forgotten", action.key, action.reference, action.reason)
+        if the_plan.refused:
+            log.warning("action=refused commit=%s reason=%r", commit[:12], the_plan.refused)
+        return failures
+
+    def _delete(self, action: Delete, lines: _Log) -> str | None:
+        try:
+            self.server.delete(action.reference)
+        except (ModelOperationFailed, ServerUnreachable) as exc:
+            message = f"could not delete {action.reference}: {exc}"
+            with self.store.editing() as edit:
+                for key in action.keys:
+                    status = edit.status(key)
+                    if status is not None:
+                        status.error = message[:1024]
+            lines.add("failed", action.keys, action.reference, message, level=logging.WARNING)
+            return message
+        # Forget only after Ollama confirmed: a crash in between repeats the delete, never loses it.
+        with self.store.editing() as edit:
+            for key in action.keys:
+                edit.forget(key)
+            edit.own(normalize_reference(action.reference), False)
+        lines.add("deleted", action.keys, action.reference, action.reason)
+        return None
+
+    def _record_cycle(self, report: CycleReport, seconds: float) -> None:
+        desired = self.desired
+        sync = replace(
+            self.store.sync,
+            last_cycle_at=datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            last_cycle_duration=round(seconds, 6),
+            last_cycle_outcome=report.outcome,
+            last_cycle_message=report.message,
+            problems=desired.problems if desired is not None else self.store.sync.problems,
+        )
+        self.store.save_sync(sync)
+        if not report.noop:
+            level = logging.INFO if report.ok else logging.WARNING
+            log.log(level, "action=cycle outcome=%s commit=%s seconds=%.3f message=%r", report.outcome,
+                    (report.commit or "-")[:12], seconds, report.message)
+
+
+def _mark_ready(status: ModelStatus, installed: InstalledModel, commit: str) -> None:
+    status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
+    status.size, status.digest, status.applied_commit = installed.size, installed.digest, commit
+    if status.last_pull_time is None and installed.modified_at:
+        status.last_pull_time = _seconds_z(installed.modified_at)
+
+
+def _seconds_z(timestamp: str) -> str:
+    parsed = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Log:
+    """One structured log line per action, each with the commit."""
+
+    def __init__(self, commit: str) -> None:
+        self._commit = commit[:12]
+
+    def add(self, action: str, keys: object, reference: str | None, reason: str, level: int = logging.INFO) -> None:
+        shown = ",".join(map(str, keys)) if isinstance(keys, tuple) else str(keys)
+        log.log(level, "action=%s models=%s reference=%s commit=%s reason=%r", action, shown, reference or "-", self._commit, reason)

@@ -1,0 +1,60 @@
+"""Running cycles on a schedule (APScheduler), one at a time, and on request.
+
+The job runs with one instance and coalescing, so cycles never overlap and missed runs collapse
+into one. A request made while a cycle runs is not lost: the running job loops once more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+log = logging.getLogger("ollama_gitops.scheduler")
+
+JOB_ID = "reconcile"
+
+
+class CycleScheduler:
+    """Calls `cycle` every `interval` seconds, and at once when `request_cycle()` is called."""
+
+    def __init__(self, cycle: Callable[[], object], interval: float) -> None:
+        self._cycle = cycle
+        self._interval = interval
+        self._requested = threading.Event()
+        self._scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+
+    def start(self) -> None:
+        """Start the schedule; the first cycle runs at once."""
+        self._scheduler.add_job(self._run, "interval", seconds=self._interval, id=JOB_ID,
+                                next_run_time=datetime.now(timezone.utc))
+        self._scheduler.start()
+
+    def request_cycle(self) -> None:
+        """Run a cycle now (or right after the running one) instead of waiting for the interval."""
+        self._requested.set()
+        if self._scheduler.running:
+            try:
+                self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(timezone.utc))
+            except LookupError:  # shutting down
+                pass
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=wait)
+
+    def _run(self) -> None:
+        while True:
+            self._requested.clear()
+            try:
+                self._cycle()
+            except Exception:  # the schedule must survive a bug in one cycle
+                log.exception("reconcile cycle crashed")
+            if not self._requested.is_set():
+                return

@@ -1,0 +1,134 @@
+"""Wiring: settings in, a running reconciler out. The only module that builds the edges."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import TextIO
+
+from .embedded import ensure_default_repo
+from .gitrepo import GitRepo
+from .modelserver import OllamaServer
+from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip
+from .reconcile import CycleReport, Reconciler
+from .scheduler import CycleScheduler
+from .settings import Settings, kubernetes_configured
+from .state import StateStore
+
+log = logging.getLogger("ollama_gitops")
+
+
+class ConfigurationError(Exception):
+    """The settings cannot work; the message says why."""
+
+
+@dataclass
+class Service:
+    """A reconciler with its edges and its schedule."""
+
+    settings: Settings
+    store: StateStore
+    reconciler: Reconciler
+    scheduler: CycleScheduler | None = None
+
+    def request_cycle(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.request_cycle()
+
+    def start(self) -> None:
+        self.scheduler = CycleScheduler(self.reconciler.run_cycle, self.settings.interval)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        self.reconciler.close()
+        self.store.release_process_lock()
+
+
+def build(settings: Settings) -> Service:
+    """Create the service's parts; takes the state directory's lock."""
+    if settings.kubernetes == "on":
+        raise ConfigurationError("--kubernetes on is not available in this version; use --kubernetes off")
+    if settings.kubernetes == "auto" and kubernetes_configured():
+        log.warning("a Kubernetes configuration was found, but this version runs standalone only")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = StateStore(settings.state_dir)
+    store.acquire_process_lock()
+    url = settings.repo or str(ensure_default_repo(settings.state_dir, settings.branch))
+    repo = GitRepo(url, settings.branch, settings.state_dir / "clone.git", settings.credentials)
+    server = OllamaServer(settings.ollama_url)
+    service = Service(settings, store, None)  # type: ignore[arg-type]
+    service.reconciler = Reconciler(
+        repo, server, store,
+        concurrency=settings.concurrency,
+        resync_interval=settings.resync_interval,
+        allow_empty=settings.allow_empty,
+        on_pull_finished=service.request_cycle,
+    )
+    return service
+
+
+def run_forever(service: Service) -> int:
+    """Run cycles on the schedule until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service.start()
+    log.info("reconciling %s branch %s into %s every %.0fs", service.reconciler.repo.display_url,
+             service.settings.branch, service.settings.ollama_url, service.settings.interval)
+    stop.wait()
+    log.info("shutting down")
+    service.stop()
+    return 0
+
+
+def run_once(service: Service, out: TextIO, dry_run: bool = False) -> int:
+    """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well."""
+    report = service.reconciler.run_cycle(dry_run=dry_run)
+    print_report(report, out, dry_run)
+    ok = report.ok
+    if not dry_run and report.plan is not None and report.plan.of(Pull):
+        service.reconciler.pulls.wait()
+        for pull in report.plan.of(Pull):
+            for key in pull.keys:
+                record = service.store.record(key)
+                if record is None:
+                    continue
+                status = record.status
+                detail = f": {status.error}" if status.error else ""
+                out.write(f"{status.state:<8} {key}  {pull.reference}{detail}\n")
+                ok = ok and status.state == "Ready"
+    return 0 if ok else 1
+
+
+def print_report(report: CycleReport, out: TextIO, dry_run: bool) -> None:
+    """The cycle's plan, one line per action, then its outcome."""
+    if report.plan is not None:
+        for line in describe(report.plan, include_skips=dry_run):
+            out.write(line + "\n")
+    prefix = "dry run: " if dry_run else ""
+    out.write(f"{prefix}{report.outcome} at {(report.commit or 'no commit')[:12]}: {report.message}\n")
+
+
+def describe(plan: Plan, include_skips: bool = True) -> list[str]:
+    """Human lines for a plan: what would be pulled, deleted or left alone, and why."""
+    lines = []
+    for action in plan.actions:
+        if isinstance(action, Pull):
+            lines.append(f"pull     {', '.join(map(str, action.keys))}  {action.reference}  ({action.reason})")
+        elif isinstance(action, Delete):
+            lines.append(f"delete   {', '.join(map(str, action.keys))}  {action.reference}  ({action.reason})")
+        elif isinstance(action, Forget):
+            lines.append(f"forget   {action.key}  {action.reference}  ({action.reason})")
+        elif isinstance(action, MarkReady):
+            lines.append(f"ready    {action.key}  {action.installed.reference}  ({action.reason})")
+        elif isinstance(action, RecordError):
+            lines.append(f"error    {action.key}  ({action.message})")
+        elif isinstance(action, Skip) and include_skips:
+            lines.append(f"leave    {action.key}  ({action.reason})")
+    if plan.refused:
+        lines.append(f"refused  {plan.refused}")
+    return lines

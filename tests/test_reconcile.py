@@ -1,0 +1,338 @@
+"""The reconciler against a real Git remote and the stand-in Ollama, through the official client."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from reconciler.state import FAILED, READY, StateLocked, StateStore
+from rig import CATALOGUE, Rig
+
+
+def test_added_models_are_pulled_and_recorded_ready(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("team-a", "gemma3", "1b")
+    commit = rig.push()
+    rig.start()
+    report = rig.cycle()
+    assert report.ok and report.commit == commit
+    assert rig.ollama.installed() == {"llama3.2:1b": CATALOGUE["llama3.2:1b"], "gemma3:1b": CATALOGUE["gemma3:1b"]}
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None
+    assert record.status.state == READY
+    assert record.status.size == CATALOGUE["llama3.2:1b"]
+    assert record.status.digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record.status.last_pull_time == "2027-01-15T08:00:00Z"  # the rig's clock
+    assert record.status.applied_commit == commit and record.status.error is None
+    sync = rig.reconciler.store.sync
+    assert (sync.last_fetched_commit, sync.last_applied_commit, sync.last_cycle_outcome) == (commit, commit, "Succeeded")
+
+
+def test_model_already_in_ollama_becomes_ready_without_a_pull_even_after_restart(rig: Rig) -> None:
+    rig.ollama.install("llama3.2:1b")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert rig.state("default", "llama3.2-1b") == READY
+    assert rig.ollama.pull_count["llama3.2:1b"] == 0
+    rig.start()  # a new process on the same state directory
+    rig.clock.advance(10_000)
+    rig.cycle()
+    assert rig.state("default", "llama3.2-1b") == READY and rig.ollama.pull_count["llama3.2:1b"] == 0
+
+
+def test_noop_cycle_fetches_only_and_asks_ollama_nothing(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.cycle()  # settles the statuses written by the finished pull
+    before = len(rig.ollama.requests)
+    report = rig.cycle()
+    assert report.ok and report.noop
+    assert len(rig.ollama.requests) == before
+
+
+def test_removed_file_prunes_only_what_ollama_gitops_pulled(rig: Rig) -> None:
+    rig.ollama.install("gemma3:1b")  # pulled by hand, then put in Git
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.work.model("default", "phi3", "mini", extra="prune: false\n")
+    rig.work.model("default", "qwen2.5", "0.5b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b", "phi3:mini", "qwen2.5:0.5b"}
+    rig.ollama.install("mistral:7b")  # pulled by hand, never in Git
+    for name in ("llama3.2-1b", "gemma3-1b", "phi3-mini"):
+        rig.work.remove(f"models/default/{name}.yaml")
+    rig.push("remove three")
+    report = rig.cycle()
+    assert report.ok
+    assert set(rig.ollama.installed()) == {"gemma3:1b", "phi3:mini", "qwen2.5:0.5b", "mistral:7b"}
+    assert rig.ollama.delete_count == {"llama3.2:1b": 1}
+    assert rig.record("default", "llama3.2-1b") is None and rig.record("default", "phi3-mini") is None
+
+
+def test_changed_tag_pulls_the_new_model_and_prunes_the_old(rig: Rig) -> None:
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.work.remove(path)
+    rig.work.model("default", "phi3", "mini")
+    rig.push("swap")
+    rig.cycle()
+    assert set(rig.ollama.installed()) == {"phi3:mini"}
+    assert rig.state("default", "phi3-mini") == READY
+
+
+def test_broken_file_keeps_its_model_and_shows_the_error(rig: Rig) -> None:
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.work.write(path, "name: llama3.2\ntag: [1b\n")
+    rig.push("break it")
+    report = rig.cycle()
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    assert rig.ollama.delete_count == {}
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and record.status.state == READY
+    assert "model file is invalid, keeping the last good version: YAML syntax error" in (record.status.error or "")
+    problems = rig.reconciler.store.sync.problems
+    assert [(p.path, p.line) for p in problems] == [(path, 3)]
+    assert report.ok  # a broken file is the file's problem, not the cycle's
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push("fix it")
+    rig.cycle()
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and record.status.error is None and rig.reconciler.store.sync.problems == ()
+
+
+def test_remote_down_changes_nothing_and_recovers(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    applied = rig.push()
+    rig.start()
+    rig.cycle()
+    moved = rig.remote.with_name("moved.git")
+    rig.remote.rename(moved)
+    report = rig.cycle()
+    assert not report.ok and "could not fetch branch 'main'" in report.message and "nothing changed" in report.message
+    assert rig.ollama.installed() == {"llama3.2:1b": CATALOGUE["llama3.2:1b"]}
+    assert rig.reconciler.store.sync.last_applied_commit == applied
+    assert rig.reconciler.store.sync.last_cycle_outcome == "Failed"
+    moved.rename(rig.remote)
+    assert rig.cycle().ok
+
+
+def test_ollama_down_is_reported_with_its_url_and_then_recovers(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.ollama.stop()
+    report = rig.cycle()
+    assert not report.ok
+    assert f"Ollama is not reachable at {rig.ollama.url}" in report.message
+    assert rig.state("default", "llama3.2-1b") == "Pending"
+    rig.ollama.restart()
+    report = rig.cycle()
+    assert report.ok and rig.state("default", "llama3.2-1b") == READY
+
+
+def test_failed_pull_shows_ollamas_error_and_is_retried_with_backoff(rig: Rig) -> None:
+    rig.ollama.fail_next_pulls("llama3.2:1b", 2, "max retries exceeded: unexpected EOF")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and record.status.state == FAILED
+    assert record.status.error == "max retries exceeded: unexpected EOF" and record.status.failures == 1
+    first_delay = record.status.next_retry_at - rig.clock.now
+    assert 7.5 <= first_delay <= 15
+    rig.cycle()  # too early: no retry
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    rig.clock.advance(first_delay + 1)
+    rig.cycle()
+    record = rig.record("default", "llama3.2-1b")
+    assert record.status.failures == 2 and 15 <= record.status.next_retry_at - rig.clock.now <= 30
+    rig.clock.advance(31)
+    rig.cycle()
+    assert rig.state("default", "llama3.2-1b") == READY and rig.ollama.pull_count["llama3.2:1b"] == 3
+    assert rig.record("default", "llama3.2-1b").status.error is None
+
+
+def test_unknown_model_fails_cleanly_with_ollamas_message(rig: Rig) -> None:
+    rig.work.model("default", "no-such-model", "1b")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    report = rig.cycle()
+    assert report.ok
+    record = rig.record("default", "no-such-model-1b")
+    assert record is not None and record.status.state == FAILED
+    assert record.status.error == "pull model manifest: file does not exist"
+    assert rig.state("default", "llama3.2-1b") == READY
+
+
+def test_bumped_refresh_field_repulls_once(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b", extra="refreshRequestedAt: '2026-01-01T00:00:00Z'\n")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1  # a refresh value in a new file is history
+    rig.work.model("default", "llama3.2", "1b", extra="refreshRequestedAt: '2026-11-25T14:00:00Z'\n")
+    rig.push("refresh")
+    rig.cycle()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 2
+    assert rig.record("default", "llama3.2-1b").status.refresh_handled == "2026-11-25T14:00:00Z"
+    rig.clock.advance(10_000)
+    rig.cycle()
+    rig.start()
+    rig.cycle()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 2
+
+
+def test_drift_is_found_on_the_resync_interval(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start(resync_interval=300)
+    rig.cycle()
+    rig.cycle()
+    rig.ollama.remove("llama3.2:1b")  # removed by hand behind the reconciler's back
+    assert rig.cycle().noop  # the cheap cycle does not look
+    rig.clock.advance(301)
+    report = rig.cycle()
+    assert not report.noop and any(p.reason == "drift: missing from Ollama" for p in report.plan.actions if hasattr(p, "reason"))
+    assert "llama3.2:1b" in rig.ollama.installed() and rig.ollama.pull_count["llama3.2:1b"] == 2
+
+
+def test_pruning_every_model_needs_allow_empty(rig: Rig) -> None:
+    paths = [rig.work.model("default", "llama3.2", "1b"), rig.work.model("default", "gemma3", "1b")]
+    rig.push()
+    rig.start()
+    rig.cycle()
+    for path in paths:
+        rig.work.remove(path)
+    rig.push("remove all")
+    report = rig.cycle()
+    assert not report.ok and "would remove all 2 models" in report.message and "--allow-empty" in report.message
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    rig.start(allow_empty=True)
+    assert rig.cycle().ok
+    assert rig.ollama.installed() == {}
+
+
+def test_suspended_models_are_left_alone(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b", extra="suspend: true\n")
+    path = rig.work.model("default", "gemma3", "1b")
+    rig.work.model("default", "phi3", "mini")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert "llama3.2:1b" not in rig.ollama.installed()
+    rig.work.model("default", "gemma3", "1b", extra="suspend: true\n")
+    rig.push("suspend gemma")
+    rig.ollama.remove("gemma3:1b")
+    rig.clock.advance(10_000)
+    rig.cycle()
+    assert "gemma3:1b" not in rig.ollama.installed()  # no drift repair while suspended
+    rig.ollama.install("gemma3:1b")
+    rig.work.remove(path)
+    rig.push("remove suspended")
+    rig.cycle()
+    assert "gemma3:1b" in rig.ollama.installed()
+
+
+def test_same_model_in_two_namespaces_is_pulled_once_and_kept_while_wanted(rig: Rig) -> None:
+    rig.work.model("team-a", "llama3.2", "1b")
+    path_b = rig.work.model("team-b", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    assert rig.state("team-a", "llama3.2-1b") == rig.state("team-b", "llama3.2-1b") == READY
+    rig.work.remove(path_b)
+    rig.push("drop team-b")
+    rig.cycle()
+    assert "llama3.2:1b" in rig.ollama.installed() and rig.record("team-b", "llama3.2-1b") is None
+
+
+def test_a_pull_in_flight_is_not_started_twice_and_cycles_do_not_wait(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    with rig.ollama.hold_pulls() as gate:
+        rig.cycle(wait=False)
+        assert gate.wait_for_pulls(1, timeout=10)
+        assert rig.state("default", "llama3.2-1b") == "Pulling"
+        assert rig.cycle(wait=False).noop  # nothing new: a pull in flight is not pending work
+        rig.work.model("default", "gemma3", "1b")
+        rig.push("another model")
+        report = rig.cycle(wait=False)
+        assert report.ok
+        assert any(getattr(a, "reason", "") == "pull in progress" for a in report.plan.actions)
+        assert gate.wait_for_pulls(2, timeout=10)
+        progress = rig.record("default", "llama3.2-1b").status
+        assert progress.progress_total and progress.progress_completed is not None
+    assert rig.reconciler.pulls.wait(timeout=10)
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1 and rig.state("default", "llama3.2-1b") == READY
+    assert rig.state("default", "gemma3-1b") == READY
+
+
+def test_dry_run_changes_nothing(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    report = rig.cycle(dry_run=True)
+    assert [type(a).__name__ for a in report.plan.actions] == ["Pull"]
+    assert rig.ollama.pull_count == {} and rig.record("default", "llama3.2-1b") is None
+    assert not (rig.state_dir / "models.json").exists()
+
+
+def test_state_directory_is_locked_against_a_second_process(rig: Rig) -> None:
+    rig.start()
+    with pytest.raises(StateLocked, match="another ollama-gitops process"):
+        StateStore(rig.state_dir).acquire_process_lock()
+
+
+def test_file_removed_during_its_pull_is_pruned_after_the_pull(rig: Rig) -> None:
+    rig.work.model("default", "gemma3", "1b")
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    with rig.ollama.hold_pulls() as gate:
+        rig.cycle(wait=False)
+        assert gate.wait_for_pulls(2, timeout=10)
+        rig.work.remove(path)
+        rig.push("remove while pulling")
+        report = rig.cycle(wait=False)
+        assert [a.reason for a in report.plan.actions if a.key.name == "llama3.2-1b"] == [
+            "file removed; waiting for the pull in progress to end"
+        ]
+        assert rig.ollama.delete_count == {}
+    assert rig.reconciler.pulls.wait(timeout=10)
+    rig.cycle()
+    assert set(rig.ollama.installed()) == {"gemma3:1b"}
+
+
+def test_state_store_survives_a_restart_with_a_pull_marked_pulling(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    with rig.ollama.hold_pulls() as gate:
+        rig.cycle(wait=False)
+        assert gate.wait_for_pulls(1, timeout=10)
+        # What a process killed now leaves behind: the record says Pulling.
+        shutil.copytree(rig.state_dir, rig.tmp_path / "snapshot")
+    rig.stop()
+    rig.state_dir = rig.tmp_path / "snapshot"
+    (rig.state_dir / "lock").unlink(missing_ok=True)
+    rig.start()
+    assert rig.state("default", "llama3.2-1b") == "Pending"
+    rig.cycle()
+    assert rig.state("default", "llama3.2-1b") == READY

@@ -9,10 +9,12 @@ proportion to what changed.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import git
 
@@ -21,11 +23,15 @@ from .modelfile import ModelFields, ParseResult
 
 MODELS_DIR = "models"
 MODEL_SUFFIXES = (".yaml", ".yml")
+PREFETCH_THRESHOLD = 64  # below this many unparsed blobs, one-by-one reads beat starting a process
 
 
-@dataclass(frozen=True, order=True)
-class ModelKey:
-    """A model's identity: the namespace directory and the resource name (the file's stem)."""
+class ModelKey(NamedTuple):
+    """A model's identity: the namespace directory and the resource name (the file's stem).
+
+    A named tuple rather than a dataclass: keys are hashed and compared by the ten thousand on
+    every load, and tuples do that in C.
+    """
 
     namespace: str
     name: str
@@ -97,6 +103,16 @@ class _FileResult:
     problems: tuple[Problem, ...]
 
 
+@dataclass(frozen=True)
+class _Namespace:
+    """One namespace directory, checked and assembled: cached whole by its tree SHA."""
+
+    models: dict[ModelKey, DesiredModel]  # sorted by name
+    problems: tuple[Problem, ...]
+    unreadable: frozenset[ModelKey]
+    blobs: frozenset[str]
+
+
 @dataclass
 class LoadStats:
     """Counters that show how much work a load did (for tests and benchmarks)."""
@@ -115,7 +131,8 @@ class GitLoader:
     def __init__(self, repo: git.Repo) -> None:
         self._repo = repo
         self._parsed: dict[str, ParseResult] = {}
-        self._namespaces: dict[tuple[str, str], tuple[_FileResult, ...]] = {}
+        self._namespaces: dict[tuple[str, str], _Namespace] = {}
+        self._prefetched: dict[str, bytes] = {}
         self.stats = LoadStats()
 
     def load(self, commit: str) -> DesiredState:
@@ -126,26 +143,27 @@ class GitLoader:
             models_tree = commit_obj.tree / MODELS_DIR
         except KeyError:
             models_tree = None
-        used_namespaces: dict[tuple[str, str], tuple[_FileResult, ...]] = {}
-        results: list[_FileResult] = []
+        used: dict[tuple[str, str], _Namespace] = {}
         problems: list[Problem] = []
         if isinstance(models_tree, git.Tree):
             for item in models_tree:
                 if isinstance(item, git.Tree):
                     cache_key = (item.name, item.hexsha)
-                    namespace_results = self._namespaces.get(cache_key)
-                    if namespace_results is None:
+                    namespace = self._namespaces.get(cache_key)
+                    if namespace is None:
                         self.stats.namespaces_listed += 1
-                        namespace_results = _load_namespace(item.name, self._git_files(item), self._parse)
-                    used_namespaces[cache_key] = namespace_results
-                    results.extend(namespace_results)
+                        files = list(self._git_files(item))
+                        self._prefetch([f.blob for f in files if f.blob not in self._parsed])
+                        namespace = _assemble_namespace(_load_namespace(item.name, files, self._parse))
+                    used[cache_key] = namespace
                 elif isinstance(item, git.Blob) and _is_model_file(item.name):
                     problems.append(_misplaced(item.path))
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
-        self._namespaces = used_namespaces
-        live_blobs = {r.blob for rs in used_namespaces.values() for r in rs}
+        self._namespaces = used
+        live_blobs = frozenset().union(*(n.blobs for n in used.values()))
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
-        return _assemble(commit_obj.hexsha, results, problems)
+        self._prefetched.clear()
+        return _merge(commit_obj.hexsha, [used[k] for k in sorted(used)], problems)
 
     def _parse(self, file: _SourceFile) -> ParseResult:
         cached = self._parsed.get(file.blob)
@@ -154,32 +172,53 @@ class GitLoader:
             cached = self._parsed[file.blob] = _read_and_parse(file)
         return cached
 
+    def _prefetch(self, blobs: list[str]) -> None:
+        """Read many blobs in one pipelined `git cat-file --batch`.
+
+        GitPython's shared cat-file process answers one object per round trip; for a whole
+        repository the round trips cost more than the parsing, so large reads go in one batch.
+        """
+        if len(blobs) < PREFETCH_THRESHOLD:
+            return
+        self._prefetched.update(read_blobs(self._repo.git_dir, blobs))
+
     def _git_files(self, tree: git.Tree) -> Iterator[_SourceFile]:
         for item in tree.traverse():
             if isinstance(item, git.Blob) and _is_model_file(item.name):
                 yield _SourceFile(
                     path=item.path,
                     blob=item.hexsha,
-                    read=_blob_reader(self._repo, item.binsha),
+                    read=self._blob_reader(item.hexsha, item.binsha),
                     symlink=item.mode == git.Blob.link_mode,
                 )
+
+    def _blob_reader(self, hexsha: str, binsha: bytes) -> Callable[[], bytes]:
+        def read() -> bytes:
+            content = self._prefetched.pop(hexsha, None)
+            if content is None:
+                return _read_blob(self._repo, binsha)
+            if len(content) > modelfile.MAX_FILE_BYTES:
+                raise modelfile.FileTooLarge(len(content))
+            return content
+
+        return read
 
 
 def load_directory(root: str | os.PathLike[str]) -> DesiredState:
     """The desired state of a checkout on disk, as `ollama-gitops validate` checks it."""
     root = Path(root)
     models_dir = root / MODELS_DIR
-    results: list[_FileResult] = []
+    namespaces: list[_Namespace] = []
     problems: list[Problem] = []
     if models_dir.is_dir():
         for entry in sorted(models_dir.iterdir()):
             relative = entry.relative_to(root).as_posix()
             if entry.is_dir() and not entry.is_symlink():
                 files = _directory_files(root, entry)
-                results.extend(_load_namespace(entry.name, files, _read_and_parse))
+                namespaces.append(_assemble_namespace(_load_namespace(entry.name, files, _read_and_parse)))
             elif _is_model_file(entry.name):
                 problems.append(_misplaced(relative))
-    return _assemble(None, results, problems)
+    return _merge(None, namespaces, problems)
 
 
 def _directory_files(root: Path, namespace_dir: Path) -> Iterator[_SourceFile]:
@@ -242,15 +281,20 @@ def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _F
     return _FileResult(file.path, file.blob, model, claimed, ())
 
 
-def _assemble(commit: str | None, results: Iterable[_FileResult], problems: list[Problem]) -> DesiredState:
+def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
+    """The models of one namespace directory; files that claim the same model are all refused."""
+    problems: list[Problem] = []
     by_key: dict[ModelKey, list[_FileResult]] = defaultdict(list)
+    blobs = set()
     for result in results:
+        blobs.add(result.blob)
         problems.extend(result.problems)
         if result.claimed is not None:
             by_key[result.claimed].append(result)
     models: dict[ModelKey, DesiredModel] = {}
     unreadable: set[ModelKey] = set()
-    for key, claims in by_key.items():
+    for key in sorted(by_key):
+        claims = by_key[key]
         if len(claims) > 1:
             paths = sorted(c.path for c in claims)
             for path in paths:
@@ -261,12 +305,18 @@ def _assemble(commit: str | None, results: Iterable[_FileResult], problems: list
             models[key] = claims[0].model
         else:
             unreadable.add(key)
-    return DesiredState(
-        commit=commit,
-        models=dict(sorted(models.items())),
-        problems=tuple(sorted(problems)),
-        unreadable=frozenset(unreadable),
-    )
+    return _Namespace(models, tuple(problems), frozenset(unreadable), frozenset(blobs))
+
+
+def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem]) -> DesiredState:
+    """Join namespaces (in name order, so models stay sorted) into one desired state."""
+    models: dict[ModelKey, DesiredModel] = {}
+    unreadable: set[ModelKey] = set()
+    for namespace in namespaces:
+        models.update(namespace.models)
+        unreadable.update(namespace.unreadable)
+        problems.extend(namespace.problems)
+    return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable))
 
 
 def _read_and_parse(file: _SourceFile) -> ParseResult:
@@ -276,16 +326,32 @@ def _read_and_parse(file: _SourceFile) -> ParseResult:
         return exc.errors
 
 
-def _blob_reader(repo: git.Repo, binsha: bytes) -> Callable[[], bytes]:
-    def read() -> bytes:
-        stream = repo.odb.stream(binsha)
-        if stream.size > modelfile.MAX_FILE_BYTES:
-            while stream.read(1 << 20):  # the shared cat-file pipe must be emptied all the same
-                pass
-            raise modelfile.FileTooLarge(stream.size)
-        return stream.read()
+def read_blobs(git_dir: str | os.PathLike[str], blobs: list[str]) -> dict[str, bytes]:
+    """The contents of many blobs, read in one `git cat-file --batch` call."""
+    request = "".join(f"{sha}\n" for sha in blobs).encode()
+    output = subprocess.run(["git", "--git-dir", os.fspath(git_dir), "cat-file", "--batch"],
+                            input=request, capture_output=True, check=True).stdout
+    contents: dict[str, bytes] = {}
+    position = 0
+    for _ in blobs:
+        end = output.index(b"\n", position)
+        header = output[position:end].split()
+        position = end + 1
+        if len(header) != 3:  # "<sha> missing": leave it to the one-by-one reader to report
+            continue
+        size = int(header[2])
+        contents[header[0].decode()] = output[position:position + size]
+        position += size + 1
+    return contents
 
-    return read
+
+def _read_blob(repo: git.Repo, binsha: bytes) -> bytes:
+    stream = repo.odb.stream(binsha)
+    if stream.size > modelfile.MAX_FILE_BYTES:
+        while stream.read(1 << 20):  # the shared cat-file pipe must be emptied all the same
+            pass
+        raise modelfile.FileTooLarge(stream.size)
+    return stream.read()
 
 
 def _file_reader(file: Path) -> Callable[[], bytes]:

@@ -13,7 +13,8 @@ from typing import Protocol
 import httpx
 import ollama
 
-from .plan import InstalledModel, normalize_reference
+from .naming import normalize_reference
+from .plan import InstalledModel
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (completed bytes, total bytes) as a pull streams."""

@@ -45,3 +45,11 @@ def dns1123_subdomain_error(value: str) -> str | None:
             "and start and end with a letter or digit"
         )
     return None
+
+
+def normalize_reference(reference: str) -> str:
+    """Ollama's identity for a reference: `latest` when no tag, and case-insensitive."""
+    last = reference.rsplit("/", 1)[-1]
+    if ":" not in last:
+        reference += ":latest"
+    return reference.lower()

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
 from .desired import DesiredModel, DesiredState, ModelKey
+from .naming import normalize_reference
 from .state import READY, AppliedSpec, ModelRecord
 
 
@@ -52,25 +53,24 @@ class Delete:
 
 @dataclass(frozen=True)
 class Forget:
-    """Stop managing a removed model without touching Ollama.
-
-    `release` means the reference is no longer ollama-gitops's to prune: its weights were kept on
-    purpose, so a file that asks for it again later adopts it rather than owning it.
-    """
+    """Stop managing a removed model without touching Ollama (its record, and so its ownership, goes)."""
 
     key: ModelKey
     reference: str
     reason: str
-    release: bool = True
 
 
 @dataclass(frozen=True)
 class MarkReady:
-    """The model is in Ollama as wanted: record it Ready with what Ollama reports."""
+    """The model is in Ollama as wanted: record it Ready with what Ollama reports.
+
+    `owned` passes ollama-gitops's ownership of the weights on to a new file for the same model.
+    """
 
     key: ModelKey
     installed: InstalledModel
     reason: str
+    owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,34 +123,32 @@ def plan(
     desired: DesiredState,
     observed: Mapping[str, InstalledModel] | None,
     records: Mapping[ModelKey, ModelRecord],
-    owned: Set[str],
     *,
+    scope: Set[ModelKey] | None = None,
     in_flight: Set[str] = frozenset(),
     now: float,
     allow_empty: bool = False,
 ) -> Plan:
-    """Decide what to do. `observed` is None when Ollama could not be asked: then nothing changes in it.
+    """Decide what to do about the models in `scope` (every model when None).
 
-    `observed` is keyed by normalised reference (see `normalize_reference`); `owned` holds the
-    references ollama-gitops pulled itself; `in_flight` those being pulled right now.
+    `observed` is keyed by normalised reference and is None when Ollama could not be asked: then
+    nothing is pulled or deleted. `records` must hold every recorded key in scope and every recorded
+    key that shares a reference with one (see `StateStore.related`); a recorded key outside scope is
+    taken as unchanged. `in_flight` holds the references being pulled right now.
     """
-    specs: dict[ModelKey, AppliedSpec] = {key: applied_spec(m) for key, m in desired.models.items()}
-    problems = {p.path: p for p in desired.problems}
-    for key in desired.unreadable:
-        if key in records:  # keep the last good version of a broken file's model
-            specs[key] = records[key].spec
-    actions: list[Action] = []
-    for key in sorted(desired.unreadable):
-        record = records.get(key)
-        if record is not None:
-            problem = problems.get(record.spec.path)
-            message = f"model file is invalid, keeping the last good version: {problem.message if problem else 'see problems'}"
-            if record.status.error != message:
-                actions.append(RecordError(key, message))
+    keys = set(desired.models) | set(desired.unreadable) | set(records) if scope is None else set(scope)
+    specs: dict[ModelKey, AppliedSpec] = {}
+    for key in keys:
+        model = desired.models.get(key)
+        if model is not None:
+            specs[key] = applied_spec(model)
+        elif key in desired.unreadable and key in records:
+            specs[key] = records[key].spec  # keep the last good version of a broken file's model
+    actions: list[Action] = [*_broken_file_errors(desired, keys, records)]
 
-    removed = sorted(key for key in records if key not in specs)
+    removed = sorted(key for key in keys if key in records and key not in specs)
     refused = None
-    if removed and not specs and not allow_empty:
+    if removed and not allow_empty and not desired.models and not (desired.unreadable & set(records)):
         refused = (
             f"commit {(desired.commit or '')[:12]} would remove all {len(removed)} models; "
             "refusing to prune to zero without --allow-empty"
@@ -161,13 +159,31 @@ def plan(
     wanted_by_reference: dict[str, list[ModelKey]] = defaultdict(list)
     for key, spec in sorted(specs.items()):
         wanted_by_reference[normalize_reference(spec.reference)].append(key)
+    # Recorded models outside the scope are unchanged: they still want what they wanted.
+    still_wanted = {normalize_reference(r.spec.reference) for k, r in records.items() if k not in keys}
+    owned = {normalize_reference(r.spec.reference) for r in records.values() if r.status.owned}
 
-    for reference, keys in sorted(wanted_by_reference.items()):
-        actions.extend(_plan_reference(reference, keys, specs, records, observed, in_flight, now))
+    for reference, wanting in sorted(wanted_by_reference.items()):
+        actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now, reference in owned))
 
     if observed is not None:
-        actions.extend(_plan_removals(removed, records, owned, wanted_by_reference, observed, in_flight))
+        wanted = still_wanted | set(wanted_by_reference)
+        actions.extend(_plan_removals(removed, records, owned, wanted, observed, in_flight))
     return Plan(tuple(actions), specs, refused)
+
+
+def _broken_file_errors(desired: DesiredState, keys: Set[ModelKey], records: Mapping[ModelKey, ModelRecord]) -> list[Action]:
+    problems = {p.path: p for p in desired.problems}
+    actions: list[Action] = []
+    for key in sorted(desired.unreadable & keys):
+        record = records.get(key)
+        if record is None:
+            continue
+        problem = problems.get(record.spec.path)
+        message = f"model file is invalid, keeping the last good version: {problem.message if problem else 'see problems'}"
+        if record.status.error != message:
+            actions.append(RecordError(key, message))
+    return actions
 
 
 def _plan_reference(
@@ -178,6 +194,7 @@ def _plan_reference(
     observed: Mapping[str, InstalledModel] | None,
     in_flight: Set[str],
     now: float,
+    owned: bool,
 ) -> list[Action]:
     active = [k for k in keys if not specs[k].suspend]
     actions: list[Action] = [Skip(k, "suspended") for k in keys if specs[k].suspend]
@@ -194,8 +211,9 @@ def _plan_reference(
     if installed is not None and refresh is None:
         for key in active:
             status = records[key].status if key in records else None
-            if status is None or status.state != READY or status.error or status.digest != installed.digest or status.size != installed.size:
-                actions.append(MarkReady(key, installed, "already in Ollama"))
+            if (status is None or status.state != READY or status.error or status.owned != owned
+                    or status.digest != installed.digest or status.size != installed.size):
+                actions.append(MarkReady(key, installed, "already in Ollama", owned))
         return actions
 
     retry_at = min((records[k].status.next_retry_at or 0.0) for k in active if k in records) if len(new_keys) < len(active) else 0.0
@@ -227,7 +245,7 @@ def _plan_removals(
     removed: list[ModelKey],
     records: Mapping[ModelKey, ModelRecord],
     owned: Set[str],
-    wanted_by_reference: Mapping[str, list[ModelKey]],
+    wanted: Set[str],
     observed: Mapping[str, InstalledModel],
     in_flight: Set[str],
 ) -> list[Action]:
@@ -238,11 +256,11 @@ def _plan_removals(
     for reference, keys in sorted(by_reference.items()):
         specs = [records[k].spec for k in keys]
 
-        def forget(reason: str, release: bool = True) -> list[Action]:
-            return [Forget(k, records[k].spec.reference, reason, release) for k in keys]
+        def forget(reason: str) -> list[Action]:
+            return [Forget(k, records[k].spec.reference, reason) for k in keys]
 
-        if reference in wanted_by_reference:
-            actions.extend(forget("file removed; the model is still wanted by another file", release=False))
+        if reference in wanted:
+            actions.extend(forget("file removed; the model is still wanted by another file"))
         elif reference in in_flight:
             # Deciding now would race the download; prune once it has ended.
             actions.extend(Skip(k, "file removed; waiting for the pull in progress to end") for k in keys)
@@ -258,10 +276,3 @@ def _plan_removals(
             actions.append(Delete(reference, tuple(keys), "file removed from Git"))
     return actions
 
-
-def normalize_reference(reference: str) -> str:
-    """Ollama's identity for a reference: `latest` when no tag, and case-insensitive."""
-    last = reference.rsplit("/", 1)[-1]
-    if ":" not in last:
-        reference += ":latest"
-    return reference.lower()

@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
 
 from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
-from .plan import InstalledModel, Pull, normalize_reference
-from .state import FAILED, PULLING, READY, StateStore
+from .naming import normalize_reference
+from .plan import InstalledModel, Pull
+from .state import FAILED, PULLING, READY, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.pulls")
 
@@ -40,7 +40,7 @@ class PullPool:
         *,
         concurrency: int = 2,
         clock: Callable[[], float] = time.time,
-        on_finished: Callable[[], None] | None = None,
+        on_finished: Callable[[str, InstalledModel | None], None] | None = None,
     ) -> None:
         self._server = server
         self._store = store
@@ -62,11 +62,12 @@ class PullPool:
             if reference in self._in_flight:
                 return False
             with self._store.editing() as edit:
-                edit.own(reference)  # recorded before the download starts, so a crash never orphans it
                 for key in pull.keys:
                     status = edit.status(key)
                     if status is not None:
-                        status.state, status.progress_completed, status.progress_total = PULLING, None, None
+                        # Owned before the download starts, so that a crash never leaves weights no one may prune.
+                        status.state, status.owned = PULLING, True
+                        status.progress_completed = status.progress_total = None
             self._in_flight[reference] = self._executor.submit(self._run, pull, reference, commit)
         return True
 
@@ -88,6 +89,7 @@ class PullPool:
 
     def _run(self, pull: Pull, reference: str, commit: str | None) -> None:
         started = self._clock()
+        installed: InstalledModel | None = None
         try:
             self._server.pull(pull.reference, lambda done, total: self._store.update_progress(pull.keys, done, total))
             installed = self._server.installed().get(reference)
@@ -102,10 +104,10 @@ class PullPool:
             with self._lock:
                 self._in_flight.pop(reference, None)
             if self._on_finished is not None:
-                self._on_finished()
+                self._on_finished(reference, installed)
 
     def _record_success(self, pull: Pull, installed: InstalledModel | None, commit: str | None, seconds: float) -> None:
-        now = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = utc_rfc3339(self._clock())
         with self._store.editing() as edit:
             for key in pull.keys:
                 status = edit.status(key)

@@ -2,6 +2,11 @@
 
 The order is the data flow: Git -> desired state -> plan (pure) -> Ollama -> status. A cycle whose
 commit is already applied, with nothing pending and no drift check due, stops after the fetch.
+
+Cycles are incremental. A full cycle (the first one, after a failure, and every resync interval)
+lists Ollama and plans every model; in between, a cycle plans only the models whose files changed
+or that have work left, against the last listing kept up to date by the reconciler's own pulls and
+deletes. Drift made behind its back is found by the next full cycle.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
-from .desired import DesiredState, GitLoader
+from .desired import DesiredState, GitLoader, ModelKey
 from .gitrepo import GitError, GitRepo
 from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
-from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, normalize_reference, plan
+from .naming import normalize_reference
+from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, plan
 from .pulls import PullPool
-from .state import PENDING, READY, ModelRecord, ModelStatus, StateStore
+from .state import PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.reconcile")
 
@@ -34,6 +40,7 @@ class CycleReport:
     message: str
     plan: Plan | None = None
     noop: bool = False
+    full: bool = False  # Ollama was listed and every model planned
 
     @property
     def ok(self) -> bool:
@@ -62,10 +69,15 @@ class Reconciler:
         self.allow_empty = allow_empty
         self._clock = clock
         self._loader: GitLoader | None = None
-        self._converged = False  # did the last applied cycle leave nothing to retry?
         self._cycle_lock = threading.Lock()
-        self.desired: DesiredState | None = None
-        self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock, on_finished=on_pull_finished)
+        self._converged = False  # did the last cycle leave nothing to retry?
+        self._observed: dict[str, InstalledModel] | None = None  # the last listing, kept current
+        self._observed_lock = threading.Lock()
+        self.applied: DesiredState | None = None  # the desired state of the last applied cycle
+        self.desired: DesiredState | None = None  # the desired state of the last loaded commit
+        self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock,
+                              on_finished=self._pull_finished)
+        self._on_pull_finished = on_pull_finished
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
         """Run one cycle; never raises for trouble outside the process (Git, Ollama, bad files)."""
@@ -88,40 +100,64 @@ class Reconciler:
             return CycleReport(FAILED_OUTCOME, self.store.sync.last_fetched_commit, f"{exc}; nothing changed")
         self.store.sync = replace(self.store.sync, last_fetched_commit=commit)
         now = self._clock()
-        if not dry_run and self._is_noop(commit, now):
+        full = dry_run or self._full_cycle_due(now)
+        if not full and commit == self.store.sync.last_applied_commit and not self._work_left(now):
             return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
 
         desired = self._load(commit)
-        try:
-            observed: dict[str, InstalledModel] | None = self.server.installed()
-            unreachable = None
-        except (ServerUnreachable, ModelOperationFailed) as exc:
-            observed, unreachable = None, str(exc)
-        the_plan = plan(
-            desired, observed, self.store.records(), self.store.owned(),
-            in_flight=self.pulls.in_flight(), now=now, allow_empty=self.allow_empty,
-        )
+        unreachable = None
+        if full:
+            try:
+                observed = self.server.installed()
+            except (ServerUnreachable, ModelOperationFailed) as exc:
+                observed, unreachable = None, str(exc)
+            scope = None
+            records = self.store.records()
+        else:
+            observed = self._current_observed()
+            scope = self._changed_since_applied(desired) | self.store.unsettled(now) | self._unpruned(desired)
+            records = self.store.records(self.store.related(scope, _references(desired, scope)))
+        the_plan = plan(desired, observed, records, scope=scope, in_flight=self.pulls.in_flight(),
+                        now=now, allow_empty=self.allow_empty)
         if dry_run:
-            return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit, unreachable or "dry run", the_plan)
+            return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit,
+                               unreachable or "dry run", the_plan, full=True)
 
-        failures = self._apply(the_plan, commit, now)
-        if observed is not None:
+        if observed is not None and full:
+            with self._observed_lock:
+                self._observed = dict(observed)
             self.store.sync = replace(self.store.sync, last_resync_at=now)
+        failures = self._apply(the_plan, commit)
         problems = [m for m in (unreachable, the_plan.refused, *failures) if m]
         self._converged = not problems
         if problems:
-            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), the_plan)
+            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), the_plan, full=full)
+        self.applied = desired
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
         changes = sum(1 for a in the_plan.actions if not isinstance(a, Skip))
-        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {changes} change(s)", the_plan)
+        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {changes} change(s)", the_plan, full=full)
 
-    def _is_noop(self, commit: str, now: float) -> bool:
-        sync = self.store.sync
-        if not self._converged or commit != sync.last_applied_commit or self.desired is None:
-            return False
-        if sync.last_resync_at is None or now - sync.last_resync_at >= self.resync_interval:
-            return False
-        return not self.store.needs_attention(now, self.desired)
+    def _full_cycle_due(self, now: float) -> bool:
+        last = self.store.sync.last_resync_at
+        return (not self._converged or self.applied is None or self._current_observed() is None
+                or last is None or now - last >= self.resync_interval)
+
+    def _work_left(self, now: float) -> bool:
+        assert self.applied is not None
+        return bool(self.store.unsettled(now)) or bool(self._unpruned(self.applied))
+
+    def _unpruned(self, desired: DesiredState) -> set[ModelKey]:
+        """Recorded models no longer in Git (e.g. their pull was in flight when the file went)."""
+        return set(self.store.keys() - desired.models.keys() - desired.unreadable)
+
+    def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
+        previous = self.applied
+        assert previous is not None
+        changed = {key for key, model in desired.models.items()
+                   if (old := previous.models.get(key)) is None or old.blob != model.blob}
+        changed.update(previous.models.keys() - desired.models.keys())
+        changed.update(desired.unreadable ^ previous.unreadable)
+        return changed
 
     def _load(self, commit: str) -> DesiredState:
         if self._loader is None:
@@ -129,8 +165,19 @@ class Reconciler:
         self.desired = self._loader.load(commit)
         return self.desired
 
+    def _current_observed(self) -> dict[str, InstalledModel] | None:
+        with self._observed_lock:
+            return None if self._observed is None else dict(self._observed)
+
+    def _pull_finished(self, reference: str, installed: InstalledModel | None) -> None:
+        with self._observed_lock:
+            if self._observed is not None and installed is not None:
+                self._observed[reference] = installed
+        if self._on_pull_finished is not None:
+            self._on_pull_finished()
+
     # -- applying ----------------------------------------------------------------------------------------
-    def _apply(self, the_plan: Plan, commit: str, now: float) -> list[str]:
+    def _apply(self, the_plan: Plan, commit: str) -> list[str]:
         """Carry the plan out; returns messages for what could not be done (to retry next cycle)."""
         lines = _Log(commit)
         with self.store.editing() as edit:
@@ -145,13 +192,16 @@ class Reconciler:
                 if isinstance(action, MarkReady):
                     status = edit.status(action.key)
                     assert status is not None
-                    _mark_ready(status, action.installed, commit)
+                    _mark_ready(status, action.installed, action.owned, commit)
                     lines.add("ready", action.key, action.installed.reference, action.reason)
                 elif isinstance(action, RecordError):
                     status = edit.status(action.key)
                     if status is not None:
                         status.error = action.message[:1024]
                     lines.add("skipped", action.key, None, action.message)
+                elif isinstance(action, Forget):
+                    edit.forget(action.key)
+                    lines.add("forgotten", action.key, action.reference, action.reason)
                 elif isinstance(action, Skip):
                     lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
         failures: list[str] = []
@@ -163,12 +213,6 @@ class Reconciler:
                 failure = self._delete(action, lines)
                 if failure:
                     failures.append(failure)
-            elif isinstance(action, Forget):
-                with self.store.editing() as edit:
-                    edit.forget(action.key)
-                    if action.release:
-                        edit.own(normalize_reference(action.reference), False)
-                lines.add("forgotten", action.key, action.reference, action.reason)
         if the_plan.refused:
             log.warning("action=refused commit=%s reason=%r", commit[:12], the_plan.refused)
         return failures
@@ -185,11 +229,13 @@ class Reconciler:
                         status.error = message[:1024]
             lines.add("failed", action.keys, action.reference, message, level=logging.WARNING)
             return message
+        with self._observed_lock:
+            if self._observed is not None:
+                self._observed.pop(normalize_reference(action.reference), None)
         # Forget only after Ollama confirmed: a crash in between repeats the delete, never loses it.
         with self.store.editing() as edit:
             for key in action.keys:
                 edit.forget(key)
-            edit.own(normalize_reference(action.reference), False)
         lines.add("deleted", action.keys, action.reference, action.reason)
         return None
 
@@ -197,7 +243,7 @@ class Reconciler:
         desired = self.desired
         sync = replace(
             self.store.sync,
-            last_cycle_at=datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            last_cycle_at=utc_rfc3339(self._clock()),
             last_cycle_duration=round(seconds, 6),
             last_cycle_outcome=report.outcome,
             last_cycle_message=report.message,
@@ -206,13 +252,18 @@ class Reconciler:
         self.store.save_sync(sync)
         if not report.noop:
             level = logging.INFO if report.ok else logging.WARNING
-            log.log(level, "action=cycle outcome=%s commit=%s seconds=%.3f message=%r", report.outcome,
-                    (report.commit or "-")[:12], seconds, report.message)
+            log.log(level, "action=cycle outcome=%s commit=%s full=%s seconds=%.3f message=%r", report.outcome,
+                    (report.commit or "-")[:12], report.full, seconds, report.message)
 
 
-def _mark_ready(status: ModelStatus, installed: InstalledModel, commit: str) -> None:
+def _references(desired: DesiredState, keys: set[ModelKey]) -> list[str]:
+    return [desired.models[k].reference for k in keys if k in desired.models]
+
+
+def _mark_ready(status: ModelStatus, installed: InstalledModel, owned: bool, commit: str) -> None:
     status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
     status.size, status.digest, status.applied_commit = installed.size, installed.digest, commit
+    status.owned = status.owned or owned
     if status.last_pull_time is None and installed.modified_at:
         status.last_pull_time = _seconds_z(installed.modified_at)
 

@@ -1,33 +1,35 @@
 """The reconciler's own memory: what it applied, what it pulled, and the live status of each model.
 
-Kept in the state directory as two JSON files, each replaced atomically (temp file, fsync, rename):
-`models.json` changes only when a model's record does, and `sync.json`, small, after every cycle, so
-that a no-op cycle never rewrites the record of every model. A lock file stops two processes from
-reconciling the same state directory.
+Kept in the state directory: one small JSON file per model (`models/<namespace>/<name>.json`) and
+`sync.json` for the reconciler as a whole. Every file is replaced atomically (temp file, rename), and
+only the files of models that changed are written, so a cycle's cost follows the change and not the
+size of the repository. A lock file stops two processes from reconciling the same state directory.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fcntl
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections import defaultdict
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from .desired import DesiredState, ModelKey, Problem
+from .desired import ModelKey, Problem
+from .naming import normalize_reference
 
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
 
 FORMAT_VERSION = 1
+FSYNC_BATCH_LIMIT = 32  # past this many files in one edit, one sync() replaces a fsync per file
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,15 @@ class ModelStatus:
     last_pull_time: str | None = None
     error: str | None = None
     applied_commit: str | None = None
-    progress_completed: int | None = None  # bytes, while Pulling
-    progress_total: int | None = None
+    owned: bool = False  # ollama-gitops pulled this model: only then may it prune the weights
     failures: int = 0  # consecutive failed pulls, for backoff
     next_retry_at: float | None = None  # epoch seconds
     refresh_handled: str | None = None  # the refreshRequestedAt value already acted on
+    progress_completed: int | None = None  # bytes, while Pulling; never persisted
+    progress_total: int | None = None
+
+
+_TRANSIENT = ("progress_completed", "progress_total")
 
 
 @dataclass
@@ -63,8 +69,11 @@ class ModelRecord:
     spec: AppliedSpec
     status: ModelStatus = field(default_factory=ModelStatus)
 
+    def copy(self) -> ModelRecord:
+        return ModelRecord(self.spec, dataclasses.replace(self.status))
 
-@dataclass
+
+@dataclass(frozen=True)
 class SyncStatus:
     """The reconciler as a whole."""
 
@@ -72,9 +81,9 @@ class SyncStatus:
     last_applied_commit: str | None = None
     last_cycle_at: str | None = None
     last_cycle_duration: float | None = None
-    last_cycle_outcome: str | None = None  # "Succeeded", "Failed", "NoOp"
+    last_cycle_outcome: str | None = None  # "Succeeded" or "Failed"
     last_cycle_message: str | None = None
-    last_resync_at: float | None = None  # epoch seconds of the last look at Ollama for drift
+    last_resync_at: float | None = None  # epoch seconds of the last full look at Ollama
     problems: tuple[Problem, ...] = ()
 
 
@@ -89,9 +98,10 @@ class StateStore:
         self.directory = directory
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
-        self._owned: set[str] = set()  # references ollama-gitops itself pulled: the only ones it may prune
+        self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
+        self._unsettled: set[ModelKey] = set()  # Pending or Failed, and not suspended
         self.sync = SyncStatus()
-        self._lock_file: Any = None
+        self._lock_file: TextIO | None = None
         self._load()
 
     # -- process lock ---------------------------------------------------------------------------
@@ -112,44 +122,53 @@ class StateStore:
             self._lock_file = None
 
     # -- reading ----------------------------------------------------------------------------------
-    def records(self) -> dict[ModelKey, ModelRecord]:
-        """A deep copy of every record, safe to read while pulls update the store."""
+    def keys(self) -> frozenset[ModelKey]:
         with self._lock:
-            return copy.deepcopy(self._models)
+            return frozenset(self._models)
+
+    def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]:
+        """Copies of the records of `keys` (all when None), safe to read while pulls update the store."""
+        with self._lock:
+            if keys is None:
+                return {k: r.copy() for k, r in self._models.items()}
+            return {k: self._models[k].copy() for k in keys if k in self._models}
 
     def record(self, key: ModelKey) -> ModelRecord | None:
         with self._lock:
             found = self._models.get(key)
-            return copy.deepcopy(found)
+            return found.copy() if found is not None else None
 
-    def needs_attention(self, now: float, desired: DesiredState) -> bool:
-        """Is anything left to do without a new commit: a pull to start or retry, a removal to finish?"""
+    def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
+        """`keys`, plus every recorded key that shares a reference with them or is for `references`."""
         with self._lock:
-            for key, record in self._models.items():
-                if key not in desired.models and key not in desired.unreadable:
-                    return True  # removed from Git but not pruned yet (e.g. its pull was in flight)
-                if record.spec.suspend:
-                    continue
-                status = record.status
-                if status.state == PENDING or (status.state == FAILED and (status.next_retry_at or 0) <= now):
-                    return True
-        return False
+            wanted = {normalize_reference(r) for r in references}
+            wanted.update(normalize_reference(self._models[k].spec.reference) for k in keys if k in self._models)
+            related = set(keys)
+            for reference in wanted:
+                related.update(self._by_reference.get(reference, ()))
+            return related
 
-    def owned(self) -> frozenset[str]:
+    def unsettled(self, now: float) -> set[ModelKey]:
+        """Models with work left without a new commit: a pull to start, or a failed one due for retry."""
         with self._lock:
-            return frozenset(self._owned)
+            return {
+                key for key in self._unsettled
+                if self._models[key].status.state == PENDING or (self._models[key].status.next_retry_at or 0) <= now
+            }
 
     # -- writing ----------------------------------------------------------------------------------
     @contextmanager
     def editing(self) -> Iterator[_Edit]:
-        """Change records under the lock; `models.json` is written once, if anything changed."""
+        """Change records under the lock; the files of the records touched are written at the end."""
         with self._lock:
-            edit = _Edit(self._models, self._owned)
-            yield edit
-            if edit.changed:
-                self._save_models()
+            edit = _Edit(self._models)
+            try:
+                yield edit
+            finally:
+                if edit.touched:
+                    self._commit(edit.touched, edit.before)
 
-    def update_progress(self, keys: tuple[ModelKey, ...], completed: int, total: int) -> None:
+    def update_progress(self, keys: Collection[ModelKey], completed: int, total: int) -> None:
         """Pull progress, kept in memory only: it is stale the moment the process dies anyway."""
         with self._lock:
             for key in keys:
@@ -162,84 +181,109 @@ class StateStore:
             self.sync = sync
             payload = dataclasses.asdict(sync)
             payload["problems"] = [dataclasses.asdict(p) for p in sync.problems]
-            _write_json(self.directory / "sync.json", {"version": FORMAT_VERSION, **payload})
+            _write_json(self.directory / "sync.json", {"version": FORMAT_VERSION, **payload}, durable=True)
 
     # -- persistence --------------------------------------------------------------------------------
-    def _save_models(self) -> None:
-        models = []
-        for key, record in sorted(self._models.items()):
-            status = dataclasses.asdict(record.status)
-            status.pop("progress_completed")
-            status.pop("progress_total")
-            models.append({"namespace": key.namespace, "name": key.name, "spec": dataclasses.asdict(record.spec), "status": status})
-        _write_json(self.directory / "models.json", {"version": FORMAT_VERSION, "owned": sorted(self._owned), "models": models})
+    def _model_file(self, key: ModelKey) -> Path:
+        return self.directory / "models" / key.namespace / f"{key.name}.json"
+
+    def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
+        durable = len(touched) <= FSYNC_BATCH_LIMIT
+        for key in touched:
+            old_reference = before.get(key)
+            if old_reference is not None:
+                self._by_reference[old_reference].discard(key)
+            record = self._models.get(key)
+            if record is None:
+                self._unsettled.discard(key)
+                self._model_file(key).unlink(missing_ok=True)
+                continue
+            self._by_reference[normalize_reference(record.spec.reference)].add(key)
+            if not record.spec.suspend and record.status.state in (PENDING, FAILED):
+                self._unsettled.add(key)
+            else:
+                self._unsettled.discard(key)
+            status = {k: v for k, v in dataclasses.asdict(record.status).items() if k not in _TRANSIENT}
+            _write_json(self._model_file(key), {"version": FORMAT_VERSION, "spec": dataclasses.asdict(record.spec),
+                                                "status": status}, durable=durable)
+        if not durable:
+            os.sync()
 
     def _load(self) -> None:
-        models = _read_json(self.directory / "models.json")
-        if models:
-            self._owned = set(models.get("owned", []))
-            for item in models.get("models", []):
-                status = ModelStatus(**item["status"])
-                if status.state == PULLING:
-                    status.state = PENDING  # the pull died with the previous process
-                key = ModelKey(item["namespace"], item["name"])
-                self._models[key] = ModelRecord(AppliedSpec(**item["spec"]), status)
+        models_dir = self.directory / "models"
+        if models_dir.is_dir():
+            for namespace_dir in models_dir.iterdir():
+                for file in namespace_dir.glob("*.json"):
+                    data = _read_json(file)
+                    if data is None:
+                        continue
+                    status = ModelStatus(**data["status"])
+                    if status.state == PULLING:
+                        status.state = PENDING  # the pull died with the previous process
+                    key = ModelKey(namespace_dir.name, file.stem)
+                    self._models[key] = ModelRecord(AppliedSpec(**data["spec"]), status)
+            self._commit_indexes()
         sync = _read_json(self.directory / "sync.json")
         if sync:
             sync.pop("version", None)
             problems = tuple(Problem(**p) for p in sync.pop("problems", []))
             self.sync = SyncStatus(**sync, problems=problems)
 
+    def _commit_indexes(self) -> None:
+        for key, record in self._models.items():
+            self._by_reference[normalize_reference(record.spec.reference)].add(key)
+            if not record.spec.suspend and record.status.state in (PENDING, FAILED):
+                self._unsettled.add(key)
+
 
 class _Edit:
-    """The mutable view handed out by StateStore.editing()."""
+    """The mutable view handed out by StateStore.editing(); remembers what it touched."""
 
-    def __init__(self, models: dict[ModelKey, ModelRecord], owned: set[str]) -> None:
+    def __init__(self, models: dict[ModelKey, ModelRecord]) -> None:
         self._models = models
-        self._owned = owned
-        self.changed = False
+        self.touched: set[ModelKey] = set()
+        self.before: dict[ModelKey, str | None] = {}
+
+    def _touch(self, key: ModelKey) -> None:
+        if key not in self.touched:
+            self.touched.add(key)
+            record = self._models.get(key)
+            self.before[key] = normalize_reference(record.spec.reference) if record else None
 
     def get(self, key: ModelKey) -> ModelRecord | None:
         return self._models.get(key)
 
     def put(self, key: ModelKey, record: ModelRecord) -> None:
+        self._touch(key)
         self._models[key] = record
-        self.changed = True
 
     def status(self, key: ModelKey) -> ModelStatus | None:
-        """The live status to change in place (marks the store changed)."""
-        record = self._models.get(key)
-        if record is None:
+        """The live status to change in place (the record is written at the end of the edit)."""
+        if key not in self._models:
             return None
-        self.changed = True
-        return record.status
+        self._touch(key)
+        return self._models[key].status
 
     def forget(self, key: ModelKey) -> None:
-        if self._models.pop(key, None) is not None:
-            self.changed = True
-
-    def own(self, reference: str, owned: bool = True) -> None:
-        if owned and reference not in self._owned:
-            self._owned.add(reference)
-            self.changed = True
-        elif not owned and reference in self._owned:
-            self._owned.discard(reference)
-            self.changed = True
+        if key in self._models:
+            self._touch(key)
+            del self._models[key]
 
 
-def utc_now_rfc3339() -> str:
-    """Now, as the seed writes times: RFC 3339, seconds precision, `Z`."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def utc_rfc3339(epoch: float) -> str:
+    """An epoch time as the seed writes times: RFC 3339, seconds precision, `Z`."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+def _write_json(path: Path, payload: Mapping[str, Any], durable: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -216,3 +216,15 @@ def test_in_namespace_orders_by_name(work_repo: WorkRepo) -> None:
     work_repo.commit()
     state, _ = load(work_repo)
     assert [m.key.name for m in state.in_namespace("default")] == ["alpha-1", "zeta-1"]
+
+
+def test_large_namespace_is_read_in_one_batch_with_the_same_results(work_repo: WorkRepo) -> None:
+    for i in range(150):
+        work_repo.model("default", f"m{i}", "1")
+    work_repo.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
+    work_repo.write("models/default/huge-1.yaml", b"name: huge\ntag: '1'\n" + b"#" * (modelfile.MAX_FILE_BYTES + 10) + b"\n")
+    work_repo.commit()
+    state, loader = load(work_repo)
+    assert len(state.models) == 150 and loader.stats.parsed == 152
+    assert [p.path for p in state.problems] == ["models/default/broken-1.yaml", "models/default/huge-1.yaml"]
+    assert "-byte limit" in state.problems[1].message

@@ -1,0 +1,154 @@
+"""`ollama-gitops reconcile` as a user runs it: real processes, real Git, the stand-in Ollama."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gitrepos import WorkRepo, init_bare
+from standins.ollama_server import OllamaStandin
+
+COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([COMMAND, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path: Path, ollama: OllamaStandin) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+    environment.update({
+        "OLLAMA_GITOPS_STATE_DIR": str(tmp_path / "state"),
+        "OLLAMA_GITOPS_OLLAMA_URL": ollama.url,
+        "OLLAMA_GITOPS_KUBERNETES": "off",
+        "HOME": str(tmp_path / "home"),
+    })
+    return environment
+
+
+def statuses(state_dir: Path) -> dict[str, str]:
+    return {f"{f.parent.name}/{f.stem}": json.loads(f.read_text())["status"]["state"]
+            for f in (state_dir / "models").glob("*/*.json")}
+
+
+def test_first_run_with_no_settings_reconciles_the_embedded_example_repo(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    result = run(["reconcile", "--once"], env)
+    assert result.returncode == 0, result.stderr
+    assert "Succeeded at" in result.stdout
+    assert "Ready    default/llama3.2-1b  llama3.2:1b" in result.stdout
+    assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    assert statuses(tmp_path / "state") == {"default/llama3.2-1b": "Ready", "default/gemma3-1b": "Ready"}
+    assert "action=pull models=default/gemma3-1b reference=gemma3:1b commit=" in result.stderr
+    again = run(["reconcile", "--once"], env)
+    assert again.returncode == 0 and ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1}
+
+
+def test_dry_run_previews_a_branch_and_changes_nothing(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    remote = init_bare(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "llama3.2", "1b")
+    work.commit()
+    work.push()
+    work.model("default", "phi3", "mini")
+    work.commit("add phi3")
+    work.push("add-phi3")
+    ollama.install("llama3.2:1b")
+    result = run(["reconcile", "--once", "--dry-run", "--repo", str(remote), "--branch", "add-phi3"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "ready    default/llama3.2-1b  llama3.2:1b  (already in Ollama)",
+        "pull     default/phi3-mini  phi3:mini  (new model, not in Ollama)",
+        f"dry run: Succeeded at {work.repo.head.commit.hexsha[:12]}: dry run",
+    ]
+    assert ollama.pull_count == {} and not (tmp_path / "state" / "models").exists()
+
+
+def test_ollama_down_exits_non_zero_naming_the_url(env: dict[str, str], ollama: OllamaStandin) -> None:
+    ollama.stop()
+    result = run(["reconcile", "--once"], env)
+    assert result.returncode == 1
+    assert f"Ollama is not reachable at {ollama.url}" in result.stdout
+
+
+def test_failed_pull_exits_non_zero_with_ollamas_error(env: dict[str, str], ollama: OllamaStandin) -> None:
+    ollama.fail_next_pulls("gemma3:1b", 1, "max retries exceeded: unexpected EOF")
+    result = run(["reconcile", "--once"], env)
+    assert result.returncode == 1
+    assert "Failed   default/gemma3-1b  gemma3:1b: max retries exceeded: unexpected EOF" in result.stdout
+
+
+def test_credentials_never_appear_in_output(env: dict[str, str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-file-secret\n")
+    env = {**env, "OLLAMA_GITOPS_GIT_TOKEN": "tok-env-secret"}
+    result = run(["reconcile", "--once", "--repo", "http://alice:pw-secret@127.0.0.1:9/models.git",
+                  "--git-token-file", str(token_file)], env)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "could not fetch branch 'main' from http://***@127.0.0.1:9/models.git" in output
+    for secret in ("pw-secret", "tok-file-secret", "tok-env-secret", "alice"):
+        assert secret not in output
+    config = (tmp_path / "state" / "clone.git" / "config").read_text()
+    assert "tok-file-secret" not in config
+
+
+def test_second_process_on_the_same_state_directory_is_refused(env: dict[str, str], ollama: OllamaStandin) -> None:
+    with ollama.hold_pulls() as gate:
+        first = subprocess.Popen([COMMAND, "reconcile"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert gate.wait_for_pulls(1, timeout=30)
+            second = run(["reconcile", "--once"], env)
+            assert second.returncode == 2 and "another ollama-gitops process is reconciling" in second.stderr
+        finally:
+            first.send_signal(signal.SIGTERM)
+            gate.release()
+            assert first.wait(timeout=30) == 0
+
+
+def test_kill_9_mid_pull_then_restart_converges_without_duplicate_pulls(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    gate = ollama.hold_pulls()
+    process = subprocess.Popen([COMMAND, "reconcile", "--concurrency", "1"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert gate.wait_for_pulls(1, timeout=30)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        gate.release()
+    assert ollama.installed() == {}  # the killed pull installed nothing
+    assert set(statuses(tmp_path / "state").values()) <= {"Pending", "Pulling"}
+    result = run(["reconcile", "--once"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    pulls_after_recovery = dict(ollama.pull_count)
+    again = run(["reconcile", "--once"], env)
+    assert again.returncode == 0
+    assert ollama.pull_count == pulls_after_recovery  # Ready models are not pulled again
+
+
+def test_sigterm_stops_the_loop_cleanly(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    process = subprocess.Popen([COMMAND, "reconcile", "--interval", "3600"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:  # the first cycle's summary line
+            if "action=cycle outcome=Succeeded" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert json.loads((tmp_path / "state" / "sync.json").read_text())["last_cycle_outcome"] == "Succeeded"
+
+
+def test_kubernetes_on_is_refused_clearly_in_this_version(env: dict[str, str]) -> None:
+    result = run(["reconcile", "--once", "--kubernetes", "on"], env)
+    assert result.returncode == 2 and "--kubernetes on is not available" in result.stderr

@@ -1,0 +1,72 @@
+"""Cycles run one at a time, and a cycle can be requested now; none is lost while one runs."""
+
+from __future__ import annotations
+
+import threading
+
+from reconciler.scheduler import CycleScheduler
+
+
+def test_first_cycle_runs_at_start_and_requests_run_at_once() -> None:
+    ran = threading.Semaphore(0)
+    scheduler = CycleScheduler(ran.release, interval=3600)
+    scheduler.start()
+    try:
+        assert ran.acquire(timeout=10)  # the first cycle, at start
+        scheduler.request_cycle()
+        assert ran.acquire(timeout=10)  # not an hour later
+    finally:
+        scheduler.shutdown()
+
+
+def test_request_during_a_cycle_runs_another_after_it_and_cycles_never_overlap() -> None:
+    inside = threading.Event()
+    proceed = threading.Event()
+    finished = threading.Semaphore(0)
+    active = 0
+    overlaps = []
+    calls = []
+
+    def cycle() -> None:
+        nonlocal active
+        active += 1
+        overlaps.append(active > 1)
+        calls.append(1)
+        if len(calls) == 1:
+            inside.set()
+            proceed.wait(10)
+        active -= 1
+        finished.release()
+
+    scheduler = CycleScheduler(cycle, interval=3600)
+    scheduler.start()
+    try:
+        assert inside.wait(10)
+        for _ in range(5):  # a burst while the first cycle runs collapses into one more cycle
+            scheduler.request_cycle()
+        proceed.set()
+        assert finished.acquire(timeout=10) and finished.acquire(timeout=10)
+    finally:
+        scheduler.shutdown()
+    assert not any(overlaps)
+    assert len(calls) == 2
+
+
+def test_a_crashing_cycle_does_not_stop_the_schedule() -> None:
+    ran = threading.Semaphore(0)
+    calls = []
+
+    def cycle() -> None:
+        calls.append(1)
+        ran.release()
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+
+    scheduler = CycleScheduler(cycle, interval=3600)
+    scheduler.start()
+    try:
+        assert ran.acquire(timeout=10)
+        scheduler.request_cycle()
+        assert ran.acquire(timeout=10)
+    finally:
+        scheduler.shutdown()

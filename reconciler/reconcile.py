@@ -139,7 +139,9 @@ class Reconciler:
 
     def _full_cycle_due(self, now: float) -> bool:
         last = self.store.sync.last_resync_at
-        return (not self._converged or self.applied is None or self._current_observed() is None
+        with self._observed_lock:
+            never_listed = self._observed is None
+        return (not self._converged or self.applied is None or never_listed
                 or last is None or now - last >= self.resync_interval)
 
     def _work_left(self, now: float) -> bool:
@@ -203,7 +205,7 @@ class Reconciler:
                     edit.forget(action.key)
                     lines.add("forgotten", action.key, action.reference, action.reason)
                 elif isinstance(action, Skip):
-                    lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
+                    lines.add("skipped", action.key, None, action.reason)
         failures: list[str] = []
         for action in the_plan.actions:
             if isinstance(action, Pull):

@@ -9,6 +9,7 @@ proportion to what changed.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -94,6 +95,20 @@ class _SourceFile:
     symlink: bool = False
 
 
+class _Entry(NamedTuple):
+    binsha: bytes
+    mode: int
+    name: str
+
+    @property
+    def is_tree(self) -> bool:
+        return self.mode == _TREE_MODE
+
+
+_TREE_MODE, _LINK_MODE, _SUBMODULE_MODE = 0o040000, 0o120000, 0o160000
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+
 @dataclass(frozen=True)
 class _FileResult:
     path: str
@@ -133,37 +148,59 @@ class GitLoader:
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
         self._prefetched: dict[str, bytes] = {}
+        self._last_commit = ""
         self.stats = LoadStats()
 
     def load(self, commit: str) -> DesiredState:
-        """The desired state at `commit` (any revision GitPython resolves)."""
-        commit_obj = self._repo.commit(commit)
+        """The desired state at `commit` (a full SHA, or any revision GitPython resolves)."""
         self.stats.loads += 1
-        try:
-            models_tree = commit_obj.tree / MODELS_DIR
-        except KeyError:
-            models_tree = None
+        root = self._commit(commit).tree
+        models_entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR and e.is_tree]
         used: dict[tuple[str, str], _Namespace] = {}
         problems: list[Problem] = []
-        if isinstance(models_tree, git.Tree):
-            for item in models_tree:
-                if isinstance(item, git.Tree):
-                    cache_key = (item.name, item.hexsha)
-                    namespace = self._namespaces.get(cache_key)
-                    if namespace is None:
-                        self.stats.namespaces_listed += 1
-                        files = list(self._git_files(item))
-                        self._prefetch([f.blob for f in files if f.blob not in self._parsed])
-                        namespace = _assemble_namespace(_load_namespace(item.name, files, self._parse))
+        listed: dict[tuple[str, str], list[_SourceFile]] = {}
+        for entry in self._entries(models_entries[0].binsha) if models_entries else []:
+            if entry.is_tree:
+                cache_key = (entry.name, entry.binsha.hex())
+                namespace = self._namespaces.get(cache_key)
+                if namespace is None:
+                    self.stats.namespaces_listed += 1
+                    listed[cache_key] = self._files(entry.binsha, f"{MODELS_DIR}/{entry.name}")
+                else:
                     used[cache_key] = namespace
-                elif isinstance(item, git.Blob) and _is_model_file(item.name):
-                    problems.append(_misplaced(item.path))
+            elif _is_model_file(entry.name):
+                problems.append(_misplaced(f"{MODELS_DIR}/{entry.name}"))
+        # One pipelined read for every new blob of every changed namespace.
+        self._prefetch([f.blob for files in listed.values() for f in files if f.blob not in self._parsed])
+        for cache_key, files in listed.items():
+            used[cache_key] = _assemble_namespace(_load_namespace(cache_key[0], files, self._parse))
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
         live_blobs = frozenset().union(*(n.blobs for n in used.values()))
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
         self._prefetched.clear()
-        return _merge(commit_obj.hexsha, [used[k] for k in sorted(used)], problems)
+        return _merge(self._last_commit, [used[k] for k in sorted(used)], problems)
+
+    def _commit(self, commit: str) -> git.Commit:
+        # A full SHA needs no lookup (`repo.commit` would ask git to resolve it first).
+        obj = git.Commit(self._repo, bytes.fromhex(commit)) if _FULL_SHA.match(commit) else self._repo.commit(commit)
+        self._last_commit = obj.hexsha
+        return obj
+
+    def _entries(self, binsha: bytes) -> list[_Entry]:
+        return _tree_entries(self._repo.odb.stream(binsha).read())
+
+    def _files(self, binsha: bytes, prefix: str) -> list[_SourceFile]:
+        """Model files under a tree, recursively (deeper ones are reported, not loaded)."""
+        files = []
+        for entry in self._entries(binsha):
+            path = f"{prefix}/{entry.name}"
+            if entry.is_tree:
+                files.extend(self._files(entry.binsha, path))
+            elif _is_model_file(entry.name) and entry.mode != _SUBMODULE_MODE:
+                hexsha = entry.binsha.hex()
+                files.append(_SourceFile(path, hexsha, self._blob_reader(hexsha, entry.binsha), entry.mode == _LINK_MODE))
+        return files
 
     def _parse(self, file: _SourceFile) -> ParseResult:
         cached = self._parsed.get(file.blob)
@@ -181,16 +218,6 @@ class GitLoader:
         if len(blobs) < PREFETCH_THRESHOLD:
             return
         self._prefetched.update(read_blobs(self._repo.git_dir, blobs))
-
-    def _git_files(self, tree: git.Tree) -> Iterator[_SourceFile]:
-        for item in tree.traverse():
-            if isinstance(item, git.Blob) and _is_model_file(item.name):
-                yield _SourceFile(
-                    path=item.path,
-                    blob=item.hexsha,
-                    read=self._blob_reader(item.hexsha, item.binsha),
-                    symlink=item.mode == git.Blob.link_mode,
-                )
 
     def _blob_reader(self, hexsha: str, binsha: bytes) -> Callable[[], bytes]:
         def read() -> bytes:
@@ -243,15 +270,14 @@ def _load_namespace(
     namespace_error = naming.dns1123_label_error(namespace)
     results = []
     for file in files:
-        path = PurePosixPath(file.path)
-        if len(path.parts) != 3:
+        if file.path.count("/") != 2:
             results.append(_FileResult(file.path, file.blob, None, None, (_too_deep(file.path),)))
             continue
         if namespace_error:
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
             results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
             continue
-        claimed = ModelKey(namespace, path.stem)
+        claimed = ModelKey(namespace, file.path.rpartition("/")[2].rpartition(".")[0])
         if file.symlink:
             problem = Problem(file.path, None, "model files must be regular files, not symbolic links")
             results.append(_FileResult(file.path, file.blob, None, claimed, (problem,)))
@@ -270,7 +296,7 @@ def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _F
         message = f"model {parsed.reference} gives the resource name '{name}', which {name_error}"
         return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
     if name != claimed.name:
-        suffix = PurePosixPath(file.path).suffix
+        suffix = file.path[file.path.rindex("."):]
         message = (
             f"file name does not match the model: {parsed.reference} must be in "
             f"'{claimed.namespace}/{name}{suffix}' (the name is <name>-<tag>, lowercased, "
@@ -317,6 +343,23 @@ def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Prob
         unreadable.update(namespace.unreadable)
         problems.extend(namespace.problems)
     return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable))
+
+
+def _tree_entries(data: bytes) -> list[_Entry]:
+    """The entries of a raw Git tree object: `<octal mode> <name>NUL<20-byte SHA>`, repeated.
+
+    GitPython's parser also checks every name as a safe checkout path, which costs more than the
+    parsing; nothing here is checked out, so the plain format is read directly.
+    """
+    entries = []
+    position, end = 0, len(data)
+    while position < end:
+        space = data.index(b" ", position)
+        nul = data.index(b"\0", space)
+        name = data[space + 1:nul].decode("utf-8", "surrogateescape")
+        entries.append(_Entry(data[nul + 1:nul + 21], int(data[position:space], 8), name))
+        position = nul + 21
+    return entries
 
 
 def _read_and_parse(file: _SourceFile) -> ParseResult:

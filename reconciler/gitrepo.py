@@ -10,6 +10,8 @@ import base64
 import os
 import re
 import shlex
+import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,7 @@ class GitCredentials:
         return [self.token, base64.b64encode(f"{self.username}:{self.token}".encode()).decode()]
 
 
+_REJECTED = re.compile(r"\[(remote )?rejected\]|non-fast-forward|fetch first|failed to update ref|cannot lock ref")
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
@@ -75,6 +78,8 @@ class GitRepo:
         self.path = path
         self.credentials = credentials or GitCredentials()
         self._repo: git.Repo | None = None
+        # Fetches and pushes both move the tracking ref; git refuses concurrent ref updates.
+        self.lock = threading.RLock()
 
     @property
     def repo(self) -> git.Repo:
@@ -95,30 +100,61 @@ class GitRepo:
         return redact(self.url, self.credentials.secrets())
 
     def fetch(self) -> str:
-        """Fetch the branch and return its head commit. Raises GitError when the remote cannot be read."""
+        """Fetch the branch and return its head commit. Raises GitError when the remote cannot be read.
+
+        Only the first fetch is shallow: with `--depth`, git cannot see that it already has the
+        remote's commit and transfers (and checks) a pack every time, so later fetches, most of
+        which bring nothing, are ordinary incremental ones.
+        """
         refspec = f"+refs/heads/{self.branch}:{self.tracking_ref}"
-        self.run("fetch", "--quiet", "--no-tags", "--depth=1", "origin", refspec, action=f"fetch branch {self.branch!r} from {self.display_url}")
-        return self.head()
+        with self.lock:
+            shallow = ["--depth=1"] if not self.has_fetched() else []
+            self.run("fetch", "--quiet", "--no-tags", *shallow, "origin", refspec,
+                     action=f"fetch branch {self.branch!r} from {self.display_url}")
+            return self.head()
+
+    def push(self, commit: str) -> bool:
+        """Push `commit` as the new head of the branch, fast-forward only.
+
+        Returns False when the remote refused because the branch moved (someone else pushed): fetch
+        and try again. Raises GitError for anything else.
+        """
+        with self.lock:
+            try:
+                self.run("push", "--porcelain", "origin", f"{commit}:refs/heads/{self.branch}",
+                         action=f"push to branch {self.branch!r} of {self.display_url}")
+            except GitError as exc:
+                if _REJECTED.search(str(exc)):
+                    return False
+                raise
+            self.repo.git.update_ref(self.tracking_ref, commit)
+            return True
 
     def head(self) -> str:
-        """The last fetched head commit of the branch."""
-        return self.repo.git.rev_parse(self.tracking_ref)
+        """The last fetched (or pushed) head commit of the branch (read in-process, no git command)."""
+        return git.SymbolicReference.dereference_recursive(self.repo, self.tracking_ref)
 
     def has_fetched(self) -> bool:
         try:
-            self.repo.git.rev_parse("--verify", "-q", self.tracking_ref)
-        except git.GitCommandError:
+            self.head()
+        except ValueError:
             return False
         return True
 
-    def run(self, *args: str, action: str) -> str:
+    def run(self, *args: str, action: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> str:
         """Run a git command in the clone with the credentials; errors become a safe GitError."""
-        env = {**os.environ, **self.credentials.environment()}
+        full_env = {**os.environ, **self.credentials.environment(), **(env or {})}
+        git_dir = self.repo.git_dir  # creates the clone on first use
         try:
-            return self.repo.git.execute(["git", *args], env=env, kill_after_timeout=GIT_TIMEOUT)
-        except git.GitCommandError as exc:
-            detail = (exc.stderr or "").strip().removeprefix("stderr:").strip(" '\n") or f"exit code {exc.status}"
-            raise GitError(redact(f"could not {action}: {detail}", self.credentials.secrets())) from None
+            result = subprocess.run(["git", "--git-dir", str(git_dir), *args], input=stdin, capture_output=True,
+                                    env=full_env, timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise GitError(redact(f"could not {action}: timed out after {GIT_TIMEOUT:.0f}s", self.credentials.secrets())) from None
+        if result.returncode != 0:
+            output = (result.stderr + result.stdout).decode("utf-8", "replace").strip()
+            detail = output or f"exit code {result.returncode}"
+            raise GitError(redact(f"could not {action}: {detail}", self.credentials.secrets()))
+        return result.stdout.decode("utf-8", "replace").strip()
 
     def _set_origin(self) -> None:
         assert self._repo is not None

@@ -78,6 +78,7 @@ class Reconciler:
         self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock,
                               on_finished=self._pull_finished)
         self._on_pull_finished = on_pull_finished
+        self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
         """Run one cycle; never raises for trouble outside the process (Git, Ollama, bad files)."""
@@ -150,7 +151,10 @@ class Reconciler:
 
     def _unpruned(self, desired: DesiredState) -> set[ModelKey]:
         """Recorded models no longer in Git (e.g. their pull was in flight when the file went)."""
-        return set(self.store.keys() - desired.models.keys() - desired.unreadable)
+        cache_key = (self.store.version, desired.commit)
+        if self._unpruned_cache[0] != cache_key:
+            self._unpruned_cache = (cache_key, set(self.store.keys() - desired.models.keys() - desired.unreadable))
+        return set(self._unpruned_cache[1])
 
     def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
         previous = self.applied
@@ -251,7 +255,7 @@ class Reconciler:
             last_cycle_message=report.message,
             problems=desired.problems if desired is not None else self.store.sync.problems,
         )
-        self.store.save_sync(sync)
+        self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
         if not report.noop:
             level = logging.INFO if report.ok else logging.WARNING
             log.log(level, "action=cycle outcome=%s commit=%s full=%s seconds=%.3f message=%r", report.outcome,

@@ -10,7 +10,9 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -27,12 +29,106 @@ def model_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+def is_rfc3339(value: object) -> bool:
+    """An RFC 3339 date-time (jsonschema only checks `date-time` with an optional extra package)."""
+    if not isinstance(value, str):
+        return True  # not a string: the `type` keyword reports that
+    match = _RFC3339.match(value)
+    if not match:
+        return False
+    # Check the calendar and clock values; the fraction's form was checked by the pattern (and
+    # Python 3.10's fromisoformat only takes 3 or 6 digits of it).
+    plain = value[: match.start(1)] if match.group(1) else value[: match.start(2)]
+    try:
+        datetime.fromisoformat(plain.replace("t", "T").replace(" ", "T"))
+    except ValueError:
+        return False
+    return True
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
     schema = model_schema()
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    formats = jsonschema.FormatChecker()
+    formats.checks("date-time")(is_rfc3339)
+    return cls(schema, format_checker=formats)
+
+
+@functools.cache
+def _quick_check() -> Callable[[Any], bool] | None:
+    try:
+        return _compile(model_schema())
+    except _Unsupported:
+        return None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_ANNOTATIONS = {"$schema", "$id", "title", "description", "examples", "default", "$comment"}
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+}
+
+
+def _compile(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
+    """A fast yes-or-don't-know check interpreted from the schema itself.
+
+    jsonschema walks the schema anew for every document, which costs more than parsing the YAML;
+    this turns the keywords the model schema uses into one closure. It only ever says "valid" for
+    documents jsonschema accepts too (a property test holds it to that); anything else, and any
+    schema keyword it does not know, falls back to jsonschema, which also explains the errors.
+    """
+    unknown = set(schema) - _ANNOTATIONS - {"type", "required", "properties", "additionalProperties",
+                                             "propertyNames", "pattern", "minLength", "maxLength", "format"}
+    if unknown or schema.get("format", "date-time") != "date-time" or schema.get("type", "object") not in _TYPES:
+        raise _Unsupported(unknown)
+    checks: list[Callable[[Any], bool]] = []
+    if "type" in schema:
+        checks.append(_TYPES[schema["type"]])
+    if "pattern" in schema:
+        pattern = re.compile(schema["pattern"])
+        checks.append(lambda v: not isinstance(v, str) or pattern.search(v) is not None)
+    if "minLength" in schema or "maxLength" in schema:
+        low, high = schema.get("minLength", 0), schema.get("maxLength", float("inf"))
+        checks.append(lambda v: not isinstance(v, str) or low <= len(v) <= high)
+    if "format" in schema:
+        checks.append(is_rfc3339)
+    if "required" in schema:
+        required = tuple(schema["required"])
+        checks.append(lambda v: not isinstance(v, dict) or all(name in v for name in required))
+    if {"properties", "additionalProperties", "propertyNames"} & set(schema):
+        properties = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
+        extra = schema.get("additionalProperties", True)
+        extra_check = None if isinstance(extra, bool) else _compile(extra)
+        names = _compile(schema["propertyNames"]) if "propertyNames" in schema else None
+
+        def members(value: Any) -> bool:
+            if not isinstance(value, dict):
+                return True
+            for name, item in value.items():
+                if names is not None and not names(name):
+                    return False
+                check = properties.get(name)
+                if check is None:
+                    if extra is False or (extra_check is not None and not extra_check(item)):
+                        return False
+                elif not check(item):
+                    return False
+            return True
+
+        checks.append(members)
+    return lambda value: all(check(value) for check in checks)
 
 
 def field_names() -> tuple[str, ...]:
@@ -54,8 +150,11 @@ def validate(document: Any, raw_scalars: Mapping[tuple[str | int, ...], str] | N
     `raw_scalars` maps the path of each scalar YAML read as a non-string to the text written in the
     file, so that a hint can show what to quote (`tag: 1.10` is the float 1.1).
     """
+    quick = _quick_check()
+    if quick is not None and quick(document):
+        return []
     validator = _validator()
-    if validator.is_valid(document):  # the common case, and much cheaper than collecting errors
+    if validator.is_valid(document):
         return []
     raw = raw_scalars or {}
     errors = [e for error in validator.iter_errors(document) for e in _explain(error, raw)]
@@ -82,7 +181,7 @@ def _explain(error: jsonschema.ValidationError, raw: Mapping[tuple[str | int, ..
     elif "propertyNames" in error.schema_path:
         yield SchemaError(path, f"'{where}' has an invalid key {error.instance!r}: a key is an optional DNS "
                           "subdomain prefix and '/', then at most 63 letters, digits, '-', '_' and '.'")
-    elif error.validator == "pattern":
+    elif error.validator in ("pattern", "format"):
         yield SchemaError(path, f"field '{where}' has an invalid value {error.instance!r}: {_pattern_hint(path)}")
     else:
         yield SchemaError(path, f"field '{where}': {error.message}" if path else error.message)

@@ -1,9 +1,14 @@
 """The reconciler's own memory: what it applied, what it pulled, and the live status of each model.
 
-Kept in the state directory: one small JSON file per model (`models/<namespace>/<name>.json`) and
-`sync.json` for the reconciler as a whole. Every file is replaced atomically (temp file, rename), and
-only the files of models that changed are written, so a cycle's cost follows the change and not the
-size of the repository. A lock file stops two processes from reconciling the same state directory.
+Kept in the state directory as a snapshot and a journal, the way databases keep a log:
+- `models.json`, every model's record, only ever replaced atomically (temp file, fsync, rename);
+- `models.journal`, one JSON line per changed record, appended (and fsynced) at the end of each
+  edit, so that a cycle writes in proportion to what changed, not to the size of the repository;
+  when the journal outgrows the snapshot, a new snapshot is written and the journal emptied;
+- `sync.json`, the reconciler as a whole, replaced atomically after each cycle.
+Loading reads the snapshot and replays the journal; a line torn by a crash mid-append is dropped
+(its edit had not been acknowledged). A lock file stops two processes from reconciling the same
+state directory.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
 
 FORMAT_VERSION = 1
-FSYNC_BATCH_LIMIT = 32  # past this many files in one edit, one sync() replaces a fsync per file
+SNAPSHOT, JOURNAL = "models.json", "models.journal"
+MIN_COMPACTION = 1000  # journal lines before a snapshot is considered at all
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,8 @@ class StateStore:
         self._models: dict[ModelKey, ModelRecord] = {}
         self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
         self._unsettled: set[ModelKey] = set()  # Pending or Failed, and not suspended
+        self._journal_lines = 0
+        self.version = 0  # bumped by every edit that changed a record
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
         self._load()
@@ -176,64 +184,95 @@ class StateStore:
                 if record is not None:
                     record.status.progress_completed, record.status.progress_total = completed, total
 
-    def save_sync(self, sync: SyncStatus) -> None:
+    def save_sync(self, sync: SyncStatus, durable: bool = True) -> None:
+        """Record the sync summary; `durable=False` skips the fsync (for what a restart can do without)."""
         with self._lock:
             self.sync = sync
             payload = dataclasses.asdict(sync)
             payload["problems"] = [dataclasses.asdict(p) for p in sync.problems]
-            _write_json(self.directory / "sync.json", {"version": FORMAT_VERSION, **payload}, durable=True)
+            _write_json(self.directory / "sync.json", {"version": FORMAT_VERSION, **payload}, durable=durable)
 
     # -- persistence --------------------------------------------------------------------------------
-    def _model_file(self, key: ModelKey) -> Path:
-        return self.directory / "models" / key.namespace / f"{key.name}.json"
-
     def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
-        durable = len(touched) <= FSYNC_BATCH_LIMIT
-        for key in touched:
+        lines = []
+        for key in sorted(touched):
             old_reference = before.get(key)
             if old_reference is not None:
                 self._by_reference[old_reference].discard(key)
             record = self._models.get(key)
-            if record is None:
-                self._unsettled.discard(key)
-                self._model_file(key).unlink(missing_ok=True)
-                continue
-            self._by_reference[normalize_reference(record.spec.reference)].add(key)
-            if not record.spec.suspend and record.status.state in (PENDING, FAILED):
-                self._unsettled.add(key)
-            else:
-                self._unsettled.discard(key)
-            status = {k: v for k, v in dataclasses.asdict(record.status).items() if k not in _TRANSIENT}
-            _write_json(self._model_file(key), {"version": FORMAT_VERSION, "spec": dataclasses.asdict(record.spec),
-                                                "status": status}, durable=durable)
-        if not durable:
-            os.sync()
+            self._index(key, record)
+            lines.append(json.dumps({"key": list(key), "record": _to_json(record) if record else None},
+                                    separators=(",", ":")))
+        self.version += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / JOURNAL, "a", encoding="utf-8") as journal:
+            journal.write("\n".join(lines) + "\n")
+            journal.flush()
+            os.fsync(journal.fileno())
+        self._journal_lines += len(lines)
+        if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
+            self._compact()
+
+    def _compact(self) -> None:
+        # The snapshot holds every journal line's effect, so replaying a journal that a crash left
+        # behind over it changes nothing: each key's last line equals its snapshot value.
+        models = [{"key": list(k), "record": _to_json(r)} for k, r in sorted(self._models.items())]
+        _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "models": models}, durable=True)
+        with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
+            journal.flush()
+            os.fsync(journal.fileno())
+        self._journal_lines = 0
+
+    def _index(self, key: ModelKey, record: ModelRecord | None) -> None:
+        if record is None:
+            self._unsettled.discard(key)
+            return
+        self._by_reference[normalize_reference(record.spec.reference)].add(key)
+        if not record.spec.suspend and record.status.state in (PENDING, FAILED):
+            self._unsettled.add(key)
+        else:
+            self._unsettled.discard(key)
 
     def _load(self) -> None:
-        models_dir = self.directory / "models"
-        if models_dir.is_dir():
-            for namespace_dir in models_dir.iterdir():
-                for file in namespace_dir.glob("*.json"):
-                    data = _read_json(file)
-                    if data is None:
-                        continue
-                    status = ModelStatus(**data["status"])
-                    if status.state == PULLING:
-                        status.state = PENDING  # the pull died with the previous process
-                    key = ModelKey(namespace_dir.name, file.stem)
-                    self._models[key] = ModelRecord(AppliedSpec(**data["spec"]), status)
-            self._commit_indexes()
+        snapshot = _read_json(self.directory / SNAPSHOT) or {"models": []}
+        for item in snapshot["models"]:
+            self._models[ModelKey(*item["key"])] = _from_json(item["record"])
+        journal = self.directory / JOURNAL
+        if journal.exists():
+            good = 0
+            with open(journal, "rb") as handle:
+                for raw in handle:
+                    try:
+                        item = json.loads(raw)
+                    except ValueError:
+                        break  # torn by a crash mid-append: that edit was never acknowledged
+                    key = ModelKey(*item["key"])
+                    if item["record"] is None:
+                        self._models.pop(key, None)
+                    else:
+                        self._models[key] = _from_json(item["record"])
+                    good += len(raw)
+                    self._journal_lines += 1
+            if good != journal.stat().st_size:
+                os.truncate(journal, good)
+        for key, record in self._models.items():
+            if record.status.state == PULLING:
+                record.status.state = PENDING  # the pull died with the previous process
+            self._index(key, record)
         sync = _read_json(self.directory / "sync.json")
         if sync:
             sync.pop("version", None)
             problems = tuple(Problem(**p) for p in sync.pop("problems", []))
             self.sync = SyncStatus(**sync, problems=problems)
 
-    def _commit_indexes(self) -> None:
-        for key, record in self._models.items():
-            self._by_reference[normalize_reference(record.spec.reference)].add(key)
-            if not record.spec.suspend and record.status.state in (PENDING, FAILED):
-                self._unsettled.add(key)
+
+def _to_json(record: ModelRecord) -> dict[str, Any]:
+    status = {k: v for k, v in dataclasses.asdict(record.status).items() if k not in _TRANSIENT}
+    return {"spec": dataclasses.asdict(record.spec), "status": status}
+
+
+def _from_json(data: Mapping[str, Any]) -> ModelRecord:
+    return ModelRecord(AppliedSpec(**data["spec"]), ModelStatus(**data["status"]))
 
 
 class _Edit:

@@ -293,7 +293,7 @@ def test_dry_run_changes_nothing(rig: Rig) -> None:
     report = rig.cycle(dry_run=True)
     assert [type(a).__name__ for a in report.plan.actions] == ["Pull"]
     assert rig.ollama.pull_count == {} and rig.record("default", "llama3.2-1b") is None
-    assert not (rig.state_dir / "models.json").exists()
+    assert StateStore(rig.state_dir).records() == {}
 
 
 def test_state_directory_is_locked_against_a_second_process(rig: Rig) -> None:
@@ -338,3 +338,29 @@ def test_state_store_survives_a_restart_with_a_pull_marked_pulling(rig: Rig) -> 
     assert rig.state("default", "llama3.2-1b") == "Pending"
     rig.cycle()
     assert rig.state("default", "llama3.2-1b") == READY
+
+
+def test_state_journal_replays_compacts_and_drops_a_torn_line(tmp_path) -> None:
+    from reconciler import state as state_module
+    from reconciler.desired import ModelKey
+    from reconciler.state import AppliedSpec, ModelRecord, ModelStatus
+
+    store = StateStore(tmp_path)
+    keys = [ModelKey("default", f"m{i}-1") for i in range(5)]
+    with store.editing() as edit:
+        for key in keys:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml")))
+    with store.editing() as edit:
+        edit.status(keys[0]).state = READY
+        edit.forget(keys[1])
+    with open(tmp_path / state_module.JOURNAL, "a") as journal:
+        journal.write('{"key":["default","torn"],"rec')  # a crash in the middle of an append
+    reloaded = StateStore(tmp_path)
+    assert set(reloaded.keys()) == set(keys) - {keys[1]}
+    assert reloaded.record(keys[0]).status.state == READY
+    assert (tmp_path / state_module.JOURNAL).read_text().endswith("\n")  # the torn tail is cut off
+    reloaded._compact()
+    assert (tmp_path / state_module.JOURNAL).read_text() == ""
+    again = StateStore(tmp_path)
+    assert again.records() == reloaded.records()
+    assert again.record(keys[0]).status == ModelStatus(state=READY)

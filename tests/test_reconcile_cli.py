@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gitrepos import WorkRepo, init_bare
+from reconciler.state import StateStore
 from standins.ollama_server import OllamaStandin
 
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
@@ -35,8 +36,8 @@ def env(tmp_path: Path, ollama: OllamaStandin) -> dict[str, str]:
 
 
 def statuses(state_dir: Path) -> dict[str, str]:
-    return {f"{f.parent.name}/{f.stem}": json.loads(f.read_text())["status"]["state"]
-            for f in (state_dir / "models").glob("*/*.json")}
+    """The states on disk, as the next process will read them."""
+    return {str(key): record.status.state for key, record in StateStore(state_dir).records().items()}
 
 
 def test_first_run_with_no_settings_reconciles_the_embedded_example_repo(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
@@ -68,7 +69,7 @@ def test_dry_run_previews_a_branch_and_changes_nothing(env: dict[str, str], olla
         "pull     default/phi3-mini  phi3:mini  (new model, not in Ollama)",
         f"dry run: Succeeded at {work.repo.head.commit.hexsha[:12]}: dry run",
     ]
-    assert ollama.pull_count == {} and not (tmp_path / "state" / "models").exists()
+    assert ollama.pull_count == {} and statuses(tmp_path / "state") == {}
 
 
 def test_ollama_down_exits_non_zero_naming_the_url(env: dict[str, str], ollama: OllamaStandin) -> None:

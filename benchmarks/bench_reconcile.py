@@ -1,0 +1,391 @@
+"""Benchmark: reconcile cycles (`reconciler.reconcile.Reconciler.run_cycle`) against real Git and the
+stand-in Ollama server, next to the bare `git fetch` they are built on.
+
+For each size (number of model files) a child process (so that peak RSS is per size):
+
+  - generates a models repository with `git fast-import` (`models/ns-<j>/model<i>-1b.yaml`, each
+    `name: model<i>` / `tag: "1b"`, spread round-robin over up to 10 namespaces) and pushes it to a
+    bare remote (`git init --bare -b main`);
+  - makes two plain `git clone`s of the remote: a working clone that commits and pushes the changes,
+    and a fetch clone for the bare-fetch baseline;
+  - starts the stand-in Ollama with every model in its catalogue and already installed, builds
+    `Reconciler(GitRepo(remote, "main", state/"clone.git"), OllamaServer(url), StateStore(state),
+    resync_interval=3600)` and runs the first (full, cold) cycle, timed, checking that every model
+    ends Ready without a single pull;
+  - then, for one untimed warm-up round plus --repeat timed rounds (medians reported), each round:
+      push:            the working clone adds/changes `labels: {rev: "<n>"}` in one model file
+                       (a new value every round), commits and pushes      -- not timed
+      (2) change cycle: `run_cycle()` that fetches that commit; must be neither noop nor full;
+                       the Ollama requests it made are counted from the stand-in's log
+      (3a) bare fetch:  `git fetch origin main` of the same new commit into the fetch clone
+      (1) no-op cycle:  `run_cycle()` with nothing new; must be `report.noop`, no Ollama request
+      (3b) bare no-op:  `git fetch origin main` with nothing new
+    so each cycle is timed right next to the bare fetch it is compared with. Before each timing the
+    garbage collector is run (outside the timing) so that a collection left over from preparation
+    does not land in it.
+
+Bars (printed as PASS/FAIL):
+  - no-op cycle <= 2x bare no-op fetch, at every size;
+  - change cycle at the largest size <= 3x change cycle at the smallest size (10,000 vs 10 by default).
+
+Peak RSS: measured per size, as `ru_maxrss` (RUSAGE_SELF) of the child process that ran that size: the
+Python process with the stand-in server thread, not its git subprocesses (RUSAGE_CHILDREN is left out:
+on Linux a forked child inherits its parent's high-water mark, so it would only repeat this number).
+
+Run from the repository root:
+
+    python benchmarks/bench_reconcile.py                          # 10, 1000, 10000; 5 repeats
+    python benchmarks/bench_reconcile.py --sizes 1000 --repeat 9
+    python benchmarks/bench_reconcile.py --smoke                  # 10 and 100, 1 repeat
+    python benchmarks/bench_reconcile.py --json results.json --check
+    python benchmarks/bench_reconcile.py --sizes 10000 --repeat 3 --profile noop   # cProfile to stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import os
+import platform
+import pstats
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for entry in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the stand-in lives in tests/
+    if str(entry) not in sys.path:
+        sys.path.insert(0, str(entry))
+
+DEFAULT_SIZES = (10, 1_000, 10_000)
+SMOKE_SIZES = (10, 100)
+NOOP_BAR = 2.0  # no-op cycle / bare no-op fetch
+CHANGE_BAR = 3.0  # change cycle at the largest size / change cycle at the smallest size
+NAMESPACES = 10
+MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
+
+# Every git process of the benchmark, the reconciler's included, runs with the same configuration:
+# none from the user or the system (hooks, signing, fsmonitor...), and a fixed identity.
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
+    "LC_ALL": "C",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Repositories
+# ---------------------------------------------------------------------------------------------
+
+def _git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
+    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
+    return result.stdout
+
+
+def model_path(i: int, size: int) -> str:
+    return f"models/ns-{i % min(NAMESPACES, size)}/model{i}-1b.yaml"
+
+
+def model_text(i: int, rev: int | None = None) -> str:
+    text = f'name: model{i}\ntag: "1b"\n'
+    if rev is not None:
+        text += f'labels: {{rev: "{rev}"}}\n'
+    return text
+
+
+def generate(parent: Path, size: int) -> tuple[Path, float]:
+    """A bare remote holding one commit with `size` model files; returns it and the seconds taken."""
+    started = time.perf_counter()
+    seed = parent / "seed.git"
+    _git("init", "-q", "--bare", "-b", "main", str(seed))
+    stream = [b"commit refs/heads/main\n", b"committer Bench <bench@example.com> 1800000000 +0000\n",
+              b"data 16\nmodels for bench\n"]
+    for i in range(size):
+        data = model_text(i).encode()
+        stream.append(f"M 100644 inline {model_path(i, size)}\ndata {len(data)}\n".encode() + data + b"\n")
+    stream.append(b"done\n")
+    _git("fast-import", "--quiet", "--done", cwd=seed, input=b"".join(stream))
+    remote = parent / "remote.git"
+    _git("init", "-q", "--bare", "-b", "main", str(remote))
+    _git("push", "-q", str(remote), "main:main", cwd=seed)
+    shutil.rmtree(seed)
+    return remote, time.perf_counter() - started
+
+
+def timed_git(*args: str, cwd: Path) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    _git(*args, cwd=cwd)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# One size, in its own process
+# ---------------------------------------------------------------------------------------------
+
+def bench_size(size: int, repeat: int, profile: str | None) -> dict:
+    os.environ.update(GIT_ENV)
+    from reconciler.gitrepo import GitRepo
+    from reconciler.modelserver import OllamaServer
+    from reconciler.reconcile import Reconciler
+    from reconciler.state import READY, StateStore
+    from standins.ollama_server import OllamaStandin
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-reconcile-{size}-") as tmp:
+        parent = Path(tmp)
+        remote, generate_s = generate(parent, size)
+        work, fetch_clone, state = parent / "work", parent / "fetch-clone", parent / "state"
+        _git("clone", "-q", str(remote), str(work))
+        _git("clone", "-q", str(remote), str(fetch_clone))
+
+        ollama = OllamaStandin().start()
+        for i in range(size):
+            ollama.add_to_catalogue(f"model{i}:1b", MODEL_SIZE)
+            ollama.install(f"model{i}:1b", MODEL_SIZE)
+        store = StateStore(state)
+        store.acquire_process_lock()
+        reconciler = Reconciler(GitRepo(str(remote), "main", state / "clone.git"), OllamaServer(ollama.url), store,
+                                resync_interval=3600)
+        profiler = cProfile.Profile() if profile else None
+        try:
+            # -- cold start: the first, full cycle ---------------------------------------------
+            gc.collect()
+            started = time.perf_counter()
+            if profile == "cold":
+                profiler.enable()
+            report = reconciler.run_cycle()
+            if profile == "cold":
+                profiler.disable()
+            cold_s = time.perf_counter() - started
+            assert report.ok and report.full and not report.noop, report.message
+            assert reconciler.pulls.wait(timeout=60)
+            assert sum(ollama.pull_count.values()) == 0, f"the cold cycle pulled: {dict(ollama.pull_count)}"
+            records = store.records()
+            assert len(records) == size and all(r.status.state == READY for r in records.values()), \
+                "not every model is Ready after the cold cycle"
+            cold_requests = len(ollama.requests)
+
+            # -- rounds: warm-up (round 0, discarded) + `repeat` timed ones -------------------------
+            changed = model_path(0, size)
+            samples: dict[str, list[float]] = {"change_cycle": [], "change_fetch": [], "noop_cycle": [], "noop_fetch": []}
+            change_requests: list[list[tuple[str, str]]] = []
+            noop_requests: list[int] = []
+            change_actions: list[list[str]] = []
+            for round_ in range(repeat + 1):
+                timed = round_ > 0
+                last = round_ == repeat
+                # push one change (not timed)
+                (work / changed).write_text(model_text(0, rev=round_ + 1))
+                _git("commit", "-q", "-a", "-m", f"rev {round_ + 1}", cwd=work)
+                _git("push", "-q", "origin", "HEAD:main", cwd=work)
+                head = _git("rev-parse", "HEAD", cwd=work).decode().strip()
+
+                # (2) the cycle that fetches the change
+                before = len(ollama.requests)
+                gc.collect()
+                started = time.perf_counter()
+                if profile == "change" and last:
+                    profiler.enable()
+                report = reconciler.run_cycle()
+                if profile == "change" and last:
+                    profiler.disable()
+                change_s = time.perf_counter() - started
+                assert report.ok and not report.noop and not report.full and report.commit == head, \
+                    (report.message, report.noop, report.full)
+                assert reconciler.pulls.wait(timeout=60)
+                requests = list(ollama.requests[before:])
+                actions = sorted(type(a).__name__ for a in report.plan.actions) if report.plan else []
+
+                # (3a) the bare fetch of the same commit
+                change_fetch_s = timed_git("fetch", "-q", "origin", "main", cwd=fetch_clone)
+
+                # (1) the no-op cycle
+                before = len(ollama.requests)
+                gc.collect()
+                started = time.perf_counter()
+                if profile == "noop" and last:
+                    profiler.enable()
+                report = reconciler.run_cycle()
+                if profile == "noop" and last:
+                    profiler.disable()
+                noop_s = time.perf_counter() - started
+                assert report.ok and report.noop and report.commit == head, (report.message, report.noop)
+
+                # (3b) the bare no-op fetch
+                noop_fetch_s = timed_git("fetch", "-q", "origin", "main", cwd=fetch_clone)
+
+                if timed:
+                    samples["change_cycle"].append(change_s)
+                    samples["change_fetch"].append(change_fetch_s)
+                    samples["noop_cycle"].append(noop_s)
+                    samples["noop_fetch"].append(noop_fetch_s)
+                    change_requests.append(requests)
+                    noop_requests.append(len(ollama.requests) - before)
+                    change_actions.append(actions)
+            assert sum(ollama.pull_count.values()) == 0, f"a cycle pulled: {dict(ollama.pull_count)}"
+        finally:
+            reconciler.close()
+            store.release_process_lock()
+            ollama.stop()
+
+    if profiler is not None:
+        print(f"\n=== cProfile: {profile} cycle at {size} models (by cumulative time) ===", file=sys.stderr)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(15)
+
+    self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return {
+        "size": size,
+        "namespaces": min(NAMESPACES, size),
+        "repeat": repeat,
+        "generate_s": generate_s,
+        "cold_cycle_s": cold_s,
+        "cold_ollama_requests": cold_requests,
+        "samples_s": samples,
+        "median_s": medians,
+        "change_ollama_requests": [len(r) for r in change_requests],
+        "change_ollama_request_log": [[f"{m} {p}" for m, p in r] for r in change_requests],
+        "noop_ollama_requests": noop_requests,
+        "change_plan_actions": change_actions,
+        "noop_ratio": medians["noop_cycle"] / medians["noop_fetch"],
+        "peak_rss_mib": self_kib / 1024,
+    }
+
+
+def run_child(size: int, repeat: int, profile: str | None) -> dict:
+    """Run one size in a fresh interpreter so that its peak RSS is its own."""
+    with tempfile.NamedTemporaryFile(prefix="bench-reconcile-", suffix=".json", delete=False) as out:
+        out_path = Path(out.name)
+    try:
+        command = [sys.executable, str(Path(__file__).resolve()), "--child", str(size), "--repeat", str(repeat),
+                   "--child-out", str(out_path)]
+        if profile:
+            command += ["--profile", profile]
+        if subprocess.run(command).returncode != 0:
+            raise SystemExit(f"bench_reconcile: size {size:,} failed (see the error above)")
+        return json.loads(out_path.read_text())
+    finally:
+        out_path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def evaluate(results: list[dict]) -> list[dict]:
+    bars = []
+    for r in results:
+        bars.append({
+            "bar": f"no-op cycle <= {NOOP_BAR:g}x bare no-op fetch at {r['size']:,}",
+            "value": r["noop_ratio"], "limit": NOOP_BAR, "ok": r["noop_ratio"] <= NOOP_BAR,
+        })
+    if len(results) >= 2:
+        small, large = min(results, key=lambda r: r["size"]), max(results, key=lambda r: r["size"])
+        ratio = large["median_s"]["change_cycle"] / small["median_s"]["change_cycle"]
+        bars.append({
+            "bar": f"change cycle at {large['size']:,} <= {CHANGE_BAR:g}x change cycle at {small['size']:,}",
+            "value": ratio, "limit": CHANGE_BAR, "ok": ratio <= CHANGE_BAR,
+        })
+    return bars
+
+
+def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
+    head = ("models", "cold cycle", "(2) change cyc", "(3a) fetch new", "(1) no-op cyc", "(3b) no-op fetch",
+            "(1)/(3b)", "(2)/(3a)", "ollama req (2)", "peak RSS")
+    rows = []
+    for r in results:
+        m = r["median_s"]
+        requests = sorted(set(r["change_ollama_requests"]))
+        rows.append((
+            f"{r['size']:,}", _ms(r["cold_cycle_s"]), _ms(m["change_cycle"]), _ms(m["change_fetch"]),
+            _ms(m["noop_cycle"]), _ms(m["noop_fetch"]), f"{r['noop_ratio']:.2f}x",
+            f"{m['change_cycle'] / m['change_fetch']:.2f}x", "/".join(map(str, requests)),
+            f"{r['peak_rss_mib']:,.1f} MiB",
+        ))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = "  ".join("{:>%d}" % w for w in widths)
+    print(f"\nReconcile cycles: times in ms, median of {repeat} (cold cycle: one run)")
+    print(line.format(*head))
+    print(line.format(*("-" * w for w in widths)))
+    for row in rows:
+        print(line.format(*row))
+    print("\n  cold cycle: first run_cycle() of a fresh process (full: clone, load all, /api/tags, plan all, write all states)")
+    print("  (2) change cycle: run_cycle() after a pushed commit changing one file; (3a) git fetch origin main of that commit")
+    print("  (1) no-op cycle: run_cycle() with nothing new;                        (3b) git fetch origin main, nothing new")
+    print("  ollama req (2): HTTP requests the change cycle made to Ollama; no-op cycles made "
+          f"{'none' if all(n == 0 for r in results for n in r['noop_ollama_requests']) else 'SOME'}")
+    print("  peak RSS: ru_maxrss of the child process that ran that size only (Python, stand-in Ollama thread included;"
+          " git subprocesses not included)")
+    print("\nBars:")
+    for bar in bars:
+        print(f"  {_verdict(bar['ok'])}  {bar['bar']}: {bar['value']:.2f}x (limit {bar['limit']:g}x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated model counts")
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per size (median reported)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES}, one repeat")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a bar fails")
+    parser.add_argument("--profile", choices=("cold", "change", "noop"),
+                        help="cProfile that cycle (last round of each size) and print the stats to stderr")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    try:
+        sizes = SMOKE_SIZES if args.smoke else tuple(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
+    except ValueError:
+        parser.error(f"--sizes must be comma-separated whole numbers, not {args.sizes!r}")
+    if not sizes or min(sizes) < 1:
+        parser.error("--sizes needs at least one size, each at least 1")
+
+    if args.child is not None:
+        result = bench_size(args.child, args.repeat, args.profile)
+        args.child_out.write_text(json.dumps(result))
+        return 0
+
+    repeat = 1 if args.smoke else args.repeat
+    results = []
+    for size in sizes:
+        print(f"size {size:,}: generating, cold cycle, 1 warm-up + {repeat} rounds...", file=sys.stderr, flush=True)
+        results.append(run_child(size, repeat, args.profile))
+    bars = evaluate(results)
+    print_table(results, bars, repeat)
+    if args.json:
+        git_version = _git("--version").decode().strip()
+        args.json.write_text(json.dumps({
+            "benchmark": "bench_reconcile", "repeat": repeat, "sizes": list(sizes),
+            "python": sys.version.split()[0], "platform": platform.platform(), "git": git_version,
+            "cpus": os.cpu_count(), "peak_rss": "per size, measured in a child process per size",
+            "results": results, "bars": bars, "all_pass": all(b["ok"] for b in bars),
+        }, indent=2))
+        print(f"\nwrote {args.json}")
+    return 1 if args.check and not all(b["ok"] for b in bars) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""The benchmarks still run (one small repeat each); their numbers are read by people, not asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script", ["bench_loader.py", "bench_reconcile.py"])
+def test_benchmark_smoke_run(script: str) -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "100" in result.stdout  # the second smoke size made it into the table

@@ -1,0 +1,294 @@
+"""Writing model files to the models repository: commits pushed to the tracked branch.
+
+This is how the API changes desired state. Each change (add, delete, refresh a model) is checked
+against the branch head, applied, committed and pushed, and acknowledged only once the push has
+succeeded. Changes that arrive while a push is under way are combined into the next commit. When the
+push is refused because the branch moved (a merged pull request, another API replica), the batch is
+fetched, checked and applied again on the new head (a model created meanwhile is now a conflict),
+with bounded retries and backoff; nothing half-done is ever acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from io import BytesIO
+
+import git
+from gitdb.base import IStream
+
+from . import modelfile, naming
+from .desired import MODELS_DIR, MODEL_SUFFIXES
+from .gitrepo import GitError, GitRepo
+from .modelfile import ModelFields
+
+log = logging.getLogger("ollama_gitops.writer")
+
+DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"
+_AUTHOR = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
+
+
+class WriteRejected(Exception):
+    """The change cannot be made; `status` is the HTTP status that says why (400, 404, 409, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CreateModel:
+    namespace: str
+    fields: ModelFields
+
+
+@dataclass(frozen=True)
+class DeleteModel:
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RefreshModel:
+    namespace: str
+    name: str
+    requested_at: str  # RFC 3339
+
+
+Change = CreateModel | DeleteModel | RefreshModel
+
+
+@dataclass(frozen=True)
+class Written:
+    """An acknowledged change: the pushed commit that carries it, and the model file's fields after it."""
+
+    commit: str
+    path: str
+    fields: ModelFields | None  # None for a delete
+
+
+def parse_author(text: str) -> git.Actor:
+    """`Name <email>` as a commit author; ValueError when it is not of that form."""
+    match = _AUTHOR.match(text)
+    if not match:
+        raise ValueError(f"expected 'Name <email>', got {text!r}")
+    return git.Actor(match["name"], match["email"])
+
+
+class ModelWriter:
+    """Applies changes to the branch through one worker thread that commits in batches."""
+
+    def __init__(
+        self,
+        repo: GitRepo,
+        author: git.Actor,
+        *,
+        attempts: int = 8,
+        on_retry: Callable[[], None] | None = None,
+        on_written: Callable[[str], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.author = author
+        self.attempts = attempts
+        self._on_retry = on_retry
+        self._on_written = on_written
+        self._queue: queue.Queue[tuple[Change, Future[Written]] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run, name="model-writer", daemon=True)
+        self._worker.start()
+
+    def write(self, change: Change, timeout: float = 120.0) -> Written:
+        """Make `change` and return once it is pushed; raises WriteRejected."""
+        future: Future[Written] = Future()
+        self._queue.put((change, future))
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            raise WriteRejected(503, f"the write did not finish within {timeout:.0f}s; it may still land") from None
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=30)
+
+    # -- the worker ---------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:  # everything that queued up while the last push ran goes in this commit
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            try:
+                self._commit_batch(batch)
+            except Exception as exc:  # never leave a caller waiting on a bug
+                log.exception("write batch failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(WriteRejected(503, f"internal error while writing: {exc}"))
+
+    def _commit_batch(self, batch: list[tuple[Change, Future[Written]]]) -> None:
+        delay = 0.05
+        for attempt in range(1, self.attempts + 1):
+            try:
+                head = self.repo.head() if self.repo.has_fetched() else self.repo.fetch()
+                results, edits = self._plan(head, [change for change, _ in batch])
+                if not edits:
+                    break
+                done = [(change, r) for (change, _), r in zip(batch, results) if isinstance(r, Written)]
+                commit = self._make_commit(head, edits, _message(done))
+                if self.repo.push(commit):
+                    results = [replace(r, commit=commit) if isinstance(r, Written) else r for r in results]
+                    log.info("action=pushed commit=%s changes=%d attempt=%d", commit[:12], len(edits), attempt)
+                    if self._on_written is not None:
+                        self._on_written(commit)
+                    break
+                if self._on_retry is not None:
+                    self._on_retry()
+                log.info("action=push-rejected attempt=%d; fetching and re-applying", attempt)
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+                self.repo.fetch()
+            except GitError as exc:
+                results = [WriteRejected(503, f"the models repository is not available: {exc}")] * len(batch)
+                break
+        else:
+            results = [WriteRejected(503, f"could not push after {self.attempts} attempts: the branch kept moving")] * len(batch)
+        for (_, future), result in zip(batch, results):
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    def _plan(self, head: str, changes: list[Change]) -> tuple[list[Written | WriteRejected], dict[str, bytes | None]]:
+        """Check each change against `head` plus the changes before it; the edits to make, by path."""
+        candidates = [f"{MODELS_DIR}/{c.namespace}/{_name_of(c)}{suffix}" for c in changes for suffix in MODEL_SUFFIXES]
+        listing = self.repo.run("ls-tree", "-z", head, "--", *candidates, action="read the branch head")
+        blobs = {path: meta.split()[2] for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)}
+        files = _Files(self.repo.repo, blobs)
+        results: list[Written | WriteRejected] = []
+        for change in changes:
+            try:
+                results.append(_apply(change, files))
+            except WriteRejected as rejected:
+                results.append(rejected)
+        return results, files.edits
+
+    def _make_commit(self, head: str, edits: dict[str, bytes | None], message: str) -> str:
+        odb = self.repo.repo.odb
+        lines = []
+        for path, content in sorted(edits.items()):
+            if content is None:
+                lines.append(f"0 {'0' * 40}\t{path}")
+            else:
+                blob = odb.store(IStream("blob", len(content), BytesIO(content))).hexsha.decode()
+                lines.append(f"100644 {blob}\t{path}")
+        with tempfile.TemporaryDirectory(prefix="index-") as scratch:
+            env = {"GIT_INDEX_FILE": os.path.join(scratch, "index"),
+                   "GIT_AUTHOR_NAME": self.author.name, "GIT_AUTHOR_EMAIL": self.author.email,
+                   "GIT_COMMITTER_NAME": self.author.name, "GIT_COMMITTER_EMAIL": self.author.email}
+            self.repo.run("read-tree", head, action="read the branch head", env=env)
+            self.repo.run("update-index", "--index-info", action="stage the change", env=env,
+                          stdin=("\n".join(lines) + "\n").encode())
+            tree = self.repo.run("write-tree", action="write the tree", env=env)
+            return self.repo.run("commit-tree", tree, "-p", head, "-F", "-", action="commit", env=env,
+                                 stdin=message.encode())
+
+
+def bump_refresh(content: bytes, requested_at: str) -> bytes:
+    """The file with `refreshRequestedAt` set, keeping everything else as written (comments too)."""
+    text = content.decode("utf-8")
+    line = f'refreshRequestedAt: "{requested_at}"'
+    pattern = re.compile(r"^refreshRequestedAt:.*$", re.MULTILINE)
+    if pattern.search(text):
+        text = pattern.sub(line, text, count=1)
+    else:
+        text = text if text.endswith("\n") or not text else text + "\n"
+        text += line + "\n"
+    return text.encode("utf-8")
+
+
+class _Files:
+    """The model files of the branch head that a batch touches, with the batch's edits on top."""
+
+    def __init__(self, repo: git.Repo, blobs: dict[str, str]) -> None:
+        self._repo = repo
+        self._blobs = blobs
+        self.edits: dict[str, bytes | None] = {}
+
+    def find(self, namespace: str, name: str) -> str | None:
+        for suffix in MODEL_SUFFIXES:
+            path = f"{MODELS_DIR}/{namespace}/{name}{suffix}"
+            if path in self.edits:
+                if self.edits[path] is not None:
+                    return path
+            elif path in self._blobs:
+                return path
+        return None
+
+    def read(self, path: str) -> bytes:
+        content = self.edits.get(path)
+        if content is not None:
+            return content
+        return self._repo.odb.stream(bytes.fromhex(self._blobs[path])).read()
+
+
+def _apply(change: Change, files: _Files) -> Written:
+    if isinstance(change, CreateModel):
+        name = _name_of(change)
+        if files.find(change.namespace, name) is not None:
+            raise WriteRejected(409, f"model already exists: {name}")
+        path = f"{MODELS_DIR}/{change.namespace}/{name}.yaml"
+        files.edits[path] = modelfile.render(change.fields)
+        return Written("", path, change.fields)
+    path = files.find(change.namespace, change.name)
+    if path is None:
+        raise WriteRejected(404, f"model not found: {change.name}")
+    current = modelfile.parse(files.read(path))
+    if isinstance(change, DeleteModel):
+        files.edits[path] = None
+        return Written("", path, current if isinstance(current, ModelFields) else None)
+    if not isinstance(current, ModelFields):
+        detail = "; ".join(e.message for e in current)
+        raise WriteRejected(409, f"model file {path} is invalid; fix it before refreshing: {detail}")
+    updated = bump_refresh(files.read(path), change.requested_at)
+    fields = modelfile.parse(updated)
+    assert isinstance(fields, ModelFields), "setting a valid timestamp keeps a valid file valid"
+    files.edits[path] = updated
+    return Written("", path, fields)
+
+
+def _name_of(change: Change) -> str:
+    if isinstance(change, CreateModel):
+        return naming.resource_name(change.fields.name, change.fields.tag)
+    return change.name
+
+
+def _describe(change: Change, written: Written) -> str:
+    verb = {CreateModel: "Add", DeleteModel: "Delete", RefreshModel: "Refresh"}[type(change)]
+    what = written.fields.reference if written.fields else f"{change.namespace}/{_name_of(change)}"
+    return f"{verb} model {what}"
+
+
+def _message(done: list[tuple[Change, Written]]) -> str:
+    lines = [_describe(change, written) for change, written in done]
+    if len(lines) == 1:
+        return lines[0] + "\n"
+    subject = f"{lines[0]} and {len(lines) - 1} more change{'s' if len(lines) > 2 else ''}"
+    return subject + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"

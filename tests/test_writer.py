@@ -1,0 +1,166 @@
+"""Writing model files: commits pushed to a real bare remote, conflicts, races and batching."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import git
+import pytest
+
+from gitrepos import WorkRepo
+from reconciler import modelfile
+from reconciler.gitrepo import GitRepo
+from reconciler.modelfile import ModelFields
+from reconciler.writer import CreateModel, DeleteModel, ModelWriter, RefreshModel, WriteRejected, bump_refresh, parse_author
+
+AUTHOR = git.Actor("API Bot", "api@example.com")
+
+
+@pytest.fixture
+def seeded(remote: Path, tmp_path: Path) -> WorkRepo:
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.write("models/default/llama3.2-1b.yaml", "# keep this comment\nname: llama3.2\ntag: 1b\n")
+    work.commit("seed")
+    work.push()
+    return work
+
+
+@pytest.fixture
+def writer(remote: Path, tmp_path: Path, seeded: WorkRepo):
+    instance = ModelWriter(GitRepo(str(remote), "main", tmp_path / "writer.git"), AUTHOR)
+    yield instance
+    instance.close()
+
+
+def remote_files(remote: Path) -> dict[str, str]:
+    repo = git.Repo(remote)
+    return {b.path: b.data_stream.read().decode() for b in repo.commit("main").tree.traverse() if b.type == "blob"}
+
+
+def test_create_commits_and_pushes_a_rendered_file(writer: ModelWriter, remote: Path) -> None:
+    written = writer.write(CreateModel("default", ModelFields("phi3", "mini")))
+    head = git.Repo(remote).commit("main")
+    assert written.commit == head.hexsha and written.path == "models/default/phi3-mini.yaml"
+    assert head.message == "Add model phi3:mini\n"
+    assert (head.author.name, head.author.email) == ("API Bot", "api@example.com")
+    content = remote_files(remote)["models/default/phi3-mini.yaml"]
+    assert modelfile.parse(content.encode()) == ModelFields("phi3", "mini")
+    assert content.startswith("# yaml-language-server: $schema=")
+
+
+def test_create_of_an_existing_model_is_a_conflict(writer: ModelWriter, remote: Path) -> None:
+    before = git.Repo(remote).commit("main").hexsha
+    with pytest.raises(WriteRejected) as rejected:
+        writer.write(CreateModel("default", ModelFields("llama3.2", "1b")))
+    assert (rejected.value.status, rejected.value.message) == (409, "model already exists: llama3.2-1b")
+    assert git.Repo(remote).commit("main").hexsha == before
+
+
+def test_delete_removes_the_file_and_unknown_is_404(writer: ModelWriter, remote: Path) -> None:
+    written = writer.write(DeleteModel("default", "llama3.2-1b"))
+    assert "models/default/llama3.2-1b.yaml" not in remote_files(remote)
+    assert git.Repo(remote).commit("main").message == "Delete model llama3.2:1b\n"
+    assert written.fields == ModelFields("llama3.2", "1b")
+    with pytest.raises(WriteRejected) as rejected:
+        writer.write(DeleteModel("default", "llama3.2-1b"))
+    assert (rejected.value.status, rejected.value.message) == (404, "model not found: llama3.2-1b")
+
+
+def test_refresh_bumps_the_field_and_keeps_the_rest_as_written(writer: ModelWriter, remote: Path) -> None:
+    writer.write(RefreshModel("default", "llama3.2-1b", "2026-11-25T14:00:00Z"))
+    content = remote_files(remote)["models/default/llama3.2-1b.yaml"]
+    assert content == '# keep this comment\nname: llama3.2\ntag: 1b\nrefreshRequestedAt: "2026-11-25T14:00:00Z"\n'
+    writer.write(RefreshModel("default", "llama3.2-1b", "2026-11-26T09:30:00Z"))
+    content = remote_files(remote)["models/default/llama3.2-1b.yaml"]
+    assert content.count("refreshRequestedAt") == 1 and '"2026-11-26T09:30:00Z"' in content
+
+
+def test_refresh_of_a_broken_file_is_refused(writer: ModelWriter, seeded: WorkRepo) -> None:
+    seeded.write("models/default/gemma3-1b.yaml", "name: gemma3\ntag: [\n")
+    seeded.commit("broken")
+    seeded.push()
+    writer.repo.fetch()
+    with pytest.raises(WriteRejected) as rejected:
+        writer.write(RefreshModel("default", "gemma3-1b", "2026-11-25T14:00:00Z"))
+    assert rejected.value.status == 409 and "is invalid; fix it before refreshing" in rejected.value.message
+
+
+def test_a_rejected_push_is_fetched_reapplied_and_rechecked(writer: ModelWriter, seeded: WorkRepo, remote: Path) -> None:
+    writer.write(CreateModel("default", ModelFields("phi3", "mini")))  # the writer's clone now knows a head
+    seeded.repo.git.pull("-q", "origin", "main")
+    seeded.model("default", "gemma3", "1b")  # a pull request merged behind the writer's back
+    seeded.model("default", "qwen2.5", "0.5b")
+    seeded.commit("merge PR")
+    seeded.push()
+    written = writer.write(CreateModel("default", ModelFields("mistral", "7b")))
+    files = remote_files(remote)
+    assert {"models/default/gemma3-1b.yaml", "models/default/mistral-7b.yaml", "models/default/phi3-mini.yaml"} <= set(files)
+    assert git.Repo(remote).commit("main").hexsha == written.commit
+    with pytest.raises(WriteRejected) as rejected:  # created meanwhile by the merge: now a conflict
+        writer.write(CreateModel("default", ModelFields("qwen2.5", "0.5b")))
+    assert rejected.value.status == 409
+
+
+def test_remote_down_is_503_and_changes_nothing(writer: ModelWriter, remote: Path) -> None:
+    moved = remote.with_name("moved.git")
+    writer.repo.fetch()
+    remote.rename(moved)
+    with pytest.raises(WriteRejected) as rejected:
+        writer.write(CreateModel("default", ModelFields("phi3", "mini")))
+    assert rejected.value.status == 503 and "not available" in rejected.value.message
+    moved.rename(remote)
+    assert "models/default/phi3-mini.yaml" not in remote_files(remote)
+
+
+def test_concurrent_writers_and_a_racing_clone_lose_nothing(writer: ModelWriter, seeded: WorkRepo, remote: Path, tmp_path: Path) -> None:
+    second = ModelWriter(GitRepo(str(remote), "main", tmp_path / "writer2.git"), AUTHOR)
+    stop = threading.Event()
+    outside: list[str] = []
+
+    def racing_clone() -> None:
+        clone = WorkRepo(tmp_path / "racer", remote=remote)
+        for i in range(6):
+            if stop.is_set():
+                break
+            clone.repo.git.pull("-q", "--rebase", "origin", "main")
+            clone.model("outside", f"pr{i}", "1")
+            clone.commit(f"PR {i}")
+            try:
+                clone.push()
+                outside.append(f"models/outside/pr{i}-1.yaml")
+            except git.GitCommandError:
+                clone.repo.git.reset("-q", "--hard", "origin/main")
+
+    def create(i: int) -> str:
+        target = writer if i % 2 else second
+        return target.write(CreateModel("team", ModelFields(f"m{i}", "1b"))).path
+
+    racer = threading.Thread(target=racing_clone)
+    racer.start()
+    try:
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            acknowledged = list(pool.map(create, range(32)))
+    finally:
+        stop.set()
+        racer.join()
+        second.close()
+    files = remote_files(remote)
+    assert set(acknowledged) <= set(files)
+    assert set(outside) <= set(files)
+    assert len(acknowledged) == len(set(acknowledged)) == 32
+    log = subprocess.run(["git", "-C", str(remote), "log", "--format=%s", "main"], capture_output=True, text=True).stdout
+    assert log.count("Add model m") >= 2  # batched: fewer commits than writes, but at least one per writer
+
+
+def test_bump_refresh_appends_or_replaces() -> None:
+    assert bump_refresh(b"name: a\ntag: b", "T") == b'name: a\ntag: b\nrefreshRequestedAt: "T"\n'
+    assert bump_refresh(b"name: a\nrefreshRequestedAt: 'x'  # old\ntag: b\n", "T") == b'name: a\nrefreshRequestedAt: "T"\ntag: b\n'
+
+
+def test_parse_author() -> None:
+    assert parse_author("Ops Team <ops@example.com>") == git.Actor("Ops Team", "ops@example.com")
+    with pytest.raises(ValueError):
+        parse_author("no email")

@@ -100,13 +100,17 @@ class StateLocked(RuntimeError):
 class StateStore:
     """Records of every model the reconciler manages, plus the sync summary. Thread-safe."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, readonly: bool = False) -> None:
         self.directory = directory
+        self._readonly = readonly  # a follower of another process's store: never writes
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
         self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
         self._unsettled: set[ModelKey] = set()  # Pending or Failed, and not suspended
         self._journal_lines = 0
+        self._journal_offset = 0  # bytes of the journal taken in
+        self._sync_mtime = 0
+        self._snapshot_mtime = 0
         self.version = 0  # bumped by every edit that changed a record
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
@@ -123,6 +127,9 @@ class StateStore:
             handle.close()
             raise StateLocked(f"another ollama-gitops process is reconciling {self.directory}") from None
         self._lock_file = handle
+        # Only the lock holder may mend the files (cut a journal line torn by a crash), and what
+        # was on disk before the lock was taken may have changed since: read it all again.
+        self._reload(truncate=True)
 
     def release_process_lock(self) -> None:
         if self._lock_file is not None:
@@ -183,6 +190,29 @@ class StateStore:
                 record = self._models.get(key)
                 if record is not None:
                     record.status.progress_completed, record.status.progress_total = completed, total
+            self.version += 1
+
+    def follow(self) -> bool:
+        """For a reader beside the reconciler's process: take in what it wrote since; True if anything.
+
+        Reads only the journal lines appended since the last call, or everything again after a
+        compaction (a new snapshot), so following a large store costs what changed.
+        """
+        with self._lock:
+            journal = self.directory / JOURNAL
+            size = journal.stat().st_size if journal.exists() else 0
+            changed = _mtime(self.directory / "sync.json") != self._sync_mtime
+            if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
+                self._reload(truncate=False)
+                changed = True
+            elif size > self._journal_offset:
+                self._replay(journal)
+                changed = True
+            elif changed:
+                self._load_sync()
+            if changed:
+                self.version += 1
+            return changed
 
     def save_sync(self, sync: SyncStatus, durable: bool = True) -> None:
         """Record the sync summary; `durable=False` skips the fsync (for what a restart can do without)."""
@@ -205,11 +235,13 @@ class StateStore:
                                     separators=(",", ":")))
         self.version += 1
         self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / JOURNAL, "a", encoding="utf-8") as journal:
-            journal.write("\n".join(lines) + "\n")
+        payload = ("\n".join(lines) + "\n").encode("utf-8")
+        with open(self.directory / JOURNAL, "ab") as journal:
+            journal.write(payload)
             journal.flush()
             os.fsync(journal.fileno())
         self._journal_lines += len(lines)
+        self._journal_offset += len(payload)
         if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
             self._compact()
 
@@ -218,10 +250,11 @@ class StateStore:
         # behind over it changes nothing: each key's last line equals its snapshot value.
         models = [{"key": list(k), "record": _to_json(r)} for k, r in sorted(self._models.items())]
         _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "models": models}, durable=True)
+        self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
             journal.flush()
             os.fsync(journal.fileno())
-        self._journal_lines = 0
+        self._journal_lines = self._journal_offset = 0
 
     def _index(self, key: ModelKey, record: ModelRecord | None) -> None:
         if record is None:
@@ -233,34 +266,55 @@ class StateStore:
         else:
             self._unsettled.discard(key)
 
-    def _load(self) -> None:
+    def _reload(self, truncate: bool) -> None:
+        with self._lock:
+            self._models.clear()
+            self._by_reference.clear()
+            self._unsettled.clear()
+            self._journal_offset = self._journal_lines = 0
+            self._load(truncate)
+
+    def _load(self, truncate: bool = False) -> None:
+        self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         snapshot = _read_json(self.directory / SNAPSHOT) or {"models": []}
         for item in snapshot["models"]:
             self._models[ModelKey(*item["key"])] = _from_json(item["record"])
         journal = self.directory / JOURNAL
         if journal.exists():
-            good = 0
-            with open(journal, "rb") as handle:
-                for raw in handle:
-                    try:
-                        item = json.loads(raw)
-                    except ValueError:
-                        break  # torn by a crash mid-append: that edit was never acknowledged
-                    key = ModelKey(*item["key"])
-                    if item["record"] is None:
-                        self._models.pop(key, None)
-                    else:
-                        self._models[key] = _from_json(item["record"])
-                    good += len(raw)
-                    self._journal_lines += 1
-            if good != journal.stat().st_size:
-                os.truncate(journal, good)
+            self._replay(journal)
+            if truncate and self._journal_offset != journal.stat().st_size:
+                os.truncate(journal, self._journal_offset)
         for key, record in self._models.items():
-            if record.status.state == PULLING:
+            if record.status.state == PULLING and not self._readonly:
                 record.status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
-        sync = _read_json(self.directory / "sync.json")
+        self._load_sync()
+
+    def _replay(self, journal: Path) -> None:
+        offset = self._journal_offset
+        with open(journal, "rb") as handle:
+            handle.seek(offset)
+            for raw in handle:
+                try:
+                    item = json.loads(raw)
+                except ValueError:
+                    break  # torn by a crash mid-append (or still being written): not acknowledged
+                key = ModelKey(*item["key"])
+                if item["record"] is None:
+                    self._models.pop(key, None)
+                    self._unsettled.discard(key)
+                else:
+                    self._models[key] = _from_json(item["record"])
+                    self._index(key, self._models[key])
+                offset += len(raw)
+                self._journal_lines += 1
+        self._journal_offset = offset
+
+    def _load_sync(self) -> None:
+        path = self.directory / "sync.json"
+        sync = _read_json(path)
         if sync:
+            self._sync_mtime = path.stat().st_mtime_ns
             sync.pop("version", None)
             problems = tuple(Problem(**p) for p in sync.pop("problems", []))
             self.sync = SyncStatus(**sync, problems=problems)
@@ -327,6 +381,13 @@ def _write_json(path: Path, payload: Mapping[str, Any], durable: bool) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

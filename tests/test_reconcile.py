@@ -355,12 +355,40 @@ def test_state_journal_replays_compacts_and_drops_a_torn_line(tmp_path) -> None:
         edit.forget(keys[1])
     with open(tmp_path / state_module.JOURNAL, "a") as journal:
         journal.write('{"key":["default","torn"],"rec')  # a crash in the middle of an append
+    reader = StateStore(tmp_path, readonly=True)
+    assert set(reader.keys()) == set(keys) - {keys[1]}
+    assert not (tmp_path / state_module.JOURNAL).read_text().endswith("\n")  # a reader mends nothing
     reloaded = StateStore(tmp_path)
+    reloaded.acquire_process_lock()
     assert set(reloaded.keys()) == set(keys) - {keys[1]}
     assert reloaded.record(keys[0]).status.state == READY
-    assert (tmp_path / state_module.JOURNAL).read_text().endswith("\n")  # the torn tail is cut off
+    assert (tmp_path / state_module.JOURNAL).read_text().endswith("\n")  # the lock holder cuts the torn tail
     reloaded._compact()
     assert (tmp_path / state_module.JOURNAL).read_text() == ""
     again = StateStore(tmp_path)
     assert again.records() == reloaded.records()
     assert again.record(keys[0]).status == ModelStatus(state=READY)
+    reloaded.release_process_lock()
+
+
+def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
+    from reconciler import state as state_module
+    from reconciler.desired import ModelKey
+    from reconciler.state import AppliedSpec, ModelRecord
+
+    writer = StateStore(tmp_path)
+    writer.acquire_process_lock()
+    follower = StateStore(tmp_path, readonly=True)
+    key = ModelKey("default", "a-1")
+    assert follower.follow() is False
+    with writer.editing() as edit:
+        edit.put(key, ModelRecord(AppliedSpec("a:1", "models/default/a-1.yaml")))
+    assert follower.follow() is True and follower.record(key).status.state == "Pending"
+    with writer.editing() as edit:
+        edit.status(key).state = READY
+    writer._compact()  # a new snapshot and an empty journal
+    with writer.editing() as edit:
+        edit.put(ModelKey("default", "b-1"), ModelRecord(AppliedSpec("b:1", "models/default/b-1.yaml")))
+    assert follower.follow() is True
+    assert follower.record(key).status.state == READY and len(follower.keys()) == 2
+    assert (tmp_path / state_module.SNAPSHOT).exists()

@@ -12,8 +12,16 @@ from .settings import Settings, add_reconciler_options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `ollama-gitops` console command; returns the exit code."""
-    parser = _parser()
+    """Run the reconciler's commands (`validate`, `reconcile`); returns the exit code.
+
+    The `ollama-gitops` console command is `api.cli.main`, which adds the API's commands to these.
+    """
+    parser, _ = build_parser()
+    return run(parser, argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse `argv` and run the chosen command."""
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
@@ -21,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.run(args) or 0)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The command-line parser with the reconciler's commands, and its subcommand table to extend."""
     parser = argparse.ArgumentParser(
         prog="ollama-gitops",
         description="Keep the Ollama models of a fleet in line with YAML files in a Git repository.",
@@ -49,14 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--dry-run", action="store_true", help="with --once: print the plan and change nothing")
     add_reconciler_options(reconcile)
     reconcile.set_defaults(run=_run_reconcile)
-    return parser
+    return parser, commands
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
     from . import service
     from .state import StateLocked
 
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
     if args.dry_run and not args.once:
         print("ollama-gitops: --dry-run needs --once", file=sys.stderr)
         return 2
@@ -73,7 +82,8 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         running.stop()
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
+    """Log lines to stderr, one per event."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request drowns the actions

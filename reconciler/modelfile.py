@@ -106,6 +106,11 @@ def parse(content: bytes) -> ParseResult:
     errors = schema.validate(document, raw_scalars)
     if errors:
         return tuple(FileError(e.message, _line_for(e.path, lines)) for e in errors)
+    return fields_from_document(document)
+
+
+def fields_from_document(document: dict[str, Any]) -> ModelFields:
+    """The fields of a document that passed `schema.validate` (a parsed file or an API body)."""
     return ModelFields(
         name=document["name"],
         tag=document["tag"],

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from . import metrics
 from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
 from .naming import normalize_reference
 from .plan import InstalledModel, Pull
@@ -120,11 +121,13 @@ class PullPool:
                 status.progress_completed = status.progress_total = None
                 if pull.refresh is not None:
                     status.refresh_handled = pull.refresh
+        metrics.PULL_DURATION.observe(seconds)
         log.info("action=pulled reference=%s models=%s commit=%s seconds=%.1f", pull.reference,
                  ",".join(map(str, pull.keys)), _short(commit), seconds)
 
     def _record_failure(self, pull: Pull, message: str, commit: str | None) -> None:
         retry_in = 0.0
+        metrics.PULL_FAILURES.inc()
         with self._store.editing() as edit:
             for key in pull.keys:
                 status = edit.status(key)

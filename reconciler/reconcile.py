@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
+from . import metrics
 from .desired import DesiredState, GitLoader, ModelKey
 from .gitrepo import GitError, GitRepo
 from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
@@ -134,6 +135,8 @@ class Reconciler:
         if problems:
             return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), the_plan, full=full)
         self.applied = desired
+        if self.store.sync.last_applied_commit != commit:
+            metrics.LAST_APPLIED.set(now)
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
         changes = sum(1 for a in the_plan.actions if not isinstance(a, Skip))
         return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {changes} change(s)", the_plan, full=full)
@@ -256,6 +259,10 @@ class Reconciler:
             problems=desired.problems if desired is not None else self.store.sync.problems,
         )
         self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
+        metrics.CYCLES.labels("noop" if report.noop else report.outcome.lower()).inc()
+        metrics.CYCLE_DURATION.observe(seconds)
+        metrics.LAST_CYCLE.set(self._clock())
+        metrics.FILE_PROBLEMS.set(len(sync.problems))
         if not report.noop:
             level = logging.INFO if report.ok else logging.WARNING
             log.log(level, "action=cycle outcome=%s commit=%s full=%s seconds=%.3f message=%r", report.outcome,

@@ -25,6 +25,8 @@ class CycleScheduler:
         self._cycle = cycle
         self._interval = interval
         self._requested = threading.Event()
+        self._lock = threading.Lock()
+        self._running = False
         self._scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -38,7 +40,10 @@ class CycleScheduler:
 
     def request_cycle(self) -> None:
         """Run a cycle now (or right after the running one) instead of waiting for the interval."""
-        self._requested.set()
+        with self._lock:
+            self._requested.set()
+            if self._running:  # the running cycle loops once more; asking APScheduler would be refused
+                return
         if self._scheduler.running:
             try:
                 self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(timezone.utc))
@@ -51,10 +56,14 @@ class CycleScheduler:
 
     def _run(self) -> None:
         while True:
-            self._requested.clear()
+            with self._lock:
+                self._running = True
+                self._requested.clear()
             try:
                 self._cycle()
             except Exception:  # the schedule must survive a bug in one cycle
-                log.exception("reconcile cycle crashed")
-            if not self._requested.is_set():
-                return
+                log.exception("cycle crashed")
+            with self._lock:
+                if not self._requested.is_set():
+                    self._running = False
+                    return

@@ -57,8 +57,7 @@ def build(settings: Settings) -> Service:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = StateStore(settings.state_dir)
     store.acquire_process_lock()
-    url = settings.repo or str(ensure_default_repo(settings.state_dir, settings.branch))
-    repo = GitRepo(url, settings.branch, settings.state_dir / "clone.git", settings.credentials)
+    repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
     server = OllamaServer(settings.ollama_url)
     service = Service(settings, store, None)  # type: ignore[arg-type]
     service.reconciler = Reconciler(
@@ -71,15 +70,25 @@ def build(settings: Settings) -> Service:
     return service
 
 
-def run_forever(service: Service) -> int:
-    """Run cycles on the schedule until SIGTERM or SIGINT."""
+def repository_url(settings: Settings) -> str:
+    """`--repo`, or the embedded default repository (created on first use)."""
+    return settings.repo or str(ensure_default_repo(settings.state_dir, settings.branch))
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+def run_forever(service: Service) -> int:
+    """Run cycles on the schedule until SIGTERM or SIGINT."""
     service.start()
     log.info("reconciling %s branch %s into %s every %.0fs", service.reconciler.repo.display_url,
              service.settings.branch, service.settings.ollama_url, service.settings.interval)
-    stop.wait()
+    wait_for_signal()
     log.info("shutting down")
     service.stop()
     return 0

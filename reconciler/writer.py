@@ -26,7 +26,7 @@ from io import BytesIO
 import git
 from gitdb.base import IStream
 
-from . import modelfile, naming
+from . import metrics, modelfile, naming
 from .desired import MODELS_DIR, MODEL_SUFFIXES
 from .gitrepo import GitError, GitRepo
 from .modelfile import ModelFields
@@ -94,13 +94,11 @@ class ModelWriter:
         author: git.Actor,
         *,
         attempts: int = 8,
-        on_retry: Callable[[], None] | None = None,
         on_written: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
         self.author = author
         self.attempts = attempts
-        self._on_retry = on_retry
         self._on_written = on_written
         self._queue: queue.Queue[tuple[Change, Future[Written]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="model-writer", daemon=True)
@@ -159,8 +157,7 @@ class ModelWriter:
                     if self._on_written is not None:
                         self._on_written(commit)
                     break
-                if self._on_retry is not None:
-                    self._on_retry()
+                metrics.PUSH_RETRIES.inc()
                 log.info("action=push-rejected attempt=%d; fetching and re-applying", attempt)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)

@@ -39,3 +39,15 @@ def rig(tmp_path: Path, ollama):
     test_rig = Rig(tmp_path, ollama)
     yield test_rig
     test_rig.stop()
+
+
+@pytest.fixture
+def api(tmp_path: Path, ollama):
+    """`serve` in-process with an API key, over a remote seeded with llama3.2:1b and gemma3:1b."""
+    from apirig import ApiRig
+
+    rig = ApiRig(tmp_path, ollama)
+    rig.seed(("llama3.2", "1b"), ("gemma3", "1b"))
+    rig.start()
+    yield rig
+    rig.stop()

@@ -30,7 +30,7 @@ def test_wheel_carries_schema_and_example_repo(tmp_path: Path) -> None:
         "reconciler/data/models-repo/schemas/model.schema.json",
     ):
         assert path in names, path
-    assert "ollama-gitops = reconciler.cli:main" in entry_points
+    assert "ollama-gitops = api.cli:main" in entry_points
     assert not any(n.startswith("tests/") for n in names)
 
 

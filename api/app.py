@@ -1,0 +1,240 @@
+"""The HTTP API: the seed operator's endpoints, answered from Git and live status.
+
+Paths, status codes, JSON field names and formats are the seed's (see
+`shared/seed/ollama-operator-api.md`); writes become commits pushed to the models repository.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from reconciler import naming, schema
+from reconciler.desired import ModelKey
+from reconciler.modelfile import ModelFields, fields_from_document
+from reconciler.writer import CreateModel, DeleteModel, RefreshModel, WriteRejected
+
+from . import metrics
+from .catalog import Catalog, model_view
+from .repository import ModelsRepository
+
+log = logging.getLogger("ollama_gitops.api")
+
+MAX_BODY_BYTES = 64 * 1024
+OPEN_PATHS = frozenset({"/health", "/readiness", "/metrics"})
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    api_key: str | None
+    namespace: str = "default"
+
+
+def create_app(
+    settings: ApiSettings,
+    catalog: Catalog,
+    repository: ModelsRepository,
+    on_written: Callable[[], None] = lambda: None,
+) -> Flask:
+    """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle)."""
+    app = Flask("ollama_gitops.api")
+    app.json.sort_keys = False  # keep the seed's field order
+    app.json.compact = True
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    openapi = _openapi_document()
+
+    def _namespace() -> str:
+        return _namespace_of(settings.namespace)
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        g.started = time.perf_counter()
+        if settings.api_key is None or request.path in OPEN_PATHS:
+            return None
+        offered = request.headers.get("X-API-Key", "")
+        if hmac.compare_digest(offered.encode(), settings.api_key.encode()):
+            return None
+        return _text("Unauthorized\n", 401)
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        metrics.DURATION.labels(request.method, route).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.get("/health")
+    def health() -> Response:
+        return _text("OK", 200)
+
+    @app.get("/readiness")
+    def readiness() -> Response:
+        if repository.desired is None:
+            reason = repository.last_error or "the models repository has not been fetched yet"
+            return _text(f"not ready: {reason}", 503)
+        return _text("Ready", 200)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(), 200, mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/openapi.json")
+    def openapi_document() -> Response:
+        return Response(openapi, 200, mimetype="application/json")
+
+    @app.get("/api/v1/models")
+    def list_models() -> Response:
+        return Response(catalog.list_json(_namespace()), 200, mimetype="application/json")
+
+    @app.get("/api/v1/models/<name>")
+    def get_model(name: str) -> Response:
+        namespace = _namespace()
+        view = catalog.get(namespace, _model_name(name))
+        if view is None:
+            return _error(f"model not found: {name}", 404)
+        return _json(view, 200)
+
+    @app.post("/api/v1/models")
+    def create_model() -> Response:
+        namespace = _namespace()
+        fields = _model_fields(request.get_data())
+        repository.write(CreateModel(namespace, fields))
+        on_written()
+        name = naming.resource_name(fields.name, fields.tag)
+        return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None), 201)
+
+    @app.delete("/api/v1/models/<name>")
+    def delete_model(name: str) -> Response:
+        repository.write(DeleteModel(_namespace(), _model_name(name)))
+        on_written()
+        return Response(status=204)
+
+    @app.post("/api/v1/models/<name>/refresh")
+    def refresh_model(name: str) -> Response:
+        namespace = _namespace()
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        repository.write(RefreshModel(namespace, _model_name(name), now))
+        on_written()
+        view = catalog.get(namespace, name)
+        return _json(view, 202) if view is not None else _error(f"model not found: {name}", 404)
+
+    @app.get("/api/v1/status")
+    def status() -> Response:
+        sync = catalog.sync()
+        desired = repository.desired
+        return _json({
+            "lastFetchedCommit": desired.commit if desired else None,
+            "lastAppliedCommit": sync.last_applied_commit,
+            "lastCycleTime": sync.last_cycle_at,
+            "lastCycleDurationSeconds": sync.last_cycle_duration,
+            "lastCycleOutcome": sync.last_cycle_outcome,
+            "lastCycleMessage": sync.last_cycle_message,
+            "gitError": repository.last_error,
+            "problems": [{"path": p.path, "line": p.line, "message": p.message}
+                         for p in (desired.problems if desired else sync.problems)],
+        }, 200)
+
+    @app.errorhandler(_BadInput)
+    def bad_input(error: _BadInput) -> Response:
+        return _error(error.message, error.status)
+
+    @app.errorhandler(WriteRejected)
+    def rejected(error: WriteRejected) -> Response:
+        return _error(error.message, error.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if request.path.startswith("/api/"):
+            response = _error(_HTTP_MESSAGES.get(status, error.name.lower()), status)
+        else:
+            response = _text(f"{status} {error.name.lower()}\n", status)
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        if request.path.startswith("/api/"):
+            return _error("internal server error", 500)
+        return _text("internal server error\n", 500)
+
+    return app
+
+
+def _openapi_document() -> bytes:
+    """The OpenAPI document, with the model file schema put in from its single source."""
+    document = json.loads(resources.files("api").joinpath("openapi.json").read_text("utf-8"))
+    model_file = dict(schema.model_schema())
+    model_file.pop("$schema", None)
+    document["components"]["schemas"]["ModelFile"] = model_file
+    return json.dumps(document, indent=1).encode()
+
+
+_HTTP_MESSAGES = {404: "not found", 405: "method not allowed", 413: "request body too large", 500: "internal server error"}
+
+
+class _BadInput(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _namespace_of(default: str) -> str:
+    namespace = request.args.get("namespace") or default
+    problem = naming.dns1123_label_error(namespace)
+    if problem:
+        raise _BadInput(f"invalid namespace {namespace[:100]!r}: it {problem}")
+    return namespace
+
+
+def _model_name(name: str) -> str:
+    """A model name from a path: a Kubernetes resource name, so never `..`, `/` or anything like it."""
+    problem = naming.dns1123_subdomain_error(name)
+    if problem:
+        raise _BadInput(f"invalid model name {name[:300]!r}: it {problem}")
+    return name
+
+
+def _model_fields(body: bytes) -> ModelFields:
+    try:
+        document = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _BadInput(f"invalid request: {exc}") from None
+    if not isinstance(document, dict):
+        raise _BadInput("invalid request: the body must be a JSON object with 'name' and 'tag'")
+    errors = schema.validate(document)
+    if errors:
+        raise _BadInput("; ".join(e.message for e in errors))
+    name = naming.resource_name(document["name"], document["tag"])
+    problem = naming.dns1123_subdomain_error(name)
+    if problem:
+        raise _BadInput(f"model {document['name']}:{document['tag']} gives the resource name {name!r}, which {problem}")
+    return fields_from_document(document)
+
+
+def _json(payload: Any, status: int) -> Response:
+    return Response(json.dumps(payload, separators=(",", ":")) + "\n", status, mimetype="application/json")
+
+
+def _error(message: str, status: int) -> Response:
+    return _json({"error": message}, status)
+
+
+def _text(body: str, status: int) -> Response:
+    response = Response(body, status, content_type="text/plain; charset=utf-8")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,115 @@
+"""What the read endpoints answer: the desired state at the newest commit, merged with live status.
+
+Reads are served from memory. A namespace's list is serialised once per (commit, status version) and
+the bytes reused until either changes, so listing ten thousand models is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
+
+from reconciler.desired import DesiredState, ModelKey
+from reconciler.sizes import format_size
+from reconciler.state import PENDING, PULLING, ModelRecord, SyncStatus
+
+
+class StatusSource(Protocol):
+    """Live status of models: the reconciler's store, a follower of it, or (later) the cluster."""
+
+    version: int
+    sync: SyncStatus
+
+    def record(self, key: ModelKey) -> ModelRecord | None: ...
+
+    def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]: ...
+
+
+def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | None) -> dict[str, Any]:
+    """One model as the seed's API shows it; fields beyond the seed's come last and are additive."""
+    view: dict[str, Any] = {"name": key.name, "namespace": key.namespace, "modelName": model_name, "tag": tag}
+    status = record.status if record is not None else None
+    view["state"] = status.state if status is not None else PENDING
+    if status is None:
+        return view
+    if status.size:  # the seed leaves out empty values
+        view["size"] = status.size
+        view["formattedSize"] = format_size(status.size)
+    if status.last_pull_time:
+        view["lastPullTime"] = status.last_pull_time
+    if status.error:
+        view["error"] = status.error
+    if status.state == PULLING and status.progress_total:
+        view["progress"] = {"completed": status.progress_completed or 0, "total": status.progress_total}
+    if status.digest:
+        view["digest"] = status.digest
+    return view
+
+
+class Catalog:
+    """The models of each namespace, as the API shows them."""
+
+    def __init__(self, desired: Callable[[], DesiredState | None], status: StatusSource,
+                 follow: Callable[[], object] | None = None) -> None:
+        self._desired = desired
+        self._status = status
+        self._follow = follow  # called before reads, to take in status written by another process
+        self._lock = threading.Lock()
+        self._lists: dict[str, tuple[tuple[str | None, int], bytes]] = {}
+
+    def list_json(self, namespace: str) -> bytes:
+        """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
+        self._refresh()
+        desired = self._desired()
+        stamp = (desired.commit if desired else None, self._status.version)
+        with self._lock:
+            cached = self._lists.get(namespace)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        items = self._views(namespace, desired)
+        body = (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self._lists[namespace] = (stamp, body)
+        return body
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One model, or None when no file defines it."""
+        self._refresh()
+        key = ModelKey(namespace, name)
+        desired = self._desired()
+        if desired is None:
+            return None
+        model = desired.models.get(key)
+        record = self._status.record(key)
+        if model is not None:
+            return model_view(key, model.fields.name, model.fields.tag, record)
+        if key in desired.unreadable and record is not None:
+            return _last_good_view(key, record)
+        return None
+
+    def sync(self) -> SyncStatus:
+        self._refresh()
+        return self._status.sync
+
+    def _refresh(self) -> None:
+        if self._follow is not None:
+            self._follow()
+
+    def _views(self, namespace: str, desired: DesiredState | None) -> list[dict[str, Any]]:
+        if desired is None:
+            return []
+        models = desired.in_namespace(namespace)
+        broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
+        records = self._status.records([m.key for m in models] + broken)
+        views = {m.key: model_view(m.key, m.fields.name, m.fields.tag, records.get(m.key)) for m in models}
+        for key in broken:  # a broken file's model is still managed, at its last good version
+            if key in records:
+                views[key] = _last_good_view(key, records[key])
+        return [views[k] for k in sorted(views)]
+
+
+def _last_good_view(key: ModelKey, record: ModelRecord) -> dict[str, Any]:
+    name, _, tag = record.spec.reference.rpartition(":")
+    return model_view(key, name, tag, record)

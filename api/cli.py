@@ -1,0 +1,110 @@
+"""The `ollama-gitops` command: the reconciler's commands plus `serve`, `api` and `status`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from reconciler import cli as reconciler_cli
+from reconciler.service import ConfigurationError as ReconcilerConfigurationError
+from reconciler.service import wait_for_signal
+from reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
+from reconciler.state import StateLocked
+from reconciler.writer import DEFAULT_AUTHOR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `ollama-gitops` console command; returns the exit code."""
+    parser, commands = reconciler_cli.build_parser()
+    serve = commands.add_parser("serve", help="the reconciler and the API in one process",
+                                description="Reconcile on a schedule and serve the API on port 8082.")
+    api = commands.add_parser("api", help="the API alone (with a reconciler run separately)",
+                              description="Serve the API; status is read from a reconciler's state directory.")
+    for command, runner in ((serve, _run_serve), (api, _run_api)):
+        add_reconciler_options(command)
+        _add_api_options(command)
+        command.set_defaults(run=runner)
+    status = commands.add_parser("status", help="show the models, their state and the sync summary",
+                                 description="Exit code 1 when a model is Failed or a model file has a problem.")
+    status.add_argument("--api-url", default=os.environ.get(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
+                        help=f"the API (default http://127.0.0.1:8082) [env {ENV_PREFIX}API_URL]")
+    status.add_argument("--api-key-file", default=None, help=f"file holding the API key [env {ENV_PREFIX}API_KEY]")
+    status.add_argument("--namespace", default=None, help="namespace to show (default: the API's)")
+    status.add_argument("--watch", action="store_true", help="keep redrawing while pulls are in flight")
+    status.set_defaults(run=_run_status)
+    return reconciler_cli.run(parser, argv)
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    parser.add_argument("--listen", default=env(f"{ENV_PREFIX}LISTEN"),
+                        help="HOST:PORT (default 0.0.0.0:8082 with an API key, 127.0.0.1:8082 without) "
+                             f"[env {ENV_PREFIX}LISTEN]")
+    parser.add_argument("--api-key-file", default=env(f"{ENV_PREFIX}API_KEY_FILE"),
+                        help=f"file holding the API key (or set {ENV_PREFIX}API_KEY)")
+    parser.add_argument("--namespace", default=env(f"{ENV_PREFIX}NAMESPACE", "default"),
+                        help=f"namespace when a request names none (default: default) [env {ENV_PREFIX}NAMESPACE]")
+    parser.add_argument("--git-author", default=env(f"{ENV_PREFIX}GIT_AUTHOR", DEFAULT_AUTHOR),
+                        help=f"author of the API's commits, 'Name <email>' [env {ENV_PREFIX}GIT_AUTHOR]")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        default=env(f"{ENV_PREFIX}INSECURE_NO_AUTH", "").lower() in ("1", "true", "yes"),
+                        help="allow listening beyond loopback without an API key")
+    parser.add_argument("--threads", type=int, default=int(env(f"{ENV_PREFIX}THREADS", "16")),
+                        help="request threads (default 16)")
+
+
+def _api_key(key_file: str | None) -> str | None:
+    if key_file:
+        return Path(key_file).read_text(encoding="utf-8").strip() or None
+    return os.environ.get(f"{ENV_PREFIX}API_KEY") or None
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    return _serve(args, with_reconciler=True)
+
+
+def _run_api(args: argparse.Namespace) -> int:
+    return _serve(args, with_reconciler=False)
+
+
+def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
+    from . import runtime
+
+    reconciler_cli.configure_logging(args.log_level)
+    try:
+        options = runtime.ApiOptions(args.listen, _api_key(args.api_key_file), args.namespace, args.git_author,
+                                     args.insecure_no_auth, args.threads)
+        running = runtime.start(Settings.from_args(args), options, with_reconciler=with_reconciler)
+    except (runtime.ConfigurationError, ReconcilerConfigurationError, StateLocked, OSError, ValueError) as exc:
+        print(f"ollama-gitops: {exc}", file=sys.stderr)
+        return 2
+    wait_for_signal()
+    running.stop()
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .statusview import ApiUnavailable, fetch, render
+
+    key = _api_key(args.api_key_file)
+    live = args.watch and sys.stdout.isatty()
+    while True:
+        try:
+            snapshot = fetch(args.api_url, key, args.namespace)
+        except ApiUnavailable as exc:
+            print(f"ollama-gitops: {exc}", file=sys.stderr)
+            return 2
+        text = render(snapshot)
+        sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + text)
+        sys.stdout.flush()
+        if not (args.watch and snapshot.pulling):
+            return 0 if snapshot.healthy else 1
+        time.sleep(1.0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""The seed operator's API metrics, with the route template as `path` so that names in paths do
+not each make a new time series."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+REQUESTS = Counter("ollama_api_requests_total", "Total number of HTTP requests to the Ollama API server",
+                   ["method", "path", "status"])
+DURATION = Histogram("ollama_api_request_duration_seconds", "Duration of HTTP requests to the Ollama API server",
+                     ["method", "path"])

@@ -1,0 +1,55 @@
+"""The API's side of the models repository: a clone it writes through, and the desired state at the
+newest commit it knows (fetched on a schedule, and after each of its own pushes)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from reconciler.desired import DesiredState, GitLoader
+from reconciler.gitrepo import GitError, GitRepo
+from reconciler.writer import Change, ModelWriter, Written
+
+log = logging.getLogger("ollama_gitops.api.repository")
+
+
+class ModelsRepository:
+    """Desired state for reads, and writes that become commits."""
+
+    def __init__(self, repo: GitRepo, writer: ModelWriter) -> None:
+        self.repo = repo
+        self.writer = writer
+        self._loader = GitLoader(repo.repo)
+        self._lock = threading.Lock()  # the loader is not thread-safe
+        self._desired: DesiredState | None = None
+        self.last_error: str | None = None
+
+    @property
+    def desired(self) -> DesiredState | None:
+        """The desired state at the newest known commit; None until the first fetch succeeded."""
+        return self._desired
+
+    def refresh(self) -> None:
+        """Fetch the branch and load its head if it moved. Keeps the last state when Git is down."""
+        try:
+            self.repo.fetch()
+        except GitError as exc:
+            self.last_error = str(exc)
+            log.warning("action=fetch-failed error=%r", str(exc))
+            return
+        self.last_error = None
+        self._load()
+
+    def write(self, change: Change) -> Written:
+        """Make a change (raises WriteRejected); reads see it as soon as this returns."""
+        written = self.writer.write(change)
+        self._load()
+        return written
+
+    def _load(self) -> None:
+        # Load what the tracking ref says now, not a commit a caller saw: a fetch that finished
+        # just before another thread's push must not bring back the older commit.
+        with self._lock:
+            head = self.repo.head()
+            if self._desired is None or self._desired.commit != head:
+                self._desired = self._loader.load(head)

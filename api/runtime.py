@@ -1,0 +1,153 @@
+"""Wiring the API: settings in, a served application out (`serve` with the reconciler, or `api` alone)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from prometheus_client import REGISTRY
+
+from reconciler import metrics as reconciler_metrics
+from reconciler import service as reconciler_service
+from reconciler.gitrepo import GitRepo
+from reconciler.scheduler import CycleScheduler
+from reconciler.settings import Settings
+from reconciler.state import StateLocked, StateStore
+from reconciler.writer import ModelWriter, parse_author
+
+from .app import ApiSettings, create_app
+from .catalog import Catalog, StatusSource
+from .repository import ModelsRepository
+from .server import ApiServer, is_loopback, parse_listen
+
+log = logging.getLogger("ollama_gitops.api")
+
+
+class ConfigurationError(Exception):
+    """The API settings cannot work; the message says why."""
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    listen: str | None
+    api_key: str | None
+    namespace: str
+    git_author: str
+    insecure_no_auth: bool
+    threads: int = 16
+
+
+@dataclass
+class RunningApi:
+    server: ApiServer
+    repository: ModelsRepository
+    refresher: CycleScheduler
+    service: reconciler_service.Service | None = None
+    lock_file: TextIO | None = None
+
+    def stop(self) -> None:
+        """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
+        self.server.shutdown()
+        self.refresher.shutdown()
+        self.repository.writer.close()
+        if self.service is not None:
+            self.service.stop()
+        if self.lock_file is not None:
+            self.lock_file.close()
+
+
+def listen_address(options: ApiOptions) -> tuple[str, int]:
+    """Where to listen: all interfaces when an API key is set, loopback only when not; refuses to
+    expose an unauthenticated API unless told explicitly."""
+    default = "0.0.0.0:8082" if options.api_key else "127.0.0.1:8082"
+    host, port = parse_listen(options.listen or default)
+    if options.api_key is None and not is_loopback(host) and not options.insecure_no_auth:
+        raise ConfigurationError(
+            f"refusing to listen on {host} without an API key: set OLLAMA_GITOPS_API_KEY or "
+            "--api-key-file, listen on 127.0.0.1, or pass --insecure-no-auth")
+    return host, port
+
+
+def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, schedules: bool = True) -> RunningApi:
+    """Build and start everything; the caller waits for a signal, then calls `stop()`.
+
+    `schedules=False` serves requests but runs no cycle or fetch on its own (tests drive them).
+    """
+    host, port = listen_address(options)
+    try:
+        author = parse_author(options.git_author)
+    except ValueError as exc:
+        raise ConfigurationError(f"--git-author: {exc}") from None
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = _lock_api_clone(settings.state_dir)
+    service = None
+    if with_reconciler:
+        service = reconciler_service.build(settings)
+        status: StatusSource = service.store
+        follow = None
+        on_written = service.request_cycle
+    else:
+        store = StateStore(settings.state_dir, readonly=True)
+        status, follow, on_written = store, _throttled(store.follow, 1.0), (lambda: None)
+    repo = GitRepo(reconciler_service.repository_url(settings), settings.branch, settings.state_dir / "api.git",
+                   settings.credentials)
+    repository = ModelsRepository(repo, ModelWriter(repo, author))
+    catalog = Catalog(lambda: repository.desired, status, follow)
+    app = create_app(ApiSettings(options.api_key, options.namespace), catalog, repository, on_written)
+    _register_collector(status)
+    server = ApiServer(app, host, port, threads=options.threads).start()
+    refresher = CycleScheduler(repository.refresh, settings.interval)
+    if schedules:
+        refresher.start()
+        if service is not None:
+            service.start()
+    log.info("API listening on %s (namespace %s, %s)", server.url, options.namespace,
+             "API key required" if options.api_key else "no authentication")
+    return RunningApi(server, repository, refresher, service, lock_file)
+
+
+def _lock_api_clone(state_dir: Path) -> TextIO:
+    handle = open(state_dir / "api.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StateLocked(f"another ollama-gitops API process uses {state_dir}; give each API process "
+                          "its own --state-dir") from None
+    return handle
+
+
+_registered: list[object] = []
+
+
+def _register_collector(status: StatusSource) -> None:
+    # The registry is process-wide; a process serves one API.
+    for collector in _registered:
+        REGISTRY.unregister(collector)  # type: ignore[arg-type]
+    _registered.clear()
+    collector = reconciler_metrics.ModelsByState(status.records)
+    REGISTRY.register(collector)
+    _registered.append(collector)
+
+
+def _throttled(function, seconds: float):  # type: ignore[no-untyped-def]
+    """Call `function` at most once every `seconds`: following the state files on every read is waste."""
+    lock = threading.Lock()
+    last = [0.0]
+
+    def call() -> None:
+        now = time.monotonic()
+        if now - last[0] < seconds or not lock.acquire(blocking=False):
+            return
+        try:
+            last[0] = now
+            function()
+        finally:
+            lock.release()
+
+    return call

@@ -1,0 +1,81 @@
+"""`ollama-gitops status`: the models and the sync summary as a terminal table."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+BAR_WIDTH = 20
+
+
+class ApiUnavailable(Exception):
+    """The API could not be asked (down, refused the key, answered garbage)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    models: list[dict[str, Any]]
+    sync: dict[str, Any]
+
+    @property
+    def healthy(self) -> bool:
+        """No model Failed and no model file with a problem."""
+        return not any(m.get("state") == "Failed" for m in self.models) and not self.sync.get("problems")
+
+    @property
+    def pulling(self) -> bool:
+        return any(m.get("state") == "Pulling" for m in self.models)
+
+
+def fetch(api_url: str, api_key: str | None, namespace: str | None, timeout: float = 10.0) -> Snapshot:
+    """Ask the API for the models of a namespace and the sync status."""
+    query = f"?{urllib.parse.urlencode({'namespace': namespace})}" if namespace else ""
+    models = _get(f"{api_url.rstrip('/')}/api/v1/models{query}", api_key, timeout)["items"]
+    sync = _get(f"{api_url.rstrip('/')}/api/v1/status", api_key, timeout)
+    return Snapshot(models, sync)
+
+
+def render(snapshot: Snapshot) -> str:
+    """The table, then the sync summary and any problems."""
+    rows = [("NAME", "MODEL", "STATE", "SIZE", "LAST PULL", "")]
+    for m in snapshot.models:
+        rows.append((m["name"], f"{m['modelName']}:{m['tag']}", m["state"], m.get("formattedSize", "-"),
+                     m.get("lastPullTime", "-"), _detail(m)))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell for i, cell in enumerate(row)).rstrip() for row in rows]
+    sync = snapshot.sync
+    lines.append("")
+    lines.append(f"sync: {sync.get('lastCycleOutcome') or 'no cycle yet'}"
+                 f" at {sync.get('lastCycleTime') or '-'}"
+                 f"; applied {(sync.get('lastAppliedCommit') or '-')[:12]}"
+                 f", fetched {(sync.get('lastFetchedCommit') or '-')[:12]}")
+    if sync.get("lastCycleMessage"):
+        lines.append(f"      {sync['lastCycleMessage']}")
+    for problem in sync.get("problems", []):
+        where = f"{problem['path']}:{problem['line']}" if problem.get("line") else problem["path"]
+        lines.append(f"problem: {where}: {problem['message']}")
+    return "\n".join(lines) + "\n"
+
+
+def _detail(model: dict[str, Any]) -> str:
+    progress = model.get("progress")
+    if model.get("state") == "Pulling" and progress and progress.get("total"):
+        done = min(1.0, progress["completed"] / progress["total"])
+        filled = int(done * BAR_WIDTH)
+        return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:6.1%}"
+    return model.get("error", "")
+
+
+def _get(url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"X-API-Key": api_key} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise ApiUnavailable(f"{url} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ApiUnavailable(f"cannot reach the API at {url}: {exc}") from None

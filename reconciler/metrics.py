@@ -1,0 +1,38 @@
+"""Prometheus metrics of the reconciler (served by the API's `/metrics`)."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .state import STATES, ModelRecord
+
+CYCLES = Counter("ollama_gitops_reconcile_cycles_total", "Reconcile cycles, by outcome", ["outcome"])
+CYCLE_DURATION = Histogram("ollama_gitops_reconcile_duration_seconds", "Duration of reconcile cycles",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+LAST_APPLIED = Gauge("ollama_gitops_last_applied_commit_timestamp_seconds",
+                     "When the last commit was applied (Unix time)")
+LAST_CYCLE = Gauge("ollama_gitops_last_cycle_timestamp_seconds", "When the last cycle ended (Unix time)")
+PULL_DURATION = Histogram("ollama_gitops_pull_duration_seconds", "Duration of successful model pulls",
+                          buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+PULL_FAILURES = Counter("ollama_gitops_pull_failures_total", "Failed model pulls")
+PUSH_RETRIES = Counter("ollama_gitops_git_push_retries_total", "Pushes refused because the branch moved, then retried")
+FILE_PROBLEMS = Gauge("ollama_gitops_model_file_problems", "Problems found in model files at the last loaded commit")
+
+
+class ModelsByState(Collector):
+    """`ollama_gitops_models{state}`: counted at scrape time from the records."""
+
+    def __init__(self, records: Callable[[], dict[object, ModelRecord]]) -> None:
+        self._records = records
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("ollama_gitops_models", "Managed models, by state", labels=["state"])
+        counts = Tally(record.status.state for record in self._records().values())
+        for state in STATES:
+            family.add_metric([state], counts.get(state, 0))
+        yield family

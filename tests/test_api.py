@@ -1,0 +1,283 @@
+"""The API through real HTTP against `serve`: the seed's calls, the seed's answers, and every error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import git
+import httpx
+import jsonschema
+import pytest
+
+from api import runtime
+from apirig import API_KEY, ApiRig
+from reconciler.modelfile import ModelFields, parse
+
+MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest"]
+
+
+def openapi(api: ApiRig) -> dict:
+    return api.client.get("/api/v1/openapi.json").json()
+
+
+def check(api: ApiRig, response: httpx.Response, schema_name: str) -> dict:
+    """Hold a response body against the API's own OpenAPI document."""
+    document = openapi(api)
+    body = response.json()
+    resolver_schema = {"$ref": f"#/components/schemas/{schema_name}", "components": document["components"]}
+    jsonschema.Draft202012Validator(resolver_schema).validate(body)
+    return body
+
+
+def remote_file(api: ApiRig, path: str) -> str | None:
+    try:
+        return git.Repo(api.remote).commit("main").tree[path].data_stream.read().decode()
+    except KeyError:
+        return None
+
+
+def test_list_models_as_the_seed_answers(api: ApiRig) -> None:
+    response = api.client.get("/api/v1/models")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    assert response.text.endswith("\n")
+    items = check(api, response, "ModelList")["items"]
+    assert [(m["name"], m["modelName"], m["tag"], m["state"], m["namespace"]) for m in items] == [
+        ("gemma3-1b", "gemma3", "1b", "Pending", "default"), ("llama3.2-1b", "llama3.2", "1b", "Pending", "default")]
+    assert list(items[0]) == ["name", "namespace", "modelName", "tag", "state"]  # empty fields left out
+    api.settle()
+    items = api.client.get("/api/v1/models").json()["items"]
+    llama = items[1]
+    assert llama["state"] == "Ready" and llama["size"] == 1815319791 and llama["formattedSize"] == "1.7 GiB"
+    assert items[0]["formattedSize"] == "777.5 MiB"
+    assert llama["digest"] == api.ollama.digest_of("llama3.2:1b")
+    assert [k for k in llama if k in MODEL_FIELDS] == list(llama)
+    assert [k for k in MODEL_FIELDS if k in llama][:8] == ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime"]
+
+
+def test_unknown_namespace_lists_nothing(api: ApiRig) -> None:
+    response = api.client.get("/api/v1/models", params={"namespace": "nobody"})
+    assert response.status_code == 200 and response.text == '{"items":[]}\n'
+
+
+def test_get_model_and_not_found(api: ApiRig) -> None:
+    response = api.client.get("/api/v1/models/gemma3-1b")
+    assert response.status_code == 200
+    assert check(api, response, "Model")["modelName"] == "gemma3"
+    missing = api.client.get("/api/v1/models/phi3-mini")
+    assert missing.status_code == 404 and missing.text == '{"error":"model not found: phi3-mini"}\n'
+
+
+def test_create_commits_pushes_and_answers_pending(api: ApiRig) -> None:
+    response = api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"})
+    assert response.status_code == 201
+    assert response.text == '{"name":"phi3-mini","namespace":"default","modelName":"phi3","tag":"mini","state":"Pending"}\n'
+    head = git.Repo(api.remote).commit("main")
+    assert head.message == "Add model phi3:mini\n"
+    assert (head.author.name, head.author.email) == ("API Test", "api@example.com")
+    assert parse(remote_file(api, "models/default/phi3-mini.yaml").encode()) == ModelFields("phi3", "mini")
+    assert api.client.get("/api/v1/models/phi3-mini").json()["state"] == "Pending"  # read at once, from memory
+    api.settle()  # the write asked for a cycle; run it synchronously here
+    assert api.client.get("/api/v1/models/phi3-mini").json()["state"] == "Ready"
+    assert "phi3:mini" in api.ollama.installed()
+
+
+def test_create_with_optional_fields_and_namespace(api: ApiRig) -> None:
+    body = {"name": "qwen2.5", "tag": "0.5b", "labels": {"team": "search"}, "prune": False}
+    response = api.client.post("/api/v1/models", params={"namespace": "team-a"}, json=body)
+    assert response.status_code == 201 and response.json()["namespace"] == "team-a"
+    fields = parse(remote_file(api, "models/team-a/qwen2.5-0.5b.yaml").encode())
+    assert fields == ModelFields("qwen2.5", "0.5b", labels={"team": "search"}, prune=False)
+
+
+def test_create_existing_is_409(api: ApiRig) -> None:
+    response = api.client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"})
+    assert response.status_code == 409 and response.json() == {"error": "model already exists: gemma3-1b"}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "invalid request:"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b"", "must be a JSON object"),
+        (b'{"name": "phi3"}', "missing required field 'tag'"),
+        (b'{"tag": "mini"}', "missing required field 'name'"),
+        (b'{"name": "phi3", "tag": 3}', "field 'tag' must be a string"),
+        (b'{"name": "phi3", "tag": "mini", "namespace": "x"}', "unknown field 'namespace'"),
+        (b'{"name": "phi3", "tag": "mini", "sus": true}', "unknown field 'sus'"),
+        (b'{"name": "../../etc", "tag": "passwd"}', "field 'name' has an invalid value"),
+        (b'{"name": "phi3", "tag": "mini", "refreshRequestedAt": "tomorrow"}', "refreshRequestedAt"),
+    ],
+)
+def test_bad_bodies_are_400_naming_the_problem(api: ApiRig, body: bytes, fragment: str) -> None:
+    before = git.Repo(api.remote).commit("main").hexsha
+    response = api.client.post("/api/v1/models", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+def test_bad_namespace_is_400(api: ApiRig) -> None:
+    response = api.client.get("/api/v1/models", params={"namespace": "../x"})
+    assert response.status_code == 400 and "invalid namespace" in response.json()["error"]
+
+
+def test_oversized_body_is_413_json(api: ApiRig) -> None:
+    response = api.client.post("/api/v1/models", content=b"{" + b" " * 70_000 + b"}", headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json() == {"error": "request body too large"}
+
+
+def test_delete_is_204_with_no_body_and_removes_the_file(api: ApiRig) -> None:
+    response = api.client.delete("/api/v1/models/gemma3-1b")
+    assert response.status_code == 204 and response.content == b""
+    assert remote_file(api, "models/default/gemma3-1b.yaml") is None
+    assert git.Repo(api.remote).commit("main").message == "Delete model gemma3:1b\n"
+    assert api.client.get("/api/v1/models/gemma3-1b").status_code == 404
+    again = api.client.delete("/api/v1/models/gemma3-1b")
+    assert again.status_code == 404 and again.json() == {"error": "model not found: gemma3-1b"}
+
+
+def test_refresh_is_202_bumps_the_file_and_repulls(api: ApiRig) -> None:
+    api.settle()
+    response = api.client.post("/api/v1/models/llama3.2-1b/refresh")
+    assert response.status_code == 202
+    assert check(api, response, "Model")["state"] == "Ready"
+    assert "refreshRequestedAt:" in remote_file(api, "models/default/llama3.2-1b.yaml")
+    assert git.Repo(api.remote).commit("main").message == "Refresh model llama3.2:1b\n"
+    api.settle()
+    assert api.ollama.pull_count["llama3.2:1b"] == 2
+    missing = api.client.post("/api/v1/models/nope-1/refresh")
+    assert missing.status_code == 404 and missing.json() == {"error": "model not found: nope-1"}
+
+
+def test_pulling_model_carries_progress(api: ApiRig) -> None:
+    reconciler = api.running.service.reconciler
+    with api.ollama.hold_pulls() as gate:
+        reconciler.run_cycle()
+        assert gate.wait_for_pulls(2, timeout=10)
+        model = api.client.get("/api/v1/models/llama3.2-1b").json()
+        assert model["state"] == "Pulling"
+        # Ollama announces layers as it reaches them, so the total grows with the pull.
+        assert 0 <= model["progress"]["completed"] <= model["progress"]["total"] <= 1815319791
+    assert reconciler.pulls.wait(timeout=10)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/models/..", "/api/v1/models/%2e%2e", "/api/v1/models/..%2F..%2Fetc%2Fpasswd",
+    "/api/v1/models/a%00b", "/api/v1/models/" + "a" * 300, "/api/v1/models/UPPER", "/api/v1/models/.hidden",
+])
+def test_bad_names_in_paths_never_reach_a_file(api: ApiRig, path: str) -> None:
+    before = git.Repo(api.remote).commit("main").hexsha
+    for method in ("GET", "DELETE"):
+        response = api.client.request(method, path)
+        assert response.status_code in (400, 404), (method, path, response.status_code)
+        assert "error" in response.json()
+    response = api.client.post(path + "/refresh")
+    assert response.status_code in (400, 404)
+    assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+def test_authentication_as_the_seed(api: ApiRig) -> None:
+    for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": API_KEY + "x"}):
+        response = httpx.get(f"{api.url}/api/v1/models", headers=headers)
+        assert response.status_code == 401 and response.text == "Unauthorized\n"
+        assert response.headers["content-type"] == "text/plain; charset=utf-8"
+    assert httpx.post(f"{api.url}/api/v1/models", json={"name": "x", "tag": "y"}).status_code == 401
+    assert httpx.get(f"{api.url}/health").text == "OK"
+    assert httpx.get(f"{api.url}/readiness").text == "Ready"
+    assert httpx.get(f"{api.url}/metrics").status_code == 200
+
+
+def test_json_errors_under_api_and_text_elsewhere(api: ApiRig) -> None:
+    missing = api.client.get("/api/v1/nothing")
+    assert missing.status_code == 404 and missing.json() == {"error": "not found"}
+    wrong_method = api.client.put("/api/v1/models")
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "method not allowed"}
+    assert "GET" in wrong_method.headers["allow"] and "POST" in wrong_method.headers["allow"]
+    elsewhere = api.client.get("/nothing")
+    assert elsewhere.status_code == 404 and elsewhere.headers["content-type"].startswith("text/plain")
+
+
+def test_status_reports_commits_cycle_and_file_problems(api: ApiRig) -> None:
+    api.work.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
+    api.work.commit("broken file")
+    api.work.push()
+    api.running.repository.refresh()
+    api.settle()
+    response = api.client.get("/api/v1/status")
+    body = check(api, response, "Status")
+    assert body["lastFetchedCommit"] == body["lastAppliedCommit"] == git.Repo(api.remote).commit("main").hexsha
+    assert body["lastCycleOutcome"] == "Succeeded"
+    assert body["problems"] == [{"path": "models/default/broken-1.yaml", "line": 3, "message": body["problems"][0]["message"]}]
+    assert body["problems"][0]["message"].startswith("YAML syntax error")
+
+
+def test_metrics_cover_requests_cycles_and_models(api: ApiRig) -> None:
+    api.client.get("/api/v1/models")
+    api.client.get("/api/v1/models/nope-1")
+    api.settle()
+    text = httpx.get(f"{api.url}/metrics").text
+    assert 'ollama_api_requests_total{method="GET",path="/api/v1/models",status="200"}' in text
+    assert 'ollama_api_requests_total{method="GET",path="/api/v1/models/<name>",status="404"}' in text
+    assert "ollama_api_request_duration_seconds_bucket" in text
+    assert 'ollama_gitops_models{state="Ready"} 2.0' in text
+    assert "ollama_gitops_reconcile_duration_seconds_count" in text
+    assert 'ollama_gitops_reconcile_cycles_total{outcome="succeeded"}' in text
+    assert "ollama_gitops_pull_duration_seconds_count" in text
+
+
+def test_push_failure_is_503_and_leaves_nothing_behind(api: ApiRig) -> None:
+    moved = api.remote.with_name("gone.git")
+    api.remote.rename(moved)
+    try:
+        response = api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"})
+        assert response.status_code == 503 and "not available" in response.json()["error"]
+        assert api.client.get("/api/v1/models/phi3-mini").status_code == 404
+    finally:
+        moved.rename(api.remote)
+    assert remote_file(api, "models/default/phi3-mini.yaml") is None
+
+
+def test_openapi_document_describes_every_route(api: ApiRig) -> None:
+    document = openapi(api)
+    assert document["openapi"].startswith("3.1")
+    assert {"/api/v1/models", "/api/v1/models/{name}", "/api/v1/models/{name}/refresh", "/api/v1/status",
+            "/health", "/readiness"} <= set(document["paths"])
+    assert document["components"]["schemas"]["ModelFile"]["properties"]["tag"]["type"] == "string"
+
+
+def test_readiness_fails_until_the_repository_was_fetched(tmp_path: Path, ollama) -> None:
+    rig = ApiRig(tmp_path, ollama)  # the remote has no branch yet
+    rig.start()
+    try:
+        response = httpx.get(f"{rig.url}/readiness")
+        assert response.status_code == 503 and response.text.startswith("not ready:")
+        assert httpx.get(f"{rig.url}/health").status_code == 200
+        rig.seed(("llama3.2", "1b"))
+        rig.running.repository.refresh()
+        assert httpx.get(f"{rig.url}/readiness").status_code == 200
+    finally:
+        rig.stop()
+
+
+def test_listening_beyond_loopback_needs_a_key_or_an_explicit_opt_out() -> None:
+    def options(listen: str | None, key: str | None, insecure: bool = False) -> runtime.ApiOptions:
+        return runtime.ApiOptions(listen, key, "default", "a <a@b.c>", insecure)
+
+    assert runtime.listen_address(options(None, None)) == ("127.0.0.1", 8082)
+    assert runtime.listen_address(options(None, "k")) == ("0.0.0.0", 8082)
+    with pytest.raises(runtime.ConfigurationError, match="without an API key"):
+        runtime.listen_address(options("0.0.0.0:8082", None))
+    assert runtime.listen_address(options("0.0.0.0:9000", None, insecure=True)) == ("0.0.0.0", 9000)
+    assert runtime.listen_address(options("[::1]:8082", None)) == ("::1", 8082)
+
+
+def test_no_key_configured_means_no_authentication(tmp_path: Path, ollama) -> None:
+    rig = ApiRig(tmp_path, ollama, api_key=None)
+    rig.seed(("llama3.2", "1b"))
+    rig.start()
+    try:
+        assert httpx.get(f"{rig.url}/api/v1/models").status_code == 200
+    finally:
+        rig.stop()

@@ -74,5 +74,7 @@ class ApiServer:
         while (dispatcher.active_count or dispatcher.queue) and time.monotonic() < deadline:
             time.sleep(0.05)
         self._server.close()
+        # Idle keep-alive connections would keep the event loop running: close them too.
+        wasyncore.close_all(self._server._map)
         if self._thread is not None:
             self._thread.join(timeout=grace)

@@ -1,0 +1,65 @@
+"""`ollama-gitops serve` as a user runs it: one process, its own schedules, SIGTERM to stop."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from gitrepos import WorkRepo, init_bare
+from standins.ollama_server import OllamaStandin
+
+COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+
+
+def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """Poll a condition that another process makes true, up to a deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met before the deadline")
+
+
+def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: OllamaStandin) -> None:
+    remote = init_bare(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "llama3.2", "1b")
+    work.commit()
+    work.push()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+    env.update({"OLLAMA_GITOPS_API_KEY": "s3cret-key", "HOME": str(tmp_path)})
+    process = subprocess.Popen(
+        [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
+         "--listen", "127.0.0.1:0", "--kubernetes", "off"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in process.stderr:
+            found = re.search(r"API listening on (http://\S+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "serve did not report its address"
+        client = httpx.Client(base_url=url, headers={"X-API-Key": "s3cret-key"}, timeout=30)
+        wait_for(lambda: client.get("/readiness").status_code == 200)
+        wait_for(lambda: client.get("/api/v1/models/llama3.2-1b").json()["state"] == "Ready")
+        assert client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"}).status_code == 201
+        # The write asked for a cycle at once: no need to wait for the 60-second interval.
+        wait_for(lambda: client.get("/api/v1/models/gemma3-1b").json()["state"] == "Ready")
+        assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert "secret" not in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()

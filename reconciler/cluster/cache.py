@@ -1,0 +1,324 @@
+"""A list-and-watch cache of the managed `OllamaModel` resources, in the manner of client-go's informer.
+
+One daemon thread lists every resource carrying ollama-gitops's managed-by label (all namespaces),
+then watches from the list's ``resourceVersion``. The reconciler reads the cache instead of
+listing on every cycle, so a quiet cluster costs one open watch and no lists at all.
+
+The watch is resumed, not restarted: when it ends normally (``timeoutSeconds``) it is opened again
+from the last version seen, bookmarks included, so no event is lost and nothing is listed again.
+Only when the server has forgotten that version (410 Gone) is the cache rebuilt from a new list;
+any other failure waits ``retry_delay`` and lists again, since events may have been missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes.client
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+from ..desired import ModelKey
+from .resources import GROUP, MANAGED_SELECTOR, PLURAL, VERSION, Resource
+
+__all__ = ["CacheStats", "ResourceCache"]
+
+log = logging.getLogger("ollama_gitops.cluster.cache")
+
+GONE = 410
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection to the API server
+LIST_READ_TIMEOUT = 60.0  # a list that sends nothing for this long is given up (then retried)
+WATCH_READ_MARGIN = 30.0  # beyond timeoutSeconds: only a dead connection stays silent this long
+STOP_POLL = 0.05  # how often stop() repeats Watch.stop() while the thread has not ended
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is older than the server's history: only a new list helps."""
+
+
+@dataclass
+class CacheStats:
+    """Counters, for tests and metrics (written by the cache thread only)."""
+
+    lists: int = 0  # list requests started (the first one, relists after 410 and after errors)
+    watches: int = 0  # watch requests started
+    events: int = 0  # watch events received, bookmarks included
+    relists_after_gone: int = 0  # relists because the watch's version had expired (410)
+    errors: int = 0  # failed lists or watches other than 410 (each followed by retry_delay)
+
+
+class ResourceCache:
+    """The managed `OllamaModel` resources of the whole cluster, kept current by a watch.
+
+    :param api: the client to list and watch with.
+    :param watch_timeout: ``timeoutSeconds`` of each watch request; the watch is then resumed
+        from the last version seen, without a list.
+    :param on_change: called from the cache thread, outside the lock, with the keys whose
+        content changed (added, modified, deleted) after each batch: the first list (always, even
+        when empty, so it also tells that the cache is synced), each relist and each watch event
+        that changed something. It should only note the keys or request a cycle; exceptions it
+        raises are logged and otherwise ignored.
+    :param retry_delay: seconds to wait after a failed list or watch before listing again.
+    """
+
+    def __init__(self, api: kubernetes.client.CustomObjectsApi, *, watch_timeout: int = 300,
+                 on_change: Callable[[set[ModelKey]], None] | None = None, retry_delay: float = 1.0) -> None:
+        self._api = api
+        self._watch_timeout = int(watch_timeout)
+        self._on_change = on_change
+        self._retry_delay = retry_delay
+        self.stats = CacheStats()
+
+        self._lock = threading.Lock()  # guards _items, _changed and _watch
+        self._items: dict[ModelKey, Resource] = {}
+        self._changed: set[ModelKey] = set()
+        self._watch: watch.Watch | None = None  # the live watch, for stop() to end it
+
+        self._resource_version = ""  # last version seen by the cache thread (its own state, no lock)
+        self._synced = threading.Event()
+        self._stopping = threading.Event()  # also what retry waits on, so stop() cuts them short
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> ResourceCache:
+        """Start the background thread (list, then watch). Returns self; a second call does nothing."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ollama-gitops-cache", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread and wait (at most `timeout` seconds) for it to finish.
+
+        `Watch.stop` shuts the live watch's socket down, which wakes a read blocked on it. It is
+        repeated until the thread ends because a watch may be between being made and having its
+        response (then the first call has nothing to shut down yet, and `Watch.stream` even
+        clears the flag when it starts).
+        """
+        self._stopping.set()
+        thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout
+        while thread.is_alive() and time.monotonic() < deadline:
+            with self._lock:
+                live = self._watch
+            if live is not None:
+                live.stop()
+            thread.join(STOP_POLL)
+        if thread.is_alive():
+            log.warning("resource cache thread still running %.1f s after stop()", timeout)
+
+    @property
+    def running(self) -> bool:
+        """True while the cache thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def synced(self) -> bool:
+        """True once the first list has been taken in."""
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait (at most `timeout` seconds) for the first list; True once it has been taken in."""
+        return self._synced.wait(timeout)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[ModelKey, Resource]:
+        """Every cached resource: a shallow copy (resources are immutable), safe while events arrive."""
+        with self._lock:
+            return dict(self._items)
+
+    def get(self, key: ModelKey) -> Resource | None:
+        """The cached resource `key`, or None."""
+        with self._lock:
+            return self._items.get(key)
+
+    def take_changed(self) -> set[ModelKey]:
+        """The keys changed (added, modified or deleted) since the last call; the record is cleared."""
+        with self._lock:
+            changed, self._changed = self._changed, set()
+        return changed
+
+    def observe_write(self, obj: Mapping[str, Any]) -> None:
+        """Put what one of the product's own writes returned into the cache at once.
+
+        So the next cycle plans from what was written, not from a cache the watch has not caught
+        up with yet. Only a newer ``resourceVersion`` replaces the cached one (a write answered
+        late must not undo a later event), and the key is not reported as changed: the product
+        knows what it wrote, and the watch event for this same version then changes nothing, so
+        the product's own writes do not wake it again. A ``Status`` answer (a delete without
+        finalizers) is not an object and is ignored: the watch's DELETED event removes it.
+        Do not pass the answers of dry-run writes.
+        """
+        if obj.get("kind") == "Status" or not (obj.get("metadata") or {}).get("name"):
+            return
+        resource = Resource.from_object(obj)
+        with self._lock:
+            current = self._items.get(resource.key)
+            if current is not None and not _newer(resource.resource_version, current.resource_version):
+                return  # the cache already has this version, or a later one
+            if resource.managed:
+                self._items[resource.key] = resource
+            else:  # the write released it: it is no longer ours to hold
+                self._items.pop(resource.key, None)
+
+    # -- the cache thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._list()
+                while not self._stopping.is_set():
+                    self._watch_once()  # returns when the watch ends normally: resume it, no list
+            except _Gone as gone:
+                if self._stopping.is_set():
+                    break
+                # The server no longer has the events after our version: list again at once.
+                self.stats.relists_after_gone += 1
+                log.info("watch of %s expired (%s); listing again", PLURAL, gone)
+            except Exception as error:  # connection refused, 5xx, broken stream: list again after a pause
+                if self._stopping.is_set():
+                    break  # stop() shutting the socket down surfaces as an error: not one to report
+                self.stats.errors += 1
+                log.warning("list/watch of %s failed (%s); listing again in %.1f s",
+                            PLURAL, _describe(error), self._retry_delay)
+                self._stopping.wait(self._retry_delay)
+        with self._lock:
+            self._watch = None
+        log.debug("resource cache stopped")
+
+    def _list(self) -> None:
+        """Replace the cache by a list, reporting the keys whose content differs."""
+        self.stats.lists += 1
+        answer = self._api.list_cluster_custom_object(
+            GROUP, VERSION, PLURAL, label_selector=MANAGED_SELECTOR,
+            _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT))
+        list_version = str((answer.get("metadata") or {}).get("resourceVersion", ""))
+        listed: dict[ModelKey, Resource] = {}
+        for obj in answer.get("items") or ():
+            resource = Resource.from_object(obj)
+            if resource.managed:  # the selector already says so; be sure anyway
+                listed[resource.key] = resource
+        with self._lock:
+            # An entry observe_write put in after the list's snapshot is newer than the list: keep
+            # it; the watch from the list's version brings its events, which confirm or undo it.
+            for key, cached in self._items.items():
+                if _order(cached.resource_version, list_version) == 1:
+                    listed[key] = cached
+            changed = self._items.keys() - listed.keys()  # deleted while nothing watched
+            changed |= {key for key, r in listed.items()
+                        if key not in self._items or self._items[key].resource_version != r.resource_version}
+            self._items = listed
+            self._changed |= changed
+        self._resource_version = list_version
+        first = not self._synced.is_set()
+        self._synced.set()
+        log.debug("listed %d %s at version %s (%d changed)", len(listed), PLURAL, list_version, len(changed))
+        if changed or first:
+            self._notify(changed)
+
+    def _watch_once(self) -> None:
+        """Watch from the last version seen until the server ends the watch (or stop())."""
+        w = watch.Watch()
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._watch = w
+        self.stats.watches += 1
+        # timeout_seconds also keeps the client from retrying a 410 itself: it raises at once.
+        stream = w.stream(
+            self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+            label_selector=MANAGED_SELECTOR, resource_version=self._resource_version,
+            allow_watch_bookmarks=True, timeout_seconds=self._watch_timeout,
+            _request_timeout=(CONNECT_TIMEOUT, self._watch_timeout + WATCH_READ_MARGIN))
+        try:
+            for event in stream:
+                if self._stopping.is_set():
+                    break
+                self.stats.events += 1
+                self._handle(event["type"], event["raw_object"])
+        except ApiException as error:
+            if error.status == GONE:  # an expired version, as an ERROR event or an HTTP answer
+                raise _Gone(error.reason) from error
+            raise
+        finally:
+            with self._lock:
+                self._watch = None
+            stream.close()  # when we left the loop early: runs the client's cleanup (closes the response)
+
+    def _handle(self, kind: str, obj: Mapping[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        version = str(metadata.get("resourceVersion", ""))
+        if kind == "ERROR":  # the client raises these itself; kept in case a client version does not
+            code = obj.get("code")
+            if code == GONE:
+                raise _Gone(obj.get("message", ""))
+            raise ApiException(status=code, reason=f"{obj.get('reason')}: {obj.get('message')}")
+        if version:
+            self._resource_version = version  # bookmarks too: resuming from them skips nothing
+        if kind == "BOOKMARK":
+            return
+        resource = Resource.from_object(obj)
+        with self._lock:
+            current = self._items.get(resource.key)
+            # An event older than what observe_write put in is history already superseded.
+            if current is not None and _order(current.resource_version, resource.resource_version) == 1:
+                return
+            if kind in ("ADDED", "MODIFIED") and resource.managed:
+                if current is not None and current.resource_version == resource.resource_version:
+                    return  # nothing new (our own write, already observed)
+                self._items[resource.key] = resource
+            elif kind == "DELETED" or (kind in ("ADDED", "MODIFIED") and not resource.managed):
+                # Without the label it has left the selector (the server sends DELETED for that
+                # itself; this is only defensive): it is no longer ours to hold.
+                if current is None:
+                    return
+                del self._items[resource.key]
+            else:
+                log.debug("ignoring watch event of type %r", kind)
+                return
+            self._changed.add(resource.key)
+        self._notify({resource.key})
+
+    def _notify(self, keys: set[ModelKey]) -> None:
+        # Called without the lock held, so the callback may read the cache.
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(set(keys))
+        except Exception:  # a faulty callback must not end the watch (or trigger a relist)
+            log.exception("resource cache on_change callback failed")
+
+
+def _order(a: str, b: str) -> int | None:
+    """1 when version `a` is known to be newer than `b`, -1 when older, 0 when equal, None when
+    they differ but cannot be ordered.
+
+    resourceVersions are opaque to clients, but etcd's are increasing integers, and comparing them
+    is the only way to tell a late answer from a newer one.
+    """
+    if a == b:
+        return 0
+    if a.isdigit() and b.isdigit():
+        return 1 if int(a) > int(b) else -1
+    return None
+
+
+def _newer(version: str, than: str) -> bool:
+    """Should `version` replace `than`? Yes when newer, and when they cannot be ordered (the last
+    one heard of wins)."""
+    return _order(version, than) in (1, None)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}"

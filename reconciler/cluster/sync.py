@@ -1,0 +1,81 @@
+"""Carrying out a resource plan against the cluster, several writes at a time.
+
+A failed write is that model's error, never the cycle's end: a namespace that does not exist, a
+conflict (retried next cycle) or a refused object are reported per model, and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ..desired import ModelKey
+from .client import ClusterClient, ClusterError
+from .plan import ApplyResource, DeleteResource, ReleaseResource, ResourceAction, ResourcePlan
+from .resources import FINALIZER, Resource
+
+log = logging.getLogger("ollama_gitops.cluster")
+
+
+@dataclass
+class SyncResult:
+    applied: list[ModelKey] = field(default_factory=list)
+    deleted: list[ModelKey] = field(default_factory=list)
+    released: list[ModelKey] = field(default_factory=list)
+    errors: dict[ModelKey, str] = field(default_factory=dict)
+    unreachable: str | None = None  # the API server did not answer at all
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.unreachable is None
+
+
+class ResourceSync:
+    """Applies resource plans with a small pool of writers."""
+
+    def __init__(self, client: ClusterClient, *, workers: int = 8) -> None:
+        self._client = client
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-write")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def run(self, plan: ResourcePlan, resources: dict[ModelKey, Resource], commit: str | None) -> SyncResult:
+        """Carry out every write of `plan`; `resources` is what the cache holds (for finalizers)."""
+        result = SyncResult()
+        writes = [a for a in plan.actions if isinstance(a, (ApplyResource, DeleteResource, ReleaseResource))]
+        outcomes = self._pool.map(lambda action: self._write(action, resources), writes)
+        for action, error in zip(writes, outcomes):
+            if error is None:
+                {ApplyResource: result.applied, DeleteResource: result.deleted,
+                 ReleaseResource: result.released}[type(action)].append(action.key)
+                log.info("action=%s resource=%s commit=%s reason=%r", _verb(action), action.key,
+                         (commit or "-")[:12], action.reason)
+            elif error.status == 0:
+                result.unreachable = error.message
+            else:
+                result.errors[action.key] = error.message
+                log.warning("action=failed resource=%s verb=%s status=%d error=%r", action.key, _verb(action),
+                            error.status, error.message)
+        return result
+
+    def _write(self, action: ResourceAction, resources: dict[ModelKey, Resource]) -> ClusterError | None:
+        try:
+            if isinstance(action, ApplyResource):
+                self._client.apply(action.body)
+            elif isinstance(action, DeleteResource):
+                self._client.event(action.key, "Pruning", f"{action.reason}; deleting the resource")
+                self._client.delete(action.key)
+            elif isinstance(action, ReleaseResource):
+                resource = resources[action.key]
+                remaining = [f for f in resource.finalizers if f != FINALIZER]
+                self._client.set_finalizers(action.key, remaining, resource.resource_version)
+                self._client.event(action.key, "Released", action.reason)
+        except ClusterError as exc:
+            return exc
+        return None
+
+
+def _verb(action: ResourceAction) -> str:
+    return {ApplyResource: "applied", DeleteResource: "deleted", ReleaseResource: "released"}[type(action)]

@@ -111,6 +111,18 @@ _TREE_MODE, _LINK_MODE, _SUBMODULE_MODE = 0o040000, 0o120000, 0o160000
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
+class _Listed(NamedTuple):
+    """A model file as its tree lists it, before anything is read."""
+
+    path: str
+    blob: str
+    binsha: bytes
+    mode: int
+
+    def source(self, loader: GitLoader) -> _SourceFile:
+        return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), self.mode == _LINK_MODE)
+
+
 @dataclass(frozen=True)
 class _FileResult:
     path: str
@@ -161,7 +173,7 @@ class GitLoader:
         models_entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR and e.is_tree]
         used: dict[tuple[str, str], _Namespace] = {}
         problems: list[Problem] = []
-        listed: dict[tuple[str, str], list[_SourceFile]] = {}
+        listed: dict[tuple[str, str], list[_Listed]] = {}
         for entry in self._entries(models_entries[0].binsha) if models_entries else []:
             if entry.is_tree:
                 cache_key = (entry.name, entry.binsha.hex())
@@ -176,7 +188,7 @@ class GitLoader:
         # Within a changed namespace, a file whose path and blob are unchanged keeps its result, so
         # one edited file in a directory of ten thousand checks one file.
         checked = self._files_checked
-        fresh = {k: [f for f in files if (f.path, f.blob) not in checked] for k, files in listed.items()}
+        fresh = {k: [f.source(self) for f in files if (f.path, f.blob) not in checked] for k, files in listed.items()}
         # One pipelined read for every new blob of every changed namespace.
         self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed])
         for cache_key, files in listed.items():
@@ -206,16 +218,14 @@ class GitLoader:
     def _entries(self, binsha: bytes) -> list[_Entry]:
         return _tree_entries(self._repo.odb.stream(binsha).read())
 
-    def _files(self, binsha: bytes, prefix: str) -> list[_SourceFile]:
+    def _files(self, binsha: bytes, prefix: str) -> list[_Listed]:
         """Model files under a tree, recursively (deeper ones are reported, not loaded)."""
         files = []
         for entry in self._entries(binsha):
-            path = f"{prefix}/{entry.name}"
-            if entry.is_tree:
-                files.extend(self._files(entry.binsha, path))
-            elif _is_model_file(entry.name) and entry.mode != _SUBMODULE_MODE:
-                hexsha = entry.binsha.hex()
-                files.append(_SourceFile(path, hexsha, partial(self._read_blob, hexsha, entry.binsha), entry.mode == _LINK_MODE))
+            if entry.mode == _TREE_MODE:
+                files.extend(self._files(entry.binsha, f"{prefix}/{entry.name}"))
+            elif entry.mode != _SUBMODULE_MODE and entry.name.endswith(MODEL_SUFFIXES):
+                files.append(_Listed(f"{prefix}/{entry.name}", entry.binsha.hex(), entry.binsha, entry.mode))
         return files
 
     def _parse(self, file: _SourceFile) -> ParseResult:
@@ -357,21 +367,18 @@ def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Prob
     return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable))
 
 
+_TREE_ENTRY = re.compile(rb"([0-7]+) ([^\0]*)\0(.{20})", re.DOTALL)
+
+
 def _tree_entries(data: bytes) -> list[_Entry]:
     """The entries of a raw Git tree object: `<octal mode> <name>NUL<20-byte SHA>`, repeated.
 
     GitPython's parser also checks every name as a safe checkout path, which costs more than the
-    parsing; nothing here is checked out, so the plain format is read directly.
+    parsing; nothing here is checked out, so the plain format is read directly (one regular
+    expression pass: a namespace of ten thousand files lists in a few milliseconds).
     """
-    entries = []
-    position, end = 0, len(data)
-    while position < end:
-        space = data.index(b" ", position)
-        nul = data.index(b"\0", space)
-        name = data[space + 1:nul].decode("utf-8", "surrogateescape")
-        entries.append(_Entry(data[nul + 1:nul + 21], int(data[position:space], 8), name))
-        position = nul + 21
-    return entries
+    return [_Entry(sha, int(mode, 8), name.decode("utf-8", "surrogateescape"))
+            for mode, name, sha in _TREE_ENTRY.findall(data)]
 
 
 def _read_and_parse(file: _SourceFile) -> ParseResult:

@@ -51,16 +51,25 @@ class OllamaServer:
     def __init__(self, url: str, *, timeout: float = 30.0, pull_read_timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
         self._client = ollama.Client(host=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
         # A pull streams for as long as the download takes; only a stall should time it out.
         self._pull_client = ollama.Client(host=self.url, timeout=httpx.Timeout(timeout, read=pull_read_timeout))
 
     def installed(self) -> dict[str, InstalledModel]:
-        response = self._call(self._client.list)
+        # `/api/tags` is read directly rather than through `Client.list()`: the client validates a
+        # pydantic model per entry, which costs 15 times the request itself with ten thousand models.
+        def listing() -> httpx.Response:
+            response = self._http.get("/api/tags")
+            if response.status_code >= 400:
+                raise ollama.ResponseError(_error_text(response), response.status_code)
+            return response
+
+        response = self._call(listing)
         models: dict[str, InstalledModel] = {}
-        for model in response.models:
-            reference = model.model or ""
-            modified = model.modified_at.isoformat() if model.modified_at else None
-            models[normalize_reference(reference)] = InstalledModel(reference, int(model.size or 0), model.digest or "", modified)
+        for model in response.json().get("models") or []:
+            reference = model.get("model") or model.get("name") or ""
+            models[normalize_reference(reference)] = InstalledModel(
+                reference, int(model.get("size") or 0), model.get("digest") or "", model.get("modified_at"))
         return models
 
     def pull(self, reference: str, progress: ProgressCallback) -> None:
@@ -93,6 +102,13 @@ class OllamaServer:
         except httpx.HTTPError as exc:
             # The connection broke or stalled mid-operation (e.g. mid-pull): the model's operation failed.
             raise ModelOperationFailed(f"connection to Ollama at {self.url} failed: {_reason(exc)}") from None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)
+    except ValueError:
+        return response.text
 
 
 def _reason(exc: BaseException) -> str:

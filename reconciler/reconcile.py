@@ -12,6 +12,7 @@ deletes. Drift made behind its back is found by the next full cycle.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -281,8 +282,14 @@ def _mark_ready(status: ModelStatus, installed: InstalledModel, owned: bool, com
         status.last_pull_time = _seconds_z(installed.modified_at)
 
 
-def _seconds_z(timestamp: str) -> str:
-    parsed = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+def _seconds_z(timestamp: str) -> str | None:
+    """Ollama's `modified_at` (nanoseconds, any offset) as the seed writes times; None if unreadable."""
+    # Python 3.10's fromisoformat takes neither `Z` nor more than six fractional digits.
+    cleaned = re.sub(r"(\.\d{1,6})\d*", r"\1", timestamp.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(cleaned)
+    except ValueError:
+        return None
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

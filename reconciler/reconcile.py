@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 from datetime import datetime, timezone
 
 from . import metrics
@@ -49,6 +50,14 @@ class CycleReport:
         return self.outcome == SUCCEEDED
 
 
+class ClusterStep(Protocol):
+    """Kubernetes mode's extra step (see `cluster.sync.ClusterSync`)."""
+
+    def changed(self) -> set[ModelKey]: ...
+
+    def sync(self, desired: DesiredState, scope: set[ModelKey] | None) -> list[str]: ...
+
+
 class Reconciler:
     """Keeps one Ollama server in line with one branch of a models repository."""
 
@@ -63,6 +72,7 @@ class Reconciler:
         allow_empty: bool = False,
         clock: Callable[[], float] = time.time,
         on_pull_finished: Callable[[], None] | None = None,
+        cluster: ClusterStep | None = None,
     ) -> None:
         self.repo = repo
         self.server = server
@@ -80,6 +90,7 @@ class Reconciler:
         self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock,
                               on_finished=self._pull_finished)
         self._on_pull_finished = on_pull_finished
+        self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
@@ -104,7 +115,9 @@ class Reconciler:
         self.store.sync = replace(self.store.sync, last_fetched_commit=commit)
         now = self._clock()
         full = dry_run or self._full_cycle_due(now)
-        if not full and commit == self.store.sync.last_applied_commit and not self._work_left(now):
+        touched_in_cluster = self.cluster.changed() if self.cluster is not None and not dry_run else set()
+        if (not full and commit == self.store.sync.last_applied_commit and not self._work_left(now)
+                and not touched_in_cluster):
             return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
 
         desired = self._load(commit)
@@ -118,8 +131,12 @@ class Reconciler:
             records = self.store.records()
         else:
             observed = self._current_observed()
-            scope = self._changed_since_applied(desired) | self.store.unsettled(now) | self._unpruned(desired)
+            scope = (self._changed_since_applied(desired) | self.store.unsettled(now) | self._unpruned(desired)
+                     | touched_in_cluster)
             records = self.store.records(self.store.related(scope, _references(desired, scope)))
+        cluster_problems = []
+        if self.cluster is not None and not dry_run:
+            cluster_problems = self.cluster.sync(desired, scope)
         the_plan = plan(desired, observed, records, scope=scope, in_flight=self.pulls.in_flight(),
                         now=now, allow_empty=self.allow_empty)
         if dry_run:
@@ -131,7 +148,7 @@ class Reconciler:
                 self._observed = dict(observed)
             self.store.sync = replace(self.store.sync, last_resync_at=now)
         failures = self._apply(the_plan, commit)
-        problems = [m for m in (unreachable, the_plan.refused, *failures) if m]
+        problems = [m for m in (unreachable, the_plan.refused, *cluster_problems, *failures) if m]
         self._converged = not problems
         if problems:
             return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), the_plan, full=full)

@@ -224,16 +224,21 @@ class StateStore:
 
     # -- persistence --------------------------------------------------------------------------------
     def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
-        lines = []
+        changes = []
         for key in sorted(touched):
             old_reference = before.get(key)
             if old_reference is not None:
                 self._by_reference[old_reference].discard(key)
             record = self._models.get(key)
             self._index(key, record)
-            lines.append(json.dumps({"key": list(key), "record": _to_json(record) if record else None},
-                                    separators=(",", ":")))
+            changes.append((key, record))
         self.version += 1
+        self._persist(changes)
+
+    def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
+        """Make the changed records durable (called under the lock). Here: append to the journal."""
+        lines = [json.dumps({"key": list(key), "record": _to_json(record) if record else None}, separators=(",", ":"))
+                 for key, record in changes]
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = ("\n".join(lines) + "\n").encode("utf-8")
         with open(self.directory / JOURNAL, "ab") as journal:

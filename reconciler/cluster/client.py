@@ -7,7 +7,6 @@ can tell a conflict (retry), a missing namespace (a per-model error) and an outa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +18,7 @@ from ..desired import ModelKey
 from .resources import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, API_VERSION
 
 APPLY = "application/apply-patch+yaml"
+CONTROLLER_MANAGER = f"{FIELD_MANAGER}-controller"
 JSON_PATCH = "application/json-patch+json"
 REQUEST_TIMEOUT = 30  # seconds; an API server that hangs must not hang a cycle
 
@@ -66,15 +66,24 @@ class ClusterClient:
             raise
         return True
 
-    def set_finalizers(self, key: ModelKey, finalizers: Iterable[str], resource_version: str) -> None:
-        """Replace the finalizers, only if the resource is still at `resource_version` (else 409)."""
+    def remove_finalizer(self, key: ModelKey, finalizer: str, finalizers: list[str]) -> None:
+        """Remove `finalizer`, which `finalizers` (as last seen) holds; if the list changed since,
+        the server refuses (422) rather than remove another controller's finalizer."""
+        index = finalizers.index(finalizer)
         patch = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
-            {"op": "replace", "path": "/metadata/finalizers", "value": list(finalizers)},
+            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
         ]
         self._call(lambda: self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, key.namespace, PLURAL, key.name, patch, _content_type=JSON_PATCH,
             _request_timeout=REQUEST_TIMEOUT))
+
+    def patch_annotations(self, key: ModelKey, annotations: dict[str, str | None]) -> None:
+        """Merge annotations (None removes one) under the controller's own field manager, so that the
+        sync's server-side apply, which does not list them, leaves them alone."""
+        self._call(lambda: self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, key.namespace, PLURAL, key.name, {"metadata": {"annotations": annotations}},
+            field_manager=CONTROLLER_MANAGER, _request_timeout=REQUEST_TIMEOUT))
 
     def patch_status(self, key: ModelKey, status: dict[str, Any]) -> None:
         """Merge `status` into the status subresource (the only way status is written)."""

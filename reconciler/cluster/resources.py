@@ -30,6 +30,8 @@ SOURCE_COMMIT = PREFIX + "source-commit"
 PRUNE = PREFIX + "prune"
 SUSPEND = PREFIX + "suspend"
 REFRESH_REQUESTED_AT = PREFIX + "refresh-requested-at"
+PULLED = PREFIX + "pulled"  # "true": ollama-gitops pulled the weights, so it may prune them
+REFRESH_HANDLED = PREFIX + "refresh-handled"  # the refresh request already acted on
 APPLIED_HASH = PREFIX + "applied-hash"  # what was applied, to notice a label or annotation dropped from the file
 SEED_REFRESH = "ollama.smithforge.dev/refresh"  # the seed's own refresh request, "true"
 

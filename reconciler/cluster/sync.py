@@ -10,9 +10,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ..desired import ModelKey
+from ..desired import DesiredState, ModelKey
+from .cache import ResourceCache
 from .client import ClusterClient, ClusterError
-from .plan import ApplyResource, DeleteResource, ReleaseResource, ResourceAction, ResourcePlan
+from .plan import ApplyResource, DeleteResource, ReleaseResource, ResourceAction, ResourcePlan, plan_resources
+from .status import ClusterStateStore
 from .resources import FINALIZER, Resource
 
 log = logging.getLogger("ollama_gitops.cluster")
@@ -68,9 +70,7 @@ class ResourceSync:
                 self._client.event(action.key, "Pruning", f"{action.reason}; deleting the resource")
                 self._client.delete(action.key)
             elif isinstance(action, ReleaseResource):
-                resource = resources[action.key]
-                remaining = [f for f in resource.finalizers if f != FINALIZER]
-                self._client.set_finalizers(action.key, remaining, resource.resource_version)
+                self._client.remove_finalizer(action.key, FINALIZER, list(resources[action.key].finalizers))
                 self._client.event(action.key, "Released", action.reason)
         except ClusterError as exc:
             return exc
@@ -79,3 +79,39 @@ class ResourceSync:
 
 def _verb(action: ResourceAction) -> str:
     return {ApplyResource: "applied", DeleteResource: "deleted", ReleaseResource: "released"}[type(action)]
+
+
+class ClusterSync:
+    """The Git-to-resources step of a Kubernetes-mode cycle."""
+
+    def __init__(self, client: ClusterClient, cache: ResourceCache, store: ClusterStateStore, *,
+                 allow_empty: bool = False, workers: int = 8) -> None:
+        self._cache = cache
+        self._store = store
+        self._writer = ResourceSync(client, workers=workers)
+        self.allow_empty = allow_empty
+
+    def changed(self) -> set[ModelKey]:
+        """Resources changed in the cluster since the last call (edited or deleted by hand, or our own)."""
+        return self._cache.take_changed()
+
+    def sync(self, desired: DesiredState, scope: set[ModelKey] | None) -> list[str]:
+        """Make the managed resources in `scope` (all when None) match `desired`; returns problems."""
+        if scope is None:
+            resources = self._cache.snapshot()
+        else:
+            resources = {key: r for key in scope if (r := self._cache.get(key)) is not None}
+        plan = plan_resources(desired, resources, scope=scope, allow_empty=self.allow_empty)
+        result = self._writer.run(plan, resources, desired.commit)
+        # A resource just created carries no status yet: write the model's record onto it.
+        self._store.rewrite({key for key in result.applied if key not in resources})
+        self._store.retry()
+        problems = [f"{key}: {message}" for key, message in sorted(result.errors.items())]
+        if result.unreachable:
+            problems.append(result.unreachable)
+        if plan.refused:
+            problems.append(plan.refused)
+        return problems
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,180 @@
+"""Kubernetes mode's memory: the reconciler's records kept on the OllamaModel resources themselves.
+
+Status goes to the status subresource (and only there); what only ollama-gitops needs to remember
+(it pulled these weights, it handled that refresh request) goes into annotations; forgetting a model
+releases its finalizer so that its deletion can finish. Writes leave the reconciler's thread at
+once and are made by a small pool, the newest record of a key winning, so a cycle never waits on
+the API server; a write that fails is tried again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..desired import ModelKey
+from ..sizes import format_size
+from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from .cache import ResourceCache
+from .client import ClusterClient, ClusterError
+from .resources import (FINALIZER, PRUNE, PULLED, REFRESH_HANDLED, REFRESH_REQUESTED_AT, SEED_REFRESH,
+                        SOURCE_COMMIT, SOURCE_PATH, SUSPEND, Resource)
+
+log = logging.getLogger("ollama_gitops.cluster.status")
+
+SEED_REFRESH_TOKEN = "seed-refresh"
+
+
+def refresh_token(resource: Resource) -> str | None:
+    """What asks for a re-pull: the file's refreshRequestedAt, and the seed's `refresh: "true"`."""
+    parts = [resource.annotations.get(REFRESH_REQUESTED_AT)]
+    if resource.annotations.get(SEED_REFRESH) == "true":
+        parts.append(f"{SEED_REFRESH_TOKEN}@{resource.resource_version}")
+    token = "|".join(p for p in parts if p)
+    return token or None
+
+
+def record_from(resource: Resource) -> ModelRecord:
+    """The reconciler's record of a model, read back from its resource."""
+    annotations, status = resource.annotations, resource.status
+    spec = AppliedSpec(
+        reference=resource.reference,
+        path=annotations.get(SOURCE_PATH, ""),
+        prune=annotations.get(PRUNE) != "false",
+        suspend=annotations.get(SUSPEND) == "true",
+        refresh_requested_at=refresh_token(resource),
+    )
+    state = status.get("state") or PENDING
+    return ModelRecord(spec, ModelStatus(
+        state=PENDING if state == PULLING else state,  # a pull that was running died with its process
+        size=status.get("size"), digest=status.get("digest"), last_pull_time=status.get("lastPullTime"),
+        error=status.get("error"), applied_commit=annotations.get(SOURCE_COMMIT),
+        owned=annotations.get(PULLED) == "true", refresh_handled=annotations.get(REFRESH_HANDLED),
+    ))
+
+
+def status_body(status: ModelStatus) -> dict[str, Any]:
+    """The status subresource as the seed's CRD has it (None removes a field in a merge patch)."""
+    return {
+        "state": status.state,
+        "size": status.size,
+        "formattedSize": format_size(status.size) if status.size else None,
+        "digest": status.digest or None,
+        "lastPullTime": status.last_pull_time,
+        "error": status.error,
+    }
+
+
+class ClusterStateStore(StateStore):
+    """A StateStore whose records live on the resources (the sync summary stays in the state dir)."""
+
+    def __init__(self, directory: Path, client: ClusterClient, cache: ResourceCache, *, workers: int = 8) -> None:
+        self._client = client
+        self._cache = cache
+        self._pending: dict[ModelKey, ModelRecord | None] = {}
+        self._forced: set[ModelKey] = set()
+        self._pending_lock = threading.Lock()
+        self._idle = threading.Condition(self._pending_lock)
+        self._in_flight = 0
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-status")
+        super().__init__(directory)
+
+    def _load(self, truncate: bool = False) -> None:
+        for key, resource in self._cache.snapshot().items():
+            if not resource.deleting or FINALIZER in resource.finalizers:
+                self._models[key] = record_from(resource)
+                self._index(key, self._models[key])
+        self._load_sync()
+
+    def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
+        with self._pending_lock:
+            for key, record in changes:
+                self._pending[key] = record.copy() if record is not None else None
+        self._drain()
+
+    def rewrite(self, keys: set[ModelKey]) -> None:
+        """Write these records again whatever the cache says (their resources were just recreated)."""
+        with self._lock, self._pending_lock:
+            for key in keys:
+                if key in self._models:
+                    self._pending[key] = self._models[key].copy()
+                    self._forced.add(key)
+        self._drain()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every write made so far has been attempted; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending and not self._in_flight, timeout=timeout)
+
+    def retry(self) -> None:
+        """Try again the writes that failed."""
+        self._drain()
+
+    def close(self) -> None:
+        self.flush()
+        self._pool.shutdown(wait=True)
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, {}
+            forced, self._forced = self._forced, set()
+            self._in_flight += len(batch)
+        for key, record in batch.items():
+            self._pool.submit(self._write, key, record, key in forced)
+
+    def _write(self, key: ModelKey, record: ModelRecord | None, forced: bool) -> None:
+        try:
+            if record is None:
+                self._release(key)
+            else:
+                self._write_record(key, record, forced)
+        except ClusterError as exc:
+            log.warning("action=status-write-failed resource=%s status=%d error=%r", key, exc.status, exc.message)
+            if exc.status in (0, 409, 429, 500, 503):  # worth another try; a 404 or 422 is not
+                with self._pending_lock:
+                    self._pending.setdefault(key, record)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _release(self, key: ModelKey) -> None:
+        resource = self._cache.get(key)
+        if resource is None or FINALIZER not in resource.finalizers:
+            return
+        try:
+            self._client.remove_finalizer(key, FINALIZER, list(resource.finalizers))
+        except ClusterError as exc:
+            if not exc.not_found:
+                raise
+
+    def _write_record(self, key: ModelKey, record: ModelRecord, forced: bool) -> None:
+        resource = self._cache.get(key)
+        if resource is None and not forced:
+            return  # not created yet; the sync's rewrite() brings it once it is
+        status = status_body(record.status)
+        current = dict(resource.status) if resource is not None else {}
+        if forced or any(current.get(k) != v for k, v in status.items()):
+            self._client.patch_status(key, status)
+            self._event(key, current.get("state"), record.status)
+        annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
+        existing = resource.annotations if resource is not None else {}
+        if SEED_REFRESH_TOKEN in (record.status.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":
+            # The seed's protocol: a handled `refresh: "true"` becomes `completed-<time>`.
+            annotations[SEED_REFRESH] = f"completed-{record.status.last_pull_time or utc_rfc3339(time.time())}"
+        if any(existing.get(k) != v for k, v in annotations.items()):
+            self._client.patch_annotations(key, annotations)
+
+    def _event(self, key: ModelKey, before: str | None, status: ModelStatus) -> None:
+        if status.state == before:
+            return
+        if status.state == PULLING:
+            self._client.event(key, "Pulling", "pulling the model into Ollama")
+        elif status.state == READY and before == PULLING:
+            self._client.event(key, "Pulled", f"pulled ({format_size(status.size or 0)}, digest {status.digest or '-'})")
+        elif status.state == FAILED:
+            self._client.event(key, "PullFailed", status.error or "the pull failed", warning=True)

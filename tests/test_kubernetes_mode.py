@@ -1,0 +1,189 @@
+"""Kubernetes mode against the stand-in API server: Git to OllamaModel resources, and the controller
+that pulls them into (the stand-in) Ollama and writes their status."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from gitrepos import WorkRepo, init_bare
+from reconciler.cluster.cache import ResourceCache
+from reconciler.cluster.client import ClusterClient
+from reconciler.cluster.resources import FINALIZER, GROUP, MANAGED_BY, PLURAL, SOURCE_COMMIT, VERSION
+from reconciler.cluster.status import ClusterStateStore
+from reconciler.cluster.sync import ClusterSync
+from reconciler.gitrepo import GitRepo
+from reconciler.modelserver import OllamaServer
+from reconciler.reconcile import Reconciler
+from standins.kube_apiserver import KubeStandin
+from standins.ollama_server import OllamaStandin
+
+CRD = Path(__file__).resolve().parents[1] / "manifests" / "crd" / "ollamamodels.ollama.smithforge.dev.yaml"
+
+
+def crd_schema() -> dict:
+    return yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def eventually(predicate, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    """Wait for the watch to deliver what the API server already holds (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("not reached before the deadline")
+
+
+class KubeRig:
+    def __init__(self, tmp_path: Path, kube: KubeStandin, ollama: OllamaStandin) -> None:
+        self.kube = kube
+        self.ollama = ollama
+        self.remote = init_bare(tmp_path / "remote.git")
+        self.work = WorkRepo(tmp_path / "work", remote=self.remote)
+        self.state_dir = tmp_path / "state"
+        self.api_client = kube.api_client()
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.cache = ResourceCache(self.custom, watch_timeout=30, retry_delay=0.2).start()
+        assert self.cache.wait_synced(10)
+        kube_client = ClusterClient(self.api_client)
+        self.store = ClusterStateStore(self.state_dir, kube_client, self.cache)
+        self.sync = ClusterSync(kube_client, self.cache, self.store)
+        self.reconciler = Reconciler(GitRepo(str(self.remote), "main", self.state_dir / "clone.git"),
+                                     OllamaServer(ollama.url, timeout=10), self.store, cluster=self.sync)
+
+    def push(self, message: str = "change") -> str:
+        commit = self.work.commit(message)
+        self.work.push()
+        return commit
+
+    def cycle(self):  # type: ignore[no-untyped-def]
+        """A cycle, its pulls, and the status writes that follow."""
+        report = self.reconciler.run_cycle()
+        assert self.reconciler.pulls.wait(timeout=15)
+        assert self.store.flush(15)
+        return report
+
+    def settle(self) -> None:
+        """Cycles until nothing changes, waiting for the watch between them."""
+        for _ in range(8):
+            version = self.kube.resource_version
+            self.cycle()
+            eventually(lambda: all(self.cache.get(self.key(o)) and self.cache.get(self.key(o)).resource_version
+                                   == o["metadata"]["resourceVersion"] for o in self.kube.objects()
+                                   if o["metadata"].get("labels", {}).get(MANAGED_BY)))
+            self.store.flush(15)
+            if self.kube.resource_version == version and not self.store.unsettled(time.time()):
+                return  # a cycle that wrote nothing: settled
+        raise AssertionError("never settled")
+
+    @staticmethod
+    def key(obj: dict):  # type: ignore[no-untyped-def]
+        from reconciler.desired import ModelKey
+
+        return ModelKey(obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+    def resource(self, namespace: str, name: str) -> dict | None:
+        found = [o for o in self.kube.objects(namespace) if o["metadata"]["name"] == name]
+        return found[0] if found else None
+
+    def close(self) -> None:
+        self.reconciler.close()
+        self.sync.close()
+        self.store.close()
+        self.cache.stop()
+
+
+@pytest.fixture
+def kube():
+    with KubeStandin(schema=crd_schema()) as server:
+        server.add_namespace("team-a")
+        yield server
+
+
+@pytest.fixture
+def krig(tmp_path: Path, kube: KubeStandin, ollama: OllamaStandin):
+    rig = KubeRig(tmp_path, kube, ollama)
+    yield rig
+    rig.close()
+
+
+def test_models_become_resources_with_status_and_events(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b", extra="labels: {team: search}\n")
+    krig.work.model("team-a", "gemma3", "1b")
+    commit = krig.push()
+    krig.settle()
+    llama = krig.resource("default", "llama3.2-1b")
+    assert llama["spec"] == {"name": "llama3.2", "tag": "1b"}
+    assert llama["metadata"]["labels"] == {"team": "search", MANAGED_BY: "ollama-gitops"}
+    assert llama["metadata"]["annotations"][SOURCE_COMMIT] == commit
+    assert llama["metadata"]["finalizers"] == [FINALIZER]
+    status = llama["status"]
+    assert status["state"] == "Ready" and status["size"] == 1815319791 and status["formattedSize"] == "1.7 GiB"
+    assert status["digest"] == krig.ollama.digest_of("llama3.2:1b") and status["lastPullTime"].endswith("Z")
+    assert krig.resource("team-a", "gemma3-1b")["status"]["state"] == "Ready"
+    reasons = {(e["involvedObject"]["name"], e["reason"]) for e in krig.kube.events()}
+    assert ("llama3.2-1b", "Pulled") in reasons
+
+
+def test_removed_file_deletes_the_resource_and_prunes_ollama(krig: KubeRig) -> None:
+    path = krig.work.model("default", "llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    krig.settle()
+    krig.work.remove(path)
+    krig.push("remove llama")
+    krig.settle()
+    assert krig.resource("default", "llama3.2-1b") is None
+    assert "llama3.2:1b" not in krig.ollama.installed() and "gemma3:1b" in krig.ollama.installed()
+
+
+def test_resource_deleted_by_hand_keeps_its_weights_and_comes_back(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b")
+    krig.settle()
+    assert "llama3.2:1b" in krig.ollama.installed() and krig.ollama.delete_count == {}
+    back = krig.resource("default", "llama3.2-1b")
+    assert back is not None and back["status"]["state"] == "Ready"
+
+
+def test_hand_edits_are_put_back_and_unmanaged_resources_untouched(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b", {"spec": {"tag": "3b"}})
+    unmanaged = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OllamaModel",
+                 "metadata": {"name": "mine", "namespace": "default"}, "spec": {"name": "phi3", "tag": "mini"}}
+    krig.custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, unmanaged)
+    krig.settle()
+    assert krig.resource("default", "llama3.2-1b")["spec"]["tag"] == "1b"
+    mine = krig.resource("default", "mine")
+    assert mine["spec"] == {"name": "phi3", "tag": "mini"} and "status" not in mine and not mine["metadata"].get("finalizers")
+
+
+def test_missing_namespace_is_a_per_model_error(krig: KubeRig) -> None:
+    krig.work.model("nowhere", "llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    report = krig.cycle()
+    assert not report.ok and 'nowhere/llama3.2-1b: namespaces "nowhere" not found' in report.message
+    krig.settle()
+    assert krig.resource("default", "gemma3-1b")["status"]["state"] == "Ready"
+
+
+def test_pruning_every_resource_is_refused(krig: KubeRig) -> None:
+    path = krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.work.remove(path)
+    krig.push("remove all")
+    report = krig.cycle()
+    assert not report.ok and "would remove all 1 resources" in report.message
+    assert krig.resource("default", "llama3.2-1b") is not None and "llama3.2:1b" in krig.ollama.installed()

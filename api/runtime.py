@@ -91,6 +91,15 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         status: StatusSource = service.store
         follow = None
         on_written = service.request_cycle
+    elif reconciler_service.kubernetes_mode(settings):
+        # Apart from the reconciler in a cluster: status is read from the resources (get, list, watch).
+        from reconciler.cluster.connect import ClusterStatusSource, ClusterUnavailable, api_client, start_cache
+
+        try:
+            status = ClusterStatusSource(start_cache(api_client()))
+        except ClusterUnavailable as exc:
+            raise ConfigurationError(str(exc)) from None
+        follow, on_written = None, (lambda: None)
     else:
         store = StateStore(settings.state_dir, readonly=True)
         status, follow, on_written = store, _throttled(store.follow, 1.0), (lambda: None)

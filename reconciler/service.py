@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .embedded import ensure_default_repo
 from .gitrepo import GitRepo
@@ -16,6 +16,9 @@ from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
 from .state import StateStore
+
+if TYPE_CHECKING:
+    from .cluster.connect import ClusterParts
 
 log = logging.getLogger("ollama_gitops")
 
@@ -32,6 +35,7 @@ class Service:
     store: StateStore
     reconciler: Reconciler
     scheduler: CycleScheduler | None = None
+    cluster: ClusterParts | None = None
 
     def request_cycle(self) -> None:
         if self.scheduler is not None:
@@ -45,29 +49,46 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self.reconciler.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.store.release_process_lock()
 
 
 def build(settings: Settings) -> Service:
-    """Create the service's parts; takes the state directory's lock."""
-    if settings.kubernetes == "on":
-        raise ConfigurationError("--kubernetes on is not available in this version; use --kubernetes off")
-    if settings.kubernetes == "auto" and kubernetes_configured():
-        log.warning("a Kubernetes configuration was found, but this version runs standalone only")
+    """Create the service's parts; takes the state directory's lock.
+
+    In Kubernetes mode (`--kubernetes on`, or `auto` with a cluster configuration) the models become
+    OllamaModel resources and their records live on them; otherwise in the state directory.
+    """
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = StateStore(settings.state_dir)
-    store.acquire_process_lock()
+    service = Service(settings, None, None)  # type: ignore[arg-type]
+    if kubernetes_mode(settings):
+        from .cluster.connect import ClusterUnavailable, connect
+
+        try:
+            service.cluster = connect(settings.state_dir, allow_empty=settings.allow_empty,
+                                      on_change=lambda keys: service.request_cycle())
+        except ClusterUnavailable as exc:
+            raise ConfigurationError(str(exc)) from None
+        service.store = service.cluster.store
+    else:
+        service.store = StateStore(settings.state_dir)
+    service.store.acquire_process_lock()
     repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
-    server = OllamaServer(settings.ollama_url)
-    service = Service(settings, store, None)  # type: ignore[arg-type]
     service.reconciler = Reconciler(
-        repo, server, store,
+        repo, OllamaServer(settings.ollama_url), service.store,
         concurrency=settings.concurrency,
         resync_interval=settings.resync_interval,
         allow_empty=settings.allow_empty,
         on_pull_finished=service.request_cycle,
+        cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def kubernetes_mode(settings: Settings) -> bool:
+    """`on`, or `auto` when in a pod or a kubeconfig is found."""
+    return settings.kubernetes == "on" or (settings.kubernetes == "auto" and kubernetes_configured())
 
 
 def repository_url(settings: Settings) -> str:

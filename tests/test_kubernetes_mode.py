@@ -3,6 +3,8 @@ that pulls them into (the stand-in) Ollama and writes their status."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -187,3 +189,33 @@ def test_pruning_every_resource_is_refused(krig: KubeRig) -> None:
     report = krig.cycle()
     assert not report.ok and "would remove all 1 resources" in report.message
     assert krig.resource("default", "llama3.2-1b") is not None and "llama3.2:1b" in krig.ollama.installed()
+
+
+def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
+    """`ollama-gitops api` beside a Kubernetes-mode reconciler shows live status from the cluster."""
+    import httpx
+
+    from api import runtime
+    from apirig import settings_for
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    kubeconfig = krig.kube.write_kubeconfig(tmp_path / "kubeconfig")
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    try:
+        settings = settings_for(tmp_path / "api-state", str(krig.remote), ollama.url)
+        settings = dataclasses.replace(settings, kubernetes="on")
+        options = runtime.ApiOptions("127.0.0.1:0", None, "default", "API <api@example.com>", False)
+        running = runtime.start(settings, options, with_reconciler=False, schedules=False)
+    finally:
+        os.environ.pop("KUBECONFIG") if previous is None else os.environ.__setitem__("KUBECONFIG", previous)
+    try:
+        running.repository.refresh()
+        model = httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json()
+        assert model["state"] == "Ready" and model["formattedSize"] == "1.7 GiB"
+        verbs = {r.verb for r in krig.kube.request_log if "ollamamodels" in r.path}
+        assert verbs <= {"get", "list", "watch", "patch", "create", "update", "delete"}
+    finally:
+        running.stop()

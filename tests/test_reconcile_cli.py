@@ -150,6 +150,24 @@ def test_sigterm_stops_the_loop_cleanly(env: dict[str, str], ollama: OllamaStand
     assert json.loads((tmp_path / "state" / "sync.json").read_text())["last_cycle_outcome"] == "Succeeded"
 
 
-def test_kubernetes_on_is_refused_clearly_in_this_version(env: dict[str, str]) -> None:
+def test_kubernetes_on_without_a_cluster_configuration_is_refused_clearly(env: dict[str, str], tmp_path: Path) -> None:
+    env = {**env, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
     result = run(["reconcile", "--once", "--kubernetes", "on"], env)
-    assert result.returncode == 2 and "--kubernetes on is not available" in result.stderr
+    assert result.returncode == 2 and "no usable Kubernetes configuration" in result.stderr
+
+
+def test_kubernetes_mode_end_to_end_with_a_kubeconfig(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    import yaml
+
+    from standins.kube_apiserver import KubeStandin
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "manifests/crd/ollamamodels.ollama.smithforge.dev.yaml").read_text())
+    with KubeStandin(schema=crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]) as kube:
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+        env = {**env, "KUBECONFIG": str(kubeconfig), "OLLAMA_GITOPS_KUBERNETES": "auto"}
+        result = run(["reconcile", "--once"], env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        names = sorted(o["metadata"]["name"] for o in kube.objects("default"))
+        assert names == ["gemma3-1b", "llama3.2-1b"]
+        assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+        assert {o["status"]["state"] for o in kube.objects("default")} == {"Ready"}

@@ -164,7 +164,8 @@ def plan(
     owned = {normalize_reference(r.spec.reference) for r in records.values() if r.status.owned}
 
     for reference, wanting in sorted(wanted_by_reference.items()):
-        actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now, reference in owned))
+        actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now,
+                                       reference in owned, desired.unreadable))
 
     if observed is not None:
         wanted = still_wanted | set(wanted_by_reference)
@@ -195,6 +196,7 @@ def _plan_reference(
     in_flight: Set[str],
     now: float,
     owned: bool,
+    broken: Set[ModelKey],
 ) -> list[Action]:
     active = [k for k in keys if not specs[k].suspend]
     actions: list[Action] = [Skip(k, "suspended") for k in keys if specs[k].suspend]
@@ -211,7 +213,9 @@ def _plan_reference(
     if installed is not None and refresh is None:
         for key in active:
             status = records[key].status if key in records else None
-            if (status is None or status.state != READY or status.error or status.owned != owned
+            # A broken file's model shows the file's error while it stays Ready: not a reason to act.
+            stale_error = status is not None and bool(status.error) and key not in broken
+            if (status is None or status.state != READY or stale_error or status.owned != owned
                     or status.digest != installed.digest or status.size != installed.size):
                 actions.append(MarkReady(key, installed, "already in Ollama", owned))
         return actions
@@ -236,9 +240,15 @@ def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec]
         wanted = specs[key].refresh_requested_at
         record = records.get(key)
         # A model seen for the first time is pulled (or found) as it is: its refresh value is history.
-        if wanted is not None and record is not None and record.status.refresh_handled != wanted:
+        if wanted is not None and record is not None and not _satisfied(wanted, record.status.refresh_handled):
             return wanted
     return None
+
+
+def _satisfied(wanted: str, handled: str | None) -> bool:
+    """Has a pull answered every part of the refresh request? (Kubernetes mode joins the file's
+    request and the seed's annotation with `|`; a pull for both answers either alone.)"""
+    return handled is not None and set(wanted.split("|")) <= set(handled.split("|"))
 
 
 def _plan_removals(

@@ -57,6 +57,8 @@ class ClusterStep(Protocol):
 
     def sync(self, desired: DesiredState, scope: set[ModelKey] | None) -> list[str]: ...
 
+    def amend(self, desired: DesiredState, scope: set[ModelKey] | None) -> DesiredState: ...
+
 
 class Reconciler:
     """Keeps one Ollama server in line with one branch of a models repository."""
@@ -137,6 +139,7 @@ class Reconciler:
         cluster_problems = []
         if self.cluster is not None and not dry_run:
             cluster_problems = self.cluster.sync(desired, scope)
+            desired = self.cluster.amend(desired, scope)
         the_plan = plan(desired, observed, records, scope=scope, in_flight=self.pulls.in_flight(),
                         now=now, allow_empty=self.allow_empty)
         if dry_run:

@@ -219,3 +219,91 @@ def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path
         assert verbs <= {"get", "list", "watch", "patch", "create", "update", "delete"}
     finally:
         running.stop()
+
+
+def test_changes_in_the_file_reach_the_resource(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b", extra="labels: {team: a, tier: gold}\nannotations: {owner: me}\n")
+    krig.push()
+    krig.settle()
+    krig.work.model("default", "llama3.2", "1b", extra="labels: {team: b}\n")
+    krig.push("relabel")
+    krig.settle()
+    meta = krig.resource("default", "llama3.2-1b")["metadata"]
+    assert meta["labels"] == {"team": "b", MANAGED_BY: "ollama-gitops"}  # tier is gone with the file's line
+    assert "owner" not in meta["annotations"]
+
+
+def test_broken_file_leaves_its_resource_alone(krig: KubeRig) -> None:
+    path = krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    before = krig.resource("default", "llama3.2-1b")["metadata"]["resourceVersion"]
+    krig.work.write(path, "name: llama3.2\ntag: [\n")
+    krig.push("break")
+    krig.settle()
+    after = krig.resource("default", "llama3.2-1b")
+    assert after is not None and after["status"]["state"] == "Ready" and "llama3.2:1b" in krig.ollama.installed()
+    assert krig.reconciler.store.sync.problems[0].path == path and after["spec"] == {"name": "llama3.2", "tag": "1b"}
+    assert int(after["metadata"]["resourceVersion"]) >= int(before)
+
+
+def test_seed_refresh_annotation_repulls_and_is_marked_completed(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b",
+                                               {"metadata": {"annotations": {"ollama.smithforge.dev/refresh": "true"}}})
+    krig.settle()
+    assert krig.ollama.pull_count["llama3.2:1b"] == 2
+    annotation = krig.resource("default", "llama3.2-1b")["metadata"]["annotations"]["ollama.smithforge.dev/refresh"]
+    assert annotation.startswith("completed-")
+    krig.settle()
+    assert krig.ollama.pull_count["llama3.2:1b"] == 2
+
+
+def test_api_server_errors_mid_cycle_are_retried(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    krig.kube.inject("PATCH", r"/ollamamodels/gemma3-1b$", 500, times=1)
+    report = krig.cycle()
+    assert not report.ok and "default/gemma3-1b" in report.message
+    krig.settle()
+    assert {o["metadata"]["name"]: o["status"]["state"] for o in krig.kube.objects("default")} == {
+        "gemma3-1b": "Ready", "llama3.2-1b": "Ready"}
+
+
+def test_watch_expiry_relists_and_cycles_go_on(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    lists = krig.cache.stats.lists
+    krig.kube.expire_history()
+    krig.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b")
+    krig.settle()
+    assert krig.resource("default", "llama3.2-1b")["status"]["state"] == "Ready"
+    assert krig.cache.stats.lists >= lists
+
+
+def test_restart_reads_its_memory_back_from_the_resources(krig: KubeRig, tmp_path: Path) -> None:
+    path = krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.close()  # what kill -9 leaves: the resources, and nothing in the new process
+    again = KubeRig.__new__(KubeRig)
+    again.__init__(tmp_path / "restarted", krig.kube, krig.ollama)  # type: ignore[misc]
+    again.remote, again.work = krig.remote, krig.work
+    from reconciler.gitrepo import GitRepo
+    again.reconciler.repo = GitRepo(str(krig.remote), "main", tmp_path / "restarted" / "clone2.git")
+    try:
+        again.settle()
+        assert krig.ollama.pull_count["llama3.2:1b"] == 1  # Ready models are not pulled again
+        record = again.store.record(KubeRig.key(again.resource("default", "llama3.2-1b")))
+        assert record.status.owned  # it remembers it pulled them, so it may still prune them
+        again.work.remove(path)
+        again.work.model("default", "gemma3", "1b")
+        again.push("swap")
+        again.settle()
+        assert "llama3.2:1b" not in krig.ollama.installed()
+    finally:
+        again.close()

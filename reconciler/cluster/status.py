@@ -33,7 +33,7 @@ def refresh_token(resource: Resource) -> str | None:
     """What asks for a re-pull: the file's refreshRequestedAt, and the seed's `refresh: "true"`."""
     parts = [resource.annotations.get(REFRESH_REQUESTED_AT)]
     if resource.annotations.get(SEED_REFRESH) == "true":
-        parts.append(f"{SEED_REFRESH_TOKEN}@{resource.resource_version}")
+        parts.append(SEED_REFRESH_TOKEN)
     token = "|".join(p for p in parts if p)
     return token or None
 

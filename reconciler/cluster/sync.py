@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..desired import DesiredState, ModelKey
 from .cache import ResourceCache
 from .client import ClusterClient, ClusterError
 from .plan import ApplyResource, DeleteResource, ReleaseResource, ResourceAction, ResourcePlan, plan_resources
-from .status import ClusterStateStore
+from .status import ClusterStateStore, refresh_token
 from .resources import FINALIZER, Resource
 
 log = logging.getLogger("ollama_gitops.cluster")
@@ -94,6 +94,22 @@ class ClusterSync:
     def changed(self) -> set[ModelKey]:
         """Resources changed in the cluster since the last call (edited or deleted by hand, or our own)."""
         return self._cache.take_changed()
+
+    def amend(self, desired: DesiredState, scope: set[ModelKey] | None) -> DesiredState:
+        """Desired state with the refreshes asked for on the resources (the seed's annotation) added."""
+        keys = desired.models.keys() if scope is None else scope
+        amended = {}
+        for key in keys:
+            resource = self._cache.get(key)
+            model = desired.models.get(key)
+            if model is None or resource is None:
+                continue
+            token = refresh_token(resource)
+            if token and token != model.fields.refresh_requested_at:
+                amended[key] = replace(model, fields=replace(model.fields, refresh_requested_at=token))
+        if not amended:
+            return desired
+        return replace(desired, models={**desired.models, **amended})
 
     def sync(self, desired: DesiredState, scope: set[ModelKey] | None) -> list[str]:
         """Make the managed resources in `scope` (all when None) match `desired`; returns problems."""

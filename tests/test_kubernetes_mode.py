@@ -23,23 +23,13 @@ from reconciler.modelserver import OllamaServer
 from reconciler.reconcile import Reconciler
 from standins.kube_apiserver import KubeStandin
 from standins.ollama_server import OllamaStandin
+from waiting import eventually
 
 CRD = Path(__file__).resolve().parents[1] / "manifests" / "crd" / "ollamamodels.ollama.smithforge.dev.yaml"
 
 
 def crd_schema() -> dict:
     return yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-
-
-def eventually(predicate, timeout: float = 15.0):  # type: ignore[no-untyped-def]
-    """Wait for the watch to deliver what the API server already holds (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("not reached before the deadline")
 
 
 class KubeRig:

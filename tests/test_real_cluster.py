@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -32,18 +31,9 @@ from kubernetes import client, config  # noqa: E402
 
 from gitrepos import WorkRepo, init_bare  # noqa: E402
 from reconciler.cluster.resources import GROUP, PLURAL, VERSION  # noqa: E402
+from waiting import eventually  # noqa: E402
 
 COMMAND = [sys.executable, "-m", "api"]
-
-
-def until(predicate, timeout: float = 600.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError("not reached before the deadline")
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +70,11 @@ def test_add_change_drift_delete_by_hand_and_remove(cluster, tmp_path: Path) -> 
     assert custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, resource_name)["spec"]["tag"] == tag
 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, resource_name)
-    until(lambda: once(tmp_path, remote).returncode == 0 and custom.list_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL)["items"])
+    eventually(lambda: once(tmp_path, remote).returncode == 0 and custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL)["items"], timeout=600, interval=1)
 
     work.remove(path)
     work.commit("remove")
     work.push()
     assert once(tmp_path, remote).returncode == 0
-    until(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"], timeout=120)
+    eventually(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"], timeout=120, interval=1)

@@ -8,26 +8,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from gitrepos import WorkRepo, init_bare
 from standins.ollama_server import OllamaStandin
+from waiting import eventually
 
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
-
-
-def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    """Poll a condition that another process makes true, up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met before the deadline")
 
 
 def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: OllamaStandin) -> None:
@@ -51,11 +40,11 @@ def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: Ol
                 break
         assert url, "serve did not report its address"
         client = httpx.Client(base_url=url, headers={"X-API-Key": "s3cret-key"}, timeout=30)
-        wait_for(lambda: client.get("/readiness").status_code == 200)
-        wait_for(lambda: client.get("/api/v1/models/llama3.2-1b").json()["state"] == "Ready")
+        eventually(lambda: client.get("/readiness").status_code == 200)
+        eventually(lambda: client.get("/api/v1/models/llama3.2-1b").json()["state"] == "Ready")
         assert client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"}).status_code == 201
         # The write asked for a cycle at once: no need to wait for the 60-second interval.
-        wait_for(lambda: client.get("/api/v1/models/gemma3-1b").json()["state"] == "Ready")
+        eventually(lambda: client.get("/api/v1/models/gemma3-1b").json()["state"] == "Ready")
         assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -86,7 +86,7 @@ def configure_logging(level: str) -> None:
     """Log lines to stderr, one per event."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for chatty in ("httpx", "apscheduler"):  # a line per request or per job run drowns the actions
+    for chatty in ("httpx", "apscheduler", "leaderelection"):  # a line per request or per job run drowns the actions
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 

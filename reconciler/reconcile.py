@@ -93,6 +93,7 @@ class Reconciler:
                               on_finished=self._pull_finished)
         self._on_pull_finished = on_pull_finished
         self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
+        self.leading: Callable[[], bool] = lambda: True  # Kubernetes mode: holds the Lease
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
@@ -109,6 +110,8 @@ class Reconciler:
 
     # -- the cycle ------------------------------------------------------------------------------------
     def _cycle(self, dry_run: bool) -> CycleReport:
+        if not dry_run and not self.leading():
+            return CycleReport(SUCCEEDED, None, "not the leader; standing by", noop=True)
         try:
             commit = self.repo.fetch()
         except GitError as exc:
@@ -150,6 +153,8 @@ class Reconciler:
             with self._observed_lock:
                 self._observed = dict(observed)
             self.store.sync = replace(self.store.sync, last_resync_at=now)
+        if not self.leading():  # lost the Lease while planning: another replica applies now
+            return CycleReport(FAILED_OUTCOME, commit, "lost leadership before applying; nothing changed", the_plan)
         failures = self._apply(the_plan, commit)
         problems = [m for m in (unreachable, the_plan.refused, *cluster_problems, *failures) if m]
         self._converged = not problems

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
@@ -19,6 +21,7 @@ from .state import StateStore
 
 if TYPE_CHECKING:
     from .cluster.connect import ClusterParts
+    from .cluster.election import LeaderElector
 
 log = logging.getLogger("ollama_gitops")
 
@@ -36,16 +39,42 @@ class Service:
     reconciler: Reconciler
     scheduler: CycleScheduler | None = None
     cluster: ClusterParts | None = None
+    elector: LeaderElector | None = None
 
     def request_cycle(self) -> None:
         if self.scheduler is not None:
             self.scheduler.request_cycle()
 
     def start(self) -> None:
+        """Run cycles on the schedule; in Kubernetes mode only while this replica holds the Lease."""
+        if self.cluster is None:
+            self._start_schedule()
+            return
+        from .cluster.election import LeaderElector
+
+        lease = self.settings.lease_duration
+        self.elector = LeaderElector(
+            self.cluster.api, namespace=self.settings.leader_election_namespace, identity=_identity(),
+            lease_duration=lease, renew_deadline=lease * 2 / 3, retry_period=max(1.0, lease / 7.5),
+            on_started=self._start_schedule, on_stopped=self._stop_schedule)
+        self.reconciler.leading = lambda: self.elector is not None and self.elector.is_leader
+        self.elector.start()
+
+    def _start_schedule(self) -> None:
+        log.info("leading: reconciling")
         self.scheduler = CycleScheduler(self.reconciler.run_cycle, self.settings.interval)
         self.scheduler.start()
 
+    def _stop_schedule(self) -> None:
+        # The elector has already made `leading` false, so a cycle under way stops before its next write.
+        log.warning("not leading any more: standing by")
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
     def stop(self) -> None:
+        if self.elector is not None:
+            self.elector.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self.reconciler.close()
@@ -67,7 +96,8 @@ def build(settings: Settings) -> Service:
 
         try:
             service.cluster = connect(settings.state_dir, allow_empty=settings.allow_empty,
-                                      on_change=lambda keys: service.request_cycle())
+                                      on_change=lambda keys: service.request_cycle(),
+                                      leading=lambda: service.reconciler is None or service.reconciler.leading())
         except ClusterUnavailable as exc:
             raise ConfigurationError(str(exc)) from None
         service.store = service.cluster.store
@@ -84,6 +114,11 @@ def build(settings: Settings) -> Service:
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def _identity() -> str:
+    """Who holds the Lease: the pod (its hostname) and the process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def kubernetes_mode(settings: Settings) -> bool:

@@ -27,6 +27,8 @@ class Settings:
     concurrency: int
     allow_empty: bool
     credentials: GitCredentials = field(repr=False)
+    leader_election_namespace: str = "default"
+    lease_duration: int = 15
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -50,6 +52,8 @@ class Settings:
             concurrency=int(args.concurrency),
             allow_empty=bool(args.allow_empty),
             credentials=credentials,
+            leader_election_namespace=args.leader_election_namespace,
+            lease_duration=int(args.lease_duration),
         )
 
 
@@ -90,6 +94,10 @@ def add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     option("git-username", "x-access-token", "user name sent with the HTTPS token (default: x-access-token)")
     parser.add_argument("--allow-empty", action="store_true", default=_env_flag("allow-empty"),
                         help=f"allow a commit to prune every model [env {ENV_PREFIX}ALLOW_EMPTY]")
+    option("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),
+           "namespace of the Lease that picks the one replica that applies (default: $POD_NAMESPACE, else default)")
+    option("lease-duration", "15", "seconds a leader's Lease lasts without renewal; a standby replica "
+           "takes over after that (default: 15)", type=int)
     option("log-level", "INFO", "DEBUG, INFO, WARNING or ERROR (default: INFO)")
 
 

@@ -171,3 +171,41 @@ def test_kubernetes_mode_end_to_end_with_a_kubeconfig(env: dict[str, str], ollam
         assert names == ["gemma3-1b", "llama3.2-1b"]
         assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
         assert {o["status"]["state"] for o in kube.objects("default")} == {"Ready"}
+
+
+def test_a_standby_replica_takes_over_when_the_leader_dies(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    import yaml
+
+    from standins.kube_apiserver import KubeStandin
+    from waiting import eventually
+
+    remote = init_bare(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "llama3.2", "1b")
+    work.commit()
+    work.push()
+    crd = yaml.safe_load((Path(__file__).resolve().parents[1] / "manifests/crd/ollamamodels.ollama.smithforge.dev.yaml").read_text())
+    with KubeStandin(schema=crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]) as kube:
+        env = {**env, "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")), "OLLAMA_GITOPS_KUBERNETES": "on",
+               "OLLAMA_GITOPS_REPO": str(remote), "OLLAMA_GITOPS_LEASE_DURATION": "2", "OLLAMA_GITOPS_INTERVAL": "1"}
+        first = subprocess.Popen([COMMAND, "reconcile", "--state-dir", str(tmp_path / "a")], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        second = None
+        try:
+            eventually(lambda: [o for o in kube.objects("default") if o.get("status", {}).get("state") == "Ready"], timeout=30)
+            holder = eventually(lambda: kube.leases() and kube.leases()[0]["spec"].get("holderIdentity"), timeout=30)
+            second = subprocess.Popen([COMMAND, "reconcile", "--state-dir", str(tmp_path / "b")], env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            work.model("default", "gemma3", "1b")
+            work.commit("add gemma")
+            work.push()
+            eventually(lambda: any(o["metadata"]["name"] == "gemma3-1b" and o.get("status", {}).get("state") == "Ready"
+                                   for o in kube.objects("default")), timeout=60)
+            assert kube.leases()[0]["spec"]["holderIdentity"] != holder
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=30)

@@ -62,12 +62,13 @@ class ClusterParts:
         self.cache.stop()
 
 
-def connect(state_dir: Path, *, allow_empty: bool, on_change: Callable[[set[ModelKey]], None]) -> ClusterParts:
+def connect(state_dir: Path, *, allow_empty: bool, on_change: Callable[[set[ModelKey]], None],
+            leading: Callable[[], bool] = lambda: True) -> ClusterParts:
     api = api_client()
     cache = start_cache(api, on_change)
     kube = ClusterClient(api)
-    store = ClusterStateStore(state_dir, kube, cache)
-    return ClusterParts(api, cache, store, ClusterSync(kube, cache, store, allow_empty=allow_empty))
+    store = ClusterStateStore(state_dir, kube, cache, leading=leading)
+    return ClusterParts(api, cache, store, ClusterSync(kube, cache, store, allow_empty=allow_empty, leading=leading))
 
 
 class ClusterStatusSource:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,10 @@ def status_body(status: ModelStatus) -> dict[str, Any]:
 class ClusterStateStore(StateStore):
     """A StateStore whose records live on the resources (the sync summary stays in the state dir)."""
 
-    def __init__(self, directory: Path, client: ClusterClient, cache: ResourceCache, *, workers: int = 8) -> None:
+    def __init__(self, directory: Path, client: ClusterClient, cache: ResourceCache, *, workers: int = 8,
+                 leading: Callable[[], bool] = lambda: True) -> None:
         self._client = client
+        self._leading = leading
         self._cache = cache
         self._pending: dict[ModelKey, ModelRecord | None] = {}
         self._forced: set[ModelKey] = set()
@@ -128,6 +131,9 @@ class ClusterStateStore(StateStore):
 
     def _write(self, key: ModelKey, record: ModelRecord | None, forced: bool) -> None:
         try:
+            if not self._leading():
+                return  # the new leader reads the resources and writes what it finds to be true
+
             if record is None:
                 self._release(key)
             else:

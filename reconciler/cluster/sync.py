@@ -7,6 +7,7 @@ conflict (retried next cycle) or a refused object are reported per model, and th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -36,8 +37,9 @@ class SyncResult:
 class ResourceSync:
     """Applies resource plans with a small pool of writers."""
 
-    def __init__(self, client: ClusterClient, *, workers: int = 8) -> None:
+    def __init__(self, client: ClusterClient, *, workers: int = 8, leading: Callable[[], bool] = lambda: True) -> None:
         self._client = client
+        self._leading = leading
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-write")
 
     def close(self) -> None:
@@ -63,6 +65,8 @@ class ResourceSync:
         return result
 
     def _write(self, action: ResourceAction, resources: dict[ModelKey, Resource]) -> ClusterError | None:
+        if not self._leading():  # the Lease was lost: another replica applies now
+            return ClusterError(0, "not the leader any more; standing by")
         try:
             if isinstance(action, ApplyResource):
                 self._client.apply(action.body)
@@ -85,10 +89,10 @@ class ClusterSync:
     """The Git-to-resources step of a Kubernetes-mode cycle."""
 
     def __init__(self, client: ClusterClient, cache: ResourceCache, store: ClusterStateStore, *,
-                 allow_empty: bool = False, workers: int = 8) -> None:
+                 allow_empty: bool = False, workers: int = 8, leading: Callable[[], bool] = lambda: True) -> None:
         self._cache = cache
         self._store = store
-        self._writer = ResourceSync(client, workers=workers)
+        self._writer = ResourceSync(client, workers=workers, leading=leading)
         self.allow_empty = allow_empty
 
     def changed(self) -> set[ModelKey]:

@@ -136,14 +136,16 @@ def test_kill_9_mid_pull_then_restart_converges_without_duplicate_pulls(env: dic
 
 
 def test_sigterm_stops_the_loop_cleanly(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
-    process = subprocess.Popen([COMMAND, "reconcile", "--interval", "3600"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from waiting import eventually
+
+    log = tmp_path / "reconcile.log"
+    with open(log, "w") as stderr:  # a file, not a pipe: nobody has to keep reading it
+        process = subprocess.Popen([COMMAND, "reconcile", "--interval", "3600"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        for line in process.stderr:  # the first cycle's summary line
-            if "action=cycle outcome=Succeeded" in line:
-                break
+        eventually(lambda: "action=cycle outcome=Succeeded" in log.read_text(), timeout=60)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.wait(timeout=60) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -103,7 +103,7 @@ def test_credentials_never_appear_in_output(env: dict[str, str], tmp_path: Path)
 
 def test_second_process_on_the_same_state_directory_is_refused(env: dict[str, str], ollama: OllamaStandin) -> None:
     with ollama.hold_pulls() as gate:
-        first = subprocess.Popen([COMMAND, "reconcile"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = subprocess.Popen([COMMAND, "reconcile"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             assert gate.wait_for_pulls(1, timeout=30)
             second = run(["reconcile", "--once"], env)
@@ -197,7 +197,7 @@ def test_a_standby_replica_takes_over_when_the_leader_dies(env: dict[str, str], 
             eventually(lambda: [o for o in kube.objects("default") if o.get("status", {}).get("state") == "Ready"], timeout=30)
             holder = eventually(lambda: kube.leases() and kube.leases()[0]["spec"].get("holderIdentity"), timeout=30)
             second = subprocess.Popen([COMMAND, "reconcile", "--state-dir", str(tmp_path / "b")], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
             work.model("default", "gemma3", "1b")

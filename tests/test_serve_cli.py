@@ -27,18 +27,14 @@ def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: Ol
     work.push()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
     env.update({"OLLAMA_GITOPS_API_KEY": "s3cret-key", "HOME": str(tmp_path)})
-    process = subprocess.Popen(
-        [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
-         "--listen", "127.0.0.1:0", "--kubernetes", "off"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:  # a file, not a pipe: nobody has to keep reading it
+        process = subprocess.Popen(
+            [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
+             "--listen", "127.0.0.1:0", "--kubernetes", "off"],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        url = None
-        for line in process.stderr:
-            found = re.search(r"API listening on (http://\S+)", line)
-            if found:
-                url = found.group(1)
-                break
-        assert url, "serve did not report its address"
+        url = eventually(lambda: (m := re.search(r"API listening on (http://\S+)", log.read_text())) and m.group(1))
         client = httpx.Client(base_url=url, headers={"X-API-Key": "s3cret-key"}, timeout=30)
         eventually(lambda: client.get("/readiness").status_code == 200)
         eventually(lambda: client.get("/api/v1/models/llama3.2-1b").json()["state"] == "Ready")
@@ -48,7 +44,7 @@ def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: Ol
         assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        assert "secret" not in process.stderr.read()
+        assert "secret" not in log.read_text()
     finally:
         if process.poll() is None:
             process.kill()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from reconciler import naming, schema
 from reconciler.desired import ModelKey
 from reconciler.modelfile import ModelFields, fields_from_document
-from reconciler.writer import CreateModel, DeleteModel, RefreshModel, WriteRejected
+from reconciler.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected
 
 from . import metrics
 from .catalog import Catalog, model_view
@@ -32,6 +33,7 @@ from .repository import ModelsRepository
 log = logging.getLogger("ollama_gitops.api")
 
 MAX_BODY_BYTES = 64 * 1024
+WRITE_QUEUE_TIMEOUT = 60.0  # seconds a write may wait for its turn before a 503
 OPEN_PATHS = frozenset({"/health", "/readiness", "/metrics"})
 
 
@@ -46,8 +48,23 @@ def create_app(
     catalog: Catalog,
     repository: ModelsRepository,
     on_written: Callable[[], None] = lambda: None,
+    max_writers: int = 8,
 ) -> Flask:
-    """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle)."""
+    """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle).
+
+    At most `max_writers` requests wait on a push at once, so that a burst of writes never takes
+    every server thread from reads and health probes; more wait their turn for a bounded time.
+    """
+    writers = threading.BoundedSemaphore(max_writers)
+
+    def write(change: Change) -> None:
+        if not writers.acquire(timeout=WRITE_QUEUE_TIMEOUT):
+            raise WriteRejected(503, "too many writes in flight; try again")
+        try:
+            repository.write(change)
+        finally:
+            writers.release()
+        on_written()
     app = Flask("ollama_gitops.api")
     app.json.sort_keys = False  # keep the seed's field order
     app.json.compact = True
@@ -109,23 +126,21 @@ def create_app(
     def create_model() -> Response:
         namespace = _namespace()
         fields = _model_fields(request.get_data())
-        repository.write(CreateModel(namespace, fields))
-        on_written()
+        write(CreateModel(namespace, fields))
         name = naming.resource_name(fields.name, fields.tag)
         return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None), 201)
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:
-        repository.write(DeleteModel(_namespace(), _model_name(name)))
-        on_written()
+        write(DeleteModel(_namespace(), _model_name(name)))
         return Response(status=204)
 
     @app.post("/api/v1/models/<name>/refresh")
     def refresh_model(name: str) -> Response:
         namespace = _namespace()
-        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        repository.write(RefreshModel(namespace, _model_name(name), now))
-        on_written()
+        # Milliseconds: two refreshes within one second must still differ, or the second pulls nothing.
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        write(RefreshModel(namespace, _model_name(name), now))
         view = catalog.get(namespace, name)
         return _json(view, 202) if view is not None else _error(f"model not found: {name}", 404)
 

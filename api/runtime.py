@@ -107,7 +107,8 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
                    settings.credentials)
     repository = ModelsRepository(repo, ModelWriter(repo, author))
     catalog = Catalog(lambda: repository.desired, status, follow)
-    app = create_app(ApiSettings(options.api_key, options.namespace), catalog, repository, on_written)
+    app = create_app(ApiSettings(options.api_key, options.namespace), catalog, repository, on_written,
+                     max_writers=max(1, options.threads // 2))
     _register_collector(status)
     server = ApiServer(app, host, port, threads=options.threads).start()
     refresher = CycleScheduler(repository.refresh, settings.interval)

@@ -46,6 +46,7 @@ class ApiServer:
             ident="ollama-gitops",
         )
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     @property
     def port(self) -> int:
@@ -58,7 +59,11 @@ class ApiServer:
         return f"http://{shown}:{self.port}"
 
     def serve_forever(self) -> None:
-        self._server.run()
+        try:
+            self._server.run()
+        except OSError:
+            if not self._stopping:  # closing the sockets under select() at shutdown is expected
+                raise
 
     def start(self) -> ApiServer:
         """Serve in a background thread (for `serve`, tests and benchmarks)."""
@@ -68,6 +73,7 @@ class ApiServer:
 
     def shutdown(self, grace: float = 10.0) -> None:
         """Stop accepting connections, let requests in flight finish (up to `grace` seconds), stop."""
+        self._stopping = True
         wasyncore.dispatcher.close(self._server)  # the listening socket only
         dispatcher = self._server.task_dispatcher
         deadline = time.monotonic() + grace

@@ -76,6 +76,12 @@ def _get(url: str, api_key: str | None, timeout: float) -> dict[str, Any]:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise ApiUnavailable(f"{url} answered {exc.code} {exc.reason}") from None
+        if exc.code == 401:
+            raise ApiUnavailable(f"{url} refused the API key (401): set OLLAMA_GITOPS_API_KEY or --api-key-file") from None
+        try:
+            detail = json.loads(exc.read()).get("error") or exc.reason
+        except ValueError:
+            detail = exc.reason
+        raise ApiUnavailable(f"{url} answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise ApiUnavailable(f"cannot reach the API at {url}: {exc}") from None

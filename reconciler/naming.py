@@ -30,7 +30,7 @@ def dns1123_label_error(value: str) -> str | None:
     """Why `value` is not a DNS-1123 label (a namespace name), or None when it is one."""
     if len(value) > DNS1123_LABEL_MAX:
         return f"must be at most {DNS1123_LABEL_MAX} characters (has {len(value)})"
-    if not _DNS1123_LABEL.match(value):
+    if not _DNS1123_LABEL.fullmatch(value):  # fullmatch: `$` alone lets a trailing newline through
         return "must consist of lower case letters, digits and '-', and start and end with a letter or digit"
     return None
 
@@ -39,7 +39,7 @@ def dns1123_subdomain_error(value: str) -> str | None:
     """Why `value` is not a DNS-1123 subdomain (a resource name), or None when it is one."""
     if len(value) > DNS1123_SUBDOMAIN_MAX:
         return f"must be at most {DNS1123_SUBDOMAIN_MAX} characters (has {len(value)})"
-    if not _DNS1123_SUBDOMAIN.match(value):
+    if not _DNS1123_SUBDOMAIN.fullmatch(value):
         return (
             "must consist of lower case letters, digits, '-' and '.', "
             "and start and end with a letter or digit"

@@ -29,11 +29,29 @@ def model_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+def pattern_matches(pattern: str, value: str) -> bool:
+    """JSON Schema's `pattern` (ECMA-262): unlike Python's, its `$` does not match before a final
+    newline, so `name: "phi3\\n"` must not pass `^[a-z0-9]+$`."""
+    if pattern.endswith("$") and value.endswith("\n"):
+        return False
+    return _compiled(pattern).search(value) is not None
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _strict_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    if isinstance(instance, str) and not pattern_matches(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 def is_rfc3339(value: object) -> bool:
     """An RFC 3339 date-time (jsonschema only checks `date-time` with an optional extra package)."""
     if not isinstance(value, str):
         return True  # not a string: the `type` keyword reports that
-    match = _RFC3339.match(value)
+    match = _RFC3339.fullmatch(value)
     if not match:
         return False
     # Check the calendar and clock values; the fraction's form was checked by the pattern (and
@@ -52,8 +70,9 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
     schema = model_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
+    base = jsonschema.validators.validator_for(schema)
+    base.check_schema(schema)
+    cls = jsonschema.validators.extend(base, {"pattern": _strict_pattern})
     formats = jsonschema.FormatChecker()
     formats.checks("date-time")(is_rfc3339)
     return cls(schema, format_checker=formats)
@@ -97,8 +116,8 @@ def _compile(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
     if "type" in schema:
         checks.append(_TYPES[schema["type"]])
     if "pattern" in schema:
-        pattern = re.compile(schema["pattern"])
-        checks.append(lambda v: not isinstance(v, str) or pattern.search(v) is not None)
+        pattern = schema["pattern"]
+        checks.append(lambda v: not isinstance(v, str) or pattern_matches(pattern, v))
     if "minLength" in schema or "maxLength" in schema:
         low, high = schema.get("minLength", 0), schema.get("maxLength", float("inf"))
         checks.append(lambda v: not isinstance(v, str) or low <= len(v) <= high)
@@ -157,7 +176,7 @@ def validate(document: Any, raw_scalars: Mapping[tuple[str | int, ...], str] | N
     if validator.is_valid(document):
         return []
     raw = raw_scalars or {}
-    errors = [e for error in validator.iter_errors(document) for e in _explain(error, raw)]
+    errors = {e: None for error in validator.iter_errors(document) for e in _explain(error, raw)}  # unique, in order
     return sorted(errors, key=lambda e: [str(p) for p in e.path])
 
 

@@ -93,13 +93,16 @@ class ModelWriter:
         repo: GitRepo,
         author: git.Actor,
         *,
-        attempts: int = 8,
+        attempts: int = 12,
         on_written: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
         self.author = author
         self.attempts = attempts
         self._on_written = on_written
+        # Its own handle on the clone: GitPython's object reader is one `git cat-file` pipe per
+        # handle, and the API's request threads read through the other handle at the same time.
+        self._git = git.Repo(repo.repo.git_dir)  # (touching repo.repo creates the clone first)
         self._queue: queue.Queue[tuple[Change, Future[Written]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="model-writer", daemon=True)
         self._worker.start()
@@ -160,7 +163,7 @@ class ModelWriter:
                 metrics.PUSH_RETRIES.inc()
                 log.info("action=push-rejected attempt=%d; fetching and re-applying", attempt)
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)
                 self.repo.fetch()
             except GitError as exc:
                 results = [WriteRejected(503, f"the models repository is not available: {exc}")] * len(batch)
@@ -178,7 +181,7 @@ class ModelWriter:
         candidates = [f"{MODELS_DIR}/{c.namespace}/{_name_of(c)}{suffix}" for c in changes for suffix in MODEL_SUFFIXES]
         listing = self.repo.run("ls-tree", "-z", head, "--", *candidates, action="read the branch head")
         blobs = {path: meta.split()[2] for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)}
-        files = _Files(self.repo.repo, blobs)
+        files = _Files(self._git, blobs)
         results: list[Written | WriteRejected] = []
         for change in changes:
             try:
@@ -188,7 +191,7 @@ class ModelWriter:
         return results, files.edits
 
     def _make_commit(self, head: str, edits: dict[str, bytes | None], message: str) -> str:
-        odb = self.repo.repo.odb
+        odb = self._git.odb
         lines = []
         for path, content in sorted(edits.items()):
             if content is None:

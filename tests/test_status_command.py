@@ -1,0 +1,246 @@
+"""`ollama-gitops status` as a user runs it: the real command in a child process, against `serve`
+running in-process (real HTTP, a real remote, the stand-in Ollama)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from apirig import API_KEY, ApiRig
+from reconciler.desired import ModelKey
+
+HEADER = ["NAME", "MODEL", "STATE", "SIZE", "LAST PULL"]
+BAR = re.compile(r"\[([#.]{20})\]\s+(\d+\.\d)%")
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).with_name("ollama-gitops")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "api"]
+
+
+def _env(key: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_GITOPS_")}
+    if key is not None:
+        env["OLLAMA_GITOPS_API_KEY"] = key
+    return env
+
+
+def status(url: str, *args: str, key: str | None = API_KEY) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*_command(), "status", "--api-url", url, *args], capture_output=True, text=True,
+                          env=_env(key), timeout=60)
+
+
+def rows(output: str) -> dict[str, list[str]]:
+    """The table as {name: [model, state, size, last pull, detail]}, checking the header and the columns."""
+    lines = output.splitlines()
+    header = lines[0]
+    assert header.split() == ["NAME", "MODEL", "STATE", "SIZE", "LAST", "PULL"], output
+    starts = [header.index(column) for column in HEADER]
+    table: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+        last_pull, _, detail = cells[4].partition("  ")
+        table[cells[0]] = [*cells[1:4], last_pull.strip(), detail.strip()]
+    return table
+
+
+@pytest.fixture
+def ready_rig(api: ApiRig) -> ApiRig:
+    api.settle()
+    return api
+
+
+def test_table_lists_every_model_with_state_size_and_last_pull_and_exits_0(ready_rig: ApiRig) -> None:
+    result = status(ready_rig.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    models = ready_rig.client.get("/api/v1/models").json()["items"]
+    table = rows(result.stdout)
+    assert sorted(table) == sorted(m["name"] for m in models) == ["gemma3-1b", "llama3.2-1b"]
+    for model in models:
+        assert table[model["name"]] == [f"{model['modelName']}:{model['tag']}", "Ready", model["formattedSize"],
+                                         model["lastPullTime"], ""]
+    assert table["llama3.2-1b"][2] == "1.7 GiB" and table["gemma3-1b"][2] == "777.5 MiB"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", table["llama3.2-1b"][3])
+
+    sync = ready_rig.client.get("/api/v1/status").json()
+    summary = [line for line in result.stdout.splitlines() if line.startswith("sync:")]
+    assert summary == [f"sync: Succeeded at {sync['lastCycleTime']}; applied {sync['lastAppliedCommit'][:12]}, "
+                       f"fetched {sync['lastFetchedCommit'][:12]}"]
+    assert "problem:" not in result.stdout
+
+
+def test_pending_models_show_dashes_before_any_cycle(api: ApiRig) -> None:
+    result = status(api.url)
+    assert result.returncode == 0, result.stderr
+    assert rows(result.stdout) == {"gemma3-1b": ["gemma3:1b", "Pending", "-", "-", ""],
+                                   "llama3.2-1b": ["llama3.2:1b", "Pending", "-", "-", ""]}
+    assert "sync: no cycle yet" in result.stdout
+
+
+def test_namespace_option_shows_that_namespace_only(ready_rig: ApiRig) -> None:
+    created = ready_rig.client.post("/api/v1/models", params={"namespace": "team-a"}, json={"name": "phi3", "tag": "mini"})
+    assert created.status_code == 201
+    ready_rig.settle()
+    result = status(ready_rig.url, "--namespace", "team-a")
+    assert result.returncode == 0, result.stderr
+    table = rows(result.stdout)
+    assert list(table) == ["phi3-mini"] and table["phi3-mini"][:3] == ["phi3:mini", "Ready", "2.0 GiB"]
+    assert set(rows(status(ready_rig.url).stdout)) == {"gemma3-1b", "llama3.2-1b"}
+
+
+def test_a_failed_model_exits_1_and_shows_ollamas_error(api: ApiRig) -> None:
+    api.ollama.fail_next_pulls("gemma3:1b", 1, "max retries exceeded: unexpected EOF")
+    api.settle()
+    result = status(api.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    table = rows(result.stdout)
+    assert table["gemma3-1b"][1] == "Failed" and table["gemma3-1b"][4] == "max retries exceeded: unexpected EOF"
+    assert table["llama3.2-1b"][1] == "Ready"
+
+
+def test_a_model_ollama_does_not_have_fails_and_exits_1(api: ApiRig) -> None:
+    assert api.client.post("/api/v1/models", json={"name": "no-such-model", "tag": "7b"}).status_code == 201
+    api.settle()
+    result = status(api.url)
+    assert result.returncode == 1
+    row = rows(result.stdout)["no-such-model-7b"]
+    assert row[:2] == ["no-such-model:7b", "Failed"] and row[4] == "pull model manifest: file does not exist"
+
+
+def test_a_model_file_with_a_problem_exits_1_and_is_named(ready_rig: ApiRig) -> None:
+    ready_rig.work.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
+    ready_rig.work.commit("broken file")
+    ready_rig.work.push()
+    ready_rig.running.repository.refresh()
+    ready_rig.settle()
+    result = status(ready_rig.url)
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [line for line in result.stdout.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 1 and problems[0].startswith("problem: models/default/broken-1.yaml:3: YAML syntax error")
+    assert {row[1] for row in rows(result.stdout).values()} == {"Ready"}  # the models themselves are fine
+
+    ready_rig.work.remove("models/default/broken-1.yaml")
+    ready_rig.work.commit("fixed")
+    ready_rig.work.push()
+    ready_rig.running.repository.refresh()
+    ready_rig.settle()
+    assert status(ready_rig.url).returncode == 0
+
+
+def test_api_down_exits_2_saying_it_cannot_be_reached() -> None:
+    with socket.socket() as taken:  # bound, never listening: connections to it are refused
+        taken.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{taken.getsockname()[1]}"
+        result = status(url)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"ollama-gitops: cannot reach the API at {url}/api/v1/models")
+    assert "refused" in result.stderr.lower()
+
+
+@pytest.mark.parametrize("key", ["wrong-key", None], ids=["wrong key", "no key"])
+def test_a_refused_key_exits_2_saying_so(api: ApiRig, key: str | None) -> None:
+    result = status(api.url, key=key)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert message.startswith("ollama-gitops: ") and "401" in message
+    assert "api key" in message.lower(), f"the message does not say the API key was refused: {message!r}"
+    assert API_KEY not in result.stderr
+
+
+def test_key_from_a_file(api: ApiRig, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    result = status(api.url, "--api-key-file", str(key_file), key=None)
+    assert result.returncode == 0, result.stderr
+    assert set(rows(result.stdout)) == {"gemma3-1b", "llama3.2-1b"}
+
+
+def _wait_for_progress(api: ApiRig, names: list[str], deadline: float) -> None:
+    """The reconciler records pull progress on its pull threads as the stream arrives; nothing
+    signals it, so wait (bounded) until the first progress line of each held pull is recorded."""
+    store = api.running.service.store
+    while True:
+        records = [store.record(ModelKey("default", name)) for name in names]
+        if all(r is not None and r.status.progress_total for r in records):
+            return
+        assert time.monotonic() < deadline, "pull progress never recorded"
+        time.sleep(0.01)
+
+
+def test_a_pulling_model_shows_a_progress_bar(api: ApiRig) -> None:
+    reconciler = api.running.service.reconciler
+    with api.ollama.hold_pulls() as gate:
+        reconciler.run_cycle()
+        assert gate.wait_for_pulls(2, timeout=10)
+        _wait_for_progress(api, ["gemma3-1b", "llama3.2-1b"], time.monotonic() + 10)
+        result = status(api.url)
+        models = {m["name"]: m for m in api.client.get("/api/v1/models").json()["items"]}
+    assert reconciler.pulls.wait(timeout=10)
+    assert result.returncode == 0, result.stderr  # pulling is not unhealthy
+    table = rows(result.stdout)
+    for name, row in table.items():
+        assert row[1] == "Pulling" and row[2] == "-"
+        bar = BAR.fullmatch(row[4])
+        assert bar, row
+        progress = models[name]["progress"]
+        done = min(1.0, progress["completed"] / progress["total"])
+        assert bar.group(1) == "#" * int(done * 20) + "." * (20 - int(done * 20))
+        assert bar.group(2) == f"{done * 100:.1f}"
+
+
+def test_watch_redraws_until_the_pulls_end_then_exits_0(api: ApiRig) -> None:
+    reconciler = api.running.service.reconciler
+    with api.ollama.hold_pulls() as gate:
+        reconciler.run_cycle()
+        assert gate.wait_for_pulls(2, timeout=10)
+        child = subprocess.Popen([*_command(), "status", "--api-url", api.url, "--watch"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=_env(API_KEY))
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            assert child.stdout is not None
+            for line in child.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            first: list[str] = []
+            while not any(line.startswith("sync:") for line in first):  # the first frame, drawn while held
+                line = lines.get(timeout=30)
+                assert line is not None, f"exited early: {child.wait(timeout=10)} {child.stderr.read()}"
+                first.append(line)
+            assert {row[1] for row in rows("".join(first)).values()} == {"Pulling"}
+        except BaseException:
+            child.kill()
+            raise
+    try:
+        code = child.wait(timeout=30)  # released: the next frames see the pulls end
+    finally:
+        if child.poll() is None:
+            child.kill()
+    reader.join(timeout=10)
+    rest: list[str] = []
+    while (line := lines.get(timeout=5)) is not None:
+        rest.append(line)
+    assert code == 0, child.stderr.read()
+    frames = "".join(rest).split("NAME ")
+    assert len(frames) >= 2, "no frame after the first"
+    assert {row[1] for row in rows("NAME " + frames[-1]).values()} == {"Ready"}
+    assert reconciler.pulls.wait(timeout=10)

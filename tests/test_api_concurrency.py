@@ -300,8 +300,9 @@ def test_32_clients_two_processes_and_an_outside_pusher_lose_nothing(tmp_path: P
         assert {line for line in seen if not line.startswith("Outside change ")} == set(expected) | {"seed"}
         assert sum(seen[line] for line in seen if line.startswith("Outside change ")) >= pusher.successes
 
-        # The fetch-and-re-apply path was taken in both processes.
-        assert all(process.push_rejections() >= 2 for process in processes)
+        # The fetch-and-re-apply path was taken (a process may finish its writes before the outside
+        # pusher gets in its way, so this counts both together).
+        assert sum(process.push_rejections() for process in processes) >= 2
 
         codes = [p.terminate() for p in processes]
         assert codes == [0, 0], processes[0].text() + processes[1].text()

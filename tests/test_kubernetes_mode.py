@@ -297,3 +297,24 @@ def test_restart_reads_its_memory_back_from_the_resources(krig: KubeRig, tmp_pat
         assert "llama3.2:1b" not in krig.ollama.installed()
     finally:
         again.close()
+
+
+def test_statuses_are_not_lost_when_the_watch_lags(krig: KubeRig) -> None:
+    """A status written before the watch has brought the new resource waits for it, not dropped."""
+    from reconciler.desired import ModelKey
+    from reconciler.state import AppliedSpec, ModelRecord, ModelStatus
+
+    krig.cache.stop()  # from here the cache hears of nothing by itself: the watch "lags" for good
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OllamaModel",
+            "metadata": {"name": "late-1b", "namespace": "default", "labels": {MANAGED_BY: "ollama-gitops"}},
+            "spec": {"name": "late", "tag": "1b"}}
+    created = krig.custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+    key = ModelKey("default", "late-1b")
+    with krig.store.editing() as edit:
+        edit.put(key, ModelRecord(AppliedSpec("late:1b", "models/default/late-1b.yaml"), ModelStatus("Ready", size=2048)))
+    assert krig.store.flush(10)
+    assert "status" not in krig.resource("default", "late-1b")  # nothing to write onto yet
+    krig.cache.observe_write(created)  # the watch's event, at last
+    krig.store.retry()
+    assert krig.store.flush(10)
+    assert krig.resource("default", "late-1b")["status"] == {"state": "Ready", "size": 2048, "formattedSize": "2.0 KiB"}

@@ -109,9 +109,10 @@ class ClusterStateStore(StateStore):
         self._drain()
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every write made so far has been attempted; False on timeout."""
+        """Wait until every write handed out so far has been attempted (writes parked until their
+        resource appears, or to be tried again, stay parked); False on timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._pending and not self._in_flight, timeout=timeout)
+            return self._idle.wait_for(lambda: not self._in_flight, timeout=timeout)
 
     def retry(self) -> None:
         """Try again the writes that failed."""
@@ -161,7 +162,14 @@ class ClusterStateStore(StateStore):
     def _write_record(self, key: ModelKey, record: ModelRecord, forced: bool) -> None:
         resource = self._cache.get(key)
         if resource is None and not forced:
-            return  # not created yet; the sync's rewrite() brings it once it is
+            # Not in the cache yet (just created, and the watch has not brought it): keep the write
+            # for the next round rather than lose it; a record forgotten meanwhile drops it.
+            with self._lock:
+                still_recorded = key in self._models
+            if still_recorded:
+                with self._pending_lock:
+                    self._pending.setdefault(key, record)
+            return
         status = status_body(record.status)
         current = dict(resource.status) if resource is not None else {}
         if forced or any(current.get(k) != v for k, v in status.items()):

@@ -1101,9 +1101,13 @@ class _Store:
             raise _bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required "
                                "for apply patch")
         try:
-            config = yaml.safe_load(raw or b"")
-        except yaml.YAMLError as e:
-            raise _bad_request(f"error decoding YAML: {e}") from None
+            # Clients send apply bodies as JSON (a subset of YAML); json is 100 times faster to read.
+            config = json.loads(raw or b"null")
+        except ValueError:
+            try:
+                config = yaml.safe_load(raw or b"")
+            except yaml.YAMLError as e:
+                raise _bad_request(f"error decoding YAML: {e}") from None
         if not isinstance(config, dict):
             raise _bad_request("error decoding YAML: the apply configuration is not an object")
         if not config.get("apiVersion") or not config.get("kind"):

@@ -73,7 +73,6 @@ import pstats
 import random
 import re
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -87,6 +86,9 @@ ROOT = Path(__file__).resolve().parents[1]
 for entry in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the harness lives in tests/
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchrepos import GIT_ENV, generate, git, verdict  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -97,59 +99,27 @@ MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
 API_KEY = "bench-key-0123456789"
 BARE_BRANCH = "bench-bare"
 
-# Every git process of the benchmark, the server's included, runs with the same configuration:
-# none from the user or the system (hooks, signing, fsmonitor...), and a fixed identity.
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
-    "LC_ALL": "C",
-}
 
 
 # ---------------------------------------------------------------------------------------------
 # Repositories
 # ---------------------------------------------------------------------------------------------
 
-def _git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
-    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout
 
 
 def model_path(name: str) -> str:
     return f"models/{NAMESPACE}/{name}-1b.yaml"
 
 
-def generate(parent: Path, size: int) -> tuple[Path, float]:
-    """A bare remote holding one commit with `size` model files; returns it and the seconds taken."""
-    started = time.perf_counter()
-    seed = parent / "seed.git"
-    _git("init", "-q", "--bare", "-b", "main", str(seed))
-    stream = [b"commit refs/heads/main\n", b"committer Bench <bench@example.com> 1800000000 +0000\n",
-              b"data 16\nmodels for bench\n"]
-    for i in range(size):
-        data = f'name: model{i}\ntag: "1b"\n'.encode()
-        stream.append(f"M 100644 inline {model_path(f'model{i}')}\ndata {len(data)}\n".encode() + data + b"\n")
-    stream.append(b"done\n")
-    _git("fast-import", "--quiet", "--done", cwd=seed, input=b"".join(stream))
-    remote = parent / "remote.git"
-    _git("init", "-q", "--bare", "-b", "main", str(remote))
-    _git("push", "-q", str(remote), "main:main", cwd=seed)
-    shutil.rmtree(seed)
-    return remote, time.perf_counter() - started
 
 
 def remote_files(remote: Path, branch: str = "main") -> list[str]:
-    out = _git("--git-dir", str(remote), "ls-tree", "-r", "-z", "--name-only", branch, "--", "models/")
+    out = git("--git-dir", str(remote), "ls-tree", "-r", "-z", "--name-only", branch, "--", "models/")
     return [p for p in out.decode().split("\0") if p]
 
 
 def remote_head(remote: Path, branch: str = "main") -> str:
-    return _git("--git-dir", str(remote), "rev-parse", f"refs/heads/{branch}").decode().strip()
+    return git("--git-dir", str(remote), "rev-parse", f"refs/heads/{branch}").decode().strip()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -413,14 +383,14 @@ def bare_round(clone: Path, name: str) -> float:
     """Pull (not timed), then add + commit + push one model file (timed)."""
     from reconciler.modelfile import ModelFields, render
 
-    _git("pull", "-q", "--ff-only", "origin", BARE_BRANCH, cwd=clone)
+    git("pull", "-q", "--ff-only", "origin", BARE_BRANCH, cwd=clone)
     relative = model_path(name)
     (clone / relative).write_bytes(render(ModelFields(name=name, tag="1b")))
     gc.collect()
     started = time.perf_counter()
-    _git("add", relative, cwd=clone)
-    _git("commit", "-q", "-m", f"Add model {name}:1b", cwd=clone)
-    _git("push", "-q", "origin", f"HEAD:{BARE_BRANCH}", cwd=clone)
+    git("add", relative, cwd=clone)
+    git("commit", "-q", "-m", f"Add model {name}:1b", cwd=clone)
+    git("push", "-q", "origin", f"HEAD:{BARE_BRANCH}", cwd=clone)
     return time.perf_counter() - started
 
 
@@ -444,7 +414,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-api-{args.models}-") as tmp:
         parent = Path(tmp)
         print(f"generating {args.models:,} models...", file=sys.stderr, flush=True)
-        remote, generate_s = generate(parent, args.models)
+        remote, generate_s = generate(parent, args.models, lambda i: model_path(f"model{i}"))
         initial_files = remote_files(remote)
         assert len(initial_files) == args.models
 
@@ -502,9 +472,9 @@ def run(args: argparse.Namespace) -> dict:
             # -- (3) one POST next to a bare add + commit + push ----------------------------------
             print(f"(3) POST vs bare git add+commit+push x {args.posts}...", file=sys.stderr, flush=True)
             clone = parent / "bare-clone"
-            _git("clone", "-q", str(remote), str(clone))
-            _git("checkout", "-q", "-b", BARE_BRANCH, cwd=clone)
-            _git("push", "-q", "origin", f"HEAD:{BARE_BRANCH}", cwd=clone)
+            git("clone", "-q", str(remote), str(clone))
+            git("checkout", "-q", "-b", BARE_BRANCH, cwd=clone)
+            git("push", "-q", "origin", f"HEAD:{BARE_BRANCH}", cwd=clone)
             post_s, bare_s, relist_s = [], [], []
             acknowledged: list[str] = []
             for round_, name in enumerate(post_names):
@@ -529,13 +499,13 @@ def run(args: argparse.Namespace) -> dict:
             if foreign_names:
                 print(f"(3c) POST after a foreign push x {args.foreign}...", file=sys.stderr, flush=True)
                 other = parent / "other-clone"
-                _git("clone", "-q", str(remote), str(other))
+                git("clone", "-q", str(remote), str(other))
             for round_, name in enumerate(foreign_names):
-                _git("pull", "-q", "--ff-only", "origin", "main", cwd=other)
+                git("pull", "-q", "--ff-only", "origin", "main", cwd=other)
                 (other / "README.md").write_text(f"foreign change {round_}\n")
-                _git("add", "README.md", cwd=other)
-                _git("commit", "-q", "-m", f"foreign change {round_}", cwd=other)
-                _git("push", "-q", "origin", "HEAD:main", cwd=other)
+                git("add", "README.md", cwd=other)
+                git("commit", "-q", "-m", f"foreign change {round_}", cwd=other)
+                git("push", "-q", "origin", "HEAD:main", cwd=other)
                 gc.collect()
                 with window(windows["foreign"]):
                     seconds, response = post_model(client, name)
@@ -577,7 +547,7 @@ def run(args: argparse.Namespace) -> dict:
             writes = [o for per in outcomes for o in per]
             acked = [name for name, code, _ in writes if code == 201]
             refused = [(name, code) for name, code, _ in writes if code != 201]
-            commits = int(_git("--git-dir", str(remote), "rev-list", "--count", f"{before}..{after}").decode())
+            commits = int(git("--git-dir", str(remote), "rev-list", "--count", f"{before}..{after}").decode())
             acknowledged.extend(acked)
 
             # -- nothing lost: the remote holds exactly the generated files and every acknowledged write
@@ -648,8 +618,6 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.1f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def evaluate(r: dict) -> list[dict]:
@@ -718,7 +686,7 @@ def print_table(r: dict, bars: list[dict]) -> None:
     print("\nBars:")
     for bar in bars:
         value = "" if bar["value"] is None else f": {bar['value']:,.2f}{bar['unit']} (limit {bar['limit']:g}{bar['unit']})"
-        print(f"  {_verdict(bar['ok'])}  {bar['bar']}{value}")
+        print(f"  {verdict(bar['ok'])}  {bar['bar']}{value}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -745,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     bars = evaluate(result)
     print_table(result, bars)
     if args.json:
-        git_version = _git("--version").decode().strip()
+        git_version = git("--version").decode().strip()
         args.json.write_text(json.dumps({
             "benchmark": "bench_api", "python": sys.version.split()[0], "platform": platform.platform(),
             "git": git_version, "cpus": os.cpu_count(), "result": result, "bars": bars,

@@ -75,7 +75,6 @@ import os
 import platform
 import pstats
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +88,9 @@ ROOT = Path(__file__).resolve().parents[1]
 for entry in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the stand-ins live in tests/
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchrepos import GIT_ENV, generate, git, model_text, verdict  # noqa: E402
 
 DEFAULT_SIZES = (10, 1_000, 10_000)
 SMOKE_SIZES = (10, 100)
@@ -103,27 +105,12 @@ CRD = ROOT / "manifests" / "crd" / "ollamamodels.ollama.smithforge.dev.yaml"
 KINDS = ("list", "watch", "get", "apply", "create", "status", "patch", "update", "delete", "event")
 WRITE_KINDS = ("create", "apply", "status", "patch", "update", "delete", "event")
 
-# Every git process of the benchmark, the reconciler's included, runs with the same configuration:
-# none from the user or the system (hooks, signing, fsmonitor...), and a fixed identity.
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
-    "LC_ALL": "C",
-}
 
 
 # ---------------------------------------------------------------------------------------------
 # Repositories
 # ---------------------------------------------------------------------------------------------
 
-def _git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
-    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout
 
 
 def model_namespace(i: int) -> str:
@@ -134,30 +121,8 @@ def model_path(i: int) -> str:
     return f"models/{model_namespace(i)}/model{i}-1b.yaml"
 
 
-def model_text(i: int, rev: int | None = None) -> str:
-    text = f'name: model{i}\ntag: "1b"\n'
-    if rev is not None:
-        text += f'labels: {{rev: "{rev}"}}\n'
-    return text
 
 
-def generate(parent: Path, size: int) -> tuple[Path, float]:
-    """A bare remote holding one commit with `size` model files; returns it and the seconds taken."""
-    started = time.perf_counter()
-    seed = parent / "seed.git"
-    _git("init", "-q", "--bare", "-b", "main", str(seed))
-    stream = [b"commit refs/heads/main\n", b"committer Bench <bench@example.com> 1800000000 +0000\n",
-              b"data 16\nmodels for bench\n"]
-    for i in range(size):
-        data = model_text(i).encode()
-        stream.append(f"M 100644 inline {model_path(i)}\ndata {len(data)}\n".encode() + data + b"\n")
-    stream.append(b"done\n")
-    _git("fast-import", "--quiet", "--done", cwd=seed, input=b"".join(stream))
-    remote = parent / "remote.git"
-    _git("init", "-q", "--bare", "-b", "main", str(remote))
-    _git("push", "-q", str(remote), "main:main", cwd=seed)
-    shutil.rmtree(seed)
-    return remote, time.perf_counter() - started
 
 
 def crd_schema() -> dict:
@@ -529,9 +494,9 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
     machine_before, ours_before, wall_before = _machine_busy(), _own_cpu(), time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"bench-kubernetes-{size}-") as tmp:
         parent = Path(tmp)
-        remote, generate_s = generate(parent, size)
+        remote, generate_s = generate(parent, size, model_path)
         work = parent / "work"
-        _git("clone", "-q", str(remote), str(work))
+        git("clone", "-q", str(remote), str(work))
 
         ollama = OllamaStandin().start()
         for i in range(size):
@@ -598,9 +563,9 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
             for round_ in range(repeat + 1):
                 last = round_ == repeat
                 (work / changed).write_text(model_text(0, rev=round_ + 1))
-                _git("commit", "-q", "-a", "-m", f"rev {round_ + 1}", cwd=work)
-                _git("push", "-q", "origin", "HEAD:main", cwd=work)
-                head = _git("rev-parse", "HEAD", cwd=work).decode().strip()
+                git("commit", "-q", "-a", "-m", f"rev {round_ + 1}", cwd=work)
+                git("push", "-q", "origin", "HEAD:main", cwd=work)
+                head = git("rev-parse", "HEAD", cwd=work).decode().strip()
                 standin.call("take_log")
 
                 # (3) the cycle of a one-file change, with the status writes that follow
@@ -782,8 +747,6 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def _kinds_text(kinds: dict[str, int]) -> str:
@@ -906,7 +869,7 @@ def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
               + ("  BUSY MACHINE: timings inflated, run again when it is quiet" if share > 0.25 else ""))
     print("\nBars:")
     for bar in bars:
-        print(f"  {_verdict(bar['ok'])}  {bar['bar']}: {bar['shown']}")
+        print(f"  {verdict(bar['ok'])}  {bar['bar']}: {bar['shown']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -949,7 +912,7 @@ def main(argv: list[str] | None = None) -> int:
     bars = evaluate(results)
     print_table(results, bars, repeat)
     if args.json:
-        git_version = _git("--version").decode().strip()
+        git_version = git("--version").decode().strip()
         args.json.write_text(json.dumps({
             "benchmark": "bench_kubernetes", "repeat": repeat, "sizes": list(sizes),
             "python": sys.version.split()[0], "platform": platform.platform(), "git": git_version,

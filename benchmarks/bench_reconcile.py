@@ -51,7 +51,6 @@ import os
 import platform
 import pstats
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 for entry in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the stand-in lives in tests/
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchrepos import GIT_ENV, generate, git, model_text, verdict  # noqa: E402
 
 DEFAULT_SIZES = (10, 1_000, 10_000)
 SMOKE_SIZES = (10, 100)
@@ -71,63 +73,26 @@ CHANGE_BAR = 3.0  # change cycle at the largest size / change cycle at the small
 NAMESPACES = 10
 MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
 
-# Every git process of the benchmark, the reconciler's included, runs with the same configuration:
-# none from the user or the system (hooks, signing, fsmonitor...), and a fixed identity.
-GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
-    "LC_ALL": "C",
-}
 
 
 # ---------------------------------------------------------------------------------------------
 # Repositories
 # ---------------------------------------------------------------------------------------------
 
-def _git(*args: str, cwd: Path | None = None, input: bytes | None = None) -> bytes:
-    result = subprocess.run(["git", *args], cwd=cwd, input=input, capture_output=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {result.stderr.decode(errors='replace').strip()}")
-    return result.stdout
 
 
 def model_path(i: int, size: int) -> str:
     return f"models/ns-{i % min(NAMESPACES, size)}/model{i}-1b.yaml"
 
 
-def model_text(i: int, rev: int | None = None) -> str:
-    text = f'name: model{i}\ntag: "1b"\n'
-    if rev is not None:
-        text += f'labels: {{rev: "{rev}"}}\n'
-    return text
 
 
-def generate(parent: Path, size: int) -> tuple[Path, float]:
-    """A bare remote holding one commit with `size` model files; returns it and the seconds taken."""
-    started = time.perf_counter()
-    seed = parent / "seed.git"
-    _git("init", "-q", "--bare", "-b", "main", str(seed))
-    stream = [b"commit refs/heads/main\n", b"committer Bench <bench@example.com> 1800000000 +0000\n",
-              b"data 16\nmodels for bench\n"]
-    for i in range(size):
-        data = model_text(i).encode()
-        stream.append(f"M 100644 inline {model_path(i, size)}\ndata {len(data)}\n".encode() + data + b"\n")
-    stream.append(b"done\n")
-    _git("fast-import", "--quiet", "--done", cwd=seed, input=b"".join(stream))
-    remote = parent / "remote.git"
-    _git("init", "-q", "--bare", "-b", "main", str(remote))
-    _git("push", "-q", str(remote), "main:main", cwd=seed)
-    shutil.rmtree(seed)
-    return remote, time.perf_counter() - started
 
 
-def timed_git(*args: str, cwd: Path) -> float:
+def timedgit(*args: str, cwd: Path) -> float:
     gc.collect()
     started = time.perf_counter()
-    _git(*args, cwd=cwd)
+    git(*args, cwd=cwd)
     return time.perf_counter() - started
 
 
@@ -145,10 +110,10 @@ def bench_size(size: int, repeat: int, profile: str | None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix=f"bench-reconcile-{size}-") as tmp:
         parent = Path(tmp)
-        remote, generate_s = generate(parent, size)
+        remote, generate_s = generate(parent, size, lambda i: model_path(i, size))
         work, fetch_clone, state = parent / "work", parent / "fetch-clone", parent / "state"
-        _git("clone", "-q", str(remote), str(work))
-        _git("clone", "-q", str(remote), str(fetch_clone))
+        git("clone", "-q", str(remote), str(work))
+        git("clone", "-q", str(remote), str(fetch_clone))
 
         ollama = OllamaStandin().start()
         for i in range(size):
@@ -188,9 +153,9 @@ def bench_size(size: int, repeat: int, profile: str | None) -> dict:
                 last = round_ == repeat
                 # push one change (not timed)
                 (work / changed).write_text(model_text(0, rev=round_ + 1))
-                _git("commit", "-q", "-a", "-m", f"rev {round_ + 1}", cwd=work)
-                _git("push", "-q", "origin", "HEAD:main", cwd=work)
-                head = _git("rev-parse", "HEAD", cwd=work).decode().strip()
+                git("commit", "-q", "-a", "-m", f"rev {round_ + 1}", cwd=work)
+                git("push", "-q", "origin", "HEAD:main", cwd=work)
+                head = git("rev-parse", "HEAD", cwd=work).decode().strip()
 
                 # (2) the cycle that fetches the change
                 before = len(ollama.requests)
@@ -209,7 +174,7 @@ def bench_size(size: int, repeat: int, profile: str | None) -> dict:
                 actions = sorted(type(a).__name__ for a in report.plan.actions) if report.plan else []
 
                 # (3a) the bare fetch of the same commit
-                change_fetch_s = timed_git("fetch", "-q", "origin", "main", cwd=fetch_clone)
+                change_fetch_s = timedgit("fetch", "-q", "origin", "main", cwd=fetch_clone)
 
                 # (1) the no-op cycle
                 before = len(ollama.requests)
@@ -224,7 +189,7 @@ def bench_size(size: int, repeat: int, profile: str | None) -> dict:
                 assert report.ok and report.noop and report.commit == head, (report.message, report.noop)
 
                 # (3b) the bare no-op fetch
-                noop_fetch_s = timed_git("fetch", "-q", "origin", "main", cwd=fetch_clone)
+                noop_fetch_s = timedgit("fetch", "-q", "origin", "main", cwd=fetch_clone)
 
                 if timed:
                     samples["change_cycle"].append(change_s)
@@ -289,8 +254,6 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def evaluate(results: list[dict]) -> list[dict]:
@@ -339,7 +302,7 @@ def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
           " git subprocesses not included)")
     print("\nBars:")
     for bar in bars:
-        print(f"  {_verdict(bar['ok'])}  {bar['bar']}: {bar['value']:.2f}x (limit {bar['limit']:g}x)")
+        print(f"  {verdict(bar['ok'])}  {bar['bar']}: {bar['value']:.2f}x (limit {bar['limit']:g}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     bars = evaluate(results)
     print_table(results, bars, repeat)
     if args.json:
-        git_version = _git("--version").decode().strip()
+        git_version = git("--version").decode().strip()
         args.json.write_text(json.dumps({
             "benchmark": "bench_reconcile", "repeat": repeat, "sizes": list(sizes),
             "python": sys.version.split()[0], "platform": platform.platform(), "git": git_version,

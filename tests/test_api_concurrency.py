@@ -132,7 +132,10 @@ class OutsidePusher:
         committed: list[str] = []
         index = 0
         try:
-            while not self.stop.is_set() and not (self.successes >= 3 and not committed and self.enough()):
+            # On stop, go on until three pushes have landed (the branch is quiet by then), so that
+            # the history holds outside pushes however the race with the API processes went.
+            while not (self.stop.is_set() and self.successes >= 3) and not (
+                    self.successes >= 3 and not committed and self.enough()):
                 pull = git(self.clone, "pull", "-q", "--rebase", "origin", "main", check=False)
                 if pull.returncode != 0:
                     self.failures += 1

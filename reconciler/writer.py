@@ -260,14 +260,15 @@ def _apply(change: Change, files: _Files) -> Written:
     path = files.find(change.namespace, change.name)
     if path is None:
         raise WriteRejected(404, f"model not found: {change.name}")
-    current = modelfile.parse(files.read(path))
+    content = files.read(path)
+    current = modelfile.parse(content)
     if isinstance(change, DeleteModel):
         files.edits[path] = None
         return Written("", path, current if isinstance(current, ModelFields) else None)
     if not isinstance(current, ModelFields):
         detail = "; ".join(e.message for e in current)
         raise WriteRejected(409, f"model file {path} is invalid; fix it before refreshing: {detail}")
-    updated = bump_refresh(files.read(path), change.requested_at)
+    updated = bump_refresh(content, change.requested_at)
     fields = modelfile.parse(updated)
     assert isinstance(fields, ModelFields), "setting a valid timestamp keeps a valid file valid"
     files.edits[path] = updated

@@ -254,19 +254,15 @@ def _now() -> str:
 
 def _micro_time(value: Any) -> Any:
     """Normalise a MicroTime the way the server re-serialises it (UTC, microseconds, Z)."""
-    if not isinstance(value, str):
-        return value
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return value
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _utc(value, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _time(value: Any) -> Any:
     """Normalise a metav1.Time (UTC, seconds, Z)."""
+    return _utc(value, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def _utc(value: Any, layout: str) -> Any:
     if not isinstance(value, str):
         return value
     try:
@@ -275,7 +271,7 @@ def _time(value: Any) -> Any:
         return value
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parsed.astimezone(timezone.utc).strftime(layout)
 
 
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

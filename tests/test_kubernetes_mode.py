@@ -318,3 +318,24 @@ def test_statuses_are_not_lost_when_the_watch_lags(krig: KubeRig) -> None:
     krig.store.retry()
     assert krig.store.flush(10)
     assert krig.resource("default", "late-1b")["status"] == {"state": "Ready", "size": 2048, "formattedSize": "2.0 KiB"}
+
+
+def test_a_status_field_that_no_longer_applies_is_removed(krig: KubeRig) -> None:
+    # Status is written by server-side apply: a field the controller wrote before and leaves out now
+    # (here the error of a broken file, once the file is fixed) must go, not linger.
+    path = krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.work.write(path, "name: llama3.2\ntag: [1b\n")
+    krig.push("break it")
+    krig.settle()
+    status = krig.resource("default", "llama3.2-1b")["status"]
+    assert status["state"] == "Ready" and "keeping the last good version" in status["error"]
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push("fix it")
+    krig.settle()
+    status = krig.resource("default", "llama3.2-1b")["status"]
+    assert status["state"] == "Ready" and "error" not in status, status
+    managers = {(m["manager"], m.get("subresource")) for m in
+                krig.resource("default", "llama3.2-1b")["metadata"]["managedFields"]}
+    assert ("ollama-gitops-controller", "status") in managers and ("ollama-gitops", None) in managers

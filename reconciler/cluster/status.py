@@ -173,7 +173,7 @@ class ClusterStateStore(StateStore):
         status = status_body(record.status)
         current = dict(resource.status) if resource is not None else {}
         if forced or any(current.get(k) != v for k, v in status.items()):
-            self._client.patch_status(key, status)
+            self._client.apply_status(key, status)
             self._event(key, current.get("state"), record.status)
         annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
         existing = resource.annotations if resource is not None else {}

@@ -10,21 +10,16 @@ from collections.abc import Callable
 from waitress import wasyncore
 from waitress.server import create_server
 
+from reconciler.settings import parse_listen
+
 from .app import MAX_BODY_BYTES
+
+__all__ = ["ApiServer", "is_loopback", "parse_listen"]
 
 log = logging.getLogger("ollama_gitops.api.server")
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 WIRE_BODY_LIMIT = 128 * MAX_BODY_BYTES
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all interfaces)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
 
 
 def is_loopback(host: str) -> bool:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .settings import Settings, add_reconciler_options
+from .settings import ENV_PREFIX, Settings, add_reconciler_options, parse_listen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +57,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     )
     reconcile.add_argument("--once", action="store_true", help="run one cycle, wait for its pulls, and exit")
     reconcile.add_argument("--dry-run", action="store_true", help="with --once: print the plan and change nothing")
+    reconcile.add_argument("--health-listen", default=os.environ.get(ENV_PREFIX + "HEALTH_LISTEN") or None,
+                           metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here, for probes "
+                           f"and Prometheus (default: off) [env {ENV_PREFIX}HEALTH_LISTEN]")
     add_reconciler_options(reconcile)
     reconcile.set_defaults(run=_run_reconcile)
     return parser, commands
@@ -70,12 +74,13 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         print("ollama-gitops: --dry-run needs --once", file=sys.stderr)
         return 2
     try:
+        health = parse_listen(args.health_listen, "--health-listen") if args.health_listen and not args.once else None
         running = service.build(Settings.from_args(args))
-    except (service.ConfigurationError, StateLocked, OSError) as exc:
+    except (service.ConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)
         return 2
     if not args.once:
-        return service.run_forever(running)
+        return service.run_forever(running, health)
     try:
         return service.run_once(running, sys.stdout, dry_run=args.dry_run)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
@@ -27,6 +28,8 @@ class CycleScheduler:
         self._requested = threading.Event()
         self._lock = threading.Lock()
         self._running = False
+        self.cycle_started: float | None = None  # time.monotonic() of the running cycle's start, or None
+        self.cycles_ended = 0
         self._scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -59,10 +62,13 @@ class CycleScheduler:
             with self._lock:
                 self._running = True
                 self._requested.clear()
+            self.cycle_started = time.monotonic()
             try:
                 self._cycle()
             except Exception:  # the schedule must survive a bug in one cycle
                 log.exception("cycle crashed")
+            self.cycle_started = None
+            self.cycles_ended += 1
             with self._lock:
                 if not self._requested.is_set():
                     self._running = False

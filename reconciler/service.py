@@ -139,13 +139,26 @@ def wait_for_signal() -> None:
     stop.wait()
 
 
-def run_forever(service: Service) -> int:
-    """Run cycles on the schedule until SIGTERM or SIGINT."""
+def run_forever(service: Service, health_listen: tuple[str, int] | None = None) -> int:
+    """Run cycles on the schedule until SIGTERM or SIGINT; with `health_listen`, serve probes and
+    metrics there."""
+    probes = None
+    if health_listen is not None:
+        from prometheus_client import REGISTRY
+
+        from .health import Health, HealthServer
+        from .metrics import ModelsByState
+
+        REGISTRY.register(ModelsByState(service.store.records))
+        health = Health(lambda: service.scheduler, service.settings.interval, lambda: service.reconciler.leading())
+        probes = HealthServer(health, *health_listen).start()
     service.start()
     log.info("reconciling %s branch %s into %s every %.0fs", service.reconciler.repo.display_url,
              service.settings.branch, service.settings.ollama_url, service.settings.interval)
     wait_for_signal()
     log.info("shutting down")
+    if probes is not None:
+        probes.stop()
     service.stop()
     return 0
 

@@ -101,6 +101,15 @@ def add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     option("log-level", "INFO", "DEBUG, INFO, WARNING or ERROR (default: INFO)")
 
 
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all interfaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{option} must be HOST:PORT, got {text!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
 def kubernetes_configured() -> bool:
     """Is there a cluster to talk to: in-cluster service variables, or a kubeconfig file?"""
     if os.environ.get("KUBERNETES_SERVICE_HOST"):

@@ -339,3 +339,24 @@ def test_a_status_field_that_no_longer_applies_is_removed(krig: KubeRig) -> None
     managers = {(m["manager"], m.get("subresource")) for m in
                 krig.resource("default", "llama3.2-1b")["metadata"]["managedFields"]}
     assert ("ollama-gitops-controller", "status") in managers and ("ollama-gitops", None) in managers
+
+
+def test_resources_follow_the_rules_for_living_next_to_argo_cd(krig: KubeRig) -> None:
+    # A models repository that Argo CD also renders can carry Argo CD's tracking marks; copied onto
+    # the OllamaModels they would make Argo CD take them for its own and prune them.
+    krig.work.model("default", "llama3.2", "1b",
+                    extra="labels: {app.kubernetes.io/instance: models-app, team: search}\n"
+                          "annotations: {argocd.argoproj.io/tracking-id: 'models-app:x/y:default/z', owner: me}\n")
+    krig.push()
+    krig.settle()
+    meta = krig.resource("default", "llama3.2-1b")["metadata"]
+    assert "app.kubernetes.io/instance" not in meta["labels"] and meta["labels"]["team"] == "search"
+    assert "argocd.argoproj.io/tracking-id" not in meta["annotations"] and meta["annotations"]["owner"] == "me"
+    assert meta["annotations"]["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
+    assert "ownerReferences" not in meta  # nothing ties them to an object an Argo CD application tracks
+    # No refresh storm: once settled, cycles (a full one included) write nothing, status included.
+    krig.kube.clear_request_log()
+    krig.reconciler.resync_interval = 0  # every cycle a full one: Ollama listed, every model planned
+    reports = [krig.cycle() for _ in range(3)]
+    assert all(r.full and r.ok for r in reports)
+    assert krig.kube.requests(writes=True) == []

@@ -18,7 +18,9 @@ For each size (number of model files) a child process (so that peak RSS is per s
     waited for, the status writes flushed, the watch caught up with every write, until a cycle writes
     nothing and every resource carries status Ready (at most 10 cycles). Afterwards (not timed) every
     object in the stand-in is checked: managed-by label, finalizer, spec, status Ready with the size and
-    digest Ollama reports; and no pull was made;
+    digest Ollama reports; and no pull was made. (1a) is the part of (1) until the first cycle's server-side
+    applies were all answered: every resource created (the status writes, which need the watch to have
+    brought each resource, follow);
   - then one untimed warm-up round plus --repeat timed rounds (medians reported), each:
       push:               the working clone changes `labels: {rev: "<n>"}` in one model file, commits
                           and pushes                                              -- not timed
@@ -46,7 +48,9 @@ Bars (printed as PASS/FAIL):
     would be shown, not counted against the bar: open watches are the point of the cache);
   - (3) one-change cycle: at most 3 writes at every size, in every round, and the same count at the
     smallest and the largest size;
-  - (1)/(4): the cold start at the largest size at most 2x the bare creates of the same size.
+  - (1a)/(4): the cold start at the largest size, everything created, at most 2x the bare creates of the
+    same size (the issue's bar, where a cold start is "everything created");
+  - (1)/(4): the same for the whole cold start, every status Ready as well (twice the requests of (4)).
 
 CPU columns: `product CPU` is the benchmark process's CPU time (all its threads: the product, and in
 `--in-process` mode the stand-in too) during the cold start; `server CPU` that of the stand-in's process
@@ -398,7 +402,7 @@ class Product:
         from reconciler.cluster.cache import ResourceCache
         from reconciler.cluster.client import ClusterClient
         from reconciler.cluster.status import ClusterStateStore
-        from reconciler.cluster.sync import ClusterSync
+        from reconciler.cluster.sync import ClusterSync, ResourceSync
         from reconciler.gitrepo import GitRepo
         from reconciler.modelserver import OllamaServer
         from reconciler.reconcile import Reconciler
@@ -411,6 +415,8 @@ class Product:
         kube = ClusterClient(self.api)
         self.store = ClusterStateStore(state, kube, self.cache)
         self.sync = ClusterSync(kube, self.cache, self.store)
+        self.applies_done: list[float] = []  # perf_counter() each time a cycle's resource writes were all answered
+        ResourceSync.run = _noting_end(ResourceSync.run, self.applies_done)  # type: ignore[method-assign]
         self.store.acquire_process_lock()
         self.reconciler = Reconciler(GitRepo(str(remote), "main", state / "clone.git"), OllamaServer(ollama_url),
                                      self.store, resync_interval=3600, cluster=self.sync)
@@ -447,6 +453,19 @@ class Product:
         self.store.release_process_lock()
         self.cache.stop()
         self.api.close()
+
+
+def _noting_end(run, ends: list[float]):  # type: ignore[no-untyped-def]
+    """`ResourceSync.run`, noting when it returned (every apply of the cycle answered)."""
+    original = getattr(run, "__wrapped__", run)
+
+    @functools.wraps(original)
+    def noted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = original(*args, **kwargs)
+        ends.append(time.perf_counter())
+        return result
+
+    return noted
 
 
 def _writes(kinds: dict[str, int]) -> int:
@@ -540,6 +559,7 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
                     settled = True
                     break
             cold_s = time.perf_counter() - started
+            created_s = product.applies_done[0] - started  # the first cycle applied every resource
             profiling("cold", False)
             cold_cpu_self = time.process_time() - cpu_self
             cold_cpu_server = standin.call("cpu") - cpu_server if not in_process else None
@@ -680,6 +700,8 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
         "cold_s": cold_s,
         "cold_wiring_s": wired_s,
         "cold_ready_s": ready_s,
+        "cold_created_s": created_s,
+        "created_ratio": created_s / bare_creates["s"],
         "cold_cycles": cycles,
         "cold_requests": cold_kinds,
         "cold_cpu_self_s": cold_cpu_self,
@@ -785,7 +807,12 @@ def evaluate(results: list[dict]) -> list[dict]:
                      "shown": f"{'/'.join(map(str, counts[small['size']]))} vs "
                               f"{'/'.join(map(str, counts[large['size']]))}"})
     large = max(results, key=lambda r: r["size"])
-    bars.append({"bar": f"(1)/(4) cold start at {large['size']:,} <= {COLD_BAR:g}x bare creates",
+    bars.append({"bar": f"(1a)/(4) cold start at {large['size']:,}, every resource created, <= {COLD_BAR:g}x "
+                        "bare creates",
+                 "value": large["created_ratio"], "limit": COLD_BAR, "ok": large["created_ratio"] <= COLD_BAR,
+                 "shown": f"{large['created_ratio']:.2f}x (limit {COLD_BAR:g}x)"})
+    bars.append({"bar": f"(1)/(4) cold start at {large['size']:,}, every status Ready too, <= {COLD_BAR:g}x "
+                        "bare creates",
                  "value": large["cold_ratio"], "limit": COLD_BAR, "ok": large["cold_ratio"] <= COLD_BAR,
                  "shown": f"{large['cold_ratio']:.2f}x (limit {COLD_BAR:g}x)"})
     return bars
@@ -799,8 +826,8 @@ def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], left: int = 0) ->
 
 def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
     standin = results[0]["standin"]
-    head = ("models", "(1) cold start", "cycles", "Ready at", "cold writes", "product CPU", "server CPU",
-            "(2) no-op", "no-op req", "(3) change", "change writes", "(4) bare creates", "(1)/(4)",
+    head = ("models", "(1a) created", "(1) cold start", "cycles", "Ready at", "cold writes", "product CPU", "server CPU",
+            "(2) no-op", "no-op req", "(3) change", "change writes", "(4) bare creates", "(1a)/(4)", "(1)/(4)",
             "(4') bare apply+status", "peak RSS")
     rows = []
     for r in results:
@@ -808,12 +835,12 @@ def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
         change_writes = sorted({_writes(x["change_requests"]) for x in r["rounds"]})
         server_cpu = r["cold_cpu_server_s"]
         rows.append((
-            f"{r['size']:,}", f"{r['cold_s']:,.2f} s", str(len(r["cold_cycles"])),
+            f"{r['size']:,}", f"{r['cold_created_s']:,.2f} s", f"{r['cold_s']:,.2f} s", str(len(r["cold_cycles"])),
             f"{r['cold_ready_s']:,.2f} s", f"{_writes(r['cold_requests']):,}", f"{r['cold_cpu_self_s']:,.2f} s",
             "-" if server_cpu is None else f"{server_cpu:,.2f} s",
             f"{_ms(r['noop_median_s'])} ms", "/".join(map(str, noop_requests)),
             f"{_ms(r['change_median_s'])} ms", "/".join(map(str, change_writes)),
-            f"{r['bare_creates']['s']:,.2f} s", f"{r['cold_ratio']:.2f}x",
+            f"{r['bare_creates']['s']:,.2f} s", f"{r['created_ratio']:.2f}x", f"{r['cold_ratio']:.2f}x",
             f"{r['bare_apply_status']['s']:,.2f} s", f"{r['peak_rss_mib']:,.1f} MiB",
         ))
     bare_runs = len(results[0]["bare_creates_samples_s"])
@@ -849,7 +876,9 @@ def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
     for line in _table(head2, rows2, left=3):
         print(line)
 
-    print("\n  (1) cold start: wiring (cache list+watch, store, sync, reconciler) + cycles until one writes nothing and")
+    print("\n  (1a) created: from the start of (1) until the first cycle's applies were all answered (every resource")
+    print("      created, the issue's 'cold start (everything created)'); the status writes follow it")
+    print("  (1) cold start: wiring (cache list+watch, store, sync, reconciler) + cycles until one writes nothing and")
     print("      every resource is Ready as the watch shows it; 'Ready at': when the cache first saw all Ready;")
     print("      product CPU: this process during (1); server CPU: the stand-in's process during (1)")
     print("  (2) no-op: run_cycle() with nothing new; 'no-op req': requests it made (open watches not counted)")

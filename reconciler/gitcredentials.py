@@ -74,7 +74,8 @@ class GitCredentials:
                 env[f"GIT_CONFIG_VALUE_{index}"] = value
             env["GIT_CONFIG_COUNT"] = str(first + len(config))
         if self.ca_file:
-            # The variable rather than http.sslCAInfo: it wins over any config file's setting.
+            # The variable rather than http.sslCAInfo: git lets the variable win over any config, and
+            # many images already set it (to the system bundle), which would win over http.sslCAInfo.
             env["GIT_SSL_CAINFO"] = str(self.ca_file)
         return env
 

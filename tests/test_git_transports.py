@@ -239,6 +239,21 @@ def test_ssh_clone_fetch_and_push(sshd: GitSshServer, served: Served, ssh_key: S
     assert_not_shown([caplog.text, served.history()], key_secrets(ssh_key))
 
 
+def test_ssh_known_hosts_made_as_the_docs_say(sshd: GitSshServer, served: Served, ssh_key: SshKeyPair,
+                                              tmp_path: Path) -> None:
+    # docs/git-credentials.md: ssh-keyscan, then compare the fingerprint with the one the host publishes.
+    scan = subprocess.run(["ssh-keyscan", "-p", str(sshd.port), "-t", "ed25519", "127.0.0.1"],
+                          capture_output=True, text=True, timeout=30, check=True)
+    known_hosts = tmp_path / "keys" / "known_hosts"
+    known_hosts.write_text(scan.stdout)
+    fingerprint = subprocess.run(["ssh-keygen", "-lf", str(known_hosts)], capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    assert fingerprint == sshd.host_key.get_fingerprint("sha256")
+    repo = GitRepo(sshd.url("models.git"), "main", tmp_path / "clone.git",
+                   ssh_credentials(ssh_key.private_file, known_hosts))
+    assert repo.fetch() == served.head()
+
+
 def test_ssh_changed_host_key_is_refused_before_the_key_is_offered(
         sshd: GitSshServer, ssh_key: SshKeyPair, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     impostor = SshKeyPair.generate(tmp_path / "keys" / "impostor").public_line

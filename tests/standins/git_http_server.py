@@ -20,6 +20,7 @@ import binascii
 import os
 import ssl
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,9 +103,10 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
     def handle_error(self, request: object, client_address: object) -> None:
-        # A connection that a client dropped during the TLS handshake (it does not trust the
+        # A client that drops the connection during the TLS handshake (it does not trust the
         # certificate) is an expected outcome in the tests, not something to print a traceback for.
-        pass
+        if not isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError)):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -116,6 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
         # holds up the accept loop.
         self.request = self.server.owner._context.wrap_socket(self.request, server_side=True)
         super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            # The server closes the plain socket it accepted, which the TLS one has taken over.
+            self.request.close()
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass  # quiet: the tests look at `requests`
@@ -172,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip(), 16)
                 if size == 0:

@@ -1,59 +1,29 @@
 """Git access: a private clone of the models repository in the state directory.
 
 Credentials travel only in the environment of the `git` child process (an SSH command line, or an
-HTTP header in `GIT_CONFIG_*` variables): never in a URL, a config file, a log line or an error.
+HTTP header in `GIT_CONFIG_*` variables, see gitcredentials.py): never in a URL, a config file, a
+log line or an error.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import re
-import shlex
 import subprocess
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import git
+
+from .gitcredentials import GitCredentials
+
+__all__ = ["GIT_TIMEOUT", "GitCredentials", "GitError", "GitRepo", "redact"]
 
 GIT_TIMEOUT = 120.0  # seconds; a remote that hangs must not hang the reconciler
 
 
 class GitError(Exception):
     """A Git operation failed; the message is safe to show (credentials removed)."""
-
-
-@dataclass(frozen=True)
-class GitCredentials:
-    """How to authenticate to the remote: an SSH key (with known_hosts) or an HTTPS token."""
-
-    ssh_key_file: Path | None = None
-    known_hosts_file: Path | None = None
-    token: str | None = field(default=None, repr=False)
-    username: str = "x-access-token"
-
-    def environment(self) -> dict[str, str]:
-        """Environment variables for a `git` child process that carry these credentials."""
-        env = {"GIT_TERMINAL_PROMPT": "0"}  # fail instead of waiting for a password on a TTY
-        if self.ssh_key_file or self.known_hosts_file:
-            ssh = ["ssh", "-o", "BatchMode=yes"]
-            if self.ssh_key_file:
-                ssh += ["-i", str(self.ssh_key_file), "-o", "IdentitiesOnly=yes"]
-            if self.known_hosts_file:
-                ssh += ["-o", f"UserKnownHostsFile={self.known_hosts_file}", "-o", "StrictHostKeyChecking=yes"]
-            env["GIT_SSH_COMMAND"] = shlex.join(ssh)
-        if self.token:
-            basic = base64.b64encode(f"{self.username}:{self.token}".encode()).decode()
-            env.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader",
-                        "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
-        return env
-
-    def secrets(self) -> list[str]:
-        """Strings that must never be shown."""
-        if not self.token:
-            return []
-        return [self.token, base64.b64encode(f"{self.username}:{self.token}".encode()).decode()]
 
 
 _REJECTED = re.compile(r"\[(remote )?rejected\]|non-fast-forward|fetch first|failed to update ref|cannot lock ref")
@@ -143,8 +113,9 @@ class GitRepo:
 
     def run(self, *args: str, action: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> str:
         """Run a git command in the clone with the credentials; errors become a safe GitError."""
-        full_env = {**os.environ, **self.credentials.environment(), **(env or {})}
         git_dir = self.repo.git_dir  # creates the clone on first use
+        # The clone's directory is this process's own: where a key file that ssh would refuse is copied.
+        full_env = {**os.environ, **self.credentials.environment(os.environ, private_dir=Path(git_dir)), **(env or {})}
         try:
             result = subprocess.run(["git", "--git-dir", str(git_dir), *args], input=stdin, capture_output=True,
                                     env=full_env, timeout=GIT_TIMEOUT)
@@ -153,6 +124,9 @@ class GitRepo:
         if result.returncode != 0:
             output = (result.stderr + result.stdout).decode("utf-8", "replace").strip()
             detail = output or f"exit code {result.returncode}"
+            hint = self.credentials.explain(output)
+            if hint:
+                detail = f"{hint}; git said: {detail}"
             raise GitError(redact(f"could not {action}: {detail}", self.credentials.secrets()))
         return result.stdout.decode("utf-8", "replace").strip()
 

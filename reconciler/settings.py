@@ -40,6 +40,7 @@ class Settings:
             known_hosts_file=Path(args.known_hosts_file) if args.known_hosts_file else None,
             token=token,
             username=args.git_username,
+            ca_file=Path(args.git_ca_file) if args.git_ca_file else None,
         )
         return cls(
             repo=args.repo or None,
@@ -92,6 +93,8 @@ def add_reconciler_options(parser: argparse.ArgumentParser) -> None:
     option("known-hosts-file", None, "known_hosts for an ssh:// repository (strict host key checking)")
     option("git-token-file", None, "file holding an HTTPS token (or set OLLAMA_GITOPS_GIT_TOKEN)")
     option("git-username", "x-access-token", "user name sent with the HTTPS token (default: x-access-token)")
+    option("git-ca-file", None, "PEM file of the CA certificates to verify an https:// repository's server with, "
+           "instead of the system's (for a Git host with a private CA)")
     parser.add_argument("--allow-empty", action="store_true", default=_env_flag("allow-empty"),
                         help=f"allow a commit to prune every model [env {ENV_PREFIX}ALLOW_EMPTY]")
     option("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),

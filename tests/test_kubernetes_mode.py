@@ -70,8 +70,10 @@ class KubeRig:
                                    == o["metadata"]["resourceVersion"] for o in self.kube.objects()
                                    if o["metadata"].get("labels", {}).get(MANAGED_BY)))
             self.store.flush(15)
-            if self.kube.resource_version == version and not self.store.unsettled(time.time()):
-                return  # a cycle that wrote nothing: settled
+            # Writes wait for their resource to appear; one that cannot (its namespace is missing) waits on.
+            waiting = {k for k in self.store.waiting() if self.resource(k.namespace, k.name) is not None}
+            if self.kube.resource_version == version and not self.store.unsettled(time.time()) and not waiting:
+                return  # a cycle that wrote nothing, with nothing left to write: settled
         raise AssertionError("never settled")
 
     @staticmethod

@@ -118,6 +118,11 @@ class ClusterStateStore(StateStore):
         """Try again the writes that failed."""
         self._drain()
 
+    def waiting(self) -> set[ModelKey]:
+        """Models whose writes wait for a retry (failed, or their resource not seen yet)."""
+        with self._pending_lock:
+            return set(self._pending)
+
     def close(self) -> None:
         self.flush()
         self._pool.shutdown(wait=True)

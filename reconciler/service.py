@@ -22,6 +22,7 @@ from .state import StateStore
 if TYPE_CHECKING:
     from .cluster.connect import ClusterParts
     from .cluster.election import LeaderElector
+    from .cluster.syncrequest import SyncRequestWatcher
 
 log = logging.getLogger("ollama_gitops")
 
@@ -40,6 +41,7 @@ class Service:
     scheduler: CycleScheduler | None = None
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
+    sync_requests: SyncRequestWatcher | None = None  # Kubernetes mode: cycles the API asks for
 
     def request_cycle(self) -> None:
         if self.scheduler is not None:
@@ -51,7 +53,13 @@ class Service:
             self._start_schedule()
             return
         from .cluster.election import LeaderElector
+        from .cluster.syncrequest import SyncRequestWatcher
 
+        # Every replica watches (and creates, if missing) the ConfigMap the API annotates on a
+        # webhook push; only the one holding the Lease acts on it.
+        self.sync_requests = SyncRequestWatcher(
+            self.cluster.api, self.settings.leader_election_namespace, self.request_cycle,
+            leading=lambda: self.elector is not None and self.elector.is_leader).start()
         lease = self.settings.lease_duration
         self.elector = LeaderElector(
             self.cluster.api, namespace=self.settings.leader_election_namespace, identity=_identity(),
@@ -75,6 +83,8 @@ class Service:
     def stop(self) -> None:
         if self.elector is not None:
             self.elector.stop()
+        if self.sync_requests is not None:
+            self.sync_requests.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self.reconciler.close()

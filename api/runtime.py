@@ -53,6 +53,7 @@ class RunningApi:
     refresher: CycleScheduler
     service: reconciler_service.Service | None = None
     lock_file: TextIO | None = None
+    close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
@@ -61,6 +62,7 @@ class RunningApi:
         self.repository.writer.close()
         if self.service is not None:
             self.service.stop()
+        self.close_status()
         if self.lock_file is not None:
             self.lock_file.close()
 
@@ -90,6 +92,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     lock_file = _lock_api_clone(settings.state_dir)
     service = None
+    close_status: Callable[[], None] = lambda: None
     trigger: Callable[[], None] | None = None  # what an accepted webhook push calls to start a cycle
     if with_reconciler:
         service = reconciler_service.build(settings)
@@ -106,9 +109,10 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
 
         try:
             kube = api_client()
-            status = ClusterStatusSource(start_cache(kube))
+            cache = start_cache(kube)
         except ClusterUnavailable as exc:
             raise ConfigurationError(str(exc)) from None
+        status, close_status = ClusterStatusSource(cache), cache.stop
         follow, on_written = None, (lambda: None)
         trigger = _sync_request(kube, settings.leader_election_namespace)
     else:
@@ -141,7 +145,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     log.info("API listening on %s (namespace %s, %s, webhooks %s)", server.url, options.namespace,
              "API key required" if options.api_key else "no authentication",
              "off" if webhook is None else "on" if trigger is not None else "refused: no reconciler to reach")
-    return RunningApi(server, repository, refresher, service, lock_file)
+    return RunningApi(server, repository, refresher, service, lock_file, close_status)
 
 
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:

@@ -57,13 +57,14 @@ def create_app(
 ) -> Flask:
     """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle);
     `on_push` after every accepted webhook push (to start one at once, or have the reconciler do
-    so; it raises `webhook.TriggerUnavailable` when it cannot). Without `on_push`, an accepted push
-    is answered 501: this process has no way to reach a reconciler.
+    so; it raises `webhook.TriggerUnavailable` when it cannot), and is needed when webhooks are on.
 
     At most `max_writers` requests wait on a push at once, so that a burst of writes never takes
     every server thread from reads and health probes; more wait their turn for a bounded time.
     """
     writers = threading.BoundedSemaphore(max_writers)
+    if settings.webhook is not None and on_push is None:
+        raise ValueError("webhooks need on_push: something to start a cycle with")
 
     def write(change: Change) -> None:
         if not writers.acquire(timeout=WRITE_QUEUE_TIMEOUT):
@@ -186,11 +187,8 @@ def create_app(
         if not verdict.accepted:
             _log_webhook(envelope, delivery.ref, verdict.status, verdict.reason)
             return _json({"status": verdict.status, "reason": verdict.reason}, 200)
-        if on_push is None:
-            _log_webhook(envelope, delivery.ref, "unavailable", "no reconciler to trigger", logging.WARNING)
-            return _error("webhooks need `ollama-gitops serve`, or Kubernetes mode, to reach the reconciler", 501)
         try:
-            on_push()
+            on_push()  # type: ignore[misc]  # set whenever webhooks are on
         except webhook.TriggerUnavailable as exc:
             _log_webhook(envelope, delivery.ref, "unavailable", str(exc), logging.WARNING)
             return _error(str(exc), 503)

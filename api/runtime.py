@@ -93,7 +93,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     lock_file = _lock_api_clone(settings.state_dir)
     service = None
     close_status: Callable[[], None] = lambda: None
-    trigger: Callable[[], None] | None = None  # what an accepted webhook push calls to start a cycle
+    trigger: Callable[[], None]  # what an accepted webhook push calls to start a cycle
     if with_reconciler:
         service = reconciler_service.build(settings)
         status: StatusSource = service.store
@@ -118,6 +118,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     else:
         store = StateStore(settings.state_dir, readonly=True)
         status, follow, on_written = store, _throttled(store.follow, 1.0), (lambda: None)
+        trigger = _sync_file(settings.state_dir)
     url = reconciler_service.repository_url(settings)
     repo = GitRepo(url, settings.branch, settings.state_dir / "api.git", settings.credentials)
     repository = ModelsRepository(repo, ModelWriter(repo, author))
@@ -130,12 +131,11 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
                                 settings.branch)
 
     def on_push() -> None:
-        assert trigger is not None
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
     app = create_app(ApiSettings(options.api_key, options.namespace, webhook), catalog, repository, on_written,
-                     max_writers=max(1, options.threads // 2), on_push=on_push if trigger is not None else None)
+                     max_writers=max(1, options.threads // 2), on_push=on_push)
     _register_collector(status)
     server = ApiServer(app, host, port, threads=options.threads).start()
     if schedules:
@@ -144,7 +144,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
             service.start()
     log.info("API listening on %s (namespace %s, %s, webhooks %s)", server.url, options.namespace,
              "API key required" if options.api_key else "no authentication",
-             "off" if webhook is None else "on" if trigger is not None else "refused: no reconciler to reach")
+             "on" if webhook is not None else "off")
     return RunningApi(server, repository, refresher, service, lock_file, close_status)
 
 
@@ -158,6 +158,20 @@ def _sync_request(api: object, namespace: str) -> Callable[[], None]:
             request_sync(api, namespace)  # type: ignore[arg-type]
         except SyncRequestUnavailable as exc:
             raise TriggerUnavailable(str(exc)) from None
+
+    return trigger
+
+
+def _sync_file(state_dir: Path) -> Callable[[], None]:
+    """Beside a reconciler in another process on this host, a push is passed on through a file in
+    the state directory they share, which the reconciler reads every second."""
+    from reconciler.syncfile import request_sync
+
+    def trigger() -> None:
+        try:
+            request_sync(state_dir)
+        except OSError as exc:
+            raise TriggerUnavailable(f"could not request a cycle in {state_dir}: {exc.strerror or exc}") from None
 
     return trigger
 

@@ -18,6 +18,7 @@ from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
 from .state import StateStore
+from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
     from .cluster.connect import ClusterParts
@@ -41,7 +42,7 @@ class Service:
     scheduler: CycleScheduler | None = None
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
-    sync_requests: SyncRequestWatcher | None = None  # Kubernetes mode: cycles the API asks for
+    sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
 
     def request_cycle(self) -> None:
         if self.scheduler is not None:
@@ -50,6 +51,8 @@ class Service:
     def start(self) -> None:
         """Run cycles on the schedule; in Kubernetes mode only while this replica holds the Lease."""
         if self.cluster is None:
+            # An `ollama-gitops api` sharing the state directory asks for cycles through a file.
+            self.sync_requests = SyncFileWatcher(self.settings.state_dir, self.request_cycle).start()
             self._start_schedule()
             return
         from .cluster.election import LeaderElector

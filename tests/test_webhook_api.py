@@ -168,19 +168,6 @@ def test_webhooks_are_off_without_a_secret(api: ApiRig) -> None:
     assert response.json() == {"error": "webhooks are off: set OLLAMA_GITOPS_WEBHOOK_SECRET or --webhook-secret-file"}
 
 
-def test_the_api_alone_without_kubernetes_cannot_reach_a_reconciler(tmp_path: Path, ollama: OllamaStandin) -> None:
-    rig = ApiRig(tmp_path, ollama, webhook_secret=SECRET, with_reconciler=False)
-    rig.seed(("llama3.2", "1b"))
-    rig.start()
-    try:
-        assert post(rig, github(str(rig.remote), secret="wrong")).status_code == 401  # still checked first
-        response = post(rig, github(str(rig.remote)))
-        assert response.status_code == 501 and "serve" in response.json()["error"]
-        assert post(rig, github(str(rig.remote), ref="refs/heads/other")).status_code == 200
-    finally:
-        rig.stop()
-
-
 def test_the_secret_and_signatures_never_reach_the_logs(hooked: ApiRig, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     github_push = github(str(hooked.remote))
@@ -238,3 +225,44 @@ def test_a_burst_of_webhooks_during_a_cycle_makes_one_more_cycle(tmp_path: Path,
         assert git.Repo(rig.remote).commit("main").hexsha == rig.running.service.store.sync.last_applied_commit
     finally:
         rig.stop()
+
+
+def test_the_api_alone_asks_a_reconciler_in_another_process_through_the_state_directory(
+        tmp_path: Path, ollama: OllamaStandin) -> None:
+    """`ollama-gitops api` beside `ollama-gitops reconcile` on one host, sharing a state directory."""
+    import os
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    command = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+    rig = ApiRig(tmp_path, ollama, webhook_secret=SECRET, with_reconciler=False)
+    rig.seed(("llama3.2", "1b"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+    env["HOME"] = str(tmp_path / "home")
+    log = tmp_path / "reconcile.log"
+    with open(log, "w") as stderr:
+        reconciler = subprocess.Popen(
+            [command, "reconcile", "--repo", str(rig.remote), "--state-dir", str(rig.state_dir), "--ollama-url",
+             ollama.url, "--kubernetes", "off", "--interval", "3600"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        eventually(lambda: "action=pull" in log.read_text())  # its first cycle, at start
+        rig.start()
+        eventually(lambda: rig.client.get("/api/v1/models/llama3.2-1b").json().get("state") == "Ready")
+        rig.work.model("default", "gemma3", "1b")
+        rig.work.commit("Add gemma3")
+        rig.work.push()
+        assert post(rig, github(str(rig.remote))).status_code == 202
+        value = (rig.state_dir / "sync-requested").read_text().strip()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", value)
+        # The next scheduled cycle is an hour away: the request is what brings gemma3 in.
+        eventually(lambda: f"action=sync-requested at={value}" in log.read_text())
+        rig.running.repository.refresh()
+        eventually(lambda: rig.client.get("/api/v1/models/gemma3-1b").json().get("state") == "Ready")
+    finally:
+        rig.stop()
+        if reconciler.poll() is None:
+            reconciler.send_signal(signal.SIGTERM)
+            reconciler.wait(timeout=30)

@@ -5,6 +5,12 @@ at once that applies the pushed commit, with bursts coalesced."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +27,7 @@ from waiting import eventually
 from webhooks import SECRET, Sent, generic, gitea, github, gitlab
 
 PATH = "/api/v1/webhook"
+COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
 
 
 @pytest.fixture
@@ -230,14 +237,6 @@ def test_a_burst_of_webhooks_during_a_cycle_makes_one_more_cycle(tmp_path: Path,
 def test_the_api_alone_asks_a_reconciler_in_another_process_through_the_state_directory(
         tmp_path: Path, ollama: OllamaStandin) -> None:
     """`ollama-gitops api` beside `ollama-gitops reconcile` on one host, sharing a state directory."""
-    import os
-    import re
-    import shutil
-    import signal
-    import subprocess
-    import sys
-
-    command = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
     rig = ApiRig(tmp_path, ollama, webhook_secret=SECRET, with_reconciler=False)
     rig.seed(("llama3.2", "1b"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
@@ -245,7 +244,7 @@ def test_the_api_alone_asks_a_reconciler_in_another_process_through_the_state_di
     log = tmp_path / "reconcile.log"
     with open(log, "w") as stderr:
         reconciler = subprocess.Popen(
-            [command, "reconcile", "--repo", str(rig.remote), "--state-dir", str(rig.state_dir), "--ollama-url",
+            [COMMAND, "reconcile", "--repo", str(rig.remote), "--state-dir", str(rig.state_dir), "--ollama-url",
              ollama.url, "--kubernetes", "off", "--interval", "3600"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         eventually(lambda: "action=pull" in log.read_text())  # its first cycle, at start

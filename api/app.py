@@ -26,21 +26,25 @@ from reconciler.desired import ModelKey
 from reconciler.modelfile import ModelFields, fields_from_document
 from reconciler.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected
 
-from . import metrics
+from . import metrics, webhook
 from .catalog import Catalog, model_view
 from .repository import ModelsRepository
+from .webhook import WebhookConfig, WebhookRejected
 
 log = logging.getLogger("ollama_gitops.api")
 
 MAX_BODY_BYTES = 64 * 1024
 WRITE_QUEUE_TIMEOUT = 60.0  # seconds a write may wait for its turn before a 503
 OPEN_PATHS = frozenset({"/health", "/readiness", "/metrics"})
+# Paths that authenticate their callers themselves, without the API key: a Git host cannot send one.
+SELF_AUTHENTICATED_PATHS = frozenset({webhook.WEBHOOK_PATH})
 
 
 @dataclass(frozen=True)
 class ApiSettings:
     api_key: str | None
     namespace: str = "default"
+    webhook: WebhookConfig | None = None  # None: webhooks are off (no secret configured)
 
 
 def create_app(
@@ -49,13 +53,18 @@ def create_app(
     repository: ModelsRepository,
     on_written: Callable[[], None] = lambda: None,
     max_writers: int = 8,
+    on_push: Callable[[], None] | None = None,
 ) -> Flask:
-    """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle).
+    """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle);
+    `on_push` after every accepted webhook push (to start one at once, or have the reconciler do
+    so; it raises `webhook.TriggerUnavailable` when it cannot), and is needed when webhooks are on.
 
     At most `max_writers` requests wait on a push at once, so that a burst of writes never takes
     every server thread from reads and health probes; more wait their turn for a bounded time.
     """
     writers = threading.BoundedSemaphore(max_writers)
+    if settings.webhook is not None and on_push is None:
+        raise ValueError("webhooks need on_push: something to start a cycle with")
 
     def write(change: Change) -> None:
         if not writers.acquire(timeout=WRITE_QUEUE_TIMEOUT):
@@ -77,6 +86,10 @@ def create_app(
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
+        if request.path in SELF_AUTHENTICATED_PATHS:
+            # Before the body is read: push payloads are larger than the API's own bodies.
+            request.max_content_length = webhook.MAX_BODY_BYTES
+            return None
         if settings.api_key is None or request.path in OPEN_PATHS:
             return None
         offered = request.headers.get("X-API-Key", "")
@@ -160,6 +173,28 @@ def create_app(
                          for p in (desired.problems if desired else sync.problems)],
         }, 200)
 
+    @app.post(webhook.WEBHOOK_PATH)
+    def receive_webhook() -> Response:
+        if settings.webhook is None:
+            return _error("webhooks are off: set OLLAMA_GITOPS_WEBHOOK_SECRET or --webhook-secret-file", 404)
+        body = request.get_data()
+        try:
+            delivery, verdict = webhook.receive(settings.webhook, request.headers, body)
+        except WebhookRejected as rejected:
+            _log_webhook(rejected.envelope, None, "rejected", rejected.message, logging.WARNING)
+            return _error(rejected.message, rejected.status)
+        envelope = delivery.envelope
+        if not verdict.accepted:
+            _log_webhook(envelope, delivery.ref, verdict.status, verdict.reason)
+            return _json({"status": verdict.status, "reason": verdict.reason}, 200)
+        try:
+            on_push()  # type: ignore[misc]  # set whenever webhooks are on
+        except webhook.TriggerUnavailable as exc:
+            _log_webhook(envelope, delivery.ref, "unavailable", str(exc), logging.WARNING)
+            return _error(str(exc), 503)
+        _log_webhook(envelope, delivery.ref, "accepted", None)
+        return _json({"status": "accepted"}, 202)
+
     @app.errorhandler(_BadInput)
     def bad_input(error: _BadInput) -> Response:
         return _error(error.message, error.status)
@@ -187,6 +222,14 @@ def create_app(
         return _text("internal server error\n", 500)
 
     return app
+
+
+def _log_webhook(envelope: webhook.Envelope, ref: str | None, outcome: str, reason: str | None,
+                 level: int = logging.INFO) -> None:
+    # Never the secret, a signature or a token: who sent what, and what came of it.
+    metrics.WEBHOOKS.labels(envelope.provider, outcome).inc()
+    log.log(level, "action=webhook provider=%s delivery=%s event=%r ref=%r outcome=%s reason=%r",
+            envelope.provider, envelope.delivery_id or "-", envelope.event[:100], (ref or "")[:200], outcome, reason)
 
 
 def _openapi_document() -> bytes:

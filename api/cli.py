@@ -55,12 +55,30 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
                         help="allow listening beyond loopback without an API key")
     parser.add_argument("--threads", type=int, default=int(env(f"{ENV_PREFIX}THREADS", "16")),
                         help="request threads (default 16)")
+    parser.add_argument("--webhook-secret-file", default=env(f"{ENV_PREFIX}WEBHOOK_SECRET_FILE"),
+                        help="file holding the secret shared with the Git host's webhook; it wins over "
+                             f"{ENV_PREFIX}WEBHOOK_SECRET (without either, POST /api/v1/webhook is off)")
 
 
 def _api_key(key_file: str | None) -> str | None:
     if key_file:
         return Path(key_file).read_text(encoding="utf-8").strip() or None
     return os.environ.get(f"{ENV_PREFIX}API_KEY") or None
+
+
+def webhook_secret(secret_file: str | None) -> str | None:
+    """The webhook secret: the file's content without one trailing newline (the file wins, as for
+    every other secret), else `OLLAMA_GITOPS_WEBHOOK_SECRET`; None when neither is set (webhooks off).
+
+    Only one newline goes: an editor or `echo` adds it, while other whitespace may be part of a
+    secret a Git host was given. An empty file is an error, not webhooks quietly off."""
+    if secret_file:
+        secret = Path(secret_file).read_text(encoding="utf-8")
+        secret = secret[:-2] if secret.endswith("\r\n") else secret[:-1] if secret.endswith("\n") else secret
+        if not secret:
+            raise ValueError(f"--webhook-secret-file {secret_file} is empty")
+        return secret
+    return os.environ.get(f"{ENV_PREFIX}WEBHOOK_SECRET") or None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -77,7 +95,7 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
     reconciler_cli.configure_logging(args.log_level)
     try:
         options = runtime.ApiOptions(args.listen, _api_key(args.api_key_file), args.namespace, args.git_author,
-                                     args.insecure_no_auth, args.threads)
+                                     args.insecure_no_auth, args.threads, webhook_secret(args.webhook_secret_file))
         running = runtime.start(Settings.from_args(args), options, with_reconciler=with_reconciler)
     except (runtime.ConfigurationError, ReconcilerConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)

@@ -9,3 +9,5 @@ REQUESTS = Counter("ollama_api_requests_total", "Total number of HTTP requests t
                    ["method", "path", "status"])
 DURATION = Histogram("ollama_api_request_duration_seconds", "Duration of HTTP requests to the Ollama API server",
                      ["method", "path"])
+WEBHOOKS = Counter("ollama_gitops_webhooks_total", "Webhook deliveries, by provider and outcome "
+                   "(accepted, ignored, pong, rejected, unavailable)", ["provider", "outcome"])

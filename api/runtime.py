@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -24,6 +26,7 @@ from .app import ApiSettings, create_app
 from .catalog import Catalog, StatusSource
 from .repository import ModelsRepository
 from .server import ApiServer, is_loopback, parse_listen
+from .webhook import TriggerUnavailable, WebhookConfig
 
 log = logging.getLogger("ollama_gitops.api")
 
@@ -40,6 +43,7 @@ class ApiOptions:
     git_author: str
     insecure_no_auth: bool
     threads: int = 16
+    webhook_secret: str | None = field(default=None, repr=False)  # None: webhooks are off
 
 
 @dataclass
@@ -49,6 +53,7 @@ class RunningApi:
     refresher: CycleScheduler
     service: reconciler_service.Service | None = None
     lock_file: TextIO | None = None
+    close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
@@ -57,6 +62,7 @@ class RunningApi:
         self.repository.writer.close()
         if self.service is not None:
             self.service.stop()
+        self.close_status()
         if self.lock_file is not None:
             self.lock_file.close()
 
@@ -86,39 +92,88 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     lock_file = _lock_api_clone(settings.state_dir)
     service = None
+    close_status: Callable[[], None] = lambda: None
+    trigger: Callable[[], None]  # what an accepted webhook push calls to start a cycle
     if with_reconciler:
         service = reconciler_service.build(settings)
         status: StatusSource = service.store
         follow = None
         on_written = service.request_cycle
+        if service.cluster is not None:
+            trigger = _sync_request(service.cluster.api, settings.leader_election_namespace)
+        else:
+            trigger = service.request_cycle
     elif reconciler_service.kubernetes_mode(settings):
         # Apart from the reconciler in a cluster: status is read from the resources (get, list, watch).
         from reconciler.cluster.connect import ClusterStatusSource, ClusterUnavailable, api_client, start_cache
 
         try:
-            status = ClusterStatusSource(start_cache(api_client()))
+            kube = api_client()
+            cache = start_cache(kube)
         except ClusterUnavailable as exc:
             raise ConfigurationError(str(exc)) from None
+        status, close_status = ClusterStatusSource(cache), cache.stop
         follow, on_written = None, (lambda: None)
+        trigger = _sync_request(kube, settings.leader_election_namespace)
     else:
         store = StateStore(settings.state_dir, readonly=True)
         status, follow, on_written = store, _throttled(store.follow, 1.0), (lambda: None)
-    repo = GitRepo(reconciler_service.repository_url(settings), settings.branch, settings.state_dir / "api.git",
-                   settings.credentials)
+        trigger = _sync_file(settings.state_dir)
+    url = reconciler_service.repository_url(settings)
+    repo = GitRepo(url, settings.branch, settings.state_dir / "api.git", settings.credentials)
     repository = ModelsRepository(repo, ModelWriter(repo, author))
     catalog = Catalog(lambda: repository.desired, status, follow)
-    app = create_app(ApiSettings(options.api_key, options.namespace), catalog, repository, on_written,
-                     max_writers=max(1, options.threads // 2))
+    refresher = CycleScheduler(repository.refresh, settings.interval)
+    webhook = None
+    if options.webhook_secret:
+        # A local repository is matched by its absolute path, however --repo spelt it.
+        webhook = WebhookConfig(options.webhook_secret, os.path.abspath(url) if os.path.exists(url) else url,
+                                settings.branch)
+
+    def on_push() -> None:
+        trigger()
+        refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
+
+    app = create_app(ApiSettings(options.api_key, options.namespace, webhook), catalog, repository, on_written,
+                     max_writers=max(1, options.threads // 2), on_push=on_push)
     _register_collector(status)
     server = ApiServer(app, host, port, threads=options.threads).start()
-    refresher = CycleScheduler(repository.refresh, settings.interval)
     if schedules:
         refresher.start()
         if service is not None:
             service.start()
-    log.info("API listening on %s (namespace %s, %s)", server.url, options.namespace,
-             "API key required" if options.api_key else "no authentication")
-    return RunningApi(server, repository, refresher, service, lock_file)
+    log.info("API listening on %s (namespace %s, %s, webhooks %s)", server.url, options.namespace,
+             "API key required" if options.api_key else "no authentication",
+             "on" if webhook is not None else "off")
+    return RunningApi(server, repository, refresher, service, lock_file, close_status)
+
+
+def _sync_request(api: object, namespace: str) -> Callable[[], None]:
+    """In Kubernetes mode a push is passed on through the ConfigMap that the reconciler watches,
+    whichever replica leads (it may be another process, or another pod)."""
+    from reconciler.cluster.syncrequest import SyncRequestUnavailable, request_sync
+
+    def trigger() -> None:
+        try:
+            request_sync(api, namespace)  # type: ignore[arg-type]
+        except SyncRequestUnavailable as exc:
+            raise TriggerUnavailable(str(exc)) from None
+
+    return trigger
+
+
+def _sync_file(state_dir: Path) -> Callable[[], None]:
+    """Beside a reconciler in another process on this host, a push is passed on through a file in
+    the state directory they share, which the reconciler reads every second."""
+    from reconciler.syncfile import request_sync
+
+    def trigger() -> None:
+        try:
+            request_sync(state_dir)
+        except OSError as exc:
+            raise TriggerUnavailable(f"could not request a cycle in {state_dir}: {exc.strerror or exc}") from None
+
+    return trigger
 
 
 def _lock_api_clone(state_dir: Path) -> TextIO:

@@ -53,6 +53,12 @@ class CycleScheduler:
             except LookupError:  # shutting down
                 pass
 
+    @property
+    def busy(self) -> bool:
+        """A cycle is running, or has been requested and not started yet."""
+        with self._lock:
+            return self._running or self._requested.is_set()
+
     def shutdown(self, wait: bool = True) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)

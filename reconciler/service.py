@@ -18,10 +18,12 @@ from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
 from .state import StateStore
+from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
     from .cluster.connect import ClusterParts
     from .cluster.election import LeaderElector
+    from .cluster.syncrequest import SyncRequestWatcher
 
 log = logging.getLogger("ollama_gitops")
 
@@ -40,6 +42,7 @@ class Service:
     scheduler: CycleScheduler | None = None
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
+    sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
 
     def request_cycle(self) -> None:
         if self.scheduler is not None:
@@ -48,10 +51,18 @@ class Service:
     def start(self) -> None:
         """Run cycles on the schedule; in Kubernetes mode only while this replica holds the Lease."""
         if self.cluster is None:
+            # An `ollama-gitops api` sharing the state directory asks for cycles through a file.
+            self.sync_requests = SyncFileWatcher(self.settings.state_dir, self.request_cycle).start()
             self._start_schedule()
             return
         from .cluster.election import LeaderElector
+        from .cluster.syncrequest import SyncRequestWatcher
 
+        # Every replica watches (and creates, if missing) the ConfigMap the API annotates on a
+        # webhook push; only the one holding the Lease acts on it.
+        self.sync_requests = SyncRequestWatcher(
+            self.cluster.api, self.settings.leader_election_namespace, self.request_cycle,
+            leading=lambda: self.elector is not None and self.elector.is_leader).start()
         lease = self.settings.lease_duration
         self.elector = LeaderElector(
             self.cluster.api, namespace=self.settings.leader_election_namespace, identity=_identity(),
@@ -75,6 +86,8 @@ class Service:
     def stop(self) -> None:
         if self.elector is not None:
             self.elector.stop()
+        if self.sync_requests is not None:
+            self.sync_requests.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self.reconciler.close()

@@ -26,7 +26,8 @@ def settings_for(state_dir: Path, repo: str, ollama_url: str, *extra: str) -> Se
 
 class ApiRig:
     def __init__(self, tmp_path: Path, ollama: OllamaStandin, *, api_key: str | None = API_KEY,
-                 with_reconciler: bool = True, state_dir: Path | None = None, remote: Path | None = None) -> None:
+                 with_reconciler: bool = True, state_dir: Path | None = None, remote: Path | None = None,
+                 webhook_secret: str | None = None, schedules: bool = False) -> None:
         self.tmp_path = tmp_path
         self.ollama = ollama
         self.remote = remote or init_bare(tmp_path / "remote.git")
@@ -34,6 +35,8 @@ class ApiRig:
         self.api_key = api_key
         self.state_dir = state_dir or tmp_path / "state"
         self.with_reconciler = with_reconciler
+        self.webhook_secret = webhook_secret
+        self.schedules = schedules
         self.running: runtime.RunningApi | None = None
         self.client: httpx.Client | None = None
 
@@ -46,10 +49,13 @@ class ApiRig:
 
     def start(self) -> ApiRig:
         settings = settings_for(self.state_dir, str(self.remote), self.ollama.url)
-        options = runtime.ApiOptions("127.0.0.1:0", self.api_key, "default", "API Test <api@example.com>", False)
-        # No schedules: the test runs each fetch and cycle itself, so what it observes is certain.
-        self.running = runtime.start(settings, options, with_reconciler=self.with_reconciler, schedules=False)
-        self.running.repository.refresh()
+        options = runtime.ApiOptions("127.0.0.1:0", self.api_key, "default", "API Test <api@example.com>", False,
+                                     webhook_secret=self.webhook_secret)
+        # By default no schedules: the test runs each fetch and cycle itself, so what it observes is
+        # certain. With them, cycles run on their own (the first at once, then on request).
+        self.running = runtime.start(settings, options, with_reconciler=self.with_reconciler, schedules=self.schedules)
+        if not self.schedules:  # with them, the refresher's first fetch runs at once on its own
+            self.running.repository.refresh()
         headers = {"X-API-Key": self.api_key} if self.api_key else {}
         self.client = httpx.Client(base_url=self.running.server.url, headers=headers, timeout=30)
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from reconciler.scheduler import CycleScheduler
+from waiting import eventually
 
 
 def test_first_cycle_runs_at_start_and_requests_run_at_once() -> None:
@@ -68,5 +69,28 @@ def test_a_crashing_cycle_does_not_stop_the_schedule() -> None:
         assert ran.acquire(timeout=10)
         scheduler.request_cycle()
         assert ran.acquire(timeout=10)
+    finally:
+        scheduler.shutdown()
+
+
+def test_busy_while_a_cycle_runs_or_waits_to() -> None:
+    inside = threading.Event()
+    proceed = threading.Event()
+    calls = []
+
+    def cycle() -> None:
+        calls.append(1)
+        inside.set()
+        proceed.wait(10)
+
+    scheduler = CycleScheduler(cycle, interval=3600)
+    assert not scheduler.busy
+    scheduler.start()
+    try:
+        assert inside.wait(10) and scheduler.busy
+        scheduler.request_cycle()
+        proceed.set()
+        eventually(lambda: not scheduler.busy)
+        assert len(calls) == 2  # idle now: no cycle left to run, none requested
     finally:
         scheduler.shutdown()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from gitrepos import WorkRepo, init_bare
 from standins.ollama_server import OllamaStandin
@@ -45,6 +46,69 @@ def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: Ol
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert "secret" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_webhook_secret_from_a_file_or_the_environment(tmp_path: Path, monkeypatch) -> None:
+    from api.cli import webhook_secret
+
+    monkeypatch.delenv("OLLAMA_GITOPS_WEBHOOK_SECRET", raising=False)
+    assert webhook_secret(None) is None  # webhooks off
+    monkeypatch.setenv("OLLAMA_GITOPS_WEBHOOK_SECRET", "from-env")
+    assert webhook_secret(None) == "from-env"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-file\n")
+    assert webhook_secret(str(secret_file)) == "from-file"  # the file wins, without its newline
+    secret_file.write_bytes(b" spaced secret \r\n")
+    assert webhook_secret(str(secret_file)) == " spaced secret "  # only the one newline goes
+    secret_file.write_text("two\n\n")
+    assert webhook_secret(str(secret_file)) == "two\n"
+    secret_file.write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        webhook_secret(str(secret_file))
+    monkeypatch.setenv("OLLAMA_GITOPS_WEBHOOK_SECRET", "")
+    assert webhook_secret(None) is None
+
+
+def test_serve_takes_a_webhook_and_never_logs_its_secret(tmp_path: Path, ollama: OllamaStandin) -> None:
+    from webhooks import github
+
+    secret = "s3cret-webhook-value"
+    remote = init_bare(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "llama3.2", "1b")
+    work.commit()
+    work.push()
+    (tmp_path / "webhook-secret").write_text(secret + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+    env.update({"HOME": str(tmp_path)})
+    log = tmp_path / "serve.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
+             "--listen", "127.0.0.1:0", "--kubernetes", "off", "--webhook-secret-file", str(tmp_path / "webhook-secret"),
+             "--log-level", "DEBUG"],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        url = eventually(lambda: (m := re.search(r"API listening on (http://\S+)", log.read_text())) and m.group(1))
+        assert "webhooks on" in log.read_text()
+        eventually(lambda: httpx.get(f"{url}/api/v1/models/llama3.2-1b").json().get("state") == "Ready")
+        work.model("default", "gemma3", "1b")
+        work.commit("add gemma3")
+        work.push()
+        wrong = github(str(remote), secret="guess")
+        assert httpx.post(f"{url}/api/v1/webhook", content=wrong.body, headers=wrong.headers).status_code == 401
+        sent = github(str(remote), secret=secret)
+        assert httpx.post(f"{url}/api/v1/webhook", content=sent.body, headers=sent.headers).status_code == 202
+        eventually(lambda: httpx.get(f"{url}/api/v1/models/gemma3-1b").json().get("state") == "Ready")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        text = log.read_text()
+        assert f"delivery={sent.delivery_id}" in text and "outcome=accepted" in text
+        for value in (secret, sent.headers["X-Hub-Signature-256"][len("sha256="):], wrong.headers["X-Hub-Signature-256"][7:]):
+            assert value not in text
     finally:
         if process.poll() is None:
             process.kill()

@@ -832,3 +832,88 @@ def test_a_crd_schema_prunes_unknown_fields_and_validates():
         with pytest.raises(ApiException) as exc:
             api.patch_namespaced_custom_object(G, V, NS, P, "llama", {"spec": {"tag": ""}})
         assert exc.value.status == 422 and "spec.tag" in status_of(exc.value)["message"]
+
+
+# ------------------------------------------------------------------------------------------------
+# ConfigMaps
+
+
+def test_config_maps_create_patch_and_read_back(kube, api_client):
+    core = client.CoreV1Api(api_client)
+    created = core.create_namespaced_config_map(NS, {"metadata": {"name": "sync"}, "data": {"a.b": "1"}})
+    assert created.metadata.resource_version and created.data == {"a.b": "1"}
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(NS, {"metadata": {"name": "sync"}})
+    assert exc.value.status == 409 and status_of(exc.value)["reason"] == "AlreadyExists"
+    patched = core.patch_namespaced_config_map("sync", NS, {"metadata": {"annotations": {"x.dev/at": "now"}}},
+                                               _content_type="application/merge-patch+json")
+    assert patched.metadata.annotations == {"x.dev/at": "now"} and patched.data == {"a.b": "1"}
+    assert int(patched.metadata.resource_version) > int(created.metadata.resource_version)
+    again = core.patch_namespaced_config_map("sync", NS, {"metadata": {"annotations": {"x.dev/at": "now"}}},
+                                             _content_type="application/merge-patch+json")
+    assert again.metadata.resource_version == patched.metadata.resource_version  # a no-op write stores nothing
+    with pytest.raises(ApiException) as exc:
+        core.patch_namespaced_config_map("missing", NS, {"metadata": {"annotations": {"a": "b"}}},
+                                         _content_type="application/merge-patch+json")
+    assert exc.value.status == 404 and status_of(exc.value)["message"] == 'configmaps "missing" not found'
+    emptied = core.patch_namespaced_config_map("sync", NS, {"data": None}, _content_type="application/merge-patch+json")
+    assert emptied.data is None and "data" not in kube.config_maps(NS)[0]
+    assert [c["metadata"]["name"] for c in kube.config_maps()] == ["sync"]
+
+
+@pytest.mark.parametrize(("data", "binary", "fragment"), [
+    ({"bad key": "x"}, None, "data[bad key]: Invalid value: \"bad key\": a valid config key must consist of"),
+    ({"..": "x"}, None, "must not be '..'"),
+    ({"..x": "x"}, None, "must not start with '..'"),
+    ({"k": "x"}, {"k": "eA=="}, "duplicate of key present in binaryData"),
+    ({"k": "x" * (1024 * 1024)}, None, "Too long: must have at most 1048576 bytes"),
+])
+def test_config_map_validation_is_422(api_client, data, binary, fragment):
+    core = client.CoreV1Api(api_client)
+    body = {"metadata": {"name": "cm"}, "data": data}
+    if binary:
+        body["binaryData"] = binary
+    with pytest.raises(ApiException) as exc:
+        core.create_namespaced_config_map(NS, body)
+    assert exc.value.status == 422 and fragment in status_of(exc.value)["message"], status_of(exc.value)
+
+
+def test_config_map_values_must_be_strings_and_binary_data_base64(kube):
+    import httpx  # the client refuses a number before sending it: say it over plain HTTP
+
+    for body, fragment in (({"metadata": {"name": "cm"}, "data": {"k": 1}}, "ConfigMap.data of type string"),
+                           ({"metadata": {"name": "cm"}, "binaryData": {"k": "not base64!"}}, "illegal base64 data")):
+        answer = httpx.post(f"{kube.url}/api/v1/namespaces/{NS}/configmaps", json=body)
+        assert answer.status_code == 400 and fragment in answer.json()["message"]
+    assert kube.config_maps() == []
+
+
+def test_an_immutable_config_map_keeps_its_data_but_not_its_metadata(api_client):
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "cm"}, "data": {"k": "v"}, "immutable": True})
+    patched = core.patch_namespaced_config_map("cm", NS, {"metadata": {"labels": {"a": "b"}}},
+                                               _content_type="application/merge-patch+json")
+    assert patched.metadata.labels == {"a": "b"}
+    for change in ({"data": {"k": "w"}}, {"immutable": False}):
+        with pytest.raises(ApiException) as exc:
+            core.patch_namespaced_config_map("cm", NS, change, _content_type="application/merge-patch+json")
+        assert exc.value.status == 422 and "field is immutable when `immutable` is set" in status_of(exc.value)["message"]
+
+
+def test_config_map_watch_by_name_sees_only_that_one(kube, api_client):
+    core = client.CoreV1Api(api_client)
+    listed = core.list_namespaced_config_map(NS, field_selector="metadata.name=sync")
+    assert listed.items == []
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "other"}})
+    core.create_namespaced_config_map(NS, {"metadata": {"name": "sync"}})
+    core.patch_namespaced_config_map("sync", NS, {"metadata": {"annotations": {"a": "1"}}},
+                                     _content_type="application/merge-patch+json")
+    w = watch.Watch()
+    seen = []
+    for event in w.stream(core.list_namespaced_config_map, NS, field_selector="metadata.name=sync",
+                          resource_version=listed.metadata.resource_version, timeout_seconds=5):
+        seen.append((event["type"], event["raw_object"]["metadata"]["name"],
+                     (event["raw_object"]["metadata"].get("annotations") or {}).get("a")))
+        if len(seen) == 2:
+            w.stop()
+    assert seen == [("ADDED", "sync", None), ("MODIFIED", "sync", "1")]

@@ -474,3 +474,21 @@ def test_request_log_and_counters(standin: OllamaStandin, client: ollama.Client)
     ]
     assert standin.pull_count == {"llama3.2:latest": 1, "unknown:latest": 1}
     assert standin.delete_count == {"llama3.2:latest": 2}
+
+
+def test_held_listings_block_until_released(standin: OllamaStandin) -> None:
+    standin.install("llama3.2:1b", 1000)
+
+    def listing() -> list[str]:
+        with ollama.Client(host=standin.url, timeout=TIMEOUT) as own:
+            return [m.model for m in own.list().models]
+
+    with standin.hold_listings() as gate, ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(listing)
+        assert gate.wait_for_listings(1, timeout=TIMEOUT) and gate.held == 1
+        assert not future.done()
+        with ollama.Client(host=standin.url, timeout=TIMEOUT) as other:
+            assert other.show("llama3.2:1b").details is not None  # other calls still answer
+        gate.release()
+        assert future.result(timeout=TIMEOUT) == ["llama3.2:1b"]
+    assert listing() == ["llama3.2:1b"]  # a released gate holds nothing any more

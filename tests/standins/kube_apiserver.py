@@ -9,6 +9,8 @@ talks to. It serves, with the semantics of kube-apiserver where a controller dep
 - core ``v1`` Events and ``events.k8s.io/v1`` Events (validated like the real server, recorded);
 - core ``v1`` Namespaces (``default``, ``kube-system``, ``kube-public`` and ``kube-node-lease``
   exist from the start; deleting one terminates it and deletes its content);
+- core ``v1`` ConfigMaps (keys of ``data`` and ``binaryData`` validated, string values, base64
+  ``binaryData``, the 1 MiB limit, ``immutable``);
 - discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/{group}[/{version}]``, ``/version``).
 
 Behaviour modelled on kube-apiserver:
@@ -144,8 +146,9 @@ LEASES = _ResourceType("coordination.k8s.io", "v1", "leases", "lease", "Lease", 
 CORE_EVENTS = _ResourceType("", "v1", "events", "event", "Event", True, short_names=("ev",))
 EVENTS_V1 = _ResourceType("events.k8s.io", "v1", "events", "event", "Event", True, short_names=("ev",))
 NAMESPACES = _ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, short_names=("ns",))
+CONFIGMAPS = _ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, short_names=("cm",))
 
-_TYPES = (OLLAMAMODELS, LEASES, CORE_EVENTS, EVENTS_V1, NAMESPACES)
+_TYPES = (OLLAMAMODELS, LEASES, CORE_EVENTS, EVENTS_V1, NAMESPACES, CONFIGMAPS)
 _BY_GVR = {(t.group, t.version, t.plural): t for t in _TYPES}
 
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -206,7 +209,7 @@ def _bad_request(message: str) -> _ApiError:
 @dataclass
 class _Cause:
     field: str
-    kind: str  # Invalid | Required | Forbidden | NotSupported
+    kind: str  # Invalid | Required | Forbidden | TooLong | NotSupported
     detail: str
     value: Any = None
 
@@ -217,11 +220,13 @@ class _Cause:
             return "Required value" + (f": {self.detail}" if self.detail else "")
         if self.kind == "Forbidden":
             return f"Forbidden: {self.detail}"
+        if self.kind == "TooLong":
+            return f"Too long: {self.detail}"
         return f"Unsupported value: {_go_repr(self.value)}: {self.detail}"
 
     def reason(self) -> str:
         return {"Invalid": "FieldValueInvalid", "Required": "FieldValueRequired",
-                "Forbidden": "FieldValueForbidden"}.get(self.kind, "FieldValueNotSupported")
+                "Forbidden": "FieldValueForbidden", "TooLong": "FieldValueTooLong"}.get(self.kind, "FieldValueNotSupported")
 
 
 def _go_repr(value: Any) -> str:
@@ -278,6 +283,10 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_CONFIG_KEY_MSG = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  "
+                   "or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')")
+_CONFIG_MAP_MAX_BYTES = 1024 * 1024  # corev1.MaxSecretSize, which ConfigMaps share
 _SUBDOMAIN_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
                   "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
                   "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
@@ -821,6 +830,8 @@ class _Store:
             causes += self._event_causes(rt, obj)
         if rt is OLLAMAMODELS and self.schema is not None:
             causes += self._schema_causes(obj)
+        if rt is CONFIGMAPS:
+            causes += self._config_map_causes(obj, old)
         if causes:
             raise _invalid(rt, name, causes)
 
@@ -846,6 +857,35 @@ class _Store:
                 causes.append(_Cause("note", "Invalid", "can have at most 1024 characters", "..."))
         elif obj.get("type") and obj["type"] not in ("Normal", "Warning"):
             causes.append(_Cause("type", "NotSupported", 'supported values: "Normal", "Warning"', obj["type"]))
+        return causes
+
+    @staticmethod
+    def _config_map_causes(obj: Obj, old: Obj | None) -> list[_Cause]:
+        """ValidateConfigMap and ValidateConfigMapUpdate of kube-apiserver (values were decoded already)."""
+        causes: list[_Cause] = []
+        data, binary = obj.get("data") or {}, obj.get("binaryData") or {}
+        size = 0
+        for field_name, entries in (("data", data), ("binaryData", binary)):
+            for key, value in entries.items():
+                path = f"{field_name}[{key}]"
+                if len(key) > 253:
+                    causes.append(_Cause(path, "Invalid", "must be no more than 253 characters", key))
+                elif not _CONFIG_KEY.match(key):
+                    causes.append(_Cause(path, "Invalid", _CONFIG_KEY_MSG, key))
+                elif key in (".", ".."):
+                    causes.append(_Cause(path, "Invalid", f"must not be '{key}'", key))
+                elif key.startswith(".."):
+                    causes.append(_Cause(path, "Invalid", "must not start with '..'", key))
+                if field_name == "data" and key in binary:
+                    causes.append(_Cause(path, "Invalid", "duplicate of key present in binaryData", key))
+                size += len(key) + len(value.encode() if field_name == "data" else base64.b64decode(value))
+        if size > _CONFIG_MAP_MAX_BYTES:
+            causes.append(_Cause("[]", "TooLong", f"must have at most {_CONFIG_MAP_MAX_BYTES} bytes"))
+        if old is not None and old.get("immutable"):
+            if not obj.get("immutable"):
+                causes.append(_Cause("immutable", "Forbidden", "field is immutable when `immutable` is set"))
+            if (old.get("data") or {}) != data or (old.get("binaryData") or {}) != binary:
+                causes.append(_Cause("data", "Forbidden", "field is immutable when `immutable` is set"))
         return causes
 
     def _schema_causes(self, obj: Obj) -> list[_Cause]:
@@ -923,6 +963,11 @@ class _Store:
                     obj[k] = _time(obj[k])
         if rt is OLLAMAMODELS and self.schema is not None:
             _prune(obj, self.schema, top=True)
+        if rt is CONFIGMAPS:
+            _check_config_map_values(obj)
+            for k in ("data", "binaryData"):  # Go's omitempty maps: an empty one is not stored
+                if k in obj and not obj[k]:
+                    del obj[k]
 
     def create(self, rt: _ResourceType, ns: str | None, body: Obj, manager: str, dry_run: bool) -> Obj:
         with self.lock:
@@ -1290,6 +1335,26 @@ class _GoHex0:
 
     def __str__(self) -> str:
         return "0x0"
+
+
+def _check_config_map_values(obj: Obj) -> None:
+    """What decoding a ConfigMap refuses before validation: values that are not strings (400)."""
+    for field_name in ("data", "binaryData"):
+        entries = obj.get(field_name)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise _bad_request(f"json: cannot unmarshal {type(entries).__name__} into Go struct field "
+                               f"ConfigMap.{field_name} of type map[string]")
+        for key, value in entries.items():
+            if not isinstance(value, str):
+                raise _bad_request(f"json: cannot unmarshal {type(value).__name__} into Go struct field "
+                                   f"ConfigMap.{field_name} of type {'string' if field_name == 'data' else '[]uint8'}")
+            if field_name == "binaryData":
+                try:
+                    base64.b64decode(value, validate=True)
+                except ValueError:
+                    raise _bad_request(f"illegal base64 data in ConfigMap.binaryData[{key}]") from None
 
 
 def _drop_nulls(value: Any) -> Any:
@@ -1738,7 +1803,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class KubeStandin:
-    """A stand-in kube-apiserver on 127.0.0.1 serving OllamaModels, Leases, Events and Namespaces.
+    """A stand-in kube-apiserver on 127.0.0.1 serving OllamaModels, Leases, Events, Namespaces and ConfigMaps.
 
     Use as a context manager (``with KubeStandin() as kube: ...``) or call `start` and `stop`.
 
@@ -1856,6 +1921,12 @@ class KubeStandin:
         """The stored Leases (deep copies), sorted by namespace and name."""
         with self._store.lock:
             return [_copy(o) for k, o in sorted(self._store.objects[LEASES.key].items())
+                    if namespace is None or k[0] == namespace]
+
+    def config_maps(self, namespace: str | None = None) -> list[dict]:
+        """The stored ConfigMaps (deep copies), sorted by namespace and name."""
+        with self._store.lock:
+            return [_copy(o) for k, o in sorted(self._store.objects[CONFIGMAPS.key].items())
                     if namespace is None or k[0] == namespace]
 
     def events(self) -> list[dict]:

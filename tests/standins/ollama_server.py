@@ -30,6 +30,7 @@ Typical use::
 
 Test hooks: ``fail_next_pulls`` (pulls fail mid-stream), ``hold_pulls`` (pulls
 block mid-stream until released, to observe concurrency deterministically),
+``hold_listings`` (``/api/tags`` blocks until released: a reconcile cycle held mid-way),
 ``stop``/``restart`` (connection refused, then back on the same port),
 ``install``/``remove`` (changes made by hand on the host), and the
 ``pull_count``/``delete_count``/``requests`` logs.
@@ -52,7 +53,7 @@ from types import TracebackType
 from typing import Any, Callable, Generator
 from urllib.parse import urlsplit
 
-__all__ = ["OllamaStandin", "PullGate"]
+__all__ = ["ListingGate", "OllamaStandin", "PullGate"]
 
 # Error texts exactly as the real server words them.
 INVALID_NAME_ERROR = "invalid model name"
@@ -242,6 +243,14 @@ class PullGate:
         self.release()
 
 
+class ListingGate(PullGate):
+    """Holds ``GET /api/tags`` until released; returned by ``OllamaStandin.hold_listings()``."""
+
+    def wait_for_listings(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until ``n`` listings have reached the gate; False on timeout."""
+        return self.wait_for_pulls(n, timeout)
+
+
 class _PullAborted(Exception):
     """The stand-in was stopped while a pull was running: the pull installs nothing."""
 
@@ -420,7 +429,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"models": []})
 
     def _tags(self, body: bytes) -> None:
-        self._send_json(200, {"models": self.server.standin._tags_payload()})
+        standin = self.server.standin
+        with standin._lock:
+            gate = standin._listing_gate
+        if gate is not None:
+            gate._hold()
+        self._send_json(200, {"models": standin._tags_payload()})
 
     def _show(self, body: bytes) -> None:
         ref = self._model_field(body)
@@ -534,6 +548,7 @@ class OllamaStandin:
         self._failures: dict[str, tuple[int, str]] = {}  # key -> (times left, message)
         self._gate: PullGate | None = None  # the gate new pulls stop at
         self._gates: list[PullGate] = []  # every gate handed out, released by stop()
+        self._listing_gate: ListingGate | None = None  # the gate listings stop at
         self._pull_delay = 0.0
         # Bumped by stop(): a pull started under an older generation is cut off.
         self._generation = 0
@@ -587,7 +602,7 @@ class OllamaStandin:
             server, self._server = self._server, None
             if server is None:
                 return  # not running: nothing to do
-            gates, self._gates, self._gate = self._gates, [], None
+            gates, self._gates, self._gate, self._listing_gate = self._gates, [], None, None
             self._generation += 1
             self._stopped.set()
         for gate in gates:
@@ -688,6 +703,15 @@ class OllamaStandin:
         gate = PullGate()
         with self._lock:
             self._gate = gate
+            self._gates.append(gate)
+        return gate
+
+    def hold_listings(self) -> ListingGate:
+        """Make ``GET /api/tags`` block until the returned gate is released: a
+        reconcile cycle that lists Ollama stays in the middle of its run."""
+        gate = ListingGate()
+        with self._lock:
+            self._listing_gate = gate
             self._gates.append(gate)
         return gate
 

@@ -25,6 +25,7 @@ from apirig import settings_for
 from gitrepos import WorkRepo, init_bare
 from standins.kube_apiserver import KubeStandin, RequestRecord
 from waiting import eventually
+from webhooks import SECRET, github
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -34,7 +35,7 @@ OVERLAY_EXAMPLES = ROOT / "examples" / "kubernetes"
 KUBERNETES_VERSION = "1.30"  # the oldest release the manifests are checked against (strict schemas)
 NAMESPACE = "ollama-gitops"
 IMAGE = "ghcr.io/example/ollama-gitops"
-SYNC_CONFIGMAP = "ollama-gitops-sync"  # webhook sync requests: rules ahead of the code (SYNC_REQUEST_RULES)
+SYNC_CONFIGMAP = "ollama-gitops-sync"  # webhook sync requests: the API patches it, the reconciler watches it
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -543,6 +544,10 @@ def accesses(record: RequestRecord) -> list[Access]:
         namespace, rest = rest[1], rest[2:]
     resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
     name = rest[1] if len(rest) > 1 else None
+    if name is None and record.verb in ("list", "watch"):
+        # kube-apiserver authorizes a list or watch narrowed to one name as a request for that name.
+        selector = record.query.get("fieldSelector") or ""
+        name = selector.removeprefix("metadata.name=") if re.fullmatch(r"metadata\.name=[^,]+", selector) else None
     verbs = [record.verb]
     if record.verb == "patch" and "apply-patch" in (record.content_type or "") and len(rest) == 2:
         verbs.append("create")
@@ -582,21 +587,6 @@ def grants(objects: list[dict], account: str) -> list[Grant]:
     return found
 
 
-# The rules for webhook sync requests, which precede the code that makes them: the API asks for a
-# cycle by patching the ConfigMap ollama-gitops-sync, which the reconciler creates and watches. Until
-# that code lands they are held to exactly this; once its requests show in the log, they count.
-SYNC_REQUEST_RULES = {
-    "ollama-gitops-reconciler": [
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [SYNC_CONFIGMAP],
-         "verbs": ["get", "list", "watch", "patch"]},
-    ],
-    "ollama-gitops-api": [
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [SYNC_CONFIGMAP], "verbs": ["patch"]},
-    ],
-}
-
-
 def check_exact(objects: list[dict], account: str, log: list[RequestRecord]) -> set[tuple[str, str, str]]:
     """Every request in `log` is allowed to `account`, and `account` is granted nothing else."""
     bound = grants(objects, account)
@@ -606,20 +596,22 @@ def check_exact(objects: list[dict], account: str, log: list[RequestRecord]) -> 
         for access in accesses(record):
             assert any(g.allows(access) for g in bound), f"{account} may not {access}"
             used.add((access.group, access.resource, access.verb))
-    ahead = [g for g in bound if g.rule in SYNC_REQUEST_RULES[account] and g.namespace == NAMESPACE]
-    assert [g.rule for g in ahead] == SYNC_REQUEST_RULES[account]
-    granted = set().union(*(g.triples() for g in bound if g not in ahead or g.triples() & used))
+    granted = set().union(*(g.triples() for g in bound))
     assert granted == used, f"granted but never used: {sorted(granted - used)}"
     return used
 
 
-def lock_probe(deployment: dict, state_dir: Path) -> list[str]:
-    """The reconciler's exec probe, pointed at `state_dir` instead of the pod's."""
+def health_probes(deployment: dict) -> dict[str, str]:
+    """The reconciler's probes (probe name to path), checked against where it serves them."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    command = container["readinessProbe"]["exec"]["command"]
-    for probe in ("startupProbe", "livenessProbe"):
-        assert container[probe]["exec"]["command"] == command
-    return [part.replace("/var/lib/ollama-gitops", str(state_dir)) for part in command]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+    assert env["OLLAMA_GITOPS_HEALTH_LISTEN"] == f"0.0.0.0:{port}"
+    probes = {}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "health"
+        probes[probe] = container[probe]["httpGet"]["path"]
+    return probes
 
 
 def test_resource_names_in_the_rules_are_the_names_the_code_uses(base) -> None:
@@ -641,14 +633,15 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
     reading status. Their request logs against the rendered RBAC, both ways."""
     from api import runtime
     from reconciler import service as reconciler_service
-    from reconciler.cluster import connect
     from reconciler.cluster.connect import SYNC_TIMEOUT
+    from reconciler.health import Health, HealthServer
     from reconciler.cluster.resources import FINALIZER
 
     assert SYNC_TIMEOUT <= 60  # the reconciler's startupProbe allows 90 s for the first list
     deployment = one(base, "Deployment", "ollama-gitops-reconciler")
     configmap = settings_configmap(base)["data"]
-    assert lock_probe(deployment, Path("/x")) == ["sh", "-c", 'i=$(stat -c %i /x/lock) && grep -q ":$i " /proc/locks']
+    probes = health_probes(deployment)
+    assert probes == {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     assert configmap["OLLAMA_GITOPS_STATE_DIR"] == "/var/lib/ollama-gitops"
 
     with KubeStandin(schema=crd_schema()) as kube:
@@ -668,9 +661,9 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
         state_dir = tmp_path / "state"
         settings = settings_for(state_dir, str(remote), ollama.url, *common, "--lease-duration", "2", "--interval", "1")
         service = reconciler_service.build(settings)
-        probe = lock_probe(deployment, state_dir)
+        health = HealthServer(Health(lambda: service.scheduler, settings.interval, lambda: service.reconciler.leading()),
+                              "127.0.0.1", 0).start()
         try:
-            assert subprocess.run(probe).returncode == 0  # started: connected, listed, state taken
             service.start()
 
             def states() -> dict[str, str]:
@@ -685,32 +678,28 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
             eventually(lambda: list(states()) == ["gemma3-1b"], timeout=30)
             assert "llama3.2:1b" not in ollama.installed()
             assert kube.objects()[0]["metadata"]["finalizers"] == [FINALIZER]
+            for path in set(probes.values()):  # what the kubelet would ask, at the paths the manifest gives
+                assert httpx.get(f"http://127.0.0.1:{health.port}{path}").status_code == 200, path
         finally:
+            health.stop()
             service.stop()
-        assert subprocess.run(probe).returncode != 0  # stopped: the lock is released
         reconciler_log = kube.request_log
 
-        # The API alone, as `ollama-gitops api` runs it.
+        # The API alone, as `ollama-gitops api` runs it, answering a read and a webhook.
         kube.clear_request_log()
-        caches = []
-
-        def start_cache(*args, **kwargs):  # type: ignore[no-untyped-def]
-            caches.append(real_start_cache(*args, **kwargs))
-            return caches[-1]
-
-        real_start_cache = connect.start_cache
-        monkeypatch.setattr(connect, "start_cache", start_cache)
         api_settings = settings_for(tmp_path / "api-state", str(remote), ollama.url, *common)
-        options = runtime.ApiOptions("127.0.0.1:0", "a-key", "team-a", "API <api@example.com>", False)
+        options = runtime.ApiOptions("127.0.0.1:0", "a-key", "team-a", "API <api@example.com>", False,
+                                     webhook_secret=SECRET)
         running = runtime.start(api_settings, options, with_reconciler=False, schedules=False)
         try:
             running.repository.refresh()
             answer = httpx.get(f"{running.server.url}/api/v1/models/gemma3-1b", headers={"X-API-Key": "a-key"})
             assert answer.status_code == 200 and answer.json()["state"] == "Ready"
+            sent = github(str(remote))
+            answer = httpx.post(f"{running.server.url}/api/v1/webhook", content=sent.body, headers=sent.headers)
+            assert answer.status_code == 202, answer.text
         finally:
             running.stop()
-            for cache in caches:  # RunningApi.stop() leaves the status cache's thread running
-                cache.stop()
         api_log = kube.request_log
 
     used = check_exact(base, "ollama-gitops-reconciler", reconciler_log)
@@ -721,6 +710,8 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
         ("", "events", "create"),
         ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        ("", "configmaps", "create"), ("", "configmaps", "list"), ("", "configmaps", "watch"),
     }
     assert check_exact(base, "ollama-gitops-api", api_log) == {
-        ("ollama.smithforge.dev", "ollamamodels", "list"), ("ollama.smithforge.dev", "ollamamodels", "watch")}
+        ("ollama.smithforge.dev", "ollamamodels", "list"), ("ollama.smithforge.dev", "ollamamodels", "watch"),
+        ("", "configmaps", "patch")}

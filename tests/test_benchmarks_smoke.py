@@ -16,3 +16,10 @@ def test_benchmark_smoke_run(script: str) -> None:
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "100" in result.stdout  # the second smoke size made it into the table
+
+
+def test_webhook_benchmark_smoke_run() -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_webhook.py"), "--smoke"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "webhook (2 rounds): median" in result.stdout and "polling at a 2 s interval (1 rounds)" in result.stdout

@@ -94,25 +94,13 @@ class ResourceCache:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the thread and wait (at most `timeout` seconds) for it to finish.
-
-        `Watch.stop` shuts the live watch's socket down, which wakes a read blocked on it. It is
-        repeated until the thread ends because a watch may be between being made and having its
-        response (then the first call has nothing to shut down yet, and `Watch.stream` even
-        clears the flag when it starts).
-        """
+        """End the thread and wait (at most `timeout` seconds) for it to finish: `Watch.stop` shuts
+        the live watch's socket down, which wakes a read blocked on it (see `stop_watch_thread`)."""
         self._stopping.set()
         thread = self._thread
         if thread is None:
             return
-        deadline = time.monotonic() + timeout
-        while thread.is_alive() and time.monotonic() < deadline:
-            with self._lock:
-                live = self._watch
-            if live is not None:
-                live.stop()
-            thread.join(STOP_POLL)
-        if thread.is_alive():
+        if not stop_watch_thread(thread, self._current_watch, timeout):
             log.warning("resource cache thread still running %.1f s after stop()", timeout)
 
     @property
@@ -189,7 +177,7 @@ class ResourceCache:
                     break  # stop() shutting the socket down surfaces as an error: not one to report
                 self.stats.errors += 1
                 log.warning("list/watch of %s failed (%s); listing again in %.1f s",
-                            PLURAL, _describe(error), self._retry_delay)
+                            PLURAL, describe_error(error), self._retry_delay)
                 self._stopping.wait(self._retry_delay)
         with self._lock:
             self._watch = None
@@ -224,6 +212,10 @@ class ResourceCache:
         log.debug("listed %d %s at version %s (%d changed)", len(listed), PLURAL, list_version, len(changed))
         if changed or first:
             self._notify(changed)
+
+    def _current_watch(self) -> watch.Watch | None:
+        with self._lock:
+            return self._watch
 
     def _watch_once(self) -> None:
         """Watch from the last version seen until the server ends the watch (or stop())."""
@@ -318,7 +310,20 @@ def _newer(version: str, than: str) -> bool:
     return _order(version, than) in (1, None)
 
 
-def _describe(error: BaseException) -> str:
+def stop_watch_thread(thread: threading.Thread, current: Callable[[], watch.Watch | None], timeout: float) -> bool:
+    """Stop the watch `current()` returns until `thread` ends (at most `timeout` seconds); False if
+    it is still running. Repeated, because a watch may be between being made and having its
+    response: then a stop has nothing to shut down yet, and `Watch.stream` even clears the flag."""
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and time.monotonic() < deadline:
+        live = current()
+        if live is not None:
+            live.stop()
+        thread.join(STOP_POLL)
+    return not thread.is_alive()
+
+
+def describe_error(error: BaseException) -> str:
     if isinstance(error, ApiException):
         return f"HTTP {error.status} {error.reason}"
     return f"{type(error).__name__}: {error}"

@@ -27,6 +27,8 @@ import urllib3
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
+from .cache import CONNECT_TIMEOUT, GONE, WATCH_READ_MARGIN, describe_error, stop_watch_thread
+
 __all__ = ["ANNOTATION", "CONFIG_MAP", "SyncRequestUnavailable", "SyncRequestWatcher", "request_sync"]
 
 log = logging.getLogger("ollama_gitops.cluster.syncrequest")
@@ -35,10 +37,6 @@ CONFIG_MAP = "ollama-gitops-sync"
 ANNOTATION = "ollama.smithforge.dev/sync-requested-at"
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 10.0  # seconds: a webhook's answer waits for the patch
-CONNECT_TIMEOUT = 10.0
-WATCH_READ_MARGIN = 30.0  # beyond timeoutSeconds: only a dead connection stays silent this long
-STOP_POLL = 0.05
-GONE = 410
 
 
 class SyncRequestUnavailable(Exception):
@@ -115,15 +113,14 @@ class SyncRequestWatcher:
         return self._listed.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the thread: `Watch.stop` until it notices (see `ResourceCache.stop` for why repeated)."""
+        """End the thread: `Watch.stop` until it notices (`stop_watch_thread`)."""
         self._stopping.set()
-        thread = self._thread
-        while thread is not None and thread.is_alive() and timeout > 0:
-            with self._lock:
-                if self._watch is not None:
-                    self._watch.stop()
-            thread.join(STOP_POLL)
-            timeout -= STOP_POLL
+        if self._thread is not None:
+            stop_watch_thread(self._thread, self._current_watch, timeout)
+
+    def _current_watch(self) -> watch.Watch | None:
+        with self._lock:
+            return self._watch
 
     def _run(self) -> None:
         while not self._stopping.is_set():
@@ -138,7 +135,7 @@ class SyncRequestWatcher:
                 if self._stopping.is_set():
                     break
                 log.warning("sync request watch of %s/%s failed (%s); again in %.0f s", self._namespace,
-                            CONFIG_MAP, _describe(error), self._retry_delay)
+                            CONFIG_MAP, describe_error(error), self._retry_delay)
                 self._stopping.wait(self._retry_delay)
 
     def _ensure(self) -> None:
@@ -214,8 +211,3 @@ class SyncRequestWatcher:
         except Exception:  # the watch must outlive a faulty callback
             log.exception("sync request callback failed")
 
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, ApiException):
-        return f"HTTP {error.status} {error.reason}"
-    return f"{type(error).__name__}: {error}"

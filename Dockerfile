@@ -19,6 +19,7 @@ COPY schemas/ schemas/
 COPY examples/models-repo/ examples/models-repo/
 COPY reconciler/ reconciler/
 COPY api/ api/
+COPY ollama_gitops/ ollama_gitops/
 # A virtual environment without pip: only ollama-gitops and what it depends on go into the image.
 RUN python -m venv --without-pip /opt/ollama-gitops \
  && pip --python /opt/ollama-gitops/bin/python install . \

@@ -21,10 +21,10 @@ from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from reconciler import naming, schema
-from reconciler.desired import ModelKey
-from reconciler.modelfile import ModelFields, fields_from_document
-from reconciler.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected
+from ..reconciler.models import naming, schema
+from ..reconciler.models.desired import ModelKey
+from ..reconciler.models.modelfile import ModelFields, fields_from_document
+from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected
 
 from . import metrics, webhook
 from .catalog import Catalog, model_view
@@ -234,7 +234,7 @@ def _log_webhook(envelope: webhook.Envelope, ref: str | None, outcome: str, reas
 
 def _openapi_document() -> bytes:
     """The OpenAPI document, with the model file schema put in from its single source."""
-    document = json.loads(resources.files("api").joinpath("openapi.json").read_text("utf-8"))
+    document = json.loads(resources.files(__package__).joinpath("openapi.json").read_text("utf-8"))
     model_file = dict(schema.model_schema())
     model_file.pop("$schema", None)
     document["components"]["schemas"]["ModelFile"] = model_file

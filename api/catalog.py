@@ -11,9 +11,9 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
-from reconciler.desired import DesiredState, ModelKey
-from reconciler.sizes import format_size
-from reconciler.state import PENDING, PULLING, ModelRecord, SyncStatus
+from ..reconciler.models.desired import DesiredState, ModelKey
+from ..reconciler.models.sizes import format_size
+from ..reconciler.state import PENDING, PULLING, ModelRecord, SyncStatus
 
 
 class StatusSource(Protocol):

@@ -9,12 +9,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler import cli as reconciler_cli
-from reconciler.service import ConfigurationError as ReconcilerConfigurationError
-from reconciler.service import wait_for_signal
-from reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
-from reconciler.state import StateLocked
-from reconciler.writer import DEFAULT_AUTHOR
+from ..reconciler import cli as reconciler_cli
+from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
+from ..reconciler.service import wait_for_signal
+from ..reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
+from ..reconciler.state import StateLocked
+from ..reconciler.git.writer import DEFAULT_AUTHOR
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from reconciler.desired import DesiredState, GitLoader
-from reconciler.gitrepo import GitError, GitRepo
-from reconciler.writer import Change, ModelWriter, Written
+from ..reconciler.models.desired import DesiredState, GitLoader
+from ..reconciler.git.repo import GitError, GitRepo
+from ..reconciler.git.writer import Change, ModelWriter, Written
 
 log = logging.getLogger("ollama_gitops.api.repository")
 

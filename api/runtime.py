@@ -14,13 +14,13 @@ from typing import TextIO
 
 from prometheus_client import REGISTRY
 
-from reconciler import metrics as reconciler_metrics
-from reconciler import service as reconciler_service
-from reconciler.gitrepo import GitRepo
-from reconciler.scheduler import CycleScheduler
-from reconciler.settings import Settings
-from reconciler.state import StateLocked, StateStore
-from reconciler.writer import ModelWriter, parse_author
+from ..reconciler import metrics as reconciler_metrics
+from ..reconciler import service as reconciler_service
+from ..reconciler.git.repo import GitRepo
+from ..reconciler.scheduler import CycleScheduler
+from ..reconciler.settings import Settings
+from ..reconciler.state import StateLocked, StateStore
+from ..reconciler.git.writer import ModelWriter, parse_author
 
 from .app import ApiSettings, create_app
 from .catalog import Catalog, StatusSource
@@ -105,7 +105,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
             trigger = service.request_cycle
     elif reconciler_service.kubernetes_mode(settings):
         # Apart from the reconciler in a cluster: status is read from the resources (get, list, watch).
-        from reconciler.cluster.connect import ClusterStatusSource, ClusterUnavailable, api_client, start_cache
+        from ..reconciler.cluster.connect import ClusterStatusSource, ClusterUnavailable, api_client, start_cache
 
         try:
             kube = api_client()
@@ -151,7 +151,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:
     """In Kubernetes mode a push is passed on through the ConfigMap that the reconciler watches,
     whichever replica leads (it may be another process, or another pod)."""
-    from reconciler.cluster.syncrequest import SyncRequestUnavailable, request_sync
+    from ..reconciler.cluster.syncrequest import SyncRequestUnavailable, request_sync
 
     def trigger() -> None:
         try:
@@ -165,7 +165,7 @@ def _sync_request(api: object, namespace: str) -> Callable[[], None]:
 def _sync_file(state_dir: Path) -> Callable[[], None]:
     """Beside a reconciler in another process on this host, a push is passed on through a file in
     the state directory they share, which the reconciler reads every second."""
-    from reconciler.syncfile import request_sync
+    from ..reconciler.syncfile import request_sync
 
     def trigger() -> None:
         try:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from waitress import wasyncore
 from waitress.server import create_server
 
-from reconciler.settings import parse_listen
+from ..reconciler.settings import parse_listen
 
 from .app import MAX_BODY_BYTES
 

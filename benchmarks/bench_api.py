@@ -381,7 +381,7 @@ def window(windows: list[tuple[float, float]]):  # type: ignore[no-untyped-def]
 
 def bare_round(clone: Path, name: str) -> float:
     """Pull (not timed), then add + commit + push one model file (timed)."""
-    from reconciler.modelfile import ModelFields, render
+    from ollama_gitops.reconciler.models.modelfile import ModelFields, render
 
     git("pull", "-q", "--ff-only", "origin", BARE_BRANCH, cwd=clone)
     relative = model_path(name)

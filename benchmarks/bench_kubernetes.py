@@ -203,10 +203,10 @@ def profile_product(profiler: ThreadProfiler) -> None:
     """Wrap the product's units of work in the benchmark process."""
     from kubernetes import watch
 
-    from reconciler.cluster.cache import ResourceCache
-    from reconciler.cluster.status import ClusterStateStore
-    from reconciler.cluster.sync import ResourceSync
-    from reconciler.reconcile import Reconciler
+    from ollama_gitops.reconciler.cluster.cache import ResourceCache
+    from ollama_gitops.reconciler.cluster.status import ClusterStateStore
+    from ollama_gitops.reconciler.cluster.sync import ResourceSync
+    from ollama_gitops.reconciler.reconcile import Reconciler
 
     profiler.wrap(Reconciler, "run_cycle")  # main thread: the cycle, the sync's wait on its pool included
     profiler.wrap(ResourceSync, "_write")  # kube-write pool: one resource write each
@@ -286,7 +286,7 @@ class StandinControl:
 
     def check_models(self, expected: dict[tuple[str, str], dict], digests: dict[str, str]) -> list[str]:
         """Problems with the stored OllamaModels against what is expected (empty when all is well)."""
-        from reconciler.cluster.resources import FINALIZER, MANAGED_BY, MANAGED_BY_VALUE
+        from ollama_gitops.reconciler.cluster.resources import FINALIZER, MANAGED_BY, MANAGED_BY_VALUE
 
         problems = []
         stored = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in self.kube.objects()}
@@ -399,13 +399,13 @@ class Product:
     def __init__(self, url: str, remote: Path, state: Path, ollama_url: str) -> None:
         from kubernetes import client
 
-        from reconciler.cluster.cache import ResourceCache
-        from reconciler.cluster.client import ClusterClient
-        from reconciler.cluster.status import ClusterStateStore
-        from reconciler.cluster.sync import ClusterSync, ResourceSync
-        from reconciler.gitrepo import GitRepo
-        from reconciler.modelserver import OllamaServer
-        from reconciler.reconcile import Reconciler
+        from ollama_gitops.reconciler.cluster.cache import ResourceCache
+        from ollama_gitops.reconciler.cluster.client import ClusterClient
+        from ollama_gitops.reconciler.cluster.status import ClusterStateStore
+        from ollama_gitops.reconciler.cluster.sync import ClusterSync, ResourceSync
+        from ollama_gitops.reconciler.git.repo import GitRepo
+        from ollama_gitops.reconciler.ollama.server import OllamaServer
+        from ollama_gitops.reconciler.reconcile import Reconciler
 
         state.mkdir(parents=True, exist_ok=True)
         self.api = client.ApiClient(client.Configuration(host=url))
@@ -485,14 +485,16 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
     os.environ.update(GIT_ENV)
     from kubernetes import client
 
-    from reconciler.cluster.client import APPLY, CONTROLLER_MANAGER
-    from reconciler.cluster.resources import FIELD_MANAGER, GROUP, PLURAL, VERSION, desired_body
+    from ollama_gitops.reconciler.cluster.client import APPLY, CONTROLLER_MANAGER
+    from ollama_gitops.reconciler.cluster.resources import FIELD_MANAGER, GROUP, PLURAL, VERSION, desired_body
     from standins.ollama_server import OllamaStandin
 
     # Imports are not timed. The client imports its API classes and models lazily, CoreV1Api alone in
     # ~0.7 s: once per process, and not what is measured here, so that too is done before any timing.
-    for module in ("reconciler.cluster.cache", "reconciler.cluster.status", "reconciler.cluster.sync",
-                   "reconciler.gitrepo", "reconciler.modelserver", "reconciler.reconcile"):
+    for module in ("ollama_gitops.reconciler.cluster.cache", "ollama_gitops.reconciler.cluster.status",
+                   "ollama_gitops.reconciler.cluster.sync",
+                   "ollama_gitops.reconciler.git.repo", "ollama_gitops.reconciler.ollama.server",
+                   "ollama_gitops.reconciler.reconcile"):
         importlib.import_module(module)
     for name in ("CoreV1Api", "CustomObjectsApi", "CoreV1Event", "V1ObjectMeta", "V1ObjectReference", "V1EventSource"):
         getattr(client, name)

@@ -1,4 +1,4 @@
-"""Benchmark: loading desired state from a Git models repository (`reconciler.desired.GitLoader`).
+"""Benchmark: loading desired state from a Git models repository (`ollama_gitops.reconciler.models.desired.GitLoader`).
 
 For each size (number of model files) it generates a models repository in a temporary directory
 with `git fast-import` (two commits: the second changes exactly one file), then measures, as the
@@ -52,9 +52,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
 import git  # noqa: E402
 import yaml  # noqa: E402
 
-from reconciler import naming  # noqa: E402
-from reconciler.desired import GitLoader  # noqa: E402
-from reconciler.modelfile import MODELINE  # noqa: E402
+from ollama_gitops.reconciler.models import naming
+from ollama_gitops.reconciler.models.desired import GitLoader
+from ollama_gitops.reconciler.models.modelfile import MODELINE
 
 DEFAULT_SIZES = (10, 1_000, 10_000)
 SMOKE_SIZES = (10, 100)

@@ -102,10 +102,10 @@ def timedgit(*args: str, cwd: Path) -> float:
 
 def bench_size(size: int, repeat: int, profile: str | None) -> dict:
     os.environ.update(GIT_ENV)
-    from reconciler.gitrepo import GitRepo
-    from reconciler.modelserver import OllamaServer
-    from reconciler.reconcile import Reconciler
-    from reconciler.state import READY, StateStore
+    from ollama_gitops.reconciler.git.repo import GitRepo
+    from ollama_gitops.reconciler.ollama.server import OllamaServer
+    from ollama_gitops.reconciler.reconcile import Reconciler
+    from ollama_gitops.reconciler.state import READY, StateStore
     from standins.ollama_server import OllamaStandin
 
     with tempfile.TemporaryDirectory(prefix=f"bench-reconcile-{size}-") as tmp:

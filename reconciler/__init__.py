@@ -1,7 +1,16 @@
-"""ollama-gitops: keep the Ollama models of a fleet in line with YAML files in Git.
+"""The reconciler, and what the API shares with it.
 
-The `reconciler` package holds everything the reconciler and the API share: the model file
-format, desired state loaded from Git, and the Git access. The `api` package imports it.
+Layers, bottom up: `models/` (the model-file format: bytes in Git to validated desired state), the
+edges `git/`, `ollama/` and `cluster/`, the core (`plan`, `reconcile`, `state`), and the process
+(`service`, `scheduler`, `settings`, `cli`...). Nothing imports upward.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from importlib import resources
+from importlib.resources.abc import Traversable
+
+
+def data_files() -> Traversable:
+    """The files shipped inside the package: the schema and the example models repository."""
+    return resources.files(__name__).joinpath("data")

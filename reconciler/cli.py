@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
 from .settings import ENV_PREFIX, Settings, add_reconciler_options, parse_listen
 
 
@@ -96,7 +96,7 @@ def configure_logging(level: str) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from .validate import report, validate_checkout
+    from .models.validate import report, validate_checkout
 
     state = validate_checkout(args.path)
     count = report(state.problems, args.path, sys.stdout, args.format)

@@ -17,8 +17,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from .desired import DesiredModel, DesiredState, ModelKey
-from .naming import normalize_reference
+from .models.desired import DesiredModel, DesiredState, ModelKey
+from .models.naming import normalize_reference
 from .state import READY, AppliedSpec, ModelRecord
 
 

@@ -21,12 +21,12 @@ from typing import Protocol
 from datetime import datetime, timezone
 
 from . import metrics
-from .desired import DesiredState, GitLoader, ModelKey
-from .gitrepo import GitError, GitRepo
-from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
-from .naming import normalize_reference
+from .models.desired import DesiredState, GitLoader, ModelKey
+from .git.repo import GitError, GitRepo
+from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
+from .models.naming import normalize_reference
 from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, plan
-from .pulls import PullPool
+from .ollama.pulls import PullPool
 from .state import PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.reconcile")

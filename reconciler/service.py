@@ -10,9 +10,9 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
-from .embedded import ensure_default_repo
-from .gitrepo import GitRepo
-from .modelserver import OllamaServer
+from .git.embedded import ensure_default_repo
+from .git.repo import GitRepo
+from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .gitrepo import GitCredentials
+from .git.repo import GitCredentials
 
 ENV_PREFIX = "OLLAMA_GITOPS_"
 

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from .desired import ModelKey, Problem
-from .naming import normalize_reference
+from .models.desired import ModelKey, Problem
+from .models.naming import normalize_reference
 
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)

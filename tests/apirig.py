@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from api import runtime
+from ollama_gitops.api import runtime
 from gitrepos import WorkRepo, init_bare
-from reconciler.settings import Settings, add_reconciler_options
+from ollama_gitops.reconciler.settings import Settings, add_reconciler_options
 from standins.ollama_server import OllamaStandin
 
 API_KEY = "test-key-0123456789"

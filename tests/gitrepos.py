@@ -42,7 +42,7 @@ class WorkRepo:
 
     def model(self, namespace: str, name: str, tag: str, extra: str = "") -> str:
         """Write a minimal valid model file for name:tag and return its repository path."""
-        from reconciler.naming import resource_name
+        from ollama_gitops.reconciler.models.naming import resource_name
 
         relative = f"models/{namespace}/{resource_name(name, tag)}.yaml"
         self.write(relative, f"name: {name}\ntag: \"{tag}\"\n{extra}")

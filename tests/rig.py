@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from gitrepos import WorkRepo, init_bare
-from reconciler.gitrepo import GitRepo
-from reconciler.modelserver import OllamaServer
-from reconciler.reconcile import CycleReport, Reconciler
-from reconciler.state import ModelRecord, StateStore
-from reconciler.desired import ModelKey
+from ollama_gitops.reconciler.git.repo import GitRepo
+from ollama_gitops.reconciler.ollama.server import OllamaServer
+from ollama_gitops.reconciler.reconcile import CycleReport, Reconciler
+from ollama_gitops.reconciler.state import ModelRecord, StateStore
+from ollama_gitops.reconciler.models.desired import ModelKey
 from standins.ollama_server import OllamaStandin
 
 CATALOGUE = {

@@ -9,9 +9,9 @@ import httpx
 import jsonschema
 import pytest
 
-from api import runtime
+from ollama_gitops.api import runtime
 from apirig import API_KEY, ApiRig
-from reconciler.modelfile import ModelFields, parse
+from ollama_gitops.reconciler.models.modelfile import ModelFields, parse
 
 MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest"]
 

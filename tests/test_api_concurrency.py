@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 
 from gitrepos import WorkRepo, init_bare
-from reconciler.modelfile import ModelFields, parse
-from reconciler.naming import resource_name
+from ollama_gitops.reconciler.models.modelfile import ModelFields, parse
+from ollama_gitops.reconciler.models.naming import resource_name
 
 API_KEY = "concurrency-key-0123456789"
 CLIENTS = 32
@@ -36,7 +36,7 @@ CLIENT_TIMEOUT = 30.0  # a batch retried 8 times takes ~10 s; an answer this lat
 
 def _command() -> list[str]:
     script = Path(sys.executable).with_name("ollama-gitops")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "api"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ollama_gitops"]
 
 
 class ApiProcess:

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
-from reconciler.cluster.cache import ResourceCache
-from reconciler.cluster.resources import GROUP, MANAGED_BY, MANAGED_BY_VALUE, MANAGED_SELECTOR, PLURAL, VERSION
-from reconciler.desired import ModelKey
+from ollama_gitops.reconciler.cluster.cache import ResourceCache
+from ollama_gitops.reconciler.cluster.resources import (GROUP, MANAGED_BY, MANAGED_BY_VALUE,
+                                                        MANAGED_SELECTOR, PLURAL, VERSION)
+from ollama_gitops.reconciler.models.desired import ModelKey
 from standins.kube_apiserver import KubeStandin
 
 NS, TEAM = "default", "team"

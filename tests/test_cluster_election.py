@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client, watch
 
-from reconciler.cluster.election import LeaderElector, validate_timings
+from ollama_gitops.reconciler.cluster.election import LeaderElector, validate_timings
 from standins.kube_apiserver import KubeStandin
 
 NS = "default"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from reconciler.cluster.plan import ApplyResource, DeleteResource, LeaveResource, ReleaseResource, plan_resources
-from reconciler.cluster.resources import (APPLIED_HASH, ARGOCD_COMPARE_OPTIONS, FINALIZER, MANAGED_BY, PRUNE,
-                                          SOURCE_COMMIT, SOURCE_PATH, Resource, desired_body, matches)
-from reconciler.desired import DesiredModel, DesiredState, ModelKey
-from reconciler.modelfile import ModelFields
+from ollama_gitops.reconciler.cluster.plan import (ApplyResource, DeleteResource, LeaveResource,
+                                                   ReleaseResource, plan_resources)
+from ollama_gitops.reconciler.cluster.resources import (APPLIED_HASH, ARGOCD_COMPARE_OPTIONS, FINALIZER,
+                                                        MANAGED_BY, PRUNE, SOURCE_COMMIT, SOURCE_PATH,
+                                                        Resource, desired_body, matches)
+from ollama_gitops.reconciler.models.desired import DesiredModel, DesiredState, ModelKey
+from ollama_gitops.reconciler.models.modelfile import ModelFields
 
 COMMIT = "a" * 40
 

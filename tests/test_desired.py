@@ -8,8 +8,8 @@ import git
 import pytest
 
 from gitrepos import WorkRepo
-from reconciler import modelfile
-from reconciler.desired import GitLoader, ModelKey, load_directory
+from ollama_gitops.reconciler.models import modelfile
+from ollama_gitops.reconciler.models.desired import GitLoader, ModelKey, load_directory
 
 
 def load(work: WorkRepo, commit: str | None = None) -> tuple:

@@ -157,11 +157,11 @@ def test_the_builder_installs_the_package_into_a_venv_the_final_stage_copies() -
 
 
 def test_the_final_stage_runs_the_console_script_as_the_pods_user(monkeypatch) -> None:
-    import api.cli
+    from ollama_gitops.api import cli as api_cli
 
     _, (_, final) = read()
     name, target = console_script()
-    assert target == "api.cli:main"
+    assert target == "ollama_gitops.api.cli:main"
     entrypoint, cmd, user = final.last("ENTRYPOINT"), final.last("CMD"), final.last("USER")
     assert entrypoint.json and entrypoint.value == (name,)
     assert cmd.json and cmd.value == ("serve",)
@@ -175,7 +175,7 @@ def test_the_final_stage_runs_the_console_script_as_the_pods_user(monkeypatch) -
         commands |= {c["args"][0] for c in pod["containers"]}
     for command in sorted(commands):  # each a subcommand of the entrypoint
         with pytest.raises(SystemExit) as exit:
-            api.cli.main([command, "--help"])
+            api_cli.main([command, "--help"])
         assert exit.value.code == 0, command
 
 
@@ -265,7 +265,9 @@ def test_the_context_as_the_builder_lays_it_out_builds_the_package(tmp_path: Pat
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert {"reconciler/data/schemas/model.schema.json", "reconciler/data/models-repo/models/default/gemma3-1b.yaml",
-            "api/openapi.json", "api/cli.py", "reconciler/cluster/client.py"} <= names
+    assert {"ollama_gitops/reconciler/data/schemas/model.schema.json",
+            "ollama_gitops/reconciler/data/models-repo/models/default/gemma3-1b.yaml",
+            "ollama_gitops/api/openapi.json", "ollama_gitops/api/cli.py",
+            "ollama_gitops/reconciler/cluster/client.py"} <= names
     name, target = console_script()
     assert f"{name} = {target}" in entry_points

@@ -24,12 +24,12 @@ from pathlib import Path
 import git
 import pytest
 
-from api.repository import ModelsRepository
+from ollama_gitops.api.repository import ModelsRepository
 from gitrepos import WorkRepo, init_bare
-from reconciler.gitcredentials import PRIVATE_KEY_COPY
-from reconciler.gitrepo import GitCredentials, GitError, GitRepo
-from reconciler.modelfile import ModelFields
-from reconciler.writer import CreateModel, ModelWriter, WriteRejected
+from ollama_gitops.reconciler.git.credentials import PRIVATE_KEY_COPY
+from ollama_gitops.reconciler.git.repo import GitCredentials, GitError, GitRepo
+from ollama_gitops.reconciler.models.modelfile import ModelFields
+from ollama_gitops.reconciler.git.writer import CreateModel, ModelWriter, WriteRejected
 from standins.git_http_server import GitHttpServer
 from standins.git_ssh_server import GitSshServer, SshKeyPair, known_hosts_line
 from standins.ollama_server import OllamaStandin

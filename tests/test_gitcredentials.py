@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.gitcredentials import PRIVATE_KEY_COPY, GitCredentials
+from ollama_gitops.reconciler.git.credentials import PRIVATE_KEY_COPY, GitCredentials
 
 
 def ssh_identity(env: dict[str, str]) -> str:

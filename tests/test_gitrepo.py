@@ -10,8 +10,8 @@ import git
 import pytest
 
 from gitrepos import WorkRepo
-from reconciler.embedded import ensure_default_repo
-from reconciler.gitrepo import GitCredentials, GitError, GitRepo, redact
+from ollama_gitops.reconciler.git.embedded import ensure_default_repo
+from ollama_gitops.reconciler.git.repo import GitCredentials, GitError, GitRepo, redact
 
 
 def test_fetch_returns_the_branch_head_and_is_shallow(remote: Path, tmp_path: Path) -> None:

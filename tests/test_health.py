@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 
-from reconciler.health import Health, HealthServer
-from reconciler.scheduler import CycleScheduler
+from ollama_gitops.reconciler.health import Health, HealthServer
+from ollama_gitops.reconciler.scheduler import CycleScheduler
 from test_reconcile_cli import COMMAND, env  # noqa: F401 - the fixture
 from waiting import eventually
 

@@ -13,14 +13,14 @@ import yaml
 from kubernetes import client
 
 from gitrepos import WorkRepo, init_bare
-from reconciler.cluster.cache import ResourceCache
-from reconciler.cluster.client import ClusterClient
-from reconciler.cluster.resources import FINALIZER, GROUP, MANAGED_BY, PLURAL, SOURCE_COMMIT, VERSION
-from reconciler.cluster.status import ClusterStateStore
-from reconciler.cluster.sync import ClusterSync
-from reconciler.gitrepo import GitRepo
-from reconciler.modelserver import OllamaServer
-from reconciler.reconcile import Reconciler
+from ollama_gitops.reconciler.cluster.cache import ResourceCache
+from ollama_gitops.reconciler.cluster.client import ClusterClient
+from ollama_gitops.reconciler.cluster.resources import FINALIZER, GROUP, MANAGED_BY, PLURAL, SOURCE_COMMIT, VERSION
+from ollama_gitops.reconciler.cluster.status import ClusterStateStore
+from ollama_gitops.reconciler.cluster.sync import ClusterSync
+from ollama_gitops.reconciler.git.repo import GitRepo
+from ollama_gitops.reconciler.ollama.server import OllamaServer
+from ollama_gitops.reconciler.reconcile import Reconciler
 from standins.kube_apiserver import KubeStandin
 from standins.ollama_server import OllamaStandin
 from waiting import eventually
@@ -78,7 +78,7 @@ class KubeRig:
 
     @staticmethod
     def key(obj: dict):  # type: ignore[no-untyped-def]
-        from reconciler.desired import ModelKey
+        from ollama_gitops.reconciler.models.desired import ModelKey
 
         return ModelKey(obj["metadata"]["namespace"], obj["metadata"]["name"])
 
@@ -187,7 +187,7 @@ def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path
     """`ollama-gitops api` beside a Kubernetes-mode reconciler shows live status from the cluster."""
     import httpx
 
-    from api import runtime
+    from ollama_gitops.api import runtime
     from apirig import settings_for
 
     krig.work.model("default", "llama3.2", "1b")
@@ -285,7 +285,7 @@ def test_restart_reads_its_memory_back_from_the_resources(krig: KubeRig, tmp_pat
     again = KubeRig.__new__(KubeRig)
     again.__init__(tmp_path / "restarted", krig.kube, krig.ollama)  # type: ignore[misc]
     again.remote, again.work = krig.remote, krig.work
-    from reconciler.gitrepo import GitRepo
+    from ollama_gitops.reconciler.git.repo import GitRepo
     again.reconciler.repo = GitRepo(str(krig.remote), "main", tmp_path / "restarted" / "clone2.git")
     try:
         again.settle()
@@ -303,8 +303,8 @@ def test_restart_reads_its_memory_back_from_the_resources(krig: KubeRig, tmp_pat
 
 def test_statuses_are_not_lost_when_the_watch_lags(krig: KubeRig) -> None:
     """A status written before the watch has brought the new resource waits for it, not dropped."""
-    from reconciler.desired import ModelKey
-    from reconciler.state import AppliedSpec, ModelRecord, ModelStatus
+    from ollama_gitops.reconciler.models.desired import ModelKey
+    from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord, ModelStatus
 
     krig.cache.stop()  # from here the cache hears of nothing by itself: the watch "lags" for good
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "OllamaModel",

@@ -231,10 +231,10 @@ def test_the_crd_schema_is_structural() -> None:
 
 def test_the_resources_made_from_the_example_models_validate_against_the_crd() -> None:
     """What ollama-gitops applies for examples/models-repo, with the status it writes, fits the CRD."""
-    from reconciler.cluster.resources import desired_body
-    from reconciler.cluster.status import status_body
-    from reconciler.desired import load_directory
-    from reconciler.state import READY, ModelStatus, utc_rfc3339
+    from ollama_gitops.reconciler.cluster.resources import desired_body
+    from ollama_gitops.reconciler.cluster.status import status_body
+    from ollama_gitops.reconciler.models.desired import load_directory
+    from ollama_gitops.reconciler.state import READY, ModelStatus, utc_rfc3339
 
     validator = jsonschema.Draft202012Validator(crd_schema(), format_checker=jsonschema.FormatChecker())
     desired = load_directory(ROOT / "examples" / "models-repo")
@@ -346,8 +346,8 @@ def container_env(base: list[dict], container: dict, namespace: str) -> dict[str
 def parse(argv: list[str], env: dict[str, str], monkeypatch) -> Any:
     """What the real `ollama-gitops` parser makes of `argv` in the environment `env` (it reads the
     environment when it is built, so it is built anew each time)."""
-    import api.cli
-    import reconciler.cli
+    from ollama_gitops.api import cli as api_cli
+    from ollama_gitops.reconciler import cli as reconciler_cli
 
     for name in list(os.environ):
         if name.startswith("OLLAMA_GITOPS_") or name in ("POD_NAMESPACE", "OLLAMA_HOST"):
@@ -360,8 +360,8 @@ def parse(argv: list[str], env: dict[str, str], monkeypatch) -> Any:
         captured["args"] = parser.parse_args(argv)
         return 0
 
-    monkeypatch.setattr(reconciler.cli, "run", run)
-    assert api.cli.main(argv) == 0
+    monkeypatch.setattr(reconciler_cli, "run", run)
+    assert api_cli.main(argv) == 0
     return captured["args"]
 
 
@@ -412,7 +412,7 @@ def test_every_configmap_setting_is_one_ollama_gitops_reads(base, monkeypatch) -
 
 
 def test_the_reconciler_runs_in_kubernetes_mode_with_leader_election_in_its_namespace(base, monkeypatch) -> None:
-    from reconciler.settings import Settings
+    from ollama_gitops.reconciler.settings import Settings
 
     deployment = one(base, "Deployment", "ollama-gitops-reconciler")
     spec = deployment["spec"]["template"]["spec"]
@@ -433,8 +433,8 @@ def test_the_reconciler_runs_in_kubernetes_mode_with_leader_election_in_its_name
 
 
 def test_the_api_listens_on_the_service_port_with_a_required_key(base, monkeypatch) -> None:
-    from api.app import OPEN_PATHS
-    from reconciler.settings import Settings
+    from ollama_gitops.api.app import OPEN_PATHS
+    from ollama_gitops.reconciler.settings import Settings
 
     deployment = one(base, "Deployment", "ollama-gitops-api")
     spec = deployment["spec"]["template"]["spec"]
@@ -619,7 +619,7 @@ def test_resource_names_in_the_rules_are_the_names_the_code_uses(base) -> None:
     the rule's resources: the Lease and the sync ConfigMap keep the names the code gives them."""
     import inspect
 
-    from reconciler.cluster.election import LeaderElector
+    from ollama_gitops.reconciler.cluster.election import LeaderElector
 
     lease = inspect.signature(LeaderElector).parameters["name"].default
     names = {(resource, name) for role in find(base, "Role") for rule in role["rules"]
@@ -631,11 +631,11 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
     """`reconcile` and `api` in Kubernetes mode against the stand-in API server: leader election,
     resources created, their status written, Events, a prune with its finalizer; then the API
     reading status. Their request logs against the rendered RBAC, both ways."""
-    from api import runtime
-    from reconciler import service as reconciler_service
-    from reconciler.cluster.connect import SYNC_TIMEOUT
-    from reconciler.health import Health, HealthServer
-    from reconciler.cluster.resources import FINALIZER
+    from ollama_gitops.api import runtime
+    from ollama_gitops.reconciler import service as reconciler_service
+    from ollama_gitops.reconciler.cluster.connect import SYNC_TIMEOUT
+    from ollama_gitops.reconciler.health import Health, HealthServer
+    from ollama_gitops.reconciler.cluster.resources import FINALIZER
 
     assert SYNC_TIMEOUT <= 60  # the reconciler's startupProbe allows 90 s for the first list
     deployment = one(base, "Deployment", "ollama-gitops-reconciler")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler import modelfile, naming
-from reconciler.modelfile import FileError, ModelFields
+from ollama_gitops.reconciler.models import modelfile, naming
+from ollama_gitops.reconciler.models.modelfile import FileError, ModelFields
 
 
 def errors_of(text: str | bytes) -> tuple[FileError, ...]:

@@ -19,19 +19,36 @@ def test_wheel_carries_schema_and_example_repo(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("ollama_gitops-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        shipped_schema = json.loads(archive.read("reconciler/data/schemas/model.schema.json"))
+        shipped_schema = json.loads(archive.read("ollama_gitops/reconciler/data/schemas/model.schema.json"))
         entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert shipped_schema == json.loads((ROOT / "schemas/model.schema.json").read_text())
     for path in (
-        "reconciler/data/models-repo/README.md",
-        "reconciler/data/models-repo/models/default/llama3.2-1b.yaml",
-        "reconciler/data/models-repo/models/default/gemma3-1b.yaml",
-        "reconciler/data/models-repo/.github/workflows/validate.yaml",
-        "reconciler/data/models-repo/schemas/model.schema.json",
+        "ollama_gitops/reconciler/data/models-repo/README.md",
+        "ollama_gitops/reconciler/data/models-repo/models/default/llama3.2-1b.yaml",
+        "ollama_gitops/reconciler/data/models-repo/models/default/gemma3-1b.yaml",
+        "ollama_gitops/reconciler/data/models-repo/.github/workflows/validate.yaml",
+        "ollama_gitops/reconciler/data/models-repo/schemas/model.schema.json",
     ):
         assert path in names, path
-    assert "ollama-gitops = api.cli:main" in entry_points
-    assert not any(n.startswith("tests/") for n in names)
+    assert "ollama-gitops = ollama_gitops.api.cli:main" in entry_points
+    # One import package named for the project: no `api` or `reconciler` to collide with another
+    # distribution's, and no tests.
+    top_level = {n.split("/")[0] for n in names if not n.startswith("ollama_gitops-")}
+    assert top_level == {"ollama_gitops"}, top_level
+
+
+def test_every_source_package_is_installed() -> None:
+    """setup.cfg lists the packages by hand (they map onto the source folders): none may be missing."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {"ollama_gitops"}
+    for folder in ("reconciler", "api"):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join(("ollama_gitops", *init.parent.relative_to(ROOT).parts)))
+    assert listed == found
 
 
 def test_schema_is_2020_12_with_id_descriptions_and_examples() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from reconciler.desired import DesiredModel, DesiredState, ModelKey, Problem
-from reconciler.modelfile import ModelFields
-from reconciler.plan import Delete, Forget, InstalledModel, MarkReady, Pull, RecordError, Skip, applied_spec, plan
-from reconciler.state import FAILED, PULLING, READY, ModelRecord, ModelStatus
+from ollama_gitops.reconciler.models.desired import DesiredModel, DesiredState, ModelKey, Problem
+from ollama_gitops.reconciler.models.modelfile import ModelFields
+from ollama_gitops.reconciler.plan import (Delete, Forget, InstalledModel, MarkReady, Pull, RecordError,
+                                           Skip, applied_spec, plan)
+from ollama_gitops.reconciler.state import FAILED, PULLING, READY, ModelRecord, ModelStatus
 
 NOW = 1_000_000.0
 

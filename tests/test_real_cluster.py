@@ -30,10 +30,10 @@ if not (os.environ.get("KUBECONFIG") and OLLAMA_URL):
 from kubernetes import client, config  # noqa: E402
 
 from gitrepos import WorkRepo, init_bare  # noqa: E402
-from reconciler.cluster.resources import GROUP, PLURAL, VERSION  # noqa: E402
+from ollama_gitops.reconciler.cluster.resources import GROUP, PLURAL, VERSION
 from waiting import eventually  # noqa: E402
 
-COMMAND = [sys.executable, "-m", "api"]
+COMMAND = [sys.executable, "-m", "ollama_gitops"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from reconciler.state import FAILED, READY, StateLocked, StateStore
+from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
 from rig import CATALOGUE, Rig
 
 
@@ -341,9 +341,9 @@ def test_state_store_survives_a_restart_with_a_pull_marked_pulling(rig: Rig) -> 
 
 
 def test_state_journal_replays_compacts_and_drops_a_torn_line(tmp_path) -> None:
-    from reconciler import state as state_module
-    from reconciler.desired import ModelKey
-    from reconciler.state import AppliedSpec, ModelRecord, ModelStatus
+    from ollama_gitops.reconciler import state as state_module
+    from ollama_gitops.reconciler.models.desired import ModelKey
+    from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord, ModelStatus
 
     store = StateStore(tmp_path)
     keys = [ModelKey("default", f"m{i}-1") for i in range(5)]
@@ -372,9 +372,9 @@ def test_state_journal_replays_compacts_and_drops_a_torn_line(tmp_path) -> None:
 
 
 def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
-    from reconciler import state as state_module
-    from reconciler.desired import ModelKey
-    from reconciler.state import AppliedSpec, ModelRecord
+    from ollama_gitops.reconciler import state as state_module
+    from ollama_gitops.reconciler.models.desired import ModelKey
+    from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord
 
     writer = StateStore(tmp_path)
     writer.acquire_process_lock()

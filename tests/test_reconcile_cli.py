@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gitrepos import WorkRepo, init_bare
-from reconciler.state import StateStore
+from ollama_gitops.reconciler.state import StateStore
 from standins.ollama_server import OllamaStandin
 
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from reconciler.scheduler import CycleScheduler
+from ollama_gitops.reconciler.scheduler import CycleScheduler
 from waiting import eventually
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import schema
+from ollama_gitops.reconciler.models import schema
 
 FIELDS = list(schema.field_names())
 scalars = st.one_of(

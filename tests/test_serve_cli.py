@@ -52,7 +52,7 @@ def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: Ol
 
 
 def test_webhook_secret_from_a_file_or_the_environment(tmp_path: Path, monkeypatch) -> None:
-    from api.cli import webhook_secret
+    from ollama_gitops.api.cli import webhook_secret
 
     monkeypatch.delenv("OLLAMA_GITOPS_WEBHOOK_SECRET", raising=False)
     assert webhook_secret(None) is None  # webhooks off

@@ -1,6 +1,6 @@
 import pytest
 
-from reconciler.sizes import format_size
+from ollama_gitops.reconciler.models.sizes import format_size
 
 
 @pytest.mark.parametrize(

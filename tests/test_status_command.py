@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from apirig import API_KEY, ApiRig
-from reconciler.desired import ModelKey
+from ollama_gitops.reconciler.models.desired import ModelKey
 
 HEADER = ["NAME", "MODEL", "STATE", "SIZE", "LAST PULL"]
 BAR = re.compile(r"\[([#.]{20})\]\s+(\d+\.\d)%")
@@ -24,7 +24,7 @@ BAR = re.compile(r"\[([#.]{20})\]\s+(\d+\.\d)%")
 
 def _command() -> list[str]:
     script = Path(sys.executable).with_name("ollama-gitops")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "api"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ollama_gitops"]
 
 
 def _env(key: str | None) -> dict[str, str]:

@@ -7,7 +7,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from reconciler.syncfile import FILE_NAME, SyncFileWatcher, request_sync
+from ollama_gitops.reconciler.syncfile import FILE_NAME, SyncFileWatcher, request_sync
 from waiting import eventually
 
 T0 = datetime(2026, 11, 25, 14, 0, 0, 123000, tzinfo=timezone.utc)

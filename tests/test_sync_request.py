@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kubernetes import client
 
-from reconciler.cluster.syncrequest import (ANNOTATION, CONFIG_MAP, SyncRequestUnavailable, SyncRequestWatcher,
-                                            request_sync)
+from ollama_gitops.reconciler.cluster.syncrequest import (ANNOTATION, CONFIG_MAP, SyncRequestUnavailable,
+                                                          SyncRequestWatcher, request_sync)
 from standins.kube_apiserver import KubeStandin
 from waiting import eventually
 

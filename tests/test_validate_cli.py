@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from ollama_gitops.reconciler.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "models-repo"
 

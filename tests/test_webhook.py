@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from api.webhook import (SIGNATURE_MISMATCH, Delivery, Envelope, RepositoryId, Verdict, WebhookConfig, WebhookRejected,
-                         envelope_of, judge, read_delivery, receive, repository_id, sign)
+from ollama_gitops.api.webhook import (SIGNATURE_MISMATCH, Delivery, Envelope, RepositoryId, Verdict,
+                                       WebhookConfig, WebhookRejected, envelope_of, judge, read_delivery,
+                                       receive, repository_id, sign)
 from webhooks import SECRET, generic, gitea, github, gitlab, hex_hmac
 
 GITHUB_URL = "https://github.com/acme/models"

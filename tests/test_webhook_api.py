@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 from prometheus_client import REGISTRY
 
-from api.webhook import sign
+from ollama_gitops.api.webhook import sign
 from apirig import API_KEY, ApiRig
 from standins.ollama_server import OllamaStandin
 from waiting import eventually

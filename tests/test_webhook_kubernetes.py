@@ -20,10 +20,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from api import runtime
+from ollama_gitops.api import runtime
 from apirig import settings_for
 from gitrepos import WorkRepo, init_bare
-from reconciler.cluster.syncrequest import ANNOTATION, CONFIG_MAP
+from ollama_gitops.reconciler.cluster.syncrequest import ANNOTATION, CONFIG_MAP
 from standins.kube_apiserver import KubeStandin
 from standins.ollama_server import OllamaStandin
 from waiting import eventually

@@ -11,10 +11,11 @@ import git
 import pytest
 
 from gitrepos import WorkRepo
-from reconciler import modelfile
-from reconciler.gitrepo import GitRepo
-from reconciler.modelfile import ModelFields
-from reconciler.writer import CreateModel, DeleteModel, ModelWriter, RefreshModel, WriteRejected, bump_refresh, parse_author
+from ollama_gitops.reconciler.models import modelfile
+from ollama_gitops.reconciler.git.repo import GitRepo
+from ollama_gitops.reconciler.models.modelfile import ModelFields
+from ollama_gitops.reconciler.git.writer import (CreateModel, DeleteModel, ModelWriter, RefreshModel,
+                                                 WriteRejected, bump_refresh, parse_author)
 
 AUTHOR = git.Actor("API Bot", "api@example.com")
 

@@ -23,7 +23,7 @@ import kubernetes.client
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
-from ..desired import ModelKey
+from ..models.desired import ModelKey
 from .resources import GROUP, MANAGED_SELECTOR, PLURAL, VERSION, Resource
 
 __all__ = ["CacheStats", "ResourceCache"]

@@ -16,7 +16,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..desired import ModelKey
+from ..models.desired import ModelKey
 from .resources import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, API_VERSION
 
 APPLY = "application/apply-patch+yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from ..desired import ModelKey
+from ..models.desired import ModelKey
 from ..state import ModelRecord, SyncStatus
 from .cache import ResourceCache
 from .client import ClusterClient

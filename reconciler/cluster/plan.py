@@ -11,7 +11,7 @@ from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
-from ..desired import DesiredState, ModelKey
+from ..models.desired import DesiredState, ModelKey
 from .resources import Resource, desired_body, matches
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..desired import DesiredModel, ModelKey
+from ..models.desired import DesiredModel, ModelKey
 
 GROUP, VERSION, PLURAL, KIND = "ollama.smithforge.dev", "v1alpha1", "ollamamodels", "OllamaModel"
 API_VERSION = f"{GROUP}/{VERSION}"

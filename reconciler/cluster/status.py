@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..desired import ModelKey
-from ..sizes import format_size
+from ..models.desired import ModelKey
+from ..models.sizes import format_size
 from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
 from .cache import ResourceCache
 from .client import ClusterClient, ClusterError

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from ..desired import DesiredState, ModelKey
+from ..models.desired import DesiredState, ModelKey
 from .cache import ResourceCache
 from .client import ClusterClient, ClusterError
 from .plan import ApplyResource, DeleteResource, ReleaseResource, ResourceAction, ResourcePlan, plan_resources

@@ -26,10 +26,11 @@ from io import BytesIO
 import git
 from gitdb.base import IStream
 
-from . import metrics, modelfile, naming
-from .desired import MODELS_DIR, MODEL_SUFFIXES
-from .gitrepo import GitError, GitRepo
-from .modelfile import ModelFields
+from .. import metrics
+from ..models import modelfile, naming
+from ..models.desired import MODELS_DIR, MODEL_SUFFIXES
+from .repo import GitError, GitRepo
+from ..models.modelfile import ModelFields
 
 log = logging.getLogger("ollama_gitops.writer")
 

@@ -13,8 +13,8 @@ from typing import Protocol
 import httpx
 import ollama
 
-from .naming import normalize_reference
-from .plan import InstalledModel
+from ..models.naming import normalize_reference
+from ..plan import InstalledModel
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (completed bytes, total bytes) as a pull streams."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import git
 
-from .gitcredentials import GitCredentials
+from .credentials import GitCredentials
 
 __all__ = ["GIT_TIMEOUT", "GitCredentials", "GitError", "GitRepo", "redact"]
 

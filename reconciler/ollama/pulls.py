@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from . import metrics
-from .modelserver import ModelOperationFailed, ModelServer, ServerUnreachable
-from .naming import normalize_reference
-from .plan import InstalledModel, Pull
-from .state import FAILED, PULLING, READY, StateStore, utc_rfc3339
+from .. import metrics
+from .server import ModelOperationFailed, ModelServer, ServerUnreachable
+from ..models.naming import normalize_reference
+from ..plan import InstalledModel, Pull
+from ..state import FAILED, PULLING, READY, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.pulls")
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import git
+
+from .. import data_files
 
 SEED_AUTHOR = git.Actor("ollama-gitops", "ollama-gitops@localhost")
 
@@ -26,7 +27,7 @@ def ensure_default_repo(state_dir: Path, branch: str = "main") -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".seed-", dir=state_dir))
     try:
         work = git.Repo.init(str(staging / "work"), initial_branch=branch)
-        _copy_tree(resources.files("reconciler").joinpath("data", "models-repo"), Path(work.working_dir))
+        _copy_tree(data_files().joinpath("models-repo"), Path(work.working_dir))
         work.git.add("-A")
         work.index.commit("Seed models repository from ollama-gitops examples", author=SEED_AUTHOR, committer=SEED_AUTHOR)
         # Build the bare repository aside and rename it into place, so that a crash never leaves a

@@ -14,10 +14,11 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import jsonschema
+
+from .. import data_files
 
 SCHEMA_FILE = "model.schema.json"
 
@@ -25,7 +26,7 @@ SCHEMA_FILE = "model.schema.json"
 @functools.cache
 def model_schema() -> dict[str, Any]:
     """The parsed model schema, as shipped with the package."""
-    text = resources.files("reconciler").joinpath("data", "schemas", SCHEMA_FILE).read_text("utf-8")
+    text = data_files().joinpath("schemas", SCHEMA_FILE).read_text("utf-8")
     return json.loads(text)
 
 

@@ -1,0 +1,1 @@
+"""The Ollama edge: one server's calls and the pull pool."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..reconciler import cli as reconciler_cli
 from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
-from ..reconciler.service import wait_for_signal
+from ..reconciler.service import stop_signals
 from ..reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
 from ..reconciler.state import StateLocked
 from ..reconciler.git.writer import DEFAULT_AUTHOR
@@ -93,6 +93,7 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
     from . import runtime
 
     reconciler_cli.configure_logging(args.log_level)
+    stop = stop_signals()
     try:
         options = runtime.ApiOptions(args.listen, _api_key(args.api_key_file), args.namespace, args.git_author,
                                      args.insecure_no_auth, args.threads, webhook_secret(args.webhook_secret_file))
@@ -100,7 +101,7 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
     except (runtime.ConfigurationError, ReconcilerConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)
         return 2
-    wait_for_signal()
+    stop.wait()
     running.stop()
     return 0
 

@@ -144,17 +144,22 @@ def repository_url(settings: Settings) -> str:
     return settings.repo or str(ensure_default_repo(settings.state_dir, settings.branch))
 
 
-def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT."""
+def stop_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, from now on.
+
+    Taken before anything starts: a signal that arrives while the service is still starting must
+    stop it gracefully too, not kill the process with the default action.
+    """
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    return stop
 
 
 def run_forever(service: Service, health_listen: tuple[str, int] | None = None) -> int:
     """Run cycles on the schedule until SIGTERM or SIGINT; with `health_listen`, serve probes and
     metrics there."""
+    stop = stop_signals()
     probes = None
     if health_listen is not None:
         from prometheus_client import REGISTRY
@@ -168,7 +173,7 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
     service.start()
     log.info("reconciling %s branch %s into %s every %.0fs", service.reconciler.repo.display_url,
              service.settings.branch, service.settings.ollama_url, service.settings.interval)
-    wait_for_signal()
+    stop.wait()
     log.info("shutting down")
     if probes is not None:
         probes.stop()

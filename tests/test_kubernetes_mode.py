@@ -362,3 +362,22 @@ def test_resources_follow_the_rules_for_living_next_to_argo_cd(krig: KubeRig) ->
     reports = [krig.cycle() for _ in range(3)]
     assert all(r.full and r.ok for r in reports)
     assert krig.kube.requests(writes=True) == []
+
+
+def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(krig: KubeRig) -> None:
+    """Ollama lists `registry.ollama.ai/library/llama3.2:1b` as `llama3.2:1b` (DisplayShortest)."""
+    path = krig.work.model("default", "registry.ollama.ai/library/llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    krig.settle()
+    status = krig.resource("default", "registry.ollama.ai-library-llama3.2-1b")["status"]
+    assert status["state"] == "Ready" and status["size"] == 1815319791
+    assert status["digest"] == krig.ollama.digest_of("llama3.2:1b")
+    krig.reconciler.resync_interval = 0  # every cycle a full one: Ollama listed, every model planned
+    assert all(krig.cycle().full for _ in range(2))
+    assert krig.ollama.pull_count["llama3.2:1b"] == 1
+    krig.work.remove(path)
+    krig.push("remove it")
+    krig.settle()
+    assert krig.resource("default", "registry.ollama.ai-library-llama3.2-1b") is None
+    assert krig.ollama.delete_count == {"llama3.2:1b": 1} and "llama3.2:1b" not in krig.ollama.installed()

@@ -392,3 +392,44 @@ def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
     assert follower.follow() is True
     assert follower.record(key).status.state == READY and len(follower.keys()) == 2
     assert (tmp_path / state_module.SNAPSHOT).exists()
+
+
+def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(rig: Rig) -> None:
+    """Ollama lists `registry.ollama.ai/library/llama3.2:1b` as `llama3.2:1b` (DisplayShortest)."""
+    path = rig.work.model("default", "registry.ollama.ai/library/llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start(resync_interval=300)
+    rig.cycle()
+    record = rig.record("default", "registry.ollama.ai-library-llama3.2-1b")
+    assert record is not None and record.status.state == READY
+    assert record.status.size == CATALOGUE["llama3.2:1b"] and record.status.digest == rig.ollama.digest_of("llama3.2:1b")
+    for _ in range(2):  # full cycles: Ollama listed, every model planned
+        rig.clock.advance(301)
+        assert rig.cycle().full
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    rig.work.remove(path)
+    rig.push("remove it")
+    assert rig.cycle().ok
+    assert rig.ollama.delete_count == {"llama3.2:1b": 1} and "llama3.2:1b" not in rig.ollama.installed()
+
+
+def test_two_spellings_of_one_model_are_one_model_wanted_by_another_file(rig: Rig) -> None:
+    # Different file (and resource) names, one Ollama model: pulled once, kept while either wants it.
+    short = rig.work.model("default", "llama3.2", "1b")
+    long = rig.work.model("default", "library/llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    assert rig.state("default", "llama3.2-1b") == rig.state("default", "library-llama3.2-1b") == READY
+    rig.work.remove(short)
+    rig.push("drop the short one")
+    report = rig.cycle()
+    assert "llama3.2:1b" in rig.ollama.installed() and rig.record("default", "llama3.2-1b") is None
+    assert any("wanted by another file" in getattr(a, "reason", "") for a in report.plan.actions)
+    rig.work.remove(long)
+    rig.push("drop the long one")
+    rig.cycle()
+    assert "llama3.2:1b" not in rig.ollama.installed()

@@ -492,3 +492,21 @@ def test_held_listings_block_until_released(standin: OllamaStandin) -> None:
         gate.release()
         assert future.result(timeout=TIMEOUT) == ["llama3.2:1b"]
     assert listing() == ["llama3.2:1b"]  # a released gate holds nothing any more
+
+
+def test_listing_uses_ollamas_shortest_name_and_existing_spellings(standin: OllamaStandin) -> None:
+    # server/routes.go ListHandler: `name` and `model` are both n.DisplayShortest(); a pull's parts
+    # take the spelling of an installed model's equal part (getExistingName).
+    standin.add_to_catalogue("hf.co/Org/Model-GGUF:Q4_K_M", 1000)
+    standin.add_to_catalogue("hf.co/org/other:q4_k_m", 2000)
+    standin.add_to_catalogue("me/tiny:1b", 3000)
+    standin.add_to_catalogue("llama3.2:1b", 4000)
+    for reference in ("registry.ollama.ai/library/llama3.2:1b", "https://hf.co/Org/Model-GGUF:Q4_K_M",
+                      "hf.co/org/other:q4_k_m", "registry.ollama.ai/me/tiny:1b"):
+        response = httpx.post(standin.url + "/api/pull", json={"model": reference, "stream": False}, timeout=TIMEOUT)
+        assert response.json() == {"status": "success"}, reference
+    listed = httpx.get(standin.url + "/api/tags", timeout=TIMEOUT).json()["models"]
+    assert all(m["name"] == m["model"] for m in listed)
+    assert sorted(m["name"] for m in listed) == ["hf.co/Org/Model-GGUF:Q4_K_M", "hf.co/Org/other:Q4_K_M",
+                                                 "llama3.2:1b", "me/tiny:1b"]
+    assert httpx.post(standin.url + "/api/pull", json={"model": "a/b/c/d"}, timeout=TIMEOUT).status_code == 400

@@ -381,3 +381,19 @@ def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(krig: KubeR
     krig.settle()
     assert krig.resource("default", "registry.ollama.ai-library-llama3.2-1b") is None
     assert krig.ollama.delete_count == {"llama3.2:1b": 1} and "llama3.2:1b" not in krig.ollama.installed()
+
+
+def test_events_are_found_as_kubectl_describe_looks_for_them(krig: KubeRig) -> None:
+    # kubectl describe lists a resource's Events by involvedObject kind, name, namespace and uid
+    krig.work.model("default", "llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    krig.settle()
+    resource = krig.resource("default", "llama3.2-1b")
+    uid = resource["metadata"]["uid"]
+    selector = ("involvedObject.kind=OllamaModel,involvedObject.name=llama3.2-1b,"
+                f"involvedObject.namespace=default,involvedObject.uid={uid}")
+    found = client.CoreV1Api(krig.api_client).list_namespaced_event("default", field_selector=selector, limit=500).items
+    assert sorted(e.reason for e in found) == ["Pulled", "Pulling"]
+    assert all(e.involved_object.api_version == f"{GROUP}/{VERSION}" and e.involved_object.resource_version
+               for e in found)

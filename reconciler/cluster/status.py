@@ -179,7 +179,7 @@ class ClusterStateStore(StateStore):
         current = dict(resource.status) if resource is not None else {}
         if forced or any(current.get(k) != v for k, v in status.items()):
             self._client.apply_status(key, status)
-            self._event(key, current.get("state"), record.status)
+            self._event(key, current.get("state"), record.status, resource)
         annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
         existing = resource.annotations if resource is not None else {}
         if SEED_REFRESH_TOKEN in (record.status.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":
@@ -188,12 +188,13 @@ class ClusterStateStore(StateStore):
         if any(existing.get(k) != v for k, v in annotations.items()):
             self._client.patch_annotations(key, annotations)
 
-    def _event(self, key: ModelKey, before: str | None, status: ModelStatus) -> None:
+    def _event(self, key: ModelKey, before: str | None, status: ModelStatus, resource: Resource | None) -> None:
         if status.state == before:
             return
         if status.state == PULLING:
-            self._client.event(key, "Pulling", "pulling the model into Ollama")
+            self._client.event(key, "Pulling", "pulling the model into Ollama", resource=resource)
         elif status.state == READY and before == PULLING:
-            self._client.event(key, "Pulled", f"pulled ({format_size(status.size or 0)}, digest {status.digest or '-'})")
+            self._client.event(key, "Pulled", f"pulled ({format_size(status.size or 0)}, digest {status.digest or '-'})",
+                               resource=resource)
         elif status.state == FAILED:
-            self._client.event(key, "PullFailed", status.error or "the pull failed", warning=True)
+            self._client.event(key, "PullFailed", status.error or "the pull failed", warning=True, resource=resource)

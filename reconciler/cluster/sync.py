@@ -71,11 +71,12 @@ class ResourceSync:
             if isinstance(action, ApplyResource):
                 self._client.apply(action.body)
             elif isinstance(action, DeleteResource):
-                self._client.event(action.key, "Pruning", f"{action.reason}; deleting the resource")
+                self._client.event(action.key, "Pruning", f"{action.reason}; deleting the resource",
+                                   resource=resources.get(action.key))
                 self._client.delete(action.key)
             elif isinstance(action, ReleaseResource):
                 self._client.remove_finalizer(action.key, FINALIZER, list(resources[action.key].finalizers))
-                self._client.event(action.key, "Released", action.reason)
+                self._client.event(action.key, "Released", action.reason, resource=resources[action.key])
         except ClusterError as exc:
             return exc
         return None

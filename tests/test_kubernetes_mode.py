@@ -319,7 +319,9 @@ def test_statuses_are_not_lost_when_the_watch_lags(krig: KubeRig) -> None:
     krig.cache.observe_write(created)  # the watch's event, at last
     krig.store.retry()
     assert krig.store.flush(10)
-    assert krig.resource("default", "late-1b")["status"] == {"state": "Ready", "size": 2048, "formattedSize": "2.0 KiB"}
+    status = krig.resource("default", "late-1b")["status"]
+    assert {k: status[k] for k in ("state", "size", "formattedSize")} == {"state": "Ready", "size": 2048, "formattedSize": "2.0 KiB"}
+    assert "digest" not in status and "error" not in status
 
 
 def test_a_status_field_that_no_longer_applies_is_removed(krig: KubeRig) -> None:
@@ -397,3 +399,68 @@ def test_events_are_found_as_kubectl_describe_looks_for_them(krig: KubeRig) -> N
     assert sorted(e.reason for e in found) == ["Pulled", "Pulling"]
     assert all(e.involved_object.api_version == f"{GROUP}/{VERSION}" and e.involved_object.resource_version
                for e in found)
+
+
+def conditions_of(resource: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in resource["status"].get("conditions", [])}
+
+
+def test_status_has_kstatus_conditions_and_the_observed_generation(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.work.model("default", "nosuchmodel", "1b")  # not in the stand-in's catalogue: the pull fails
+    krig.push()
+    with krig.ollama.hold_pulls() as gate:
+        def pulling() -> bool:
+            krig.reconciler.run_cycle()  # each cycle retries the status writes waiting for their resource
+            krig.store.flush(15)
+            resource = krig.resource("default", "llama3.2-1b")
+            return resource is not None and resource.get("status", {}).get("state") == "Pulling"
+
+        eventually(pulling)
+        pulling = conditions_of(krig.resource("default", "llama3.2-1b"))
+        assert (pulling["Reconciling"]["status"], pulling["Reconciling"]["reason"]) == ("True", "Pulling")
+        assert (pulling["Ready"]["status"], pulling["Stalled"]["status"]) == ("False", "False")
+        gate.release()
+    krig.settle()
+    llama = krig.resource("default", "llama3.2-1b")
+    ready = conditions_of(llama)
+    assert llama["status"]["observedGeneration"] == llama["metadata"]["generation"] == 1
+    assert {t: (c["status"], c["reason"]) for t, c in ready.items()} == {
+        "Ready": ("True", "Pulled"), "Reconciling": ("False", "Pulled"), "Stalled": ("False", "Pulled")}
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"].endswith("Z") for c in ready.values())
+    failed = krig.resource("default", "nosuchmodel-1b")
+    stalled = conditions_of(failed)["Stalled"]
+    assert (failed["status"]["state"], stalled["status"], stalled["reason"]) == ("Failed", "True", "PullFailed")
+    assert stalled["message"] == failed["status"]["error"] == "pull model manifest: file does not exist"
+    assert conditions_of(failed)["Reconciling"]["status"] == "False"  # kstatus: Failed, not InProgress
+
+
+def test_conditions_are_written_only_when_they_change(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    before = conditions_of(krig.resource("default", "llama3.2-1b"))
+    krig.kube.clear_request_log()
+    krig.reconciler.resync_interval = 0  # full cycles: every model planned, every status recomputed
+    assert all(krig.cycle().full for _ in range(2))
+    assert krig.kube.requests(writes=True) == []
+    assert conditions_of(krig.resource("default", "llama3.2-1b")) == before
+    # a refresh flips Ready to False (Pulling) and back: its transition time moves, Stalled's does not
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b",
+                                               {"metadata": {"annotations": {"ollama.smithforge.dev/refresh": "true"}}})
+    krig.settle()
+    after = conditions_of(krig.resource("default", "llama3.2-1b"))
+    assert after["Stalled"]["lastTransitionTime"] == before["Stalled"]["lastTransitionTime"]
+    assert krig.ollama.pull_count["llama3.2:1b"] == 2 and after["Ready"]["status"] == "True"
+
+
+def test_observed_generation_follows_a_spec_edited_by_hand_and_put_back(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b", {"spec": {"tag": "3b"}})
+    krig.settle()
+    resource = krig.resource("default", "llama3.2-1b")
+    assert resource["spec"]["tag"] == "1b" and resource["metadata"]["generation"] == 3
+    assert resource["status"]["observedGeneration"] == 3
+    assert {c["observedGeneration"] for c in resource["status"]["conditions"]} == {3}

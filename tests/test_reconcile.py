@@ -433,3 +433,20 @@ def test_two_spellings_of_one_model_are_one_model_wanted_by_another_file(rig: Ri
     rig.push("drop the long one")
     rig.cycle()
     assert "llama3.2:1b" not in rig.ollama.installed()
+
+
+def test_a_pull_in_flight_is_not_started_again_for_another_spelling(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    with rig.ollama.hold_pulls() as gate:
+        rig.cycle(wait=False)
+        assert gate.wait_for_pulls(1, timeout=10)
+        rig.work.model("team-a", "registry.ollama.ai/library/llama3.2", "1b")
+        rig.push("the same model, spelled in full")
+        report = rig.cycle(wait=False)
+        assert [a.reason for a in report.plan.actions] == ["pull in progress"]
+    assert rig.reconciler.pulls.wait(timeout=10)
+    rig.cycle()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    assert rig.state("default", "llama3.2-1b") == rig.state("team-a", "registry.ollama.ai-library-llama3.2-1b") == READY

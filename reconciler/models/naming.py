@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _UNSAFE = re.compile(r"[^a-z0-9.-]")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -100,6 +101,7 @@ def _cut_promised(value: str, separator: str) -> tuple[str, str]:
     return before or MISSING_PART, after or MISSING_PART
 
 
+@lru_cache(maxsize=65536)  # every cycle keys every recorded model: the same few strings again
 def normalize_reference(reference: str) -> str:
     """Ollama's identity for a reference, the key every comparison of models uses: the shortest form
     Ollama lists it by (`registry.ollama.ai/library/llama3.2` and `llama3.2:latest` are both

@@ -147,12 +147,6 @@ def _normalise(ref: str) -> str | None:
     return None if parts is None else _display(parts)
 
 
-def _with_tag(ref: str) -> str:
-    """``ref`` as given, with ``:latest`` appended when it has no tag (for 404 messages)."""
-    split = _split_ref(ref)
-    return ref if split is None or split[3] is not None else f"{ref}:latest"
-
-
 def _key(ref: str) -> str:
     """Normalised, lower-cased lookup key; ``ValueError`` for an invalid reference."""
     name = _normalise(ref)
@@ -463,7 +457,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = self.server.standin._show_payload(ref)
         if payload is None:
-            self._send_error_json(404, f"model '{_with_tag(ref)}' not found")
+            self._send_error_json(404, f"model '{ref}' not found")  # named as asked (server/routes.go)
             return
         self._send_json(200, payload)
 
@@ -473,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_json(400, INVALID_NAME_ERROR)
             return
         if not self.server.standin._delete(ref):
-            self._send_error_json(404, f"model '{_with_tag(ref)}' not found")
+            self._send_error_json(404, f"model '{ref}' not found")  # named as asked (server/routes.go)
             return
         self._send_bytes(200, None, b"")  # Ollama writes no body at all here
 

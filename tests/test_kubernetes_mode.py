@@ -13,6 +13,7 @@ import yaml
 from kubernetes import client
 
 from gitrepos import WorkRepo, init_bare
+from healthchecks import argocd_health, flux_health, flux_health_exprs
 from ollama_gitops.reconciler.cluster.cache import ResourceCache
 from ollama_gitops.reconciler.cluster.client import ClusterClient
 from ollama_gitops.reconciler.cluster.resources import FINALIZER, GROUP, MANAGED_BY, PLURAL, SOURCE_COMMIT, VERSION
@@ -433,6 +434,10 @@ def test_status_has_kstatus_conditions_and_the_observed_generation(krig: KubeRig
     assert (failed["status"]["state"], stalled["status"], stalled["reason"]) == ("Failed", "True", "PullFailed")
     assert stalled["message"] == failed["status"]["error"] == "pull model manifest: file does not exist"
     assert conditions_of(failed)["Reconciling"]["status"] == "False"  # kstatus: Failed, not InProgress
+    # what Argo CD's health check and Flux's healthCheckExprs make of these very resources
+    assert argocd_health(llama)["status"] == "Healthy" and flux_health(llama, flux_health_exprs()) == "Current"
+    assert argocd_health(failed) == {"status": "Degraded", "message": "pull model manifest: file does not exist"}
+    assert flux_health(failed, flux_health_exprs()) == "Failed"
 
 
 def test_conditions_are_written_only_when_they_change(krig: KubeRig) -> None:

@@ -469,3 +469,24 @@ def test_observed_generation_follows_a_spec_edited_by_hand_and_put_back(krig: Ku
     assert resource["spec"]["tag"] == "1b" and resource["metadata"]["generation"] == 3
     assert resource["status"]["observedGeneration"] == 3
     assert {c["observedGeneration"] for c in resource["status"]["conditions"]} == {3}
+
+
+def test_a_quick_repull_is_written_and_told_even_when_the_watch_lags(krig: KubeRig) -> None:
+    """Pulling then Ready again before the watch brings back the Pulling write: the cache still says
+    Ready, but the resource says Pulling, so Ready must be written (and the pull told as Pulled)."""
+    from ollama_gitops.reconciler.models.desired import ModelKey
+    from ollama_gitops.reconciler.state import PULLING, READY
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.cache.stop()  # from here the cache hears of nothing by itself: the watch "lags" for good
+    key = ModelKey("default", "llama3.2-1b")
+    for state in (PULLING, READY):
+        with krig.store.editing() as edit:
+            edit.status(key).state = state
+        assert krig.store.flush(10)
+        assert krig.resource("default", "llama3.2-1b")["status"]["state"] == state
+    reasons = [e["reason"] for e in krig.kube.events() if e["involvedObject"]["name"] == "llama3.2-1b"]
+    assert reasons == ["Pulling", "Pulled", "Pulling", "Pulled"]
+    assert conditions_of(krig.resource("default", "llama3.2-1b"))["Ready"]["status"] == "True"

@@ -87,6 +87,8 @@ class ClusterStateStore(StateStore):
         self._leading = leading
         self._cache = cache
         self._pending: dict[ModelKey, ModelRecord | None] = {}
+        # The status each resource was last given here: newer than the cache while the watch lags.
+        self._written: dict[ModelKey, dict[str, Any]] = {}
         self._forced: set[ModelKey] = set()
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
@@ -165,6 +167,8 @@ class ClusterStateStore(StateStore):
                 self._idle.notify_all()
 
     def _release(self, key: ModelKey) -> None:
+        with self._pending_lock:
+            self._written.pop(key, None)
         resource = self._cache.get(key)
         if resource is None or FINALIZER not in resource.finalizers:
             return
@@ -186,13 +190,20 @@ class ClusterStateStore(StateStore):
                     self._pending.setdefault(key, record)
             return
         current = dict(resource.status) if resource is not None else {}
+        with self._pending_lock:
+            written = self._written.get(key)
+        latest = written if written is not None else current  # what the resource says now
         # Just created (forced, not in the cache yet): a new resource is at generation 1.
         status = status_body(record.status, suspended=record.spec.suspend,
                              generation=resource.generation if resource is not None else 1,
-                             previous_conditions=current.get("conditions"))
-        if forced or any(current.get(k) != v for k, v in status.items()):
+                             previous_conditions=latest.get("conditions"))
+        # Unchanged only if it is what the cache holds and what was last written (a quick Pulling and
+        # back to Ready must not leave Pulling behind because the watch has not brought it yet).
+        if forced or any(current.get(k) != v or latest.get(k) != v for k, v in status.items()):
             self._client.apply_status(key, status)
-            self._event(key, current.get("state"), record.status, resource)
+            with self._pending_lock:
+                self._written[key] = status
+            self._event(key, latest.get("state"), record.status, resource)
         annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
         existing = resource.annotations if resource is not None else {}
         if SEED_REFRESH_TOKEN in (record.status.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":

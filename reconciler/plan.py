@@ -231,7 +231,8 @@ def _plan_reference(
         reason = "drift: missing from Ollama"
     else:
         reason = "not in Ollama"
-    return actions + [Pull(reference, tuple(active), reason, refresh)]
+    # Pulled as the file spells it (Ollama keeps that spelling), matched by the normalised key.
+    return actions + [Pull(specs[active[0]].reference, tuple(active), reason, refresh)]
 
 
 def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ModelRecord]) -> str | None:
@@ -283,6 +284,6 @@ def _plan_removals(
         elif reference not in observed:
             actions.extend(forget("file removed; already gone from Ollama"))
         else:
-            actions.append(Delete(reference, tuple(keys), "file removed from Git"))
+            actions.append(Delete(observed[reference].reference, tuple(keys), "file removed from Git"))  # as listed
     return actions
 

@@ -94,6 +94,20 @@ def test_create_existing_is_409(api: ApiRig) -> None:
     assert response.status_code == 409 and response.json() == {"error": "model already exists: gemma3-1b"}
 
 
+def test_another_spelling_of_an_existing_model_is_another_resource_and_the_same_ollama_model(api: ApiRig) -> None:
+    # `library/llama3.2:1b` is Ollama's `llama3.2:1b` (seeded), but its resource name differs: the file
+    # is allowed, and the reconciler pulls nothing more, both being the one model Ollama lists.
+    response = api.client.post("/api/v1/models", json={"name": "library/llama3.2", "tag": "1b"})
+    assert response.status_code == 201 and response.json()["name"] == "library-llama3.2-1b"
+    api.settle()
+    both = [api.client.get(f"/api/v1/models/{name}").json() for name in ("llama3.2-1b", "library-llama3.2-1b")]
+    assert [m["state"] for m in both] == ["Ready", "Ready"] and both[0]["digest"] == both[1]["digest"]
+    assert api.ollama.pull_count["llama3.2:1b"] == 1
+    assert api.client.delete("/api/v1/models/llama3.2-1b").status_code in (200, 204)
+    api.settle()
+    assert "llama3.2:1b" in api.ollama.installed()  # still wanted by the other file
+
+
 @pytest.mark.parametrize(
     ("body", "fragment"),
     [

@@ -13,6 +13,7 @@ import yaml
 from kubernetes import client
 
 from gitrepos import WorkRepo, init_bare
+from healthchecks import argocd_health, flux_health, flux_health_exprs
 from ollama_gitops.reconciler.cluster.cache import ResourceCache
 from ollama_gitops.reconciler.cluster.client import ClusterClient
 from ollama_gitops.reconciler.cluster.resources import FINALIZER, GROUP, MANAGED_BY, PLURAL, SOURCE_COMMIT, VERSION
@@ -319,7 +320,9 @@ def test_statuses_are_not_lost_when_the_watch_lags(krig: KubeRig) -> None:
     krig.cache.observe_write(created)  # the watch's event, at last
     krig.store.retry()
     assert krig.store.flush(10)
-    assert krig.resource("default", "late-1b")["status"] == {"state": "Ready", "size": 2048, "formattedSize": "2.0 KiB"}
+    status = krig.resource("default", "late-1b")["status"]
+    assert {k: status[k] for k in ("state", "size", "formattedSize")} == {"state": "Ready", "size": 2048, "formattedSize": "2.0 KiB"}
+    assert "digest" not in status and "error" not in status
 
 
 def test_a_status_field_that_no_longer_applies_is_removed(krig: KubeRig) -> None:
@@ -362,3 +365,128 @@ def test_resources_follow_the_rules_for_living_next_to_argo_cd(krig: KubeRig) ->
     reports = [krig.cycle() for _ in range(3)]
     assert all(r.full and r.ok for r in reports)
     assert krig.kube.requests(writes=True) == []
+
+
+def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(krig: KubeRig) -> None:
+    """Ollama lists `registry.ollama.ai/library/llama3.2:1b` as `llama3.2:1b` (DisplayShortest)."""
+    path = krig.work.model("default", "registry.ollama.ai/library/llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    krig.settle()
+    status = krig.resource("default", "registry.ollama.ai-library-llama3.2-1b")["status"]
+    assert status["state"] == "Ready" and status["size"] == 1815319791
+    assert status["digest"] == krig.ollama.digest_of("llama3.2:1b")
+    krig.reconciler.resync_interval = 0  # every cycle a full one: Ollama listed, every model planned
+    assert all(krig.cycle().full for _ in range(2))
+    assert krig.ollama.pull_count["llama3.2:1b"] == 1
+    krig.work.remove(path)
+    krig.push("remove it")
+    krig.settle()
+    assert krig.resource("default", "registry.ollama.ai-library-llama3.2-1b") is None
+    assert krig.ollama.delete_count == {"llama3.2:1b": 1} and "llama3.2:1b" not in krig.ollama.installed()
+
+
+def test_events_are_found_as_kubectl_describe_looks_for_them(krig: KubeRig) -> None:
+    # kubectl describe lists a resource's Events by involvedObject kind, name, namespace and uid
+    krig.work.model("default", "llama3.2", "1b")
+    krig.work.model("default", "gemma3", "1b")
+    krig.push()
+    krig.settle()
+    resource = krig.resource("default", "llama3.2-1b")
+    uid = resource["metadata"]["uid"]
+    selector = ("involvedObject.kind=OllamaModel,involvedObject.name=llama3.2-1b,"
+                f"involvedObject.namespace=default,involvedObject.uid={uid}")
+    found = client.CoreV1Api(krig.api_client).list_namespaced_event("default", field_selector=selector, limit=500).items
+    assert sorted(e.reason for e in found) == ["Pulled", "Pulling"]
+    assert all(e.involved_object.api_version == f"{GROUP}/{VERSION}" and e.involved_object.resource_version
+               for e in found)
+
+
+def conditions_of(resource: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in resource["status"].get("conditions", [])}
+
+
+def test_status_has_kstatus_conditions_and_the_observed_generation(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.work.model("default", "nosuchmodel", "1b")  # not in the stand-in's catalogue: the pull fails
+    krig.push()
+    with krig.ollama.hold_pulls() as gate:
+        def pulling() -> bool:
+            krig.reconciler.run_cycle()  # each cycle retries the status writes waiting for their resource
+            krig.store.flush(15)
+            resource = krig.resource("default", "llama3.2-1b")
+            return resource is not None and resource.get("status", {}).get("state") == "Pulling"
+
+        eventually(pulling)
+        pulling = conditions_of(krig.resource("default", "llama3.2-1b"))
+        assert (pulling["Reconciling"]["status"], pulling["Reconciling"]["reason"]) == ("True", "Pulling")
+        assert (pulling["Ready"]["status"], pulling["Stalled"]["status"]) == ("False", "False")
+        gate.release()
+    krig.settle()
+    llama = krig.resource("default", "llama3.2-1b")
+    ready = conditions_of(llama)
+    assert llama["status"]["observedGeneration"] == llama["metadata"]["generation"] == 1
+    assert {t: (c["status"], c["reason"]) for t, c in ready.items()} == {
+        "Ready": ("True", "Pulled"), "Reconciling": ("False", "Pulled"), "Stalled": ("False", "Pulled")}
+    assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"].endswith("Z") for c in ready.values())
+    failed = krig.resource("default", "nosuchmodel-1b")
+    stalled = conditions_of(failed)["Stalled"]
+    assert (failed["status"]["state"], stalled["status"], stalled["reason"]) == ("Failed", "True", "PullFailed")
+    assert stalled["message"] == failed["status"]["error"] == "pull model manifest: file does not exist"
+    assert conditions_of(failed)["Reconciling"]["status"] == "False"  # kstatus: Failed, not InProgress
+    # what Argo CD's health check and Flux's healthCheckExprs make of these very resources
+    assert argocd_health(llama)["status"] == "Healthy" and flux_health(llama, flux_health_exprs()) == "Current"
+    assert argocd_health(failed) == {"status": "Degraded", "message": "pull model manifest: file does not exist"}
+    assert flux_health(failed, flux_health_exprs()) == "Failed"
+
+
+def test_conditions_are_written_only_when_they_change(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    before = conditions_of(krig.resource("default", "llama3.2-1b"))
+    krig.kube.clear_request_log()
+    krig.reconciler.resync_interval = 0  # full cycles: every model planned, every status recomputed
+    assert all(krig.cycle().full for _ in range(2))
+    assert krig.kube.requests(writes=True) == []
+    assert conditions_of(krig.resource("default", "llama3.2-1b")) == before
+    # a refresh flips Ready to False (Pulling) and back: its transition time moves, Stalled's does not
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b",
+                                               {"metadata": {"annotations": {"ollama.smithforge.dev/refresh": "true"}}})
+    krig.settle()
+    after = conditions_of(krig.resource("default", "llama3.2-1b"))
+    assert after["Stalled"]["lastTransitionTime"] == before["Stalled"]["lastTransitionTime"]
+    assert krig.ollama.pull_count["llama3.2:1b"] == 2 and after["Ready"]["status"] == "True"
+
+
+def test_observed_generation_follows_a_spec_edited_by_hand_and_put_back(krig: KubeRig) -> None:
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "llama3.2-1b", {"spec": {"tag": "3b"}})
+    krig.settle()
+    resource = krig.resource("default", "llama3.2-1b")
+    assert resource["spec"]["tag"] == "1b" and resource["metadata"]["generation"] == 3
+    assert resource["status"]["observedGeneration"] == 3
+    assert {c["observedGeneration"] for c in resource["status"]["conditions"]} == {3}
+
+
+def test_a_quick_repull_is_written_and_told_even_when_the_watch_lags(krig: KubeRig) -> None:
+    """Pulling then Ready again before the watch brings back the Pulling write: the cache still says
+    Ready, but the resource says Pulling, so Ready must be written (and the pull told as Pulled)."""
+    from ollama_gitops.reconciler.models.desired import ModelKey
+    from ollama_gitops.reconciler.state import PULLING, READY
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    krig.cache.stop()  # from here the cache hears of nothing by itself: the watch "lags" for good
+    key = ModelKey("default", "llama3.2-1b")
+    for state in (PULLING, READY):
+        with krig.store.editing() as edit:
+            edit.status(key).state = state
+        assert krig.store.flush(10)
+        assert krig.resource("default", "llama3.2-1b")["status"]["state"] == state
+    reasons = [e["reason"] for e in krig.kube.events() if e["involvedObject"]["name"] == "llama3.2-1b"]
+    assert reasons == ["Pulling", "Pulled", "Pulling", "Pulled"]
+    assert conditions_of(krig.resource("default", "llama3.2-1b"))["Ready"]["status"] == "True"

@@ -191,3 +191,13 @@ def test_file_removed_while_its_pull_runs_waits() -> None:
     records = {llama.key: record(llama, PULLING, owned=True), keep.key: record(keep)}
     result = plan(desired(keep), {"phi3:mini": installed("phi3:mini")}, records, in_flight={"llama3.2:1b"}, now=NOW)
     assert result.actions == (Skip(llama.key, "file removed; waiting for the pull in progress to end"),)
+
+
+def test_a_model_is_pulled_as_its_file_spells_it_and_deleted_as_ollama_lists_it() -> None:
+    hf = model("hf.co/Org/Model-GGUF", "Q4_K_M")
+    result = plan(desired(hf), {}, {}, now=NOW)
+    assert result.actions == (Pull("hf.co/Org/Model-GGUF:Q4_K_M", (hf.key,), "new model, not in Ollama"),)
+    library = model("registry.ollama.ai/library/llama3.2")
+    observed = {"llama3.2:1b": installed("llama3.2:1b")}
+    result = plan(desired(hf), observed, {library.key: record(library, owned=True)}, scope={library.key}, now=NOW)
+    assert result.actions == (Delete("llama3.2:1b", (library.key,), "file removed from Git"),)

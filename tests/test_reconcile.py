@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from ollama_gitops.reconciler.models.naming import resource_name
 from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
 from rig import CATALOGUE, Rig
 
@@ -248,18 +249,30 @@ def test_suspended_models_are_left_alone(rig: Rig) -> None:
     assert "gemma3:1b" in rig.ollama.installed()
 
 
-def test_same_model_in_two_namespaces_is_pulled_once_and_kept_while_wanted(rig: Rig) -> None:
-    rig.work.model("team-a", "llama3.2", "1b")
-    path_b = rig.work.model("team-b", "llama3.2", "1b")
+@pytest.mark.parametrize(("kept", "dropped"), [
+    (("team-a", "llama3.2"), ("team-b", "llama3.2")),  # the same model in two namespaces
+    (("default", "library/llama3.2"), ("default", "llama3.2")),  # two spellings: two files, one model
+])
+def test_one_model_wanted_by_two_files_is_pulled_once_and_kept_while_wanted(
+        rig: Rig, kept: tuple[str, str], dropped: tuple[str, str]) -> None:
+    path_kept = rig.work.model(kept[0], kept[1], "1b")
+    path_dropped = rig.work.model(dropped[0], dropped[1], "1b")
+    rig.work.model("default", "gemma3", "1b")
     rig.push()
     rig.start()
     rig.cycle()
     assert rig.ollama.pull_count["llama3.2:1b"] == 1
-    assert rig.state("team-a", "llama3.2-1b") == rig.state("team-b", "llama3.2-1b") == READY
-    rig.work.remove(path_b)
-    rig.push("drop team-b")
+    kept_name, dropped_name = (resource_name(name, "1b") for _, name in (kept, dropped))
+    assert rig.state(kept[0], kept_name) == rig.state(dropped[0], dropped_name) == READY
+    rig.work.remove(path_dropped)
+    rig.push("drop one")
+    report = rig.cycle()
+    assert "llama3.2:1b" in rig.ollama.installed() and rig.record(dropped[0], dropped_name) is None
+    assert any("wanted by another file" in getattr(a, "reason", "") for a in report.plan.actions)
+    rig.work.remove(path_kept)
+    rig.push("drop the other")
     rig.cycle()
-    assert "llama3.2:1b" in rig.ollama.installed() and rig.record("team-b", "llama3.2-1b") is None
+    assert "llama3.2:1b" not in rig.ollama.installed()
 
 
 def test_a_pull_in_flight_is_not_started_twice_and_cycles_do_not_wait(rig: Rig) -> None:
@@ -275,15 +288,20 @@ def test_a_pull_in_flight_is_not_started_twice_and_cycles_do_not_wait(rig: Rig) 
         rig.push("another model")
         assert rig.cycle(wait=False).ok  # plans gemma3 only
         assert gate.wait_for_pulls(2, timeout=10)
+        rig.work.model("team-a", "registry.ollama.ai/library/llama3.2", "1b")
+        rig.push("the same model, spelled in full")
+        assert [a.reason for a in rig.cycle(wait=False).plan.actions] == ["pull in progress"]
         rig.clock.advance(301)
         report = rig.cycle(wait=False)  # a full cycle looks at every model
         assert report.full
-        assert sorted(a.reason for a in report.plan.actions) == ["pull in progress", "pull in progress"]
+        assert [a.reason for a in report.plan.actions] == ["pull in progress"] * 3
         progress = rig.record("default", "llama3.2-1b").status
         assert progress.progress_total and progress.progress_completed is not None
     assert rig.reconciler.pulls.wait(timeout=10)
     assert rig.ollama.pull_count["llama3.2:1b"] == 1 and rig.state("default", "llama3.2-1b") == READY
-    assert rig.state("default", "gemma3-1b") == READY
+    rig.cycle()  # the file that waited on the pull finds the model there
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    assert rig.state("default", "gemma3-1b") == rig.state("team-a", "registry.ollama.ai-library-llama3.2-1b") == READY
 
 
 def test_dry_run_changes_nothing(rig: Rig) -> None:
@@ -392,3 +410,23 @@ def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
     assert follower.follow() is True
     assert follower.record(key).status.state == READY and len(follower.keys()) == 2
     assert (tmp_path / state_module.SNAPSHOT).exists()
+
+
+def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(rig: Rig) -> None:
+    """Ollama lists `registry.ollama.ai/library/llama3.2:1b` as `llama3.2:1b` (DisplayShortest)."""
+    path = rig.work.model("default", "registry.ollama.ai/library/llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start(resync_interval=300)
+    rig.cycle()
+    record = rig.record("default", "registry.ollama.ai-library-llama3.2-1b")
+    assert record is not None and record.status.state == READY
+    assert record.status.size == CATALOGUE["llama3.2:1b"] and record.status.digest == rig.ollama.digest_of("llama3.2:1b")
+    for _ in range(2):  # full cycles: Ollama listed, every model planned
+        rig.clock.advance(301)
+        assert rig.cycle().full
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1
+    rig.work.remove(path)
+    rig.push("remove it")
+    assert rig.cycle().ok
+    assert rig.ollama.delete_count == {"llama3.2:1b": 1} and "llama3.2:1b" not in rig.ollama.installed()

@@ -786,6 +786,25 @@ def test_events_of_both_apis_are_accepted_and_recorded(kube, api_client):
     assert len(kube.events()) == 2
 
 
+def test_events_are_listed_by_the_field_selector_kubectl_describe_uses(kube, api_client):
+    # kubectl describe: GetFieldSelector(&ref.Name, &ref.Namespace, refKind, refUID), keys sorted
+    core = client.CoreV1Api(api_client)
+    for uid, reason in (("uid-1", "Pulled"), ("uid-2", "Pulled"), ("uid-1", "PullFailed")):
+        ref = client.V1ObjectReference(api_version=f"{G}/{V}", kind="OllamaModel", name="llama", namespace=NS,
+                                       uid=uid, resource_version="7")
+        core.create_namespaced_event(NS, client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name="llama."), involved_object=ref, reason=reason,
+            type="Warning" if reason == "PullFailed" else "Normal", source=client.V1EventSource(component="og")))
+    selector = f"involvedObject.kind=OllamaModel,involvedObject.name=llama,involvedObject.namespace={NS},involvedObject.uid=uid-1"
+    found = core.list_namespaced_event(NS, field_selector=selector, limit=500).items
+    assert sorted(e.reason for e in found) == ["PullFailed", "Pulled"] and {e.involved_object.uid for e in found} == {"uid-1"}
+    assert [e.reason for e in core.list_namespaced_event(NS, field_selector="type=Warning,source=og").items] == ["PullFailed"]
+    assert core.list_namespaced_event(NS, field_selector="involvedObject.uid!=uid-1").items[0].involved_object.uid == "uid-2"
+    with pytest.raises(ApiException) as exc:
+        core.list_namespaced_event(NS, field_selector="involvedObject.color=red")
+    assert exc.value.status == 400 and "field label not supported: involvedObject.color" in exc.value.body
+
+
 def test_discovery_is_enough_for_the_dynamic_client(tmp_path, kube, api_client):
     dyn = DynamicClient(api_client, cache_file=str(tmp_path / "discovery.json"))
     models = dyn.resources.get(api_version=f"{G}/{V}", kind="OllamaModel")

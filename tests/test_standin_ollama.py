@@ -226,7 +226,8 @@ def test_show_known_and_unknown(standin: OllamaStandin, client: ollama.Client) -
     assert "FROM " in shown.modelfile and shown.template and shown.parameters
     assert shown.modified_at == client.list().models[0].modified_at
 
-    for name, shown_as in [("ghost", "ghost:latest"), ("ghost:7b", "ghost:7b"), ("llama3.2", "llama3.2:latest")]:
+    # ShowHandler and DeleteHandler name the model as the request did
+    for name, shown_as in [("ghost", "ghost"), ("ghost:7b", "ghost:7b"), ("llama3.2", "llama3.2")]:
         with pytest.raises(ollama.ResponseError) as err:
             client.show(name)
         assert (err.value.status_code, err.value.error) == (404, f"model '{shown_as}' not found")
@@ -242,7 +243,7 @@ def test_delete_known_and_unknown(standin: OllamaStandin, client: ollama.Client)
 
     with pytest.raises(ollama.ResponseError) as err:
         client.delete("llama3.2")
-    assert (err.value.status_code, err.value.error) == (404, "model 'llama3.2:latest' not found")
+    assert (err.value.status_code, err.value.error) == (404, "model 'llama3.2' not found")
     with pytest.raises(ollama.ResponseError) as err:
         client.show("llama3.2")
     assert err.value.status_code == 404
@@ -492,3 +493,21 @@ def test_held_listings_block_until_released(standin: OllamaStandin) -> None:
         gate.release()
         assert future.result(timeout=TIMEOUT) == ["llama3.2:1b"]
     assert listing() == ["llama3.2:1b"]  # a released gate holds nothing any more
+
+
+def test_listing_uses_ollamas_shortest_name_and_existing_spellings(standin: OllamaStandin) -> None:
+    # server/routes.go ListHandler: `name` and `model` are both n.DisplayShortest(); a pull's parts
+    # take the spelling of an installed model's equal part (getExistingName).
+    standin.add_to_catalogue("hf.co/Org/Model-GGUF:Q4_K_M", 1000)
+    standin.add_to_catalogue("hf.co/org/other:q4_k_m", 2000)
+    standin.add_to_catalogue("me/tiny:1b", 3000)
+    standin.add_to_catalogue("llama3.2:1b", 4000)
+    for reference in ("registry.ollama.ai/library/llama3.2:1b", "https://hf.co/Org/Model-GGUF:Q4_K_M",
+                      "hf.co/org/other:q4_k_m", "registry.ollama.ai/me/tiny:1b"):
+        response = httpx.post(standin.url + "/api/pull", json={"model": reference, "stream": False}, timeout=TIMEOUT)
+        assert response.json() == {"status": "success"}, reference
+    listed = httpx.get(standin.url + "/api/tags", timeout=TIMEOUT).json()["models"]
+    assert all(m["name"] == m["model"] for m in listed)
+    assert sorted(m["name"] for m in listed) == ["hf.co/Org/Model-GGUF:Q4_K_M", "hf.co/Org/other:Q4_K_M",
+                                                 "llama3.2:1b", "me/tiny:1b"]
+    assert httpx.post(standin.url + "/api/pull", json={"model": "a/b/c/d"}, timeout=TIMEOUT).status_code == 400

@@ -17,7 +17,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ..models.desired import ModelKey
-from .resources import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, API_VERSION
+from .resources import API_VERSION, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION, Resource
 
 APPLY = "application/apply-patch+yaml"
 CONTROLLER_MANAGER = f"{FIELD_MANAGER}-controller"
@@ -111,13 +111,20 @@ class ClusterClient:
             response.response.drain_conn()
         self._call(send)
 
-    def event(self, key: ModelKey, reason: str, message: str, warning: bool = False) -> None:
-        """Record a Kubernetes Event on the resource (best effort: an Event is never worth a failure)."""
+    def event(self, key: ModelKey, reason: str, message: str, warning: bool = False,
+              resource: Resource | None = None) -> None:
+        """Record a Kubernetes Event on the resource (best effort: an Event is never worth a failure).
+
+        With `resource` (as the watch cache holds it), the Event names its uid and resourceVersion,
+        as client-go's recorder does: `kubectl describe` selects a resource's Events by uid."""
         now = datetime.now(timezone.utc)
+        involved = client.V1ObjectReference(api_version=API_VERSION, kind=KIND, name=key.name, namespace=key.namespace)
+        if resource is not None:
+            involved.uid = resource.uid or None
+            involved.resource_version = resource.resource_version or None
         body = client.CoreV1Event(
             metadata=client.V1ObjectMeta(generate_name=f"{key.name}.", namespace=key.namespace),
-            involved_object=client.V1ObjectReference(api_version=API_VERSION, kind=KIND, name=key.name,
-                                                     namespace=key.namespace),
+            involved_object=involved,
             reason=reason, message=message[:1024], type="Warning" if warning else "Normal",
             first_timestamp=now, last_timestamp=now, count=1,
             source=client.V1EventSource(component=FIELD_MANAGER), reporting_component=FIELD_MANAGER,

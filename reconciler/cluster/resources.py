@@ -53,6 +53,8 @@ class Resource:
     finalizers: tuple[str, ...]
     resource_version: str
     deleting: bool  # deletionTimestamp is set: waiting for finalizers
+    uid: str = ""  # what Events name it by (kubectl describe selects them by uid)
+    generation: int = 0  # metadata.generation: the spec version that status.observedGeneration answers
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Resource:
@@ -66,6 +68,8 @@ class Resource:
             finalizers=tuple(meta.get("finalizers") or ()),
             resource_version=str(meta.get("resourceVersion", "")),
             deleting=bool(meta.get("deletionTimestamp")),
+            uid=str(meta.get("uid") or ""),
+            generation=int(meta.get("generation") or 0),
         )
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ..models.desired import ModelKey
 from ..models.sizes import format_size
 from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
 from .cache import ResourceCache
+from .conditions import model_conditions
 from .client import ClusterClient, ClusterError
 from .resources import (FINALIZER, PRUNE, PULLED, REFRESH_HANDLED, REFRESH_REQUESTED_AT, SEED_REFRESH,
                         SOURCE_COMMIT, SOURCE_PATH, SUSPEND, Resource)
@@ -58,8 +59,12 @@ def record_from(resource: Resource) -> ModelRecord:
     ))
 
 
-def status_body(status: ModelStatus) -> dict[str, Any]:
-    """The status subresource as the seed's CRD has it (None removes a field in a merge patch)."""
+def status_body(status: ModelStatus, *, suspended: bool = False, generation: int | None = None,
+                previous_conditions: Sequence[Mapping[str, Any]] | None = None,
+                now: str | None = None) -> dict[str, Any]:
+    """The status subresource: the seed CRD's fields (None removes one, as the controller owned it),
+    and beside them `observedGeneration` and the kstatus conditions (see `conditions`), whose
+    transition times are carried over from `previous_conditions` while their status holds."""
     return {
         "state": status.state,
         "size": status.size,
@@ -67,6 +72,9 @@ def status_body(status: ModelStatus) -> dict[str, Any]:
         "digest": status.digest or None,
         "lastPullTime": status.last_pull_time,
         "error": status.error,
+        "observedGeneration": generation or None,
+        "conditions": model_conditions(status, suspended=suspended, generation=generation,
+                                       previous=previous_conditions, now=now or utc_rfc3339(time.time())),
     }
 
 
@@ -79,6 +87,8 @@ class ClusterStateStore(StateStore):
         self._leading = leading
         self._cache = cache
         self._pending: dict[ModelKey, ModelRecord | None] = {}
+        # The status each resource was last given here: newer than the cache while the watch lags.
+        self._written: dict[ModelKey, dict[str, Any]] = {}
         self._forced: set[ModelKey] = set()
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
@@ -99,13 +109,15 @@ class ClusterStateStore(StateStore):
                 self._pending[key] = record.copy() if record is not None else None
         self._drain()
 
-    def rewrite(self, keys: set[ModelKey]) -> None:
-        """Write these records again whatever the cache says (their resources were just recreated)."""
+    def rewrite(self, keys: set[ModelKey], *, force: bool = True) -> None:
+        """Write these records again: whatever the cache says (their resources were just recreated),
+        or with `force=False` where what they would write now differs from what the cache holds."""
         with self._lock, self._pending_lock:
             for key in keys:
                 if key in self._models:
                     self._pending[key] = self._models[key].copy()
-                    self._forced.add(key)
+                    if force:
+                        self._forced.add(key)
         self._drain()
 
     def flush(self, timeout: float = 30.0) -> bool:
@@ -155,6 +167,8 @@ class ClusterStateStore(StateStore):
                 self._idle.notify_all()
 
     def _release(self, key: ModelKey) -> None:
+        with self._pending_lock:
+            self._written.pop(key, None)
         resource = self._cache.get(key)
         if resource is None or FINALIZER not in resource.finalizers:
             return
@@ -175,11 +189,21 @@ class ClusterStateStore(StateStore):
                 with self._pending_lock:
                     self._pending.setdefault(key, record)
             return
-        status = status_body(record.status)
         current = dict(resource.status) if resource is not None else {}
-        if forced or any(current.get(k) != v for k, v in status.items()):
+        with self._pending_lock:
+            written = self._written.get(key)
+        latest = written if written is not None else current  # what the resource says now
+        # Just created (forced, not in the cache yet): a new resource is at generation 1.
+        status = status_body(record.status, suspended=record.spec.suspend,
+                             generation=resource.generation if resource is not None else 1,
+                             previous_conditions=latest.get("conditions"))
+        # Unchanged only if it is what the cache holds and what was last written (a quick Pulling and
+        # back to Ready must not leave Pulling behind because the watch has not brought it yet).
+        if forced or any(current.get(k) != v or latest.get(k) != v for k, v in status.items()):
             self._client.apply_status(key, status)
-            self._event(key, current.get("state"), record.status)
+            with self._pending_lock:
+                self._written[key] = status
+            self._event(key, latest.get("state"), record.status, resource)
         annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
         existing = resource.annotations if resource is not None else {}
         if SEED_REFRESH_TOKEN in (record.status.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":
@@ -188,12 +212,13 @@ class ClusterStateStore(StateStore):
         if any(existing.get(k) != v for k, v in annotations.items()):
             self._client.patch_annotations(key, annotations)
 
-    def _event(self, key: ModelKey, before: str | None, status: ModelStatus) -> None:
+    def _event(self, key: ModelKey, before: str | None, status: ModelStatus, resource: Resource | None) -> None:
         if status.state == before:
             return
         if status.state == PULLING:
-            self._client.event(key, "Pulling", "pulling the model into Ollama")
+            self._client.event(key, "Pulling", "pulling the model into Ollama", resource=resource)
         elif status.state == READY and before == PULLING:
-            self._client.event(key, "Pulled", f"pulled ({format_size(status.size or 0)}, digest {status.digest or '-'})")
+            self._client.event(key, "Pulled", f"pulled ({format_size(status.size or 0)}, digest {status.digest or '-'})",
+                               resource=resource)
         elif status.state == FAILED:
-            self._client.event(key, "PullFailed", status.error or "the pull failed", warning=True)
+            self._client.event(key, "PullFailed", status.error or "the pull failed", warning=True, resource=resource)

@@ -71,11 +71,12 @@ class ResourceSync:
             if isinstance(action, ApplyResource):
                 self._client.apply(action.body)
             elif isinstance(action, DeleteResource):
-                self._client.event(action.key, "Pruning", f"{action.reason}; deleting the resource")
+                self._client.event(action.key, "Pruning", f"{action.reason}; deleting the resource",
+                                   resource=resources.get(action.key))
                 self._client.delete(action.key)
             elif isinstance(action, ReleaseResource):
                 self._client.remove_finalizer(action.key, FINALIZER, list(resources[action.key].finalizers))
-                self._client.event(action.key, "Released", action.reason)
+                self._client.event(action.key, "Released", action.reason, resource=resources[action.key])
         except ClusterError as exc:
             return exc
         return None
@@ -125,6 +126,10 @@ class ClusterSync:
         result = self._writer.run(plan, resources, desired.commit)
         # A resource just created carries no status yet: write the model's record onto it.
         self._store.rewrite({key for key in result.applied if key not in resources})
+        # A spec changed (by hand, or put back) has a new generation, which the status must answer
+        # even though the model's record did not change.
+        self._store.rewrite({key for key, r in resources.items() if r.status and not r.deleting
+                             and r.status.get("observedGeneration") != r.generation}, force=False)
         self._store.retry()
         problems = [f"{key}: {message}" for key, message in sorted(result.errors.items())]
         if result.unreachable:

@@ -7,6 +7,8 @@ with every character outside `[a-z0-9.-]` replaced by `-`.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import lru_cache
 
 _UNSAFE = re.compile(r"[^a-z0-9.-]")
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -47,9 +49,62 @@ def dns1123_subdomain_error(value: str) -> str | None:
     return None
 
 
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+
+
+@dataclass(frozen=True)
+class OllamaName:
+    """A model name in Ollama's four parts (ollama/ollama `types/model/name.go`, `Name`)."""
+
+    host: str
+    namespace: str
+    model: str
+    tag: str
+
+    def display_shortest(self) -> str:
+        """The form `/api/tags` lists a model by: the default host, and then the default namespace,
+        left out (compared case-insensitively, as Ollama's `DisplayShortest` does)."""
+        if self.host.lower() != DEFAULT_HOST:
+            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+        if self.namespace.lower() != DEFAULT_NAMESPACE:
+            return f"{self.namespace}/{self.model}:{self.tag}"
+        return f"{self.model}:{self.tag}"
+
+
+def parse_name(reference: str) -> OllamaName:
+    """Split `[[scheme://]host/][namespace/]model[:tag]` as Ollama's `ParseName` does: from the
+    right (a colon before the last `/` is a port, not a tag), with the defaults filled in. Like
+    Ollama's, it does not validate: a part promised by a separator but empty is `MISSING_PART`."""
+    host = namespace = tag = ""
+    rest = reference
+    if rest.rfind(":") > rest.rfind("/"):
+        rest, tag = _cut_promised(rest, ":")
+    if "/" not in rest:
+        model = rest
+    else:
+        rest, model = _cut_promised(rest, "/")
+        if "/" not in rest:
+            namespace = rest
+        else:
+            rest, namespace = _cut_promised(rest, "/")
+            host = rest.split("://", 1)[-1]
+    return OllamaName(host or DEFAULT_HOST, namespace or DEFAULT_NAMESPACE, model, tag or DEFAULT_TAG)
+
+
+MISSING_PART = "!MISSING!"  # Ollama's marker, which no valid name contains
+
+
+def _cut_promised(value: str, separator: str) -> tuple[str, str]:
+    before, _, after = value.rpartition(separator)
+    return before or MISSING_PART, after or MISSING_PART
+
+
+@lru_cache(maxsize=65536)  # every cycle keys every recorded model: the same few strings again
 def normalize_reference(reference: str) -> str:
-    """Ollama's identity for a reference: `latest` when no tag, and case-insensitive."""
-    last = reference.rsplit("/", 1)[-1]
-    if ":" not in last:
-        reference += ":latest"
-    return reference.lower()
+    """Ollama's identity for a reference, the key every comparison of models uses: the shortest form
+    Ollama lists it by (`registry.ollama.ai/library/llama3.2` and `llama3.2:latest` are both
+    `llama3.2:latest`; `hf.co/x/y:q4` keeps its host), lowercased, as Ollama matches names with
+    `EqualFold`."""
+    return parse_name(reference).display_shortest().lower()

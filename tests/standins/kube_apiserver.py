@@ -41,7 +41,9 @@ Behaviour modelled on kube-apiserver:
   no new finalizers may be added while deleting (422); without finalizers, 200 with a ``Status``
   Success (the real answer for custom resources); 404 when absent; ``preconditions`` honoured;
 - list: ``labelSelector`` (``=``, ``==``, ``!=``, exists, ``!``, ``in``, ``notin``, ``>``, ``<``),
-  ``fieldSelector`` (``metadata.name``, ``metadata.namespace``), ``limit``/``continue``;
+  ``fieldSelector`` (``metadata.name``, ``metadata.namespace``; for core v1 Events also the
+  ``involvedObject.*``, ``reason``, ``type``, ``source`` and ``reportingComponent`` fields, as
+  ``kubectl describe`` selects them), ``limit``/``continue``;
 - watch: chunked JSON lines; from a ``resourceVersion`` the events after it are replayed from a
   bounded per-resource history; without one (or ``"0"``) synthetic ADDED events for the current
   objects come first; label-selector transitions turn into ADDED/DELETED like the watch cache;
@@ -525,9 +527,22 @@ class _Selector:
         return True
 
 
+def _event_fields(obj: Obj) -> dict[str, str]:
+    """The fields a core v1 Event can be selected by (pkg/registry/core/event/strategy.go, ToSelectableFields)."""
+    ref = obj.get("involvedObject") or {}
+    source = obj.get("source") or {}
+    fields = {f"involvedObject.{k}": str(ref.get(k) or "") for k in
+              ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")}
+    fields.update({"reason": obj.get("reason") or "", "type": obj.get("type") or "",
+                   "reportingComponent": obj.get("reportingComponent") or "",
+                   "source": source.get("component") or obj.get("reportingComponent") or ""})
+    return fields
+
+
 class _FieldSelector:
     def __init__(self, text: str | None, rt: _ResourceType) -> None:
         self.reqs: list[tuple[str, str, str]] = []
+        self._events = rt is CORE_EVENTS
         for part in (text or "").split(","):
             part = part.strip()
             if not part:
@@ -537,14 +552,19 @@ class _FieldSelector:
                 raise _bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
             key = m.group(1).strip()
             allowed = {"metadata.name", "metadata.namespace"} if rt.namespaced else {"metadata.name"}
-            if key not in allowed:
+            if self._events:
+                allowed |= set(_event_fields({}))
+                if key not in allowed:
+                    raise _bad_request(f"field label not supported: {key}")
+            elif key not in allowed:
                 raise _bad_request(f'"{key}" is not a known field selector: only "metadata.name", "metadata.namespace"')
             self.reqs.append((key, "!=" if m.group(2) == "!=" else "=", m.group(3).strip()))
 
     def matches(self, obj: Obj) -> bool:
         meta = obj.get("metadata", {})
+        fields = _event_fields(obj) if self._events else {}
         for key, op, value in self.reqs:
-            actual = meta.get(key.split(".", 1)[1], "")
+            actual = fields[key] if key in fields else meta.get(key.split(".", 1)[1], "")
             if (actual == value) != (op == "="):
                 return False
         return True

@@ -16,10 +16,12 @@ official ``ollama`` Python client 0.6.x):
 * ``GET|HEAD /api/ps``      -> ``{"models": []}`` (nothing is ever loaded)
 * anything else             -> 404 ``404 page not found`` / 405 on a wrong method
 
-Model references follow Ollama's rules: ``[host/][namespace/]model[:tag]``, a
-missing tag means ``:latest``, the default ``registry.ollama.ai/library/``
-prefix is dropped (as Ollama displays it), and lookups are case-insensitive
-while the stored name keeps the spelling of the first pull.
+Model references follow Ollama's rules (types/model/name.go, v0.13.5):
+``[[scheme://]host/][namespace/]model[:tag]``, a missing tag means ``:latest``,
+``/api/tags`` lists a model by its shortest form in both ``name`` and ``model``
+(the default ``registry.ollama.ai`` host, then the ``library`` namespace, dropped:
+``DisplayShortest``), lookups are case-insensitive, and a pull stores each part
+in the spelling an installed model already has for it (``getExistingName``).
 
 Typical use::
 
@@ -86,24 +88,26 @@ _PullEvents = Generator[dict[str, Any], None, None]
 
 
 def _split_ref(ref: str) -> tuple[str | None, str | None, str, str | None] | None:
-    """Split ``[host/][namespace/]model[:tag]`` the way Ollama does (from the right).
+    """Split ``[[scheme://]host/][namespace/]model[:tag]`` as Ollama's ``ParseNameBare`` does
+    (types/model/name.go): from the right, a colon before the last slash belonging to the host
+    (a port), everything before the namespace being the host, less a ``scheme://``.
 
-    Returns ``(host, namespace, model, tag)`` or ``None`` when the reference is invalid.
+    Returns ``(host, namespace, model, tag)`` (``None`` for a part not given) or ``None`` when
+    ``IsValid`` would say no.
     """
     if not isinstance(ref, str) or not ref:
         return None
     rest, tag = ref, None
-    colon, slash = ref.rfind(":"), ref.rfind("/")
-    if colon > slash:  # a colon before the last slash belongs to the host (port)
-        rest, tag = ref[:colon], ref[colon + 1 :]
+    if ref.rfind(":") > ref.rfind("/"):
+        rest, _, tag = ref.rpartition(":")
         if not _TAG_RE.fullmatch(tag):
             return None
-    parts = rest.split("/")
-    if len(parts) > 3:
-        return None
-    host = parts[-3] if len(parts) == 3 else None
-    namespace = parts[-2] if len(parts) >= 2 else None
-    model = parts[-1]
+    host = namespace = None
+    head, slash, model = rest.rpartition("/")
+    if slash:
+        before, slash, namespace = head.rpartition("/")
+        if slash:
+            host = before.split("://", 1)[-1]
     if not _MODEL_RE.fullmatch(model):
         return None
     if namespace is not None and not _NAMESPACE_RE.fullmatch(namespace):
@@ -113,28 +117,34 @@ def _split_ref(ref: str) -> tuple[str | None, str | None, str, str | None] | Non
     return host, namespace, model, tag
 
 
-def _normalise(ref: str) -> str | None:
-    """The display name Ollama would store for ``ref`` (``None`` if invalid).
-
-    ``llama3.2`` -> ``llama3.2:latest``; ``registry.ollama.ai/library/llama3.2`` too.
-    Case is kept: lookups use ``.lower()`` of this.
-    """
+def _parts(ref: str) -> tuple[str, str, str, str] | None:
+    """``ref``'s four parts with Ollama's defaults filled in (``ParseName``), ``None`` if invalid."""
     split = _split_ref(ref)
     if split is None:
         return None
     host, namespace, model, tag = split
-    prefix = ""
-    if host is not None and host.lower() != _DEFAULT_HOST:
-        prefix = f"{host}/{namespace}/"
-    elif namespace is not None and namespace.lower() != _DEFAULT_NAMESPACE:
-        prefix = f"{namespace}/"
-    return f"{prefix}{model}:{tag or 'latest'}"
+    return host or _DEFAULT_HOST, namespace or _DEFAULT_NAMESPACE, model, tag or "latest"
 
 
-def _with_tag(ref: str) -> str:
-    """``ref`` as given, with ``:latest`` appended when it has no tag (for 404 messages)."""
-    split = _split_ref(ref)
-    return ref if split is None or split[3] is not None else f"{ref}:latest"
+def _display(parts: tuple[str, str, str, str]) -> str:
+    """Ollama's ``DisplayShortest``: the default host, then the default namespace, left out
+    (compared with ``EqualFold``); what ``/api/tags`` gives in both ``name`` and ``model``."""
+    host, namespace, model, tag = parts
+    if host.lower() != _DEFAULT_HOST:
+        return f"{host}/{namespace}/{model}:{tag}"
+    if namespace.lower() != _DEFAULT_NAMESPACE:
+        return f"{namespace}/{model}:{tag}"
+    return f"{model}:{tag}"
+
+
+def _normalise(ref: str) -> str | None:
+    """The display name of ``ref`` as given (``None`` if invalid).
+
+    ``llama3.2`` -> ``llama3.2:latest``; ``registry.ollama.ai/library/llama3.2`` too.
+    Case is kept: lookups use ``.lower()`` of this.
+    """
+    parts = _parts(ref)
+    return None if parts is None else _display(parts)
 
 
 def _key(ref: str) -> str:
@@ -183,10 +193,14 @@ def _details(name: str, size: int) -> dict[str, Any]:
 
 @dataclass
 class _Installed:
-    name: str  # display name as first pulled / installed
+    parts: tuple[str, str, str, str]  # host, namespace, model, tag: the manifest's path
     size: int
     digest: str  # 64 hex, no "sha256:" prefix
     modified_ns: int
+
+    @property
+    def name(self) -> str:
+        return _display(self.parts)
 
 
 class PullGate:
@@ -443,7 +457,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = self.server.standin._show_payload(ref)
         if payload is None:
-            self._send_error_json(404, f"model '{_with_tag(ref)}' not found")
+            self._send_error_json(404, f"model '{ref}' not found")  # named as asked (server/routes.go)
             return
         self._send_json(200, payload)
 
@@ -453,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_json(400, INVALID_NAME_ERROR)
             return
         if not self.server.standin._delete(ref):
-            self._send_error_json(404, f"model '{_with_tag(ref)}' not found")
+            self._send_error_json(404, f"model '{ref}' not found")  # named as asked (server/routes.go)
             return
         self._send_bytes(200, None, b"")  # Ollama writes no body at all here
 
@@ -659,7 +673,7 @@ class OllamaStandin:
                 if key not in self._catalogue:
                     raise ValueError(f"{ref!r} is not in the catalogue: give its size")
                 size = self._catalogue[key][1]
-            self._install_locked(key, _normalise(ref) or ref, size)
+            self._install_locked(key, ref, size)
 
     def remove(self, ref: str) -> None:
         """Remove ``ref`` as if by ``ollama rm`` on the host; ``KeyError`` if absent."""
@@ -727,14 +741,26 @@ class OllamaStandin:
         with self._lock:
             self.requests.append((method, path))
 
-    def _install_locked(self, key: str, name: str, size: int) -> None:
-        existing = self._models.get(key)
+    def _install_locked(self, key: str, ref: str, size: int) -> None:
         self._models[key] = _Installed(
-            name=existing.name if existing else name,  # keep the first spelling
+            parts=self._existing_name_locked(ref),
             size=size,
             digest=_sha256_hex(key),
             modified_ns=time.time_ns(),
         )
+
+    def _existing_name_locked(self, ref: str) -> tuple[str, str, str, str]:
+        """The parts a pull of ``ref`` is stored under: Ollama's ``getExistingName`` gives each part
+        the spelling of any installed model's part that equals it but for case, so a model pulled
+        again keeps its first spelling (and ``Org/b`` pulled after ``org/a`` becomes ``org/b``)."""
+        parts = _parts(ref)
+        assert parts is not None, "callers pass valid references"
+        canonical = list(parts)
+        for existing in self._models.values():
+            for index, part in enumerate(existing.parts):
+                if part.lower() == canonical[index].lower():
+                    canonical[index] = part
+        return (canonical[0], canonical[1], canonical[2], canonical[3])
 
     def _tags_payload(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -805,7 +831,6 @@ class OllamaStandin:
         and the model is not installed.
         """
         key = _key(ref)
-        name = _normalise(ref) or ref
         with self._lock:
             generation = self._generation
             self.pull_count[key] += 1
@@ -856,7 +881,7 @@ class OllamaStandin:
         with self._lock:
             self._check_alive(generation)  # under the lock: stop() cannot slip in
             was_installed = key in self._models
-            self._install_locked(key, name, size)  # the manifest is written now
+            self._install_locked(key, ref, size)  # the manifest is written now
         yield {"status": "writing manifest"}
         if was_installed:
             # Real Ollama says this when a re-pull replaced an existing manifest.

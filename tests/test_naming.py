@@ -1,0 +1,46 @@
+"""Model references compared as Ollama compares them (ollama/ollama v0.13.5, types/model/name.go):
+ParseName fills the default host `registry.ollama.ai`, namespace `library` and tag `latest`,
+`/api/tags` lists a model by its DisplayShortest form, and names are equal when EqualFold."""
+
+from __future__ import annotations
+
+import pytest
+
+from ollama_gitops.reconciler.models.naming import normalize_reference, parse_name
+
+SAME_AS_LLAMA = ("llama3.2", "llama3.2:latest", "library/llama3.2", "library/llama3.2:latest",
+                 "registry.ollama.ai/library/llama3.2", "registry.ollama.ai/library/llama3.2:latest",
+                 "Registry.Ollama.AI/Library/Llama3.2:LATEST", "https://registry.ollama.ai/library/llama3.2")
+
+
+@pytest.mark.parametrize("reference", SAME_AS_LLAMA)
+def test_every_spelling_of_a_library_model_is_one_key(reference: str) -> None:
+    assert normalize_reference(reference) == "llama3.2:latest"
+
+
+@pytest.mark.parametrize(("reference", "key"), [
+    # name_test.go's TestDisplayShortest cases
+    ("registry.ollama.ai/library/model:latest", "model:latest"),
+    ("registry.ollama.ai/library/model:tag", "model:tag"),
+    ("registry.ollama.ai/namespace/model:tag", "namespace/model:tag"),
+    ("host/namespace/model:tag", "host/namespace/model:tag"),
+    ("host/library/model:tag", "host/library/model:tag"),
+    # other hosts keep their host, and a port is not a tag
+    ("hf.co/x/y:q4", "hf.co/x/y:q4"),
+    ("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M", "hf.co/bartowski/llama-3.2-1b-instruct-gguf:q4_k_m"),
+    ("myhost:5000/ns/m:t", "myhost:5000/ns/m:t"),
+    ("myhost:5000/ns/m", "myhost:5000/ns/m:latest"),
+    ("registry.ollama.ai/library/llama3.2:1b", "llama3.2:1b"),
+    ("library/llama3.2:1b", "llama3.2:1b"),
+    ("me/llama3.2:1b", "me/llama3.2:1b"),
+])
+def test_keys_are_ollamas_shortest_form_compared_case_insensitively(reference: str, key: str) -> None:
+    assert normalize_reference(reference) == key
+
+
+def test_parse_name_fills_ollamas_defaults() -> None:
+    name = parse_name("llama3.2")
+    assert (name.host, name.namespace, name.model, name.tag) == ("registry.ollama.ai", "library", "llama3.2", "latest")
+    name = parse_name("https://myhost:5000/ns/m:t")
+    assert (name.host, name.namespace, name.model, name.tag) == ("myhost:5000", "ns", "m", "t")
+    assert name.display_shortest() == "myhost:5000/ns/m:t"

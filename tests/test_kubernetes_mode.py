@@ -490,3 +490,23 @@ def test_a_quick_repull_is_written_and_told_even_when_the_watch_lags(krig: KubeR
     reasons = [e["reason"] for e in krig.kube.events() if e["involvedObject"]["name"] == "llama3.2-1b"]
     assert reasons == ["Pulling", "Pulled", "Pulling", "Pulled"]
     assert conditions_of(krig.resource("default", "llama3.2-1b"))["Ready"]["status"] == "True"
+
+
+def test_writes_of_one_resource_land_in_order_while_the_first_is_slow(krig: KubeRig) -> None:
+    """Pulling then Ready handed out while the Pulling write is still on the wire: with several
+    writers, the Ready write must wait for it, or the resource could end up saying Pulling."""
+    from ollama_gitops.reconciler.models.desired import ModelKey
+    from ollama_gitops.reconciler.state import PULLING, READY
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    key = ModelKey("default", "llama3.2-1b")
+    krig.kube.delay(r"/llama3\.2-1b/status$", 1.0, method="PATCH", times=1)  # the first status write is slow
+    for state in (PULLING, READY):
+        with krig.store.editing() as edit:
+            edit.status(key).state = state
+    assert krig.store.flush(30)
+    assert krig.resource("default", "llama3.2-1b")["status"]["state"] == READY
+    reasons = [e["reason"] for e in krig.kube.events() if e["involvedObject"]["name"] == "llama3.2-1b"]
+    assert reasons[-2:] == ["Pulling", "Pulled"]

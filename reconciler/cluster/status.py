@@ -90,6 +90,10 @@ class ClusterStateStore(StateStore):
         # The status each resource was last given here: newer than the cache while the watch lags.
         self._written: dict[ModelKey, dict[str, Any]] = {}
         self._forced: set[ModelKey] = set()
+        # One write per resource at a time, in order: a newer record waits for the one being
+        # written (two workers writing Pulling and Ready at once could land them in either order).
+        self._writing: set[ModelKey] = set()
+        self._queued: set[ModelKey] = set()  # pending behind a write in flight: sent when it ends
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
         self._in_flight = 0
@@ -141,11 +145,20 @@ class ClusterStateStore(StateStore):
 
     def _drain(self) -> None:
         with self._pending_lock:
-            batch, self._pending = self._pending, {}
-            forced, self._forced = self._forced, set()
-            self._in_flight += len(batch)
-        for key, record in batch.items():
-            self._pool.submit(self._write, key, record, key in forced)
+            ready = [key for key in self._pending if key not in self._writing]
+            self._queued.update(key for key in self._pending if key in self._writing)
+            batch = [self._take(key) for key in ready]
+        for key, record, forced in batch:
+            self._pool.submit(self._write, key, record, forced)
+
+    def _take(self, key: ModelKey) -> tuple[ModelKey, ModelRecord | None, bool]:
+        """Move a pending write into flight (called under the pending lock)."""
+        record = self._pending.pop(key)
+        forced = key in self._forced
+        self._forced.discard(key)
+        self._writing.add(key)
+        self._in_flight += 1
+        return key, record, forced
 
     def _write(self, key: ModelKey, record: ModelRecord | None, forced: bool) -> None:
         try:
@@ -162,9 +175,17 @@ class ClusterStateStore(StateStore):
                 with self._pending_lock:
                     self._pending.setdefault(key, record)
         finally:
+            following = None
             with self._idle:
+                self._writing.discard(key)
+                if key in self._queued:
+                    self._queued.discard(key)
+                    if key in self._pending:
+                        following = self._take(key)  # before this one counts as done: flush waits for both
                 self._in_flight -= 1
                 self._idle.notify_all()
+            if following is not None:
+                self._pool.submit(self._write, *following)
 
     def _release(self, key: ModelKey) -> None:
         with self._pending_lock:

@@ -28,6 +28,7 @@ from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshMod
 
 from . import metrics, webhook
 from .catalog import Catalog, model_view
+from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
 from .webhook import WebhookConfig, WebhookRejected
 
@@ -269,8 +270,8 @@ def _model_name(name: str) -> str:
 
 def _model_fields(body: bytes) -> ModelFields:
     try:
-        document = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = read_json(body) if body else None
+    except JsonBodyError as exc:
         raise _BadInput(f"invalid request: {exc}") from None
     if not isinstance(document, dict):
         raise _BadInput("invalid request: the body must be a JSON object with 'name' and 'tag'")

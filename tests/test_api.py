@@ -117,6 +117,45 @@ def test_bad_bodies_are_400_naming_the_problem(api: ApiRig, body: bytes, fragmen
     assert git.Repo(api.remote).commit("main").hexsha == before
 
 
+@pytest.mark.parametrize("depth", [65, 990, 5_000, 30_000])
+@pytest.mark.parametrize("where", ["top", "label"])
+def test_deeply_nested_bodies_are_400_not_500(api: ApiRig, depth: int, where: str) -> None:
+    nested = "[" * depth + "]" * depth
+    body = nested if where == "top" else '{"name": "phi3", "tag": "mini", "labels": {"a": %s}}' % nested
+    before = git.Repo(api.remote).commit("main").hexsha
+    response = api.client.post("/api/v1/models", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "nested deeper than" in response.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+def test_brackets_inside_strings_are_not_nesting(api: ApiRig) -> None:
+    body = {"name": "phi3", "tag": "mini", "labels": {"note": "[" * 2000 + "{" * 2000}}
+    response = api.client.post("/api/v1/models", json=body)
+    assert response.status_code == 400 and "label" in response.json()["error"]  # the schema's own complaint
+
+
+@pytest.mark.parametrize("body", [
+    b'{"name":"a","tag":"x","name":"b"}',
+    b'{"name":"phi3","tag":"mini","labels":{"team":"a","team":"b"}}',
+    b'{"name":"phi3","tag":"mini","tag":"mini"}',
+])
+def test_duplicate_keys_are_400_and_create_nothing(api: ApiRig, body: bytes) -> None:
+    before = git.Repo(api.remote).commit("main").hexsha
+    response = api.client.post("/api/v1/models", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "duplicate key" in response.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+@pytest.mark.parametrize("body", [b'{"name":"phi3","tag":"mini","prune":NaN}', b'{"name":"phi3","tag":"mini","x":Infinity}',
+                                  b'{"name":"phi3","tag":"mini"} trailing', b'\xff\xfe{}', b'{"n":' + b"1" * 5000 + b"}"])
+def test_what_is_not_strict_json_is_400(api: ApiRig, body: bytes) -> None:
+    response = api.client.post("/api/v1/models", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("invalid request:")
+
+
 def test_bad_namespace_is_400(api: ApiRig) -> None:
     response = api.client.get("/api/v1/models", params={"namespace": "../x"})
     assert response.status_code == 400 and "invalid namespace" in response.json()["error"]

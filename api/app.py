@@ -30,6 +30,7 @@ from . import metrics, webhook
 from .catalog import Catalog, model_view
 from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
+from .sameorigin import HostCheck, origin_refusal
 from .webhook import WebhookConfig, WebhookRejected
 
 log = logging.getLogger("ollama_gitops.api")
@@ -46,6 +47,7 @@ class ApiSettings:
     api_key: str | None
     namespace: str = "default"
     webhook: WebhookConfig | None = None  # None: webhooks are off (no secret configured)
+    hosts: HostCheck | None = None  # None: any Host is answered (an API key is set)
 
 
 def create_app(
@@ -87,6 +89,16 @@ def create_app(
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
+        host = request.headers.get("Host")
+        # A webhook is authenticated by its signature, which no page can make: it passes under
+        # whatever public name a proxy or tunnel gives the API.
+        if settings.hosts is not None and request.path not in SELF_AUTHENTICATED_PATHS:
+            refusal = settings.hosts.refusal(host)
+            if refusal is not None:
+                return _error(refusal, 421)
+        refusal = origin_refusal(request.method, request.headers.get("Origin"), host)
+        if refusal is not None:
+            return _error(refusal, 403)
         if request.path in SELF_AUTHENTICATED_PATHS:
             # Before the body is read: push payloads are larger than the API's own bodies.
             request.max_content_length = webhook.MAX_BODY_BYTES

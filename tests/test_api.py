@@ -319,3 +319,86 @@ def test_no_key_configured_means_no_authentication(tmp_path: Path, ollama) -> No
         assert httpx.get(f"{rig.url}/api/v1/models").status_code == 200
     finally:
         rig.stop()
+
+
+# -- cross-site and DNS-rebinding requests --------------------------------------------------------------
+
+@pytest.fixture
+def keyless(tmp_path: Path, ollama):
+    """`serve` without an API key (so on loopback), as a user runs it on a laptop."""
+    rig = ApiRig(tmp_path, ollama, api_key=None, allowed_hosts=("models.internal",))
+    rig.seed(("llama3.2", "1b"))
+    rig.start()
+    yield rig
+    rig.stop()
+
+
+def head_of(rig: ApiRig) -> str:
+    return git.Repo(rig.remote).commit("main").hexsha
+
+
+def test_a_cross_site_post_is_refused_and_pushes_nothing(keyless: ApiRig) -> None:
+    before = head_of(keyless)
+    for origin in ("http://evil.example", "null", f"http://evil.example:{keyless.running.server.port}",
+                   keyless.url.replace("127.0.0.1", "127.0.0.1.evil.example")):
+        response = keyless.client.post("/api/v1/models", content=b'{"name": "phi3", "tag": "mini"}',
+                                       headers={"Content-Type": "text/plain", "Origin": origin})
+        assert response.status_code == 403, (origin, response.text)
+        assert "cross-origin" in response.json()["error"]
+        for method, path in (("DELETE", "/api/v1/models/llama3.2-1b"), ("POST", "/api/v1/models/llama3.2-1b/refresh")):
+            assert keyless.client.request(method, path, headers={"Origin": origin}).status_code == 403
+    assert head_of(keyless) == before
+    # A read from another origin is answered (the browser keeps the answer from the page: no CORS headers).
+    read = keyless.client.get("/api/v1/models", headers={"Origin": "http://evil.example"})
+    assert read.status_code == 200 and "access-control-allow-origin" not in read.headers
+
+
+def test_a_dns_rebound_host_is_refused(keyless: ApiRig) -> None:
+    before = head_of(keyless)
+    port = keyless.running.server.port
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "localhost.evil.example",
+                 "", "a b", f"[::2]:{port}"):
+        for path in ("/api/v1/models", "/health", "/metrics"):
+            response = keyless.client.get(path, headers={"Host": host})
+            assert response.status_code == 421, (host, path, response.status_code)
+            assert "--allowed-host" in response.json()["error"]
+        response = keyless.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}, headers={"Host": host})
+        assert response.status_code == 421
+    assert head_of(keyless) == before
+
+
+def test_the_names_it_serves_and_its_own_origin_are_answered(keyless: ApiRig) -> None:
+    port = keyless.running.server.port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost", "localhost.",
+                 f"models.internal:{port}", "Models.Internal"):
+        assert keyless.client.get("/api/v1/models", headers={"Host": host}).status_code == 200, host
+    # The seed's clients send no Origin; the dashboard page this API serves sends its own.
+    assert keyless.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}).status_code == 201
+    own = keyless.client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"},
+                              headers={"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"})
+    assert own.status_code == 201, own.text
+    assert keyless.client.post("/api/v1/models/phi3-mini/refresh", headers={"Origin": keyless.url}).status_code == 202
+    assert keyless.client.delete("/api/v1/models/phi3-mini", headers={"Origin": keyless.url}).status_code == 204
+
+
+def test_with_an_api_key_any_host_is_answered_but_cross_origin_writes_are_not(api: ApiRig) -> None:
+    # In a cluster the API is reached by Service names and pod IPs (probes too): the key is the guard.
+    for host in ("ollama-gitops-api.ollama-gitops.svc", "10.1.2.3:8082", "evil.example"):
+        assert api.client.get("/api/v1/models", headers={"Host": host}).status_code == 200
+    refused = api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"},
+                              headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403 and "cross-origin" in refused.json()["error"]
+    assert remote_file(api, "models/default/phi3-mini.yaml") is None
+
+
+def test_allowed_hosts_from_options_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_gitops.api.cli import allowed_hosts
+
+    monkeypatch.delenv("OLLAMA_GITOPS_ALLOWED_HOSTS", raising=False)
+    assert allowed_hosts(None) == ()
+    monkeypatch.setenv("OLLAMA_GITOPS_ALLOWED_HOSTS", "a.example, b.example:8082,,")
+    assert allowed_hosts(None) == ("a.example", "b.example:8082")
+    assert allowed_hosts(["c.example"]) == ("c.example",)  # the option wins
+    options = runtime.ApiOptions("127.0.0.1:8082", None, "default", "a <a@b.c>", False, allowed_hosts=("a b",))
+    with pytest.raises(runtime.ConfigurationError, match="--allowed-host"):
+        runtime.host_check(options)

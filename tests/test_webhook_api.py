@@ -175,6 +175,25 @@ def test_a_signed_push_nested_too_deep_or_with_duplicate_keys_is_400(hooked: Api
     assert post(hooked, Sent({**sent.headers, "X-Hub-Signature-256": sign(SECRET, body)}, body)).status_code == 202
 
 
+def test_webhooks_pass_the_host_check_by_their_signature_and_carry_no_origin(tmp_path: Path,
+                                                                           ollama: OllamaStandin) -> None:
+    # Without an API key the API answers only for the names it serves, but a Git host's delivery
+    # (through a tunnel or a proxy, under a public name) is authenticated by its own signature.
+    rig = ApiRig(tmp_path, ollama, api_key=None, webhook_secret=SECRET)
+    rig.seed(("llama3.2", "1b"))
+    rig.start()
+    try:
+        sent = github(str(rig.remote))
+        response = httpx.post(rig.url + PATH, content=sent.body, headers={**sent.headers, "Host": "hooks.example.com"})
+        assert response.status_code == 202, response.text
+        assert httpx.get(rig.url + "/health", headers={"Host": "hooks.example.com"}).status_code == 421
+        # A browser page cannot pass for a Git host: what it sends carries an Origin.
+        forged = httpx.post(rig.url + PATH, content=sent.body, headers={**sent.headers, "Origin": "http://evil.example"})
+        assert forged.status_code == 403
+    finally:
+        rig.stop()
+
+
 def test_push_payloads_up_to_a_mebibyte_are_read(hooked: ApiRig) -> None:
     sent = github(str(hooked.remote))
     big = sent.body[:-1] + b', "padding": "' + b"x" * 600_000 + b'"}'  # a push of many commits

@@ -30,10 +30,13 @@ def check(api: ApiRig, response: httpx.Response, schema_name: str) -> dict:
 
 
 def remote_file(api: ApiRig, path: str) -> str | None:
+    repo = git.Repo(api.remote)  # held while the blob is read: its reader closes with it
     try:
-        return git.Repo(api.remote).commit("main").tree[path].data_stream.read().decode()
+        return repo.commit("main").tree[path].data_stream.read().decode()
     except KeyError:
         return None
+    finally:
+        repo.close()
 
 
 def test_list_models_as_the_seed_answers(api: ApiRig) -> None:
@@ -275,6 +278,40 @@ def test_push_failure_is_503_and_leaves_nothing_behind(api: ApiRig) -> None:
     finally:
         moved.rename(api.remote)
     assert remote_file(api, "models/default/phi3-mini.yaml") is None
+
+
+def test_a_write_while_the_branch_is_gone_is_503_and_does_not_recreate_it(api: ApiRig) -> None:
+    git.Repo(api.remote).git.config("receive.shallowUpdate", "true")  # as GitHub: the API's clone is shallow
+    git.Repo(api.remote).git.update_ref("-d", "refs/heads/main")
+    for method, path, body in (("POST", "/api/v1/models", {"name": "phi3", "tag": "mini"}),
+                               ("POST", "/api/v1/models/gemma3-1b/refresh", None),
+                               ("DELETE", "/api/v1/models/gemma3-1b", None)):
+        response = api.client.request(method, path, json=body)
+        assert response.status_code == 503, response.text
+        assert "branch 'main' is not in the remote repository" in response.json()["error"]
+    assert git.Repo(api.remote).git.for_each_ref("refs/heads") == ""
+
+
+class _FailingLoader:
+    def load(self, commit: str) -> None:
+        raise RuntimeError("the loader broke after the push")
+
+
+def test_a_pushed_write_is_answered_as_done_when_what_follows_the_push_fails(
+        api: ApiRig, caplog: pytest.LogCaptureFixture) -> None:
+    api.running.repository._loader = _FailingLoader()  # a fault in our own code, after the push
+    created = api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"})
+    assert created.status_code == 201, created.text
+    assert created.json() == {"name": "phi3-mini", "namespace": "default", "modelName": "phi3", "tag": "mini",
+                              "state": "Pending"}
+    assert remote_file(api, "models/default/phi3-mini.yaml") is not None
+    refreshed = api.client.post("/api/v1/models/phi3-mini/refresh")  # unknown to the stale desired state
+    assert refreshed.status_code == 202, refreshed.text
+    assert refreshed.json()["name"] == "phi3-mini"
+    assert "refreshRequestedAt" in remote_file(api, "models/default/phi3-mini.yaml")
+    assert api.client.delete("/api/v1/models/phi3-mini").status_code == 204
+    assert remote_file(api, "models/default/phi3-mini.yaml") is None
+    assert "the loader broke after the push" in caplog.text and "action=reload-failed" in caplog.text
 
 
 def test_openapi_document_describes_every_route(api: ApiRig) -> None:

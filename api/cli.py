@@ -12,6 +12,7 @@ from pathlib import Path
 from ..reconciler import cli as reconciler_cli
 from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
 from ..reconciler.service import wait_for_signal
+from ..reconciler.privatedir import PRIVATE_UMASK
 from ..reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
 from ..reconciler.state import StateLocked
 from ..reconciler.git.writer import DEFAULT_AUTHOR
@@ -103,6 +104,7 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
     from . import runtime
 
     reconciler_cli.configure_logging(args.log_level)
+    os.umask(PRIVATE_UMASK)  # what it and git create in the state directory is this user's alone
     try:
         options = runtime.ApiOptions(args.listen, _api_key(args.api_key_file), args.namespace, args.git_author,
                                      args.insecure_no_auth, args.threads, webhook_secret(args.webhook_secret_file),

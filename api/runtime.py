@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from ..reconciler import metrics as reconciler_metrics
 from ..reconciler import service as reconciler_service
 from ..reconciler.git.repo import GitRepo
+from ..reconciler.privatedir import make_private
 from ..reconciler.scheduler import CycleScheduler
 from ..reconciler.settings import Settings
 from ..reconciler.state import StateLocked, StateStore
@@ -103,7 +104,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         author = parse_author(options.git_author)
     except ValueError as exc:
         raise ConfigurationError(f"--git-author: {exc}") from None
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.state_dir)
     lock_file = _lock_api_clone(settings.state_dir)
     service = None
     close_status: Callable[[], None] = lambda: None

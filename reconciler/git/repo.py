@@ -53,10 +53,10 @@ class GitRepo:
     """A bare clone of one branch of the models repository, fetched shallow."""
 
     def __init__(self, url: str, branch: str, path: Path, credentials: GitCredentials | None = None) -> None:
-        self.url = url
+        # User info never reaches the clone's config: it travels with the other credentials.
+        self.url, self.credentials = (credentials or GitCredentials()).for_remote(url)
         self.branch = branch
         self.path = path
-        self.credentials = credentials or GitCredentials()
         self._repo: git.Repo | None = None
         # Fetches and pushes both move the tracking ref; git refuses concurrent ref updates.
         self.lock = threading.RLock()

@@ -27,7 +27,7 @@ from .app import ApiSettings, create_app
 from .catalog import Catalog, StatusSource
 from .repository import ModelsRepository
 from .sameorigin import HostCheck
-from .server import ApiServer, is_loopback, parse_listen
+from .server import REQUEST_TIMEOUT, ApiServer, is_loopback, parse_listen
 from .webhook import TriggerUnavailable, WebhookConfig
 
 log = logging.getLogger("ollama_gitops.api")
@@ -47,6 +47,7 @@ class ApiOptions:
     threads: int = 16
     webhook_secret: str | None = field(default=None, repr=False)  # None: webhooks are off
     allowed_hosts: tuple[str, ...] = ()  # host names served beyond loopback and the listen address
+    request_timeout: float = REQUEST_TIMEOUT  # seconds a client may take to send a request
 
 
 @dataclass
@@ -152,7 +153,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository, on_written,
                      max_writers=max(1, options.threads // 2), on_push=on_push)
     _register_collector(status)
-    server = ApiServer(app, host, port, threads=options.threads).start()
+    server = ApiServer(app, host, port, threads=options.threads, request_timeout=options.request_timeout).start()
     if schedules:
         refresher.start()
         if service is not None:

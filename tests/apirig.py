@@ -39,6 +39,7 @@ class ApiRig:
         self.webhook_secret = webhook_secret
         self.schedules = schedules
         self.allowed_hosts = allowed_hosts
+        self.request_timeout = runtime.REQUEST_TIMEOUT
         self.running: runtime.RunningApi | None = None
         self.client: httpx.Client | None = None
 
@@ -52,7 +53,8 @@ class ApiRig:
     def start(self) -> ApiRig:
         settings = settings_for(self.state_dir, str(self.remote), self.ollama.url)
         options = runtime.ApiOptions("127.0.0.1:0", self.api_key, "default", "API Test <api@example.com>", False,
-                                     webhook_secret=self.webhook_secret, allowed_hosts=self.allowed_hosts)
+                                     webhook_secret=self.webhook_secret, allowed_hosts=self.allowed_hosts,
+                                     request_timeout=self.request_timeout)
         # By default no schedules: the test runs each fetch and cycle itself, so what it observes is
         # certain. With them, cycles run on their own (the first at once, then on request).
         self.running = runtime.start(settings, options, with_reconciler=self.with_reconciler, schedules=self.schedules)

@@ -21,6 +21,8 @@ from apirig import ApiRig
 from waiting import eventually
 
 HEADERS = b"GET /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 4000
+# Headers sent at once, then a body that never ends: the bound covers the body too.
+BODY_HEAD = b"POST /api/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n"
 
 
 class SlowClients:
@@ -28,10 +30,12 @@ class SlowClients:
     (never the end of them), from one thread, for at most `duration` seconds; `cut` counts the
     connections the server has closed."""
 
-    def __init__(self, port: int, count: int, interval: float = 1.0, duration: float = 60.0) -> None:
+    def __init__(self, port: int, count: int, interval: float = 1.0, duration: float = 60.0,
+                 preamble: bytes = b"") -> None:
         self.sockets: list[socket.socket] = []
         for _ in range(count):
             client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            client.sendall(preamble)
             client.setblocking(False)
             self.sockets.append(client)
         self.sent = {client: 0 for client in self.sockets}
@@ -94,7 +98,7 @@ def serving(tmp_path: Path, ollama, request_timeout: float | None = None) -> Ite
 def test_probes_answer_under_300_slow_clients_and_the_slow_ones_are_cut(tmp_path: Path, ollama) -> None:
     with serving(tmp_path, ollama, request_timeout=3.0) as rig:
         with SlowClients(rig.running.server.port, 300) as slow:
-            for _ in range(5):  # while they are connected (none has been cut for its time yet)
+            for _ in range(5):  # while they are connected
                 response = httpx.get(f"{rig.url}/health", timeout=10)
                 assert response.status_code == 200 and response.text == "OK"
                 assert rig.client.get("/api/v1/models").status_code == 200
@@ -105,9 +109,10 @@ def test_probes_answer_under_300_slow_clients_and_the_slow_ones_are_cut(tmp_path
 
 def test_a_slow_client_is_cut_after_the_bound_and_a_quick_one_is_not(tmp_path: Path, ollama) -> None:
     with serving(tmp_path, ollama, request_timeout=2.0) as rig:
-        with SlowClients(rig.running.server.port, 3, interval=0.2) as slow:
-            started = time.monotonic()
-            eventually(lambda: slow.cut == 3, timeout=30)
+        started = time.monotonic()
+        with SlowClients(rig.running.server.port, 3, interval=0.2) as headers, \
+                SlowClients(rig.running.server.port, 3, interval=0.2, preamble=BODY_HEAD) as body:
+            eventually(lambda: headers.cut == 3 and body.cut == 3, timeout=30)
             assert time.monotonic() - started >= 1.5  # not before its time (a generous lower bound)
         # An idle keep-alive connection between quick requests is not a slow request.
         with httpx.Client(base_url=rig.url, timeout=10) as client:

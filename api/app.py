@@ -24,11 +24,13 @@ from werkzeug.exceptions import HTTPException
 from ..reconciler.models import naming, schema
 from ..reconciler.models.desired import ModelKey
 from ..reconciler.models.modelfile import ModelFields, fields_from_document
-from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected
+from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected, Written
 
 from . import metrics, webhook
 from .catalog import Catalog, model_view
+from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
+from .sameorigin import HostCheck, origin_refusal
 from .webhook import WebhookConfig, WebhookRejected
 
 log = logging.getLogger("ollama_gitops.api")
@@ -45,6 +47,7 @@ class ApiSettings:
     api_key: str | None
     namespace: str = "default"
     webhook: WebhookConfig | None = None  # None: webhooks are off (no secret configured)
+    hosts: HostCheck | None = None  # None: any Host is answered (an API key is set)
 
 
 def create_app(
@@ -66,14 +69,31 @@ def create_app(
     if settings.webhook is not None and on_push is None:
         raise ValueError("webhooks need on_push: something to start a cycle with")
 
-    def write(change: Change) -> None:
+    def write(change: Change) -> Written:
         if not writers.acquire(timeout=WRITE_QUEUE_TIMEOUT):
             raise WriteRejected(503, "too many writes in flight; try again")
         try:
-            repository.write(change)
+            written = repository.write(change)
         finally:
             writers.release()
-        on_written()
+        try:
+            on_written()
+        except Exception:  # the commit is pushed: the answer says so, whatever fails after it
+            log.exception("action=after-write-failed commit=%s", written.commit[:12])
+        return written
+
+    def written_view(namespace: str, name: str, written: Written) -> dict[str, Any]:
+        """The model as a pushed write leaves it: live status when it can be read, else Pending."""
+        try:
+            view = catalog.get(namespace, name)
+        except Exception:
+            log.exception("action=answer-failed commit=%s model=%s/%s", written.commit[:12], namespace, name)
+            view = None
+        if view is None:
+            fields = written.fields
+            assert fields is not None, "a refresh writes the model's file"
+            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None)
+        return view
     app = Flask("ollama_gitops.api")
     app.json.sort_keys = False  # keep the seed's field order
     app.json.compact = True
@@ -86,6 +106,16 @@ def create_app(
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
+        host = request.headers.get("Host")
+        # A webhook is authenticated by its signature, which no page can make: it passes under
+        # whatever public name a proxy or tunnel gives the API.
+        if settings.hosts is not None and request.path not in SELF_AUTHENTICATED_PATHS:
+            refusal = settings.hosts.refusal(host)
+            if refusal is not None:
+                return _error(refusal, 421)
+        refusal = origin_refusal(request.method, request.headers.get("Origin"), host)
+        if refusal is not None:
+            return _error(refusal, 403)
         if request.path in SELF_AUTHENTICATED_PATHS:
             # Before the body is read: push payloads are larger than the API's own bodies.
             request.max_content_length = webhook.MAX_BODY_BYTES
@@ -153,9 +183,8 @@ def create_app(
         namespace = _namespace()
         # Milliseconds: two refreshes within one second must still differ, or the second pulls nothing.
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        write(RefreshModel(namespace, _model_name(name), now))
-        view = catalog.get(namespace, name)
-        return _json(view, 202) if view is not None else _error(f"model not found: {name}", 404)
+        written = write(RefreshModel(namespace, _model_name(name), now))
+        return _json(written_view(namespace, name, written), 202)
 
     @app.get("/api/v1/status")
     def status() -> Response:
@@ -269,8 +298,8 @@ def _model_name(name: str) -> str:
 
 def _model_fields(body: bytes) -> ModelFields:
     try:
-        document = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
+        document = read_json(body) if body else None
+    except JsonBodyError as exc:
         raise _BadInput(f"invalid request: {exc}") from None
     if not isinstance(document, dict):
         raise _BadInput("invalid request: the body must be a JSON object with 'name' and 'tag'")

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..reconciler import cli as reconciler_cli
 from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
 from ..reconciler.service import stop_signals
+from ..reconciler.privatedir import PRIVATE_UMASK
 from ..reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
 from ..reconciler.state import StateLocked
 from ..reconciler.git.writer import DEFAULT_AUTHOR
@@ -55,6 +56,10 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
                         help="allow listening beyond loopback without an API key")
     parser.add_argument("--threads", type=int, default=int(env(f"{ENV_PREFIX}THREADS", "16")),
                         help="request threads (default 16)")
+    parser.add_argument("--allowed-host", action="append", default=None, metavar="HOST",
+                        help="a host name clients use to reach the API, answered without an API key besides "
+                             "localhost, 127.0.0.1, [::1] and the listen address ('*': any); repeatable "
+                             f"[env {ENV_PREFIX}ALLOWED_HOSTS, comma-separated]")
     parser.add_argument("--webhook-secret-file", default=env(f"{ENV_PREFIX}WEBHOOK_SECRET_FILE"),
                         help="file holding the secret shared with the Git host's webhook; it wins over "
                              f"{ENV_PREFIX}WEBHOOK_SECRET (without either, POST /api/v1/webhook is off)")
@@ -64,6 +69,12 @@ def _api_key(key_file: str | None) -> str | None:
     if key_file:
         return Path(key_file).read_text(encoding="utf-8").strip() or None
     return os.environ.get(f"{ENV_PREFIX}API_KEY") or None
+
+
+def allowed_hosts(option: list[str] | None) -> tuple[str, ...]:
+    """`--allowed-host` entries, else `OLLAMA_GITOPS_ALLOWED_HOSTS` split at commas (the option wins)."""
+    entries = option if option is not None else os.environ.get(f"{ENV_PREFIX}ALLOWED_HOSTS", "").split(",")
+    return tuple(entry.strip() for entry in entries if entry.strip())
 
 
 def webhook_secret(secret_file: str | None) -> str | None:
@@ -94,9 +105,11 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
 
     reconciler_cli.configure_logging(args.log_level)
     stop = stop_signals()
+    os.umask(PRIVATE_UMASK)  # what it and git create in the state directory is this user's alone
     try:
         options = runtime.ApiOptions(args.listen, _api_key(args.api_key_file), args.namespace, args.git_author,
-                                     args.insecure_no_auth, args.threads, webhook_secret(args.webhook_secret_file))
+                                     args.insecure_no_auth, args.threads, webhook_secret(args.webhook_secret_file),
+                                     allowed_hosts(args.allowed_host))
         running = runtime.start(Settings.from_args(args), options, with_reconciler=with_reconciler)
     except (runtime.ConfigurationError, ReconcilerConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)

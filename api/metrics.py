@@ -11,3 +11,6 @@ DURATION = Histogram("ollama_api_request_duration_seconds", "Duration of HTTP re
                      ["method", "path"])
 WEBHOOKS = Counter("ollama_gitops_webhooks_total", "Webhook deliveries, by provider and outcome "
                    "(accepted, ignored, pong, rejected, unavailable)", ["provider", "outcome"])
+CONNECTIONS_CLOSED = Counter("ollama_api_connections_closed_total", "Connections the API closed before their "
+                             "request was complete: too slow (over the request bound) or shed (at the "
+                             "connection limit, the longest waiting)", ["reason"])

@@ -41,9 +41,16 @@ class ModelsRepository:
         self._load()
 
     def write(self, change: Change) -> Written:
-        """Make a change (raises WriteRejected); reads see it as soon as this returns."""
+        """Make a change (raises WriteRejected); reads see it as soon as this returns.
+
+        Once pushed, the change is done: a failure to load the new head is logged, never raised (reads
+        show the change at the next refresh instead)."""
         written = self.writer.write(change)
-        self._load()
+        try:
+            self._load()
+        except Exception:
+            log.exception("action=reload-failed commit=%s (the write is pushed; reads catch up at the next fetch)",
+                          written.commit[:12])
         return written
 
     def _load(self) -> None:

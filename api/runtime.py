@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from ..reconciler import metrics as reconciler_metrics
 from ..reconciler import service as reconciler_service
 from ..reconciler.git.repo import GitRepo
+from ..reconciler.privatedir import make_private
 from ..reconciler.scheduler import CycleScheduler
 from ..reconciler.settings import Settings
 from ..reconciler.state import StateLocked, StateStore
@@ -25,7 +26,8 @@ from ..reconciler.git.writer import ModelWriter, parse_author
 from .app import ApiSettings, create_app
 from .catalog import Catalog, StatusSource
 from .repository import ModelsRepository
-from .server import ApiServer, is_loopback, parse_listen
+from .sameorigin import HostCheck
+from .server import REQUEST_TIMEOUT, ApiServer, is_loopback, parse_listen
 from .webhook import TriggerUnavailable, WebhookConfig
 
 log = logging.getLogger("ollama_gitops.api")
@@ -44,6 +46,8 @@ class ApiOptions:
     insecure_no_auth: bool
     threads: int = 16
     webhook_secret: str | None = field(default=None, repr=False)  # None: webhooks are off
+    allowed_hosts: tuple[str, ...] = ()  # host names served beyond loopback and the listen address
+    request_timeout: float = REQUEST_TIMEOUT  # seconds a client may take to send a request
 
 
 @dataclass
@@ -79,17 +83,29 @@ def listen_address(options: ApiOptions) -> tuple[str, int]:
     return host, port
 
 
+def host_check(options: ApiOptions) -> HostCheck | None:
+    """The host names the API answers for; None (any) with an API key, which already stops what a
+    check of the Host header is for (see sameorigin.py)."""
+    host, _ = listen_address(options)
+    try:
+        check = HostCheck.serving(host, options.allowed_hosts)
+    except ValueError as exc:
+        raise ConfigurationError(f"--allowed-host: {exc}") from None
+    return None if options.api_key else check
+
+
 def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, schedules: bool = True) -> RunningApi:
     """Build and start everything; the caller waits for a signal, then calls `stop()`.
 
     `schedules=False` serves requests but runs no cycle or fetch on its own (tests drive them).
     """
     host, port = listen_address(options)
+    hosts = host_check(options)
     try:
         author = parse_author(options.git_author)
     except ValueError as exc:
         raise ConfigurationError(f"--git-author: {exc}") from None
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.state_dir)
     lock_file = _lock_api_clone(settings.state_dir)
     service = None
     close_status: Callable[[], None] = lambda: None
@@ -134,10 +150,10 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
-    app = create_app(ApiSettings(options.api_key, options.namespace, webhook), catalog, repository, on_written,
+    app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository, on_written,
                      max_writers=max(1, options.threads // 2), on_push=on_push)
     _register_collector(status)
-    server = ApiServer(app, host, port, threads=options.threads).start()
+    server = ApiServer(app, host, port, threads=options.threads, request_timeout=options.request_timeout).start()
     if schedules:
         refresher.start()
         if service is not None:

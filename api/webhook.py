@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .jsonbody import read_json
 
 WEBHOOK_PATH = "/api/v1/webhook"
 MAX_BODY_BYTES = 1024 * 1024  # GitHub caps its payloads at 25 MB, but a push of one branch is far below
@@ -311,8 +312,8 @@ def _document(body: bytes, content_type: str, envelope: Envelope, *, required: b
         text = body.decode("utf-8")
         if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
             text = parse_qs(text, strict_parsing=True).get("payload", [""])[0]
-        document = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as exc:
+        document = read_json(text)
+    except (UnicodeDecodeError, ValueError) as exc:  # JsonBodyError is a ValueError
         if not required:
             return {}
         raise WebhookRejected(400, f"invalid payload: not a JSON document ({_shown(str(exc))})", envelope) from None

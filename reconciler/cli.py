@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from .privatedir import PRIVATE_UMASK
 from .settings import ENV_PREFIX, Settings, add_reconciler_options, parse_listen
 
 
@@ -70,6 +71,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     from .state import StateLocked
 
     configure_logging(args.log_level)
+    os.umask(PRIVATE_UMASK)  # what it and git create in the state directory is this user's alone
     if args.dry_run and not args.once:
         print("ollama-gitops: --dry-run needs --once", file=sys.stderr)
         return 2

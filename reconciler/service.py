@@ -14,6 +14,7 @@ from .git.embedded import ensure_default_repo
 from .git.repo import GitRepo
 from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip
+from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
@@ -102,7 +103,7 @@ def build(settings: Settings) -> Service:
     In Kubernetes mode (`--kubernetes on`, or `auto` with a cluster configuration) the models become
     OllamaModel resources and their records live on them; otherwise in the state directory.
     """
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private(settings.state_dir)
     service = Service(settings, None, None)  # type: ignore[arg-type]
     if kubernetes_mode(settings):
         from .cluster.connect import ClusterUnavailable, connect

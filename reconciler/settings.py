@@ -42,8 +42,12 @@ class Settings:
             username=args.git_username,
             ca_file=Path(args.git_ca_file) if args.git_ca_file else None,
         )
+        repo = args.repo or None
+        if repo is not None:
+            # At start-up: a token that would go in clear stops the command with the reason.
+            repo, credentials = credentials.for_remote(repo)
         return cls(
-            repo=args.repo or None,
+            repo=repo,
             branch=args.branch,
             interval=float(args.interval),
             resync_interval=float(args.resync_interval),

@@ -30,10 +30,13 @@ def check(api: ApiRig, response: httpx.Response, schema_name: str) -> dict:
 
 
 def remote_file(api: ApiRig, path: str) -> str | None:
+    repo = git.Repo(api.remote)  # held while the blob is read: its reader closes with it
     try:
-        return git.Repo(api.remote).commit("main").tree[path].data_stream.read().decode()
+        return repo.commit("main").tree[path].data_stream.read().decode()
     except KeyError:
         return None
+    finally:
+        repo.close()
 
 
 def test_list_models_as_the_seed_answers(api: ApiRig) -> None:
@@ -129,6 +132,45 @@ def test_bad_bodies_are_400_naming_the_problem(api: ApiRig, body: bytes, fragmen
     assert response.status_code == 400, response.text
     assert fragment in response.json()["error"]
     assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+@pytest.mark.parametrize("depth", [65, 990, 5_000, 30_000])
+@pytest.mark.parametrize("where", ["top", "label"])
+def test_deeply_nested_bodies_are_400_not_500(api: ApiRig, depth: int, where: str) -> None:
+    nested = "[" * depth + "]" * depth
+    body = nested if where == "top" else '{"name": "phi3", "tag": "mini", "labels": {"a": %s}}' % nested
+    before = git.Repo(api.remote).commit("main").hexsha
+    response = api.client.post("/api/v1/models", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "nested deeper than" in response.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+def test_brackets_inside_strings_are_not_nesting(api: ApiRig) -> None:
+    body = {"name": "phi3", "tag": "mini", "labels": {"note": "[" * 2000 + "{" * 2000}}
+    response = api.client.post("/api/v1/models", json=body)
+    assert response.status_code == 400 and "label" in response.json()["error"]  # the schema's own complaint
+
+
+@pytest.mark.parametrize("body", [
+    b'{"name":"a","tag":"x","name":"b"}',
+    b'{"name":"phi3","tag":"mini","labels":{"team":"a","team":"b"}}',
+    b'{"name":"phi3","tag":"mini","tag":"mini"}',
+])
+def test_duplicate_keys_are_400_and_create_nothing(api: ApiRig, body: bytes) -> None:
+    before = git.Repo(api.remote).commit("main").hexsha
+    response = api.client.post("/api/v1/models", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "duplicate key" in response.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == before
+
+
+@pytest.mark.parametrize("body", [b'{"name":"phi3","tag":"mini","prune":NaN}', b'{"name":"phi3","tag":"mini","x":Infinity}',
+                                  b'{"name":"phi3","tag":"mini"} trailing', b'\xff\xfe{}', b'{"n":' + b"1" * 5000 + b"}"])
+def test_what_is_not_strict_json_is_400(api: ApiRig, body: bytes) -> None:
+    response = api.client.post("/api/v1/models", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("invalid request:")
 
 
 def test_bad_namespace_is_400(api: ApiRig) -> None:
@@ -252,6 +294,40 @@ def test_push_failure_is_503_and_leaves_nothing_behind(api: ApiRig) -> None:
     assert remote_file(api, "models/default/phi3-mini.yaml") is None
 
 
+def test_a_write_while_the_branch_is_gone_is_503_and_does_not_recreate_it(api: ApiRig) -> None:
+    git.Repo(api.remote).git.config("receive.shallowUpdate", "true")  # as GitHub: the API's clone is shallow
+    git.Repo(api.remote).git.update_ref("-d", "refs/heads/main")
+    for method, path, body in (("POST", "/api/v1/models", {"name": "phi3", "tag": "mini"}),
+                               ("POST", "/api/v1/models/gemma3-1b/refresh", None),
+                               ("DELETE", "/api/v1/models/gemma3-1b", None)):
+        response = api.client.request(method, path, json=body)
+        assert response.status_code == 503, response.text
+        assert "branch 'main' is not in the remote repository" in response.json()["error"]
+    assert git.Repo(api.remote).git.for_each_ref("refs/heads") == ""
+
+
+class _FailingLoader:
+    def load(self, commit: str) -> None:
+        raise RuntimeError("the loader broke after the push")
+
+
+def test_a_pushed_write_is_answered_as_done_when_what_follows_the_push_fails(
+        api: ApiRig, caplog: pytest.LogCaptureFixture) -> None:
+    api.running.repository._loader = _FailingLoader()  # a fault in our own code, after the push
+    created = api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"})
+    assert created.status_code == 201, created.text
+    assert created.json() == {"name": "phi3-mini", "namespace": "default", "modelName": "phi3", "tag": "mini",
+                              "state": "Pending"}
+    assert remote_file(api, "models/default/phi3-mini.yaml") is not None
+    refreshed = api.client.post("/api/v1/models/phi3-mini/refresh")  # unknown to the stale desired state
+    assert refreshed.status_code == 202, refreshed.text
+    assert refreshed.json()["name"] == "phi3-mini"
+    assert "refreshRequestedAt" in remote_file(api, "models/default/phi3-mini.yaml")
+    assert api.client.delete("/api/v1/models/phi3-mini").status_code == 204
+    assert remote_file(api, "models/default/phi3-mini.yaml") is None
+    assert "the loader broke after the push" in caplog.text and "action=reload-failed" in caplog.text
+
+
 def test_openapi_document_describes_every_route(api: ApiRig) -> None:
     document = openapi(api)
     assert document["openapi"].startswith("3.1")
@@ -294,3 +370,86 @@ def test_no_key_configured_means_no_authentication(tmp_path: Path, ollama) -> No
         assert httpx.get(f"{rig.url}/api/v1/models").status_code == 200
     finally:
         rig.stop()
+
+
+# -- cross-site and DNS-rebinding requests --------------------------------------------------------------
+
+@pytest.fixture
+def keyless(tmp_path: Path, ollama):
+    """`serve` without an API key (so on loopback), as a user runs it on a laptop."""
+    rig = ApiRig(tmp_path, ollama, api_key=None, allowed_hosts=("models.internal",))
+    rig.seed(("llama3.2", "1b"))
+    rig.start()
+    yield rig
+    rig.stop()
+
+
+def head_of(rig: ApiRig) -> str:
+    return git.Repo(rig.remote).commit("main").hexsha
+
+
+def test_a_cross_site_post_is_refused_and_pushes_nothing(keyless: ApiRig) -> None:
+    before = head_of(keyless)
+    for origin in ("http://evil.example", "null", f"http://evil.example:{keyless.running.server.port}",
+                   keyless.url.replace("127.0.0.1", "127.0.0.1.evil.example")):
+        response = keyless.client.post("/api/v1/models", content=b'{"name": "phi3", "tag": "mini"}',
+                                       headers={"Content-Type": "text/plain", "Origin": origin})
+        assert response.status_code == 403, (origin, response.text)
+        assert "cross-origin" in response.json()["error"]
+        for method, path in (("DELETE", "/api/v1/models/llama3.2-1b"), ("POST", "/api/v1/models/llama3.2-1b/refresh")):
+            assert keyless.client.request(method, path, headers={"Origin": origin}).status_code == 403
+    assert head_of(keyless) == before
+    # A read from another origin is answered (the browser keeps the answer from the page: no CORS headers).
+    read = keyless.client.get("/api/v1/models", headers={"Origin": "http://evil.example"})
+    assert read.status_code == 200 and "access-control-allow-origin" not in read.headers
+
+
+def test_a_dns_rebound_host_is_refused(keyless: ApiRig) -> None:
+    before = head_of(keyless)
+    port = keyless.running.server.port
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "localhost.evil.example",
+                 "", "a b", f"[::2]:{port}"):
+        for path in ("/api/v1/models", "/health", "/metrics"):
+            response = keyless.client.get(path, headers={"Host": host})
+            assert response.status_code == 421, (host, path, response.status_code)
+            assert "--allowed-host" in response.json()["error"]
+        response = keyless.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}, headers={"Host": host})
+        assert response.status_code == 421
+    assert head_of(keyless) == before
+
+
+def test_the_names_it_serves_and_its_own_origin_are_answered(keyless: ApiRig) -> None:
+    port = keyless.running.server.port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LocalHost", "localhost.",
+                 f"models.internal:{port}", "Models.Internal"):
+        assert keyless.client.get("/api/v1/models", headers={"Host": host}).status_code == 200, host
+    # The seed's clients send no Origin; the dashboard page this API serves sends its own.
+    assert keyless.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}).status_code == 201
+    own = keyless.client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"},
+                              headers={"Origin": f"http://localhost:{port}", "Host": f"localhost:{port}"})
+    assert own.status_code == 201, own.text
+    assert keyless.client.post("/api/v1/models/phi3-mini/refresh", headers={"Origin": keyless.url}).status_code == 202
+    assert keyless.client.delete("/api/v1/models/phi3-mini", headers={"Origin": keyless.url}).status_code == 204
+
+
+def test_with_an_api_key_any_host_is_answered_but_cross_origin_writes_are_not(api: ApiRig) -> None:
+    # In a cluster the API is reached by Service names and pod IPs (probes too): the key is the guard.
+    for host in ("ollama-gitops-api.ollama-gitops.svc", "10.1.2.3:8082", "evil.example"):
+        assert api.client.get("/api/v1/models", headers={"Host": host}).status_code == 200
+    refused = api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"},
+                              headers={"Origin": "https://evil.example"})
+    assert refused.status_code == 403 and "cross-origin" in refused.json()["error"]
+    assert remote_file(api, "models/default/phi3-mini.yaml") is None
+
+
+def test_allowed_hosts_from_options_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_gitops.api.cli import allowed_hosts
+
+    monkeypatch.delenv("OLLAMA_GITOPS_ALLOWED_HOSTS", raising=False)
+    assert allowed_hosts(None) == ()
+    monkeypatch.setenv("OLLAMA_GITOPS_ALLOWED_HOSTS", "a.example, b.example:8082,,")
+    assert allowed_hosts(None) == ("a.example", "b.example:8082")
+    assert allowed_hosts(["c.example"]) == ("c.example",)  # the option wins
+    options = runtime.ApiOptions("127.0.0.1:8082", None, "default", "a <a@b.c>", False, allowed_hosts=("a b",))
+    with pytest.raises(runtime.ConfigurationError, match="--allowed-host"):
+        runtime.host_check(options)

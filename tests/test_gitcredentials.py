@@ -87,3 +87,20 @@ def test_missing_key_file_is_left_for_ssh_to_report(tmp_path: Path) -> None:
     clone.mkdir()
     env = GitCredentials(ssh_key_file=tmp_path / "absent").environment({}, private_dir=clone)
     assert ssh_identity(env) == str(tmp_path / "absent")
+
+
+def test_user_info_leaves_the_url_for_the_credentials() -> None:
+    url, credentials = GitCredentials().for_remote("https://bot:p%40ss%3Aword@git.example.com:8443/acme/models.git")
+    assert url == "https://git.example.com:8443/acme/models.git"
+    assert (credentials.username, credentials.token) == ("bot", "p@ss:word")
+    url, credentials = GitCredentials(token="t0k").for_remote("https://bot@[::1]:8443/models.git")
+    assert (url, credentials.username, credentials.token) == ("https://[::1]:8443/models.git", "bot", "t0k")
+    assert GitCredentials(token="t0k").for_remote("https://bot:t0k@h/m.git")[1].token == "t0k"  # the same one
+    for untouched in ("ssh://git@github.com/acme/models.git", "git@github.com:acme/models.git", "/srv/models.git",
+                      "https://github.com/acme/models.git", "http://localhost/models.git"):
+        assert GitCredentials().for_remote(untouched) == (untouched, GitCredentials())
+    with pytest.raises(ValueError, match="two HTTPS tokens"):
+        GitCredentials(token="one").for_remote("https://bot:two@h/m.git")
+    with pytest.raises(ValueError, match="in clear to the http:// repository http://h/m.git") as refused:
+        GitCredentials().for_remote("http://bot:s3cret@h/m.git")
+    assert "s3cret" not in str(refused.value)

@@ -32,7 +32,7 @@ def test_missing_branch_is_a_clear_error(remote: Path, tmp_path: Path) -> None:
     work.commit()
     work.push()
     repo = GitRepo(str(remote), "release", tmp_path / "clone.git")
-    with pytest.raises(GitError, match="could not fetch branch 'release'"):
+    with pytest.raises(GitError, match="the branch 'release' is not in the remote repository"):
         repo.fetch()
 
 

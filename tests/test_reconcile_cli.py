@@ -89,16 +89,17 @@ def test_failed_pull_exits_non_zero_with_ollamas_error(env: dict[str, str], olla
 def test_credentials_never_appear_in_output(env: dict[str, str], tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("tok-file-secret\n")
-    env = {**env, "OLLAMA_GITOPS_GIT_TOKEN": "tok-env-secret"}
-    result = run(["reconcile", "--once", "--repo", "http://alice:pw-secret@127.0.0.1:9/models.git",
-                  "--git-token-file", str(token_file)], env)
-    assert result.returncode == 1
-    output = result.stdout + result.stderr
-    assert "could not fetch branch 'main' from http://***@127.0.0.1:9/models.git" in output
-    for secret in ("pw-secret", "tok-file-secret", "tok-env-secret", "alice"):
-        assert secret not in output
+    from_settings = run(["reconcile", "--once", "--repo", "https://127.0.0.1:9/models.git", "--git-token-file",
+                         str(token_file)], {**env, "OLLAMA_GITOPS_GIT_TOKEN": "tok-env-secret"})
+    from_url = run(["reconcile", "--once", "--repo", "https://alice:pw-secret@127.0.0.1:9/models.git"], env)
+    for result in (from_settings, from_url):
+        assert result.returncode == 1
+        output = result.stdout + result.stderr
+        assert "could not fetch branch 'main' from https://127.0.0.1:9/models.git" in output  # no user info
+        for secret in ("pw-secret", "tok-file-secret", "tok-env-secret", "alice"):
+            assert secret not in output
     config = (tmp_path / "state" / "clone.git" / "config").read_text()
-    assert "tok-file-secret" not in config
+    assert "tok-file-secret" not in config and "pw-secret" not in config and "alice" not in config
 
 
 def test_second_process_on_the_same_state_directory_is_refused(env: dict[str, str], ollama: OllamaStandin) -> None:

@@ -4,6 +4,7 @@ at once that applies the pushed commit, with bursts coalesced."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import git
 import httpx
@@ -147,6 +149,49 @@ def test_a_signed_but_malformed_push_is_400(hooked: ApiRig) -> None:
         response = post(hooked, Sent({"X-Ollama-Gitops-Signature": sign(SECRET, body)}, body))
         assert response.status_code == 400 and response.json()["error"].startswith("invalid payload:")
         answer_schema(hooked, response)
+
+
+def test_a_signed_push_nested_too_deep_or_with_duplicate_keys_is_400(hooked: ApiRig) -> None:
+    url = json.dumps(str(hooked.remote))
+    bodies = [
+        ('{"repository": %s, "ref": "refs/heads/main", "x": %s}' % (url, "[" * 990 + "]" * 990), "nested deeper than"),
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than"),
+        ('{"repository": %s, "ref": "refs/heads/other", "ref": "refs/heads/main"}' % url, "duplicate key 'ref'"),
+    ]
+    for text, fragment in bodies:
+        body = text.encode()
+        response = post(hooked, Sent({"X-Ollama-Gitops-Signature": sign(SECRET, body)}, body))
+        assert response.status_code == 400, response.text
+        assert response.json()["error"].startswith("invalid payload:") and fragment in response.json()["error"]
+        answer_schema(hooked, response)
+    form = github(str(hooked.remote), form=True)  # GitHub's form: the JSON in the field `payload`
+    body = urlencode({"payload": "[" * 5000 + "]" * 5000}).encode()
+    response = post(hooked, Sent({**form.headers, "X-Hub-Signature-256": sign(SECRET, body)}, body))
+    assert response.status_code == 400 and "nested deeper than" in response.json()["error"]
+    sent = github(str(hooked.remote))
+    document = json.loads(sent.body)
+    document["commits"] = "[" * 2000  # a string: brackets in strings are not nesting
+    body = json.dumps(document).encode()
+    assert post(hooked, Sent({**sent.headers, "X-Hub-Signature-256": sign(SECRET, body)}, body)).status_code == 202
+
+
+def test_webhooks_pass_the_host_check_by_their_signature_and_carry_no_origin(tmp_path: Path,
+                                                                           ollama: OllamaStandin) -> None:
+    # Without an API key the API answers only for the names it serves, but a Git host's delivery
+    # (through a tunnel or a proxy, under a public name) is authenticated by its own signature.
+    rig = ApiRig(tmp_path, ollama, api_key=None, webhook_secret=SECRET)
+    rig.seed(("llama3.2", "1b"))
+    rig.start()
+    try:
+        sent = github(str(rig.remote))
+        response = httpx.post(rig.url + PATH, content=sent.body, headers={**sent.headers, "Host": "hooks.example.com"})
+        assert response.status_code == 202, response.text
+        assert httpx.get(rig.url + "/health", headers={"Host": "hooks.example.com"}).status_code == 421
+        # A browser page cannot pass for a Git host: what it sends carries an Origin.
+        forged = httpx.post(rig.url + PATH, content=sent.body, headers={**sent.headers, "Origin": "http://evil.example"})
+        assert forged.status_code == 403
+    finally:
+        rig.stop()
 
 
 def test_push_payloads_up_to_a_mebibyte_are_read(hooked: ApiRig) -> None:

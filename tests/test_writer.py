@@ -116,6 +116,43 @@ def test_remote_down_is_503_and_changes_nothing(writer: ModelWriter, remote: Pat
     assert "models/default/phi3-mini.yaml" not in remote_files(remote)
 
 
+def remote_branches(remote: Path) -> list[str]:
+    return git.Repo(remote).git.for_each_ref("--format=%(refname)", "refs/heads").split()
+
+
+@pytest.mark.parametrize("fetched", [True, False])
+def test_a_branch_deleted_from_the_remote_is_never_recreated(remote: Path, tmp_path: Path, seeded: WorkRepo,
+                                                             fetched: bool) -> None:
+    writer = ModelWriter(GitRepo(str(remote), "main", tmp_path / "writer.git"), AUTHOR)
+    try:
+        if fetched:
+            writer.write(CreateModel("default", ModelFields("phi3", "mini")))  # the writer knows a head
+        # As GitHub does: a push from a shallow clone (as the writer's is) is accepted.
+        git.Repo(remote).git.config("receive.shallowUpdate", "true")
+        git.Repo(remote).git.update_ref("-d", "refs/heads/main")
+        with pytest.raises(WriteRejected) as rejected:
+            writer.write(CreateModel("default", ModelFields("gemma3", "1b")))
+    finally:
+        writer.close()
+    assert rejected.value.status == 503
+    assert "branch 'main' is not in the remote repository" in rejected.value.message
+    assert remote_branches(remote) == []
+
+
+def test_a_pushed_write_is_acknowledged_whatever_fails_after_the_push(remote: Path, tmp_path: Path,
+                                                                    seeded: WorkRepo) -> None:
+    def failing(commit: str) -> None:
+        raise RuntimeError("after the push")
+
+    writer = ModelWriter(GitRepo(str(remote), "main", tmp_path / "writer.git"), AUTHOR, on_written=failing)
+    try:
+        written = writer.write(CreateModel("default", ModelFields("phi3", "mini")))
+    finally:
+        writer.close()
+    assert written.commit == git.Repo(remote).commit("main").hexsha
+    assert "models/default/phi3-mini.yaml" in remote_files(remote)
+
+
 def test_concurrent_writers_and_a_racing_clone_lose_nothing(writer: ModelWriter, seeded: WorkRepo, remote: Path, tmp_path: Path) -> None:
     second = ModelWriter(GitRepo(str(remote), "main", tmp_path / "writer2.git"), AUTHOR)
     stop = threading.Event()

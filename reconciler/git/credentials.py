@@ -8,6 +8,10 @@
   `GIT_CONFIG_*` variables (appended to any the environment already has), and optionally a private
   CA's certificate to verify the server with (`GIT_SSL_CAINFO`). TLS verification is never turned off.
 
+A user name and token written into an `https://user:token@host/...` URL are taken out of it and
+sent the same way (git would otherwise keep the URL, token and all, in the clone's config file).
+A token is never sent over plain `http://`.
+
 Nothing secret is ever written to a URL, a Git config file, a log line or an error; `explain` turns
 git's and ssh's words for an authentication failure into what to check.
 """
@@ -22,8 +26,9 @@ import shlex
 import stat
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 log = logging.getLogger("ollama_gitops.git")
 
@@ -78,6 +83,31 @@ class GitCredentials:
             # many images already set it (to the system bundle), which would win over http.sslCAInfo.
             env["GIT_SSL_CAINFO"] = str(self.ca_file)
         return env
+
+    def for_remote(self, url: str) -> tuple[str, GitCredentials]:
+        """The URL to give git, without user info, and these credentials with the URL's user name
+        and token. Raises ValueError when a token would travel in clear (an `http://` remote), or
+        when the URL and the settings give two different tokens."""
+        try:
+            parts = urlsplit(url) if "://" in url else None
+            user, password = (parts.username, parts.password) if parts is not None else (None, None)
+        except ValueError:  # a malformed port or IPv6 literal: git says what is wrong with it
+            return url, self
+        if parts is None:
+            return url, self  # a path, or scp-like `user@host:path` (SSH: its user is no secret)
+        scheme = parts.scheme.lower()
+        credentials = self
+        if scheme in ("http", "https") and (user is not None or password is not None):
+            token = unquote(password) if password else None
+            if token and self.token and token != self.token:
+                raise ValueError("two HTTPS tokens: one in the repository URL and one in --git-token-file or "
+                                 "OLLAMA_GITOPS_GIT_TOKEN; give only one")
+            credentials = replace(self, token=token or self.token, username=unquote(user) if user else self.username)
+            url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        if scheme == "http" and credentials.token:
+            raise ValueError(f"refusing to send a Git token in clear to the http:// repository {url}: "
+                             "use its https:// URL, or give no token")
+        return url, credentials
 
     def secrets(self) -> list[str]:
         """Strings that must never be shown."""

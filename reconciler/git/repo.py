@@ -7,6 +7,7 @@ log line or an error.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -17,13 +18,22 @@ import git
 
 from .credentials import GitCredentials
 
-__all__ = ["GIT_TIMEOUT", "GitCredentials", "GitError", "GitRepo", "redact"]
+log = logging.getLogger("ollama_gitops.git")
+
+__all__ = ["GIT_TIMEOUT", "BranchMissing", "GitCredentials", "GitError", "GitRepo", "redact"]
 
 GIT_TIMEOUT = 120.0  # seconds; a remote that hangs must not hang the reconciler
 
 
 class GitError(Exception):
     """A Git operation failed; the message is safe to show (credentials removed)."""
+
+
+class BranchMissing(GitError):
+    """The remote has no such branch (deleted, or not created yet); nothing may recreate it unasked."""
+
+
+_NO_REMOTE_REF = re.compile(r"couldn't find remote ref|could not find remote ref")
 
 
 _REJECTED = re.compile(r"\[(remote )?rejected\]|non-fast-forward|fetch first|failed to update ref|cannot lock ref")
@@ -43,10 +53,10 @@ class GitRepo:
     """A bare clone of one branch of the models repository, fetched shallow."""
 
     def __init__(self, url: str, branch: str, path: Path, credentials: GitCredentials | None = None) -> None:
-        self.url = url
+        # User info never reaches the clone's config: it travels with the other credentials.
+        self.url, self.credentials = (credentials or GitCredentials()).for_remote(url)
         self.branch = branch
         self.path = path
-        self.credentials = credentials or GitCredentials()
         self._repo: git.Repo | None = None
         # Fetches and pushes both move the tracking ref; git refuses concurrent ref updates.
         self.lock = threading.RLock()
@@ -79,25 +89,39 @@ class GitRepo:
         refspec = f"+refs/heads/{self.branch}:{self.tracking_ref}"
         with self.lock:
             shallow = ["--depth=1"] if not self.has_fetched() else []
-            self.run("fetch", "--quiet", "--no-tags", *shallow, "origin", refspec,
-                     action=f"fetch branch {self.branch!r} from {self.display_url}")
+            try:
+                self.run("fetch", "--quiet", "--no-tags", *shallow, "origin", refspec,
+                         action=f"fetch branch {self.branch!r} from {self.display_url}")
+            except GitError as exc:
+                if _NO_REMOTE_REF.search(str(exc)):
+                    raise BranchMissing(f"the branch {self.branch!r} is not in the remote repository "
+                                        f"{self.display_url} (deleted, or not created yet)") from None
+                raise
             return self.head()
 
-    def push(self, commit: str) -> bool:
-        """Push `commit` as the new head of the branch, fast-forward only.
+    def push(self, commit: str, expected: str) -> bool:
+        """Push `commit` as the new head of the branch, only if the remote's head is still `expected`.
 
-        Returns False when the remote refused because the branch moved (someone else pushed): fetch
-        and try again. Raises GitError for anything else.
+        Returns False when the remote refused because the branch moved (someone else pushed) or is
+        gone: fetch and try again (a fetch says which). Raises GitError for anything else. The lease
+        is what stops a push from creating a branch that was deleted from the remote, with an old
+        head: a plain push would (a branch that does not exist takes any commit).
         """
+        ref = f"refs/heads/{self.branch}"
         with self.lock:
             try:
-                self.run("push", "--porcelain", "origin", f"{commit}:refs/heads/{self.branch}",
+                self.run("push", "--porcelain", f"--force-with-lease={ref}:{expected}", "origin", f"{commit}:{ref}",
                          action=f"push to branch {self.branch!r} of {self.display_url}")
             except GitError as exc:
                 if _REJECTED.search(str(exc)):
                     return False
                 raise
-            self.repo.git.update_ref(self.tracking_ref, commit)
+            try:
+                self.repo.git.update_ref(self.tracking_ref, commit)
+            except git.GitCommandError as exc:
+                # The push landed: that is the answer. The next fetch brings the tracking ref along.
+                log.warning("action=tracking-ref-update-failed commit=%s error=%r", commit[:12],
+                            redact(str(exc), self.credentials.secrets()))
             return True
 
     def head(self) -> str:

@@ -29,7 +29,7 @@ from gitdb.base import IStream
 from .. import metrics
 from ..models import modelfile, naming
 from ..models.desired import MODELS_DIR, MODEL_SUFFIXES
-from .repo import GitError, GitRepo
+from .repo import BranchMissing, GitError, GitRepo
 from ..models.modelfile import ModelFields
 
 log = logging.getLogger("ollama_gitops.writer")
@@ -147,6 +147,7 @@ class ModelWriter:
 
     def _commit_batch(self, batch: list[tuple[Change, Future[Written]]]) -> None:
         delay = 0.05
+        pushed: str | None = None
         for attempt in range(1, self.attempts + 1):
             try:
                 head = self.repo.head() if self.repo.has_fetched() else self.repo.fetch()
@@ -155,27 +156,37 @@ class ModelWriter:
                     break
                 done = [(change, r) for (change, _), r in zip(batch, results) if isinstance(r, Written)]
                 commit = self._make_commit(head, edits, _message(done))
-                if self.repo.push(commit):
+                if self.repo.push(commit, expected=head):
                     results = [replace(r, commit=commit) if isinstance(r, Written) else r for r in results]
+                    pushed = commit
                     log.info("action=pushed commit=%s changes=%d attempt=%d", commit[:12], len(edits), attempt)
-                    if self._on_written is not None:
-                        self._on_written(commit)
                     break
                 metrics.PUSH_RETRIES.inc()
                 log.info("action=push-rejected attempt=%d; fetching and re-applying", attempt)
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
                 self.repo.fetch()
+            except BranchMissing as exc:
+                results = [WriteRejected(503, f"{exc}: refusing to write, as the write would create the "
+                                              "branch again from an old commit; restore the branch or "
+                                              "choose another with --branch")] * len(batch)
+                break
             except GitError as exc:
                 results = [WriteRejected(503, f"the models repository is not available: {exc}")] * len(batch)
                 break
         else:
             results = [WriteRejected(503, f"could not push after {self.attempts} attempts: the branch kept moving")] * len(batch)
+        # Answer first: once pushed, a write is done, whatever fails after it.
         for (_, future), result in zip(batch, results):
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+        if pushed is not None and self._on_written is not None:
+            try:
+                self._on_written(pushed)
+            except Exception:
+                log.exception("action=after-push-failed commit=%s (the write is pushed and acknowledged)", pushed[:12])
 
     def _plan(self, head: str, changes: list[Change]) -> tuple[list[Written | WriteRejected], dict[str, bytes | None]]:
         """Check each change against `head` plus the changes before it; the edits to make, by path."""

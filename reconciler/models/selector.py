@@ -267,7 +267,7 @@ def parse_selector(document: Any, path: Path = (),
     raw = raw_scalars or {}
     if not isinstance(document, dict):
         return (SelectorProblem(path, f"{_where(path)} must be a mapping with matchLabels and/or "
-                                      f"matchExpressions, not {_kind(document)}"),)
+                                      f"matchExpressions, not {type_name(document)}"),)
     problems = _unknown_fields(document, _SELECTOR_FIELDS, path)
     match_labels: dict[str, str] = {}
     if "matchLabels" in document:
@@ -275,13 +275,13 @@ def parse_selector(document: Any, path: Path = (),
         value = document["matchLabels"]
         if not isinstance(value, dict):
             problems.append(SelectorProblem(labels_path, f"{_where(labels_path)} must be a mapping of label "
-                                                         f"keys to values, not {_kind(value)}"))
+                                                         f"keys to values, not {type_name(value)}"))
         else:
             for key, item in value.items():
                 item_path = labels_path + (key,)
                 if not isinstance(key, str):
                     problems.append(SelectorProblem(item_path, f"{_where(labels_path)} has a key that is "
-                                                               f"{_kind(key)}, not a string: quote it"))
+                                                               f"{type_name(key)}, not a string: quote it"))
                 elif not isinstance(item, str):
                     problems.append(_not_a_string(item_path, item, raw))
                 else:
@@ -293,7 +293,7 @@ def parse_selector(document: Any, path: Path = (),
         value = document["matchExpressions"]
         if not isinstance(value, list):
             problems.append(SelectorProblem(list_path, f"{_where(list_path)} must be a list of "
-                                                       f"{{key, operator, values}}, not {_kind(value)}"))
+                                                       f"{{key, operator, values}}, not {type_name(value)}"))
         else:
             for index, entry in enumerate(value):
                 result = _parse_requirement(entry, list_path + (index,), raw)
@@ -309,7 +309,7 @@ def parse_selector(document: Any, path: Path = (),
 def _parse_requirement(entry: Any, path: Path, raw: Mapping[Path, str]) -> Requirement | list[SelectorProblem]:
     if not isinstance(entry, dict):
         return [SelectorProblem(path, f"{_where(path)} must be a mapping with key, operator and values, "
-                                      f"not {_kind(entry)}")]
+                                      f"not {type_name(entry)}")]
     problems = _unknown_fields(entry, _REQUIREMENT_FIELDS, path)
     fields: dict[str, Any] = {}
     for name in ("key", "operator"):
@@ -324,7 +324,7 @@ def _parse_requirement(entry: Any, path: Path, raw: Mapping[Path, str]) -> Requi
         values_path = path + ("values",)
         if not isinstance(entry["values"], list):
             problems.append(SelectorProblem(values_path, f"{_where(values_path)} must be a list of label values, "
-                                                         f"not {_kind(entry['values'])}"))
+                                                         f"not {type_name(entry['values'])}"))
         else:
             for index, value in enumerate(entry["values"]):
                 if isinstance(value, str):
@@ -386,23 +386,29 @@ def _match_labels_problems(labels: Mapping[str, str], path: Path) -> list[Select
 
 
 def _unknown_fields(document: dict[Any, Any], allowed: tuple[str, ...], path: Path) -> list[SelectorProblem]:
-    problems = []
-    for name in document:
-        if name in allowed:
-            continue
-        hint = difflib.get_close_matches(str(name), allowed, n=1)
-        suggestion = f"; did you mean '{hint[0]}'?" if hint else f" (allowed: {', '.join(allowed)})"
-        problems.append(SelectorProblem(path + (name,), f"unknown field {_where(path + (name,))}{suggestion}"))
-    return problems
+    return [SelectorProblem(path + (name,), unknown_field_message(_where(path + (name,)), name, allowed))
+            for name in document if name not in allowed]
+
+
+def unknown_field_message(where: str, name: Any, allowed: tuple[str, ...]) -> str:
+    """`unknown field <where>; did you mean 'x'?`, or the allowed fields when none is close to `name`."""
+    hint = difflib.get_close_matches(str(name), allowed, n=1)
+    suggestion = f"; did you mean '{hint[0]}'?" if hint else f" (allowed: {', '.join(allowed)})"
+    return f"unknown field {where}{suggestion}"
 
 
 def _not_a_string(path: Path, value: Any, raw: Mapping[Path, str]) -> SelectorProblem:
-    message = f"{_where(path)} must be a string, not {_kind(value)}"
-    text = raw.get(path)
-    if text and value is not None:
-        changed = f"YAML reads {text} as {value!r}; " if str(value) != text else ""
-        message += f": {changed}quote it (\"{text}\") to keep it as written"
-    return SelectorProblem(path, message)
+    return SelectorProblem(path, not_a_string_message(_where(path), value, raw.get(path)))
+
+
+def not_a_string_message(where: str, value: Any, raw_text: str | None) -> str:
+    """`'<where>' must be a string, not a number`, and, when the YAML text is known (`raw_text`),
+    how to quote it: `YAML reads 1.10 as 1.1; quote it ("1.10") to keep it as written`."""
+    message = f"{where} must be a string, not {type_name(value)}"
+    if raw_text and value is not None:
+        changed = f"YAML reads {raw_text} as {value!r}; " if str(value) != raw_text else ""
+        message += f": {changed}quote it (\"{raw_text}\") to keep it as written"
+    return message
 
 
 def _where(path: Path) -> str:
@@ -413,7 +419,8 @@ def _where(path: Path) -> str:
     return f"'{text}'" if text else "the selector"
 
 
-def _kind(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """How a message names the type of a decoded YAML or JSON value: `a number`, `empty (null)`..."""
     if value is None:
         return "empty (null)"
     if isinstance(value, bool):

@@ -253,6 +253,13 @@ def test_an_invalid_name_is_unknown_without_a_request(registry: RegistryStandin,
     assert registry.requests == []
 
 
+def test_a_host_that_no_url_can_hold_is_unknown() -> None:
+    # Ollama's names allow several ':' in a host; no URL does.
+    with RegistryClient(timeout=TIMEOUT, insecure=True) as client:
+        result = client.manifest("a:b:c/ns/m")
+    assert isinstance(result, ManifestUnknown) and result.reason.startswith("not a usable registry URL")
+
+
 def test_credentials_of_a_mirror_are_sent_and_never_shown(registry: RegistryStandin) -> None:
     url = registry.url.replace("http://", "http://puller:s3cret@")
     with RegistryClient(url, timeout=TIMEOUT) as client:
@@ -268,9 +275,10 @@ def test_credentials_of_a_mirror_are_sent_and_never_shown(registry: RegistryStan
 def test_a_bad_registry_url_is_refused() -> None:
     with pytest.raises(ValueError, match="http:// or https://"):
         RegistryClient("ftp://u:pw@mirror")
-    with pytest.raises(ValueError) as raised:
-        RegistryClient("mirror:5000")
-    assert "pw" not in str(raised.value)
+    for url in ("mirror:5000", "u:pw@mirror:5000", "ftp://u:pw@mirror"):
+        with pytest.raises(ValueError) as raised:
+            RegistryClient(url)
+        assert "pw" not in str(raised.value) and "mirror" in str(raised.value)
 
 
 # --------------------------------------------------------------------------- download_bytes

@@ -262,7 +262,7 @@ class RegistryClient:
         if registry_url is not None:
             parts = urlsplit(registry_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"registry URL must be http:// or https:// with a host, not {redact(registry_url)!r}")
+                raise ValueError(f"registry URL must be http:// or https:// with a host, not {_scrub(registry_url)!r}")
         self.registry_url = registry_url.rstrip("/") if registry_url is not None else None
         self.insecure = insecure
         self._http = httpx.Client(timeout=timeout, follow_redirects=True,
@@ -279,13 +279,12 @@ class RegistryClient:
         try:
             with self._http.stream("GET", url) as response:
                 if response.status_code == 404:
-                    return ManifestNotFound(display, shown, _distribution_error(response.read()[:65536])
-                                            or "manifest unknown")
+                    return ManifestNotFound(display, shown, _error_detail(response) or "manifest unknown")
                 if response.status_code in (401, 403):
                     return ManifestUnknown(display, shown, f"the registry refused access (HTTP {response.status_code}); "
                                                            "private models are not looked up")
                 if response.status_code != 200:
-                    detail = _distribution_error(response.read()[:65536])
+                    detail = _error_detail(response)
                     return ManifestUnknown(display, shown, f"the registry answered HTTP {response.status_code}"
                                                            + (f": {detail}" if detail else ""))
                 body = _read_bounded(response)
@@ -294,8 +293,12 @@ class RegistryClient:
             return ManifestUnknown(display, shown, f"the manifest is over {MAX_MANIFEST_BYTES} bytes")
         except httpx.TimeoutException:
             return ManifestUnknown(display, shown, "the registry did not answer in time")
-        except httpx.HTTPError as exc:
-            return ManifestUnknown(display, shown, f"the registry is not reachable: {_scrub(str(exc)) or type(exc).__name__}")
+        except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+            return ManifestUnknown(display, shown, f"the registry is not reachable: {_reason(exc)}")
+        except httpx.HTTPError as exc:  # the connection broke, a protocol error, too many redirects
+            return ManifestUnknown(display, shown, f"the request to the registry failed: {_reason(exc)}")
+        except httpx.InvalidURL as exc:  # a host Ollama's names allow but a URL cannot hold
+            return ManifestUnknown(display, shown, f"not a usable registry URL: {_reason(exc)}")
         parsed = _decode_manifest(body)
         if isinstance(parsed, str):
             return ManifestUnknown(display, shown, f"the registry's answer is not a manifest: {parsed}")
@@ -318,22 +321,34 @@ class _TooLarge(Exception):
     pass
 
 
-def _read_bounded(response: httpx.Response) -> bytes:
+def _read_bounded(response: httpx.Response, limit: int = MAX_MANIFEST_BYTES) -> bytes:
     chunks, size = [], 0
     for chunk in response.iter_bytes():
         size += len(chunk)
-        if size > MAX_MANIFEST_BYTES:
+        if size > limit:
             raise _TooLarge()
         chunks.append(chunk)
     return b"".join(chunks)
 
 
+def _error_detail(response: httpx.Response) -> str:
+    """The distribution error of an error answer, read no further than 64 KiB."""
+    try:
+        return _distribution_error(_read_bounded(response, 65536))
+    except _TooLarge:
+        return ""
+
+
+def _reason(exc: BaseException) -> str:
+    return _scrub(str(exc)) or type(exc).__name__
+
+
 def _scrub(text: str) -> str:
     """`text` with any `user:password@` of a URL in it taken out."""
-    return _USERINFO.sub("//", text)
+    return _USERINFO.sub(lambda m: m.group(1), text)
 
 
-_USERINFO = re.compile(r"//[^/@\s]*@")
+_USERINFO = re.compile(r"(^|//)[^/@\s]*@")
 
 
 def _distribution_error(body: bytes) -> str:

@@ -8,6 +8,7 @@ equality. Cases for operators a LabelSelector cannot express (`!=`, `>`, `<`) ar
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from typing import Any
@@ -492,3 +493,16 @@ def test_the_schema_fragment_is_documented_and_a_fresh_copy() -> None:
     # No lookaround: the patterns must work with RE2 (a CRD schema) as well as ECMA-262.
     text = repr(servers_property_schema())
     assert not re.search(r"\(\?[=!<]", text)
+
+
+def test_the_fragment_fits_into_the_model_schema() -> None:
+    combined = copy.deepcopy(model_schema.model_schema())
+    combined["properties"]["servers"] = servers_property_schema()
+    validator_class = jsonschema.validators.validator_for(combined)
+    validator_class.check_schema(combined)
+    validator = validator_class(combined)
+    good = {"name": "llama3.2", "tag": "1b", "servers": {"matchExpressions": [{"key": "gpu", "operator": "In",
+                                                                               "values": ["a100"]}]}}
+    assert validator.is_valid(good)
+    bad = {"name": "llama3.2", "tag": "1b", "servers": {"matchExpressions": [{"key": "gpu", "operator": "in"}]}}
+    assert [list(e.absolute_path) for e in validator.iter_errors(bad)] == [["servers", "matchExpressions", 0, "operator"]]

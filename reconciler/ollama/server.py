@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
+from urllib.parse import quote
 
 import httpx
 import ollama
@@ -91,6 +92,23 @@ class OllamaServer:
                 return False
             raise
         return True
+
+    def has_blob(self, digest: str) -> bool:
+        """Does the server hold the blob `digest` (`sha256:<64 hex>`)? Ollama's `HEAD /api/blobs/:digest`:
+        200 yes, 404 no. An invalid digest (Ollama's 400) or any other answer is `ModelOperationFailed`;
+        no connection is `ServerUnreachable`, as for the other calls."""
+        def head() -> bool:
+            response = self._http.head(f"/api/blobs/{quote(digest, safe=':')}")
+            if response.status_code == 200:
+                return True
+            if response.status_code == 404:
+                return False
+            # A HEAD answer has no body to carry Ollama's message: say what was asked and what came back.
+            raise ollama.ResponseError(f"HEAD /api/blobs/{digest}: HTTP {response.status_code}"
+                                       + (" (invalid digest format)" if response.status_code == 400 else ""),
+                                       response.status_code)
+
+        return bool(self._call(head))
 
     def _call(self, operation: Callable[[], object]) -> object:
         try:

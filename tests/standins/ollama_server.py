@@ -14,6 +14,9 @@ official ``ollama`` Python client 0.6.x):
 * ``POST /api/show``        -> model details, 404 when not installed
 * ``DELETE /api/delete``    -> 200 with an empty body, 404 when not installed
 * ``GET|HEAD /api/ps``      -> ``{"models": []}`` (nothing is ever loaded)
+* ``HEAD /api/blobs/<digest>`` -> 200 when the blob is held, 404 when not, 400
+                               ``{"error":"invalid digest format"}`` unless ``sha256[:-]<64 hex>``
+                               (the upload, ``POST``, is not served)
 * anything else             -> 404 ``404 page not found`` / 405 on a wrong method
 
 Model references follow Ollama's rules (types/model/name.go, v0.13.5):
@@ -34,7 +37,8 @@ Test hooks: ``fail_next_pulls`` (pulls fail mid-stream), ``hold_pulls`` (pulls
 block mid-stream until released, to observe concurrency deterministically),
 ``hold_listings`` (``/api/tags`` blocks until released: a reconcile cycle held mid-way),
 ``stop``/``restart`` (connection refused, then back on the same port),
-``install``/``remove`` (changes made by hand on the host), and the
+``install``/``remove`` (changes made by hand on the host), ``add_blob`` (a blob
+on disk that no installed model uses, e.g. left by another model), and the
 ``pull_count``/``delete_count``/``requests`` logs.
 """
 
@@ -53,7 +57,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Callable, Generator
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["ListingGate", "OllamaStandin", "PullGate"]
 
@@ -363,7 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
         standin._log_request(method, path)
         try:
             body = self._read_body()
-            routes = _ROUTES.get(path)
+            routes = _BLOB_ROUTES if path.startswith(_BLOBS) else _ROUTES.get(path)
             if routes is None:
                 self._send_text(404, "404 page not found")
                 return
@@ -471,6 +475,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send_bytes(200, None, b"")  # Ollama writes no body at all here
 
+    def _head_blob(self, body: bytes) -> None:
+        # server/routes.go HeadBlobHandler: GetBlobsPath's check, then whether the file exists.
+        digest = unquote(urlsplit(self.path).path[len(_BLOBS):])
+        if not digest or "/" in digest:
+            self._send_text(404, "404 page not found")  # no route matches
+        elif not _BLOB_DIGEST_RE.fullmatch(digest):
+            self._send_error_json(400, "invalid digest format")
+        elif not self.server.standin._holds_blob(digest):
+            self._send_error_json(404, f"blob {json.dumps(digest)} not found")
+        else:
+            self._send_bytes(200, None, b"")
+
     def _pull(self, body: bytes) -> None:
         payload = self._parse_object(body)
         ref = self._model_field(body)
@@ -526,6 +542,9 @@ _ROUTES: dict[str, dict[str, _RouteHandler]] = {
     "/api/delete": {"DELETE": _Handler._delete},
     "/api/ps": {"GET": _Handler._ps},
 }
+_BLOBS = "/api/blobs/"
+_BLOB_ROUTES: dict[str, _RouteHandler] = {"HEAD": _Handler._head_blob}
+_BLOB_DIGEST_RE = re.compile(r"sha256[:-][0-9a-fA-F]{64}")
 
 
 # --------------------------------------------------------------------------- stand-in
@@ -574,6 +593,7 @@ class OllamaStandin:
         self.pull_count: collections.Counter[str] = collections.Counter()
         self.delete_count: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str]] = []
+        self._extra_blobs: set[str] = set()  # "sha256:<hex>" held besides the installed models' layers
         for ref, size in (catalogue or {}).items():
             self.add_to_catalogue(ref, size)
 
@@ -687,6 +707,25 @@ class OllamaStandin:
         """Installed models: display ``"name:tag"`` -> size in bytes."""
         with self._lock:
             return {m.name: m.size for m in self._models.values()}
+
+    def add_blob(self, digest: str) -> None:
+        """Put blob ``digest`` (``sha256:<64 hex>``) on the server's disk, used by no model."""
+        with self._lock:
+            self._extra_blobs.add(digest)
+
+    def layer_digests(self, ref: str) -> list[str]:
+        """The ``sha256:<hex>`` digests a pull of ``ref`` streams (and, once installed, holds)."""
+        key = _key(ref)
+        return [f"sha256:{_sha256_hex(f'{key}#layer{index}')}" for index in range(self._layers)]
+
+    def _holds_blob(self, digest: str) -> bool:
+        # Blob files are named sha256-<lowercase hex> on a case-sensitive disk, as Ollama writes them.
+        wanted = "sha256:" + digest[len("sha256:"):]
+        with self._lock:
+            keys = list(self._models)
+            if wanted in self._extra_blobs:
+                return True
+        return any(wanted in self.layer_digests(key) for key in keys)
 
     def digest_of(self, ref: str) -> str:
         """The 64-hex digest ``/api/tags`` reports for ``ref`` (installed or not)."""

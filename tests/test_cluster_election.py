@@ -403,3 +403,25 @@ def test_the_defaults_and_the_shortest_timings_are_accepted():
         assert (elector.lease_duration, elector.renew_deadline, elector.retry_period) == (15, 10.0, 2.0)
         with pytest.raises(ValueError):
             LeaderElector(c, namespace=NS, identity="", on_started=lambda: None, on_stopped=lambda: None)
+
+
+# ------------------------------------------------------------------------------------------------
+# what goes on the wire
+
+
+def test_lease_times_at_a_whole_second_keep_six_fractional_digits(kube):
+    # The package formats times with str(datetime), which drops the fraction at a whole second; a
+    # real API server parses MicroTime as RFC3339Micro and answers 400 to "08:00:00+00:00".
+    from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
+
+    from ollama_gitops.reconciler.cluster.election import _Lock, _Run, _TimedLeases
+
+    with kube.api_client() as api_client:
+        elector = LeaderElector(api_client, namespace=NS, identity="replica-a", on_started=lambda: None,
+                                on_stopped=lambda: None, **TIMINGS)
+        lock = _Lock(elector, _Run(1), _TimedLeases(api_client, 5))
+        whole = "2026-12-01 08:00:00"  # str(datetime) at a whole second, as the package writes records
+        assert lock.create(LEASE, NS, LeaderElectionRecord("replica-a", "2", whole, whole))
+        assert lock.update(LEASE, NS, LeaderElectionRecord("replica-a", "2", whole, "2026-12-01 08:00:02"))
+    (lease,) = kube.leases(NS)
+    assert lease["spec"]["renewTime"].endswith(":02.000000Z") and lease["spec"]["acquireTime"].endswith(":00.000000Z")

@@ -36,6 +36,7 @@ import numbers
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import kubernetes.client
@@ -104,6 +105,22 @@ class _TimedLeases:
         return self._api.replace_namespaced_lease(*args, _request_timeout=self._timeout, **kwargs)
 
 
+class MicroTime(datetime):
+    """A datetime that the client serialises as a real API server parses ``metav1.MicroTime``:
+    RFC3339Micro, six fractional digits always. (The client calls ``isoformat()``, which drops the
+    fraction at a whole second, and the server then answers 400.) The client's models keep the
+    subclass, so it reaches the wire as is."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "microseconds") -> str:
+        return super().isoformat(sep, timespec)
+
+    @classmethod
+    def of(cls, moment: datetime) -> "MicroTime":
+        """`moment` (aware) as a MicroTime in UTC."""
+        utc = moment.astimezone(timezone.utc)
+        return cls(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, timezone.utc)
+
+
 class _Lock(LeaseLock):
     """A LeaseLock on our client that reports successful writes and other holders to the elector,
     and raises _Abandoned once its run is given up."""
@@ -113,6 +130,9 @@ class _Lock(LeaseLock):
         self.api_instance = leases
         self._elector = elector
         self._run = run
+
+    def time_str_to_iso(self, str_time):  # noqa: ANN001, ANN201 - the package's signature
+        return MicroTime.of(super().time_str_to_iso(str_time))
 
     def get(self, name, namespace):  # noqa: ANN001 - the package's signature
         self._elector._check(self._run)

@@ -256,9 +256,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _micro_time(value: Any) -> Any:
-    """Normalise a MicroTime the way the server re-serialises it (UTC, microseconds, Z)."""
-    return _utc(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+# What Go's time.Parse(RFC3339Micro, s) accepts (metav1.MicroTime.UnmarshalJSON): the layout's
+# ".000000" wants exactly six digits after a '.' (or ','), so a whole second without a fraction,
+# fewer digits or more are all refused; the zone is `Z` or `+hh:mm` / `-hh:mm`.
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[.,]\d{6}(Z|[+-]\d{2}:\d{2})$")
+
+
+def _micro_time(value: Any, rt: "_ResourceType | None" = None) -> Any:
+    """Normalise a MicroTime the way the server re-serialises it (UTC, microseconds, Z), or answer
+    400 for what the real server cannot decode (the body fails to decode into the Go type)."""
+    if isinstance(value, str) and rt is not None and not _MICRO_TIME.match(value):
+        rest = value[19:] if len(value) > 19 else value
+        raise _bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: parsing time '
+                           f'"{value}" as "{RFC3339_MICRO}": cannot parse "{rest}" as ".000000"')
+    return _utc(value.replace(",", ".", 1) if isinstance(value, str) else value, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _time(value: Any) -> Any:
@@ -953,11 +965,14 @@ class _Store:
         if rt is LEASES and isinstance(obj.get("spec"), dict):
             for k in ("acquireTime", "renewTime"):
                 if obj["spec"].get(k):
-                    obj["spec"][k] = _micro_time(obj["spec"][k])
+                    obj["spec"][k] = _micro_time(obj["spec"][k], rt)
         if rt in (CORE_EVENTS, EVENTS_V1):
             for k in ("eventTime",):
                 if obj.get(k):
-                    obj[k] = _micro_time(obj[k])
+                    obj[k] = _micro_time(obj[k], rt)
+            series = obj.get("series")
+            if isinstance(series, dict) and series.get("lastObservedTime"):
+                series["lastObservedTime"] = _micro_time(series["lastObservedTime"], rt)
             for k in ("firstTimestamp", "lastTimestamp", "deprecatedFirstTimestamp", "deprecatedLastTimestamp"):
                 if obj.get(k):
                     obj[k] = _time(obj[k])

@@ -195,7 +195,9 @@ def test_a_lone_elector_becomes_leader_and_holds_the_lease(kube, replicas):
     assert not a.is_leader
     assert calls.log == [("started", True), ("stopped", False)]  # on_stopped called by stop(), once
     assert not a._thread.is_alive()
-    assert holder(kube) == "replica-a"  # the package cannot release the Lease: it is left to expire
+    (lease,) = kube.leases(NS)  # released as client-go releases it: no holder, a lease of 1 s
+    assert lease["spec"].get("holderIdentity", "") == "" and lease["spec"]["leaseDurationSeconds"] == 1
+    assert lease["spec"]["renewTime"].endswith("Z") and lease["spec"]["acquireTime"] == lease["spec"]["renewTime"]
     a.stop()  # idempotent
     assert calls.count("stopped") == 1
 
@@ -218,11 +220,56 @@ def test_of_two_electors_one_leads_and_the_other_takes_over_when_it_stops(kube, 
 
     a.stop()
     assert not a.is_leader and a_calls.log == [("started", True), ("stopped", False)]
-    assert b_calls.wait_count("started", 1)  # once the Lease expired
+    assert b_calls.wait_count("started", 1)  # at once: a released the Lease
     assert b.is_leader and b_calls.log == [("started", True)]
     assert holder(kube) == "replica-b"
     assert not a.is_leader and a_calls.count("started") == 1  # a no longer takes part
     assert kube.count("create", path_regex="/leases$") == 1  # b took the existing Lease over
+
+
+@pytest.fixture
+def package_log() -> Iterator[LogWaiter]:
+    """What the ``leaderelection`` package itself logs (a follower says why it waits)."""
+    handler = LogWaiter()
+    logger = logging.getLogger("leaderelection")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_a_standby_takes_over_at_once_when_the_leader_stops_and_releases_the_lease(kube, replicas, package_log):
+    # A lease far longer than WAIT: b can lead within WAIT only because a released the Lease.
+    timings = {"lease_duration": 60, "renew_deadline": 3, "retry_period": 1}
+    made = []
+    for identity in ("replica-a", "replica-b"):
+        calls = Calls(replicas.cond)
+        calls.elector = LeaderElector(kube.api_client(), namespace=NS, identity=identity,
+                                      on_started=calls.started, on_stopped=calls.stopped, **timings)
+        replicas.electors.append(calls.elector)
+        made.append(calls)
+    a_calls, b_calls = made
+    a_calls.elector.start()
+    assert a_calls.wait_count("started", 1)
+    b_calls.elector.start()
+    # b has seen a's Lease and waits for it to expire (60 s from now) ...
+    assert package_log.wait_for("lease held by replica-a and has not expired", 1)
+    a_calls.elector.stop()
+    assert b_calls.wait_count("started", 1)  # ... but leads at once: a released it
+    assert holder(kube) == "replica-b" and kube.leases(NS)[0]["spec"]["leaseDurationSeconds"] == 60
+
+
+def test_a_stopping_elector_that_does_not_hold_the_lease_leaves_it_alone(kube, replicas, package_log):
+    a, a_calls = replicas.make("replica-a")
+    assert a_calls.wait_count("started", 1)
+    b, _ = replicas.make("replica-b")
+    assert package_log.wait_for("lease held by replica-a and has not expired", 1)
+    b.stop()
+    (lease,) = kube.leases(NS)
+    assert lease["spec"]["holderIdentity"] == "replica-a" and lease["spec"]["leaseDurationSeconds"] == 2
+    assert a.is_leader
 
 
 def test_a_leader_whose_renewals_fail_stops_leading_and_leadership_comes_back(kube, replicas):

@@ -93,6 +93,19 @@ class ClusterStateStore(StateStore):
                 self._index(key, self._models[key])
         self._load_sync()
 
+    def reload(self, timeout: float = 60.0) -> bool:
+        """Read every record again from the resources (the watch cache), dropping the writes not made
+        yet: a replica that starts leading must plan from what the last leader recorded on them, not
+        from what it read at its own start. False if the cache has not taken in a first list."""
+        if not self._cache.wait_synced(timeout):
+            return False
+        with self._lock, self._pending_lock:
+            self._pending.clear()
+            self._forced.clear()
+            self._reload(truncate=False)
+            self.version += 1
+        return True
+
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         with self._pending_lock:
             for key, record in changes:

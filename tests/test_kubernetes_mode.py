@@ -183,16 +183,11 @@ def test_pruning_every_resource_is_refused(krig: KubeRig) -> None:
     assert krig.resource("default", "llama3.2-1b") is not None and "llama3.2:1b" in krig.ollama.installed()
 
 
-def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
-    """`ollama-gitops api` beside a Kubernetes-mode reconciler shows live status from the cluster."""
-    import httpx
-
+def start_api_alone(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin):  # type: ignore[no-untyped-def]
+    """`ollama-gitops api` as deployed apart from the reconciler (read access to the cluster only)."""
     from ollama_gitops.api import runtime
     from apirig import settings_for
 
-    krig.work.model("default", "llama3.2", "1b")
-    krig.push()
-    krig.settle()
     kubeconfig = krig.kube.write_kubeconfig(tmp_path / "kubeconfig")
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
@@ -203,14 +198,50 @@ def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path
         running = runtime.start(settings, options, with_reconciler=False, schedules=False)
     finally:
         os.environ.pop("KUBECONFIG") if previous is None else os.environ.__setitem__("KUBECONFIG", previous)
+    running.repository.refresh()
+    return running
+
+
+def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
+    """`ollama-gitops api` beside a Kubernetes-mode reconciler shows live status from the cluster."""
+    import httpx
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    running = start_api_alone(krig, tmp_path, ollama)
     try:
-        running.repository.refresh()
         model = httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json()
         assert model["state"] == "Ready" and model["formattedSize"] == "1.7 GiB"
         verbs = {r.verb for r in krig.kube.request_log if "ollamamodels" in r.path}
         assert verbs <= {"get", "list", "watch", "patch", "create", "update", "delete"}
     finally:
         running.stop()
+
+
+def test_api_alone_shows_a_model_being_pulled_as_pulling(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
+    # Its read path must show what the resource says, not what a restarted reconciler would assume.
+    import httpx
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    gate = ollama.hold_pulls()
+    try:
+        krig.reconciler.run_cycle()
+        assert gate.wait_for_pulls(1, timeout=30)
+        eventually(lambda: (krig.resource("default", "llama3.2-1b") or {}).get("status", {}).get("state") == "Pulling",
+                   timeout=30)
+        running = start_api_alone(krig, tmp_path, ollama)
+        try:
+            model = eventually(lambda: httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json(), timeout=30)
+            assert model["state"] == "Pulling", model
+            listed = httpx.get(f"{running.server.url}/api/v1/models").json()
+            assert [m["state"] for m in listed["items"]] == ["Pulling"], listed
+        finally:
+            running.stop()
+    finally:
+        gate.release()
+    assert krig.reconciler.pulls.wait(timeout=30)
 
 
 def test_changes_in_the_file_reach_the_resource(krig: KubeRig) -> None:

@@ -39,8 +39,13 @@ def refresh_token(resource: Resource) -> str | None:
     return token or None
 
 
-def record_from(resource: Resource) -> ModelRecord:
-    """The reconciler's record of a model, read back from its resource."""
+def record_from(resource: Resource, *, restarting: bool = True) -> ModelRecord:
+    """The reconciler's record of a model, read back from its resource.
+
+    `restarting`: for a reconciler taking the records up, a Pulling model is Pending (the pull died
+    with the process that ran it); a reader (the API deployed apart) shows the state as it is,
+    with the pull's progress when the status carries it.
+    """
     annotations, status = resource.annotations, resource.status
     spec = AppliedSpec(
         reference=resource.reference,
@@ -50,12 +55,19 @@ def record_from(resource: Resource) -> ModelRecord:
         refresh_requested_at=refresh_token(resource),
     )
     state = status.get("state") or PENDING
+    progress = status.get("progress") if not restarting and state == PULLING else None
+    progress = progress if isinstance(progress, dict) else {}
     return ModelRecord(spec, ModelStatus(
-        state=PENDING if state == PULLING else state,  # a pull that was running died with its process
+        state=PENDING if restarting and state == PULLING else state,
         size=status.get("size"), digest=status.get("digest"), last_pull_time=status.get("lastPullTime"),
         error=status.get("error"), applied_commit=annotations.get(SOURCE_COMMIT),
         owned=annotations.get(PULLED) == "true", refresh_handled=annotations.get(REFRESH_HANDLED),
+        progress_completed=_count(progress.get("completed")), progress_total=_count(progress.get("total")),
     ))
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def status_body(status: ModelStatus) -> dict[str, Any]:

@@ -41,9 +41,10 @@ class KubeRig:
         self.state_dir = tmp_path / "state"
         self.api_client = kube.api_client()
         self.custom = client.CustomObjectsApi(self.api_client)
-        self.cache = ResourceCache(self.custom, watch_timeout=30, retry_delay=0.2).start()
+        self.wakeups: list[set] = []  # what the cache reported as changed (each would request a cycle)
+        self.cache = ResourceCache(self.custom, watch_timeout=30, retry_delay=0.2, on_change=self.wakeups.append).start()
         assert self.cache.wait_synced(10)
-        kube_client = ClusterClient(self.api_client)
+        kube_client = ClusterClient(self.api_client, self.cache)  # as connect() wires it
         self.store = ClusterStateStore(self.state_dir, kube_client, self.cache)
         self.sync = ClusterSync(kube_client, self.cache, self.store)
         self.reconciler = Reconciler(GitRepo(str(self.remote), "main", self.state_dir / "clone.git"),
@@ -242,6 +243,28 @@ def test_api_alone_shows_a_model_being_pulled_as_pulling(krig: KubeRig, tmp_path
     finally:
         gate.release()
     assert krig.reconciler.pulls.wait(timeout=30)
+
+
+def test_own_status_writes_do_not_wake_a_cycle_but_a_hand_edit_does(krig: KubeRig) -> None:
+    # The service requests a cycle for every change the cache reports: the echoes of its own writes
+    # must not count, or every burst of status writes costs a git fetch and a cycle.
+    for name in ("llama3.2", "gemma3", "qwen2.5"):
+        krig.work.model("default", name, "1b")
+    krig.push()
+    krig.settle()
+    keys = sorted(krig.store.keys())
+    events, woken = krig.cache.stats.events, len(krig.wakeups)
+    for error in ("a burst", None):
+        with krig.store.editing() as edit:
+            for key in keys:
+                edit.status(key).error = error
+        assert krig.store.flush(15)
+    assert eventually(lambda: krig.cache.stats.events >= events + 2 * len(keys))  # every echo came back
+    assert len(krig.wakeups) == woken
+    assert all("error" not in krig.resource(k.namespace, k.name)["status"] for k in keys)
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, keys[0].name,
+                                               {"metadata": {"annotations": {"owner": "someone"}}})
+    assert eventually(lambda: len(krig.wakeups) == woken + 1) and krig.wakeups[-1] == {keys[0]}
 
 
 def test_changes_in_the_file_reach_the_resource(krig: KubeRig) -> None:

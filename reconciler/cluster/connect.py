@@ -66,7 +66,7 @@ def connect(state_dir: Path, *, allow_empty: bool, on_change: Callable[[set[Mode
             leading: Callable[[], bool] = lambda: True) -> ClusterParts:
     api = api_client()
     cache = start_cache(api, on_change)
-    kube = ClusterClient(api)
+    kube = ClusterClient(api, cache)
     store = ClusterStateStore(state_dir, kube, cache, leading=leading)
     return ClusterParts(api, cache, store, ClusterSync(kube, cache, store, allow_empty=allow_empty, leading=leading))
 

@@ -15,7 +15,8 @@ talks to. It serves, with the semantics of kube-apiserver where a controller dep
 
 Behaviour modelled on kube-apiserver:
 
-- one global ``resourceVersion`` counter (etcd's revision), a string, bumped by every write; a
+- one global ``resourceVersion`` counter (etcd's revision; ``descending_versions`` spells it as a
+  shrinking number, to catch clients that order versions), a string, bumped by every write; a
   write that changes nothing (ignoring managedFields timestamps) is a no-op: no bump, no event;
 - POST: 201 with the stored object, ``uid``/``creationTimestamp``/``resourceVersion`` (and
   ``generation: 1`` for the custom resource); 409 AlreadyExists; ``generateName``; 404
@@ -702,10 +703,14 @@ class _HistoryEntry:
     old: Obj | None
 
 
+_DESCENDING_BASE = 10**12  # descending_versions: revision n is spelled str(_DESCENDING_BASE - n)
+
+
 class _Store:
-    def __init__(self, history: int, schema: dict | None) -> None:
+    def __init__(self, history: int, schema: dict | None, descending_versions: bool = False) -> None:
         self.lock = threading.RLock()
         self.rv = 0
+        self.descending_versions = descending_versions
         self.history_size = history
         self.schema = schema
         self._validator: Any = None
@@ -716,6 +721,21 @@ class _Store:
         self.managers: dict[str, list[_Manager]] = {}  # uid -> managers
         self.created_seq: dict[str, int] = {}
         self._seq = 0
+
+    # -- resourceVersions --------------------------------------------------------------------------
+
+    def rv_text(self, revision: int) -> str:
+        """How revision `revision` is spelled to clients: etcd's number, or (descending_versions) a
+        number that shrinks as revisions grow. The API makes them opaque strings; clients may only
+        compare them for equality, and that is what the second spelling checks."""
+        return str(_DESCENDING_BASE - revision if self.descending_versions else revision)
+
+    def rv_number(self, text: str) -> int:
+        """The revision a client's resourceVersion names; ValueError when it names none."""
+        number = int(text)
+        if number < 0:
+            raise ValueError(text)
+        return _DESCENDING_BASE - number if self.descending_versions else number
 
     # -- commit and notification -----------------------------------------------------------------
 
@@ -728,7 +748,7 @@ class _Store:
         uid = (new.get("metadata") or {}).get("uid")
         new = _copy_object(new) if uid in self.managers else _copy(new)
         meta = new["metadata"]
-        meta["resourceVersion"] = str(self.rv)
+        meta["resourceVersion"] = self.rv_text(self.rv)
         if meta.get("uid") in self.managers:
             entries = [m.render() for m in self.managers[meta["uid"]] if m.paths]
             if entries:
@@ -792,7 +812,7 @@ class _Store:
                 obj = self.objects[rt.key][k]
                 if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj):
                     items.append(_copy(obj))
-            meta: Obj = {"resourceVersion": str(self.rv)}
+            meta: Obj = {"resourceVersion": self.rv_text(self.rv)}
             if limit and limit > 0 and len(items) > limit:
                 last = items[limit - 1]["metadata"]
                 meta["continue"] = base64.b64encode(json.dumps(
@@ -1323,13 +1343,14 @@ class _Store:
                            for k, o in sorted(self.objects[w.rt.key].items()) if w.matches(o)]
             else:
                 try:
-                    rv = int(rv_text)
+                    rv = self.rv_number(rv_text)
                 except ValueError:
                     raise _bad_request(f'resourceVersion: Invalid value: "{rv_text}": strconv.ParseUint: parsing '
                                        f'"{rv_text}": invalid syntax') from None
                 compacted = self.compacted[w.rt.key]
                 if rv < compacted:
-                    return [], _status_body(410, "Expired", f"too old resource version: {rv} ({compacted})")
+                    return [], _status_body(410, "Expired", f"too old resource version: {rv_text} "
+                                                             f"({self.rv_text(compacted)})")
                 initial = []
                 for e in self.history[w.rt.key]:
                     if e.rv > rv:
@@ -1792,7 +1813,7 @@ class _Handler(BaseHTTPRequestHandler):
             except queue.Empty:
                 if watcher.bookmarks and interval > 0 and time.monotonic() >= next_bookmark:
                     with store.lock:  # only when nothing is queued, so the bookmark never overtakes an event
-                        rv = str(store.rv) if watcher.queue.empty() else None
+                        rv = store.rv_text(store.rv) if watcher.queue.empty() else None
                     if rv is not None:
                         self._chunk(self._bookmark(watcher.rt, rv))
                         next_bookmark = time.monotonic() + interval
@@ -1829,11 +1850,16 @@ class KubeStandin:
     :param schema: optional ``openAPIV3Schema`` of the OllamaModel CRD; when given, OllamaModel
         writes are pruned of unknown fields and validated against it (422 Invalid), as the real
         server does. Without it, any content is kept.
+    :param descending_versions: spell resourceVersions as numbers that shrink as revisions grow
+        (still unique, still accepted back): a client that compares them as integers, which the
+        API forbids (they are opaque; only equality and the order of one watch stream count), goes
+        wrong at once instead of by luck.
     """
 
-    def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0, schema: dict | None = None) -> None:
+    def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0, schema: dict | None = None,
+                 descending_versions: bool = False) -> None:
         self.bookmark_interval = bookmark_interval
-        self._store = _Store(history, schema)
+        self._store = _Store(history, schema, descending_versions)
         self._log_lock = threading.Lock()
         self._log_entries: list[RequestRecord] = []
         self._faults: list[_Fault] = []
@@ -1955,7 +1981,7 @@ class KubeStandin:
     def resource_version(self) -> str:
         """The current global resourceVersion."""
         with self._store.lock:
-            return str(self._store.rv)
+            return self._store.rv_text(self._store.rv)
 
     # -- watch control ---------------------------------------------------------------------------
 
@@ -1970,7 +1996,7 @@ class KubeStandin:
         """Send a BOOKMARK (at the current version) now on every open watch that allows bookmarks."""
         with self._store.lock:
             for w in self._store.watchers:
-                w.queue.put(_Bookmark(str(self._store.rv)))
+                w.queue.put(_Bookmark(self._store.rv_text(self._store.rv)))
 
     def watch_count(self) -> int:
         """How many watch streams are open now."""

@@ -267,6 +267,29 @@ def test_own_status_writes_do_not_wake_a_cycle_but_a_hand_edit_does(krig: KubeRi
     assert eventually(lambda: len(krig.wakeups) == woken + 1) and krig.wakeups[-1] == {keys[0]}
 
 
+def test_a_finalizer_removal_refused_because_the_list_shifted_is_retried(krig: KubeRig) -> None:
+    # The removal tests the entry it removes (never another controller's finalizer); when the list
+    # has shifted since the cache saw it, the server answers 422: read it again and patch afresh.
+    from ollama_gitops.reconciler.models.desired import ModelKey
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    key = ModelKey("default", "llama3.2-1b")
+    other = "example.com/other"
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, key.name,
+                                               {"metadata": {"finalizers": [other, FINALIZER]}})
+    assert eventually(lambda: list(krig.cache.get(key).finalizers) == [other, FINALIZER])
+    krig.cache.stop()  # from here the cache's list is stale
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, key.name,
+                                               {"metadata": {"finalizers": [FINALIZER]}})
+    krig.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, key.name)
+    with krig.store.editing() as edit:
+        edit.forget(key)  # what a prune does once Ollama confirmed the delete: release the finalizer
+    assert krig.store.flush(15)
+    assert krig.resource("default", "llama3.2-1b") is None and krig.store.waiting() == set()
+
+
 def test_changes_in_the_file_reach_the_resource(krig: KubeRig) -> None:
     krig.work.model("default", "llama3.2", "1b", extra="labels: {team: a, tier: gold}\nannotations: {owner: me}\n")
     krig.push()

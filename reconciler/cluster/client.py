@@ -79,17 +79,41 @@ class ClusterClient:
             raise
         return True
 
-    def remove_finalizer(self, key: ModelKey, finalizer: str, finalizers: list[str]) -> None:
-        """Remove `finalizer`, which `finalizers` (as last seen) holds; if the list changed since,
-        the server refuses (422) rather than remove another controller's finalizer."""
-        index = finalizers.index(finalizer)
-        patch = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
-        self._write(key, lambda: self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, key.namespace, PLURAL, key.name, patch, _content_type=JSON_PATCH,
-            _request_timeout=REQUEST_TIMEOUT))
+    def remove_finalizer(self, key: ModelKey, finalizer: str, finalizers: list[str], attempts: int = 3) -> None:
+        """Remove `finalizer` from the resource; `finalizers` is its list as last seen (the cache).
+
+        The JSON patch tests the entry it removes, so another controller's finalizer is never
+        removed by mistake; when the list has shifted since it was seen, the server refuses (422)
+        and the resource is read again for a fresh patch. A resource that is gone, or no longer
+        holds the finalizer, has nothing to release.
+        """
+        current = list(finalizers)
+        for attempt in range(attempts):
+            if finalizer not in current:
+                return
+            index = current.index(finalizer)
+            patch = [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ]
+            try:
+                self._write(key, lambda: self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, key.namespace, PLURAL, key.name, patch, _content_type=JSON_PATCH,
+                    _request_timeout=REQUEST_TIMEOUT))
+                return
+            except ClusterError as exc:
+                if exc.not_found:
+                    return
+                if exc.status != 422 or attempt == attempts - 1:
+                    raise
+            try:
+                obj = self._call(lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, key.namespace, PLURAL, key.name, _request_timeout=REQUEST_TIMEOUT))
+            except ClusterError as exc:
+                if exc.not_found:
+                    return
+                raise
+            current = list((obj.get("metadata") or {}).get("finalizers") or [])
 
     def patch_annotations(self, key: ModelKey, annotations: dict[str, str | None]) -> None:
         """Merge annotations (None removes one) under the controller's own field manager, so that the

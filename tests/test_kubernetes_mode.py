@@ -290,6 +290,60 @@ def test_a_finalizer_removal_refused_because_the_list_shifted_is_retried(krig: K
     assert krig.resource("default", "llama3.2-1b") is None and krig.store.waiting() == set()
 
 
+def background_errors(component: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("ollama_gitops_background_errors_total", {"component": component}) or 0.0
+
+
+def test_an_unexpected_error_in_a_status_writer_is_logged_counted_and_fails_the_next_cycle(
+        krig: KubeRig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As with kubernetes 33, where the status apply raised AttributeError inside the pool and died
+    # silently. Our own function is made to raise: no stand-in answer makes the client do that.
+    from ollama_gitops.reconciler.models.desired import ModelKey
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    key = ModelKey("default", "llama3.2-1b")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AttributeError("'ApiClient' object has no attribute 'param_serialize'")
+
+    monkeypatch.setattr(krig.store._client, "apply_status", broken)
+    before = background_errors("status")
+    with krig.store.editing() as edit:
+        edit.status(key).error = "noted"
+    assert krig.store.flush(15)
+    assert background_errors("status") == before + 1
+    logged = [r for r in caplog.records if r.name == "ollama_gitops.cluster.status" and r.exc_info]
+    assert logged and "param_serialize" in str(logged[-1].exc_info[1])  # with its traceback
+    report = krig.reconciler.run_cycle()
+    assert not report.ok and "default/llama3.2-1b" in report.message and "param_serialize" in report.message
+    monkeypatch.undo()
+    krig.settle()  # the write was kept: once it works again, it is made
+    assert krig.resource("default", "llama3.2-1b")["status"]["error"] == "noted"
+    assert krig.reconciler.run_cycle().ok
+
+
+def test_an_unexpected_error_in_a_resource_writer_fails_the_cycle_naming_it(
+        krig: KubeRig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AttributeError("'ApiClient' object has no attribute 'param_serialize'")
+
+    monkeypatch.setattr(krig.sync._writer._client, "apply", broken)
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    before = background_errors("resources")
+    report = krig.reconciler.run_cycle()
+    assert not report.ok and "default/llama3.2-1b" in report.message and "param_serialize" in report.message
+    assert background_errors("resources") == before + 1
+    assert any(r.name == "ollama_gitops.cluster" and r.exc_info for r in caplog.records)
+    monkeypatch.undo()
+    krig.settle()
+    assert krig.resource("default", "llama3.2-1b")["status"]["state"] == "Ready"
+
+
 def test_changes_in_the_file_reach_the_resource(krig: KubeRig) -> None:
     krig.work.model("default", "llama3.2", "1b", extra="labels: {team: a, tier: gold}\nannotations: {owner: me}\n")
     krig.push()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import metrics
 from ..models.desired import ModelKey
 from ..models.sizes import format_size
 from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
@@ -95,6 +96,7 @@ class ClusterStateStore(StateStore):
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
         self._in_flight = 0
+        self._crashes: dict[ModelKey, str] = {}  # unexpected errors of writes, until a cycle reports them
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-status")
         super().__init__(directory)
 
@@ -143,6 +145,17 @@ class ClusterStateStore(StateStore):
         """Try again the writes that failed."""
         self._drain()
 
+    def crashes(self) -> dict[ModelKey, str]:
+        """The unexpected errors of writes since the last call (those writes wait for a retry)."""
+        with self._pending_lock:
+            crashes, self._crashes = self._crashes, {}
+        return crashes
+
+    def crashed(self) -> set[ModelKey]:
+        """Models whose last write failed unexpectedly and has not been reported yet."""
+        with self._pending_lock:
+            return set(self._crashes)
+
     def waiting(self) -> set[ModelKey]:
         """Models whose writes wait for a retry (failed, or their resource not seen yet)."""
         with self._pending_lock:
@@ -174,6 +187,12 @@ class ClusterStateStore(StateStore):
             if exc.status in (0, 409, 429, 500, 503):  # worth another try; a 404 or 422 is not
                 with self._pending_lock:
                     self._pending.setdefault(key, record)
+        except Exception as exc:  # a bug or an incompatible client: never silent, never lost
+            log.exception("action=status-write-crashed resource=%s", key)
+            metrics.BACKGROUND_ERRORS.labels("status").inc()
+            with self._pending_lock:
+                self._pending.setdefault(key, record)
+                self._crashes[key] = f"writing its status failed unexpectedly: {type(exc).__name__}: {exc}"
         finally:
             with self._idle:
                 self._in_flight -= 1

@@ -188,17 +188,18 @@ class ResourceCache:
         finally:
             with self._lock:  # `writes` stays in _writes while a write is in flight
                 writes.in_flight -= 1
+                gone = False
                 for obj in answered:
-                    self._note(key, writes, obj, first=writes.noted == noted_before)
+                    gone |= self._note(key, writes, obj, first=writes.noted == noted_before)
                     writes.noted += 1
                 held = set() if writes.in_flight else writes.unclaimed
                 if not writes.in_flight:
                     writes.unclaimed = set()
                 if writes.idle and self._writes.get(key) is writes:
                     del self._writes[key]
-                if held:
+                if held or gone:
                     self._changed.add(key)
-            if held:  # changes by others that came in while our writes were in flight
+            if held or gone:  # changes by others that came in while our writes were in flight
                 self._notify({key})
 
     def observe_write(self, obj: Mapping[str, Any]) -> None:
@@ -209,29 +210,29 @@ class ResourceCache:
         with self.own_write(Resource.from_object(obj).key) as noted:
             noted(obj)
 
-    def _note(self, key: ModelKey, writes: _Writes, obj: Mapping[str, Any], first: bool) -> None:
-        """Take in one answer (under the lock)."""
+    def _note(self, key: ModelKey, writes: _Writes, obj: Mapping[str, Any], first: bool) -> bool:
+        """Take in one answer (under the lock); True when it says the resource is gone."""
         if obj.get("kind") == "Status" or not (obj.get("metadata") or {}).get("name"):
-            return
+            return False
         resource = Resource.from_object(obj)
         version = resource.resource_version
         if version in writes.unclaimed:  # the watch brought it already (and maybe later ones): ours
             writes.unclaimed.discard(version)
-            return
+            return False
+        if resource.deleting and not resource.finalizers:
+            # The write released the last finalizer: the server has deleted it. Reported as the
+            # DELETED event would be (a cycle may have to create it again); that event then finds
+            # nothing left to change.
+            return self._items.pop(key, None) is not None
         current = self._items.get(key)
         if current is not None and current.resource_version == version:
             # A write that changed nothing (answered with the version the cache holds): no event
             # will carry it. (Were it someone else's write that the watch has not brought yet, its
             # content is in the cache already; only its wake-up is lost.)
-            return
-        if resource.deleting and not resource.finalizers:
-            # The write released the last finalizer: the server has deleted it (its DELETED event,
-            # always reported, confirms it).
-            self._items.pop(key, None)
-            return
+            return False
         writes.own.add(version)
         if not first:
-            return  # answered after another answer to a write sent at the same time: order unknown
+            return False  # answered after another answer to a write sent at the same time: order unknown
         # Newer than everything the cache holds: the watch has not brought it, and the stream's
         # order puts every event it brought for this resource before it.
         writes.ahead = version
@@ -239,6 +240,7 @@ class ResourceCache:
             self._items[key] = resource
         else:  # the write released it: it is no longer ours to hold
             self._items.pop(key, None)
+        return False
 
     # -- the cache thread ------------------------------------------------------------------------
 

@@ -133,16 +133,26 @@ def replicas(kube: KubeStandin) -> Iterator[Replicas]:
     made.close()
 
 
-@pytest.fixture
-def election_log() -> Iterator[LogWaiter]:
+def log_waiter(name: str) -> Iterator[LogWaiter]:
     handler = LogWaiter()
-    logger = logging.getLogger("ollama_gitops.cluster.election")
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture
+def election_log() -> Iterator[LogWaiter]:
+    yield from log_waiter("ollama_gitops.cluster.election")
+
+
+@pytest.fixture
+def package_log() -> Iterator[LogWaiter]:
+    """What the ``leaderelection`` package itself logs (a follower says why it waits)."""
+    yield from log_waiter("leaderelection")
 
 
 def holder(kube: KubeStandin) -> str:
@@ -225,19 +235,6 @@ def test_of_two_electors_one_leads_and_the_other_takes_over_when_it_stops(kube, 
     assert holder(kube) == "replica-b"
     assert not a.is_leader and a_calls.count("started") == 1  # a no longer takes part
     assert kube.count("create", path_regex="/leases$") == 1  # b took the existing Lease over
-
-
-@pytest.fixture
-def package_log() -> Iterator[LogWaiter]:
-    """What the ``leaderelection`` package itself logs (a follower says why it waits)."""
-    handler = LogWaiter()
-    logger = logging.getLogger("leaderelection")
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def test_a_standby_takes_over_at_once_when_the_leader_stops_and_releases_the_lease(kube, replicas, package_log):

@@ -412,7 +412,7 @@ class Product:
         self.cache = ResourceCache(client.CustomObjectsApi(self.api)).start()
         if not self.cache.wait_synced(60):
             raise RuntimeError("the resource cache did not sync within 60 s")
-        kube = ClusterClient(self.api)
+        kube = ClusterClient(self.api, self.cache)  # as connect() wires it
         self.store = ClusterStateStore(state, kube, self.cache)
         self.sync = ClusterSync(kube, self.cache, self.store)
         self.applies_done: list[float] = []  # perf_counter() each time a cycle's resource writes were all answered

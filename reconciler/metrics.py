@@ -21,6 +21,9 @@ PULL_DURATION = Histogram("ollama_gitops_pull_duration_seconds", "Duration of su
                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
 PULL_FAILURES = Counter("ollama_gitops_pull_failures_total", "Failed model pulls")
 PUSH_RETRIES = Counter("ollama_gitops_git_push_retries_total", "Pushes refused because the branch moved, then retried")
+BACKGROUND_ERRORS = Counter("ollama_gitops_background_errors_total",
+                            "Unexpected errors (bugs, an incompatible client) in background writers, by component",
+                            ["component"])
 FILE_PROBLEMS = Gauge("ollama_gitops_model_file_problems", "Problems found in model files at the last loaded commit")
 
 

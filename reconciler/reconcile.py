@@ -108,6 +108,14 @@ class Reconciler:
     def close(self) -> None:
         self.pulls.shutdown(wait=False)
 
+    def forget_observations(self) -> None:
+        """Forget what earlier cycles saw and applied (the store was read again, e.g. by a replica that
+        starts leading): the next cycle lists Ollama and plans every model."""
+        with self._observed_lock:
+            self._observed = None
+        self.applied = None
+        self._converged = False
+
     # -- the cycle ------------------------------------------------------------------------------------
     def _cycle(self, dry_run: bool) -> CycleReport:
         if not dry_run and not self.leading():

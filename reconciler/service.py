@@ -44,6 +44,8 @@ class Service:
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
     sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
+    _stopping: bool = False
+    _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
 
     def request_cycle(self) -> None:
         if self.scheduler is not None:
@@ -74,19 +76,37 @@ class Service:
 
     def _start_schedule(self) -> None:
         log.info("leading: reconciling")
-        self.scheduler = CycleScheduler(self.reconciler.run_cycle, self.settings.interval)
+        self._new_term = self.cluster is not None
+        self.scheduler = CycleScheduler(self._cycle, self.settings.interval)
         self.scheduler.start()
+
+    def _cycle(self) -> None:
+        if self._new_term:
+            # The records were read at this process's start, or are those of an earlier term: the last
+            # leader has pulled, pruned and refreshed since, and says so on the resources.
+            assert self.cluster is not None
+            if not self.cluster.store.reload():
+                log.warning("the resource cache has not listed yet: not reconciling before it has")
+                return
+            self.reconciler.forget_observations()
+            self._new_term = False
+            log.info("records read again from %d resources", len(self.cluster.store.keys()))
+        self.reconciler.run_cycle()
 
     def _stop_schedule(self) -> None:
         # The elector has already made `leading` false, so a cycle under way stops before its next write.
-        log.warning("not leading any more: standing by")
+        # On a lost Lease this runs in the election's threads, which must not wait; on stop() it runs
+        # in the stopping thread, which waits for the cycle so that the Lease is released after it.
+        if not self._stopping:
+            log.warning("not leading any more: standing by")
         scheduler, self.scheduler = self.scheduler, None
         if scheduler is not None:
-            scheduler.shutdown(wait=False)
+            scheduler.shutdown(wait=self._stopping)
 
     def stop(self) -> None:
+        self._stopping = True
         if self.elector is not None:
-            self.elector.stop()
+            self.elector.stop()  # stops the schedule (on_stopped), then releases the Lease
         if self.sync_requests is not None:
             self.sync_requests.stop()
         if self.scheduler is not None:

@@ -133,16 +133,26 @@ def replicas(kube: KubeStandin) -> Iterator[Replicas]:
     made.close()
 
 
-@pytest.fixture
-def election_log() -> Iterator[LogWaiter]:
+def log_waiter(name: str) -> Iterator[LogWaiter]:
     handler = LogWaiter()
-    logger = logging.getLogger("ollama_gitops.cluster.election")
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture
+def election_log() -> Iterator[LogWaiter]:
+    yield from log_waiter("ollama_gitops.cluster.election")
+
+
+@pytest.fixture
+def package_log() -> Iterator[LogWaiter]:
+    """What the ``leaderelection`` package itself logs (a follower says why it waits)."""
+    yield from log_waiter("leaderelection")
 
 
 def holder(kube: KubeStandin) -> str:
@@ -195,7 +205,9 @@ def test_a_lone_elector_becomes_leader_and_holds_the_lease(kube, replicas):
     assert not a.is_leader
     assert calls.log == [("started", True), ("stopped", False)]  # on_stopped called by stop(), once
     assert not a._thread.is_alive()
-    assert holder(kube) == "replica-a"  # the package cannot release the Lease: it is left to expire
+    (lease,) = kube.leases(NS)  # released as client-go releases it: no holder, a lease of 1 s
+    assert lease["spec"].get("holderIdentity", "") == "" and lease["spec"]["leaseDurationSeconds"] == 1
+    assert lease["spec"]["renewTime"].endswith("Z") and lease["spec"]["acquireTime"] == lease["spec"]["renewTime"]
     a.stop()  # idempotent
     assert calls.count("stopped") == 1
 
@@ -218,11 +230,43 @@ def test_of_two_electors_one_leads_and_the_other_takes_over_when_it_stops(kube, 
 
     a.stop()
     assert not a.is_leader and a_calls.log == [("started", True), ("stopped", False)]
-    assert b_calls.wait_count("started", 1)  # once the Lease expired
+    assert b_calls.wait_count("started", 1)  # at once: a released the Lease
     assert b.is_leader and b_calls.log == [("started", True)]
     assert holder(kube) == "replica-b"
     assert not a.is_leader and a_calls.count("started") == 1  # a no longer takes part
     assert kube.count("create", path_regex="/leases$") == 1  # b took the existing Lease over
+
+
+def test_a_standby_takes_over_at_once_when_the_leader_stops_and_releases_the_lease(kube, replicas, package_log):
+    # A lease far longer than WAIT: b can lead within WAIT only because a released the Lease.
+    timings = {"lease_duration": 60, "renew_deadline": 3, "retry_period": 1}
+    made = []
+    for identity in ("replica-a", "replica-b"):
+        calls = Calls(replicas.cond)
+        calls.elector = LeaderElector(kube.api_client(), namespace=NS, identity=identity,
+                                      on_started=calls.started, on_stopped=calls.stopped, **timings)
+        replicas.electors.append(calls.elector)
+        made.append(calls)
+    a_calls, b_calls = made
+    a_calls.elector.start()
+    assert a_calls.wait_count("started", 1)
+    b_calls.elector.start()
+    # b has seen a's Lease and waits for it to expire (60 s from now) ...
+    assert package_log.wait_for("lease held by replica-a and has not expired", 1)
+    a_calls.elector.stop()
+    assert b_calls.wait_count("started", 1)  # ... but leads at once: a released it
+    assert holder(kube) == "replica-b" and kube.leases(NS)[0]["spec"]["leaseDurationSeconds"] == 60
+
+
+def test_a_stopping_elector_that_does_not_hold_the_lease_leaves_it_alone(kube, replicas, package_log):
+    a, a_calls = replicas.make("replica-a")
+    assert a_calls.wait_count("started", 1)
+    b, _ = replicas.make("replica-b")
+    assert package_log.wait_for("lease held by replica-a and has not expired", 1)
+    b.stop()
+    (lease,) = kube.leases(NS)
+    assert lease["spec"]["holderIdentity"] == "replica-a" and lease["spec"]["leaseDurationSeconds"] == 2
+    assert a.is_leader
 
 
 def test_a_leader_whose_renewals_fail_stops_leading_and_leadership_comes_back(kube, replicas):
@@ -403,3 +447,25 @@ def test_the_defaults_and_the_shortest_timings_are_accepted():
         assert (elector.lease_duration, elector.renew_deadline, elector.retry_period) == (15, 10.0, 2.0)
         with pytest.raises(ValueError):
             LeaderElector(c, namespace=NS, identity="", on_started=lambda: None, on_stopped=lambda: None)
+
+
+# ------------------------------------------------------------------------------------------------
+# what goes on the wire
+
+
+def test_lease_times_at_a_whole_second_keep_six_fractional_digits(kube):
+    # The package formats times with str(datetime), which drops the fraction at a whole second; a
+    # real API server parses MicroTime as RFC3339Micro and answers 400 to "08:00:00+00:00".
+    from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
+
+    from ollama_gitops.reconciler.cluster.election import _Lock, _Run, _TimedLeases
+
+    with kube.api_client() as api_client:
+        elector = LeaderElector(api_client, namespace=NS, identity="replica-a", on_started=lambda: None,
+                                on_stopped=lambda: None, **TIMINGS)
+        lock = _Lock(elector, _Run(1), _TimedLeases(api_client, 5))
+        whole = "2026-12-01 08:00:00"  # str(datetime) at a whole second, as the package writes records
+        assert lock.create(LEASE, NS, LeaderElectionRecord("replica-a", "2", whole, whole))
+        assert lock.update(LEASE, NS, LeaderElectionRecord("replica-a", "2", whole, "2026-12-01 08:00:02"))
+    (lease,) = kube.leases(NS)
+    assert lease["spec"]["renewTime"].endswith(":02.000000Z") and lease["spec"]["acquireTime"].endswith(":00.000000Z")

@@ -42,9 +42,10 @@ class KubeRig:
         self.state_dir = tmp_path / "state"
         self.api_client = kube.api_client()
         self.custom = client.CustomObjectsApi(self.api_client)
-        self.cache = ResourceCache(self.custom, watch_timeout=30, retry_delay=0.2).start()
+        self.wakeups: list[set] = []  # what the cache reported as changed (each would request a cycle)
+        self.cache = ResourceCache(self.custom, watch_timeout=30, retry_delay=0.2, on_change=self.wakeups.append).start()
         assert self.cache.wait_synced(10)
-        kube_client = ClusterClient(self.api_client)
+        kube_client = ClusterClient(self.api_client, self.cache)  # as connect() wires it
         self.store = ClusterStateStore(self.state_dir, kube_client, self.cache)
         self.sync = ClusterSync(kube_client, self.cache, self.store)
         self.reconciler = Reconciler(GitRepo(str(self.remote), "main", self.state_dir / "clone.git"),
@@ -184,16 +185,11 @@ def test_pruning_every_resource_is_refused(krig: KubeRig) -> None:
     assert krig.resource("default", "llama3.2-1b") is not None and "llama3.2:1b" in krig.ollama.installed()
 
 
-def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
-    """`ollama-gitops api` beside a Kubernetes-mode reconciler shows live status from the cluster."""
-    import httpx
-
+def start_api_alone(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin):  # type: ignore[no-untyped-def]
+    """`ollama-gitops api` as deployed apart from the reconciler (read access to the cluster only)."""
     from ollama_gitops.api import runtime
     from apirig import settings_for
 
-    krig.work.model("default", "llama3.2", "1b")
-    krig.push()
-    krig.settle()
     kubeconfig = krig.kube.write_kubeconfig(tmp_path / "kubeconfig")
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
@@ -204,14 +200,149 @@ def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path
         running = runtime.start(settings, options, with_reconciler=False, schedules=False)
     finally:
         os.environ.pop("KUBECONFIG") if previous is None else os.environ.__setitem__("KUBECONFIG", previous)
+    running.repository.refresh()
+    return running
+
+
+def test_api_alone_reads_status_from_the_resources(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
+    """`ollama-gitops api` beside a Kubernetes-mode reconciler shows live status from the cluster."""
+    import httpx
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    running = start_api_alone(krig, tmp_path, ollama)
     try:
-        running.repository.refresh()
         model = httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json()
         assert model["state"] == "Ready" and model["formattedSize"] == "1.7 GiB"
         verbs = {r.verb for r in krig.kube.request_log if "ollamamodels" in r.path}
         assert verbs <= {"get", "list", "watch", "patch", "create", "update", "delete"}
     finally:
         running.stop()
+
+
+def test_api_alone_shows_a_model_being_pulled_as_pulling(krig: KubeRig, tmp_path: Path, ollama: OllamaStandin) -> None:
+    # Its read path must show what the resource says, not what a restarted reconciler would assume.
+    import httpx
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    gate = ollama.hold_pulls()
+    try:
+        krig.reconciler.run_cycle()
+        assert gate.wait_for_pulls(1, timeout=30)
+        eventually(lambda: (krig.resource("default", "llama3.2-1b") or {}).get("status", {}).get("state") == "Pulling",
+                   timeout=30)
+        running = start_api_alone(krig, tmp_path, ollama)
+        try:
+            model = eventually(lambda: httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json(), timeout=30)
+            assert model["state"] == "Pulling", model
+            listed = httpx.get(f"{running.server.url}/api/v1/models").json()
+            assert [m["state"] for m in listed["items"]] == ["Pulling"], listed
+        finally:
+            running.stop()
+    finally:
+        gate.release()
+    assert krig.reconciler.pulls.wait(timeout=30)
+
+
+def test_own_status_writes_do_not_wake_a_cycle_but_a_hand_edit_does(krig: KubeRig) -> None:
+    # The service requests a cycle for every change the cache reports: the echoes of its own writes
+    # must not count, or every burst of status writes costs a git fetch and a cycle.
+    for name in ("llama3.2", "gemma3", "qwen2.5"):
+        krig.work.model("default", name, "1b")
+    krig.push()
+    krig.settle()
+    keys = sorted(krig.store.keys())
+    events, woken = krig.cache.stats.events, len(krig.wakeups)
+    for error in ("a burst", None):
+        with krig.store.editing() as edit:
+            for key in keys:
+                edit.status(key).error = error
+        assert krig.store.flush(15)
+    assert eventually(lambda: krig.cache.stats.events >= events + 2 * len(keys))  # every echo came back
+    assert len(krig.wakeups) == woken
+    assert all("error" not in krig.resource(k.namespace, k.name)["status"] for k in keys)
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, keys[0].name,
+                                               {"metadata": {"annotations": {"owner": "someone"}}})
+    assert eventually(lambda: len(krig.wakeups) == woken + 1) and krig.wakeups[-1] == {keys[0]}
+
+
+def test_a_finalizer_removal_refused_because_the_list_shifted_is_retried(krig: KubeRig) -> None:
+    # The removal tests the entry it removes (never another controller's finalizer); when the list
+    # has shifted since the cache saw it, the server answers 422: read it again and patch afresh.
+    from ollama_gitops.reconciler.models.desired import ModelKey
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    key = ModelKey("default", "llama3.2-1b")
+    other = "example.com/other"
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, key.name,
+                                               {"metadata": {"finalizers": [other, FINALIZER]}})
+    assert eventually(lambda: list(krig.cache.get(key).finalizers) == [other, FINALIZER])
+    krig.cache.stop()  # from here the cache's list is stale
+    krig.custom.patch_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, key.name,
+                                               {"metadata": {"finalizers": [FINALIZER]}})
+    krig.custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, key.name)
+    with krig.store.editing() as edit:
+        edit.forget(key)  # what a prune does once Ollama confirmed the delete: release the finalizer
+    assert krig.store.flush(15)
+    assert krig.resource("default", "llama3.2-1b") is None and krig.store.waiting() == set()
+
+
+def background_errors(component: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("ollama_gitops_background_errors_total", {"component": component}) or 0.0
+
+
+def test_an_unexpected_error_in_a_status_writer_is_logged_counted_and_fails_the_next_cycle(
+        krig: KubeRig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As with kubernetes 33, where the status apply raised AttributeError inside the pool and died
+    # silently. Our own function is made to raise: no stand-in answer makes the client do that.
+    from ollama_gitops.reconciler.models.desired import ModelKey
+
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    krig.settle()
+    key = ModelKey("default", "llama3.2-1b")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AttributeError("'ApiClient' object has no attribute 'param_serialize'")
+
+    monkeypatch.setattr(krig.store._client, "apply_status", broken)
+    before = background_errors("status")
+    with krig.store.editing() as edit:
+        edit.status(key).error = "noted"
+    assert krig.store.flush(15)
+    assert background_errors("status") == before + 1
+    logged = [r for r in caplog.records if r.name == "ollama_gitops.cluster.status" and r.exc_info]
+    assert logged and "param_serialize" in str(logged[-1].exc_info[1])  # with its traceback
+    report = krig.reconciler.run_cycle()
+    assert not report.ok and "default/llama3.2-1b" in report.message and "param_serialize" in report.message
+    monkeypatch.undo()
+    krig.settle()  # the write was kept: once it works again, it is made
+    assert krig.resource("default", "llama3.2-1b")["status"]["error"] == "noted"
+    assert krig.reconciler.run_cycle().ok
+
+
+def test_an_unexpected_error_in_a_resource_writer_fails_the_cycle_naming_it(
+        krig: KubeRig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise AttributeError("'ApiClient' object has no attribute 'param_serialize'")
+
+    monkeypatch.setattr(krig.sync._writer._client, "apply", broken)
+    krig.work.model("default", "llama3.2", "1b")
+    krig.push()
+    before = background_errors("resources")
+    report = krig.reconciler.run_cycle()
+    assert not report.ok and "default/llama3.2-1b" in report.message and "param_serialize" in report.message
+    assert background_errors("resources") == before + 1
+    assert any(r.name == "ollama_gitops.cluster" and r.exc_info for r in caplog.records)
+    monkeypatch.undo()
+    krig.settle()
+    assert krig.resource("default", "llama3.2-1b")["status"]["state"] == "Ready"
 
 
 def test_changes_in_the_file_reach_the_resource(krig: KubeRig) -> None:

@@ -689,6 +689,21 @@ def test_lease_create_get_replace_with_conflicts(api_client):
         leases.create_namespaced_lease(NS, client.V1Lease(metadata=client.V1ObjectMeta(name="lock")))
 
 
+@pytest.mark.parametrize("renew_time", ["2026-12-01T08:00:00Z", "2026-12-01T08:00:00.5Z",
+                                        "2026-12-01T08:00:00.1234567Z", "2026-12-01 08:00:00.000000Z"])
+def test_lease_micro_times_are_parsed_as_rfc3339_micro_and_anything_else_is_400(kube, api_client, renew_time):
+    # metav1.MicroTime.UnmarshalJSON is time.Parse(RFC3339Micro): exactly six fractional digits.
+    # Sent as raw JSON: the client's typed methods would turn the string back into a datetime.
+    url = f"{kube.url}/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+    body = {"metadata": {"name": "lock"}, "spec": {"holderIdentity": "a", "renewTime": renew_time}}
+    refused = urllib3.request("POST", url, json=body)
+    assert refused.status == 400
+    assert f'parsing time "{renew_time}" as "2006-01-02T15:04:05.000000Z07:00"' in refused.json()["message"]
+    body["spec"]["renewTime"] = "2026-12-01T09:00:00.000000+01:00"
+    assert urllib3.request("POST", url, json=body).status == 201
+    assert kube.leases(NS)[0]["spec"]["renewTime"] == "2026-12-01T08:00:00.000000Z"  # as the server writes it
+
+
 class PartitionableLeaseLock(LeaseLock):
     """A LeaseLock on a given ApiClient (LeaseLock itself uses the default one) whose link to the API
     server can be cut, to make a leader stop renewing."""

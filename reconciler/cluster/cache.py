@@ -8,6 +8,12 @@ The watch is resumed, not restarted: when it ends normally (``timeoutSeconds``) 
 from the last version seen, bookmarks included, so no event is lost and nothing is listed again.
 Only when the server has forgotten that version (410 Gone) is the cache rebuilt from a new list;
 any other failure waits ``retry_delay`` and lists again, since events may have been missed.
+
+The product's own writes do not count as changes (they would wake a cycle for nothing, each costing
+a ``git fetch``): a write made inside `ResourceCache.own_write` puts its answer into the cache at
+once and the watch event carrying the answer's ``resourceVersion`` is then taken as its echo.
+resourceVersions are opaque: they are only compared for equality, and the watch stream's order is
+the only order relied on (see `_Writes`).
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes.client
@@ -52,6 +59,28 @@ class CacheStats:
     errors: int = 0  # failed lists or watches other than 410 (each followed by retry_delay)
 
 
+@dataclass
+class _Writes:
+    """The product's own writes to one resource, as far as the watch has not caught up with them.
+
+    ``in_flight`` writes are sent and not answered; ``noted`` counts answers taken in so far (a
+    write whose answer comes while no other answer came since it was sent is newer than all of
+    those). ``ahead`` is the version of an answer put into the cache before the watch brought it;
+    ``own`` the versions answered to our writes that the watch has not brought yet; ``unclaimed``
+    the versions the watch brought while writes were in flight, not yet known to be ours.
+    """
+
+    in_flight: int = 0
+    noted: int = 0
+    ahead: str | None = None
+    own: set[str] = field(default_factory=set)
+    unclaimed: set[str] = field(default_factory=set)
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and self.ahead is None and not self.own and not self.unclaimed
+
+
 class ResourceCache:
     """The managed `OllamaModel` resources of the whole cluster, kept current by a watch.
 
@@ -74,9 +103,10 @@ class ResourceCache:
         self._retry_delay = retry_delay
         self.stats = CacheStats()
 
-        self._lock = threading.Lock()  # guards _items, _changed and _watch
+        self._lock = threading.Lock()  # guards _items, _changed, _writes and _watch
         self._items: dict[ModelKey, Resource] = {}
         self._changed: set[ModelKey] = set()
+        self._writes: dict[ModelKey, _Writes] = {}
         self._watch: watch.Watch | None = None  # the live watch, for stop() to end it
 
         self._resource_version = ""  # last version seen by the cache thread (its own state, no lock)
@@ -135,28 +165,82 @@ class ResourceCache:
             changed, self._changed = self._changed, set()
         return changed
 
-    def observe_write(self, obj: Mapping[str, Any]) -> None:
-        """Put what one of the product's own writes returned into the cache at once.
+    @contextmanager
+    def own_write(self, key: ModelKey) -> Iterator[Callable[[Mapping[str, Any]], None]]:
+        """Around one of the product's own writes to resource `key`; call what it yields with the
+        server's answer (the object written).
 
-        So the next cycle plans from what was written, not from a cache the watch has not caught
-        up with yet. Only a newer ``resourceVersion`` replaces the cached one (a write answered
-        late must not undo a later event), and the key is not reported as changed: the product
-        knows what it wrote, and the watch event for this same version then changes nothing, so
-        the product's own writes do not wake it again. A ``Status`` answer (a delete without
-        finalizers) is not an object and is ignored: the watch's DELETED event removes it.
-        Do not pass the answers of dry-run writes.
+        The answer goes into the cache at once, so the next cycle plans from what was written and
+        not from a cache the watch has not caught up with, and the watch event carrying the same
+        version is not reported as a change: the product's own writes do not wake it. An event that
+        arrives while the write is in flight is held back until the write is answered: it is
+        reported then unless it was the write's own. A ``Status`` answer (a delete without
+        finalizers) is no object: the watch's DELETED event is then reported as any other. Do not
+        pass the answers of dry-run writes.
         """
-        if obj.get("kind") == "Status" or not (obj.get("metadata") or {}).get("name"):
-            return
-        resource = Resource.from_object(obj)
         with self._lock:
-            current = self._items.get(resource.key)
-            if current is not None and not _newer(resource.resource_version, current.resource_version):
-                return  # the cache already has this version, or a later one
-            if resource.managed:
-                self._items[resource.key] = resource
-            else:  # the write released it: it is no longer ours to hold
-                self._items.pop(resource.key, None)
+            writes = self._writes.setdefault(key, _Writes())
+            writes.in_flight += 1
+            noted_before = writes.noted
+        answered: list[Mapping[str, Any]] = []
+        try:
+            yield answered.append
+        finally:
+            with self._lock:  # `writes` stays in _writes while a write is in flight
+                writes.in_flight -= 1
+                gone = False
+                for obj in answered:
+                    gone |= self._note(key, writes, obj, first=writes.noted == noted_before)
+                    writes.noted += 1
+                held = set() if writes.in_flight else writes.unclaimed
+                if not writes.in_flight:
+                    writes.unclaimed = set()
+                if writes.idle and self._writes.get(key) is writes:
+                    del self._writes[key]
+                if held or gone:
+                    self._changed.add(key)
+            if held or gone:  # changes by others that came in while our writes were in flight
+                self._notify({key})
+
+    def observe_write(self, obj: Mapping[str, Any]) -> None:
+        """Take in the answer of a write made without `own_write` (as if made inside it)."""
+        name = (obj.get("metadata") or {}).get("name")
+        if obj.get("kind") == "Status" or not name:
+            return
+        with self.own_write(Resource.from_object(obj).key) as noted:
+            noted(obj)
+
+    def _note(self, key: ModelKey, writes: _Writes, obj: Mapping[str, Any], first: bool) -> bool:
+        """Take in one answer (under the lock); True when it says the resource is gone."""
+        if obj.get("kind") == "Status" or not (obj.get("metadata") or {}).get("name"):
+            return False
+        resource = Resource.from_object(obj)
+        version = resource.resource_version
+        if version in writes.unclaimed:  # the watch brought it already (and maybe later ones): ours
+            writes.unclaimed.discard(version)
+            return False
+        if resource.deleting and not resource.finalizers:
+            # The write released the last finalizer: the server has deleted it. Reported as the
+            # DELETED event would be (a cycle may have to create it again); that event then finds
+            # nothing left to change.
+            return self._items.pop(key, None) is not None
+        current = self._items.get(key)
+        if current is not None and current.resource_version == version:
+            # A write that changed nothing (answered with the version the cache holds): no event
+            # will carry it. (Were it someone else's write that the watch has not brought yet, its
+            # content is in the cache already; only its wake-up is lost.)
+            return False
+        writes.own.add(version)
+        if not first:
+            return False  # answered after another answer to a write sent at the same time: order unknown
+        # Newer than everything the cache holds: the watch has not brought it, and the stream's
+        # order puts every event it brought for this resource before it.
+        writes.ahead = version
+        if resource.managed:
+            self._items[key] = resource
+        else:  # the write released it: it is no longer ours to hold
+            self._items.pop(key, None)
+        return False
 
     # -- the cache thread ------------------------------------------------------------------------
 
@@ -196,11 +280,12 @@ class ResourceCache:
             if resource.managed:  # the selector already says so; be sure anyway
                 listed[resource.key] = resource
         with self._lock:
-            # An entry observe_write put in after the list's snapshot is newer than the list: keep
-            # it; the watch from the list's version brings its events, which confirm or undo it.
-            for key, cached in self._items.items():
-                if _order(cached.resource_version, list_version) == 1:
-                    listed[key] = cached
+            # The list is the truth: answers put in ahead of the watch may be older or newer than it
+            # (versions cannot be ordered), so they are forgotten; writes still in flight go on.
+            for key, writes in list(self._writes.items()):
+                writes.ahead, writes.own = None, set()
+                if writes.idle:
+                    del self._writes[key]
             changed = self._items.keys() - listed.keys()  # deleted while nothing watched
             changed |= {key for key, r in listed.items()
                         if key not in self._items or self._items[key].resource_version != r.resource_version}
@@ -258,27 +343,61 @@ class ResourceCache:
             self._resource_version = version  # bookmarks too: resuming from them skips nothing
         if kind == "BOOKMARK":
             return
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            log.debug("ignoring watch event of type %r", kind)
+            return
         resource = Resource.from_object(obj)
         with self._lock:
             current = self._items.get(resource.key)
-            # An event older than what observe_write put in is history already superseded.
-            if current is not None and _order(current.resource_version, resource.resource_version) == 1:
-                return
-            if kind in ("ADDED", "MODIFIED") and resource.managed:
-                if current is not None and current.resource_version == resource.resource_version:
-                    return  # nothing new (our own write, already observed)
-                self._items[resource.key] = resource
-            elif kind == "DELETED" or (kind in ("ADDED", "MODIFIED") and not resource.managed):
-                # Without the label it has left the selector (the server sends DELETED for that
-                # itself; this is only defensive): it is no longer ours to hold.
-                if current is None:
+            writes = self._writes.get(resource.key)
+            if writes is not None and kind == "DELETED":
+                # Gone, whoever's write it was (releasing the last finalizer deletes it): always
+                # reported, so a cycle can create it again if its file is still in Git.
+                writes.ahead, writes.own = None, set()
+                writes.unclaimed.discard(version)
+                if writes.idle:
+                    del self._writes[resource.key]
+                notify = self._store_event(kind, resource, current)
+            elif writes is not None:
+                if version in writes.own:  # the echo of a write of ours
+                    writes.own.discard(version)
+                    if writes.ahead == version:
+                        writes.ahead = None  # the cache holds it already
+                    elif writes.ahead is None:  # not put in ahead (order unknown then): take it now
+                        self._store_event(kind, resource, current)
+                    if writes.idle:
+                        del self._writes[resource.key]
                     return
-                del self._items[resource.key]
+                if writes.ahead is not None:
+                    # Before our answer in the stream: someone else's change, which the cached
+                    # answer already includes. Report it; keep the newer content.
+                    notify = True
+                elif writes.in_flight:  # ours or not: known when the write is answered
+                    self._store_event(kind, resource, current)
+                    writes.unclaimed.add(version)
+                    return
+                else:
+                    notify = self._store_event(kind, resource, current)
             else:
-                log.debug("ignoring watch event of type %r", kind)
-                return
-            self._changed.add(resource.key)
-        self._notify({resource.key})
+                notify = self._store_event(kind, resource, current)
+            if notify:
+                self._changed.add(resource.key)
+        if notify:
+            self._notify({resource.key})
+
+    def _store_event(self, kind: str, resource: Resource, current: Resource | None) -> bool:
+        """Apply a watch event to the cache (under the lock); True if it changed anything."""
+        if kind in ("ADDED", "MODIFIED") and resource.managed:
+            if current is not None and current.resource_version == resource.resource_version:
+                return False  # nothing new
+            self._items[resource.key] = resource
+            return True
+        # DELETED, or without the label it has left the selector (the server sends DELETED for
+        # that itself; this is only defensive): it is no longer ours to hold.
+        if current is None:
+            return False
+        del self._items[resource.key]
+        return True
 
     def _notify(self, keys: set[ModelKey]) -> None:
         # Called without the lock held, so the callback may read the cache.
@@ -288,26 +407,6 @@ class ResourceCache:
             self._on_change(set(keys))
         except Exception:  # a faulty callback must not end the watch (or trigger a relist)
             log.exception("resource cache on_change callback failed")
-
-
-def _order(a: str, b: str) -> int | None:
-    """1 when version `a` is known to be newer than `b`, -1 when older, 0 when equal, None when
-    they differ but cannot be ordered.
-
-    resourceVersions are opaque to clients, but etcd's are increasing integers, and comparing them
-    is the only way to tell a late answer from a newer one.
-    """
-    if a == b:
-        return 0
-    if a.isdigit() and b.isdigit():
-        return 1 if int(a) > int(b) else -1
-    return None
-
-
-def _newer(version: str, than: str) -> bool:
-    """Should `version` replace `than`? Yes when newer, and when they cannot be ordered (the last
-    one heard of wins)."""
-    return _order(version, than) in (1, None)
 
 
 def stop_watch_thread(thread: threading.Thread, current: Callable[[], watch.Watch | None], timeout: float) -> bool:

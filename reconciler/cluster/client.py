@@ -7,9 +7,9 @@ can tell a conflict (retry), a missing namespace (a per-model error) and an outa
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any
-
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import urllib3
@@ -42,23 +42,36 @@ class ClusterError(Exception):
         return self.status == 404
 
 
-class ClusterClient:
-    """OllamaModel writes, status writes, finalizers and Events."""
+class WriteObserver(Protocol):
+    """Told of the product's own writes to a resource and of their answers (`ResourceCache`)."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def own_write(self, key: ModelKey) -> Any: ...  # a context manager yielding a callback
+
+
+class ClusterClient:
+    """OllamaModel writes, status writes, finalizers and Events.
+
+    :param observer: the resource cache, told of every write to an OllamaModel and of its answer,
+        so that it holds what was written at once and does not take the write's watch event for
+        someone else's change.
+    """
+
+    def __init__(self, api_client: client.ApiClient, observer: WriteObserver | None = None) -> None:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
+        self._observer = observer
 
     def apply(self, body: dict[str, Any]) -> None:
         """Create or update a resource by server-side apply, taking over fields from other managers."""
         meta = body["metadata"]
-        self._apply(_resource_path(meta["namespace"], meta["name"]), FIELD_MANAGER, body)
+        key = ModelKey(meta["namespace"], meta["name"])
+        self._write(key, lambda: self._apply(_resource_path(key.namespace, key.name), FIELD_MANAGER, body))
 
     def delete(self, key: ModelKey) -> bool:
         """Ask for deletion (finalizers then hold it until released); False when already gone."""
         try:
-            self._call(lambda: self.custom.delete_namespaced_custom_object(
+            self._write(key, lambda: self.custom.delete_namespaced_custom_object(
                 GROUP, VERSION, key.namespace, PLURAL, key.name, _request_timeout=REQUEST_TIMEOUT))
         except ClusterError as exc:
             if exc.not_found:
@@ -66,22 +79,46 @@ class ClusterClient:
             raise
         return True
 
-    def remove_finalizer(self, key: ModelKey, finalizer: str, finalizers: list[str]) -> None:
-        """Remove `finalizer`, which `finalizers` (as last seen) holds; if the list changed since,
-        the server refuses (422) rather than remove another controller's finalizer."""
-        index = finalizers.index(finalizer)
-        patch = [
-            {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
-            {"op": "remove", "path": f"/metadata/finalizers/{index}"},
-        ]
-        self._call(lambda: self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, key.namespace, PLURAL, key.name, patch, _content_type=JSON_PATCH,
-            _request_timeout=REQUEST_TIMEOUT))
+    def remove_finalizer(self, key: ModelKey, finalizer: str, finalizers: list[str], attempts: int = 3) -> None:
+        """Remove `finalizer` from the resource; `finalizers` is its list as last seen (the cache).
+
+        The JSON patch tests the entry it removes, so another controller's finalizer is never
+        removed by mistake; when the list has shifted since it was seen, the server refuses (422)
+        and the resource is read again for a fresh patch. A resource that is gone, or no longer
+        holds the finalizer, has nothing to release.
+        """
+        current = list(finalizers)
+        for attempt in range(attempts):
+            if finalizer not in current:
+                return
+            index = current.index(finalizer)
+            patch = [
+                {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+                {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+            ]
+            try:
+                self._write(key, lambda: self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, key.namespace, PLURAL, key.name, patch, _content_type=JSON_PATCH,
+                    _request_timeout=REQUEST_TIMEOUT))
+                return
+            except ClusterError as exc:
+                if exc.not_found:
+                    return
+                if exc.status != 422 or attempt == attempts - 1:
+                    raise
+            try:
+                obj = self._call(lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, key.namespace, PLURAL, key.name, _request_timeout=REQUEST_TIMEOUT))
+            except ClusterError as exc:
+                if exc.not_found:
+                    return
+                raise
+            current = list((obj.get("metadata") or {}).get("finalizers") or [])
 
     def patch_annotations(self, key: ModelKey, annotations: dict[str, str | None]) -> None:
         """Merge annotations (None removes one) under the controller's own field manager, so that the
         sync's server-side apply, which does not list them, leaves them alone."""
-        self._call(lambda: self.custom.patch_namespaced_custom_object(
+        self._write(key, lambda: self.custom.patch_namespaced_custom_object(
             GROUP, VERSION, key.namespace, PLURAL, key.name, {"metadata": {"annotations": annotations}},
             field_manager=CONTROLLER_MANAGER, _request_timeout=REQUEST_TIMEOUT))
 
@@ -90,26 +127,41 @@ class ClusterClient:
         the controller's field manager: a field left out (None) is removed, as it was owned by it."""
         body = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": key.name, "namespace": key.namespace},
                 "status": {k: v for k, v in status.items() if v is not None}}
-        self._apply(_resource_path(key.namespace, key.name) + "/status", CONTROLLER_MANAGER, body)
+        self._write(key, lambda: self._apply(_resource_path(key.namespace, key.name) + "/status",
+                                             CONTROLLER_MANAGER, body))
 
-    def _apply(self, path: str, manager: str, body: dict[str, Any]) -> None:
+    def _write(self, key: ModelKey, operation: Callable[[], Any]) -> None:
+        """One write to the resource `key`, its answer handed to the observer."""
+        if self._observer is None:
+            self._call(operation)
+            return
+        with self._observer.own_write(key) as noted:
+            answer = self._call(operation)
+            if isinstance(answer, Mapping):
+                noted(answer)
+
+    def _apply(self, path: str, manager: str, body: dict[str, Any]) -> dict[str, Any]:
         """One server-side apply, through the client's own ApiClient (configuration, credentials and
         their refresh, connection pool, error types) but with the body serialised here and the answer
-        left unread: these are the two writes made per model, and at ten thousand models the
-        generated method's argument validation, re-serialisation and answer decoding were a third of
-        the client's time. The watch brings the resulting object."""
-        def send() -> None:
+        decoded as plain JSON: these are the two writes made per model, and at ten thousand models the
+        generated method's argument validation, re-serialisation and model decoding were a third of
+        the client's time. Returns the object written."""
+        def send() -> dict[str, Any]:
             method, url, headers, data, _ = self.api_client.param_serialize(
                 "PATCH", path, query_params=[("fieldManager", manager), ("force", True)],
                 header_params={"Content-Type": APPLY, "Accept": "application/json"},
                 body=json.dumps(body, separators=(",", ":")).encode(), auth_settings=["BearerToken"])
             response = self.api_client.call_api(method, url, header_params=headers, body=data,
                                                 _request_timeout=REQUEST_TIMEOUT)
+            text = response.read().decode("utf-8", "replace")
             if not 200 <= response.status <= 299:
-                text = response.read().decode("utf-8", "replace")
                 raise ApiException.from_response(http_resp=response, body=text, data=None)
-            response.response.drain_conn()
-        self._call(send)
+            try:
+                answer = json.loads(text)
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
+        return self._call(send)
 
     def event(self, key: ModelKey, reason: str, message: str, warning: bool = False,
               resource: Resource | None = None) -> None:

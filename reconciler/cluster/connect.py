@@ -66,7 +66,7 @@ def connect(state_dir: Path, *, allow_empty: bool, on_change: Callable[[set[Mode
             leading: Callable[[], bool] = lambda: True) -> ClusterParts:
     api = api_client()
     cache = start_cache(api, on_change)
-    kube = ClusterClient(api)
+    kube = ClusterClient(api, cache)
     store = ClusterStateStore(state_dir, kube, cache, leading=leading)
     return ClusterParts(api, cache, store, ClusterSync(kube, cache, store, allow_empty=allow_empty, leading=leading))
 
@@ -85,9 +85,9 @@ class ClusterStatusSource:
 
     def record(self, key: ModelKey) -> ModelRecord | None:
         resource = self._cache.get(key)
-        return record_from(resource) if resource is not None else None
+        return record_from(resource, restarting=False) if resource is not None else None
 
     def records(self, keys=None) -> dict[ModelKey, ModelRecord]:  # type: ignore[no-untyped-def]
         snapshot = self._cache.snapshot()
         chosen = snapshot.keys() if keys is None else [k for k in keys if k in snapshot]
-        return {key: record_from(snapshot[key]) for key in chosen}
+        return {key: record_from(snapshot[key], restarting=False) for key in chosen}

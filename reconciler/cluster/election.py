@@ -24,8 +24,11 @@ package leaves out:
   ``on_started`` and one ``on_stopped`` per term, in that order, with `LeaderElector.is_leader` true
   only in between.
 
-The package cannot release the Lease: after `LeaderElector.stop` it is left to expire, and another
-replica takes over ``lease_duration`` seconds after the last renewal it saw.
+- The package cannot release the Lease. `LeaderElector.stop` does, as client-go's ``release()``
+  does: if the Lease still names this replica, it is written with no holder, a
+  ``leaseDurationSeconds`` of 1 and both times set to now, so a standby (this package takes a
+  Lease without a holder at once; client-go does too) leads at its next attempt instead of
+  ``lease_duration`` seconds after the last renewal.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ import numbers
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import kubernetes.client
+from kubernetes.client.exceptions import ApiException
 from kubernetes.leaderelection import electionconfig, leaderelection
 from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
@@ -104,6 +109,22 @@ class _TimedLeases:
         return self._api.replace_namespaced_lease(*args, _request_timeout=self._timeout, **kwargs)
 
 
+class MicroTime(datetime):
+    """A datetime that the client serialises as a real API server parses ``metav1.MicroTime``:
+    RFC3339Micro, six fractional digits always. (The client calls ``isoformat()``, which drops the
+    fraction at a whole second, and the server then answers 400.) The client's models keep the
+    subclass, so it reaches the wire as is."""
+
+    def isoformat(self, sep: str = "T", timespec: str = "microseconds") -> str:
+        return super().isoformat(sep, timespec)
+
+    @classmethod
+    def of(cls, moment: datetime) -> "MicroTime":
+        """`moment` (aware) as a MicroTime in UTC."""
+        utc = moment.astimezone(timezone.utc)
+        return cls(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, timezone.utc)
+
+
 class _Lock(LeaseLock):
     """A LeaseLock on our client that reports successful writes and other holders to the elector,
     and raises _Abandoned once its run is given up."""
@@ -113,6 +134,9 @@ class _Lock(LeaseLock):
         self.api_instance = leases
         self._elector = elector
         self._run = run
+
+    def time_str_to_iso(self, str_time):  # noqa: ANN001, ANN201 - the package's signature
+        return MicroTime.of(super().time_str_to_iso(str_time))
 
     def get(self, name, namespace):  # noqa: ANN001 - the package's signature
         self._elector._check(self._run)
@@ -234,21 +258,53 @@ class LeaderElector:
 
     def stop(self) -> None:
         """Stop taking part. A leader stops leading at once (`is_leader` false, then on_stopped called,
-        here); the Lease is left to expire. Waits a bounded time for the election thread to end: it
-        ends at the package's next call to the lock, at the latest about `retry_period` later (or
-        when a request under way times out)."""
+        here), then the Lease is released if it still names this replica. Waits a bounded time for
+        the election thread to end: it ends at the package's next call to the lock, at the latest
+        about `retry_period` later (or when a request under way times out)."""
+        first = not self._stopping.is_set()
         self._stopping.set()
         with self._cond:
             run = self._run
             self._cond.notify_all()
         if run is not None:
             self._end_term(run, _STOPPING)
+        if first and self._thread is not None:
+            # The lock refuses every call from now on, so the package sends nothing more; a write of
+            # its already under way carries an older resourceVersion than the one read here, and one
+            # of the two is refused with 409 (then the release reads again).
+            self._release()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread() and not self._calling_back():
             thread.join(self.retry_period + self.renew_deadline + 1.0)
             if thread.is_alive():
                 log.warning("leader election thread for lease %s/%s has not ended yet; it ends at its next "
                             "request", self.namespace, self.name)
+
+    def _release(self, attempts: int = 3) -> None:
+        """client-go's ``release()``: give the Lease up if it names this replica (best effort)."""
+        for _ in range(attempts):
+            try:
+                lease = self._leases.read_namespaced_lease(self.name, self.namespace)
+                spec = lease.spec
+                if spec is None or spec.holder_identity != self.identity:
+                    return  # not ours (any more): nothing to give up
+                now = MicroTime.of(datetime.now(timezone.utc))
+                lease.spec = kubernetes.client.V1LeaseSpec(
+                    holder_identity="", lease_duration_seconds=1, acquire_time=now, renew_time=now,
+                    lease_transitions=spec.lease_transitions)
+                self._leases.replace_namespaced_lease(self.name, self.namespace, lease)
+            except ApiException as exc:
+                if exc.status == 409:
+                    continue  # changed between our read and write (a renewal already under way)
+                log.warning("could not release lease %s/%s: HTTP %s %s", self.namespace, self.name,
+                            exc.status, exc.reason)
+                return
+            except Exception as exc:  # noqa: BLE001 - unreachable: it expires on its own
+                log.warning("could not release lease %s/%s (%s: %s); it expires in %ds", self.namespace,
+                            self.name, type(exc).__name__, exc, self.lease_duration)
+                return
+            log.info("%s released lease %s/%s", self.identity, self.namespace, self.name)
+            return
 
     # -- the election thread ---------------------------------------------------------------------
 

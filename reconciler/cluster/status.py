@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import metrics
 from ..models.desired import ModelKey
 from ..models.sizes import format_size
 from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
@@ -40,8 +41,13 @@ def refresh_token(resource: Resource) -> str | None:
     return token or None
 
 
-def record_from(resource: Resource) -> ModelRecord:
-    """The reconciler's record of a model, read back from its resource."""
+def record_from(resource: Resource, *, restarting: bool = True) -> ModelRecord:
+    """The reconciler's record of a model, read back from its resource.
+
+    `restarting`: for a reconciler taking the records up, a Pulling model is Pending (the pull died
+    with the process that ran it); a reader (the API deployed apart) shows the state as it is,
+    with the pull's progress when the status carries it.
+    """
     annotations, status = resource.annotations, resource.status
     spec = AppliedSpec(
         reference=resource.reference,
@@ -51,12 +57,19 @@ def record_from(resource: Resource) -> ModelRecord:
         refresh_requested_at=refresh_token(resource),
     )
     state = status.get("state") or PENDING
+    progress = status.get("progress") if not restarting and state == PULLING else None
+    progress = progress if isinstance(progress, dict) else {}
     return ModelRecord(spec, ModelStatus(
-        state=PENDING if state == PULLING else state,  # a pull that was running died with its process
+        state=PENDING if restarting and state == PULLING else state,
         size=status.get("size"), digest=status.get("digest"), last_pull_time=status.get("lastPullTime"),
         error=status.get("error"), applied_commit=annotations.get(SOURCE_COMMIT),
         owned=annotations.get(PULLED) == "true", refresh_handled=annotations.get(REFRESH_HANDLED),
+        progress_completed=_count(progress.get("completed")), progress_total=_count(progress.get("total")),
     ))
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def status_body(status: ModelStatus, *, suspended: bool = False, generation: int | None = None,
@@ -97,6 +110,7 @@ class ClusterStateStore(StateStore):
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
         self._in_flight = 0
+        self._crashes: dict[ModelKey, str] = {}  # unexpected errors of writes, until a cycle reports them
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-status")
         super().__init__(directory)
 
@@ -106,6 +120,20 @@ class ClusterStateStore(StateStore):
                 self._models[key] = record_from(resource)
                 self._index(key, self._models[key])
         self._load_sync()
+
+    def reload(self, timeout: float = 60.0) -> bool:
+        """Read every record again from the resources (the watch cache), dropping the writes not made
+        yet: a replica that starts leading must plan from what the last leader recorded on them, not
+        from what it read at its own start. False if the cache has not taken in a first list."""
+        if not self._cache.wait_synced(timeout):
+            return False
+        with self._lock, self._pending_lock:
+            self._pending.clear()
+            self._forced.clear()
+            self._written.clear()  # another leader may have written since: the resources say what is
+            self._reload(truncate=False)
+            self.version += 1
+        return True
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         with self._pending_lock:
@@ -133,6 +161,17 @@ class ClusterStateStore(StateStore):
     def retry(self) -> None:
         """Try again the writes that failed."""
         self._drain()
+
+    def crashes(self) -> dict[ModelKey, str]:
+        """The unexpected errors of writes since the last call (those writes wait for a retry)."""
+        with self._pending_lock:
+            crashes, self._crashes = self._crashes, {}
+        return crashes
+
+    def crashed(self) -> set[ModelKey]:
+        """Models whose last write failed unexpectedly and has not been reported yet."""
+        with self._pending_lock:
+            return set(self._crashes)
 
     def waiting(self) -> set[ModelKey]:
         """Models whose writes wait for a retry (failed, or their resource not seen yet)."""
@@ -174,6 +213,12 @@ class ClusterStateStore(StateStore):
             if exc.status in (0, 409, 429, 500, 503):  # worth another try; a 404 or 422 is not
                 with self._pending_lock:
                     self._pending.setdefault(key, record)
+        except Exception as exc:  # a bug or an incompatible client: never silent, never lost
+            log.exception("action=status-write-crashed resource=%s", key)
+            metrics.BACKGROUND_ERRORS.labels("status").inc()
+            with self._pending_lock:
+                self._pending.setdefault(key, record)
+                self._crashes[key] = f"writing its status failed unexpectedly: {type(exc).__name__}: {exc}"
         finally:
             following = None
             with self._idle:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from .. import metrics
 from ..models.desired import DesiredState, ModelKey
 from .cache import ResourceCache
 from .client import ClusterClient, ClusterError
@@ -19,6 +20,8 @@ from .status import ClusterStateStore, refresh_token
 from .resources import FINALIZER, Resource
 
 log = logging.getLogger("ollama_gitops.cluster")
+
+UNEXPECTED = -1  # the ClusterError status of a write that raised something else (no HTTP answer)
 
 
 @dataclass
@@ -79,6 +82,10 @@ class ResourceSync:
                 self._client.event(action.key, "Released", action.reason, resource=resources[action.key])
         except ClusterError as exc:
             return exc
+        except Exception as exc:  # a bug or an incompatible client: the model's error, never silent
+            log.exception("action=write-crashed resource=%s verb=%s", action.key, _verb(action))
+            metrics.BACKGROUND_ERRORS.labels("resources").inc()
+            return ClusterError(UNEXPECTED, f"failed unexpectedly: {type(exc).__name__}: {exc}")
         return None
 
 
@@ -97,8 +104,9 @@ class ClusterSync:
         self.allow_empty = allow_empty
 
     def changed(self) -> set[ModelKey]:
-        """Resources changed in the cluster since the last call (edited or deleted by hand, or our own)."""
-        return self._cache.take_changed()
+        """Resources changed in the cluster since the last call (edited or deleted by hand), and those
+        whose status write failed unexpectedly (so that the next cycle reports it)."""
+        return self._cache.take_changed() | self._store.crashed()
 
     def amend(self, desired: DesiredState, scope: set[ModelKey] | None) -> DesiredState:
         """Desired state with the refreshes asked for on the resources (the seed's annotation) added."""
@@ -130,8 +138,9 @@ class ClusterSync:
         # even though the model's record did not change.
         self._store.rewrite({key for key, r in resources.items() if r.status and not r.deleting
                              and r.status.get("observedGeneration") != r.generation}, force=False)
+        crashes = self._store.crashes()  # before retry(): a write failing again shows in the next cycle
         self._store.retry()
-        problems = [f"{key}: {message}" for key, message in sorted(result.errors.items())]
+        problems = [f"{key}: {message}" for key, message in sorted({**crashes, **result.errors}.items())]
         if result.unreachable:
             problems.append(result.unreachable)
         if plan.refused:

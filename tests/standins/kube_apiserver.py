@@ -15,7 +15,8 @@ talks to. It serves, with the semantics of kube-apiserver where a controller dep
 
 Behaviour modelled on kube-apiserver:
 
-- one global ``resourceVersion`` counter (etcd's revision), a string, bumped by every write; a
+- one global ``resourceVersion`` counter (etcd's revision; ``descending_versions`` spells it as a
+  shrinking number, to catch clients that order versions), a string, bumped by every write; a
   write that changes nothing (ignoring managedFields timestamps) is a no-op: no bump, no event;
 - POST: 201 with the stored object, ``uid``/``creationTimestamp``/``resourceVersion`` (and
   ``generation: 1`` for the custom resource); 409 AlreadyExists; ``generateName``; 404
@@ -258,9 +259,21 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _micro_time(value: Any) -> Any:
-    """Normalise a MicroTime the way the server re-serialises it (UTC, microseconds, Z)."""
-    return _utc(value, "%Y-%m-%dT%H:%M:%S.%fZ")
+RFC3339_MICRO = "2006-01-02T15:04:05.000000Z07:00"
+# What Go's time.Parse(RFC3339Micro, s) accepts (metav1.MicroTime.UnmarshalJSON): the layout's
+# ".000000" wants exactly six digits after a '.' (or ','), so a whole second without a fraction,
+# fewer digits or more are all refused; the zone is `Z` or `+hh:mm` / `-hh:mm`.
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[.,]\d{6}(Z|[+-]\d{2}:\d{2})$")
+
+
+def _micro_time(value: Any, rt: "_ResourceType | None" = None) -> Any:
+    """Normalise a MicroTime the way the server re-serialises it (UTC, microseconds, Z), or answer
+    400 for what the real server cannot decode (the body fails to decode into the Go type)."""
+    if isinstance(value, str) and rt is not None and not _MICRO_TIME.match(value):
+        rest = value[19:] if len(value) > 19 else value
+        raise _bad_request(f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: parsing time '
+                           f'"{value}" as "{RFC3339_MICRO}": cannot parse "{rest}" as ".000000"')
+    return _utc(value.replace(",", ".", 1) if isinstance(value, str) else value, "%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _time(value: Any) -> Any:
@@ -710,10 +723,14 @@ class _HistoryEntry:
     old: Obj | None
 
 
+_DESCENDING_BASE = 10**12  # descending_versions: revision n is spelled str(_DESCENDING_BASE - n)
+
+
 class _Store:
-    def __init__(self, history: int, schema: dict | None) -> None:
+    def __init__(self, history: int, schema: dict | None, descending_versions: bool = False) -> None:
         self.lock = threading.RLock()
         self.rv = 0
+        self.descending_versions = descending_versions
         self.history_size = history
         self.schema = schema
         self._validator: Any = None
@@ -724,6 +741,21 @@ class _Store:
         self.managers: dict[str, list[_Manager]] = {}  # uid -> managers
         self.created_seq: dict[str, int] = {}
         self._seq = 0
+
+    # -- resourceVersions --------------------------------------------------------------------------
+
+    def rv_text(self, revision: int) -> str:
+        """How revision `revision` is spelled to clients: etcd's number, or (descending_versions) a
+        number that shrinks as revisions grow. The API makes them opaque strings; clients may only
+        compare them for equality, and that is what the second spelling checks."""
+        return str(_DESCENDING_BASE - revision if self.descending_versions else revision)
+
+    def rv_number(self, text: str) -> int:
+        """The revision a client's resourceVersion names; ValueError when it names none."""
+        number = int(text)
+        if number < 0:
+            raise ValueError(text)
+        return _DESCENDING_BASE - number if self.descending_versions else number
 
     # -- commit and notification -----------------------------------------------------------------
 
@@ -736,7 +768,7 @@ class _Store:
         uid = (new.get("metadata") or {}).get("uid")
         new = _copy_object(new) if uid in self.managers else _copy(new)
         meta = new["metadata"]
-        meta["resourceVersion"] = str(self.rv)
+        meta["resourceVersion"] = self.rv_text(self.rv)
         if meta.get("uid") in self.managers:
             entries = [m.render() for m in self.managers[meta["uid"]] if m.paths]
             if entries:
@@ -800,7 +832,7 @@ class _Store:
                 obj = self.objects[rt.key][k]
                 if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj):
                     items.append(_copy(obj))
-            meta: Obj = {"resourceVersion": str(self.rv)}
+            meta: Obj = {"resourceVersion": self.rv_text(self.rv)}
             if limit and limit > 0 and len(items) > limit:
                 last = items[limit - 1]["metadata"]
                 meta["continue"] = base64.b64encode(json.dumps(
@@ -973,11 +1005,14 @@ class _Store:
         if rt is LEASES and isinstance(obj.get("spec"), dict):
             for k in ("acquireTime", "renewTime"):
                 if obj["spec"].get(k):
-                    obj["spec"][k] = _micro_time(obj["spec"][k])
+                    obj["spec"][k] = _micro_time(obj["spec"][k], rt)
         if rt in (CORE_EVENTS, EVENTS_V1):
             for k in ("eventTime",):
                 if obj.get(k):
-                    obj[k] = _micro_time(obj[k])
+                    obj[k] = _micro_time(obj[k], rt)
+            series = obj.get("series")
+            if isinstance(series, dict) and series.get("lastObservedTime"):
+                series["lastObservedTime"] = _micro_time(series["lastObservedTime"], rt)
             for k in ("firstTimestamp", "lastTimestamp", "deprecatedFirstTimestamp", "deprecatedLastTimestamp"):
                 if obj.get(k):
                     obj[k] = _time(obj[k])
@@ -1328,13 +1363,14 @@ class _Store:
                            for k, o in sorted(self.objects[w.rt.key].items()) if w.matches(o)]
             else:
                 try:
-                    rv = int(rv_text)
+                    rv = self.rv_number(rv_text)
                 except ValueError:
                     raise _bad_request(f'resourceVersion: Invalid value: "{rv_text}": strconv.ParseUint: parsing '
                                        f'"{rv_text}": invalid syntax') from None
                 compacted = self.compacted[w.rt.key]
                 if rv < compacted:
-                    return [], _status_body(410, "Expired", f"too old resource version: {rv} ({compacted})")
+                    return [], _status_body(410, "Expired", f"too old resource version: {rv_text} "
+                                                             f"({self.rv_text(compacted)})")
                 initial = []
                 for e in self.history[w.rt.key]:
                     if e.rv > rv:
@@ -1797,7 +1833,7 @@ class _Handler(BaseHTTPRequestHandler):
             except queue.Empty:
                 if watcher.bookmarks and interval > 0 and time.monotonic() >= next_bookmark:
                     with store.lock:  # only when nothing is queued, so the bookmark never overtakes an event
-                        rv = str(store.rv) if watcher.queue.empty() else None
+                        rv = store.rv_text(store.rv) if watcher.queue.empty() else None
                     if rv is not None:
                         self._chunk(self._bookmark(watcher.rt, rv))
                         next_bookmark = time.monotonic() + interval
@@ -1834,11 +1870,16 @@ class KubeStandin:
     :param schema: optional ``openAPIV3Schema`` of the OllamaModel CRD; when given, OllamaModel
         writes are pruned of unknown fields and validated against it (422 Invalid), as the real
         server does. Without it, any content is kept.
+    :param descending_versions: spell resourceVersions as numbers that shrink as revisions grow
+        (still unique, still accepted back): a client that compares them as integers, which the
+        API forbids (they are opaque; only equality and the order of one watch stream count), goes
+        wrong at once instead of by luck.
     """
 
-    def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0, schema: dict | None = None) -> None:
+    def __init__(self, *, history: int = 1000, bookmark_interval: float = 1.0, schema: dict | None = None,
+                 descending_versions: bool = False) -> None:
         self.bookmark_interval = bookmark_interval
-        self._store = _Store(history, schema)
+        self._store = _Store(history, schema, descending_versions)
         self._log_lock = threading.Lock()
         self._log_entries: list[RequestRecord] = []
         self._faults: list[_Fault] = []
@@ -1960,7 +2001,7 @@ class KubeStandin:
     def resource_version(self) -> str:
         """The current global resourceVersion."""
         with self._store.lock:
-            return str(self._store.rv)
+            return self._store.rv_text(self._store.rv)
 
     # -- watch control ---------------------------------------------------------------------------
 
@@ -1975,7 +2016,7 @@ class KubeStandin:
         """Send a BOOKMARK (at the current version) now on every open watch that allows bookmarks."""
         with self._store.lock:
             for w in self._store.watchers:
-                w.queue.put(_Bookmark(str(self._store.rv)))
+                w.queue.put(_Bookmark(self._store.rv_text(self._store.rv)))
 
     def watch_count(self) -> int:
         """How many watch streams are open now."""

@@ -313,8 +313,8 @@ def test_an_unexpected_error_in_a_status_writer_is_logged_counted_and_fails_the_
 
     monkeypatch.setattr(krig.store._client, "apply_status", broken)
     before = background_errors("status")
-    with krig.store.editing() as edit:
-        edit.status(key).error = "noted"
+    with krig.store.editing() as edit:  # a change no cycle undoes (a stale error would be cleared)
+        edit.status(key).last_pull_time = "2026-01-01T00:00:00Z"
     assert krig.store.flush(15)
     assert background_errors("status") == before + 1
     logged = [r for r in caplog.records if r.name == "ollama_gitops.cluster.status" and r.exc_info]
@@ -323,7 +323,7 @@ def test_an_unexpected_error_in_a_status_writer_is_logged_counted_and_fails_the_
     assert not report.ok and "default/llama3.2-1b" in report.message and "param_serialize" in report.message
     monkeypatch.undo()
     krig.settle()  # the write was kept: once it works again, it is made
-    assert krig.resource("default", "llama3.2-1b")["status"]["error"] == "noted"
+    assert krig.resource("default", "llama3.2-1b")["status"]["lastPullTime"] == "2026-01-01T00:00:00Z"
     assert krig.reconciler.run_cycle().ok
 
 

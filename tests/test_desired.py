@@ -228,3 +228,16 @@ def test_large_namespace_is_read_in_one_batch_with_the_same_results(work_repo: W
     assert len(state.models) == 150 and loader.stats.parsed == 152
     assert [p.path for p in state.problems] == ["models/default/broken-1.yaml", "models/default/huge-1.yaml"]
     assert "-byte limit" in state.problems[1].message
+
+
+@pytest.mark.parametrize("depth", [200, 500, 900, 1000, 5000, 100000])
+def test_deeply_nested_file_is_a_problem_of_that_file_only(work_repo: WorkRepo, depth: int) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/default/deep-1.yaml", "name: deep\ntag: '1'\nlabels: " + "{a: " * depth + "x" + "}" * depth + "\n")
+    work_repo.commit()
+    for state in (load(work_repo)[0], load_directory(work_repo.path)):
+        assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+        assert state.unreadable == {ModelKey("default", "deep-1")}
+        (problem,) = state.problems
+        assert problem.path == "models/default/deep-1.yaml"
+        assert problem.line == (None if "-byte limit" in problem.message else 3)

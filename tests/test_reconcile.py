@@ -392,3 +392,22 @@ def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
     assert follower.follow() is True
     assert follower.record(key).status.state == READY and len(follower.keys()) == 2
     assert (tmp_path / state_module.SNAPSHOT).exists()
+
+
+@pytest.mark.parametrize("depth", [500, 900])
+def test_a_deeply_nested_file_keeps_its_model_and_later_commits_apply(rig: Rig, depth: int) -> None:
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.work.write(path, "name: llama3.2\ntag: 1b\nlabels: " + "{a: " * depth + "x" + "}" * depth + "\n")
+    rig.push("nest it deep")
+    report = rig.cycle()
+    assert report.ok, report.message
+    assert [(p.path, p.line) for p in rig.reconciler.store.sync.problems] == [(path, 3)]
+    assert "nested more than" in rig.record("default", "llama3.2-1b").status.error
+    rig.work.model("default", "gemma3", "1b")
+    commit = rig.push("a later commit")
+    assert rig.cycle().ok
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    assert rig.reconciler.store.sync.last_applied_commit == commit

@@ -78,3 +78,14 @@ def test_installed_console_command_runs_validate(tmp_path: Path) -> None:
     (repo / "models/default/gemma3-1b.yaml").write_text("name: gemma3\n")
     bad = subprocess.run([command, "validate", str(repo)], capture_output=True, text=True)
     assert bad.returncode == 1 and "missing required field 'tag'" in bad.stdout
+
+
+@pytest.mark.parametrize("depth", [500, 900, 5000])
+def test_deeply_nested_file_is_reported_without_a_traceback(tmp_path: Path, depth: int) -> None:
+    command = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent))
+    assert command
+    (tmp_path / "models/default").mkdir(parents=True)
+    (tmp_path / "models/default/x-1.yaml").write_text("name: x\ntag: '1'\nlabels: " + "[" * depth + "]" * depth + "\n")
+    result = subprocess.run([command, "validate", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith(f"{tmp_path}/models/default/x-1.yaml:3: mappings and lists are nested more than")

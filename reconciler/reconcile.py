@@ -83,6 +83,7 @@ class Reconciler:
         self.allow_empty = allow_empty
         self._clock = clock
         self._loader: GitLoader | None = None
+        self._loader_generation = 0  # the clone's generation the loader reads
         self._cycle_lock = threading.Lock()
         self._converged = False  # did the last cycle leave nothing to retry?
         self._observed: dict[str, InstalledModel] | None = None  # the last listing, kept current
@@ -97,10 +98,17 @@ class Reconciler:
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
-        """Run one cycle; never raises for trouble outside the process (Git, Ollama, bad files)."""
+        """Run one cycle and record how it went. Never raises: a cycle that crashed (a bug, or a fault
+        no one foresaw) is recorded as Failed with its error, and the next cycle is a full one."""
         with self._cycle_lock:
             started = time.monotonic()
-            report = self._cycle(dry_run)
+            try:
+                report = self._cycle(dry_run)
+            except Exception as exc:
+                log.exception("action=cycle-crashed")
+                self._converged = False
+                report = CycleReport(FAILED_OUTCOME, self.store.sync.last_fetched_commit,
+                                     f"cycle crashed: {type(exc).__name__}: {exc}")
             if not dry_run:
                 self._record_cycle(report, time.monotonic() - started)
             return report
@@ -195,8 +203,8 @@ class Reconciler:
         return changed
 
     def _load(self, commit: str) -> DesiredState:
-        if self._loader is None:
-            self._loader = GitLoader(self.repo.repo)
+        if self._loader is None or self._loader_generation != self.repo.generation:
+            self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
         self.desired = self._loader.load(commit)
         return self.desired
 
@@ -284,7 +292,10 @@ class Reconciler:
             last_cycle_message=report.message,
             problems=desired.problems if desired is not None else self.store.sync.problems,
         )
-        self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
+        try:
+            self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
+        except OSError as exc:  # still recorded in memory, so status and metrics say how the cycle went
+            log.error("action=save-sync-failed error=%r", str(exc))
         metrics.CYCLES.labels("noop" if report.noop else report.outcome.lower()).inc()
         metrics.CYCLE_DURATION.observe(seconds)
         metrics.LAST_CYCLE.set(self._clock())

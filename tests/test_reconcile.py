@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from ollama_gitops.reconciler.ollama.server import OllamaServer
 from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
 from rig import CATALOGUE, Rig
 
@@ -411,3 +412,58 @@ def test_a_deeply_nested_file_keeps_its_model_and_later_commits_apply(rig: Rig, 
     assert rig.cycle().ok
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
     assert rig.reconciler.store.sync.last_applied_commit == commit
+
+
+class _ListingBug(OllamaServer):
+    """An Ollama edge with a bug: reading the listing fails with an error no one planned for."""
+
+    def installed(self) -> dict:
+        raise KeyError("models")
+
+
+def _cycles(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("ollama_gitops_reconcile_cycles_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_crashed_cycle_is_recorded_failed_with_its_error_in_status_and_metrics(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    reconciler = rig.start()
+    good = reconciler.server
+    reconciler.server = _ListingBug(rig.ollama.url)
+    failed_before = _cycles("failed")
+    report = rig.cycle()
+    assert not report.ok and "KeyError" in report.message and "'models'" in report.message
+    sync = reconciler.store.sync
+    assert sync.last_cycle_outcome == "Failed" and "KeyError" in sync.last_cycle_message
+    assert _cycles("failed") == failed_before + 1
+    assert StateStore(rig.state_dir).sync.last_cycle_outcome == "Failed"  # on disk, for `api` and a restart
+    reconciler.server = good
+    assert rig.cycle().ok and rig.state("default", "llama3.2-1b") == READY
+
+
+@pytest.mark.parametrize("broken", ["HEAD", "config"])
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_clone_git_cannot_open_is_set_aside_and_cloned_again(rig: Rig, caplog: pytest.LogCaptureFixture,
+                                                               broken: str, restart: bool) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    clone = rig.state_dir / "clone.git"
+    (clone / broken).write_bytes(b"\x00\xffgarbage [[[\n")
+    rig.work.model("default", "gemma3", "1b")
+    commit = rig.push("add gemma3")
+    if restart:
+        rig.start()
+    with caplog.at_level("WARNING"):
+        report = rig.cycle()
+    assert report.ok, report.message
+    assert rig.reconciler.store.sync.last_applied_commit == commit and rig.state("default", "gemma3-1b") == READY
+    (aside,) = rig.state_dir.glob("clone.git.broken-*")
+    assert (aside / broken).read_bytes() == b"\x00\xffgarbage [[[\n"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "clone" in r.getMessage()]
+    assert any(str(clone) in w and aside.name in w and "cloning again" in w for w in warnings), warnings
+    assert rig.cycle().ok  # and it stays repaired

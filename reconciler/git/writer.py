@@ -101,12 +101,22 @@ class ModelWriter:
         self.author = author
         self.attempts = attempts
         self._on_written = on_written
-        # Its own handle on the clone: GitPython's object reader is one `git cat-file` pipe per
-        # handle, and the API's request threads read through the other handle at the same time.
-        self._git = git.Repo(repo.repo.git_dir)  # (touching repo.repo creates the clone first)
+        self._handle: tuple[int, git.Repo] | None = None
         self._queue: queue.Queue[tuple[Change, Future[Written]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="model-writer", daemon=True)
         self._worker.start()
+
+    @property
+    def _git(self) -> git.Repo:
+        # Its own handle on the clone: GitPython's object reader is one `git cat-file` pipe per
+        # handle, and the API's request threads read through the other handle at the same time.
+        # Opened again when the clone was repaired (a new directory under the same name).
+        generation = self.repo.generation
+        if self._handle is None or self._handle[0] != generation:
+            if self._handle is not None:
+                self._handle[1].close()
+            self._handle = (generation, git.Repo(self.repo.repo.git_dir))
+        return self._handle[1]
 
     def write(self, change: Change, timeout: float = 120.0) -> Written:
         """Make `change` and return once it is pushed; raises WriteRejected."""

@@ -190,7 +190,10 @@ class Reconciler:
         """Recorded models no longer in Git (e.g. their pull was in flight when the file went)."""
         cache_key = (self.store.version, desired.commit)
         if self._unpruned_cache[0] != cache_key:
-            self._unpruned_cache = (cache_key, set(self.store.keys() - desired.models.keys() - desired.unreadable))
+            gone = self.store.keys() - desired.models.keys() - desired.unreadable
+            if desired.any_unreadable:  # a namespace folder (or models/) cannot be read: its models stay
+                gone = {key for key in gone if not desired.is_unreadable(key)}
+            self._unpruned_cache = (cache_key, set(gone))
         return set(self._unpruned_cache[1])
 
     def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
@@ -205,7 +208,13 @@ class Reconciler:
     def _load(self, commit: str) -> DesiredState:
         if self._loader is None or self._loader_generation != self.repo.generation:
             self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
-        self.desired = self._loader.load(commit)
+        previous, self.desired = self.desired, self._loader.load(commit)
+        # Every problem is logged once, when a commit brings it (status shows them all, always).
+        known = set(previous.problems) if previous is not None else set()
+        for problem in self.desired.problems:
+            if problem not in known:
+                log.warning("action=problem commit=%s path=%s line=%s message=%r", commit[:12], problem.path,
+                            problem.line or "-", problem.message)
         return self.desired
 
     def _current_observed(self) -> dict[str, InstalledModel] | None:

@@ -22,3 +22,38 @@ def test_an_api_clone_git_cannot_open_is_set_aside_and_cloned_again(api: ApiRig,
     created = api.client.post("/api/v1/models", json={"name": "qwen2.5", "tag": "0.5b"})
     assert created.status_code == 201, created.text
     assert api.client.get("/api/v1/models/qwen2.5-0.5b").status_code == 200
+
+
+def test_a_model_behind_a_submodule_entry_is_shown_with_the_problem_and_post_agrees(api: ApiRig) -> None:
+    api.settle()
+    api.work.submodule("models/default/gemma3-1b.yaml")
+    api.work.commit("gemma3's file becomes a submodule")
+    api.work.push()
+    api.running.repository.refresh()
+    shown = api.client.get("/api/v1/models/gemma3-1b")
+    assert shown.status_code == 200, shown.text
+    body = shown.json()
+    assert (body["modelName"], body["tag"], body["state"]) == ("gemma3", "1b", "Ready")
+    assert "model files must be regular files, not Git submodules" in body["error"]
+    assert [m["name"] for m in api.client.get("/api/v1/models").json()["items"]] == ["gemma3-1b", "llama3.2-1b"]
+    again = api.client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"})
+    assert again.status_code == 409  # it exists, as GET says
+    problems = api.client.get("/api/v1/status").json()["problems"]
+    assert [p["path"] for p in problems] == ["models/default/gemma3-1b.yaml"]
+
+
+@pytest.mark.parametrize("replaced", ["models/default", "models"])
+def test_models_of_an_unreadable_namespace_folder_are_listed_and_shown(api: ApiRig, replaced: str) -> None:
+    api.settle()
+    api.work.symlink(replaced, "elsewhere")
+    api.work.commit(f"{replaced} becomes a link")
+    api.work.push()
+    api.running.repository.refresh()
+    items = api.client.get("/api/v1/models").json()["items"]
+    assert [(m["name"], m["state"]) for m in items] == [("gemma3-1b", "Ready"), ("llama3.2-1b", "Ready")]
+    assert all(m["error"].startswith(f"{replaced}: ") and "symbolic link" in m["error"] for m in items)
+    shown = api.client.get("/api/v1/models/llama3.2-1b")
+    assert shown.status_code == 200 and shown.json()["error"] == items[1]["error"]
+    api.settle()  # the reconciler records the same error: the view does not change
+    assert api.client.get("/api/v1/models").json()["items"] == items
+    assert api.ollama.delete_count == {}

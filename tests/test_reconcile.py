@@ -467,3 +467,63 @@ def test_a_clone_git_cannot_open_is_set_aside_and_cloned_again(rig: Rig, caplog:
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "clone" in r.getMessage()]
     assert any(str(clone) in w and aside.name in w and "cloning again" in w for w in warnings), warnings
     assert rig.cycle().ok  # and it stays repaired
+
+
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_a_model_file_replaced_by_a_submodule_or_symlink_keeps_its_weights(rig: Rig, caplog: pytest.LogCaptureFixture, kind: str) -> None:
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    if kind == "submodule":
+        rig.work.submodule(path)
+    else:
+        rig.work.symlink(path, "gemma3-1b.yaml")
+    with caplog.at_level("WARNING"):
+        report = rig.push("replace the file"), rig.cycle()
+    assert report[1].ok
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"} and rig.ollama.delete_count == {}
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and "model files must be regular files" in record.status.error
+    assert [p.path for p in rig.reconciler.store.sync.problems] == [path]
+    assert any(f"path={path}" in r.getMessage() for r in caplog.records)
+    rig.clock.advance(301)  # a full cycle (resync) keeps it too
+    assert rig.cycle().full and rig.ollama.delete_count == {} and rig.record("default", "llama3.2-1b") is not None
+
+
+@pytest.mark.parametrize("replaced", ["models/default", "models"])
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_a_namespace_folder_or_models_replaced_keeps_every_weight(rig: Rig, caplog: pytest.LogCaptureFixture, kind: str, replaced: str) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.work.model("team-a", "phi3", "mini")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    if kind == "submodule":
+        rig.work.submodule(replaced)
+    else:
+        rig.work.symlink(replaced, "team-a" if replaced == "models/default" else "models-elsewhere")
+    rig.push(f"replace {replaced}")
+    with caplog.at_level("WARNING"):
+        report = rig.cycle()
+    assert report.ok, report.message
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b", "phi3:mini"} and rig.ollama.delete_count == {}
+    for name in ("llama3.2-1b", "gemma3-1b"):
+        record = rig.record("default", name)
+        assert record is not None and record.status.state == READY and f"{replaced}: " in record.status.error
+    assert [p.path for p in rig.reconciler.store.sync.problems] == [replaced]
+    assert any(f"path={replaced} " in r.getMessage() for r in caplog.records)
+    rig.clock.advance(301)
+    assert rig.cycle().full and rig.ollama.delete_count == {}
+    rig.start()  # a restart (a full first cycle) keeps them too
+    assert rig.cycle().ok and rig.ollama.delete_count == {}
+    # Made a folder again without one of its models: only that one is pruned.
+    rig.work._clear(replaced)
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("team-a", "phi3", "mini")
+    rig.push("a folder again")
+    assert rig.cycle().ok
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "phi3:mini"}
+    assert rig.record("default", "llama3.2-1b").status.error is None

@@ -89,3 +89,20 @@ def test_deeply_nested_file_is_reported_without_a_traceback(tmp_path: Path, dept
     result = subprocess.run([command, "validate", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.startswith(f"{tmp_path}/models/default/x-1.yaml:3: mappings and lists are nested more than")
+
+
+def test_submodules_and_symlinks_under_models_are_reported_with_their_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    (tmp_path / "models/default").mkdir(parents=True)
+    (tmp_path / "models/default/llama3.2-1b.yaml").write_text("name: llama3.2\ntag: 1b\n")
+    os.symlink("llama3.2-1b.yaml", tmp_path / "models/default/gemma3-1b.yaml")
+    os.symlink("default", tmp_path / "models/team-a")
+    (tmp_path / "models/vendor").mkdir()
+    (tmp_path / "models/vendor/.git").write_text("gitdir: ../../.git/modules/vendor\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["validate"], capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["models/default/gemma3-1b.yaml", "models/team-a", "models/vendor"]
+    assert "not symbolic links" in lines[0] and "not a symbolic link" in lines[1] and "not a Git submodule" in lines[2]

@@ -527,3 +527,25 @@ def test_a_namespace_folder_or_models_replaced_keeps_every_weight(rig: Rig, capl
     assert rig.cycle().ok
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "phi3:mini"}
     assert rig.record("default", "llama3.2-1b").status.error is None
+
+
+def test_a_lost_record_keeps_the_weights_as_the_warning_says(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    from ollama_gitops.reconciler.state import JOURNAL
+
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert rig.record("default", "llama3.2-1b").status.owned
+    rig.stop()
+    (rig.state_dir / JOURNAL).write_bytes(b"")  # emptied: which weights it pulled is forgotten
+    with caplog.at_level("WARNING"):
+        rig.start()
+    assert any("change(s) are lost" in r.getMessage() and "will not prune them" in r.getMessage() for r in caplog.records)
+    assert rig.cycle().ok and rig.state("default", "llama3.2-1b") == READY
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1  # found in Ollama, not pulled again
+    rig.work.remove(path)
+    rig.push("remove llama3.2")
+    assert rig.cycle().ok
+    assert "llama3.2:1b" in rig.ollama.installed() and rig.ollama.delete_count == {}

@@ -179,7 +179,10 @@ class Reconciler:
         last = self.store.sync.last_resync_at
         with self._observed_lock:
             never_listed = self._observed is None
-        return (not self._converged or self.applied is None or never_listed
+        # A pull that could not reach Ollama: list it now, so that the cycle fails while it stays away
+        # (incremental cycles ask Ollama nothing and would go on reporting success).
+        unreachable = self.pulls.take_unreachable() is not None
+        return (unreachable or not self._converged or self.applied is None or never_listed
                 or last is None or now - last >= self.resync_interval)
 
     def _work_left(self, now: float) -> bool:

@@ -549,3 +549,28 @@ def test_a_lost_record_keeps_the_weights_as_the_warning_says(rig: Rig, caplog: p
     rig.push("remove llama3.2")
     assert rig.cycle().ok
     assert "llama3.2:1b" in rig.ollama.installed() and rig.ollama.delete_count == {}
+
+
+def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start(resync_interval=3600)
+    assert rig.cycle().ok
+    rig.ollama.stop()  # between two resyncs: incremental cycles do not list Ollama
+    rig.work.model("default", "gemma3", "1b")
+    rig.push("add gemma3")
+    rig.cycle()  # plans gemma3 against the last listing; its pull is refused
+    record = rig.record("default", "gemma3-1b")
+    assert record.status.state == FAILED and f"Ollama is not reachable at {rig.ollama.url}" in record.status.error
+    for _ in range(3):  # long before the next resync and the pull's retry
+        rig.clock.advance(1)
+        report = rig.cycle()
+        assert not report.ok and report.full, report
+        assert f"Ollama is not reachable at {rig.ollama.url}" in report.message
+        assert rig.reconciler.store.sync.last_cycle_outcome == "Failed"
+    rig.ollama.restart()
+    report = rig.cycle()
+    assert report.ok and report.full
+    rig.clock.advance(60)
+    rig.cycle()
+    assert rig.state("default", "gemma3-1b") == READY

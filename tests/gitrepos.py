@@ -74,6 +74,13 @@ class WorkRepo:
         """Put a symbolic link (tree mode 120000) at `relative`, in place of what was there."""
         os.symlink(target, self._clear(relative))
 
+    def special(self, relative: str, kind: str, target: str = "elsewhere") -> None:
+        """Put a `kind` ("submodule" or "symlink", to `target`) entry at `relative`."""
+        if kind == "submodule":
+            self.submodule(relative)
+        else:
+            self.symlink(relative, target)
+
     def mode_of(self, relative: str) -> str:
         """The tree mode of `relative` at HEAD, as `git ls-tree` shows it."""
         return self.repo.git.ls_tree("HEAD", "--", relative).split()[0]

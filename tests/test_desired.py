@@ -253,10 +253,7 @@ def test_a_model_file_replaced_by_a_special_entry_is_a_problem_and_keeps_its_mod
     work_repo.model("default", "llama3.2", "1b")
     path = work_repo.model("default", "gemma3", "1b")
     work_repo.commit()
-    if kind == "submodule":
-        work_repo.submodule(path)
-    else:
-        work_repo.symlink(path, "llama3.2-1b.yaml")
+    work_repo.special(path, kind, "llama3.2-1b.yaml")
     work_repo.submodule("models/default/vendored")  # not a model file's name: reported all the same
     work_repo.commit("replace")
     assert work_repo.mode_of(path) == ("160000" if kind == "submodule" else "120000")
@@ -273,10 +270,7 @@ def test_a_namespace_folder_replaced_by_a_special_entry_keeps_every_model_of_it(
     work_repo.model("default", "llama3.2", "1b")
     work_repo.model("team-a", "gemma3", "1b")
     work_repo.commit()
-    if kind == "submodule":
-        work_repo.submodule("models/default")
-    else:
-        work_repo.symlink("models/default", "team-a")
+    work_repo.special("models/default", kind, "team-a")
     work_repo.commit("replace the namespace")
     state, _ = load(work_repo)
     assert list(state.models) == [ModelKey("team-a", "gemma3-1b")]
@@ -293,11 +287,8 @@ def test_a_namespace_folder_replaced_by_a_special_entry_keeps_every_model_of_it(
 def test_models_folder_replaced_by_a_special_entry_keeps_every_model(work_repo: WorkRepo, kind: str) -> None:
     work_repo.model("default", "llama3.2", "1b")
     work_repo.commit()
-    if kind == "submodule":
-        work_repo.submodule("models")
-    else:
-        work_repo.write("elsewhere/default/llama3.2-1b.yaml", "name: llama3.2\ntag: 1b\n")
-        work_repo.symlink("models", "elsewhere")
+    work_repo.write("elsewhere/default/llama3.2-1b.yaml", "name: llama3.2\ntag: 1b\n")
+    work_repo.special("models", kind, "elsewhere")
     work_repo.commit("replace models/")
     state, _ = load(work_repo)
     assert state.models == {} and state.all_unreadable

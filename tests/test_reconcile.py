@@ -476,13 +476,10 @@ def test_a_model_file_replaced_by_a_submodule_or_symlink_keeps_its_weights(rig: 
     rig.push()
     rig.start()
     rig.cycle()
-    if kind == "submodule":
-        rig.work.submodule(path)
-    else:
-        rig.work.symlink(path, "gemma3-1b.yaml")
+    rig.work.special(path, kind, "gemma3-1b.yaml")
+    rig.push("replace the file")
     with caplog.at_level("WARNING"):
-        report = rig.push("replace the file"), rig.cycle()
-    assert report[1].ok
+        assert rig.cycle().ok
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"} and rig.ollama.delete_count == {}
     record = rig.record("default", "llama3.2-1b")
     assert record is not None and "model files must be regular files" in record.status.error
@@ -501,10 +498,7 @@ def test_a_namespace_folder_or_models_replaced_keeps_every_weight(rig: Rig, capl
     rig.push()
     rig.start()
     rig.cycle()
-    if kind == "submodule":
-        rig.work.submodule(replaced)
-    else:
-        rig.work.symlink(replaced, "team-a" if replaced == "models/default" else "models-elsewhere")
+    rig.work.special(replaced, kind, "team-a" if replaced == "models/default" else "models-elsewhere")
     rig.push(f"replace {replaced}")
     with caplog.at_level("WARNING"):
         report = rig.cycle()

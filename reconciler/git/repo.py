@@ -199,7 +199,6 @@ class GitRepo:
         return result.stdout.decode("utf-8", "replace").strip()
 
 
-
 def _set_origin(repo: git.Repo, url: str) -> None:
     names = [r.name for r in repo.remotes]
     if "origin" not in names:

@@ -393,8 +393,7 @@ def _load_namespace(
         claimed = ModelKey(namespace, name.rpartition(".")[0])
         if file.special is not None:
             plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
-            problem = Problem(file.path, None, f"model files must be regular files, not {plural}; "
-                                               "the model keeps its last good version")
+            problem = Problem(file.path, None, f"model files must be regular files, not {plural}")
             results.append(_FileResult(file.path, file.blob, None, claimed, (problem,)))
             continue
         results.append(_check_file(file, claimed, parse(file)))

@@ -41,6 +41,11 @@ class ModelsRepository:
         self.last_error = None
         self._load()
 
+    def close(self) -> None:
+        """Finish the writes under way, then let go of the clone."""
+        self.writer.close()
+        self.repo.close()
+
     def write(self, change: Change) -> Written:
         """Make a change (raises WriteRejected); reads see it as soon as this returns."""
         written = self.writer.write(change)

@@ -114,7 +114,13 @@ class Reconciler:
             return report
 
     def close(self) -> None:
+        """Stop taking pulls and let go of the clone and, unless a pull still uses them, the
+        connections to Ollama (what a pull in flight uses is freed when it ends or the process does)."""
         self.pulls.shutdown(wait=False)
+        self.repo.close()
+        close_server = getattr(self.server, "close", None)
+        if close_server is not None and not self.pulls.in_flight():
+            close_server()
 
     # -- the cycle ------------------------------------------------------------------------------------
     def _cycle(self, dry_run: bool) -> CycleReport:

@@ -120,6 +120,13 @@ class GitRepo:
                     "as %s and cloning again from %s (remove the old one once looked at)",
                     self.path, problem, aside.name, self.display_url)
 
+    def close(self) -> None:
+        """Stop GitPython's helper processes on the clone (it is opened again if used after)."""
+        with self.lock:
+            if self._repo is not None:
+                self._repo.close()
+                self._repo = None
+
     @property
     def tracking_ref(self) -> str:
         return f"refs/remotes/origin/{self.branch}"

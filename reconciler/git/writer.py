@@ -130,6 +130,8 @@ class ModelWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=30)
+        if self._handle is not None and not self._worker.is_alive():
+            self._handle[1].close()
 
     # -- the worker ---------------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import git
 import pytest
 
 from apirig import ApiRig
@@ -57,3 +58,34 @@ def test_models_of_an_unreadable_namespace_folder_are_listed_and_shown(api: ApiR
     api.settle()  # the reconciler records the same error: the view does not change
     assert api.client.get("/api/v1/models").json()["items"] == items
     assert api.ollama.delete_count == {}
+
+
+@pytest.mark.parametrize("replaced", ["models/default", "models"])
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_writes_through_an_unreadable_folder_are_refused_and_replace_nothing(api: ApiRig, replaced: str, kind: str) -> None:
+    api.settle()
+    api.work.special(replaced, kind)
+    api.work.commit(f"{replaced} becomes a {kind}")
+    api.work.push()
+    api.running.repository.refresh()
+    head = git.Repo(api.remote).commit("main").hexsha
+    for answer in (api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}),
+                   api.client.post("/api/v1/models", json={"name": "llama3.2", "tag": "1b"}),
+                   api.client.delete("/api/v1/models/llama3.2-1b"),
+                   api.client.post("/api/v1/models/llama3.2-1b/refresh")):
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"].startswith(f"{replaced} is a ") and "make it one again in Git" in answer.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == head  # nothing was pushed
+    assert api.client.get("/api/v1/models/llama3.2-1b").status_code == 200  # GET agrees: it is there, kept
+
+
+def test_writes_to_a_model_whose_file_is_a_submodule_are_refused(api: ApiRig) -> None:
+    api.settle()
+    api.work.submodule("models/default/gemma3-1b.yaml")
+    api.work.commit("gemma3's file becomes a submodule")
+    api.work.push()
+    api.running.repository.refresh()
+    for answer in (api.client.delete("/api/v1/models/gemma3-1b"), api.client.post("/api/v1/models/gemma3-1b/refresh")):
+        assert answer.status_code == 409, answer.text
+        assert "models/default/gemma3-1b.yaml is a Git submodule, not a file" in answer.json()["error"]
+    assert api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}).status_code == 201  # others go on

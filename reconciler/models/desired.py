@@ -147,8 +147,9 @@ _TREE_MODE, _LINK_MODE, _SUBMODULE_MODE = 0o040000, 0o120000, 0o160000
 _SPECIAL_KINDS = {_LINK_MODE: ("a symbolic link", "symbolic links"), _SUBMODULE_MODE: ("a Git submodule", "Git submodules")}
 
 
-def _special_kind(mode: int) -> str | None:
-    """What a tree entry is when it is neither a folder nor a regular file; None when it is one."""
+def special_kind(mode: int) -> str | None:
+    """What a tree entry of `mode` is when it is neither a folder nor a regular file ("a symbolic
+    link", "a Git submodule"...); None when it is one."""
     if mode == _TREE_MODE or mode & 0o170000 == 0o100000:
         return None
     return _SPECIAL_KINDS.get(mode, (f"an entry of mode {mode:o}",))[0]
@@ -164,7 +165,7 @@ class _Listed(NamedTuple):
     mode: int
 
     def source(self, loader: GitLoader) -> _SourceFile:
-        return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), _special_kind(self.mode))
+        return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), special_kind(self.mode))
 
 
 @dataclass(frozen=True)
@@ -224,11 +225,11 @@ class GitLoader:
         if models_entries and models_entries[0].is_tree:
             models_tree = models_entries[0].binsha
         elif models_entries:
-            kind = _special_kind(models_entries[0].mode) or "a file"
+            kind = special_kind(models_entries[0].mode) or "a file"
             problems.append(_models_not_a_folder(kind))
             all_unreadable = True
         for entry in self._entries(models_tree) if models_tree else []:
-            kind = _special_kind(entry.mode)
+            kind = special_kind(entry.mode)
             if kind is not None:
                 problems.append(_special_entry(f"{MODELS_DIR}/{entry.name}", kind, unreadable_namespaces))
             elif entry.is_tree:
@@ -281,7 +282,7 @@ class GitLoader:
         for entry in self._entries(binsha):
             if entry.mode == _TREE_MODE:
                 files.extend(self._files(entry.binsha, f"{prefix}/{entry.name}"))
-            elif entry.name.endswith(MODEL_SUFFIXES) or _special_kind(entry.mode) is not None:
+            elif entry.name.endswith(MODEL_SUFFIXES) or special_kind(entry.mode) is not None:
                 files.append(_Listed(f"{prefix}/{entry.name}", entry.binsha.hex(), entry.binsha, entry.mode))
         return files
 

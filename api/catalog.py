@@ -6,6 +6,7 @@ the bytes reused until either changes, so listing ten thousand models is a dicti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Collection
@@ -85,8 +86,8 @@ class Catalog:
         record = self._status.record(key)
         if model is not None:
             return model_view(key, model.fields.name, model.fields.tag, record)
-        if key in desired.unreadable and record is not None:
-            return _last_good_view(key, record)
+        if record is not None and desired.is_unreadable(key):
+            return _last_good_view(key, record, desired)
         return None
 
     def sync(self) -> SyncStatus:
@@ -101,15 +102,21 @@ class Catalog:
         if desired is None:
             return []
         models = desired.in_namespace(namespace)
-        broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
-        records = self._status.records([m.key for m in models] + broken)
+        if desired.namespace_unreadable(namespace):  # every recorded model of it is kept
+            records = {k: r for k, r in self._status.records().items() if k.namespace == namespace}
+            broken = sorted(records)
+        else:
+            broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
+            records = self._status.records([m.key for m in models] + broken)
         views = {m.key: model_view(m.key, m.fields.name, m.fields.tag, records.get(m.key)) for m in models}
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
-                views[key] = _last_good_view(key, records[key])
+                views[key] = _last_good_view(key, records[key], desired)
         return [views[k] for k in sorted(views)]
 
 
-def _last_good_view(key: ModelKey, record: ModelRecord) -> dict[str, Any]:
+def _last_good_view(key: ModelKey, record: ModelRecord, desired: DesiredState) -> dict[str, Any]:
+    """A model kept at its last good version, showing why (the reconciler records the same error)."""
     name, _, tag = record.spec.reference.rpartition(":")
-    return model_view(key, name, tag, record)
+    shown = ModelRecord(record.spec, dataclasses.replace(record.status, error=desired.kept_reason(key, record.spec.path)))
+    return model_view(key, name, tag, shown)

@@ -20,6 +20,7 @@ class ModelsRepository:
         self.repo = repo
         self.writer = writer
         self._loader = GitLoader(repo.repo)
+        self._loader_generation = repo.generation
         self._lock = threading.Lock()  # the loader is not thread-safe
         self._desired: DesiredState | None = None
         self.last_error: str | None = None
@@ -40,6 +41,11 @@ class ModelsRepository:
         self.last_error = None
         self._load()
 
+    def close(self) -> None:
+        """Finish the writes under way, then let go of the clone."""
+        self.writer.close()
+        self.repo.close()
+
     def write(self, change: Change) -> Written:
         """Make a change (raises WriteRejected); reads see it as soon as this returns.
 
@@ -58,5 +64,7 @@ class ModelsRepository:
         # just before another thread's push must not bring back the older commit.
         with self._lock:
             head = self.repo.head()
+            if self._loader_generation != self.repo.generation:  # the clone was set aside and made again
+                self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation
             if self._desired is None or self._desired.commit != head:
                 self._desired = self._loader.load(head)

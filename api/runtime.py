@@ -63,7 +63,7 @@ class RunningApi:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
         self.server.shutdown()
         self.refresher.shutdown()
-        self.repository.writer.close()
+        self.repository.close()
         if self.service is not None:
             self.service.stop()
         self.close_status()

@@ -23,8 +23,9 @@ class Snapshot:
 
     @property
     def healthy(self) -> bool:
-        """No model Failed and no model file with a problem."""
-        return not any(m.get("state") == "Failed" for m in self.models) and not self.sync.get("problems")
+        """No model Failed, no model file with a problem, and the last cycle did not fail."""
+        return (not any(m.get("state") == "Failed" for m in self.models) and not self.sync.get("problems")
+                and self.sync.get("lastCycleOutcome") != "Failed")
 
     @property
     def pulling(self) -> bool:

@@ -138,17 +138,21 @@ def plan(
     """
     keys = set(desired.models) | set(desired.unreadable) | set(records) if scope is None else set(scope)
     specs: dict[ModelKey, AppliedSpec] = {}
+    kept: set[ModelKey] = set()  # models whose file (or namespace folder, or models/) cannot be read
     for key in keys:
         model = desired.models.get(key)
         if model is not None:
             specs[key] = applied_spec(model)
-        elif key in desired.unreadable and key in records:
-            specs[key] = records[key].spec  # keep the last good version of a broken file's model
-    actions: list[Action] = [*_broken_file_errors(desired, keys, records)]
+        elif desired.is_unreadable(key):
+            kept.add(key)
+            if key in records:
+                specs[key] = records[key].spec  # keep the last good version of a broken file's model
+    actions: list[Action] = [*_broken_file_errors(desired, kept, records)]
 
     removed = sorted(key for key in keys if key in records and key not in specs)
     refused = None
-    if removed and not allow_empty and not desired.models and not (desired.unreadable & set(records)):
+    if (removed and not allow_empty and not desired.models
+            and not any(desired.is_unreadable(k) for k in records)):
         refused = (
             f"commit {(desired.commit or '')[:12]} would remove all {len(removed)} models; "
             "refusing to prune to zero without --allow-empty"
@@ -165,7 +169,7 @@ def plan(
 
     for reference, wanting in sorted(wanted_by_reference.items()):
         actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now,
-                                       reference in owned, desired.unreadable))
+                                       reference in owned, kept))
 
     if observed is not None:
         wanted = still_wanted | set(wanted_by_reference)
@@ -173,15 +177,13 @@ def plan(
     return Plan(tuple(actions), specs, refused)
 
 
-def _broken_file_errors(desired: DesiredState, keys: Set[ModelKey], records: Mapping[ModelKey, ModelRecord]) -> list[Action]:
-    problems = {p.path: p for p in desired.problems}
+def _broken_file_errors(desired: DesiredState, kept: Set[ModelKey], records: Mapping[ModelKey, ModelRecord]) -> list[Action]:
     actions: list[Action] = []
-    for key in sorted(desired.unreadable & keys):
+    for key in sorted(kept):
         record = records.get(key)
         if record is None:
             continue
-        problem = problems.get(record.spec.path)
-        message = f"model file is invalid, keeping the last good version: {problem.message if problem else 'see problems'}"
+        message = desired.kept_reason(key, record.spec.path)
         if record.status.error != message:
             actions.append(RecordError(key, message))
     return actions

@@ -83,6 +83,7 @@ class Reconciler:
         self.allow_empty = allow_empty
         self._clock = clock
         self._loader: GitLoader | None = None
+        self._loader_generation = 0  # the clone's generation the loader reads
         self._cycle_lock = threading.Lock()
         self._converged = False  # did the last cycle leave nothing to retry?
         self._observed: dict[str, InstalledModel] | None = None  # the last listing, kept current
@@ -97,16 +98,29 @@ class Reconciler:
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
-        """Run one cycle; never raises for trouble outside the process (Git, Ollama, bad files)."""
+        """Run one cycle and record how it went. Never raises: a cycle that crashed (a bug, or a fault
+        no one foresaw) is recorded as Failed with its error, and the next cycle is a full one."""
         with self._cycle_lock:
             started = time.monotonic()
-            report = self._cycle(dry_run)
+            try:
+                report = self._cycle(dry_run)
+            except Exception as exc:
+                log.exception("action=cycle-crashed")
+                self._converged = False
+                report = CycleReport(FAILED_OUTCOME, self.store.sync.last_fetched_commit,
+                                     f"cycle crashed: {type(exc).__name__}: {exc}")
             if not dry_run:
                 self._record_cycle(report, time.monotonic() - started)
             return report
 
     def close(self) -> None:
+        """Stop taking pulls and let go of the clone and, unless a pull still uses them, the
+        connections to Ollama (what a pull in flight uses is freed when it ends or the process does)."""
         self.pulls.shutdown(wait=False)
+        self.repo.close()
+        close_server = getattr(self.server, "close", None)
+        if close_server is not None and not self.pulls.in_flight():
+            close_server()
 
     def forget_observations(self) -> None:
         """Forget what earlier cycles saw and applied (the store was read again, e.g. by a replica that
@@ -179,7 +193,10 @@ class Reconciler:
         last = self.store.sync.last_resync_at
         with self._observed_lock:
             never_listed = self._observed is None
-        return (not self._converged or self.applied is None or never_listed
+        # A pull that could not reach Ollama: list it now, so that the cycle fails while it stays away
+        # (incremental cycles ask Ollama nothing and would go on reporting success).
+        unreachable = self.pulls.take_unreachable() is not None
+        return (unreachable or not self._converged or self.applied is None or never_listed
                 or last is None or now - last >= self.resync_interval)
 
     def _work_left(self, now: float) -> bool:
@@ -190,7 +207,10 @@ class Reconciler:
         """Recorded models no longer in Git (e.g. their pull was in flight when the file went)."""
         cache_key = (self.store.version, desired.commit)
         if self._unpruned_cache[0] != cache_key:
-            self._unpruned_cache = (cache_key, set(self.store.keys() - desired.models.keys() - desired.unreadable))
+            gone = self.store.keys() - desired.models.keys() - desired.unreadable
+            if desired.any_unreadable:  # a namespace folder (or models/) cannot be read: its models stay
+                gone = {key for key in gone if not desired.is_unreadable(key)}
+            self._unpruned_cache = (cache_key, set(gone))
         return set(self._unpruned_cache[1])
 
     def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
@@ -203,9 +223,15 @@ class Reconciler:
         return changed
 
     def _load(self, commit: str) -> DesiredState:
-        if self._loader is None:
-            self._loader = GitLoader(self.repo.repo)
-        self.desired = self._loader.load(commit)
+        if self._loader is None or self._loader_generation != self.repo.generation:
+            self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
+        previous, self.desired = self.desired, self._loader.load(commit)
+        # Every problem is logged once, when a commit brings it (status shows them all, always).
+        known = set(previous.problems) if previous is not None else set()
+        for problem in self.desired.problems:
+            if problem not in known:
+                log.warning("action=problem commit=%s path=%s line=%s message=%r", commit[:12], problem.path,
+                            problem.line or "-", problem.message)
         return self.desired
 
     def _current_observed(self) -> dict[str, InstalledModel] | None:
@@ -292,7 +318,10 @@ class Reconciler:
             last_cycle_message=report.message,
             problems=desired.problems if desired is not None else self.store.sync.problems,
         )
-        self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
+        try:
+            self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
+        except OSError as exc:  # still recorded in memory, so status and metrics say how the cycle went
+            log.error("action=save-sync-failed error=%r", str(exc))
         metrics.CYCLES.labels("noop" if report.noop else report.outcome.lower()).inc()
         metrics.CYCLE_DURATION.observe(seconds)
         metrics.LAST_CYCLE.set(self._clock())

@@ -9,6 +9,13 @@ Kept in the state directory as a snapshot and a journal, the way databases keep 
 Loading reads the snapshot and replays the journal; a line torn by a crash mid-append is dropped
 (its edit had not been acknowledged). A lock file stops two processes from reconciling the same
 state directory.
+
+Damage beyond that (a file cut short, emptied or overwritten, values of the wrong type) never stops
+start-up. The lock holder recovers what it can, says in a warning what was lost and what that means,
+keeps the damaged file beside the others for inspection and writes clean ones: `sync.json` is only a
+summary and starts afresh; of the records, every entry that reads and is well-typed is kept. Journal
+lines carry a sequence number, and `sync.json` the last one written, so that a journal emptied or
+cut short is noticed too.
 """
 
 from __future__ import annotations
@@ -16,9 +23,13 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
+import time
+import typing
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,8 +44,10 @@ from .models.naming import normalize_reference
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
 
+log = logging.getLogger("ollama_gitops.state")
+
 FORMAT_VERSION = 1
-SNAPSHOT, JOURNAL = "models.json", "models.journal"
+SNAPSHOT, JOURNAL, SYNC = "models.json", "models.journal", "sync.json"
 MIN_COMPACTION = 1000  # journal lines before a snapshot is considered at all
 
 
@@ -109,6 +122,9 @@ class StateStore:
         self._unsettled: set[ModelKey] = set()  # Pending or Failed, and not suspended
         self._journal_lines = 0
         self._journal_offset = 0  # bytes of the journal taken in
+        self._journal_line_number = 0  # complete lines of the journal read (kept or skipped)
+        self._seq = 0  # sequence number of the last change written (snapshot and journal)
+        self._damage: list[str] = []  # what the last load could not read, said once by the lock holder
         self._sync_mtime = 0
         self._snapshot_mtime = 0
         self.version = 0  # bumped by every edit that changed a record
@@ -201,12 +217,13 @@ class StateStore:
         with self._lock:
             journal = self.directory / JOURNAL
             size = journal.stat().st_size if journal.exists() else 0
-            changed = _mtime(self.directory / "sync.json") != self._sync_mtime
+            changed = _mtime(self.directory / SYNC) != self._sync_mtime
             if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
                 self._reload(truncate=False)
                 changed = True
             elif size > self._journal_offset:
                 self._replay(journal)
+                self._damage = []  # the lock holder says what is damaged, and mends it
                 changed = True
             elif changed:
                 self._load_sync()
@@ -220,7 +237,9 @@ class StateStore:
             self.sync = sync
             payload = dataclasses.asdict(sync)
             payload["problems"] = [dataclasses.asdict(p) for p in sync.problems]
-            _write_json(self.directory / "sync.json", {"version": FORMAT_VERSION, **payload}, durable=durable)
+            # The last change written: a journal found behind it at start-up has lost lines.
+            payload["journal_seq"] = self._seq
+            _write_json(self.directory / SYNC, {"version": FORMAT_VERSION, **payload}, durable=durable)
 
     # -- persistence --------------------------------------------------------------------------------
     def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
@@ -237,8 +256,11 @@ class StateStore:
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         """Make the changed records durable (called under the lock). Here: append to the journal."""
-        lines = [json.dumps({"key": list(key), "record": _to_json(record) if record else None}, separators=(",", ":"))
-                 for key, record in changes]
+        lines = []
+        for key, record in changes:
+            self._seq += 1
+            lines.append(json.dumps({"seq": self._seq, "key": list(key), "record": _to_json(record) if record else None},
+                                    separators=(",", ":")))
         self.directory.mkdir(parents=True, exist_ok=True)
         payload = ("\n".join(lines) + "\n").encode("utf-8")
         with open(self.directory / JOURNAL, "ab") as journal:
@@ -254,7 +276,7 @@ class StateStore:
         # The snapshot holds every journal line's effect, so replaying a journal that a crash left
         # behind over it changes nothing: each key's last line equals its snapshot value.
         models = [{"key": list(k), "record": _to_json(r)} for k, r in sorted(self._models.items())]
-        _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "models": models}, durable=True)
+        _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "seq": self._seq, "models": models}, durable=True)
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
             journal.flush()
@@ -276,53 +298,137 @@ class StateStore:
             self._models.clear()
             self._by_reference.clear()
             self._unsettled.clear()
-            self._journal_offset = self._journal_lines = 0
+            self._journal_offset = self._journal_lines = self._journal_line_number = self._seq = 0
             self._load(truncate)
 
     def _load(self, truncate: bool = False) -> None:
+        """Read the snapshot, replay the journal and read the summary. `truncate` (the lock holder
+        only) also mends: cuts a torn journal line, and after damage says what was lost and writes
+        clean files, keeping the damaged ones aside."""
+        self._damage = []
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
-        snapshot = _read_json(self.directory / SNAPSHOT) or {"models": []}
-        for item in snapshot["models"]:
-            self._models[ModelKey(*item["key"])] = _from_json(item["record"])
+        snapshot_seq = self._load_snapshot()
         journal = self.directory / JOURNAL
+        first_seq: list[int] = []
         if journal.exists():
-            self._replay(journal)
+            self._replay(journal, first_seq)
             if truncate and self._journal_offset != journal.stat().st_size:
                 os.truncate(journal, self._journal_offset)
+        if first_seq and first_seq[0] > snapshot_seq + 1:
+            self._damage.append(
+                f"{self.directory / SNAPSHOT} is missing changes 1 to {first_seq[0] - 1} (the journal starts at "
+                f"change {first_seq[0]}): {_LOST_EFFECT.format(what='the models whose last change was among them')}")
         for key, record in self._models.items():
             if record.status.state == PULLING and not self._readonly:
                 record.status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
-        self._load_sync()
+        written = self._load_sync()
+        snapshot_damaged = any(str(self.directory / SNAPSHOT) in line for line in self._damage)
+        if written is not None and written > self._seq and not snapshot_damaged:
+            self._damage.append(
+                f"{self.directory / JOURNAL} ends at change {self._seq} but change {written} had been written: the "
+                f"last {written - self._seq} change(s) are lost (the journal was emptied or cut short), and which "
+                f"models they touched is unknown: {_LOST_EFFECT.format(what='a model pulled in that time')}")
+        if truncate and self._damage:
+            self._mend()
 
-    def _replay(self, journal: Path) -> None:
+    def _load_snapshot(self) -> int:
+        """Take in the snapshot's records (every readable one); returns its sequence number."""
+        path = self.directory / SNAPSHOT
+        try:
+            raw = path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return 0
+        items, seq, error = _read_snapshot(raw)
+        if error is not None:
+            self._damage.append(
+                f"{path} is damaged ({error}): {len(items)} record(s) recovered, any others are lost: "
+                f"{_LOST_EFFECT.format(what='a model whose record is lost')}")
+        for index, item in enumerate(items):
+            try:
+                key, record = _decode_change(item)
+            except ValueError as exc:
+                self._damage.append(f"{path} entry {index + 1} is unreadable ({exc}): {_lost(item)}")
+                continue
+            if record is not None:
+                self._models[key] = record
+        self._seq = max(self._seq, seq)
+        return seq
+
+    def _replay(self, journal: Path, first_seq: list[int] | None = None) -> None:
         offset = self._journal_offset
         with open(journal, "rb") as handle:
             handle.seek(offset)
             for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break  # torn by a crash mid-append (or still being written): not acknowledged
+                offset += len(raw)
+                self._journal_line_number += 1
                 try:
                     item = json.loads(raw)
-                except ValueError:
-                    break  # torn by a crash mid-append (or still being written): not acknowledged
-                key = ModelKey(*item["key"])
-                if item["record"] is None:
+                    key, record = _decode_change(item)
+                except ValueError as exc:
+                    # A whole line that cannot be used: skip it and keep the rest.
+                    self._damage.append(f"{journal} line {self._journal_line_number} is unreadable ({exc}): "
+                                        f"{_lost(raw.decode('utf-8', 'replace'))}")
+                    continue
+                seq = item.get("seq")
+                if isinstance(seq, int):
+                    if first_seq is not None and not first_seq:
+                        first_seq.append(seq)
+                    self._seq = max(self._seq, seq)
+                if record is None:
                     self._models.pop(key, None)
                     self._unsettled.discard(key)
                 else:
-                    self._models[key] = _from_json(item["record"])
-                    self._index(key, self._models[key])
-                offset += len(raw)
+                    self._models[key] = record
+                    self._index(key, record)
                 self._journal_lines += 1
         self._journal_offset = offset
 
-    def _load_sync(self) -> None:
-        path = self.directory / "sync.json"
-        sync = _read_json(path)
-        if sync:
-            self._sync_mtime = path.stat().st_mtime_ns
-            sync.pop("version", None)
-            problems = tuple(Problem(**p) for p in sync.pop("problems", []))
-            self.sync = SyncStatus(**sync, problems=problems)
+    def _load_sync(self) -> int | None:
+        """Read the sync summary; returns the last change sequence number it says was written.
+
+        A damaged summary is replaced by a fresh one: it holds nothing the next cycle does not rewrite.
+        """
+        path = self.directory / SYNC
+        try:
+            data = _read_json(path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            data, error = None, f"not JSON: {exc}"
+        else:
+            error = None
+        if data is None and error is None:
+            return None
+        self._sync_mtime = _mtime(path)
+        written = None
+        if error is None:
+            try:
+                written, self.sync = _decode_sync(data)
+            except ValueError as exc:
+                error = str(exc)
+        if error is not None:
+            self._damage.append(f"{path} is unreadable ({error}): starting with a fresh sync summary (last "
+                                "cycle, commits and file problems are forgotten until the next cycle writes "
+                                "them again); no model's record is affected")
+        return written
+
+    def _mend(self) -> None:
+        """Say what the load lost, keep the damaged files aside, and write clean ones (lock holder only)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        kept = []
+        for name in (SNAPSHOT, JOURNAL, SYNC):
+            path = self.directory / name
+            if path.exists() and any(str(path) in line for line in self._damage):
+                aside = path.with_name(f"{name}.broken-{stamp}")
+                path.rename(aside)
+                kept.append(aside.name)
+        where = f"; the damaged file(s) are kept as {', '.join(kept)} in {self.directory} for inspection" if kept else ""
+        for line in self._damage:
+            log.warning("action=state-damaged %s%s", line, where)
+        self._compact()
+        self.save_sync(self.sync)
+        self._damage = []
 
 
 def _to_json(record: ModelRecord) -> dict[str, Any]:
@@ -331,7 +437,122 @@ def _to_json(record: ModelRecord) -> dict[str, Any]:
 
 
 def _from_json(data: Mapping[str, Any]) -> ModelRecord:
-    return ModelRecord(AppliedSpec(**data["spec"]), ModelStatus(**data["status"]))
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a record must be an object, not {_type_name(data)}")
+    unknown = set(data) - {"spec", "status"}
+    if unknown:
+        raise ValueError(f"unknown field(s) in the record: {', '.join(sorted(map(str, unknown)))}")
+    record = ModelRecord(_decode(AppliedSpec, data.get("spec")), _decode(ModelStatus, data.get("status", {})))
+    if record.status.state not in STATES:
+        raise ValueError(f"state {record.status.state!r} is not one of {', '.join(STATES)}")
+    return record
+
+
+_LOST_EFFECT = ("ollama-gitops treats the weights of {what} as not pulled by it, so it will not prune them when "
+                "their file is removed (delete them from Ollama by hand then); everything else is found again "
+                "from Git and Ollama at the next cycle")
+_KEY_IN_TEXT = re.compile(r'"key"\s*:\s*\[\s*"([^"\\]*)"\s*,\s*"([^"\\]*)"\s*\]')
+
+
+def _lost(text: object) -> str:
+    """What losing one entry means, naming its model when the entry still shows which it was."""
+    match = _KEY_IN_TEXT.search(text if isinstance(text, str) else json.dumps(text, default=str))
+    what = f"the record of {match[1]}/{match[2]} is lost" if match else "the record it held (of an unknown model) is lost"
+    return f"{what}; {_LOST_EFFECT.format(what='that model')}"
+
+
+def _decode_change(item: object) -> tuple[ModelKey, ModelRecord | None]:
+    """One snapshot entry or journal line: `{"key": [namespace, name], "record": {...} | null}`."""
+    if not isinstance(item, dict):
+        raise ValueError(f"an entry must be an object, not {_type_name(item)}")
+    key = item.get("key")
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
+        raise ValueError("'key' must be [namespace, name]")
+    record = item.get("record")
+    return ModelKey(*key), None if record is None else _from_json(record)
+
+
+def _read_snapshot(text: str) -> tuple[list[Any], int, str | None]:
+    """The entries of a snapshot, its sequence number, and what was wrong with it (None if nothing).
+
+    A snapshot cut short still yields every entry before the cut: they are decoded one by one.
+    """
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        error = f"not JSON: {exc}" if text.strip() else "empty"
+    else:
+        if isinstance(document, dict) and isinstance(document.get("models"), list):
+            seq = document.get("seq", 0)
+            return document["models"], seq if isinstance(seq, int) else 0, None
+        return [], 0, "not a snapshot of records"
+    start = text.find('"models":[')
+    if start < 0:
+        return [], 0, error
+    decoder, position, items = json.JSONDecoder(), start + len('"models":['), []
+    while True:
+        try:
+            item, position = decoder.raw_decode(text, position)
+        except ValueError:
+            break
+        items.append(item)
+        if text[position:position + 1] != ",":
+            break
+        position += 1
+    seq = re.search(r'"seq":(\d+)', text[:start])
+    return items, int(seq[1]) if seq else 0, error
+
+
+def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
+    if not isinstance(data, dict):
+        raise ValueError(f"it must be an object, not {_type_name(data)}")
+    data = dict(data)
+    data.pop("version", None)
+    written = data.pop("journal_seq", None)
+    if written is not None and (not isinstance(written, int) or isinstance(written, bool)):
+        raise ValueError("'journal_seq' must be an integer")
+    problems = data.pop("problems", [])
+    if not isinstance(problems, list):
+        raise ValueError("'problems' must be a list")
+    return written, _decode(SyncStatus, data, problems=tuple(_decode(Problem, p) for p in problems))
+
+
+def _decode(cls: type, data: object, **extra: Any) -> Any:
+    """An instance of the dataclass `cls` from JSON, checking each field's type; ValueError if wrong."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} must be an object, not {_type_name(data)}")
+    hints = _field_types(cls)
+    for name, value in data.items():
+        if name not in hints or name in extra:
+            raise ValueError(f"unknown field {name!r} in {cls.__name__}")
+        allowed = hints[name]
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+            raise ValueError(f"field {name!r} of {cls.__name__} must be {' or '.join(t.__name__ for t in allowed)}, "
+                             f"not {_type_name(value)}")
+    try:
+        return cls(**data, **extra)
+    except TypeError as exc:  # a required field missing
+        raise ValueError(str(exc)) from None
+
+
+_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
+
+
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Per field of a dataclass, the JSON types its value may have (`float` takes integers too)."""
+    if cls not in _FIELD_TYPES:
+        types = {}
+        for name, hint in typing.get_type_hints(cls).items():
+            args = typing.get_args(hint) or (hint,)
+            allowed = tuple(typing.get_origin(a) or a for a in args)
+            types[name] = allowed + ((int,) if float in allowed else ())
+        _FIELD_TYPES[cls] = types
+    return _FIELD_TYPES[cls]
+
+
+def _type_name(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__)
 
 
 class _Edit:
@@ -395,7 +616,8 @@ def _mtime(path: Path) -> int:
         return 0
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> Any:
+    """The JSON in `path`, None when there is no such file; ValueError when it is not JSON."""
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)

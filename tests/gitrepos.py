@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -50,6 +52,38 @@ class WorkRepo:
 
     def remove(self, relative: str) -> None:
         (self.path / relative).unlink()
+
+    def _clear(self, relative: str) -> Path:
+        """Take whatever is at `relative` (a file, a folder, a link) out of the work tree and the index."""
+        target = self.path / relative
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        self.repo.git.rm("-r", "-q", "--cached", "--ignore-unmatch", "--", relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def submodule(self, relative: str, sha: str = "5" * 40) -> None:
+        """Put a submodule entry (tree mode 160000, a commit of another repository) at `relative`,
+        in place of what was there. Its work-tree folder stays empty, as an uninitialised submodule's."""
+        self._clear(relative).mkdir()
+        self.repo.git.update_index("--add", "--cacheinfo", f"160000,{sha},{relative}")
+
+    def symlink(self, relative: str, target: str) -> None:
+        """Put a symbolic link (tree mode 120000) at `relative`, in place of what was there."""
+        os.symlink(target, self._clear(relative))
+
+    def special(self, relative: str, kind: str, target: str = "elsewhere") -> None:
+        """Put a `kind` ("submodule" or "symlink", to `target`) entry at `relative`."""
+        if kind == "submodule":
+            self.submodule(relative)
+        else:
+            self.symlink(relative, target)
+
+    def mode_of(self, relative: str) -> str:
+        """The tree mode of `relative` at HEAD, as `git ls-tree` shows it."""
+        return self.repo.git.ls_tree("HEAD", "--", relative).split()[0]
 
     def commit(self, message: str = "change") -> str:
         """Stage everything (additions, changes, removals) and commit; return the commit SHA."""

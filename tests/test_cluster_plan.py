@@ -109,3 +109,13 @@ def test_scoped_plan_looks_only_at_the_scope() -> None:
     a, b = model("a"), model("b")
     result = plan_resources(state(a, b), {}, scope={a.key})
     assert [x.key for x in result.actions] == [a.key]
+
+
+def test_resources_of_an_unreadable_namespace_or_models_folder_stay() -> None:
+    a, b, c = model("a"), model("b"), model("c", namespace="team-a")
+    resources = {k.key: resource_from(desired_body(k, COMMIT)) for k in (a, b, c)}
+    namespace = DesiredState(COMMIT, {c.key: c}, (), unreadable_namespaces=frozenset({"default"}))
+    result = plan_resources(namespace, resources)
+    assert not result.of(DeleteResource) and {x.key for x in result.of(LeaveResource)} == {a.key, b.key}
+    everything = plan_resources(DesiredState(COMMIT, {}, (), all_unreadable=True), resources)
+    assert not everything.of(DeleteResource) and everything.refused is None and len(everything.of(LeaveResource)) == 3

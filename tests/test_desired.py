@@ -228,3 +228,102 @@ def test_large_namespace_is_read_in_one_batch_with_the_same_results(work_repo: W
     assert len(state.models) == 150 and loader.stats.parsed == 152
     assert [p.path for p in state.problems] == ["models/default/broken-1.yaml", "models/default/huge-1.yaml"]
     assert "-byte limit" in state.problems[1].message
+
+
+@pytest.mark.parametrize("depth", [200, 500, 900, 1000, 5000, 100000])
+def test_deeply_nested_file_is_a_problem_of_that_file_only(work_repo: WorkRepo, depth: int) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/default/deep-1.yaml", "name: deep\ntag: '1'\nlabels: " + "{a: " * depth + "x" + "}" * depth + "\n")
+    work_repo.commit()
+    for state in (load(work_repo)[0], load_directory(work_repo.path)):
+        assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+        assert state.unreadable == {ModelKey("default", "deep-1")}
+        (problem,) = state.problems
+        assert problem.path == "models/default/deep-1.yaml"
+        assert problem.line == (None if "-byte limit" in problem.message else 3)
+
+
+def _entry_problem(state, path: str):
+    (problem,) = [p for p in state.problems if p.path == path]
+    return problem
+
+
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_a_model_file_replaced_by_a_special_entry_is_a_problem_and_keeps_its_model(work_repo: WorkRepo, kind: str) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    path = work_repo.model("default", "gemma3", "1b")
+    work_repo.commit()
+    work_repo.special(path, kind, "llama3.2-1b.yaml")
+    work_repo.submodule("models/default/vendored")  # not a model file's name: reported all the same
+    work_repo.commit("replace")
+    assert work_repo.mode_of(path) == ("160000" if kind == "submodule" else "120000")
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+    assert state.unreadable == {ModelKey("default", "gemma3-1b")}
+    assert state.is_unreadable(ModelKey("default", "gemma3-1b"))
+    assert ("not Git submodules" if kind == "submodule" else "not symbolic links") in _entry_problem(state, path).message
+    assert "Git submodule" in _entry_problem(state, "models/default/vendored").message
+
+
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_a_namespace_folder_replaced_by_a_special_entry_keeps_every_model_of_it(work_repo: WorkRepo, kind: str) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.model("team-a", "gemma3", "1b")
+    work_repo.commit()
+    work_repo.special("models/default", kind, "team-a")
+    work_repo.commit("replace the namespace")
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("team-a", "gemma3-1b")]
+    assert state.unreadable_namespaces == {"default"} and not state.all_unreadable
+    assert state.is_unreadable(ModelKey("default", "llama3.2-1b")) and state.is_unreadable(ModelKey("default", "any-1"))
+    assert not state.is_unreadable(ModelKey("team-a", "other-1"))
+    problem = _entry_problem(state, "models/default")
+    assert ("a Git submodule" if kind == "submodule" else "a symbolic link") in problem.message
+    assert "namespace 'default' keep their last good version" in problem.message
+    assert state.problem_of(ModelKey("default", "llama3.2-1b"), "models/default/llama3.2-1b.yaml") == problem
+
+
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_models_folder_replaced_by_a_special_entry_keeps_every_model(work_repo: WorkRepo, kind: str) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.commit()
+    work_repo.write("elsewhere/default/llama3.2-1b.yaml", "name: llama3.2\ntag: 1b\n")
+    work_repo.special("models", kind, "elsewhere")
+    work_repo.commit("replace models/")
+    state, _ = load(work_repo)
+    assert state.models == {} and state.all_unreadable
+    assert state.is_unreadable(ModelKey("default", "llama3.2-1b")) and state.is_unreadable(ModelKey("x", "y"))
+    assert "every model keeps its last good version" in _entry_problem(state, "models").message
+
+
+def test_special_entries_deeper_in_a_namespace_are_reported(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.write("models/default/sub/readme.txt", "x\n")
+    work_repo.commit()
+    work_repo.submodule("models/default/sub/phi3-mini.yaml")
+    work_repo.symlink("models/default/sub/link", "../llama3.2-1b.yaml")
+    work_repo.commit("deeper")
+    state, _ = load(work_repo)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")] and state.unreadable == frozenset()
+    assert "Git submodule" in _entry_problem(state, "models/default/sub/phi3-mini.yaml").message
+    assert "symbolic link" in _entry_problem(state, "models/default/sub/link").message
+
+
+def test_a_checkout_with_symlinks_and_submodules_is_reported_by_load_directory(work_repo: WorkRepo) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.model("team-a", "gemma3", "1b")
+    work_repo.commit()
+    work_repo.symlink("models/team-a", "default")
+    (work_repo.path / "models/vendor").mkdir()
+    (work_repo.path / "models/vendor/.git").write_text("gitdir: ../../.git/modules/vendor\n")  # a checked-out submodule
+    os.symlink("llama3.2-1b.yaml", work_repo.path / "models/default/notes")
+    state = load_directory(work_repo.path)
+    assert list(state.models) == [ModelKey("default", "llama3.2-1b")]
+    assert state.unreadable_namespaces == {"team-a", "vendor"}
+    assert "a symbolic link" in _entry_problem(state, "models/team-a").message
+    assert "a Git submodule" in _entry_problem(state, "models/vendor").message
+    assert "a symbolic link" in _entry_problem(state, "models/default/notes").message
+    os.rename(work_repo.path / "models", work_repo.path / "real-models")
+    os.symlink("real-models", work_repo.path / "models")
+    state = load_directory(work_repo.path)
+    assert state.all_unreadable and "every model keeps its last good version" in _entry_problem(state, "models").message

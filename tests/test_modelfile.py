@@ -213,3 +213,34 @@ def test_dns1123_checks() -> None:
     assert naming.dns1123_label_error("a" * 64) is not None
     assert naming.dns1123_subdomain_error("a" * 254) is not None
     assert naming.dns1123_subdomain_error("-a") is not None
+
+
+DEPTHS = [200, 500, 900, 1000, 5000, 100000]
+
+
+def _nested(kind: str, depth: int) -> str:
+    """A model file whose `labels` value nests `depth` levels deep."""
+    if kind == "flow-mapping":
+        return "name: a\ntag: b\nlabels: " + "{a: " * depth + "x" + "}" * depth + "\n"
+    if kind == "flow-sequence":
+        return "name: a\ntag: b\nlabels: " + "[" * depth + "x" + "]" * depth + "\n"
+    return "name: a\ntag: b\nlabels:\n" + "- " * depth + "x\n"  # block sequences, two bytes a level
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("kind", ["flow-mapping", "flow-sequence", "block-sequence"])
+def test_deep_nesting_at_any_depth_is_an_error_with_its_line(kind: str, depth: int) -> None:
+    content = _nested(kind, depth).encode()
+    (error,) = errors_of(content)
+    if len(content) > modelfile.MAX_FILE_BYTES:
+        assert "-byte limit" in error.message
+        return
+    assert error.line == 3 + (kind == "block-sequence")
+    assert f"nested more than {modelfile.MAX_DEPTH} levels deep" in error.message
+
+
+def test_nesting_a_model_file_needs_is_accepted() -> None:
+    assert modelfile.parse(b"name: a\ntag: b\nlabels:\n  team: search\n") == ModelFields("a", "b", labels={"team": "search"})
+    # Just within the limit: refused by the schema, not by the depth check.
+    (error,) = errors_of("name: a\ntag: b\nlabels: " + "{a: " * (modelfile.MAX_DEPTH - 1) + "x" + "}" * (modelfile.MAX_DEPTH - 1) + "\n")
+    assert "must be a string, not a mapping" in error.message

@@ -201,3 +201,22 @@ def test_a_model_is_pulled_as_its_file_spells_it_and_deleted_as_ollama_lists_it(
     observed = {"llama3.2:1b": installed("llama3.2:1b")}
     result = plan(desired(hf), observed, {library.key: record(library, owned=True)}, scope={library.key}, now=NOW)
     assert result.actions == (Delete("llama3.2:1b", (library.key,), "file removed from Git"),)
+
+
+def test_an_unreadable_namespace_keeps_every_model_of_it_and_the_guard_is_not_fooled() -> None:
+    llama, gemma = model("llama3.2"), model("gemma3")
+    other = model("phi3", "mini", namespace="team-a")
+    records = {m.key: record(m, owned=True) for m in (llama, gemma, other)}
+    observed = {r: installed(r) for r in ("llama3.2:1b", "gemma3:1b", "phi3:mini")}
+    problem = Problem("models/default", None, "namespace folders must be folders, not a Git submodule")
+    state = DesiredState("c0ffee" * 6 + "abcd", {other.key: other}, (problem,), unreadable_namespaces=frozenset({"default"}))
+    for scope in (None, {llama.key, gemma.key}):
+        result = plan(state, observed, records, scope=scope, now=NOW)
+        assert not result.of(Delete) and not result.of(Forget) and result.refused is None
+        assert result.specs[llama.key] == applied_spec(llama) and result.specs[gemma.key] == applied_spec(gemma)
+        message = "models/default: namespace folders must be folders, not a Git submodule"
+        assert set(result.of(RecordError)) == {RecordError(llama.key, message), RecordError(gemma.key, message)}
+    # `models/` itself unreadable: nothing at all is removed, and nothing is refused either
+    everything = DesiredState("c0ffee" * 6 + "abcd", {}, (Problem("models", None, "models is a symbolic link"),), all_unreadable=True)
+    result = plan(everything, observed, records, now=NOW)
+    assert not result.of(Delete) and not result.of(Forget) and result.refused is None and set(result.specs) == set(records)

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from ollama_gitops.reconciler.models.naming import resource_name
+from ollama_gitops.reconciler.ollama.server import OllamaServer
 from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
 from rig import CATALOGUE, Rig
 
@@ -430,3 +431,178 @@ def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(rig: Rig) -
     rig.push("remove it")
     assert rig.cycle().ok
     assert rig.ollama.delete_count == {"llama3.2:1b": 1} and "llama3.2:1b" not in rig.ollama.installed()
+
+
+@pytest.mark.parametrize("depth", [500, 900])
+def test_a_deeply_nested_file_keeps_its_model_and_later_commits_apply(rig: Rig, depth: int) -> None:
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.work.write(path, "name: llama3.2\ntag: 1b\nlabels: " + "{a: " * depth + "x" + "}" * depth + "\n")
+    rig.push("nest it deep")
+    report = rig.cycle()
+    assert report.ok, report.message
+    assert [(p.path, p.line) for p in rig.reconciler.store.sync.problems] == [(path, 3)]
+    assert "nested more than" in rig.record("default", "llama3.2-1b").status.error
+    rig.work.model("default", "gemma3", "1b")
+    commit = rig.push("a later commit")
+    assert rig.cycle().ok
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    assert rig.reconciler.store.sync.last_applied_commit == commit
+
+
+class _ListingBug(OllamaServer):
+    """An Ollama edge with a bug: reading the listing fails with an error no one planned for."""
+
+    def installed(self) -> dict:
+        raise KeyError("models")
+
+
+def _cycles(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("ollama_gitops_reconcile_cycles_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_crashed_cycle_is_recorded_failed_with_its_error_in_status_and_metrics(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    reconciler = rig.start()
+    good = reconciler.server
+    reconciler.server = _ListingBug(rig.ollama.url)
+    failed_before = _cycles("failed")
+    report = rig.cycle()
+    assert not report.ok and "KeyError" in report.message and "'models'" in report.message
+    sync = reconciler.store.sync
+    assert sync.last_cycle_outcome == "Failed" and "KeyError" in sync.last_cycle_message
+    assert _cycles("failed") == failed_before + 1
+    assert StateStore(rig.state_dir).sync.last_cycle_outcome == "Failed"  # on disk, for `api` and a restart
+    reconciler.server = good
+    assert rig.cycle().ok and rig.state("default", "llama3.2-1b") == READY
+
+
+@pytest.mark.parametrize("broken", ["HEAD", "config"])
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_clone_git_cannot_open_is_set_aside_and_cloned_again(rig: Rig, caplog: pytest.LogCaptureFixture,
+                                                               broken: str, restart: bool) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    clone = rig.state_dir / "clone.git"
+    (clone / broken).write_bytes(b"\x00\xffgarbage [[[\n")
+    rig.work.model("default", "gemma3", "1b")
+    commit = rig.push("add gemma3")
+    if restart:
+        rig.start()
+    with caplog.at_level("WARNING"):
+        report = rig.cycle()
+    assert report.ok, report.message
+    assert rig.reconciler.store.sync.last_applied_commit == commit and rig.state("default", "gemma3-1b") == READY
+    (aside,) = rig.state_dir.glob("clone.git.broken-*")
+    assert (aside / broken).read_bytes() == b"\x00\xffgarbage [[[\n"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "clone" in r.getMessage()]
+    assert any(str(clone) in w and aside.name in w and "cloning again" in w for w in warnings), warnings
+    assert rig.cycle().ok  # and it stays repaired
+
+
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_a_model_file_replaced_by_a_submodule_or_symlink_keeps_its_weights(rig: Rig, caplog: pytest.LogCaptureFixture, kind: str) -> None:
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.work.special(path, kind, "gemma3-1b.yaml")
+    rig.push("replace the file")
+    with caplog.at_level("WARNING"):
+        assert rig.cycle().ok
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"} and rig.ollama.delete_count == {}
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and "model files must be regular files" in record.status.error
+    assert [p.path for p in rig.reconciler.store.sync.problems] == [path]
+    assert any(f"path={path}" in r.getMessage() for r in caplog.records)
+    rig.clock.advance(301)  # a full cycle (resync) keeps it too
+    assert rig.cycle().full and rig.ollama.delete_count == {} and rig.record("default", "llama3.2-1b") is not None
+
+
+@pytest.mark.parametrize("replaced", ["models/default", "models"])
+@pytest.mark.parametrize("kind", ["submodule", "symlink"])
+def test_a_namespace_folder_or_models_replaced_keeps_every_weight(rig: Rig, caplog: pytest.LogCaptureFixture, kind: str, replaced: str) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.work.model("team-a", "phi3", "mini")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    rig.work.special(replaced, kind, "team-a" if replaced == "models/default" else "models-elsewhere")
+    rig.push(f"replace {replaced}")
+    with caplog.at_level("WARNING"):
+        report = rig.cycle()
+    assert report.ok, report.message
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b", "phi3:mini"} and rig.ollama.delete_count == {}
+    for name in ("llama3.2-1b", "gemma3-1b"):
+        record = rig.record("default", name)
+        assert record is not None and record.status.state == READY and f"{replaced}: " in record.status.error
+    assert [p.path for p in rig.reconciler.store.sync.problems] == [replaced]
+    assert any(f"path={replaced} " in r.getMessage() for r in caplog.records)
+    rig.clock.advance(301)
+    assert rig.cycle().full and rig.ollama.delete_count == {}
+    rig.start()  # a restart (a full first cycle) keeps them too
+    assert rig.cycle().ok and rig.ollama.delete_count == {}
+    # Made a folder again without one of its models: only that one is pruned.
+    rig.work._clear(replaced)
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("team-a", "phi3", "mini")
+    rig.push("a folder again")
+    assert rig.cycle().ok
+    assert set(rig.ollama.installed()) == {"llama3.2:1b", "phi3:mini"}
+    assert rig.record("default", "llama3.2-1b").status.error is None
+
+
+def test_a_lost_record_keeps_the_weights_as_the_warning_says(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    from ollama_gitops.reconciler.state import JOURNAL
+
+    path = rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    rig.cycle()
+    assert rig.record("default", "llama3.2-1b").status.owned
+    rig.stop()
+    (rig.state_dir / JOURNAL).write_bytes(b"")  # emptied: which weights it pulled is forgotten
+    with caplog.at_level("WARNING"):
+        rig.start()
+    assert any("change(s) are lost" in r.getMessage() and "will not prune them" in r.getMessage() for r in caplog.records)
+    assert rig.cycle().ok and rig.state("default", "llama3.2-1b") == READY
+    assert rig.ollama.pull_count["llama3.2:1b"] == 1  # found in Ollama, not pulled again
+    rig.work.remove(path)
+    rig.push("remove llama3.2")
+    assert rig.cycle().ok
+    assert "llama3.2:1b" in rig.ollama.installed() and rig.ollama.delete_count == {}
+
+
+def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start(resync_interval=3600)
+    assert rig.cycle().ok
+    rig.ollama.stop()  # between two resyncs: incremental cycles do not list Ollama
+    rig.work.model("default", "gemma3", "1b")
+    rig.push("add gemma3")
+    rig.cycle()  # plans gemma3 against the last listing; its pull is refused
+    record = rig.record("default", "gemma3-1b")
+    assert record.status.state == FAILED and f"Ollama is not reachable at {rig.ollama.url}" in record.status.error
+    for _ in range(3):  # long before the next resync and the pull's retry
+        rig.clock.advance(1)
+        report = rig.cycle()
+        assert not report.ok and report.full, report
+        assert f"Ollama is not reachable at {rig.ollama.url}" in report.message
+        assert rig.reconciler.store.sync.last_cycle_outcome == "Failed"
+    rig.ollama.restart()
+    report = rig.cycle()
+    assert report.ok and report.full
+    rig.clock.advance(60)
+    rig.cycle()
+    assert rig.state("default", "gemma3-1b") == READY

@@ -212,3 +212,14 @@ def test_a_standby_replica_takes_over_when_the_leader_dies(env: dict[str, str], 
                 if process is not None and process.poll() is None:
                     process.send_signal(signal.SIGTERM)
                     process.wait(timeout=30)
+
+
+def test_a_garbage_sync_json_is_reported_by_name_and_start_up_goes_on(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path) -> None:
+    assert run(["reconcile", "--once"], env).returncode == 0
+    sync = tmp_path / "state" / "sync.json"
+    sync.write_text(sync.read_text()[:100])  # cut short, as a full disk leaves it
+    result = run(["reconcile", "--once"], env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{sync} is unreadable" in result.stderr and "starting with a fresh sync summary" in result.stderr
+    assert json.loads(sync.read_text())["last_cycle_outcome"] == "Succeeded"

@@ -243,3 +243,17 @@ def test_watch_redraws_until_the_pulls_end_then_exits_0(api: ApiRig) -> None:
     assert len(frames) >= 2, "no frame after the first"
     assert {row[1] for row in rows("NAME " + frames[-1]).values()} == {"Ready"}
     assert reconciler.pulls.wait(timeout=10)
+
+
+def test_a_failed_last_cycle_exits_1(ready_rig: ApiRig) -> None:
+    ready_rig.ollama.stop()
+    ready_rig.work.model("default", "phi3", "mini")
+    ready_rig.work.commit("add phi3")
+    ready_rig.work.push()
+    reconciler = ready_rig.running.service.reconciler
+    reconciler.run_cycle()  # an incremental cycle: phi3's pull is refused, Ollama is not reachable
+    assert reconciler.pulls.wait(timeout=30)
+    assert not reconciler.run_cycle().ok  # the next one lists Ollama, and fails
+    result = status(ready_rig.url)
+    assert result.returncode == 1, result.stdout
+    assert "sync: Failed at" in result.stdout and f"Ollama is not reachable at {ready_rig.ollama.url}" in result.stdout

@@ -78,3 +78,31 @@ def test_installed_console_command_runs_validate(tmp_path: Path) -> None:
     (repo / "models/default/gemma3-1b.yaml").write_text("name: gemma3\n")
     bad = subprocess.run([command, "validate", str(repo)], capture_output=True, text=True)
     assert bad.returncode == 1 and "missing required field 'tag'" in bad.stdout
+
+
+def test_deeply_nested_file_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    depth = 900  # every depth is checked through the loaders in test_desired.py
+    command = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent))
+    assert command
+    (tmp_path / "models/default").mkdir(parents=True)
+    (tmp_path / "models/default/x-1.yaml").write_text("name: x\ntag: '1'\nlabels: " + "[" * depth + "]" * depth + "\n")
+    result = subprocess.run([command, "validate", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith(f"{tmp_path}/models/default/x-1.yaml:3: mappings and lists are nested more than")
+
+
+def test_submodules_and_symlinks_under_models_are_reported_with_their_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    (tmp_path / "models/default").mkdir(parents=True)
+    (tmp_path / "models/default/llama3.2-1b.yaml").write_text("name: llama3.2\ntag: 1b\n")
+    os.symlink("llama3.2-1b.yaml", tmp_path / "models/default/gemma3-1b.yaml")
+    os.symlink("default", tmp_path / "models/team-a")
+    (tmp_path / "models/vendor").mkdir()
+    (tmp_path / "models/vendor/.git").write_text("gitdir: ../../.git/modules/vendor\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["validate"], capsys)
+    assert code == 1
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["models/default/gemma3-1b.yaml", "models/team-a", "models/vendor"]
+    assert "not symbolic links" in lines[0] and "not a symbolic link" in lines[1] and "not a Git submodule" in lines[2]

@@ -82,11 +82,12 @@ def plan_resources(
                 actions.append(ApplyResource(key, body, "new in Git" if key not in resources else "missing"))
             elif not matches(resource, body):
                 actions.append(ApplyResource(key, body, "differs from Git"))
-        elif key in desired.unreadable:
-            actions.append(LeaveResource(key, "model file is invalid; the resource stays as it was"))
+        elif desired.is_unreadable(key):
+            actions.append(LeaveResource(key, "model file is invalid; the resource stays as it was"
+                                         if key in desired.unreadable else "its namespace folder (or models/) cannot be read; the resource stays as it was"))
         elif resource is not None and not resource.deleting:
             removals.append(DeleteResource(key, "file removed from Git"))
-    if removals and not allow_empty and not desired.models and not desired.unreadable:
+    if removals and not allow_empty and not desired.models and not desired.any_unreadable:
         refused = (f"commit {(desired.commit or '')[:12]} would remove all {len(removals)} resources; "
                    "refusing to prune to zero without --allow-empty")
         return ResourcePlan(tuple(actions), refused)

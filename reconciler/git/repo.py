@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import git
@@ -21,6 +22,8 @@ from .credentials import GitCredentials
 log = logging.getLogger("ollama_gitops.git")
 
 __all__ = ["GIT_TIMEOUT", "BranchMissing", "GitCredentials", "GitError", "GitRepo", "redact"]
+
+log = logging.getLogger("ollama_gitops.git")
 
 GIT_TIMEOUT = 120.0  # seconds; a remote that hangs must not hang the reconciler
 
@@ -58,18 +61,80 @@ class GitRepo:
         self.branch = branch
         self.path = path
         self._repo: git.Repo | None = None
+        self.generation = 0  # bumped each time a broken clone is set aside and started again
         # Fetches and pushes both move the tracking ref; git refuses concurrent ref updates.
         self.lock = threading.RLock()
 
     @property
     def repo(self) -> git.Repo:
+        """The clone, opened (created, or set aside and created again, see `repair`) on first use.
+
+        Replaced when the clone is repaired: `generation` tells holders of the old one to open it again.
+        """
         if self._repo is None:
-            if not (self.path / "HEAD").exists():
-                self.path.mkdir(parents=True, exist_ok=True)
-                git.Repo.init(str(self.path), bare=True)
-            self._repo = git.Repo(str(self.path))
-            self._set_origin()
+            with self.lock:
+                if self._repo is None:
+                    self._repo = self._open()
         return self._repo
+
+    def _open(self) -> git.Repo:
+        if self.path.exists() and any(self.path.iterdir()):
+            problem = self._problem()
+            if problem is not None:
+                self._set_aside(problem)
+        if not (self.path / "HEAD").exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            git.Repo.init(str(self.path), bare=True)
+        repo = git.Repo(str(self.path))
+        _set_origin(repo, self.url)
+        return repo
+
+    def _problem(self) -> str | None:
+        """Why git cannot open the clone (a damaged HEAD or config, say), or None when it can."""
+        try:
+            result = subprocess.run(["git", "--git-dir", str(self.path), "rev-parse", "--is-bare-repository"],
+                                    capture_output=True, timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            return None  # slow, not broken: leave it to the command that needs it
+        if result.returncode == 0:
+            return None
+        output = result.stderr.decode("utf-8", "replace").strip() or f"exit code {result.returncode}"
+        return redact(output, self.credentials.secrets())
+
+    def repair(self) -> bool:
+        """If git cannot open the clone, set it aside and start a new one; returns whether it did.
+
+        The clone is only a cache of the remote, so nothing is lost: the next fetch fills it again.
+        """
+        with self.lock:
+            problem = self._problem() if self.path.exists() else None
+            if problem is None:
+                return False
+            self._set_aside(problem)
+            return True
+
+    def _set_aside(self, problem: str) -> None:
+        if self._repo is not None:
+            self._repo.close()  # its cat-file processes still read the old directory
+            self._repo = None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
+        suffix = 1
+        while aside.exists():
+            suffix += 1
+            aside = self.path.with_name(f"{self.path.name}.broken-{stamp}-{suffix}")
+        self.path.rename(aside)
+        self.generation += 1
+        log.warning("action=clone-repaired clone=%s problem=%r: git cannot open the private clone; set it aside "
+                    "as %s and cloning again from %s (remove the old one once looked at)",
+                    self.path, problem, aside.name, self.display_url)
+
+    def close(self) -> None:
+        """Stop GitPython's helper processes on the clone (it is opened again if used after)."""
+        with self.lock:
+            if self._repo is not None:
+                self._repo.close()
+                self._repo = None
 
     @property
     def tracking_ref(self) -> str:
@@ -88,16 +153,27 @@ class GitRepo:
         """
         refspec = f"+refs/heads/{self.branch}:{self.tracking_ref}"
         with self.lock:
-            shallow = ["--depth=1"] if not self.has_fetched() else []
             try:
-                self.run("fetch", "--quiet", "--no-tags", *shallow, "origin", refspec,
-                         action=f"fetch branch {self.branch!r} from {self.display_url}")
-            except GitError as exc:
-                if _NO_REMOTE_REF.search(str(exc)):
-                    raise BranchMissing(f"the branch {self.branch!r} is not in the remote repository "
-                                        f"{self.display_url} (deleted, or not created yet)") from None
+                return self._fetch(refspec)
+            except BranchMissing:
                 raise
-            return self.head()
+            except GitError:
+                # A clone git cannot open fails every fetch: repair it and fetch again, once.
+                if not self.repair():
+                    raise
+                return self._fetch(refspec)
+
+    def _fetch(self, refspec: str) -> str:
+        shallow = ["--depth=1"] if not self.has_fetched() else []
+        try:
+            self.run("fetch", "--quiet", "--no-tags", *shallow, "origin", refspec,
+                     action=f"fetch branch {self.branch!r} from {self.display_url}")
+        except GitError as exc:
+            if _NO_REMOTE_REF.search(str(exc)):
+                raise BranchMissing(f"the branch {self.branch!r} is not in the remote repository "
+                                    f"{self.display_url} (deleted, or not created yet)") from None
+            raise
+        return self.head()
 
     def push(self, commit: str, expected: str) -> bool:
         """Push `commit` as the new head of the branch, only if the remote's head is still `expected`.
@@ -154,10 +230,10 @@ class GitRepo:
             raise GitError(redact(f"could not {action}: {detail}", self.credentials.secrets()))
         return result.stdout.decode("utf-8", "replace").strip()
 
-    def _set_origin(self) -> None:
-        assert self._repo is not None
-        names = [r.name for r in self._repo.remotes]
-        if "origin" not in names:
-            self._repo.create_remote("origin", self.url)
-        elif self._repo.remotes.origin.url != self.url:
-            self._repo.remotes.origin.set_url(self.url)
+
+def _set_origin(repo: git.Repo, url: str) -> None:
+    names = [r.name for r in repo.remotes]
+    if "origin" not in names:
+        repo.create_remote("origin", url)
+    elif repo.remotes.origin.url != url:
+        repo.remotes.origin.set_url(url)

@@ -28,7 +28,7 @@ from gitdb.base import IStream
 
 from .. import metrics
 from ..models import modelfile, naming
-from ..models.desired import MODELS_DIR, MODEL_SUFFIXES
+from ..models.desired import MODELS_DIR, MODEL_SUFFIXES, special_kind
 from .repo import BranchMissing, GitError, GitRepo
 from ..models.modelfile import ModelFields
 
@@ -101,12 +101,22 @@ class ModelWriter:
         self.author = author
         self.attempts = attempts
         self._on_written = on_written
-        # Its own handle on the clone: GitPython's object reader is one `git cat-file` pipe per
-        # handle, and the API's request threads read through the other handle at the same time.
-        self._git = git.Repo(repo.repo.git_dir)  # (touching repo.repo creates the clone first)
+        self._handle: tuple[int, git.Repo] | None = None
         self._queue: queue.Queue[tuple[Change, Future[Written]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="model-writer", daemon=True)
         self._worker.start()
+
+    @property
+    def _git(self) -> git.Repo:
+        # Its own handle on the clone: GitPython's object reader is one `git cat-file` pipe per
+        # handle, and the API's request threads read through the other handle at the same time.
+        # Opened again when the clone was repaired (a new directory under the same name).
+        generation = self.repo.generation
+        if self._handle is None or self._handle[0] != generation:
+            if self._handle is not None:
+                self._handle[1].close()
+            self._handle = (generation, git.Repo(self.repo.repo.git_dir))
+        return self._handle[1]
 
     def write(self, change: Change, timeout: float = 120.0) -> Written:
         """Make `change` and return once it is pushed; raises WriteRejected."""
@@ -120,6 +130,8 @@ class ModelWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._worker.join(timeout=30)
+        if self._handle is not None and not self._worker.is_alive():
+            self._handle[1].close()
 
     # -- the worker ---------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -191,9 +203,13 @@ class ModelWriter:
     def _plan(self, head: str, changes: list[Change]) -> tuple[list[Written | WriteRejected], dict[str, bytes | None]]:
         """Check each change against `head` plus the changes before it; the edits to make, by path."""
         candidates = [f"{MODELS_DIR}/{c.namespace}/{_name_of(c)}{suffix}" for c in changes for suffix in MODEL_SUFFIXES]
-        listing = self.repo.run("ls-tree", "-z", head, "--", *candidates, action="read the branch head")
-        blobs = {path: meta.split()[2] for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)}
-        files = _Files(self._git, blobs)
+        # The folders too: a write must never turn a linked or submodule namespace into a folder.
+        folders = sorted({MODELS_DIR, *(f"{MODELS_DIR}/{c.namespace}" for c in changes)})
+        listing = self.repo.run("ls-tree", "-z", head, "--", *folders, *candidates, action="read the branch head")
+        entries = [(meta.split(), path) for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)]
+        blobs = {path: meta[2] for meta, path in entries if path not in folders}
+        special = {path: kind for meta, path in entries if (kind := special_kind(int(meta[0], 8)))}
+        files = _Files(self._git, blobs, special)
         results: list[Written | WriteRejected] = []
         for change in changes:
             try:
@@ -239,10 +255,21 @@ def bump_refresh(content: bytes, requested_at: str) -> bytes:
 class _Files:
     """The model files of the branch head that a batch touches, with the batch's edits on top."""
 
-    def __init__(self, repo: git.Repo, blobs: dict[str, str]) -> None:
+    def __init__(self, repo: git.Repo, blobs: dict[str, str], special: dict[str, str]) -> None:
         self._repo = repo
         self._blobs = blobs
+        self._special = special  # entries that are neither folders nor regular files, by path
         self.edits: dict[str, bytes | None] = {}
+
+    def refuse_special(self, namespace: str, path: str | None) -> None:
+        """Refuse (409) a change through `models/`, the namespace folder or the file when one of them
+        is a symbolic link or submodule: the reconciler keeps their models as they were, and a
+        write would replace what it cannot see."""
+        for where in (MODELS_DIR, f"{MODELS_DIR}/{namespace}", path):
+            kind = self._special.get(where) if where is not None else None
+            if kind is not None:
+                raise WriteRejected(409, f"{where} is {kind}, not a {'file' if where == path else 'folder'}; "
+                                         "make it one again in Git before changing its models here")
 
     def find(self, namespace: str, name: str) -> str | None:
         for suffix in MODEL_SUFFIXES:
@@ -264,14 +291,17 @@ class _Files:
 def _apply(change: Change, files: _Files) -> Written:
     if isinstance(change, CreateModel):
         name = _name_of(change)
+        files.refuse_special(change.namespace, None)
         if files.find(change.namespace, name) is not None:
             raise WriteRejected(409, f"model already exists: {name}")
         path = f"{MODELS_DIR}/{change.namespace}/{name}.yaml"
         files.edits[path] = modelfile.render(change.fields)
         return Written("", path, change.fields)
+    files.refuse_special(change.namespace, None)
     path = files.find(change.namespace, change.name)
     if path is None:
         raise WriteRejected(404, f"model not found: {change.name}")
+    files.refuse_special(change.namespace, path)
     content = files.read(path)
     current = modelfile.parse(content)
     if isinstance(change, DeleteModel):

@@ -75,14 +75,50 @@ class DesiredState:
     """The models a commit asks for, and the problems that kept files out.
 
     `unreadable` holds the keys of model files that exist but could not be used (broken YAML, schema
-    errors, a name that does not match the file, duplicates): whoever acts on this state must keep
-    the last good version of those models rather than treat them as removed.
+    errors, a name that does not match the file, duplicates, a submodule or symbolic link in the
+    file's place); `unreadable_namespaces` the namespaces whose folder is not a folder (a submodule
+    or link in its place), and `all_unreadable` says `models/` itself is not one. Whoever acts on
+    this state must keep the last good version of every model `is_unreadable` names, rather than
+    treat it as removed.
     """
 
     commit: str | None
     models: Mapping[ModelKey, DesiredModel]
     problems: tuple[Problem, ...]
     unreadable: frozenset[ModelKey] = frozenset()
+    unreadable_namespaces: frozenset[str] = frozenset()
+    all_unreadable: bool = False
+
+    def is_unreadable(self, key: ModelKey) -> bool:
+        """Is `key`'s model kept at its last good version because what stands for it cannot be read?"""
+        return key not in self.models and (
+            key in self.unreadable or key.namespace in self.unreadable_namespaces or self.all_unreadable)
+
+    @property
+    def any_unreadable(self) -> bool:
+        """Could anything that may stand for a model not be read?"""
+        return bool(self.unreadable or self.unreadable_namespaces or self.all_unreadable)
+
+    def namespace_unreadable(self, namespace: str) -> bool:
+        """Is the whole namespace kept as it was (its folder, or `models/`, cannot be read)?"""
+        return self.all_unreadable or namespace in self.unreadable_namespaces
+
+    def problem_of(self, key: ModelKey, path: str) -> Problem | None:
+        """The problem that keeps `key`'s model (last read from `path`) unreadable: its file's, its
+        namespace folder's or `models/`'s."""
+        for where in (path, f"{MODELS_DIR}/{key.namespace}", MODELS_DIR):
+            for problem in self.problems:
+                if problem.path == where:
+                    return problem
+        return None
+
+    def kept_reason(self, key: ModelKey, path: str) -> str:
+        """The error a kept model shows: why what stands for it (last read from `path`) cannot be read."""
+        problem = self.problem_of(key, path)
+        if problem is None or problem.path == path:
+            detail = problem.message if problem is not None else "see problems"
+            return f"model file is invalid, keeping the last good version: {detail}"
+        return str(problem)  # its namespace folder or models/ itself; the message says the model is kept
 
     def in_namespace(self, namespace: str) -> list[DesiredModel]:
         """The models of one namespace, ordered by name."""
@@ -94,7 +130,7 @@ class _SourceFile:
     path: str  # relative to the repository root, with '/'
     blob: str
     read: Callable[[], bytes]
-    symlink: bool = False
+    special: str | None = None  # what the entry is when not a regular file ("a symbolic link"...): never read
 
 
 class _Entry(NamedTuple):
@@ -108,6 +144,15 @@ class _Entry(NamedTuple):
 
 
 _TREE_MODE, _LINK_MODE, _SUBMODULE_MODE = 0o040000, 0o120000, 0o160000
+_SPECIAL_KINDS = {_LINK_MODE: ("a symbolic link", "symbolic links"), _SUBMODULE_MODE: ("a Git submodule", "Git submodules")}
+
+
+def special_kind(mode: int) -> str | None:
+    """What a tree entry of `mode` is when it is neither a folder nor a regular file ("a symbolic
+    link", "a Git submodule"...); None when it is one."""
+    if mode == _TREE_MODE or mode & 0o170000 == 0o100000:
+        return None
+    return _SPECIAL_KINDS.get(mode, (f"an entry of mode {mode:o}",))[0]
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -120,7 +165,7 @@ class _Listed(NamedTuple):
     mode: int
 
     def source(self, loader: GitLoader) -> _SourceFile:
-        return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), self.mode == _LINK_MODE)
+        return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), special_kind(self.mode))
 
 
 @dataclass(frozen=True)
@@ -170,12 +215,24 @@ class GitLoader:
         """The desired state at `commit` (a full SHA, or any revision GitPython resolves)."""
         self.stats.loads += 1
         root = self._commit(commit).tree
-        models_entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR and e.is_tree]
+        models_entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR]
         used: dict[tuple[str, str], _Namespace] = {}
         problems: list[Problem] = []
         listed: dict[tuple[str, str], list[_Listed]] = {}
-        for entry in self._entries(models_entries[0].binsha) if models_entries else []:
-            if entry.is_tree:
+        unreadable_namespaces: set[str] = set()
+        all_unreadable = False
+        models_tree = None
+        if models_entries and models_entries[0].is_tree:
+            models_tree = models_entries[0].binsha
+        elif models_entries:
+            kind = special_kind(models_entries[0].mode) or "a file"
+            problems.append(_models_not_a_folder(kind))
+            all_unreadable = True
+        for entry in self._entries(models_tree) if models_tree else []:
+            kind = special_kind(entry.mode)
+            if kind is not None:
+                problems.append(_special_entry(f"{MODELS_DIR}/{entry.name}", kind, unreadable_namespaces))
+            elif entry.is_tree:
                 cache_key = (entry.name, entry.binsha.hex())
                 namespace = self._namespaces.get(cache_key)
                 if namespace is None:
@@ -190,7 +247,7 @@ class GitLoader:
         checked = self._files_checked
         fresh = {k: [f.source(self) for f in files if (f.path, f.blob) not in checked] for k, files in listed.items()}
         # One pipelined read for every new blob of every changed namespace.
-        self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed])
+        self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed and not f.special])
         for cache_key, files in listed.items():
             results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
             by_path = {r.path: r for r in results}
@@ -202,7 +259,7 @@ class GitLoader:
         live_blobs = {r.blob for r in self._files_checked.values()}
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
         self._prefetched.clear()
-        state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems)
+        state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
         # What was just loaded lives until the next commit. Moving it out of the cyclic garbage
         # collector's generations keeps full collections from re-scanning it (with ten thousand
         # models they took 100-250 ms each); being acyclic, it is still freed by reference counting.
@@ -219,12 +276,13 @@ class GitLoader:
         return _tree_entries(self._repo.odb.stream(binsha).read())
 
     def _files(self, binsha: bytes, prefix: str) -> list[_Listed]:
-        """Model files under a tree, recursively (deeper ones are reported, not loaded)."""
+        """Model files under a tree, recursively (deeper ones are reported, not loaded), and every
+        entry that is neither a folder nor a regular file (reported, never read)."""
         files = []
         for entry in self._entries(binsha):
             if entry.mode == _TREE_MODE:
                 files.extend(self._files(entry.binsha, f"{prefix}/{entry.name}"))
-            elif entry.mode != _SUBMODULE_MODE and entry.name.endswith(MODEL_SUFFIXES):
+            elif entry.name.endswith(MODEL_SUFFIXES) or special_kind(entry.mode) is not None:
                 files.append(_Listed(f"{prefix}/{entry.name}", entry.binsha.hex(), entry.binsha, entry.mode))
         return files
 
@@ -260,29 +318,56 @@ def load_directory(root: str | os.PathLike[str]) -> DesiredState:
     models_dir = root / MODELS_DIR
     namespaces: list[_Namespace] = []
     problems: list[Problem] = []
-    if models_dir.is_dir():
+    unreadable_namespaces: set[str] = set()
+    root_kind = _path_kind(models_dir) if models_dir.exists() or models_dir.is_symlink() else None
+    if root_kind is None and models_dir.is_file():
+        root_kind = "a file"
+    if root_kind is not None:
+        problems.append(_models_not_a_folder(root_kind))
+    elif models_dir.is_dir():
         for entry in sorted(models_dir.iterdir()):
             relative = entry.relative_to(root).as_posix()
-            if entry.is_dir() and not entry.is_symlink():
+            kind = _path_kind(entry)
+            if kind is not None:
+                problems.append(_special_entry(relative, kind, unreadable_namespaces))
+            elif entry.is_dir():
                 files = _directory_files(root, entry)
                 namespaces.append(_assemble_namespace(_load_namespace(entry.name, files, _read_and_parse)))
             elif _is_model_file(entry.name):
                 problems.append(_misplaced(relative))
-    return _merge(None, namespaces, problems)
+    return _merge(None, namespaces, problems, unreadable_namespaces, root_kind is not None)
+
+
+def _path_kind(path: Path) -> str | None:
+    """What a path in a checkout is when it is neither a folder nor a regular file; None when it is one.
+
+    A checked-out submodule is a folder with a `.git` of its own (a file, or a folder).
+    """
+    if path.is_symlink():
+        return "a symbolic link"
+    if path.is_dir():
+        return "a Git submodule" if (path / ".git").exists() else None
+    return None if path.is_file() else "neither a regular file nor a folder"
 
 
 def _directory_files(root: Path, namespace_dir: Path) -> Iterator[_SourceFile]:
     for dirpath, dirnames, filenames in os.walk(namespace_dir):
         dirnames.sort()
-        for filename in sorted(filenames):
-            if not _is_model_file(filename):
+        entries = sorted([(name, True) for name in dirnames] + [(name, False) for name in filenames])
+        dirnames.clear()
+        for name, is_dir in entries:
+            path = Path(dirpath) / name
+            kind = _path_kind(path)
+            if is_dir and kind is None:
+                dirnames.append(name)  # walk into it (os.walk never follows a linked folder)
                 continue
-            file = Path(dirpath) / filename
+            if kind is None and not _is_model_file(name):
+                continue
             yield _SourceFile(
-                path=file.relative_to(root).as_posix(),
+                path=path.relative_to(root).as_posix(),
                 blob=git.Blob.NULL_HEX_SHA,
-                read=_file_reader(file),
-                symlink=file.is_symlink(),
+                read=_file_reader(path),
+                special=kind,
             )
 
 
@@ -293,6 +378,12 @@ def _load_namespace(
     namespace_error = naming.dns1123_label_error(namespace)
     results = []
     for file in files:
+        name = file.path.rpartition("/")[2]
+        if file.special is not None and (file.path.count("/") != 2 or not _is_model_file(name)):
+            problem = Problem(file.path, None, f"{file.special} is not allowed under {MODELS_DIR}/: only model files "
+                                               "and namespace folders belong there; remove it")
+            results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
+            continue
         if file.path.count("/") != 2:
             results.append(_FileResult(file.path, file.blob, None, None, (_too_deep(file.path),)))
             continue
@@ -300,9 +391,10 @@ def _load_namespace(
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
             results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
             continue
-        claimed = ModelKey(namespace, file.path.rpartition("/")[2].rpartition(".")[0])
-        if file.symlink:
-            problem = Problem(file.path, None, "model files must be regular files, not symbolic links")
+        claimed = ModelKey(namespace, name.rpartition(".")[0])
+        if file.special is not None:
+            plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
+            problem = Problem(file.path, None, f"model files must be regular files, not {plural}")
             results.append(_FileResult(file.path, file.blob, None, claimed, (problem,)))
             continue
         results.append(_check_file(file, claimed, parse(file)))
@@ -356,7 +448,8 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
     return _Namespace(models, tuple(problems), frozenset(unreadable), results)
 
 
-def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem]) -> DesiredState:
+def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem],
+           unreadable_namespaces: set[str], all_unreadable: bool) -> DesiredState:
     """Join namespaces (in name order, so models stay sorted) into one desired state."""
     models: dict[ModelKey, DesiredModel] = {}
     unreadable: set[ModelKey] = set()
@@ -364,7 +457,8 @@ def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Prob
         models.update(namespace.models)
         unreadable.update(namespace.unreadable)
         problems.extend(namespace.problems)
-    return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable))
+    return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable),
+                        unreadable_namespaces=frozenset(unreadable_namespaces), all_unreadable=all_unreadable)
 
 
 _TREE_ENTRY = re.compile(rb"([0-7]+) ([^\0]*)\0(.{20})", re.DOTALL)
@@ -428,6 +522,25 @@ def _file_reader(file: Path) -> Callable[[], bytes]:
 
 def _is_model_file(name: str) -> bool:
     return name.endswith(MODEL_SUFFIXES)
+
+
+def _models_not_a_folder(kind: str) -> Problem:
+    return Problem(MODELS_DIR, None, f"{MODELS_DIR} is {kind}, not a folder: nothing in it can be read, so every "
+                                     "model keeps its last good version; make it a folder of namespace folders again")
+
+
+def _special_entry(path: str, kind: str, unreadable_namespaces: set[str]) -> Problem:
+    """A problem for an entry directly under models/ that is neither a folder nor a regular file.
+
+    It may stand for a namespace folder (a submodule or link in its place): the namespace's
+    recorded models are then kept, as a broken file's model is.
+    """
+    name = PurePosixPath(path).name
+    if naming.dns1123_label_error(name) is None:
+        unreadable_namespaces.add(name)
+        return Problem(path, None, f"namespace folders must be folders, not {kind}: the models of namespace "
+                                   f"'{name}' keep their last good version until it is a folder again")
+    return Problem(path, None, f"{kind} is not allowed under {MODELS_DIR}/: only namespace folders belong there; remove it")
 
 
 def _misplaced(path: str) -> Problem:

@@ -23,6 +23,16 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 MAX_FILE_BYTES = 64 * 1024
 """Files larger than this are refused before they are parsed: a model file is a few hundred bytes."""
 
+MAX_DEPTH = 16
+"""Deepest nesting of mappings and sequences accepted; a model file needs two (the file, its labels).
+Checked before the file is composed, so that no later step (composing, building values, the schema)
+ever recurses deeply."""
+
+# Every level of nesting opens with one of these characters (a flow mapping or sequence, a block
+# sequence entry, a block mapping's value indicator, an explicit key), so a text with fewer of them
+# than MAX_DEPTH cannot be too deep, and the exact check is skipped for ordinary files.
+_NESTING_INDICATORS = "{[-:?"
+
 MODELINE = "# yaml-language-server: $schema=../../schemas/model.schema.json"
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -129,6 +139,7 @@ def render(fields: ModelFields) -> bytes:
 
 
 def _load_single_document(text: str) -> tuple[Any, dict[Path, int], dict[Path, str]]:
+    _check_depth(text)
     loader = _Loader(text)
     try:
         try:
@@ -153,6 +164,32 @@ def _load_single_document(text: str) -> tuple[Any, dict[Path, int], dict[Path, s
         raise _Reject(f"YAML error: {exc}", None) from None
     finally:
         loader.dispose()
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, reading parser events (iteratively, nothing composed)."""
+    if sum(text.count(c) for c in _NESTING_INDICATORS) < MAX_DEPTH:
+        return
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _too_deep(event.start_mark)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError as exc:
+        # libyaml looks ahead in flow collections and stops at its own limit (1000) first.
+        if isinstance(exc, yaml.MarkedYAMLError) and "nesting depth" in str(exc.problem):
+            raise _too_deep(exc.problem_mark) from None
+        # Any other error: composing reports it, with its line.
+
+
+def _too_deep(mark: Any) -> _Reject:
+    line = _mark_line(mark)
+    return _Reject(f"mappings and lists are nested more than {MAX_DEPTH} levels deep (at line {line}); a model "
+                   "file needs two (its fields, and the labels or annotations in them)", line)
 
 
 class _Builder:

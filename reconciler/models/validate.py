@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,9 +16,10 @@ FORMATS = ("text", "github")
 def validate_checkout(root: str | os.PathLike[str]) -> DesiredState:
     """Load a checkout; a missing `models/` directory is itself a problem (likely the wrong path)."""
     state = load_directory(root)
-    if not (Path(root) / MODELS_DIR).is_dir():
+    models_dir = Path(root) / MODELS_DIR
+    if not models_dir.exists() and not models_dir.is_symlink():  # anything else there is a problem of its own
         missing = Problem(MODELS_DIR, None, f"no {MODELS_DIR}/ directory in {os.fspath(root)!r}; is this a models repository?")
-        state = DesiredState(state.commit, state.models, state.problems + (missing,), state.unreadable)
+        state = dataclasses.replace(state, problems=state.problems + (missing,))
     return state
 
 

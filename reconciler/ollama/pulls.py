@@ -50,6 +50,13 @@ class PullPool:
         self._executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="pull")
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[None]] = {}
+        self._unreachable: str | None = None  # why the last pull that could not reach the server failed
+
+    def take_unreachable(self) -> str | None:
+        """Why a pull found the server unreachable since the last call (None if none did)."""
+        with self._lock:
+            reason, self._unreachable = self._unreachable, None
+            return reason
 
     def in_flight(self) -> frozenset[str]:
         """Normalised references being pulled now."""
@@ -94,7 +101,11 @@ class PullPool:
         try:
             self._server.pull(pull.reference, lambda done, total: self._store.update_progress(pull.keys, done, total))
             installed = self._server.installed().get(reference)
-        except (ModelOperationFailed, ServerUnreachable) as exc:
+        except ServerUnreachable as exc:
+            with self._lock:
+                self._unreachable = str(exc)
+            self._record_failure(pull, str(exc), commit)
+        except ModelOperationFailed as exc:
             self._record_failure(pull, str(exc), commit)
         except Exception as exc:  # a bug or an unexpected client error must not kill the worker silently
             log.exception("unexpected error pulling %s", pull.reference)

@@ -56,6 +56,11 @@ class OllamaServer:
         # A pull streams for as long as the download takes; only a stall should time it out.
         self._pull_client = ollama.Client(host=self.url, timeout=httpx.Timeout(timeout, read=pull_read_timeout))
 
+    def close(self) -> None:
+        """Close the connections to the server."""
+        for client in (self._client, self._http, self._pull_client):
+            client.close()
+
     def installed(self) -> dict[str, InstalledModel]:
         # `/api/tags` is read directly rather than through `Client.list()`: the client validates a
         # pydantic model per entry, which costs 15 times the request itself with ten thousand models.

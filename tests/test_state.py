@@ -1,0 +1,169 @@
+"""The state directory's files when they are damaged: start-up never fails, what can be read is
+kept, and a warning says what was lost, what that means, and where the damaged file is kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ollama_gitops.reconciler.models.desired import ModelKey, Problem
+from ollama_gitops.reconciler.state import (JOURNAL, READY, SNAPSHOT, SYNC, AppliedSpec, ModelRecord, StateStore,
+                                            SyncStatus)
+
+KEYS = [ModelKey("default", f"m{i}-1") for i in range(5)]
+
+
+def populate(directory: Path, *, compact: bool = False) -> StateStore:
+    """A store that pulled five models (each owned and Ready), as a reconciler leaves it."""
+    store = StateStore(directory)
+    store.acquire_process_lock()
+    for key in KEYS:  # two journal lines each: the new record, then the pull's end
+        with store.editing() as edit:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml")))
+        with store.editing() as edit:
+            status = edit.status(key)
+            status.state, status.owned = READY, True
+    if compact:
+        store._compact()
+    store.save_sync(SyncStatus(last_applied_commit="a" * 40, last_cycle_outcome="Succeeded",
+                               problems=(Problem("models/x.yaml", 2, "bad"),)))
+    store.release_process_lock()
+    return store
+
+
+def reopen(directory: Path) -> StateStore:
+    """What a restarted reconciler reads (it takes the lock, reads and mends, and here lets go again)."""
+    store = StateStore(directory)
+    store.acquire_process_lock()
+    store.release_process_lock()
+    return store
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "ollama_gitops.state"]
+
+
+@pytest.mark.parametrize("content", [
+    b'{"version":1,"last_fetched_commit":"abc',  # cut short
+    b"",  # emptied
+    b"\x00\x00\x00garbage\xff",
+    b"[1, 2]",
+    b'{"version":1,"last_cycle_duration":"fast"}',
+    b'{"version":1,"problems":[{"path":1,"line":null,"message":"m"}]}',
+    b'{"version":1,"colour":"red"}',
+])
+def test_a_damaged_sync_json_starts_afresh_naming_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes) -> None:
+    populate(tmp_path)
+    (tmp_path / SYNC).write_bytes(content)
+    with caplog.at_level("WARNING"):
+        store = reopen(tmp_path)
+    assert store.sync == SyncStatus()
+    assert set(store.keys()) == set(KEYS) and all(r.status.owned for r in store.records().values())
+    (line,) = warnings(caplog)
+    assert str(tmp_path / SYNC) in line and "starting with a fresh sync summary" in line
+    assert "no model's record is affected" in line and ".broken-" in line
+    (aside,) = tmp_path.glob(f"{SYNC}.broken-*")
+    assert aside.read_bytes() == content
+    caplog.clear()
+    reopen(tmp_path)
+    assert warnings(caplog) == []  # mended: said once
+
+
+def test_a_garbage_journal_line_is_skipped_and_every_other_line_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    populate(tmp_path)
+    journal = tmp_path / JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 10  # a put and a status change per model
+    lines[3] = lines[3][:40] + b"\xff garbage\n"  # the status change of m1 (Ready, owned)
+    lines[6] = b'{"seq":7,"key":["default","m3-1"],"record":{"spec":{"reference":5,"path":"p"},"status":{}}}\n'
+    journal.write_bytes(b"".join(lines))
+    with caplog.at_level("WARNING"):
+        store = reopen(tmp_path)
+    assert set(store.keys()) == set(KEYS)
+    assert store.record(KEYS[1]).status.owned is False  # its put survived, its Ready-and-owned line did not
+    assert store.record(KEYS[3]).status.owned is True  # the wrong-typed line was skipped; the next one holds
+    assert all(store.record(k).status.owned for k in (KEYS[0], KEYS[2], KEYS[4]))
+    found = warnings(caplog)
+    assert len(found) == 2
+    assert f"{journal} line 4 is unreadable" in found[0] and "the record of default/m1-1 is lost" in found[0]
+    assert "will not prune them" in found[0]
+    assert f"{journal} line 7 is unreadable" in found[1] and "field 'reference' of AppliedSpec must be str" in found[1]
+    assert "the record of default/m3-1 is lost" in found[1]
+    (aside,) = tmp_path.glob(f"{JOURNAL}.broken-*")
+    assert aside.read_bytes() == b"".join(lines)
+    caplog.clear()
+    again = reopen(tmp_path)
+    assert warnings(caplog) == [] and again.records() == store.records()
+
+
+def test_a_torn_last_journal_line_stays_quiet(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    populate(tmp_path)
+    with open(tmp_path / JOURNAL, "ab") as journal:
+        journal.write(b'{"seq":11,"key":["default","torn"],"rec')
+    with caplog.at_level("WARNING"):
+        store = reopen(tmp_path)
+    assert set(store.keys()) == set(KEYS) and warnings(caplog) == []
+    assert list(tmp_path.glob("*.broken-*")) == []
+
+
+@pytest.mark.parametrize("cut", ["emptied", "cut short"])
+def test_an_emptied_or_cut_journal_is_noticed(tmp_path: Path, caplog: pytest.LogCaptureFixture, cut: str) -> None:
+    populate(tmp_path)
+    journal = tmp_path / JOURNAL
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"" if cut == "emptied" else b"".join(lines[:6]))
+    with caplog.at_level("WARNING"):
+        store = reopen(tmp_path)
+    (line,) = warnings(caplog)
+    lost = 10 if cut == "emptied" else 4
+    assert f"{journal} ends at change {10 - lost} but change 10 had been written" in line
+    assert f"the last {lost} change(s) are lost" in line and "will not prune them" in line
+    assert len(store.keys()) == (0 if cut == "emptied" else 3)
+    caplog.clear()
+    reopen(tmp_path)
+    assert warnings(caplog) == []
+
+
+@pytest.mark.parametrize("damage", ["cut short", "emptied", "garbage", "wrong entry"])
+def test_a_damaged_snapshot_keeps_every_readable_record(tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str) -> None:
+    populate(tmp_path, compact=True)
+    snapshot = tmp_path / SNAPSHOT
+    text = snapshot.read_text()
+    assert (tmp_path / JOURNAL).read_text() == ""
+    if damage == "cut short":
+        snapshot.write_text(text[: text.index('["default","m3-1"]') + 5])
+    elif damage == "emptied":
+        snapshot.write_text("")
+    elif damage == "garbage":
+        snapshot.write_bytes(b"\x00" * 64)
+    else:
+        document = json.loads(text)
+        document["models"][2]["record"]["status"]["state"] = "Exploded"
+        snapshot.write_text(json.dumps(document))
+    with caplog.at_level("WARNING"):
+        store = reopen(tmp_path)
+    expected = {"cut short": KEYS[:3], "emptied": [], "garbage": [], "wrong entry": KEYS[:2] + KEYS[3:]}[damage]
+    assert sorted(store.keys()) == expected
+    assert all(store.record(k).status.owned for k in expected)
+    found = warnings(caplog)
+    assert found and all(str(snapshot) in line and "will not prune them" in line for line in found)
+    if damage == "wrong entry":
+        assert "entry 3 is unreadable" in found[0] and "the record of default/m2-1 is lost" in found[0]
+    elif damage == "cut short":
+        assert "3 record(s) recovered" in found[0]
+    caplog.clear()
+    assert sorted(reopen(tmp_path).keys()) == expected and warnings(caplog) == []
+
+
+def test_a_follower_never_fails_on_damaged_files_and_mends_nothing(tmp_path: Path) -> None:
+    populate(tmp_path)
+    (tmp_path / SYNC).write_text("{")
+    with open(tmp_path / JOURNAL, "ab") as journal:
+        journal.write(b"garbage\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    follower = StateStore(tmp_path, readonly=True)
+    assert set(follower.keys()) == set(KEYS) and follower.sync == SyncStatus()
+    assert follower.follow() is False
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before

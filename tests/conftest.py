@@ -69,10 +69,11 @@ def children(request: pytest.FixtureRequest, tmp_path: Path):
 _CHILDREN = pytest.StashKey["Children"]()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A failed test's report ends with the tail of each child's output (the `children` fixture)."""
+    report = yield
     started = item.stash.get(_CHILDREN, None)
     if started is not None and started.started and report.failed:
         report.sections.append((f"children's output ({report.when})", started.report()))
+    return report

@@ -5,11 +5,14 @@ pipes: nobody has to keep reading them, and nothing is lost when a test stops ea
 `children` fixture (tests/conftest.py) stops every child at the end of the test, SIGTERM first and
 SIGKILL after a grace period, and adds the tail of each child's output to the report of a failed
 test. `Child.wait_for` waits on a line of the child's own log, and fails at once, with that log,
-when the child has exited instead.
+when the child has exited instead. Children run with PYTHONFAULTHANDLER=1: one that ignores SIGTERM
+gets SIGABRT before SIGKILL, and a Python child then writes every thread's stack to its stderr, so
+the report says where it was stuck.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -19,8 +22,9 @@ from pathlib import Path
 
 from waiting import eventually
 
-TAIL_LINES = 80  # per stream, in a failure report
+TAIL_LINES = 150  # per stream, in a failure report (enough for a stack dump of a dozen threads)
 STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL when a test ends with a child still running
+DUMP_GRACE = 10.0  # seconds a Python child has to write its threads' stacks after SIGABRT
 
 
 class Child:
@@ -33,9 +37,10 @@ class Child:
         self.stdout_path = directory / f"{name}.stdout"
         self.stderr_path = directory / f"{name}.stderr"
         self.started = time.monotonic()
+        environment = {**(env if env is not None else os.environ), "PYTHONFAULTHANDLER": "1"}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                            env=dict(env) if env is not None else None, cwd=cwd)
+                                            env=environment, cwd=cwd)
 
     @property
     def pid(self) -> int:
@@ -59,6 +64,16 @@ class Child:
             self.process.kill()
         return self.process.wait(timeout=STOP_GRACE)
 
+    def abort(self) -> int:
+        """SIGABRT (a Python child writes its threads' stacks to stderr), then SIGKILL if need be."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                return self.process.wait(timeout=DUMP_GRACE)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.kill()
+
     def wait(self, timeout: float) -> int:
         """The exit code, once it has exited within `timeout` seconds (an AssertionError with the
         child's output otherwise)."""
@@ -68,15 +83,16 @@ class Child:
             raise AssertionError(f"{self.name} still running {timeout:.0f}s later\n{self.tail()}") from None
 
     def terminate(self, timeout: float = STOP_GRACE) -> int:
-        """SIGTERM and the exit code; SIGKILL if it has not exited after `timeout` seconds (then
-        an AssertionError: a process that ignores SIGTERM is a failure)."""
+        """SIGTERM and the exit code; SIGABRT then SIGKILL if it has not exited after `timeout`
+        seconds (and an AssertionError: a process that ignores SIGTERM is a failure)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout:.0f}s and was killed\n{self.tail()}") from None
+            self.abort()
+            raise AssertionError(f"{self.name} ignored SIGTERM for {timeout:.0f}s and was aborted (its stacks are "
+                                 f"at the end of its stderr)\n{self.tail()}") from None
 
     def wait_for(self, pattern: str, timeout: float, *, stream: str = "stderr") -> re.Match[str]:
         """The first match of the regular expression `pattern` in the child's stderr (or stdout),
@@ -142,8 +158,8 @@ class Children:
         return "\n\n".join(child.tail() for child in self.started)
 
     def stop_all(self, grace: float = STOP_GRACE) -> list[str]:
-        """SIGTERM to every child still running, SIGKILL to those still running `grace` seconds
-        later; returns the names of those that had to be killed."""
+        """SIGTERM to every child still running, SIGABRT (then SIGKILL) to those still running
+        `grace` seconds later; returns the names of those that had to be aborted."""
         running = [child for child in self.started if child.process.poll() is None]
         for child in running:
             child.process.send_signal(signal.SIGTERM)
@@ -153,6 +169,6 @@ class Children:
             try:
                 child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
+                child.abort()
                 killed.append(child.name)
         return killed

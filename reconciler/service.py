@@ -149,7 +149,12 @@ def wait_for_signal() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    # Never stop.wait() without a timeout: the kernel gives a process's signal to any of its threads,
+    # and CPython runs the handler only when the main thread next runs Python code, which a main
+    # thread blocked on a lock for good never does (SIGTERM was lost so under load). A timed wait
+    # comes back to Python code every second.
+    while not stop.wait(1.0):
+        pass
 
 
 def run_forever(service: Service, health_listen: tuple[str, int] | None = None) -> int:

@@ -227,3 +227,32 @@ def test_a_standby_replica_takes_over_when_the_leader_dies(env: dict[str, str], 
         assert holder() == identity(second)
         eventually(lambda: state("gemma3-1b") == "Ready", timeout=TAKEOVER, what="gemma3-1b Ready, by replica-b")
         assert second.terminate(timeout=STOP) == 0  # before the API server goes
+
+
+WAIT_FOR_SIGNAL_SCRIPT = '''
+import signal, sys, threading, time
+from ollama_gitops.reconciler.service import wait_for_signal
+
+main = threading.main_thread().ident
+
+def deliver():
+    # Once the main thread is blocked in wait_for_signal, SIGTERM to this thread: Python runs the
+    # handler in the main thread only when that thread runs Python code again.
+    while not (signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+               and sys._current_frames()[main].f_code.co_name == "wait"):
+        time.sleep(0.01)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=deliver, daemon=True).start()
+wait_for_signal()
+print("stopped", flush=True)
+'''
+
+
+def test_sigterm_stops_the_process_whichever_thread_receives_it(children: Children) -> None:
+    """Found under load: `reconcile` blocked in wait_for_signal never handled a SIGTERM (its stacks
+    showed the main thread waiting and every other thread idle). The kernel gives a process's
+    signal to any thread; CPython then runs the handler only when the main thread runs Python code,
+    which a main thread blocked on a lock without a timeout never does."""
+    result = children.run("wait-for-signal", [sys.executable, "-c", WAIT_FOR_SIGNAL_SCRIPT], timeout=60)
+    assert result.returncode == 0 and result.stdout == "stopped\n", result.stderr

@@ -165,16 +165,31 @@ def repository_url(settings: Settings) -> str:
     return settings.repo or str(ensure_default_repo(settings.state_dir, settings.branch))
 
 
-def stop_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT, from now on.
+class StopSignals:
+    """SIGTERM or SIGINT, taken from the moment this is made.
 
-    Taken before anything starts: a signal that arrives while the service is still starting must
+    Made before anything starts: a signal that arrives while the service is still starting must
     stop it gracefully too, not kill the process with the default action.
     """
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self._stop.set())
+
+    def wait(self) -> None:
+        """Block until one of the signals has come."""
+        # Never an untimed wait: the kernel gives a process's signal to any of its threads, and
+        # CPython runs the handler only when the main thread next runs Python code, which a main
+        # thread blocked on a lock for good never does (SIGTERM was lost so under load). A timed
+        # wait comes back to Python code every second.
+        while not self._stop.wait(1.0):
+            pass
+
+
+def stop_signals() -> StopSignals:
+    """Take SIGTERM and SIGINT from now on (see `StopSignals`)."""
+    return StopSignals()
 
 
 def run_forever(service: Service, health_listen: tuple[str, int] | None = None) -> int:

@@ -51,3 +51,29 @@ def api(tmp_path: Path, ollama):
     rig.start()
     yield rig
     rig.stop()
+
+
+@pytest.fixture
+def children(request: pytest.FixtureRequest, tmp_path: Path):
+    """Child processes for the test (tests/processes.py): stopped at its end, their output added to
+    the report when it fails."""
+    from processes import Children
+
+    started = Children(tmp_path / "children")
+    request.node.stash[_CHILDREN] = started
+    yield started
+    killed = started.stop_all()
+    assert not killed, f"ignored SIGTERM and were killed: {killed}\n{started.report()}"
+
+
+_CHILDREN = pytest.StashKey["Children"]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A failed test's report ends with the tail of each child's output (the `children` fixture)."""
+    report = yield
+    started = item.stash.get(_CHILDREN, None)
+    if started is not None and started.started and report.failed:
+        report.sections.append((f"children's output ({report.when})", started.report()))
+    return report

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ import httpx
 from gitrepos import WorkRepo, init_bare
 from ollama_gitops.reconciler.models.modelfile import ModelFields, parse
 from ollama_gitops.reconciler.models.naming import resource_name
+from processes import Children
+from waiting import eventually
 
 API_KEY = "concurrency-key-0123456789"
 CLIENTS = 32
@@ -30,7 +31,7 @@ DELETED = SEEDED[:3]      # deleted through the API (spread over both processes)
 REFRESHED = SEEDED[3:6]   # refreshed through the API
 CONTESTED = ("contested", "7b")  # POSTed to both processes at once
 LISTENING = re.compile(r"API listening on (http://127\.0\.0\.1:\d+)")
-START_DEADLINE = 20.0
+START_DEADLINE = 90.0  # a ceiling for two processes starting at once on a loaded machine
 CLIENT_TIMEOUT = 30.0  # a batch retried 8 times takes ~10 s; an answer this late means the API hangs
 
 
@@ -40,64 +41,40 @@ def _command() -> list[str]:
 
 
 class ApiProcess:
-    """`ollama-gitops api` as a child process; its URL is read from its log."""
+    """`ollama-gitops api` as a child process (tests/processes.py); its URL is read from its log."""
 
-    def __init__(self, remote: Path, state_dir: Path) -> None:
+    def __init__(self, children: Children, name: str, remote: Path, state_dir: Path) -> None:
         env = {**os.environ, "OLLAMA_GITOPS_API_KEY": API_KEY}
-        for name in ("OLLAMA_GITOPS_REPO", "OLLAMA_GITOPS_LISTEN", "OLLAMA_GITOPS_STATE_DIR"):
-            env.pop(name, None)
-        self.process = subprocess.Popen(
-            [*_command(), "api", "--repo", str(remote), "--state-dir", str(state_dir),
-             "--listen", "127.0.0.1:0", "--kubernetes", "off", "--interval", "3600"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        self.log: list[str] = []
+        for variable in ("OLLAMA_GITOPS_REPO", "OLLAMA_GITOPS_LISTEN", "OLLAMA_GITOPS_STATE_DIR"):
+            env.pop(variable, None)
+        self.child = children.start(name, [
+            *_command(), "api", "--repo", str(remote), "--state-dir", str(state_dir),
+            "--listen", "127.0.0.1:0", "--kubernetes", "off", "--interval", "3600"], env=env)
         self.url: str | None = None
-        self._found = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for raw in self.process.stderr:
-            line = raw.decode("utf-8", "replace")
-            self.log.append(line)
-            match = LISTENING.search(line)
-            if match and self.url is None:
-                self.url = match.group(1)
-                self._found.set()
-        self._found.set()  # the process ended: stop waiting
 
     def wait_ready(self, deadline: float) -> str:
-        """The URL once the process listens and answers /readiness 200 (bounded polling)."""
-        assert self._found.wait(max(0.0, deadline - time.monotonic())), "no 'API listening' line:\n" + self.text()
-        assert self.url is not None, f"exited with {self.process.poll()}:\n{self.text()}"
-        while True:
+        """The URL once the process listens and answers /readiness 200."""
+        self.url = self.child.wait_for(LISTENING, timeout=max(0.0, deadline - time.monotonic())).group(1)
+
+        def ready() -> bool:
+            assert self.child.poll() is None, f"exited with {self.child.poll()}:\n{self.text()}"
             try:
-                if httpx.get(f"{self.url}/readiness", timeout=5).status_code == 200:
-                    return self.url
+                return httpx.get(f"{self.url}/readiness", timeout=5).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "never ready:\n" + self.text()
-            assert self.process.poll() is None, f"exited with {self.process.poll()}:\n{self.text()}"
-            time.sleep(0.05)
+                return False
+
+        eventually(ready, timeout=max(0.0, deadline - time.monotonic()), what=f"{self.child.name} /readiness 200")
+        return self.url
 
     def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        self._reader.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        return self.child.terminate(timeout=60)
 
     def push_rejections(self) -> int:
         """Pushes this process had refused because the branch moved, from its log."""
-        return sum("action=push-rejected" in line for line in list(self.log))
+        return self.child.stderr().count("action=push-rejected")
 
     def text(self) -> str:
-        return "".join(self.log[-60:])
+        return self.child.tail(60)
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -168,7 +145,7 @@ class Outcome:
     error: str | None = None
 
 
-def test_32_clients_two_processes_and_an_outside_pusher_lose_nothing(tmp_path: Path) -> None:
+def test_32_clients_two_processes_and_an_outside_pusher_lose_nothing(tmp_path: Path, children: Children) -> None:
     remote = init_bare(tmp_path / "remote.git")
     seed = WorkRepo(tmp_path / "seed", remote=remote)
     for name, tag in SEEDED:
@@ -177,7 +154,7 @@ def test_32_clients_two_processes_and_an_outside_pusher_lose_nothing(tmp_path: P
     seed.commit("seed")
     seed.push()
 
-    processes = [ApiProcess(remote, tmp_path / f"state-{i}") for i in range(2)]
+    processes = [ApiProcess(children, f"api-{i}", remote, tmp_path / f"state-{i}") for i in range(2)]
     pusher: OutsidePusher | None = None
     pusher_thread: threading.Thread | None = None
     try:
@@ -312,13 +289,12 @@ def test_32_clients_two_processes_and_an_outside_pusher_lose_nothing(tmp_path: P
     finally:
         if pusher is not None:
             pusher.stop.set()
-        for process in processes:
-            process.kill()
         if pusher_thread is not None and pusher_thread.is_alive():
             pusher_thread.join(timeout=30)
 
 
-def test_concurrent_refreshes_and_creates_in_one_process_all_answer_and_keep_each_file_its_own(tmp_path: Path) -> None:
+def test_concurrent_refreshes_and_creates_in_one_process_all_answer_and_keep_each_file_its_own(
+        tmp_path: Path, children: Children) -> None:
     """Writes read model files (refresh, delete) while request threads load the new head: each
     answer must come, be a success, and every file must still describe the model its name says."""
     remote = init_bare(tmp_path / "remote.git")
@@ -328,35 +304,32 @@ def test_concurrent_refreshes_and_creates_in_one_process_all_answer_and_keep_eac
         seed.model("default", name, tag)
     seed.commit("seed")
     seed.push()
-    process = ApiProcess(remote, tmp_path / "state")
-    try:
-        url = process.wait_ready(time.monotonic() + START_DEADLINE)
-        answers: list[tuple[str, int | str]] = []
+    process = ApiProcess(children, "api", remote, tmp_path / "state")
+    url = process.wait_ready(time.monotonic() + START_DEADLINE)
+    answers: list[tuple[str, int | str]] = []
 
-        def call(method: str, path: str, body: dict | None) -> None:
-            try:
-                response = httpx.request(method, url + path, json=body, headers={"X-API-Key": API_KEY}, timeout=20)
-                answers.append((f"{method} {path}", response.status_code))
-            except httpx.HTTPError as exc:
-                answers.append((f"{method} {path}", repr(exc)))
+    def call(method: str, path: str, body: dict | None) -> None:
+        try:
+            response = httpx.request(method, url + path, json=body, headers={"X-API-Key": API_KEY}, timeout=20)
+            answers.append((f"{method} {path}", response.status_code))
+        except httpx.HTTPError as exc:
+            answers.append((f"{method} {path}", repr(exc)))
 
-        for round_ in range(2):
-            calls = [("POST", f"/api/v1/models/{resource_name(n, t)}/refresh", None) for n, t in models]
-            calls += [("POST", "/api/v1/models", {"name": f"new{round_}x{i}", "tag": "1b"}) for i in range(len(models))]
-            threads = [threading.Thread(target=call, args=c, daemon=True) for c in calls]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=60)
-            assert not any(thread.is_alive() for thread in threads)
-            failed = [a for a in answers if a[1] not in (201, 202)]
-            assert failed == [], f"round {round_}: {len(failed)} of {len(answers)} failed: {failed[:10]}\n{process.text()}"
+    for round_ in range(2):
+        calls = [("POST", f"/api/v1/models/{resource_name(n, t)}/refresh", None) for n, t in models]
+        calls += [("POST", "/api/v1/models", {"name": f"new{round_}x{i}", "tag": "1b"}) for i in range(len(models))]
+        threads = [threading.Thread(target=call, args=c, daemon=True) for c in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads)
+        failed = [a for a in answers if a[1] not in (201, 202)]
+        assert failed == [], f"round {round_}: {len(failed)} of {len(answers)} failed: {failed[:10]}\n{process.text()}"
 
-        for path in git(remote, "ls-tree", "-r", "--name-only", "main").stdout.split():
-            fields = parse(git(remote, "show", f"main:{path}").stdout.encode())
-            assert isinstance(fields, ModelFields), path
-            assert path == f"models/default/{resource_name(fields.name, fields.tag)}.yaml", \
-                f"{path} now describes {fields.name}:{fields.tag}"
-        assert process.terminate() == 0
-    finally:
-        process.kill()
+    for path in git(remote, "ls-tree", "-r", "--name-only", "main").stdout.split():
+        fields = parse(git(remote, "show", f"main:{path}").stdout.encode())
+        assert isinstance(fields, ModelFields), path
+        assert path == f"models/default/{resource_name(fields.name, fields.tag)}.yaml", \
+            f"{path} now describes {fields.name}:{fields.tag}"
+    assert process.terminate() == 0

@@ -30,6 +30,7 @@ from ollama_gitops.reconciler.git.credentials import PRIVATE_KEY_COPY
 from ollama_gitops.reconciler.git.repo import GitCredentials, GitError, GitRepo
 from ollama_gitops.reconciler.models.modelfile import ModelFields
 from ollama_gitops.reconciler.git.writer import CreateModel, ModelWriter, WriteRejected
+from processes import Children
 from standins.git_http_server import GitHttpServer
 from standins.git_ssh_server import GitSshServer, SshKeyPair, known_hosts_line
 from standins.ollama_server import OllamaStandin
@@ -341,9 +342,9 @@ def cli_env(tmp_path: Path, ollama: OllamaStandin) -> dict[str, str]:
     return environment
 
 
-def dry_run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([COMMAND, "reconcile", "--once", "--dry-run", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+def dry_run(children: Children, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`reconcile --once --dry-run ARGS` to its end; its output is in the report if the test fails."""
+    return children.run("dry-run", [COMMAND, "reconcile", "--once", "--dry-run", *args], env=env, timeout=120)
 
 
 def expected_plan(served: Served) -> list[str]:
@@ -353,9 +354,9 @@ def expected_plan(served: Served) -> list[str]:
 
 def test_cli_dry_run_over_ssh_with_a_secret_mounted_0644(
         sshd: GitSshServer, served: Served, ssh_key: SshKeyPair, known_hosts: Path, cli_env: dict[str, str],
-        tmp_path: Path) -> None:
+        tmp_path: Path, children: Children) -> None:
     ssh_key.private_file.chmod(0o644)
-    result = dry_run(["--repo", sshd.url("models.git"), "--ssh-key-file", str(ssh_key.private_file),
+    result = dry_run(children, ["--repo", sshd.url("models.git"), "--ssh-key-file", str(ssh_key.private_file),
                       "--known-hosts-file", str(known_hosts)], cli_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == expected_plan(served)
@@ -365,23 +366,24 @@ def test_cli_dry_run_over_ssh_with_a_secret_mounted_0644(
 
 @pytest.mark.parametrize("ca_from", ["option", "environment"])
 def test_cli_dry_run_over_https_with_a_token_and_a_private_ca(
-        ca_from: str, https: GitHttpServer, served: Served, cli_env: dict[str, str]) -> None:
+        ca_from: str, https: GitHttpServer, served: Served, cli_env: dict[str, str], children: Children) -> None:
     env = {**cli_env, "OLLAMA_GITOPS_GIT_TOKEN": TOKEN}
     args = ["--repo", https.url("models.git")]
     if ca_from == "option":
         args += ["--git-ca-file", str(https.tls.ca_cert)]
     else:
         env["OLLAMA_GITOPS_GIT_CA_FILE"] = str(https.tls.ca_cert)
-    result = dry_run(args, env)
+    result = dry_run(children, args, env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == expected_plan(served)
     assert https.requests and all(r.authorized for r in https.requests)
     assert_not_shown([result.stdout, result.stderr], token_secrets(TOKEN))
 
 
-def test_cli_wrong_token_exits_non_zero_with_the_reason(https: GitHttpServer, cli_env: dict[str, str]) -> None:
+def test_cli_wrong_token_exits_non_zero_with_the_reason(https: GitHttpServer, cli_env: dict[str, str],
+                                                        children: Children) -> None:
     env = {**cli_env, "OLLAMA_GITOPS_GIT_TOKEN": "not-the-token-0123"}
-    result = dry_run(["--repo", https.url("models.git"), "--git-ca-file", str(https.tls.ca_cert)], env)
+    result = dry_run(children, ["--repo", https.url("models.git"), "--git-ca-file", str(https.tls.ca_cert)], env)
     assert result.returncode != 0
     assert "the server refused the HTTPS token" in result.stdout + result.stderr
     assert_not_shown([result.stdout, result.stderr], token_secrets("not-the-token-0123"))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
 import threading
 from pathlib import Path
 
@@ -12,7 +9,8 @@ import httpx
 
 from ollama_gitops.reconciler.health import Health, HealthServer
 from ollama_gitops.reconciler.scheduler import CycleScheduler
-from test_reconcile_cli import COMMAND, env  # noqa: F401 - the fixture
+from processes import Children
+from test_reconcile_cli import COMMAND, START, STOP, env  # noqa: F401 - the fixture
 from waiting import eventually
 
 
@@ -50,37 +48,22 @@ def test_probes_follow_the_schedule() -> None:
         server.stop()
 
 
-def test_reconcile_serves_probes_and_metrics_and_stops_on_sigterm(env: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
-    process = subprocess.Popen([COMMAND, "reconcile", "--health-listen", "127.0.0.1:0", "--interval", "3600"],
-                               env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        port = None
-        assert process.stderr is not None
-        for line in process.stderr:
-            found = re.search(r"probes and metrics on port (\d+)", line)
-            if found:
-                port = int(found.group(1))
-                break
-        assert port, "the health server never said where it listens"
-        url = f"http://127.0.0.1:{port}"
-        eventually(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=30)
-        assert httpx.get(f"{url}/healthz").text == "ok\n"
-        metrics = httpx.get(f"{url}/metrics")
-        assert metrics.headers["content-type"].startswith("text/plain")
-        assert 'ollama_gitops_models{state="Ready"} 2.0' in metrics.text  # the embedded example's two models
-        assert 'ollama_gitops_reconcile_cycles_total{outcome="succeeded"} 1.0' in metrics.text
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+def test_reconcile_serves_probes_and_metrics_and_stops_on_sigterm(env: dict[str, str], tmp_path: Path,  # noqa: F811
+                                                                 children: Children) -> None:
+    process = children.start("reconcile", [COMMAND, "reconcile", "--health-listen", "127.0.0.1:0", "--interval", "3600"],
+                             env=env)
+    port = int(process.wait_for(r"probes and metrics on port (\d+)", timeout=START).group(1))
+    url = f"http://127.0.0.1:{port}"
+    eventually(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=START, what="/readyz 200")
+    assert httpx.get(f"{url}/healthz").text == "ok\n"
+    metrics = httpx.get(f"{url}/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'ollama_gitops_models{state="Ready"} 2.0' in metrics.text  # the embedded example's two models
+    assert 'ollama_gitops_reconcile_cycles_total{outcome="succeeded"} 1.0' in metrics.text
+    assert process.terminate(timeout=STOP) == 0
 
 
-def test_a_bad_health_address_is_a_clear_error(env: dict[str, str]) -> None:  # noqa: F811
-    result = subprocess.run([COMMAND, "reconcile", "--health-listen", "nowhere"], env=env, capture_output=True,
-                            text=True, timeout=60)
+def test_a_bad_health_address_is_a_clear_error(env: dict[str, str], children: Children) -> None:  # noqa: F811
+    result = children.run("reconcile", [COMMAND, "reconcile", "--health-listen", "nowhere"], env=env, timeout=START)
     assert result.returncode == 2
     assert "--health-listen must be HOST:PORT, got 'nowhere'" in result.stderr

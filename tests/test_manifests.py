@@ -671,13 +671,15 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
             def states() -> dict[str, str]:
                 return {o["metadata"]["name"]: (o.get("status") or {}).get("state") for o in kube.objects()}
 
-            eventually(lambda: states() == {"llama3.2-1b": "Ready", "gemma3-1b": "Ready"}, timeout=30)
-            eventually(lambda: kube.count("update", path_regex=r"/leases/ollama-gitops$") >= 1, timeout=10)
+            eventually(lambda: states() == {"llama3.2-1b": "Ready", "gemma3-1b": "Ready"}, timeout=90,
+                       what="both models Ready")
+            eventually(lambda: kube.count("update", path_regex=r"/leases/ollama-gitops$") >= 1, timeout=90,
+                       what="a renewal of the Lease")
             work.remove(pruned)
             work.commit("prune llama")
             work.push()
             service.request_cycle()
-            eventually(lambda: list(states()) == ["gemma3-1b"], timeout=30)
+            eventually(lambda: list(states()) == ["gemma3-1b"], timeout=90, what="llama3.2-1b pruned")
             assert "llama3.2:1b" not in ollama.installed()
             assert kube.objects()[0]["metadata"]["finalizers"] == [FINALIZER]
             for path in set(probes.values()):  # what the kubelet would ask, at the paths the manifest gives

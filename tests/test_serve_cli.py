@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,13 +11,17 @@ import httpx
 import pytest
 
 from gitrepos import WorkRepo, init_bare
+from processes import Children
 from standins.ollama_server import OllamaStandin
 from waiting import eventually
 
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+LISTENING = r"API listening on (http://\S+)"
+START = 90.0  # ceiling for a process's start and a cycle, on a loaded machine
+STOP = 60.0
 
 
-def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: OllamaStandin) -> None:
+def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: OllamaStandin, children: Children) -> None:
     remote = init_bare(tmp_path / "remote.git")
     work = WorkRepo(tmp_path / "work", remote=remote)
     work.model("default", "llama3.2", "1b")
@@ -28,27 +29,21 @@ def test_serve_reconciles_writes_and_stops_on_sigterm(tmp_path: Path, ollama: Ol
     work.push()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
     env.update({"OLLAMA_GITOPS_API_KEY": "s3cret-key", "HOME": str(tmp_path)})
-    log = tmp_path / "serve.log"
-    with open(log, "w") as stderr:  # a file, not a pipe: nobody has to keep reading it
-        process = subprocess.Popen(
-            [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
-             "--listen", "127.0.0.1:0", "--kubernetes", "off"],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        url = eventually(lambda: (m := re.search(r"API listening on (http://\S+)", log.read_text())) and m.group(1))
-        client = httpx.Client(base_url=url, headers={"X-API-Key": "s3cret-key"}, timeout=30)
-        eventually(lambda: client.get("/readiness").status_code == 200)
-        eventually(lambda: client.get("/api/v1/models/llama3.2-1b").json()["state"] == "Ready")
-        assert client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"}).status_code == 201
-        # The write asked for a cycle at once: no need to wait for the 60-second interval.
-        eventually(lambda: client.get("/api/v1/models/gemma3-1b").json()["state"] == "Ready")
-        assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        assert "secret" not in log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process = children.start("serve", [
+        COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
+        "--listen", "127.0.0.1:0", "--kubernetes", "off"], env=env)
+    url = process.wait_for(LISTENING, timeout=START).group(1)
+    client = httpx.Client(base_url=url, headers={"X-API-Key": "s3cret-key"}, timeout=30)
+    eventually(lambda: client.get("/readiness").status_code == 200, timeout=START, what="/readiness 200")
+    eventually(lambda: client.get("/api/v1/models/llama3.2-1b").json()["state"] == "Ready", timeout=START,
+               what="llama3.2-1b Ready")
+    assert client.post("/api/v1/models", json={"name": "gemma3", "tag": "1b"}).status_code == 201
+    # The write asked for a cycle at once: no need to wait for the 60-second interval.
+    eventually(lambda: client.get("/api/v1/models/gemma3-1b").json()["state"] == "Ready", timeout=START,
+               what="gemma3-1b Ready")
+    assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
+    assert process.terminate(timeout=STOP) == 0
+    assert "secret" not in process.stderr()
 
 
 def test_webhook_secret_from_a_file_or_the_environment(tmp_path: Path, monkeypatch) -> None:
@@ -72,7 +67,8 @@ def test_webhook_secret_from_a_file_or_the_environment(tmp_path: Path, monkeypat
     assert webhook_secret(None) is None
 
 
-def test_serve_takes_a_webhook_and_never_logs_its_secret(tmp_path: Path, ollama: OllamaStandin) -> None:
+def test_serve_takes_a_webhook_and_never_logs_its_secret(tmp_path: Path, ollama: OllamaStandin,
+                                                        children: Children) -> None:
     from webhooks import github
 
     secret = "s3cret-webhook-value"
@@ -84,31 +80,25 @@ def test_serve_takes_a_webhook_and_never_logs_its_secret(tmp_path: Path, ollama:
     (tmp_path / "webhook-secret").write_text(secret + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
     env.update({"HOME": str(tmp_path)})
-    log = tmp_path / "serve.log"
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(
-            [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
-             "--listen", "127.0.0.1:0", "--kubernetes", "off", "--webhook-secret-file", str(tmp_path / "webhook-secret"),
-             "--log-level", "DEBUG"],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        url = eventually(lambda: (m := re.search(r"API listening on (http://\S+)", log.read_text())) and m.group(1))
-        assert "webhooks on" in log.read_text()
-        eventually(lambda: httpx.get(f"{url}/api/v1/models/llama3.2-1b").json().get("state") == "Ready")
-        work.model("default", "gemma3", "1b")
-        work.commit("add gemma3")
-        work.push()
-        wrong = github(str(remote), secret="guess")
-        assert httpx.post(f"{url}/api/v1/webhook", content=wrong.body, headers=wrong.headers).status_code == 401
-        sent = github(str(remote), secret=secret)
-        assert httpx.post(f"{url}/api/v1/webhook", content=sent.body, headers=sent.headers).status_code == 202
-        eventually(lambda: httpx.get(f"{url}/api/v1/models/gemma3-1b").json().get("state") == "Ready")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-        text = log.read_text()
-        assert f"delivery={sent.delivery_id}" in text and "outcome=accepted" in text
-        for value in (secret, sent.headers["X-Hub-Signature-256"][len("sha256="):], wrong.headers["X-Hub-Signature-256"][7:]):
-            assert value not in text
-    finally:
-        if process.poll() is None:
-            process.kill()
+    process = children.start("serve", [
+        COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"), "--ollama-url", ollama.url,
+        "--listen", "127.0.0.1:0", "--kubernetes", "off", "--webhook-secret-file", str(tmp_path / "webhook-secret"),
+        "--log-level", "DEBUG"], env=env)
+    url = process.wait_for(LISTENING, timeout=START).group(1)
+    assert "webhooks on" in process.stderr()
+    eventually(lambda: httpx.get(f"{url}/api/v1/models/llama3.2-1b").json().get("state") == "Ready", timeout=START,
+               what="llama3.2-1b Ready")
+    work.model("default", "gemma3", "1b")
+    work.commit("add gemma3")
+    work.push()
+    wrong = github(str(remote), secret="guess")
+    assert httpx.post(f"{url}/api/v1/webhook", content=wrong.body, headers=wrong.headers).status_code == 401
+    sent = github(str(remote), secret=secret)
+    assert httpx.post(f"{url}/api/v1/webhook", content=sent.body, headers=sent.headers).status_code == 202
+    eventually(lambda: httpx.get(f"{url}/api/v1/models/gemma3-1b").json().get("state") == "Ready", timeout=START,
+               what="gemma3-1b Ready, after the webhook")
+    assert process.terminate(timeout=STOP) == 0
+    text = process.stderr()
+    assert f"delivery={sent.delivery_id}" in text and "outcome=accepted" in text
+    for value in (secret, sent.headers["X-Hub-Signature-256"][len("sha256="):], wrong.headers["X-Hub-Signature-256"][7:]):
+        assert value not in text

@@ -4,18 +4,17 @@ running in-process (real HTTP, a real remote, the stand-in Ollama)."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from apirig import API_KEY, ApiRig
+from processes import Children
 from ollama_gitops.reconciler.models.desired import ModelKey
 
 HEADER = ["NAME", "MODEL", "STATE", "SIZE", "LAST PULL"]
@@ -185,11 +184,11 @@ def test_a_pulling_model_shows_a_progress_bar(api: ApiRig) -> None:
     reconciler = api.running.service.reconciler
     with api.ollama.hold_pulls() as gate:
         reconciler.run_cycle()
-        assert gate.wait_for_pulls(2, timeout=10)
-        _wait_for_progress(api, ["gemma3-1b", "llama3.2-1b"], time.monotonic() + 10)
+        assert gate.wait_for_pulls(2, timeout=30)
+        _wait_for_progress(api, ["gemma3-1b", "llama3.2-1b"], time.monotonic() + 30)
         result = status(api.url)
         models = {m["name"]: m for m in api.client.get("/api/v1/models").json()["items"]}
-    assert reconciler.pulls.wait(timeout=10)
+    assert reconciler.pulls.wait(timeout=30)
     assert result.returncode == 0, result.stderr  # pulling is not unhealthy
     table = rows(result.stdout)
     for name, row in table.items():
@@ -202,47 +201,21 @@ def test_a_pulling_model_shows_a_progress_bar(api: ApiRig) -> None:
         assert bar.group(2) == f"{done * 100:.1f}"
 
 
-def test_watch_redraws_until_the_pulls_end_then_exits_0(api: ApiRig) -> None:
+def test_watch_redraws_until_the_pulls_end_then_exits_0(api: ApiRig, children: Children) -> None:
     reconciler = api.running.service.reconciler
     with api.ollama.hold_pulls() as gate:
         reconciler.run_cycle()
-        assert gate.wait_for_pulls(2, timeout=10)
-        child = subprocess.Popen([*_command(), "status", "--api-url", api.url, "--watch"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=_env(API_KEY))
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def read() -> None:
-            assert child.stdout is not None
-            for line in child.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        try:
-            first: list[str] = []
-            while not any(line.startswith("sync:") for line in first):  # the first frame, drawn while held
-                line = lines.get(timeout=30)
-                assert line is not None, f"exited early: {child.wait(timeout=10)} {child.stderr.read()}"
-                first.append(line)
-            assert {row[1] for row in rows("".join(first)).values()} == {"Pulling"}
-        except BaseException:
-            child.kill()
-            raise
-    try:
-        code = child.wait(timeout=30)  # released: the next frames see the pulls end
-    finally:
-        if child.poll() is None:
-            child.kill()
-    reader.join(timeout=10)
-    rest: list[str] = []
-    while (line := lines.get(timeout=5)) is not None:
-        rest.append(line)
-    assert code == 0, child.stderr.read()
-    frames = "".join(rest).split("NAME ")
+        assert gate.wait_for_pulls(2, timeout=30)
+        child = children.start("status-watch", [*_command(), "status", "--api-url", api.url, "--watch"], env=_env(API_KEY))
+        # The first frame, drawn while the pulls are held, ends with its "sync:" line.
+        first = child.wait_for(r"(?sm)\A.*?^sync:[^\n]*\n", timeout=60, stream="stdout").group(0)
+        assert {row[1] for row in rows(first).values()} == {"Pulling"}
+    code = child.wait(timeout=60)  # released: the next frames see the pulls end
+    assert code == 0, child.stderr()
+    frames = child.stdout()[len(first):].split("NAME ")
     assert len(frames) >= 2, "no frame after the first"
     assert {row[1] for row in rows("NAME " + frames[-1]).values()} == {"Ready"}
-    assert reconciler.pulls.wait(timeout=10)
+    assert reconciler.pulls.wait(timeout=30)
 
 
 def test_a_failed_last_cycle_exits_1(ready_rig: ApiRig) -> None:

@@ -9,8 +9,6 @@ import dataclasses
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from ollama_gitops.api import runtime
 from apirig import settings_for
 from gitrepos import WorkRepo, init_bare
 from ollama_gitops.reconciler.cluster.syncrequest import ANNOTATION, CONFIG_MAP
+from processes import Children
 from standins.kube_apiserver import KubeStandin
 from standins.ollama_server import OllamaStandin
 from waiting import eventually
@@ -31,6 +30,7 @@ from webhooks import SECRET, github
 
 NS = "ops"  # the leader-election namespace, where the ConfigMap lives
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+START = 90.0  # ceiling for a process's start or a cycle on a loaded machine
 CRD = Path(__file__).resolve().parents[1] / "manifests" / "crd" / "ollamamodels.ollama.smithforge.dev.yaml"
 
 
@@ -98,24 +98,22 @@ def test_without_the_config_map_the_api_answers_503_and_with_it_only_patches_it(
 
 
 def test_a_webhook_to_the_api_makes_the_reconciler_in_another_process_apply_the_push(
-        tmp_path: Path, kube: KubeStandin, remote: Path, ollama: OllamaStandin, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, kube: KubeStandin, remote: Path, ollama: OllamaStandin, monkeypatch: pytest.MonkeyPatch,
+        children: Children) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
     env.update({"HOME": str(tmp_path / "home"), "KUBECONFIG": str(kube.write_kubeconfig(tmp_path / "kubeconfig")),
                 "OLLAMA_GITOPS_KUBERNETES": "on", "OLLAMA_GITOPS_REPO": str(remote), "OLLAMA_GITOPS_OLLAMA_URL": ollama.url,
                 "OLLAMA_GITOPS_LEASE_DURATION": "2", "OLLAMA_GITOPS_INTERVAL": "3600",
                 "OLLAMA_GITOPS_LEADER_ELECTION_NAMESPACE": NS})
-    log = tmp_path / "reconcile.log"
-    with open(log, "w") as stderr:
-        reconciler = subprocess.Popen([COMMAND, "reconcile", "--state-dir", str(tmp_path / "reconciler")], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=stderr)
+    reconciler = children.start("reconcile", [COMMAND, "reconcile", "--state-dir", str(tmp_path / "reconciler")], env=env)
     running = None
     try:
         def state(name: str) -> str | None:
             found = [o for o in kube.objects("default") if o["metadata"]["name"] == name]
             return found[0].get("status", {}).get("state") if found else None
 
-        eventually(lambda: state("llama3.2-1b") == "Ready", timeout=60)  # its first cycle, at start
-        eventually(lambda: kube.config_maps(NS))  # created by the reconciler
+        eventually(lambda: state("llama3.2-1b") == "Ready", timeout=START, what="llama3.2-1b Ready")  # its first cycle
+        eventually(lambda: kube.config_maps(NS), timeout=START, what="the reconciler to create its ConfigMap")
         running = start_api(tmp_path, kube, remote, ollama, monkeypatch)
         work = WorkRepo(tmp_path / "pusher", remote=remote)
         work.model("default", "gemma3", "1b")
@@ -124,12 +122,10 @@ def test_a_webhook_to_the_api_makes_the_reconciler_in_another_process_apply_the_
         assert post(running, remote).status_code == 202
         value = kube.config_maps(NS)[0]["metadata"]["annotations"][ANNOTATION]
         # The next scheduled cycle is an hour away: the request is what brings gemma3 in.
-        eventually(lambda: f"action=sync-requested at={value}" in log.read_text(), timeout=30)
-        eventually(lambda: state("gemma3-1b") == "Ready", timeout=30)
+        reconciler.wait_for(f"action=sync-requested at={re.escape(value)}", timeout=START)
+        eventually(lambda: state("gemma3-1b") == "Ready", timeout=START, what="gemma3-1b Ready, after the webhook")
         assert "gemma3:1b" in ollama.installed()
+        assert reconciler.terminate(timeout=START) == 0  # before the API server goes
     finally:
         if running is not None:
             running.stop()
-        if reconciler.poll() is None:
-            reconciler.send_signal(signal.SIGTERM)
-            reconciler.wait(timeout=30)

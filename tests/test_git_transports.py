@@ -344,7 +344,8 @@ def cli_env(tmp_path: Path, ollama: OllamaStandin) -> dict[str, str]:
 
 def dry_run(children: Children, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`reconcile --once --dry-run ARGS` to its end; its output is in the report if the test fails."""
-    return children.run("dry-run", [COMMAND, "reconcile", "--once", "--dry-run", *args], env=env, timeout=120)
+    return children.run(f"dry-run-{len(children.started) + 1}", [COMMAND, "reconcile", "--once", "--dry-run", *args],
+                        env=env, timeout=120)
 
 
 def expected_plan(served: Served) -> list[str]:
@@ -412,9 +413,9 @@ def assert_private(root: Path) -> None:
 
 
 def test_cli_token_in_the_url_works_and_reaches_no_file_log_or_error(
-        https: GitHttpServer, served: Served, cli_env: dict[str, str], tmp_path: Path) -> None:
+        https: GitHttpServer, served: Served, cli_env: dict[str, str], tmp_path: Path, children: Children) -> None:
     url = with_userinfo(https.url("models.git"), "deploy-bot", TOKEN)
-    result = dry_run(["--repo", url, "--git-ca-file", str(https.tls.ca_cert)], cli_env)
+    result = dry_run(children, ["--repo", url, "--git-ca-file", str(https.tls.ca_cert)], cli_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == expected_plan(served)
     assert https.requests and all(r.authorized and r.user == "deploy-bot" for r in https.requests)
@@ -423,21 +424,21 @@ def test_cli_token_in_the_url_works_and_reaches_no_file_log_or_error(
     assert_not_shown([result.stdout, result.stderr], secrets)
     assert_private(tmp_path / "state")
     # A wrong token in the URL: the error says what to check, and shows neither token nor URL user info.
-    wrong = dry_run(["--repo", with_userinfo(https.url("models.git"), "deploy-bot", "wrong-token-0123456789"),
-                     "--git-ca-file", str(https.tls.ca_cert)], cli_env)
+    wrong = dry_run(children, ["--repo", with_userinfo(https.url("models.git"), "deploy-bot", "wrong-token-0123456789"),
+                               "--git-ca-file", str(https.tls.ca_cert)], cli_env)
     assert wrong.returncode != 0 and "the server refused the HTTPS token" in wrong.stdout + wrong.stderr
     assert_not_shown([wrong.stdout, wrong.stderr], token_secrets("wrong-token-0123456789", "deploy-bot"))
 
 
 def test_cli_rewrites_a_clone_whose_config_holds_a_token(
-        https: GitHttpServer, served: Served, cli_env: dict[str, str], tmp_path: Path) -> None:
+        https: GitHttpServer, served: Served, cli_env: dict[str, str], tmp_path: Path, children: Children) -> None:
     url = with_userinfo(https.url("models.git"), "x-access-token", TOKEN)
     old = tmp_path / "state" / "clone.git"  # as an older version left it: the URL as given, 0755/0644
     subprocess.run(["git", "init", "-q", "--bare", str(old)], check=True)
     subprocess.run(["git", "--git-dir", str(old), "remote", "add", "origin", url], check=True)
     (tmp_path / "state").chmod(0o755)
     assert files_holding(tmp_path / "state", [TOKEN]) == ["clone.git/config"]
-    result = dry_run(["--repo", url, "--git-ca-file", str(https.tls.ca_cert)], cli_env)
+    result = dry_run(children, ["--repo", url, "--git-ca-file", str(https.tls.ca_cert)], cli_env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert files_holding(tmp_path / "state", token_secrets(TOKEN)) == []
     assert_private(tmp_path / "state")
@@ -445,7 +446,7 @@ def test_cli_rewrites_a_clone_whose_config_holds_a_token(
 
 @pytest.mark.parametrize("token_from", ["url", "environment", "file"])
 def test_a_token_for_a_plain_http_remote_is_refused_at_start(token_from: str, cli_env: dict[str, str],
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, children: Children) -> None:
     env, args = dict(cli_env), ["--repo", "http://127.0.0.1:9/models.git"]
     if token_from == "url":
         args = ["--repo", f"http://bot:{TOKEN}@127.0.0.1:9/models.git"]
@@ -455,7 +456,8 @@ def test_a_token_for_a_plain_http_remote_is_refused_at_start(token_from: str, cl
         (tmp_path / "token").write_text(TOKEN + "\n")
         args += ["--git-token-file", str(tmp_path / "token")]
     for command in (["reconcile", "--once"], ["serve"], ["api"]):
-        result = subprocess.run([COMMAND, *command, *args], capture_output=True, text=True, env=env, timeout=60)
+        result = children.run(f"{command[0]}-{len(children.started) + 1}", [COMMAND, *command, *args], env=env,
+                              timeout=60)
         assert result.returncode == 2, (command, result.stdout + result.stderr)
         assert result.stderr.count("\n") == 1 and "http://" in result.stderr and "https://" in result.stderr
         assert "in clear" in result.stderr
@@ -463,9 +465,7 @@ def test_a_token_for_a_plain_http_remote_is_refused_at_start(token_from: str, cl
 
 
 def test_serve_with_a_token_in_the_url_keeps_it_out_of_both_clones_and_the_log(
-        https: GitHttpServer, served: Served, ollama: OllamaStandin, tmp_path: Path) -> None:
-    import re
-
+        https: GitHttpServer, served: Served, ollama: OllamaStandin, tmp_path: Path, children: Children) -> None:
     import httpx
 
     from waiting import eventually
@@ -473,27 +473,18 @@ def test_serve_with_a_token_in_the_url_keeps_it_out_of_both_clones_and_the_log(
     url = with_userinfo(https.url("models.git"), "deploy-bot", TOKEN)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_", "GIT_"))}
     env["HOME"] = str(tmp_path / "home")
-    log = tmp_path / "serve.log"
     state = tmp_path / "state"
-    with open(log, "w") as stderr:
-        process = subprocess.Popen(
-            [COMMAND, "serve", "--repo", url, "--git-ca-file", str(https.tls.ca_cert), "--state-dir", str(state),
-             "--ollama-url", ollama.url, "--listen", "127.0.0.1:0", "--kubernetes", "off", "--log-level", "DEBUG"],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        api = eventually(lambda: (m := re.search(r"API listening on (http://\S+)", log.read_text())) and m.group(1),
-                         timeout=60)
-        eventually(lambda: httpx.get(f"{api}/readiness").status_code == 200, timeout=60)
-        created = httpx.post(f"{api}/api/v1/models", json={"name": "phi3", "tag": "mini"}, timeout=60)
-        assert created.status_code == 201, created.text
-        assert git.Repo(served.bare).commit("main").message == "Add model phi3:mini\n"
-        eventually(lambda: (state / "clone.git" / "config").exists(), timeout=60)
-        process.send_signal(__import__("signal").SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    serve = children.start("serve", [COMMAND, "serve", "--repo", url, "--git-ca-file", str(https.tls.ca_cert),
+                                     "--state-dir", str(state), "--ollama-url", ollama.url, "--listen", "127.0.0.1:0",
+                                     "--kubernetes", "off", "--log-level", "DEBUG"], env=env)
+    api = serve.wait_for(r"API listening on (http://\S+)", timeout=90).group(1)
+    eventually(lambda: httpx.get(f"{api}/readiness").status_code == 200, timeout=60, what="serve ready")
+    created = httpx.post(f"{api}/api/v1/models", json={"name": "phi3", "tag": "mini"}, timeout=60)
+    assert created.status_code == 201, created.text
+    assert git.Repo(served.bare).commit("main").message == "Add model phi3:mini\n"
+    eventually(lambda: (state / "clone.git" / "config").exists(), timeout=60, what="the reconciler's clone")
+    assert serve.terminate(timeout=60) == 0
+    log = serve.stderr_path
     secrets = token_secrets(TOKEN, "deploy-bot")
     assert files_holding(state, secrets) == [], log.read_text()
     assert {"api.git", "clone.git"} <= {p.name for p in state.iterdir()}

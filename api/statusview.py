@@ -53,6 +53,8 @@ def render(snapshot: Snapshot) -> str:
                  f" at {sync.get('lastCycleTime') or '-'}"
                  f"; applied {(sync.get('lastAppliedCommit') or '-')[:12]}"
                  f", fetched {(sync.get('lastFetchedCommit') or '-')[:12]}")
+    if sync.get("repository"):
+        lines.append(f"repository: {sync['repository']} (branch {sync.get('branch') or '-'})")
     if sync.get("lastCycleMessage"):
         lines.append(f"      {sync['lastCycleMessage']}")
     for problem in sync.get("problems", []):

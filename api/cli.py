@@ -9,13 +9,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Only what parsing needs: `--help`, `status` and `validate` must not pay for the service, the
+# Kubernetes and Ollama clients, Flask or waitress (tests/test_cli_imports.py); each command imports
+# what it runs.
 from ..reconciler import cli as reconciler_cli
-from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
-from ..reconciler.service import stop_signals
 from ..reconciler.privatedir import PRIVATE_UMASK
-from ..reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
-from ..reconciler.state import StateLocked
-from ..reconciler.git.writer import DEFAULT_AUTHOR
+from ..reconciler.settings import DEFAULT_AUTHOR, ENV_PREFIX, Settings, add_reconciler_options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +100,9 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
+    from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
+    from ..reconciler.service import stop_signals
+    from ..reconciler.state import StateLocked
     from . import runtime
 
     reconciler_cli.configure_logging(args.log_level)

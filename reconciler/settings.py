@@ -13,6 +13,7 @@ import platformdirs
 from .git.repo import GitCredentials
 
 ENV_PREFIX = "OLLAMA_GITOPS_"
+DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"  # of the API's commits (--git-author)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ from ..models.modelfile import ModelFields
 
 log = logging.getLogger("ollama_gitops.writer")
 
-DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"
 _AUTHOR = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
 
 

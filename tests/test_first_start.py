@@ -171,3 +171,31 @@ def test_the_status_names_a_repository_without_its_credentials(tmp_path: Path, o
     assert "repository: https://git.example.com/models.git (branch main)" in text
     repo = GitRepo("https://bot:s3cret@git.example.com/models.git", "main", tmp_path / "clone.git")
     assert repo.display_url == "https://git.example.com/models.git"
+
+
+# -- the process: exit code 2 and one line on stderr ---------------------------------------------------
+
+def test_the_commands_stop_with_exit_code_2_and_one_line(tmp_path: Path, remote: Path, ollama: OllamaStandin) -> None:
+    import os
+    import shutil
+    import sys
+
+    command = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+    env.update({"HOME": str(tmp_path), "OLLAMA_GITOPS_KUBERNETES": "off", "OLLAMA_GITOPS_OLLAMA_URL": ollama.url})
+    state = tmp_path / "state"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            f"127.0.0.1:{port} is already in use": ["serve", "--listen", f"127.0.0.1:{port}"],
+            "no such directory": ["reconcile", "--repo", str(tmp_path / "missing")],
+            "did you mean https?": ["api", "--repo", "htps://example.com/m.git"],
+        }
+        for expected, argv in cases.items():
+            result = subprocess.run([command, *argv, "--state-dir", str(state)], capture_output=True, text=True,
+                                    env=env, timeout=60)
+            assert (result.returncode, result.stderr.count("\n")) == (2, 1), (argv, result.stderr)
+            assert expected in result.stderr and result.stderr.startswith("ollama-gitops: ")
+    assert not state.exists()  # nothing made, nothing seeded

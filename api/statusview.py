@@ -53,10 +53,10 @@ def render(snapshot: Snapshot) -> str:
                  f" at {sync.get('lastCycleTime') or '-'}"
                  f"; applied {(sync.get('lastAppliedCommit') or '-')[:12]}"
                  f", fetched {(sync.get('lastFetchedCommit') or '-')[:12]}")
-    if sync.get("repository"):
-        lines.append(f"repository: {sync['repository']} (branch {sync.get('branch') or '-'})")
     if sync.get("lastCycleMessage"):
         lines.append(f"      {sync['lastCycleMessage']}")
+    if sync.get("repository"):
+        lines.append(f"repository: {sync['repository']} (branch {sync.get('branch') or '-'})")
     for problem in sync.get("problems", []):
         where = f"{problem['path']}:{problem['line']}" if problem.get("line") else problem["path"]
         lines.append(f"problem: {where}: {problem['message']}")

@@ -56,14 +56,24 @@ def test_a_write_to_a_checked_out_branch_says_so_with_the_fix_and_is_not_retried
 
 
 def test_serve_and_api_refuse_a_checked_out_branch_at_start(working: WorkRepo, tmp_path: Path, ollama: OllamaStandin) -> None:
+    import threading
+
     state = tmp_path / "state"
     settings = settings_for(state, str(working.path), ollama.url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    threads = threading.active_count()
     for with_reconciler in (True, False):
         with pytest.raises(service.ConfigurationError) as refused:
-            runtime.start(settings, options(), with_reconciler=with_reconciler, schedules=False)
+            runtime.start(settings, options(f"127.0.0.1:{port}"), with_reconciler=with_reconciler, schedules=False)
         assert "checked out" in str(refused.value) and f"git clone --bare {working.path}" in str(refused.value)
         assert "\n" not in str(refused.value)
     assert not state.exists()
+    # The port bound first is let go again, and its request threads with it.
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
+    assert threading.active_count() == threads
 
 
 def test_reconcile_alone_only_warns_about_a_checked_out_branch(working: WorkRepo, tmp_path: Path, ollama: OllamaStandin,

@@ -140,6 +140,9 @@ def check_repository(settings: Settings, *, serves_writes: bool) -> None:
     problem = check_remote(settings.repo, settings.branch)
     if problem is None:
         return
+    if problem.warning:
+        log.warning("%s", problem.message)
+        return
     if problem.writes_only and not serves_writes:
         log.warning("%s (this command only reads it)", problem.message)
         return

@@ -134,6 +134,20 @@ def test_a_missing_branch_lists_the_branches_there(remote: Path, tmp_path: Path)
         repo.fetch()
 
 
+def test_a_missing_branch_of_a_local_repo_is_warned_about_at_start(remote: Path, tmp_path: Path, ollama: OllamaStandin,
+                                                                   caplog) -> None:
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.commit()
+    work.push("main")
+    work.push("dev")
+    with caplog.at_level(logging.WARNING, logger="ollama_gitops"):
+        running = service.build(settings_for(tmp_path / "state", str(remote), ollama.url, "--branch", "mian"))
+    running.stop()  # it starts: the branch may yet be pushed
+    assert [r.getMessage() for r in caplog.records if "mian" in r.getMessage()] == [
+        f"--repo {remote}: branch 'mian' is not in it; it has: dev, main; cycles fail until it is pushed "
+        "(or choose another with --branch)"]
+
+
 def test_what_git_reads_as_a_local_path() -> None:
     assert is_local("/srv/models.git") and is_local("models") and is_local("./a:b") and is_local("file:///srv/m")
     assert not is_local("git@github.com:acme/models.git") and not is_local("https://h/m.git")

@@ -30,6 +30,7 @@ class RemoteProblem:
 
     message: str
     writes_only: bool = False
+    warning: bool = False  # it may yet become right (a branch not pushed yet): say so, start anyway
 
 
 def is_local(url: str) -> bool:
@@ -108,6 +109,11 @@ def check_remote(url: str, branch: str) -> RemoteProblem | None:
             f"--repo {url} is a working repository with branch {branch!r} checked out, and git refuses "
             f"to push to a checked-out branch, so every write would fail; {checked_out_fix(path)}",
             writes_only=True)
+    heads = _git(path, "for-each-ref", "--format=%(refname:short)", "refs/heads/")
+    if heads is not None and branch not in heads.split():
+        there = f"it has: {', '.join(sorted(heads.split()))}" if heads.split() else "it has no branch yet"
+        return RemoteProblem(f"--repo {url}: branch {branch!r} is not in it; {there}; cycles fail until it is "
+                             "pushed (or choose another with --branch)", warning=True)
     return None
 
 

@@ -14,6 +14,8 @@ from .git.repo import GitCredentials
 
 ENV_PREFIX = "OLLAMA_GITOPS_"
 DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"  # of the API's commits (--git-author)
+# Defaults of the options only the reconciling commands take; `api`, which has none of them, gets these.
+RECONCILING_DEFAULTS = {"resync-interval": "300", "concurrency": "2", "lease-duration": "15"}
 
 
 @dataclass(frozen=True)
@@ -51,16 +53,16 @@ class Settings:
             repo=repo,
             branch=args.branch,
             interval=float(args.interval),
-            resync_interval=float(getattr(args, "resync_interval", 300)),
+            resync_interval=float(getattr(args, "resync_interval", RECONCILING_DEFAULTS["resync-interval"])),
             state_dir=Path(args.state_dir).expanduser(),
             # `api` has no options about Ollama, pulls or the Lease (it uses none): their defaults.
             ollama_url=getattr(args, "ollama_url", None) or _default_ollama_url(),
             kubernetes=args.kubernetes,
-            concurrency=int(getattr(args, "concurrency", 2)),
+            concurrency=int(getattr(args, "concurrency", RECONCILING_DEFAULTS["concurrency"])),
             allow_empty=bool(getattr(args, "allow_empty", False)),
             credentials=credentials,
             leader_election_namespace=args.leader_election_namespace,
-            lease_duration=int(getattr(args, "lease_duration", 15)),
+            lease_duration=int(getattr(args, "lease_duration", RECONCILING_DEFAULTS["lease-duration"])),
         )
 
 
@@ -105,14 +107,16 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
         add_option(parser, f"--{name}", default=_env(name, default), default_text=default_text, help=help,
                    env=(env_name(name),), **kwargs)
 
+    def reconciling(name: str, help: str, **kwargs: object) -> None:
+        if reconciles:
+            option(name, RECONCILING_DEFAULTS[name], RECONCILING_DEFAULTS[name], help, **kwargs)
+
     option("repo", None, "a bare repository in the state directory, seeded with the example models",
            "Git URL or path of the models repository", metavar="URL")
     option("branch", "main", "main", "branch to follow")
     option("interval", "60", "60", "seconds between cycles (for `api`: between fetches of the repository)",
            type=float, metavar="SECONDS")
-    if reconciles:
-        option("resync-interval", "300", "300", "seconds between listings of Ollama to find drift",
-               type=float, metavar="SECONDS")
+    reconciling("resync-interval", "seconds between listings of Ollama to find drift", type=float, metavar="SECONDS")
     option("state-dir", platformdirs.user_state_dir("ollama-gitops"),
            "the per-user state directory (~/.local/state/ollama-gitops on Linux)",
            "where the private clone, the state and the embedded default repository live")
@@ -120,8 +124,7 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
         option("ollama-url", _default_ollama_url(), "$OLLAMA_HOST, else http://localhost:11434", "the Ollama server")
     option("kubernetes", "auto", "auto", "Kubernetes mode; auto is on in a pod or with a kubeconfig "
            "(KUBECONFIG or ~/.kube/config)", choices=("auto", "on", "off"))
-    if reconciles:
-        option("concurrency", "2", "2", "parallel pulls", type=int)
+    reconciling("concurrency", "parallel pulls", type=int)
     option("ssh-key-file", None, "none", "SSH private key for an ssh:// repository")
     option("known-hosts-file", None, "none", "known_hosts for an ssh:// repository (strict host key checking)")
     add_option(parser, "--git-token-file", default=_env("git-token-file", None), default_text="none",
@@ -136,9 +139,8 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
     option("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),
            "$POD_NAMESPACE, else default", "namespace of the Lease that picks the one replica that applies, "
            "and of the ConfigMap ollama-gitops-sync")
-    if reconciles:
-        option("lease-duration", "15", "15", "seconds a leader's Lease lasts without renewal; a standby "
-               "replica takes over after that", type=int, metavar="SECONDS")
+    reconciling("lease-duration", "seconds a leader's Lease lasts without renewal; a standby replica takes "
+                "over after that", type=int, metavar="SECONDS")
     option("log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
 

@@ -198,6 +198,8 @@ def create_app(
             "lastCycleOutcome": sync.last_cycle_outcome,
             "lastCycleMessage": sync.last_cycle_message,
             "gitError": repository.last_error,
+            "repository": repository.repo.display_url,
+            "branch": repository.repo.branch,
             "problems": [{"path": p.path, "line": p.line, "message": p.message}
                          for p in (desired.problems if desired else sync.problems)],
         }, 200)

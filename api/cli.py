@@ -9,60 +9,73 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Only what parsing needs: `--help`, `status` and `validate` must not pay for the service, the
+# Kubernetes and Ollama clients, Flask or waitress (tests/test_cli_imports.py); each command imports
+# what it runs.
 from ..reconciler import cli as reconciler_cli
-from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
-from ..reconciler.service import stop_signals
 from ..reconciler.privatedir import PRIVATE_UMASK
-from ..reconciler.settings import ENV_PREFIX, Settings, add_reconciler_options
-from ..reconciler.state import StateLocked
-from ..reconciler.git.writer import DEFAULT_AUTHOR
+from ..reconciler.settings import DEFAULT_AUTHOR, ENV_PREFIX, Settings, add_option, add_reconciler_options, env_flag
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ollama-gitops` console command; returns the exit code."""
+    parser, _ = build_parser()
+    return reconciler_cli.run(parser, argv)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The whole command line: the reconciler's commands plus `serve`, `api` and `status`."""
     parser, commands = reconciler_cli.build_parser()
     serve = commands.add_parser("serve", help="the reconciler and the API in one process",
                                 description="Reconcile on a schedule and serve the API on port 8082.")
     api = commands.add_parser("api", help="the API alone (with a reconciler run separately)",
                               description="Serve the API; status is read from a reconciler's state directory.")
-    for command, runner in ((serve, _run_serve), (api, _run_api)):
-        add_reconciler_options(command)
+    for command, runner, reconciles in ((serve, _run_serve, True), (api, _run_api, False)):
+        add_reconciler_options(command, reconciles=reconciles)  # `api` pulls nothing and leads nothing
         _add_api_options(command)
         command.set_defaults(run=runner)
     status = commands.add_parser("status", help="show the models, their state and the sync summary",
                                  description="Exit code 1 when a model is Failed or a model file has a problem.")
-    status.add_argument("--api-url", default=os.environ.get(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
-                        help=f"the API (default http://127.0.0.1:8082) [env {ENV_PREFIX}API_URL]")
-    status.add_argument("--api-key-file", default=None, help=f"file holding the API key [env {ENV_PREFIX}API_KEY]")
-    status.add_argument("--namespace", default=None, help="namespace to show (default: the API's)")
-    status.add_argument("--watch", action="store_true", help="keep redrawing while pulls are in flight")
+    env = os.environ.get
+    add_option(status, "--api-url", default=env(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
+               default_text="http://127.0.0.1:8082", help="the API", env=("API_URL",), metavar="URL")
+    _add_api_key_file(status, "none: no key sent")
+    add_option(status, "--namespace", default=None, default_text="the API's", help="namespace to show", metavar="NS")
+    add_option(status, "--watch", action="store_true", default_text="off",
+               help="keep redrawing while pulls are in flight")
     status.set_defaults(run=_run_status)
-    return reconciler_cli.run(parser, argv)
+    return parser, commands
+
+
+def _add_api_key_file(parser: argparse.ArgumentParser, default_text: str) -> None:
+    add_option(parser, "--api-key-file", default=os.environ.get(f"{ENV_PREFIX}API_KEY_FILE"),
+               default_text=default_text, env=("API_KEY_FILE", "API_KEY"),
+               help=f"file holding the API key (or set {ENV_PREFIX}API_KEY to the key itself)")
 
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
     env = os.environ.get
-    parser.add_argument("--listen", default=env(f"{ENV_PREFIX}LISTEN"),
-                        help="HOST:PORT (default 0.0.0.0:8082 with an API key, 127.0.0.1:8082 without) "
-                             f"[env {ENV_PREFIX}LISTEN]")
-    parser.add_argument("--api-key-file", default=env(f"{ENV_PREFIX}API_KEY_FILE"),
-                        help=f"file holding the API key (or set {ENV_PREFIX}API_KEY)")
-    parser.add_argument("--namespace", default=env(f"{ENV_PREFIX}NAMESPACE", "default"),
-                        help=f"namespace when a request names none (default: default) [env {ENV_PREFIX}NAMESPACE]")
-    parser.add_argument("--git-author", default=env(f"{ENV_PREFIX}GIT_AUTHOR", DEFAULT_AUTHOR),
-                        help=f"author of the API's commits, 'Name <email>' [env {ENV_PREFIX}GIT_AUTHOR]")
-    parser.add_argument("--insecure-no-auth", action="store_true",
-                        default=env(f"{ENV_PREFIX}INSECURE_NO_AUTH", "").lower() in ("1", "true", "yes"),
-                        help="allow listening beyond loopback without an API key")
-    parser.add_argument("--threads", type=int, default=int(env(f"{ENV_PREFIX}THREADS", "16")),
-                        help="request threads (default 16)")
-    parser.add_argument("--allowed-host", action="append", default=None, metavar="HOST",
-                        help="a host name clients use to reach the API, answered without an API key besides "
-                             "localhost, 127.0.0.1, [::1] and the listen address ('*': any); repeatable "
-                             f"[env {ENV_PREFIX}ALLOWED_HOSTS, comma-separated]")
-    parser.add_argument("--webhook-secret-file", default=env(f"{ENV_PREFIX}WEBHOOK_SECRET_FILE"),
-                        help="file holding the secret shared with the Git host's webhook; it wins over "
-                             f"{ENV_PREFIX}WEBHOOK_SECRET (without either, POST /api/v1/webhook is off)")
+    add_option(parser, "--listen", default=env(f"{ENV_PREFIX}LISTEN"), metavar="HOST:PORT", env=("LISTEN",),
+               default_text="0.0.0.0:8082 with an API key, 127.0.0.1:8082 without", help="where to serve the API")
+    _add_api_key_file(parser, "none: no authentication")
+    add_option(parser, "--namespace", default=env(f"{ENV_PREFIX}NAMESPACE", "default"), default_text="default",
+               env=("NAMESPACE",), help="namespace when a request names none")
+    add_option(parser, "--git-author", default=env(f"{ENV_PREFIX}GIT_AUTHOR", DEFAULT_AUTHOR), default_text=DEFAULT_AUTHOR,
+               env=("GIT_AUTHOR",), help="author of the API's commits, 'Name <email>'")
+    add_option(parser, "--insecure-no-auth", action="store_true", default=env_flag("insecure-no-auth"),
+               default_text="off", env=("INSECURE_NO_AUTH",),
+               help="allow listening beyond loopback without an API key")
+    add_option(parser, "--threads", type=int, default=int(env(f"{ENV_PREFIX}THREADS", "16")), default_text="16",
+               env=("THREADS",), help="request threads; half of them at most wait on writes")
+    add_option(parser, "--allowed-host", action="append", default=None, metavar="HOST", env=("ALLOWED_HOSTS",),
+               default_text="none",
+               help="a host name clients use to reach the API, answered without an API key besides "
+                    "localhost, 127.0.0.1, [::1] and the listen address ('*': any); repeatable "
+                    "(the environment variable: comma-separated)")
+    add_option(parser, "--webhook-secret-file", default=env(f"{ENV_PREFIX}WEBHOOK_SECRET_FILE"),
+               default_text="none: webhooks off", env=("WEBHOOK_SECRET_FILE", "WEBHOOK_SECRET"),
+               help="file holding the secret shared with the Git host's webhook (or set "
+                    f"{ENV_PREFIX}WEBHOOK_SECRET to the secret itself; the file wins)")
 
 
 def _api_key(key_file: str | None) -> str | None:
@@ -101,6 +114,9 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
+    from ..reconciler.service import ConfigurationError as ReconcilerConfigurationError
+    from ..reconciler.service import stop_signals
+    from ..reconciler.state import StateLocked
     from . import runtime
 
     reconciler_cli.configure_logging(args.log_level)

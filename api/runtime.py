@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import git
 from prometheus_client import REGISTRY
 
 from ..reconciler import metrics as reconciler_metrics
@@ -105,6 +107,42 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         author = parse_author(options.git_author)
     except ValueError as exc:
         raise ConfigurationError(f"--git-author: {exc}") from None
+    # The port first, and the repository: a start that cannot work stops before the state
+    # directory is made or seeded. The socket is bound now and served once the app exists.
+    app_slot = _AppSlot()
+    server = _bind(app_slot, host, port, options)
+    try:
+        reconciler_service.check_repository(settings, serves_writes=True)
+        return _start(settings, options, server, app_slot, hosts, author, with_reconciler, schedules)
+    except BaseException:
+        server.shutdown(grace=0)
+        raise
+
+
+class _AppSlot:
+    """The WSGI application, set once built: the socket is bound before it exists."""
+
+    app: Callable | None = None
+
+    def __call__(self, environ, start_response):  # type: ignore[no-untyped-def]
+        assert self.app is not None, "served only once started"
+        return self.app(environ, start_response)
+
+
+def _bind(app: Callable, host: str, port: int, options: ApiOptions) -> ApiServer:
+    try:
+        return ApiServer(app, host, port, threads=options.threads, request_timeout=options.request_timeout)
+    except OSError as exc:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(f"{shown} is already in use (another ollama-gitops serve?); "
+                                     "choose another with --listen HOST:PORT") from None
+        raise ConfigurationError(f"cannot listen on {shown}: {exc.strerror or exc}; "
+                                 "choose another with --listen HOST:PORT") from None
+
+
+def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot: _AppSlot,
+           hosts: HostCheck | None, author: git.Actor, with_reconciler: bool, schedules: bool) -> RunningApi:
     make_private(settings.state_dir)
     lock_file = _lock_api_clone(settings.state_dir)
     service = None
@@ -150,10 +188,10 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
-    app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository, on_written,
-                     max_writers=max(1, options.threads // 2), on_push=on_push)
+    app_slot.app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository,
+                              on_written, max_writers=max(1, options.threads // 2), on_push=on_push)
     _register_collector(status)
-    server = ApiServer(app, host, port, threads=options.threads, request_timeout=options.request_timeout).start()
+    server.start()
     if schedules:
         refresher.start()
         if service is not None:
@@ -161,6 +199,8 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     log.info("API listening on %s (namespace %s, %s, webhooks %s)", server.url, options.namespace,
              "API key required" if options.api_key else "no authentication",
              "on" if webhook is not None else "off")
+    log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
+             repo.display_url, settings.branch, settings.branch, repo.display_url)
     return RunningApi(server, repository, refresher, service, lock_file, close_status)
 
 

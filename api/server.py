@@ -160,3 +160,4 @@ class ApiServer:
         wasyncore.close_all(self._server._map)
         if self._thread is not None:
             self._thread.join(timeout=grace)
+        dispatcher.shutdown(timeout=1)  # its request threads, started with the server even if it never served

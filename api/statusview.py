@@ -56,6 +56,8 @@ def render(snapshot: Snapshot) -> str:
                  f", fetched {(sync.get('lastFetchedCommit') or '-')[:12]}")
     if sync.get("lastCycleMessage"):
         lines.append(f"      {sync['lastCycleMessage']}")
+    if sync.get("repository"):
+        lines.append(f"repository: {sync['repository']} (branch {sync.get('branch') or '-'})")
     for problem in sync.get("problems", []):
         where = f"{problem['path']}:{problem['line']}" if problem.get("line") else problem["path"]
         lines.append(f"problem: {where}: {problem['message']}")

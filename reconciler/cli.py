@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .privatedir import PRIVATE_UMASK
-from .settings import ENV_PREFIX, Settings, add_reconciler_options, parse_listen
+from .settings import ENV_PREFIX, Settings, add_option, add_reconciler_options, parse_listen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,8 +47,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         "('path:line: message') and exits 1 if there is any, 0 if none.",
     )
     validate.add_argument("path", nargs="?", default=".", metavar="PATH", help="a models repository checkout (default: .)")
-    validate.add_argument("--format", choices=("text", "github"), default="text",
-                          help="'github' prints GitHub Actions error annotations")
+    add_option(validate, "--format", choices=("text", "github"), default="text", default_text="text",
+               help="'github' prints GitHub Actions error annotations")
     validate.set_defaults(run=_run_validate)
 
     reconcile = commands.add_parser(
@@ -56,11 +56,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         help="make Ollama match the models repository, on a schedule",
         description="Fetch the models repository, and pull, re-pull and prune models in Ollama to match it.",
     )
-    reconcile.add_argument("--once", action="store_true", help="run one cycle, wait for its pulls, and exit")
-    reconcile.add_argument("--dry-run", action="store_true", help="with --once: print the plan and change nothing")
-    reconcile.add_argument("--health-listen", default=os.environ.get(ENV_PREFIX + "HEALTH_LISTEN") or None,
-                           metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics here, for probes "
-                           f"and Prometheus (default: off) [env {ENV_PREFIX}HEALTH_LISTEN]")
+    add_option(reconcile, "--once", action="store_true", default_text="off: run until SIGTERM or SIGINT",
+               help="run one cycle, wait for its pulls, and exit")
+    add_option(reconcile, "--dry-run", action="store_true", default_text="off",
+               help="with --once: print the plan and change nothing")
+    add_option(reconcile, "--health-listen", default=os.environ.get(ENV_PREFIX + "HEALTH_LISTEN") or None,
+               metavar="HOST:PORT", default_text="off", env=("HEALTH_LISTEN",),
+               help="serve /healthz, /readyz and /metrics here, for probes and Prometheus")
     add_reconciler_options(reconcile)
     reconcile.set_defaults(run=_run_reconcile)
     return parser, commands

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from .git.embedded import ensure_default_repo
+from .git.remote import check_remote
 from .git.repo import GitRepo
 from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip
@@ -123,6 +124,7 @@ def build(settings: Settings) -> Service:
     In Kubernetes mode (`--kubernetes on`, or `auto` with a cluster configuration) the models become
     OllamaModel resources and their records live on them; otherwise in the state directory.
     """
+    check_repository(settings, serves_writes=False)
     make_private(settings.state_dir)
     service = Service(settings, None, None)  # type: ignore[arg-type]
     if kubernetes_mode(settings):
@@ -148,6 +150,23 @@ def build(settings: Settings) -> Service:
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def check_repository(settings: Settings, *, serves_writes: bool) -> None:
+    """Refuse, before anything is made, a `--repo` that cannot work (ConfigurationError, one line);
+    warn about one that only writes would trip on when this command makes no writes."""
+    if settings.repo is None:
+        return  # the embedded repository: made here, bare
+    problem = check_remote(settings.repo, settings.branch)
+    if problem is None:
+        return
+    if problem.warning:
+        log.warning("%s", problem.message)
+        return
+    if problem.writes_only and not serves_writes:
+        log.warning("%s (this command only reads it)", problem.message)
+        return
+    raise ConfigurationError(problem.message)
 
 
 def _identity() -> str:

@@ -13,6 +13,9 @@ import platformdirs
 from .git.repo import GitCredentials
 
 ENV_PREFIX = "OLLAMA_GITOPS_"
+DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"  # of the API's commits (--git-author)
+# Defaults of the options only the reconciling commands take; `api`, which has none of them, gets these.
+RECONCILING_DEFAULTS = {"resync-interval": "300", "concurrency": "2", "lease-duration": "15"}
 
 
 @dataclass(frozen=True)
@@ -50,23 +53,25 @@ class Settings:
             repo=repo,
             branch=args.branch,
             interval=float(args.interval),
-            resync_interval=float(args.resync_interval),
+            resync_interval=float(getattr(args, "resync_interval", RECONCILING_DEFAULTS["resync-interval"])),
             state_dir=Path(args.state_dir).expanduser(),
-            ollama_url=args.ollama_url,
+            # `api` has no options about Ollama, pulls or the Lease (it uses none): their defaults.
+            ollama_url=getattr(args, "ollama_url", None) or _default_ollama_url(),
             kubernetes=args.kubernetes,
-            concurrency=int(args.concurrency),
-            allow_empty=bool(args.allow_empty),
+            concurrency=int(getattr(args, "concurrency", RECONCILING_DEFAULTS["concurrency"])),
+            allow_empty=bool(getattr(args, "allow_empty", False)),
             credentials=credentials,
             leader_election_namespace=args.leader_election_namespace,
-            lease_duration=int(args.lease_duration),
+            lease_duration=int(getattr(args, "lease_duration", RECONCILING_DEFAULTS["lease-duration"])),
         )
 
 
 def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+    return os.environ.get(ENV_PREFIX + env_name(name), default)
 
 
-def _env_flag(name: str) -> bool:
+def env_flag(name: str) -> bool:
+    """Is `OLLAMA_GITOPS_<NAME>` set to 1, true, yes or on?"""
     return (_env(name, "") or "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -77,35 +82,66 @@ def _default_ollama_url() -> str:
     return host if "://" in host else f"http://{host}"
 
 
-def add_reconciler_options(parser: argparse.ArgumentParser) -> None:
-    """The options every command that runs the reconciler takes."""
-    def option(name: str, default: str | None, help: str, **kwargs: object) -> None:
-        env = ENV_PREFIX + name.upper().replace("-", "_")
-        parser.add_argument(f"--{name}", default=_env(name, default), help=f"{help} [env {env}]", **kwargs)  # type: ignore[arg-type]
+def add_option(parser: argparse.ArgumentParser, flag: str, *, default_text: str, help: str,
+               env: tuple[str, ...] = (), **kwargs: object) -> argparse.Action:
+    """Add one option, documented once: its help line ends with its default and the environment
+    variables it reads, and README's option tables are held to the same `default_text` and `env`
+    (tests/test_options_documented.py), so help and README cannot drift apart."""
+    envs = tuple(ENV_PREFIX + name for name in env)
+    note = f" [env {', '.join(envs)}]" if envs else ""
+    action = parser.add_argument(flag, help=f"{help} (default: {default_text}){note}", **kwargs)  # type: ignore[arg-type]
+    action.env = envs  # type: ignore[attr-defined]
+    action.default_text = default_text  # type: ignore[attr-defined]
+    return action
 
-    option("repo", None, "Git URL or path of the models repository (default: a local repository "
-           "in the state directory, seeded with the example models)")
-    option("branch", "main", "branch to follow (default: main)")
-    option("interval", "60", "seconds between cycles (default: 60)", type=float)
-    option("resync-interval", "300", "seconds between checks of Ollama for drift (default: 300)", type=float)
-    option("state-dir", platformdirs.user_state_dir("ollama-gitops"), "where the private clone and the state live")
-    option("ollama-url", _default_ollama_url(), "the Ollama server (default: $OLLAMA_HOST, else http://localhost:11434)")
-    option("kubernetes", "auto", "Kubernetes mode (default: auto, off when no cluster configuration is found)",
-           choices=("auto", "on", "off"))
-    option("concurrency", "2", "parallel pulls (default: 2)", type=int)
-    option("ssh-key-file", None, "SSH private key for an ssh:// repository")
-    option("known-hosts-file", None, "known_hosts for an ssh:// repository (strict host key checking)")
-    option("git-token-file", None, "file holding an HTTPS token (or set OLLAMA_GITOPS_GIT_TOKEN)")
-    option("git-username", "x-access-token", "user name sent with the HTTPS token (default: x-access-token)")
-    option("git-ca-file", None, "PEM file of the CA certificates to verify an https:// repository's server with, "
-           "instead of the system's (for a Git host with a private CA)")
-    parser.add_argument("--allow-empty", action="store_true", default=_env_flag("allow-empty"),
-                        help=f"allow a commit to prune every model [env {ENV_PREFIX}ALLOW_EMPTY]")
+
+def env_name(name: str) -> str:
+    """`git-ca-file` -> `GIT_CA_FILE` (after OLLAMA_GITOPS_)."""
+    return name.upper().replace("-", "_")
+
+
+def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool = True) -> None:
+    """The options of the commands that follow the models repository. With `reconciles=False`
+    (`ollama-gitops api`) only those the API uses itself: none about Ollama, pulls or the Lease."""
+    def option(name: str, default: str | None, default_text: str, help: str, **kwargs: object) -> None:
+        add_option(parser, f"--{name}", default=_env(name, default), default_text=default_text, help=help,
+                   env=(env_name(name),), **kwargs)
+
+    def reconciling(name: str, help: str, **kwargs: object) -> None:
+        if reconciles:
+            option(name, RECONCILING_DEFAULTS[name], RECONCILING_DEFAULTS[name], help, **kwargs)
+
+    option("repo", None, "a bare repository in the state directory, seeded with the example models",
+           "Git URL or path of the models repository", metavar="URL")
+    option("branch", "main", "main", "branch to follow")
+    option("interval", "60", "60", "seconds between cycles (for `api`: between fetches of the repository)",
+           type=float, metavar="SECONDS")
+    reconciling("resync-interval", "seconds between listings of Ollama to find drift", type=float, metavar="SECONDS")
+    option("state-dir", platformdirs.user_state_dir("ollama-gitops"),
+           "the per-user state directory (~/.local/state/ollama-gitops on Linux)",
+           "where the private clone, the state and the embedded default repository live")
+    if reconciles:
+        option("ollama-url", _default_ollama_url(), "$OLLAMA_HOST, else http://localhost:11434", "the Ollama server")
+    option("kubernetes", "auto", "auto", "Kubernetes mode; auto is on in a pod or with a kubeconfig "
+           "(KUBECONFIG or ~/.kube/config)", choices=("auto", "on", "off"))
+    reconciling("concurrency", "parallel pulls", type=int)
+    option("ssh-key-file", None, "none", "SSH private key for an ssh:// repository")
+    option("known-hosts-file", None, "none", "known_hosts for an ssh:// repository (strict host key checking)")
+    add_option(parser, "--git-token-file", default=_env("git-token-file", None), default_text="none",
+               help=f"file holding an HTTPS token (or set {ENV_PREFIX}GIT_TOKEN to the token itself)",
+               env=("GIT_TOKEN_FILE", "GIT_TOKEN"))
+    option("git-username", "x-access-token", "x-access-token", "user name sent with the HTTPS token")
+    option("git-ca-file", None, "the system's CAs", "PEM file of the CA certificates to verify an https:// "
+           "repository's server with (for a Git host with a private CA)")
+    if reconciles:
+        add_option(parser, "--allow-empty", action="store_true", default=env_flag("allow-empty"),
+                   default_text="off", help="allow a commit to prune every model", env=("ALLOW_EMPTY",))
     option("leader-election-namespace", os.environ.get("POD_NAMESPACE", "default"),
-           "namespace of the Lease that picks the one replica that applies (default: $POD_NAMESPACE, else default)")
-    option("lease-duration", "15", "seconds a leader's Lease lasts without renewal; a standby replica "
-           "takes over after that (default: 15)", type=int)
-    option("log-level", "INFO", "DEBUG, INFO, WARNING or ERROR (default: INFO)")
+           "$POD_NAMESPACE, else default", "namespace of the Lease that picks the one replica that applies, "
+           "and of the ConfigMap ollama-gitops-sync")
+    reconciling("lease-duration", "seconds a leader's Lease lasts without renewal; a standby replica takes "
+                "over after that", type=int, metavar="SECONDS")
+    option("log-level", "INFO", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
 def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:

@@ -18,6 +18,13 @@ def test_benchmark_smoke_run(script: str) -> None:
     assert "100" in result.stdout  # the second smoke size made it into the table
 
 
+def test_cli_benchmark_smoke_run() -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_cli.py"), "--smoke"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "status (down)" in result.stdout and "x the baseline" in result.stdout
+
+
 def test_webhook_benchmark_smoke_run() -> None:
     result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_webhook.py"), "--smoke"], capture_output=True,
                             text=True, timeout=300)

@@ -18,10 +18,11 @@ from pathlib import Path
 import git
 
 from .credentials import GitCredentials
+from .remote import checked_out_fix, explain_git_output, local_path
 
 log = logging.getLogger("ollama_gitops.git")
 
-__all__ = ["GIT_TIMEOUT", "BranchMissing", "GitCredentials", "GitError", "GitRepo", "redact"]
+__all__ = ["GIT_TIMEOUT", "BranchMissing", "CheckedOutBranch", "GitCredentials", "GitError", "GitRepo", "redact"]
 
 log = logging.getLogger("ollama_gitops.git")
 
@@ -36,6 +37,11 @@ class BranchMissing(GitError):
     """The remote has no such branch (deleted, or not created yet); nothing may recreate it unasked."""
 
 
+class CheckedOutBranch(GitError):
+    """The remote is a working repository with the branch checked out: git refuses every push to it."""
+
+
+_CHECKED_OUT = re.compile(r"refusing to update checked out branch|branch is currently checked out")
 _NO_REMOTE_REF = re.compile(r"couldn't find remote ref|could not find remote ref")
 
 
@@ -171,7 +177,8 @@ class GitRepo:
         except GitError as exc:
             if _NO_REMOTE_REF.search(str(exc)):
                 raise BranchMissing(f"the branch {self.branch!r} is not in the remote repository "
-                                    f"{self.display_url} (deleted, or not created yet)") from None
+                                    f"{self.display_url} (deleted, or not created yet); "
+                                    f"{self._branches_there()}") from None
             raise
         return self.head()
 
@@ -189,6 +196,12 @@ class GitRepo:
                 self.run("push", "--porcelain", f"--force-with-lease={ref}:{expected}", "origin", f"{commit}:{ref}",
                          action=f"push to branch {self.branch!r} of {self.display_url}")
             except GitError as exc:
+                if _CHECKED_OUT.search(str(exc)):
+                    path = local_path(self.url)
+                    fix = checked_out_fix(path) if path is not None else "push to a bare repository instead"
+                    raise CheckedOutBranch(
+                        f"could not push to {self.display_url}: git refuses to update branch {self.branch!r} "
+                        f"there because it is checked out in a working tree; {fix}") from None
                 if _REJECTED.search(str(exc)):
                     return False
                 raise
@@ -199,6 +212,15 @@ class GitRepo:
                 log.warning("action=tracking-ref-update-failed commit=%s error=%r", commit[:12],
                             redact(str(exc), self.credentials.secrets()))
             return True
+
+    def _branches_there(self) -> str:
+        """`it has: main, dev` (the remote's branches), or why they could not be listed."""
+        try:
+            listing = self.run("ls-remote", "--heads", "origin", action=f"list the branches of {self.display_url}")
+        except GitError as exc:
+            return f"its branches could not be listed: {exc}"
+        heads = [line.split("\t", 1)[1].removeprefix("refs/heads/") for line in listing.splitlines() if "\t" in line]
+        return f"it has: {', '.join(sorted(heads))}" if heads else "it has no branch yet"
 
     def head(self) -> str:
         """The last fetched (or pushed) head commit of the branch (read in-process, no git command)."""
@@ -224,7 +246,7 @@ class GitRepo:
         if result.returncode != 0:
             output = (result.stderr + result.stdout).decode("utf-8", "replace").strip()
             detail = output or f"exit code {result.returncode}"
-            hint = self.credentials.explain(output)
+            hint = self.credentials.explain(output) or explain_git_output(output)
             if hint:
                 detail = f"{hint}; git said: {detail}"
             raise GitError(redact(f"could not {action}: {detail}", self.credentials.secrets()))

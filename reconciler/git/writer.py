@@ -29,12 +29,11 @@ from gitdb.base import IStream
 from .. import metrics
 from ..models import modelfile, naming
 from ..models.desired import MODELS_DIR, MODEL_SUFFIXES, special_kind
-from .repo import BranchMissing, GitError, GitRepo
+from .repo import BranchMissing, CheckedOutBranch, GitError, GitRepo
 from ..models.modelfile import ModelFields
 
 log = logging.getLogger("ollama_gitops.writer")
 
-DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"
 _AUTHOR = re.compile(r"^\s*(?P<name>[^<>]+?)\s*<(?P<email>[^<>\s]+)>\s*$")
 
 
@@ -182,6 +181,9 @@ class ModelWriter:
                 results = [WriteRejected(503, f"{exc}: refusing to write, as the write would create the "
                                               "branch again from an old commit; restore the branch or "
                                               "choose another with --branch")] * len(batch)
+                break
+            except CheckedOutBranch as exc:  # not the branch moving: no retry can land it
+                results = [WriteRejected(503, str(exc))] * len(batch)
                 break
             except GitError as exc:
                 results = [WriteRejected(503, f"the models repository is not available: {exc}")] * len(batch)

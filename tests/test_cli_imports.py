@@ -1,0 +1,46 @@
+"""The quick commands import only what they need (issue 15): `--help`, `status` and `validate`
+answer without loading the reconciler's service, the Kubernetes or Ollama clients, Flask or
+waitress. Asserted on the modules loaded, not on time (benchmarks/bench_cli.py has the times)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "models-repo"
+HEAVY = ("kubernetes", "flask", "waitress", "apscheduler", "ollama", "httpx", "prometheus_client",
+         "ollama_gitops.reconciler.service")
+
+# One fresh interpreter runs each command in turn and reports what each one added to sys.modules.
+PROBE = """
+import contextlib, io, json, sys
+from ollama_gitops.api.cli import main
+heavy, seen = {heavy!r}, {{}}
+for argv in {commands!r}:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code
+    seen[" ".join(argv)] = {{"code": code, "heavy": [m for m in heavy if m in sys.modules]}}
+print(json.dumps(seen))
+"""
+
+
+def test_help_status_and_validate_import_none_of_the_heavy_modules(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # bound, not listening: the API is down, connections refused
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        commands = [["--help"], ["status", "--help"], ["validate", "--help"], ["serve", "--help"],
+                    ["status", "--api-url", down], ["validate", str(EXAMPLE)]]
+        result = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY, commands=commands)],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert {argv: entry["heavy"] for argv, entry in seen.items()} == {" ".join(argv): [] for argv in commands}
+    assert [entry["code"] for entry in seen.values()] == [0, 0, 0, 0, 2, 0]  # status exits 2: the API is down

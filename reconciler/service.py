@@ -49,6 +49,12 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.request_cycle()
 
+    def pull_finished(self, retry_at: float | None) -> None:
+        """A pull ended: a cycle now records it, and one when its retry is due, if it failed."""
+        self.request_cycle()
+        if retry_at is not None and self.scheduler is not None:
+            self.scheduler.request_cycle_at(retry_at)
+
     def start(self) -> None:
         """Run cycles on the schedule; in Kubernetes mode only while this replica holds the Lease."""
         if self.cluster is None:
@@ -124,7 +130,7 @@ def build(settings: Settings) -> Service:
         concurrency=settings.concurrency,
         resync_interval=settings.resync_interval,
         allow_empty=settings.allow_empty,
-        on_pull_finished=service.request_cycle,
+        on_pull_finished=service.pull_finished,
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service

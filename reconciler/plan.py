@@ -106,6 +106,22 @@ class Plan:
     def changes_anything(self) -> bool:
         return any(not isinstance(a, Skip) for a in self.actions)
 
+    def summary(self) -> str:
+        """What the plan changes, counted by kind: `1 pull, 0 deletes, 2 already in Ollama`.
+
+        A model found in Ollama changes ollama-gitops's records, not Ollama: it is counted apart
+        from pulls and deletes, never as a change to the server."""
+        def count(n: int, noun: str, plural: str) -> str:
+            return f"{n} {noun if n == 1 else plural}"
+
+        parts = [count(len(self.of(Pull)), "pull", "pulls"), count(len(self.of(Delete)), "delete", "deletes"),
+                 f"{len(self.of(MarkReady))} already in Ollama"]
+        if forgotten := len(self.of(Forget)):
+            parts.append(f"{forgotten} forgotten")
+        if errors := len(self.of(RecordError)):
+            parts.append(count(errors, "file error", "file errors"))
+        return ", ".join(parts)
+
 
 def applied_spec(model: DesiredModel) -> AppliedSpec:
     """What the reconciler records of a desired model."""

@@ -150,7 +150,7 @@ class Reconciler:
                         now=now, allow_empty=self.allow_empty)
         if dry_run:
             return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit,
-                               unreachable or "dry run", the_plan, full=True)
+                               unreachable or f"would make {the_plan.summary()}", the_plan, full=True)
 
         if observed is not None and full:
             with self._observed_lock:
@@ -167,8 +167,7 @@ class Reconciler:
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
-        changes = sum(1 for a in the_plan.actions if not isinstance(a, Skip))
-        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {changes} change(s)", the_plan, full=full)
+        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {the_plan.summary()}", the_plan, full=full)
 
     def _full_cycle_due(self, now: float) -> bool:
         last = self.store.sync.last_resync_at

@@ -217,21 +217,26 @@ def print_report(report: CycleReport, out: TextIO, dry_run: bool) -> None:
 
 
 def describe(plan: Plan, include_skips: bool = True) -> list[str]:
-    """Human lines for a plan: what would be pulled, deleted or left alone, and why."""
-    lines = []
+    """Human lines for a plan, as a table: what would be pulled, deleted or left alone, and why."""
+    rows: list[tuple[str, str, str, str]] = []
     for action in plan.actions:
         if isinstance(action, Pull):
-            lines.append(f"pull     {', '.join(map(str, action.keys))}  {action.reference}  ({action.reason})")
+            rows.append(("pull", ", ".join(map(str, action.keys)), action.reference, action.reason))
         elif isinstance(action, Delete):
-            lines.append(f"delete   {', '.join(map(str, action.keys))}  {action.reference}  ({action.reason})")
+            rows.append(("delete", ", ".join(map(str, action.keys)), action.reference, action.reason))
         elif isinstance(action, Forget):
-            lines.append(f"forget   {action.key}  {action.reference}  ({action.reason})")
+            rows.append(("forget", str(action.key), action.reference, action.reason))
         elif isinstance(action, MarkReady):
-            lines.append(f"ready    {action.key}  {action.installed.reference}  ({action.reason})")
+            rows.append(("ready", str(action.key), action.installed.reference, action.reason))
         elif isinstance(action, RecordError):
-            lines.append(f"error    {action.key}  ({action.message})")
+            rows.append(("error", str(action.key), "-", action.message))
         elif isinstance(action, Skip) and include_skips:
-            lines.append(f"leave    {action.key}  ({action.reason})")
+            rows.append(("leave", str(action.key), "-", action.reason))
+    lines = []
+    if rows:
+        rows.insert(0, ("ACTION", "MODEL", "REFERENCE", "REASON"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]) for row in rows]
     if plan.refused:
-        lines.append(f"refused  {plan.refused}")
+        lines.append(f"refused: {plan.refused}")
     return lines

@@ -201,3 +201,13 @@ def test_a_model_is_pulled_as_its_file_spells_it_and_deleted_as_ollama_lists_it(
     observed = {"llama3.2:1b": installed("llama3.2:1b")}
     result = plan(desired(hf), observed, {library.key: record(library, owned=True)}, scope={library.key}, now=NOW)
     assert result.actions == (Delete("llama3.2:1b", (library.key,), "file removed from Git"),)
+
+
+def test_summary_counts_pulls_and_deletes_apart_from_models_found_in_ollama() -> None:
+    llama, gemma, phi = model("llama3.2"), model("gemma3"), model("phi3", tag="mini")
+    found = plan(desired(llama, gemma), {"llama3.2:1b": installed("llama3.2:1b"), "gemma3:1b": installed("gemma3:1b")},
+                 {}, now=NOW)
+    assert found.summary() == "0 pulls, 0 deletes, 2 already in Ollama"
+    mixed = plan(desired(llama, phi), {"gemma3:1b": installed("gemma3:1b")},
+                 {gemma.key: record(gemma, owned=True)}, now=NOW)
+    assert mixed.summary() == "2 pulls, 1 delete, 0 already in Ollama"

@@ -92,7 +92,7 @@ def create_app(
         if view is None:
             fields = written.fields
             assert fields is not None, "a refresh writes the model's file"
-            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None)
+            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend)
         return view
     app = Flask("ollama_gitops.api")
     app.json.sort_keys = False  # keep the seed's field order
@@ -171,7 +171,7 @@ def create_app(
         fields = _model_fields(request.get_data())
         write(CreateModel(namespace, fields))
         name = naming.resource_name(fields.name, fields.tag)
-        return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None), 201)
+        return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend), 201)
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:

@@ -27,12 +27,18 @@ class StatusSource(Protocol):
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]: ...
 
 
-def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | None) -> dict[str, Any]:
-    """One model as the seed's API shows it; fields beyond the seed's come last and are additive."""
+def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | None,
+               suspended: bool = False) -> dict[str, Any]:
+    """One model as the seed's API shows it; fields beyond the seed's come last and are additive.
+
+    `suspended` (the file says `suspend: true`) adds `"suspended": true`; it is left out otherwise,
+    so that the seed's clients see the seed's fields only."""
     view: dict[str, Any] = {"name": key.name, "namespace": key.namespace, "modelName": model_name, "tag": tag}
     status = record.status if record is not None else None
     view["state"] = status.state if status is not None else PENDING
     if status is None:
+        if suspended:
+            view["suspended"] = True
         return view
     if status.size:  # the seed leaves out empty values
         view["size"] = status.size
@@ -45,6 +51,8 @@ def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | N
         view["progress"] = {"completed": status.progress_completed or 0, "total": status.progress_total}
     if status.digest:
         view["digest"] = status.digest
+    if suspended:
+        view["suspended"] = True
     return view
 
 
@@ -84,7 +92,7 @@ class Catalog:
         model = desired.models.get(key)
         record = self._status.record(key)
         if model is not None:
-            return model_view(key, model.fields.name, model.fields.tag, record)
+            return model_view(key, model.fields.name, model.fields.tag, record, model.fields.suspend)
         if key in desired.unreadable and record is not None:
             return _last_good_view(key, record)
         return None
@@ -103,7 +111,8 @@ class Catalog:
         models = desired.in_namespace(namespace)
         broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
         records = self._status.records([m.key for m in models] + broken)
-        views = {m.key: model_view(m.key, m.fields.name, m.fields.tag, records.get(m.key)) for m in models}
+        views = {m.key: model_view(m.key, m.fields.name, m.fields.tag, records.get(m.key), m.fields.suspend)
+                 for m in models}
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
                 views[key] = _last_good_view(key, records[key])
@@ -112,4 +121,4 @@ class Catalog:
 
 def _last_good_view(key: ModelKey, record: ModelRecord) -> dict[str, Any]:
     name, _, tag = record.spec.reference.rpartition(":")
-    return model_view(key, name, tag, record)
+    return model_view(key, name, tag, record, record.spec.suspend)

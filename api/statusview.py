@@ -67,7 +67,10 @@ def _detail(model: dict[str, Any]) -> str:
         done = min(1.0, progress["completed"] / progress["total"])
         filled = int(done * BAR_WIDTH)
         return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:6.1%}"
-    return model.get("error", "")
+    detail = model.get("error", "")
+    if model.get("suspended"):
+        return f"SUSPENDED {detail}".rstrip()
+    return detail
 
 
 def _get(url: str, api_key: str | None, timeout: float) -> dict[str, Any]:

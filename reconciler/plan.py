@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .models.desired import DesiredModel, DesiredState, ModelKey
 from .models.naming import normalize_reference
-from .state import READY, AppliedSpec, ModelRecord
+from .state import FAILED, READY, AppliedSpec, ModelRecord
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,15 @@ class RecordError:
 
 
 @dataclass(frozen=True)
+class Suspend:
+    """A suspended model is left alone, and shows nothing stale: its error and pending retry from
+    before are cleared, and a Failed model becomes Pending (nothing is tried, so nothing fails)."""
+
+    key: ModelKey
+    reason: str = "suspended; the error from before is cleared"
+
+
+@dataclass(frozen=True)
 class Skip:
     """Leave a model as it is, and say why (for dry runs and logs)."""
 
@@ -89,7 +98,7 @@ class Skip:
     reason: str
 
 
-Action = Pull | Delete | Forget | MarkReady | RecordError | Skip
+Action = Pull | Delete | Forget | MarkReady | RecordError | Suspend | Skip
 
 
 @dataclass(frozen=True)
@@ -215,7 +224,7 @@ def _plan_reference(
     broken: Set[ModelKey],
 ) -> list[Action]:
     active = [k for k in keys if not specs[k].suspend]
-    actions: list[Action] = [Skip(k, "suspended") for k in keys if specs[k].suspend]
+    actions: list[Action] = [_suspended(k, records.get(k), k in broken) for k in keys if specs[k].suspend]
     if not active:
         return actions
     if reference in in_flight:
@@ -249,6 +258,14 @@ def _plan_reference(
         reason = "not in Ollama"
     # Pulled as the file spells it (Ollama keeps that spelling), matched by the normalised key.
     return actions + [Pull(specs[active[0]].reference, tuple(active), reason, refresh)]
+
+
+def _suspended(key: ModelKey, record: ModelRecord | None, broken: bool) -> Action:
+    status = record.status if record is not None else None
+    # A broken file's error is current, not stale: it stays.
+    stale = status is not None and not broken and (
+        bool(status.error) or status.state == FAILED or status.next_retry_at is not None)
+    return Suspend(key) if stale else Skip(key, "suspended")
 
 
 def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ModelRecord]) -> str | None:

@@ -25,9 +25,9 @@ from .models.desired import DesiredState, GitLoader, ModelKey
 from .git.repo import GitError, GitRepo
 from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
 from .models.naming import normalize_reference
-from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, plan
+from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, plan
 from .ollama.pulls import BACKOFF_BASE, PullPool, model_names
-from .state import PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from .state import FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.reconcile")
 
@@ -236,6 +236,13 @@ class Reconciler:
                     if status is not None:
                         status.error = action.message[:1024]
                     lines.add("skipped", action.key, None, action.message)
+                elif isinstance(action, Suspend):
+                    status = edit.status(action.key)
+                    if status is not None:
+                        status.error, status.failures, status.next_retry_at = None, 0, None
+                        if status.state == FAILED:
+                            status.state = PENDING
+                    lines.add("suspended", action.key, None, action.reason)
                 elif isinstance(action, Forget):
                     edit.forget(action.key)
                     lines.add("forgotten", action.key, action.reference, action.reason)

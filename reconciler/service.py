@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TextIO
 from .git.embedded import ensure_default_repo
 from .git.repo import GitRepo
 from .ollama.server import OllamaServer
-from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip
+from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
@@ -230,6 +230,8 @@ def describe(plan: Plan, include_skips: bool = True) -> list[str]:
             rows.append(("ready", str(action.key), action.installed.reference, action.reason))
         elif isinstance(action, RecordError):
             rows.append(("error", str(action.key), "-", action.message))
+        elif isinstance(action, Suspend):
+            rows.append(("leave", str(action.key), "-", action.reason))
         elif isinstance(action, Skip) and include_skips:
             rows.append(("leave", str(action.key), "-", action.reason))
     lines = []

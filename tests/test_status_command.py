@@ -243,3 +243,37 @@ def test_watch_redraws_until_the_pulls_end_then_exits_0(api: ApiRig) -> None:
     assert len(frames) >= 2, "no frame after the first"
     assert {row[1] for row in rows("NAME " + frames[-1]).values()} == {"Ready"}
     assert reconciler.pulls.wait(timeout=10)
+
+
+def status_here(url: str, capsys: pytest.CaptureFixture[str], *args: str,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """`status` run in this process (as the console script runs it), for speed: exit code and output."""
+    from ollama_gitops.api.cli import main
+
+    monkeypatch.setenv("OLLAMA_GITOPS_API_KEY", API_KEY)
+    capsys.readouterr()
+    code = main(["status", "--api-url", url, *args])
+    return code, capsys.readouterr().out
+
+
+def test_a_suspended_model_says_so_and_keeps_no_stale_error(
+        api: ApiRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    api.ollama.fail_next_pulls("gemma3:1b", 1, "max retries exceeded: unexpected EOF")
+    api.settle()
+    assert api.client.get("/api/v1/models/gemma3-1b").json()["error"] == "max retries exceeded: unexpected EOF"
+    api.work.model("default", "gemma3", "1b", extra="suspend: true\n")
+    api.work.commit("suspend gemma3")
+    api.work.push()
+    api.running.repository.refresh()
+    api.settle()
+    gemma = api.client.get("/api/v1/models/gemma3-1b").json()
+    assert gemma == {"name": "gemma3-1b", "namespace": "default", "modelName": "gemma3", "tag": "1b",
+                     "state": "Pending", "suspended": True}
+    listed = {m["name"]: m for m in api.client.get("/api/v1/models").json()["items"]}
+    assert listed["gemma3-1b"] == gemma and "suspended" not in listed["llama3.2-1b"]  # only when true
+    assert api.ollama.pull_count["gemma3:1b"] == 1  # left alone
+
+    code, out = status_here(api.url, capsys, monkeypatch=monkeypatch)
+    table = rows(out)
+    assert table["gemma3-1b"][1:] == ["Pending", "-", "-", "SUSPENDED"] and table["llama3.2-1b"][4] == ""
+    assert code == 0, out  # nothing is wrong: the model is left alone on purpose

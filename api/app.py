@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ log = logging.getLogger("ollama_gitops.api")
 
 MAX_BODY_BYTES = 64 * 1024
 WRITE_QUEUE_TIMEOUT = 60.0  # seconds a write may wait for its turn before a 503
+MODELS_PATH = "/api/v1/models/"
 OPEN_PATHS = frozenset({"/health", "/readiness", "/metrics"})
 # Paths that authenticate their callers themselves, without the API key: a Git host cannot send one.
 SELF_AUTHENTICATED_PATHS = frozenset({webhook.WEBHOOK_PATH})
@@ -127,6 +129,17 @@ def create_app(
             return None
         return _text("Unauthorized\n", 401)
 
+    @app.before_request
+    def encoded_slash() -> Response | None:
+        # Werkzeug decodes %2F into '/' before routing, so `a%2Fb` would miss the model routes and be
+        # a 404: the raw path says what was asked for, a name with a slash, which is a 400.
+        raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI") or ""
+        rest = raw.partition("?")[0].partition(MODELS_PATH)[2] if raw.startswith(MODELS_PATH) else ""
+        if "%2f" in rest.lower():
+            name = urllib.parse.unquote(rest.removesuffix("/refresh"))
+            return _error(f"invalid model name {name[:300]!r}: a name has no '/'", 400)
+        return None
+
     @app.after_request
     def record(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
@@ -162,7 +175,7 @@ def create_app(
         namespace = _namespace()
         view = catalog.get(namespace, _model_name(name))
         if view is None:
-            return _error(f"model not found: {name}", 404)
+            return _not_found(catalog, namespace, name)
         return _json(view, 200)
 
     @app.post("/api/v1/models")
@@ -175,7 +188,12 @@ def create_app(
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:
-        write(DeleteModel(_namespace(), _model_name(name)))
+        namespace = _namespace()
+        # What GET cannot show, DELETE does not delete: a broken file that never had a good version
+        # is no model yet (fix or remove it in Git), and the two answers must agree.
+        if catalog.unshown_file(namespace, _model_name(name)) is not None:
+            return _not_found(catalog, namespace, name)
+        write(DeleteModel(namespace, name))
         return Response(status=204)
 
     @app.post("/api/v1/models/<name>/refresh")
@@ -311,6 +329,12 @@ def _model_fields(body: bytes) -> ModelFields:
     if problem:
         raise _BadInput(f"model {document['name']}:{document['tag']} gives the resource name {name!r}, which {problem}")
     return fields_from_document(document)
+
+
+def _not_found(catalog: Catalog, namespace: str, name: str) -> Response:
+    """404 `model not found: NAME`, as the seed says it, with the file's error when a broken file is why."""
+    why = catalog.unshown_file(namespace, name)
+    return _error(f"model not found: {name}" + (f" (its file is invalid: {why})" if why else ""), 404)
 
 
 def _json(payload: Any, status: int) -> Response:

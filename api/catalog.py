@@ -97,6 +97,17 @@ class Catalog:
             return _last_good_view(key, record)
         return None
 
+    def unshown_file(self, namespace: str, name: str) -> str | None:
+        """Why a model file that exists is no model `get` shows: it is broken and there is no last
+        good version of it (e.g. a file that never parsed). None otherwise."""
+        key = ModelKey(namespace, name)
+        desired = self._desired()
+        if desired is None or key not in desired.unreadable or self._status.record(key) is not None:
+            return None
+        stems = {f"models/{namespace}/{name}{suffix}" for suffix in (".yaml", ".yml")}
+        problems = [f"{p.path}: {p.message}" for p in desired.problems if p.path in stems]
+        return "; ".join(problems) or "its model file is invalid"
+
     def sync(self) -> SyncStatus:
         self._refresh()
         return self._status.sync

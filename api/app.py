@@ -193,6 +193,9 @@ def create_app(
         # is no model yet (fix or remove it in Git), and the two answers must agree.
         if catalog.unshown_file(namespace, _model_name(name)) is not None:
             return _not_found(catalog, namespace, name)
+        kept = catalog.kept_at_zero(namespace, name)
+        if kept is not None:  # shown, but there is no file left to remove
+            return _error(f"model {name} has no file left to delete: {kept}", 409)
         write(DeleteModel(namespace, name))
         return Response(status=204)
 

@@ -95,7 +95,7 @@ class Catalog:
             return model_view(key, model.fields.name, model.fields.tag, record, model.fields.suspend)
         if key in desired.unreadable and record is not None:
             return _last_good_view(key, record)
-        return None
+        return self._kept_at_zero(desired).get(key)
 
     def unshown_file(self, namespace: str, name: str) -> str | None:
         """Why a model file that exists is no model `get` shows: it is broken and there is no last
@@ -127,7 +127,29 @@ class Catalog:
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
                 views[key] = _last_good_view(key, records[key])
+        views.update((k, v) for k, v in self._kept_at_zero(desired).items() if k.namespace == namespace)
         return [views[k] for k in sorted(views)]
+
+    def kept_at_zero(self, namespace: str, name: str) -> str | None:
+        """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
+        desired = self._desired()
+        view = self._kept_at_zero(desired).get(ModelKey(namespace, name)) if desired is not None else None
+        return view["error"] if view else None
+
+    def _kept_at_zero(self, desired: DesiredState) -> dict[ModelKey, dict[str, Any]]:
+        """The recorded models a commit with no model file left would prune, while the reconciler
+        has not applied it: it refuses to prune to zero (without --allow-empty), and keeps them all.
+        Shown as kept, so that the list says what Ollama still has and why."""
+        if desired.models or desired.unreadable or desired.commit == self._status.sync.last_applied_commit:
+            return {}
+        message = (f"kept: its file is gone, but commit {(desired.commit or '')[:12]} would remove every model, "
+                   "and ollama-gitops refuses to prune to zero without --allow-empty")
+        views = {}
+        for key, record in self._status.records().items():
+            shown = record.copy()
+            shown.status.error = message
+            views[key] = _last_good_view(key, shown)
+        return views
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from ..reconciler.state import StateLocked
 from ..reconciler.git.writer import DEFAULT_AUTHOR
 
 
+WATCH_LIMIT = 600  # seconds `status --watch` waits at most for the models to settle
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ollama-gitops` console command; returns the exit code."""
     parser, commands = reconciler_cli.build_parser()
@@ -29,13 +32,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         add_reconciler_options(command)
         _add_api_options(command)
         command.set_defaults(run=runner)
-    status = commands.add_parser("status", help="show the models, their state and the sync summary",
-                                 description="Exit code 1 when a model is Failed or a model file has a problem.")
+    status = commands.add_parser(
+        "status", help="show the models, their state and the sync summary",
+        description="Exit codes: 0 all well; 1 a model is Failed, a model file has a problem or the sync "
+                    "failed (the last cycle, e.g. a refused prune to zero, or the API's fetch); 2 the API "
+                    "cannot be reached.")
     status.add_argument("--api-url", default=os.environ.get(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
                         help=f"the API (default http://127.0.0.1:8082) [env {ENV_PREFIX}API_URL]")
     status.add_argument("--api-key-file", default=None, help=f"file holding the API key [env {ENV_PREFIX}API_KEY]")
     status.add_argument("--namespace", default=None, help="namespace to show (default: the API's)")
-    status.add_argument("--watch", action="store_true", help="keep redrawing while pulls are in flight")
+    status.add_argument("--watch", action="store_true",
+                        help="keep redrawing until the newest commit is applied and no model is Pending or "
+                             f"Pulling (or a cycle fails), at most {WATCH_LIMIT // 60} minutes")
     status.set_defaults(run=_run_status)
     return reconciler_cli.run(parser, argv)
 
@@ -124,17 +132,24 @@ def _run_status(args: argparse.Namespace) -> int:
 
     key = _api_key(args.api_key_file)
     live = args.watch and sys.stdout.isatty()
+    deadline = time.monotonic() + WATCH_LIMIT
+    first = None
     while True:
         try:
             snapshot = fetch(args.api_url, key, args.namespace)
         except ApiUnavailable as exc:
             print(f"ollama-gitops: {exc}", file=sys.stderr)
             return 2
+        first = first or snapshot
         text = render(snapshot)
         sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + text)
         sys.stdout.flush()
-        if not (args.watch and snapshot.pulling):
+        # Started just after a write, the write is not applied yet: wait for it, not only for pulls.
+        if not args.watch or snapshot.settled(since=first):
             return 0 if snapshot.healthy else 1
+        if time.monotonic() >= deadline:
+            print(f"ollama-gitops: still not settled after {WATCH_LIMIT // 60} minutes", file=sys.stderr)
+            return 1
         time.sleep(1.0)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from apirig import API_KEY, ApiRig
+from ollama_gitops.api import statusview
 from ollama_gitops.reconciler.models.desired import ModelKey
 
 HEADER = ["NAME", "MODEL", "STATE", "SIZE", "LAST PULL"]
@@ -277,3 +278,54 @@ def test_a_suspended_model_says_so_and_keeps_no_stale_error(
     table = rows(out)
     assert table["gemma3-1b"][1:] == ["Pending", "-", "-", "SUSPENDED"] and table["llama3.2-1b"][4] == ""
     assert code == 0, out  # nothing is wrong: the model is left alone on purpose
+
+
+def test_a_refused_prune_to_zero_lists_every_kept_model_and_exits_1(
+        api: ApiRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    api.settle()
+    for name in ("llama3.2-1b", "gemma3-1b"):
+        api.work.remove(f"models/default/{name}.yaml")
+    api.work.commit("remove every model")
+    api.work.push()
+    api.running.repository.refresh()
+    api.settle()
+    assert set(api.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}  # refused: nothing pruned
+    listed = api.client.get("/api/v1/models").json()["items"]
+    assert [(m["name"], m["state"]) for m in listed] == [("gemma3-1b", "Ready"), ("llama3.2-1b", "Ready")]
+    assert all("refuses to prune to zero without --allow-empty" in m["error"] for m in listed), listed
+    assert api.client.get("/api/v1/models/gemma3-1b").json() == listed[0]
+    refused = api.client.delete("/api/v1/models/gemma3-1b")  # shown, but no file is left to delete
+    assert refused.status_code == 409 and "no file left to delete" in refused.json()["error"]
+
+    code, out = status_here(api.url, capsys, monkeypatch=monkeypatch)
+    assert sorted(rows(out)) == ["gemma3-1b", "llama3.2-1b"]
+    assert code == 1, out  # the sync failed: not all well
+
+
+def test_watch_started_right_after_a_write_waits_for_it_to_be_applied(
+        api: ApiRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    api.settle()
+    assert api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}).status_code == 201
+    outcome: list[tuple[int, str]] = []
+    frames = threading.Semaphore(0)
+    real_fetch = statusview.fetch
+
+    def counted_fetch(*args: object, **kwargs: object) -> statusview.Snapshot:
+        snapshot = real_fetch(*args, **kwargs)  # type: ignore[arg-type]
+        frames.release()
+        return snapshot
+
+    monkeypatch.setattr(statusview, "fetch", counted_fetch)  # our own module: counts the frames drawn
+    watcher = threading.Thread(target=lambda: outcome.append(
+        status_here(api.url, capsys, "--watch", monkeypatch=monkeypatch)))
+    watcher.start()
+    try:
+        assert frames.acquire(timeout=30)  # the first frame: the write is not applied yet
+        assert frames.acquire(timeout=30)  # ... and it is still watching
+        api.settle()
+    finally:
+        watcher.join(timeout=60)
+    assert outcome, "status --watch did not end"
+    code, out = outcome[0]
+    last = rows("NAME " + out.split("NAME ")[-1])
+    assert code == 0 and last["phi3-mini"][1] == "Ready", out

@@ -100,6 +100,7 @@ class Catalog:
     def unshown_file(self, namespace: str, name: str) -> str | None:
         """Why a model file that exists is no model `get` shows: it is broken and there is no last
         good version of it (e.g. a file that never parsed). None otherwise."""
+        self._refresh()
         key = ModelKey(namespace, name)
         desired = self._desired()
         if desired is None or key not in desired.unreadable or self._status.record(key) is not None:
@@ -132,6 +133,7 @@ class Catalog:
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
+        self._refresh()
         desired = self._desired()
         view = self._kept_at_zero(desired).get(ModelKey(namespace, name)) if desired is not None else None
         return view["error"] if view else None

@@ -13,7 +13,7 @@ from ollama_gitops.api import runtime
 from apirig import API_KEY, ApiRig
 from ollama_gitops.reconciler.models.modelfile import ModelFields, parse
 
-MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest"]
+MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest", "suspended"]
 
 
 def openapi(api: ApiRig) -> dict:
@@ -256,10 +256,7 @@ def test_json_errors_under_api_and_text_elsewhere(api: ApiRig) -> None:
 
 def test_status_reports_commits_cycle_and_file_problems(api: ApiRig) -> None:
     api.work.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
-    api.work.commit("broken file")
-    api.work.push()
-    api.running.repository.refresh()
-    api.settle()
+    api.publish("broken file")
     response = api.client.get("/api/v1/status")
     body = check(api, response, "Status")
     assert body["lastFetchedCommit"] == body["lastAppliedCommit"] == git.Repo(api.remote).commit("main").hexsha
@@ -460,10 +457,7 @@ def test_a_model_whose_file_is_broken_is_shown_deleted_and_gone_alike(api: ApiRi
     """GET and DELETE agree: the model the reconciler keeps is there to see, and to delete."""
     api.settle()
     api.work.write("models/default/gemma3-1b.yaml", broken)
-    api.work.commit("break gemma3")
-    api.work.push()
-    api.running.repository.refresh()
-    api.settle()
+    api.publish("break gemma3")
     shown = api.client.get("/api/v1/models/gemma3-1b")
     assert shown.status_code == 200, shown.text
     body = check(api, shown, "Model")
@@ -479,10 +473,7 @@ def test_a_model_whose_file_is_broken_is_shown_deleted_and_gone_alike(api: ApiRi
 
 def test_a_broken_file_with_no_good_version_is_shown_and_deleted_alike(api: ApiRig) -> None:
     api.work.write("models/default/phi3-mini.yaml", "name: phi3\ntag: [\n")
-    api.work.commit("a broken new file")
-    api.work.push()
-    api.running.repository.refresh()
-    api.settle()
+    api.publish("a broken new file")
     shown = api.client.get("/api/v1/models/phi3-mini")
     deleted = api.client.delete("/api/v1/models/phi3-mini")
     # No model yet (nothing was ever pulled for it): both say not found, and why; Git keeps the file.

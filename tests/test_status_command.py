@@ -122,10 +122,7 @@ def test_a_model_ollama_does_not_have_fails_and_exits_1(api: ApiRig) -> None:
 
 def test_a_model_file_with_a_problem_exits_1_and_is_named(ready_rig: ApiRig) -> None:
     ready_rig.work.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
-    ready_rig.work.commit("broken file")
-    ready_rig.work.push()
-    ready_rig.running.repository.refresh()
-    ready_rig.settle()
+    ready_rig.publish("broken file")
     result = status(ready_rig.url)
     assert result.returncode == 1, result.stdout + result.stderr
     problems = [line for line in result.stdout.splitlines() if line.startswith("problem:")]
@@ -133,10 +130,7 @@ def test_a_model_file_with_a_problem_exits_1_and_is_named(ready_rig: ApiRig) -> 
     assert {row[1] for row in rows(result.stdout).values()} == {"Ready"}  # the models themselves are fine
 
     ready_rig.work.remove("models/default/broken-1.yaml")
-    ready_rig.work.commit("fixed")
-    ready_rig.work.push()
-    ready_rig.running.repository.refresh()
-    ready_rig.settle()
+    ready_rig.publish("fixed")
     assert status(ready_rig.url).returncode == 0
 
 
@@ -263,10 +257,7 @@ def test_a_suspended_model_says_so_and_keeps_no_stale_error(
     api.settle()
     assert api.client.get("/api/v1/models/gemma3-1b").json()["error"] == "max retries exceeded: unexpected EOF"
     api.work.model("default", "gemma3", "1b", extra="suspend: true\n")
-    api.work.commit("suspend gemma3")
-    api.work.push()
-    api.running.repository.refresh()
-    api.settle()
+    api.publish("suspend gemma3")
     gemma = api.client.get("/api/v1/models/gemma3-1b").json()
     assert gemma == {"name": "gemma3-1b", "namespace": "default", "modelName": "gemma3", "tag": "1b",
                      "state": "Pending", "suspended": True}
@@ -285,10 +276,7 @@ def test_a_refused_prune_to_zero_lists_every_kept_model_and_exits_1(
     api.settle()
     for name in ("llama3.2-1b", "gemma3-1b"):
         api.work.remove(f"models/default/{name}.yaml")
-    api.work.commit("remove every model")
-    api.work.push()
-    api.running.repository.refresh()
-    api.settle()
+    api.publish("remove every model")
     assert set(api.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}  # refused: nothing pruned
     listed = api.client.get("/api/v1/models").json()["items"]
     assert [(m["name"], m["state"]) for m in listed] == [("gemma3-1b", "Ready"), ("llama3.2-1b", "Ready")]

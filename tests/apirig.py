@@ -90,4 +90,8 @@ class ApiRig:
             self.client.close()
         if self.running is not None:
             self.running.stop()
+            self.running.repository.repo.repo.close()
+            if self.running.service is not None:
+                self.running.service.reconciler.repo.repo.close()
             self.running = None
+        self.work.close()

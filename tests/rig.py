@@ -65,6 +65,7 @@ class Rig:
             self.reconciler.pulls.wait(timeout=10)
             self.reconciler.close()
             self.reconciler.store.release_process_lock()
+            self.reconciler.repo.repo.close()
             self.reconciler = None
 
     def cycle(self, *, wait: bool = True, dry_run: bool = False) -> CycleReport:

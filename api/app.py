@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ log = logging.getLogger("ollama_gitops.api")
 
 MAX_BODY_BYTES = 64 * 1024
 WRITE_QUEUE_TIMEOUT = 60.0  # seconds a write may wait for its turn before a 503
+MODELS_PATH = "/api/v1/models/"
 OPEN_PATHS = frozenset({"/health", "/readiness", "/metrics"})
 # Paths that authenticate their callers themselves, without the API key: a Git host cannot send one.
 SELF_AUTHENTICATED_PATHS = frozenset({webhook.WEBHOOK_PATH})
@@ -92,7 +94,7 @@ def create_app(
         if view is None:
             fields = written.fields
             assert fields is not None, "a refresh writes the model's file"
-            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None)
+            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend)
         return view
     app = Flask("ollama_gitops.api")
     app.json.sort_keys = False  # keep the seed's field order
@@ -126,6 +128,17 @@ def create_app(
         if hmac.compare_digest(offered.encode(), settings.api_key.encode()):
             return None
         return _text("Unauthorized\n", 401)
+
+    @app.before_request
+    def encoded_slash() -> Response | None:
+        # Werkzeug decodes %2F into '/' before routing, so `a%2Fb` would miss the model routes and be
+        # a 404: the raw path says what was asked for, a name with a slash, which is a 400.
+        raw = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI") or ""
+        rest = raw.partition("?")[0].partition(MODELS_PATH)[2] if raw.startswith(MODELS_PATH) else ""
+        if "%2f" in rest.lower():
+            name = urllib.parse.unquote(rest.removesuffix("/refresh"))
+            return _error(f"invalid model name {name[:300]!r}: a name has no '/'", 400)
+        return None
 
     @app.after_request
     def record(response: Response) -> Response:
@@ -162,7 +175,7 @@ def create_app(
         namespace = _namespace()
         view = catalog.get(namespace, _model_name(name))
         if view is None:
-            return _error(f"model not found: {name}", 404)
+            return _not_found(catalog, namespace, name)
         return _json(view, 200)
 
     @app.post("/api/v1/models")
@@ -171,11 +184,19 @@ def create_app(
         fields = _model_fields(request.get_data())
         write(CreateModel(namespace, fields))
         name = naming.resource_name(fields.name, fields.tag)
-        return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None), 201)
+        return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend), 201)
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:
-        write(DeleteModel(_namespace(), _model_name(name)))
+        namespace = _namespace()
+        # What GET cannot show, DELETE does not delete: a broken file that never had a good version
+        # is no model yet (fix or remove it in Git), and the two answers must agree.
+        if catalog.unshown_file(namespace, _model_name(name)) is not None:
+            return _not_found(catalog, namespace, name)
+        kept = catalog.kept_at_zero(namespace, name)
+        if kept is not None:  # shown, but there is no file left to remove
+            return _error(f"model {name} has no file left to delete: {kept}", 409)
+        write(DeleteModel(namespace, name))
         return Response(status=204)
 
     @app.post("/api/v1/models/<name>/refresh")
@@ -313,6 +334,12 @@ def _model_fields(body: bytes) -> ModelFields:
     if problem:
         raise _BadInput(f"model {document['name']}:{document['tag']} gives the resource name {name!r}, which {problem}")
     return fields_from_document(document)
+
+
+def _not_found(catalog: Catalog, namespace: str, name: str) -> Response:
+    """404 `model not found: NAME`, as the seed says it, with the file's error when a broken file is why."""
+    why = catalog.unshown_file(namespace, name)
+    return _error(f"model not found: {name}" + (f" (its file is invalid: {why})" if why else ""), 404)
 
 
 def _json(payload: Any, status: int) -> Response:

@@ -28,12 +28,18 @@ class StatusSource(Protocol):
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]: ...
 
 
-def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | None) -> dict[str, Any]:
-    """One model as the seed's API shows it; fields beyond the seed's come last and are additive."""
+def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | None,
+               suspended: bool = False) -> dict[str, Any]:
+    """One model as the seed's API shows it; fields beyond the seed's come last and are additive.
+
+    `suspended` (the file says `suspend: true`) adds `"suspended": true`; it is left out otherwise,
+    so that the seed's clients see the seed's fields only."""
     view: dict[str, Any] = {"name": key.name, "namespace": key.namespace, "modelName": model_name, "tag": tag}
     status = record.status if record is not None else None
     view["state"] = status.state if status is not None else PENDING
     if status is None:
+        if suspended:
+            view["suspended"] = True
         return view
     if status.size:  # the seed leaves out empty values
         view["size"] = status.size
@@ -46,6 +52,8 @@ def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | N
         view["progress"] = {"completed": status.progress_completed or 0, "total": status.progress_total}
     if status.digest:
         view["digest"] = status.digest
+    if suspended:
+        view["suspended"] = True
     return view
 
 
@@ -85,10 +93,22 @@ class Catalog:
         model = desired.models.get(key)
         record = self._status.record(key)
         if model is not None:
-            return model_view(key, model.fields.name, model.fields.tag, record)
+            return model_view(key, model.fields.name, model.fields.tag, record, model.fields.suspend)
         if record is not None and desired.is_unreadable(key):
-            return _last_good_view(key, record, desired)
-        return None
+            return _last_good_view(key, record, desired.kept_reason(key, record.spec.path))
+        return self._kept_at_zero(desired).get(key)
+
+    def unshown_file(self, namespace: str, name: str) -> str | None:
+        """Why a model file that exists is no model `get` shows: it is broken and there is no last
+        good version of it (e.g. a file that never parsed). None otherwise."""
+        self._refresh()
+        key = ModelKey(namespace, name)
+        desired = self._desired()
+        if desired is None or not desired.is_unreadable(key) or self._status.record(key) is not None:
+            return None
+        stems = {f"models/{namespace}/{name}{suffix}" for suffix in (".yaml", ".yml")}
+        problems = [f"{p.path}: {p.message}" for p in desired.problems if p.path in stems]
+        return "; ".join(problems) or "its model file is invalid"
 
     def sync(self) -> SyncStatus:
         self._refresh()
@@ -108,15 +128,34 @@ class Catalog:
         else:
             broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
             records = self._status.records([m.key for m in models] + broken)
-        views = {m.key: model_view(m.key, m.fields.name, m.fields.tag, records.get(m.key)) for m in models}
+        views = {m.key: model_view(m.key, m.fields.name, m.fields.tag, records.get(m.key), m.fields.suspend)
+                 for m in models}
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
-                views[key] = _last_good_view(key, records[key], desired)
+                views[key] = _last_good_view(key, records[key], desired.kept_reason(key, records[key].spec.path))
+        views.update((k, v) for k, v in self._kept_at_zero(desired).items() if k.namespace == namespace)
         return [views[k] for k in sorted(views)]
 
+    def kept_at_zero(self, namespace: str, name: str) -> str | None:
+        """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
+        self._refresh()
+        desired = self._desired()
+        view = self._kept_at_zero(desired).get(ModelKey(namespace, name)) if desired is not None else None
+        return view["error"] if view else None
 
-def _last_good_view(key: ModelKey, record: ModelRecord, desired: DesiredState) -> dict[str, Any]:
-    """A model kept at its last good version, showing why (the reconciler records the same error)."""
+    def _kept_at_zero(self, desired: DesiredState) -> dict[ModelKey, dict[str, Any]]:
+        """The recorded models a commit with no model file left would prune, while the reconciler
+        has not applied it: it refuses to prune to zero (without --allow-empty), and keeps them all.
+        Shown as kept, so that the list says what Ollama still has and why."""
+        if desired.models or desired.any_unreadable or desired.commit == self._status.sync.last_applied_commit:
+            return {}
+        message = (f"kept: its file is gone, but commit {(desired.commit or '')[:12]} would remove every model, "
+                   "and ollama-gitops refuses to prune to zero without --allow-empty")
+        return {key: _last_good_view(key, record, message) for key, record in self._status.records().items()}
+
+
+def _last_good_view(key: ModelKey, record: ModelRecord, why: str) -> dict[str, Any]:
+    """A model kept at its last good version, showing `why` as its error (the reconciler records the same)."""
     name, _, tag = record.spec.reference.rpartition(":")
-    shown = ModelRecord(record.spec, dataclasses.replace(record.status, error=desired.kept_reason(key, record.spec.path)))
-    return model_view(key, name, tag, shown)
+    shown = ModelRecord(record.spec, dataclasses.replace(record.status, error=why))
+    return model_view(key, name, tag, shown, record.spec.suspend)

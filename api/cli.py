@@ -17,6 +17,9 @@ from ..reconciler.privatedir import PRIVATE_UMASK
 from ..reconciler.settings import DEFAULT_AUTHOR, ENV_PREFIX, Settings, add_option, add_reconciler_options, env_flag
 
 
+WATCH_LIMIT = 600  # seconds `status --watch` waits at most for the models to settle
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ollama-gitops` console command; returns the exit code."""
     parser, _ = build_parser()
@@ -34,15 +37,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
         add_reconciler_options(command, reconciles=reconciles)  # `api` pulls nothing and leads nothing
         _add_api_options(command)
         command.set_defaults(run=runner)
-    status = commands.add_parser("status", help="show the models, their state and the sync summary",
-                                 description="Exit code 1 when a model is Failed or a model file has a problem.")
+    status = commands.add_parser(
+        "status", help="show the models, their state and the sync summary",
+        description="Exit codes: 0 all well; 1 a model is Failed, a model file has a problem or the sync "
+                    "failed (the last cycle, e.g. a refused prune to zero, or the API's fetch); 2 the API "
+                    "cannot be reached.")
     env = os.environ.get
     add_option(status, "--api-url", default=env(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
                default_text="http://127.0.0.1:8082", help="the API", env=("API_URL",), metavar="URL")
     _add_api_key_file(status, "none: no key sent")
     add_option(status, "--namespace", default=None, default_text="the API's", help="namespace to show", metavar="NS")
     add_option(status, "--watch", action="store_true", default_text="off",
-               help="keep redrawing while pulls are in flight")
+               help="keep redrawing until the newest commit is applied and no model is Pending or "
+                    f"Pulling (or a cycle fails), at most {WATCH_LIMIT // 60} minutes")
     status.set_defaults(run=_run_status)
     return parser, commands
 
@@ -140,17 +147,24 @@ def _run_status(args: argparse.Namespace) -> int:
 
     key = _api_key(args.api_key_file)
     live = args.watch and sys.stdout.isatty()
+    deadline = time.monotonic() + WATCH_LIMIT
+    first = None
     while True:
         try:
             snapshot = fetch(args.api_url, key, args.namespace)
         except ApiUnavailable as exc:
             print(f"ollama-gitops: {exc}", file=sys.stderr)
             return 2
+        first = first or snapshot
         text = render(snapshot)
         sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + text)
         sys.stdout.flush()
-        if not (args.watch and snapshot.pulling):
+        # Started just after a write, the write is not applied yet: wait for it, not only for pulls.
+        if not args.watch or snapshot.settled(since=first):
             return 0 if snapshot.healthy else 1
+        if time.monotonic() >= deadline:
+            print(f"ollama-gitops: still not settled after {WATCH_LIMIT // 60} minutes", file=sys.stderr)
+            return 1
         time.sleep(1.0)
 
 

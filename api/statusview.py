@@ -23,13 +23,18 @@ class Snapshot:
 
     @property
     def healthy(self) -> bool:
-        """No model Failed, no model file with a problem, and the last cycle did not fail."""
+        """No model Failed, no model file with a problem, and the sync well (last cycle not Failed,
+        the API's fetch without error)."""
         return (not any(m.get("state") == "Failed" for m in self.models) and not self.sync.get("problems")
-                and self.sync.get("lastCycleOutcome") != "Failed")
+                and self.sync.get("lastCycleOutcome") != "Failed" and not self.sync.get("gitError"))
 
-    @property
-    def pulling(self) -> bool:
-        return any(m.get("state") == "Pulling" for m in self.models)
+    def settled(self, since: Snapshot) -> bool:
+        """Nothing more will change without a new commit: no model Pending or Pulling and the newest
+        commit applied, or a cycle has ended since `since` and Failed (Ollama down, a refused prune)."""
+        if self.sync.get("lastCycleOutcome") == "Failed" and self.sync.get("lastCycleTime") != since.sync.get("lastCycleTime"):
+            return True
+        return (not any(m.get("state") in ("Pending", "Pulling") for m in self.models)
+                and self.sync.get("lastAppliedCommit") == self.sync.get("lastFetchedCommit"))
 
 
 def fetch(api_url: str, api_key: str | None, namespace: str | None, timeout: float = 10.0) -> Snapshot:
@@ -70,7 +75,10 @@ def _detail(model: dict[str, Any]) -> str:
         done = min(1.0, progress["completed"] / progress["total"])
         filled = int(done * BAR_WIDTH)
         return f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {done:6.1%}"
-    return model.get("error", "")
+    detail = model.get("error", "")
+    if model.get("suspended"):
+        return f"SUSPENDED {detail}".rstrip()
+    return detail
 
 
 def _get(url: str, api_key: str | None, timeout: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .models.desired import DesiredModel, DesiredState, ModelKey
 from .models.naming import normalize_reference
-from .state import READY, AppliedSpec, ModelRecord
+from .state import FAILED, READY, AppliedSpec, ModelRecord
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,15 @@ class RecordError:
 
 
 @dataclass(frozen=True)
+class Suspend:
+    """A suspended model is left alone, and shows nothing stale: its error and pending retry from
+    before are cleared, and a Failed model becomes Pending (nothing is tried, so nothing fails)."""
+
+    key: ModelKey
+    reason: str = "suspended; the error from before is cleared"
+
+
+@dataclass(frozen=True)
 class Skip:
     """Leave a model as it is, and say why (for dry runs and logs)."""
 
@@ -89,7 +98,7 @@ class Skip:
     reason: str
 
 
-Action = Pull | Delete | Forget | MarkReady | RecordError | Skip
+Action = Pull | Delete | Forget | MarkReady | RecordError | Suspend | Skip
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,22 @@ class Plan:
     @property
     def changes_anything(self) -> bool:
         return any(not isinstance(a, Skip) for a in self.actions)
+
+    def summary(self) -> str:
+        """What the plan changes, counted by kind: `1 pull, 0 deletes, 2 already in Ollama`.
+
+        A model found in Ollama changes ollama-gitops's records, not Ollama: it is counted apart
+        from pulls and deletes, never as a change to the server."""
+        def count(n: int, noun: str, plural: str) -> str:
+            return f"{n} {noun if n == 1 else plural}"
+
+        parts = [count(len(self.of(Pull)), "pull", "pulls"), count(len(self.of(Delete)), "delete", "deletes"),
+                 f"{len(self.of(MarkReady))} already in Ollama"]
+        if forgotten := len(self.of(Forget)):
+            parts.append(f"{forgotten} forgotten")
+        if errors := len(self.of(RecordError)):
+            parts.append(count(errors, "file error", "file errors"))
+        return ", ".join(parts)
 
 
 def applied_spec(model: DesiredModel) -> AppliedSpec:
@@ -201,7 +226,7 @@ def _plan_reference(
     broken: Set[ModelKey],
 ) -> list[Action]:
     active = [k for k in keys if not specs[k].suspend]
-    actions: list[Action] = [Skip(k, "suspended") for k in keys if specs[k].suspend]
+    actions: list[Action] = [_suspended(k, records.get(k), k in broken) for k in keys if specs[k].suspend]
     if not active:
         return actions
     if reference in in_flight:
@@ -235,6 +260,14 @@ def _plan_reference(
         reason = "not in Ollama"
     # Pulled as the file spells it (Ollama keeps that spelling), matched by the normalised key.
     return actions + [Pull(specs[active[0]].reference, tuple(active), reason, refresh)]
+
+
+def _suspended(key: ModelKey, record: ModelRecord | None, broken: bool) -> Action:
+    status = record.status if record is not None else None
+    # A broken file's error is current, not stale: it stays.
+    stale = status is not None and not broken and (
+        bool(status.error) or status.state == FAILED or status.next_retry_at is not None)
+    return Suspend(key) if stale else Skip(key, "suspended")
 
 
 def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ModelRecord]) -> str | None:

@@ -25,9 +25,9 @@ from .models.desired import DesiredState, GitLoader, ModelKey
 from .git.repo import GitError, GitRepo
 from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
 from .models.naming import normalize_reference
-from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, plan
-from .ollama.pulls import PullPool
-from .state import PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, plan
+from .ollama.pulls import BACKOFF_BASE, PullPool, model_names
+from .state import FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.reconcile")
 
@@ -73,9 +73,12 @@ class Reconciler:
         resync_interval: float = 300.0,
         allow_empty: bool = False,
         clock: Callable[[], float] = time.time,
-        on_pull_finished: Callable[[], None] | None = None,
+        on_pull_finished: Callable[[float | None], None] | None = None,
         cluster: ClusterStep | None = None,
+        backoff_base: float = BACKOFF_BASE,
     ) -> None:
+        """`on_pull_finished(retry_at)` runs after each pull; `retry_at` (a `clock()` time) when it
+        failed, for a cycle to be run when its retry is due."""
         self.repo = repo
         self.server = server
         self.store = store
@@ -91,7 +94,7 @@ class Reconciler:
         self.applied: DesiredState | None = None  # the desired state of the last applied cycle
         self.desired: DesiredState | None = None  # the desired state of the last loaded commit
         self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock,
-                              on_finished=self._pull_finished)
+                              on_finished=self._pull_finished, backoff_base=backoff_base)
         self._on_pull_finished = on_pull_finished
         self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
         self.leading: Callable[[], bool] = lambda: True  # Kubernetes mode: holds the Lease
@@ -169,7 +172,7 @@ class Reconciler:
                         now=now, allow_empty=self.allow_empty)
         if dry_run:
             return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit,
-                               unreachable or "dry run", the_plan, full=True)
+                               unreachable or f"would make {the_plan.summary()}", the_plan, full=True)
 
         if observed is not None and full:
             with self._observed_lock:
@@ -186,8 +189,7 @@ class Reconciler:
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
-        changes = sum(1 for a in the_plan.actions if not isinstance(a, Skip))
-        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {changes} change(s)", the_plan, full=full)
+        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {the_plan.summary()}", the_plan, full=full)
 
     def _full_cycle_due(self, now: float) -> bool:
         last = self.store.sync.last_resync_at
@@ -238,12 +240,12 @@ class Reconciler:
         with self._observed_lock:
             return None if self._observed is None else dict(self._observed)
 
-    def _pull_finished(self, reference: str, installed: InstalledModel | None) -> None:
+    def _pull_finished(self, reference: str, installed: InstalledModel | None, retry_at: float | None) -> None:
         with self._observed_lock:
             if self._observed is not None and installed is not None:
                 self._observed[reference] = installed
         if self._on_pull_finished is not None:
-            self._on_pull_finished()
+            self._on_pull_finished(retry_at)
 
     # -- applying ----------------------------------------------------------------------------------------
     def _apply(self, the_plan: Plan, commit: str) -> list[str]:
@@ -268,11 +270,20 @@ class Reconciler:
                     if status is not None:
                         status.error = action.message[:1024]
                     lines.add("skipped", action.key, None, action.message)
+                elif isinstance(action, Suspend):
+                    status = edit.status(action.key)
+                    if status is not None:
+                        status.error, status.failures, status.next_retry_at = None, 0, None
+                        if status.state == FAILED:
+                            status.state = PENDING
+                    lines.add("suspended", action.key, None, action.reason)
                 elif isinstance(action, Forget):
                     edit.forget(action.key)
                     lines.add("forgotten", action.key, action.reference, action.reason)
                 elif isinstance(action, Skip):
-                    lines.add("skipped", action.key, None, action.reason)
+                    # Not an action: at INFO, Ollama down would log a line per model per cycle
+                    # besides the cycle's own line saying so.
+                    lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
         failures: list[str] = []
         for action in the_plan.actions:
             if isinstance(action, Pull):
@@ -361,6 +372,8 @@ class _Log:
     def __init__(self, commit: str) -> None:
         self._commit = commit[:12]
 
-    def add(self, action: str, keys: object, reference: str | None, reason: str, level: int = logging.INFO) -> None:
-        shown = ",".join(map(str, keys)) if isinstance(keys, tuple) else str(keys)
+    def add(self, action: str, keys: ModelKey | tuple[ModelKey, ...], reference: str | None, reason: str,
+            level: int = logging.INFO) -> None:
+        # A ModelKey is a tuple too: joining its fields would name it `default,gemma3-1b`.
+        shown = str(keys) if isinstance(keys, ModelKey) else model_names(keys)
         log.log(level, "action=%s models=%s reference=%s commit=%s reason=%r", action, shown, reference or "-", self._commit, reason)

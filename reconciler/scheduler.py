@@ -7,6 +7,7 @@ into one. A request made while a cycle runs is not lost: the running job loops o
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 log = logging.getLogger("ollama_gitops.scheduler")
 
 JOB_ID = "reconcile"
+WAKE_PREFIX = "wake-"  # one date job per second at which a cycle is due (a failed pull's retry)
 
 
 class CycleScheduler:
@@ -52,6 +54,24 @@ class CycleScheduler:
                 self._scheduler.modify_job(JOB_ID, next_run_time=datetime.now(timezone.utc))
             except LookupError:  # shutting down
                 pass
+
+    def request_cycle_at(self, when: float) -> None:
+        """Run a cycle at `when` (seconds since the epoch, as `time.time()`), whatever the interval.
+
+        Every wake-up asked for is kept, one per second (rounded up, so that a cycle woken for a
+        retry never runs before the retry is due): a later one is not lost behind an earlier one.
+        """
+        second = math.ceil(when)
+        if second <= time.time():
+            self.request_cycle()
+            return
+        if not self._scheduler.running:
+            return
+        try:
+            self._scheduler.add_job(self.request_cycle, "date", id=f"{WAKE_PREFIX}{second}", replace_existing=True,
+                                    run_date=datetime.fromtimestamp(second, timezone.utc))
+        except RuntimeError:  # shutting down
+            pass
 
     @property
     def busy(self) -> bool:

@@ -14,7 +14,7 @@ from .git.embedded import ensure_default_repo
 from .git.remote import check_remote
 from .git.repo import GitRepo
 from .ollama.server import OllamaServer
-from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip
+from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
@@ -51,6 +51,12 @@ class Service:
     def request_cycle(self) -> None:
         if self.scheduler is not None:
             self.scheduler.request_cycle()
+
+    def pull_finished(self, retry_at: float | None) -> None:
+        """A pull ended: a cycle now records it, and one when its retry is due, if it failed."""
+        self.request_cycle()
+        if retry_at is not None and self.scheduler is not None:
+            self.scheduler.request_cycle_at(retry_at)
 
     def start(self) -> None:
         """Run cycles on the schedule; in Kubernetes mode only while this replica holds the Lease."""
@@ -146,7 +152,7 @@ def build(settings: Settings) -> Service:
         concurrency=settings.concurrency,
         resync_interval=settings.resync_interval,
         allow_empty=settings.allow_empty,
-        on_pull_finished=service.request_cycle,
+        on_pull_finished=service.pull_finished,
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
@@ -265,21 +271,28 @@ def print_report(report: CycleReport, out: TextIO, dry_run: bool) -> None:
 
 
 def describe(plan: Plan, include_skips: bool = True) -> list[str]:
-    """Human lines for a plan: what would be pulled, deleted or left alone, and why."""
-    lines = []
+    """Human lines for a plan, as a table: what would be pulled, deleted or left alone, and why."""
+    rows: list[tuple[str, str, str, str]] = []
     for action in plan.actions:
         if isinstance(action, Pull):
-            lines.append(f"pull     {', '.join(map(str, action.keys))}  {action.reference}  ({action.reason})")
+            rows.append(("pull", ", ".join(map(str, action.keys)), action.reference, action.reason))
         elif isinstance(action, Delete):
-            lines.append(f"delete   {', '.join(map(str, action.keys))}  {action.reference}  ({action.reason})")
+            rows.append(("delete", ", ".join(map(str, action.keys)), action.reference, action.reason))
         elif isinstance(action, Forget):
-            lines.append(f"forget   {action.key}  {action.reference}  ({action.reason})")
+            rows.append(("forget", str(action.key), action.reference, action.reason))
         elif isinstance(action, MarkReady):
-            lines.append(f"ready    {action.key}  {action.installed.reference}  ({action.reason})")
+            rows.append(("ready", str(action.key), action.installed.reference, action.reason))
         elif isinstance(action, RecordError):
-            lines.append(f"error    {action.key}  ({action.message})")
+            rows.append(("error", str(action.key), "-", action.message))
+        elif isinstance(action, Suspend):
+            rows.append(("leave", str(action.key), "-", action.reason))
         elif isinstance(action, Skip) and include_skips:
-            lines.append(f"leave    {action.key}  ({action.reason})")
+            rows.append(("leave", str(action.key), "-", action.reason))
+    lines = []
+    if rows:
+        rows.insert(0, ("ACTION", "MODEL", "REFERENCE", "REASON"))
+        widths = [max(len(row[i]) for row in rows) for i in range(3)]
+        lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]) for row in rows]
     if plan.refused:
-        lines.append(f"refused  {plan.refused}")
+        lines.append(f"refused: {plan.refused}")
     return lines

@@ -77,9 +77,21 @@ class ApiRig:
         assert reconciler.pulls.wait(timeout=30)
         reconciler.run_cycle()
 
+    def publish(self, message: str = "change") -> None:
+        """Commit what the work tree holds, push it, and let the API and a reconcile cycle take it in."""
+        self.work.commit(message)
+        self.work.push()
+        assert self.running is not None
+        self.running.repository.refresh()
+        self.settle()
+
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
         if self.running is not None:
             self.running.stop()
+            self.running.repository.repo.repo.close()
+            if self.running.service is not None:
+                self.running.service.reconciler.repo.repo.close()
             self.running = None
+        self.work.close()

@@ -39,6 +39,7 @@ def rig(tmp_path: Path, ollama):
     test_rig = Rig(tmp_path, ollama)
     yield test_rig
     test_rig.stop()
+    test_rig.work.close()
 
 
 @pytest.fixture

@@ -50,6 +50,11 @@ class WorkRepo:
         self.write(relative, f"name: {name}\ntag: \"{tag}\"\n{extra}")
         return relative
 
+    def close(self) -> None:
+        """End GitPython's persistent `git cat-file` processes (three pipes each, or the suite's
+        process runs out of the descriptors select() can watch)."""
+        self.repo.close()
+
     def remove(self, relative: str) -> None:
         (self.path / relative).unlink()
 

@@ -56,7 +56,8 @@ class Rig:
         store.acquire_process_lock()
         repo = GitRepo(str(self.remote), "main", self.state_dir / "clone.git")
         options.setdefault("resync_interval", 300.0)
-        self.reconciler = Reconciler(repo, OllamaServer(self.ollama.url, timeout=5), store, clock=self.clock, **options)  # type: ignore[arg-type]
+        options.setdefault("clock", self.clock)  # a test that runs a real schedule passes time.time
+        self.reconciler = Reconciler(repo, OllamaServer(self.ollama.url, timeout=5), store, **options)  # type: ignore[arg-type]
         return self.reconciler
 
     def stop(self) -> None:
@@ -64,6 +65,7 @@ class Rig:
             self.reconciler.pulls.wait(timeout=10)
             self.reconciler.close()
             self.reconciler.store.release_process_lock()
+            self.reconciler.repo.repo.close()
             self.reconciler = None
 
     def cycle(self, *, wait: bool = True, dry_run: bool = False) -> CycleReport:

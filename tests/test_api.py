@@ -13,7 +13,7 @@ from ollama_gitops.api import runtime
 from apirig import API_KEY, ApiRig
 from ollama_gitops.reconciler.models.modelfile import ModelFields, parse
 
-MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest"]
+MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest", "suspended"]
 
 
 def openapi(api: ApiRig) -> dict:
@@ -256,10 +256,7 @@ def test_json_errors_under_api_and_text_elsewhere(api: ApiRig) -> None:
 
 def test_status_reports_commits_cycle_and_file_problems(api: ApiRig) -> None:
     api.work.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
-    api.work.commit("broken file")
-    api.work.push()
-    api.running.repository.refresh()
-    api.settle()
+    api.publish("broken file")
     response = api.client.get("/api/v1/status")
     body = check(api, response, "Status")
     assert body["lastFetchedCommit"] == body["lastAppliedCommit"] == git.Repo(api.remote).commit("main").hexsha
@@ -453,3 +450,47 @@ def test_allowed_hosts_from_options_and_environment(tmp_path: Path, monkeypatch:
     options = runtime.ApiOptions("127.0.0.1:8082", None, "default", "a <a@b.c>", False, allowed_hosts=("a b",))
     with pytest.raises(runtime.ConfigurationError, match="--allowed-host"):
         runtime.host_check(options)
+
+
+@pytest.mark.parametrize("broken", ["name: gemma3\ntag: [\n", "name: gemma3\ntag: 1b\nbogus: 1\n"])
+def test_a_model_whose_file_is_broken_is_shown_deleted_and_gone_alike(api: ApiRig, broken: str) -> None:
+    """GET and DELETE agree: the model the reconciler keeps is there to see, and to delete."""
+    api.settle()
+    api.work.write("models/default/gemma3-1b.yaml", broken)
+    api.publish("break gemma3")
+    shown = api.client.get("/api/v1/models/gemma3-1b")
+    assert shown.status_code == 200, shown.text
+    body = check(api, shown, "Model")
+    assert (body["modelName"], body["tag"], body["state"]) == ("gemma3", "1b", "Ready")
+    assert body["error"].startswith("model file is invalid, keeping the last good version: ")
+    assert "gemma3-1b" in {m["name"] for m in api.client.get("/api/v1/models").json()["items"]}
+    assert api.client.delete("/api/v1/models/gemma3-1b").status_code == 204
+    assert remote_file(api, "models/default/gemma3-1b.yaml") is None
+    api.running.repository.refresh()
+    assert api.client.get("/api/v1/models/gemma3-1b").status_code == 404
+    assert api.client.delete("/api/v1/models/gemma3-1b").status_code == 404
+
+
+def test_a_broken_file_with_no_good_version_is_shown_and_deleted_alike(api: ApiRig) -> None:
+    api.work.write("models/default/phi3-mini.yaml", "name: phi3\ntag: [\n")
+    api.publish("a broken new file")
+    shown = api.client.get("/api/v1/models/phi3-mini")
+    deleted = api.client.delete("/api/v1/models/phi3-mini")
+    # No model yet (nothing was ever pulled for it): both say not found, and why; Git keeps the file.
+    assert (shown.status_code, deleted.status_code) == (404, 404), (shown.text, deleted.text)
+    for answer in (shown, deleted):
+        message = answer.json()["error"]
+        assert message.startswith("model not found: phi3-mini (its file is invalid: models/default/phi3-mini.yaml:")
+    assert remote_file(api, "models/default/phi3-mini.yaml") == "name: phi3\ntag: [\n"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/models/a%2Fb", "/api/v1/models/a%2fb", "/api/v1/models/..%2F..%2Fetc%2Fpasswd",
+                                  "/api/v1/models/a%2Fb/refresh"])
+def test_an_encoded_slash_in_a_name_is_a_400_as_readme_says(api: ApiRig, path: str) -> None:
+    before = git.Repo(api.remote).commit("main").hexsha
+    methods = ("POST",) if path.endswith("/refresh") else ("GET", "DELETE")
+    for method in methods:
+        response = api.client.request(method, path)
+        assert response.status_code == 400, (method, path, response.status_code, response.text)
+        assert "invalid model name" in response.json()["error"]
+    assert git.Repo(api.remote).commit("main").hexsha == before

@@ -349,8 +349,9 @@ def dry_run(children: Children, args: list[str], env: dict[str, str]) -> subproc
 
 
 def expected_plan(served: Served) -> list[str]:
-    return ["pull     default/llama3.2-1b  llama3.2:1b  (new model, not in Ollama)",
-            f"dry run: Succeeded at {served.head()[:12]}: dry run"]
+    return ["ACTION  MODEL                REFERENCE    REASON",
+            "pull    default/llama3.2-1b  llama3.2:1b  new model, not in Ollama",
+            f"dry run: Succeeded at {served.head()[:12]}: would make 1 pull, 0 deletes, 0 already in Ollama"]
 
 
 def test_cli_dry_run_over_ssh_with_a_secret_mounted_0644(

@@ -41,7 +41,7 @@ def test_unquoted_timestamp_is_kept_exactly_as_written() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "shown"),
-    [("1.10", "1.1"), ("8", "8"), ("1.0e+3", "1000.0"), ("0x1F", "31")],
+    [("1.10", "1.1"), ("8", "a number"), ("1.0e+3", "1000.0"), ("0x1F", "31")],  # "as 8" would say nothing
 )
 def test_numeric_tag_is_refused_with_a_hint_to_quote_it(raw: str, shown: str) -> None:
     (error,) = errors_of(f"name: llama3\ntag: {raw}\n")

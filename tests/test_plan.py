@@ -220,3 +220,26 @@ def test_an_unreadable_namespace_keeps_every_model_of_it_and_the_guard_is_not_fo
     everything = DesiredState("c0ffee" * 6 + "abcd", {}, (Problem("models", None, "models is a symbolic link"),), all_unreadable=True)
     result = plan(everything, observed, records, now=NOW)
     assert not result.of(Delete) and not result.of(Forget) and result.refused is None and set(result.specs) == set(records)
+
+
+def test_summary_counts_pulls_and_deletes_apart_from_models_found_in_ollama() -> None:
+    llama, gemma, phi = model("llama3.2"), model("gemma3"), model("phi3", tag="mini")
+    found = plan(desired(llama, gemma), {"llama3.2:1b": installed("llama3.2:1b"), "gemma3:1b": installed("gemma3:1b")},
+                 {}, now=NOW)
+    assert found.summary() == "0 pulls, 0 deletes, 2 already in Ollama"
+    mixed = plan(desired(llama, phi), {"gemma3:1b": installed("gemma3:1b")},
+                 {gemma.key: record(gemma, owned=True)}, now=NOW)
+    assert mixed.summary() == "2 pulls, 1 delete, 0 already in Ollama"
+
+
+def test_a_suspended_model_is_left_alone_and_its_stale_error_cleared_but_not_a_broken_files() -> None:
+    from ollama_gitops.reconciler.plan import Suspend
+
+    failed, quiet = model("llama3.2", suspend=True), model("gemma3", suspend=True)
+    records = {failed.key: record(failed, FAILED, error="pull model manifest: file does not exist", failures=2,
+                                  next_retry_at=NOW + 60),
+               quiet.key: record(quiet)}
+    result = plan(desired(failed, quiet), {}, records, now=NOW)
+    assert result.actions == (Skip(quiet.key, "suspended"), Suspend(failed.key))
+    broken = plan(desired(quiet, unreadable=(failed.key,)), {}, records, now=NOW)
+    assert not broken.of(Suspend)  # a broken file's error is current: it stays

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 
 import pytest
 
 from ollama_gitops.reconciler.models.naming import resource_name
 from ollama_gitops.reconciler.ollama.server import OllamaServer
 from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
+from ollama_gitops.reconciler.scheduler import CycleScheduler
+from ollama_gitops.reconciler.service import Service
 from rig import CATALOGUE, Rig
+from waiting import eventually
 
 
 def test_added_models_are_pulled_and_recorded_ready(rig: Rig) -> None:
@@ -145,6 +150,33 @@ def test_ollama_down_is_reported_with_its_url_and_then_recovers(rig: Rig) -> Non
     assert report.ok and rig.state("default", "llama3.2-1b") == READY
 
 
+def test_logs_name_models_one_way_and_ollama_down_is_one_line_per_cycle(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig.ollama.install("gemma3:1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("team-a", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    with caplog.at_level(logging.INFO, logger="ollama_gitops"):
+        rig.cycle()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("action=ready models=default/gemma3-1b ") for line in lines), lines
+    assert any("action=pull models=default/llama3.2-1b,team-a/llama3.2-1b " in line for line in lines), lines
+    assert any("action=pulled reference=llama3.2:1b models=default/llama3.2-1b,team-a/llama3.2-1b " in line
+               for line in lines), lines
+    assert not any("models=default," in line for line in lines), lines
+
+    rig.ollama.stop()
+    for _ in range(2):
+        caplog.clear()
+        rig.clock.advance(1000)
+        with caplog.at_level(logging.INFO, logger="ollama_gitops"):
+            rig.cycle()
+        said = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith("action=cycle outcome=Failed"), said
+
+
 def test_failed_pull_shows_ollamas_error_and_is_retried_with_backoff(rig: Rig) -> None:
     rig.ollama.fail_next_pulls("llama3.2:1b", 2, "max retries exceeded: unexpected EOF")
     rig.work.model("default", "llama3.2", "1b")
@@ -155,17 +187,35 @@ def test_failed_pull_shows_ollamas_error_and_is_retried_with_backoff(rig: Rig) -
     assert record is not None and record.status.state == FAILED
     assert record.status.error == "max retries exceeded: unexpected EOF" and record.status.failures == 1
     first_delay = record.status.next_retry_at - rig.clock.now
-    assert 7.5 <= first_delay <= 15
+    assert 11.25 <= first_delay <= 15  # about 15 s, as README says: jitter takes off at most a quarter
     rig.cycle()  # too early: no retry
     assert rig.ollama.pull_count["llama3.2:1b"] == 1
     rig.clock.advance(first_delay + 1)
     rig.cycle()
     record = rig.record("default", "llama3.2-1b")
-    assert record.status.failures == 2 and 15 <= record.status.next_retry_at - rig.clock.now <= 30
+    assert record.status.failures == 2 and 22.5 <= record.status.next_retry_at - rig.clock.now <= 30
     rig.clock.advance(31)
     rig.cycle()
     assert rig.state("default", "llama3.2-1b") == READY and rig.ollama.pull_count["llama3.2:1b"] == 3
     assert rig.record("default", "llama3.2-1b").status.error is None
+
+
+def test_a_failed_pull_is_retried_when_its_backoff_is_due_not_at_the_next_interval(rig: Rig) -> None:
+    """Wired as the service wires it: the schedule's interval is an hour, the backoff a fraction of
+    a second, so only a cycle asked for at the retry time can pull again."""
+    rig.ollama.fail_next_pulls("llama3.2:1b", 2, "max retries exceeded: unexpected EOF")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    service = Service(None, None, None)  # type: ignore[arg-type]  # only its schedule is used
+    reconciler = rig.start(clock=time.time, backoff_base=0.2, on_pull_finished=lambda at: service.pull_finished(at))
+    service.store, service.reconciler = reconciler.store, reconciler
+    service.scheduler = CycleScheduler(reconciler.run_cycle, interval=3600)
+    service.scheduler.start()
+    try:
+        eventually(lambda: rig.state("default", "llama3.2-1b") == READY, timeout=60)
+    finally:
+        service.scheduler.shutdown()
+    assert rig.ollama.pull_count["llama3.2:1b"] == 3
 
 
 def test_unknown_model_fails_cleanly_with_ollamas_message(rig: Rig) -> None:

@@ -75,10 +75,11 @@ def test_dry_run_previews_a_branch_and_changes_nothing(env: dict[str, str], olla
     ollama.install("llama3.2:1b")
     result = run(children, ["reconcile", "--once", "--dry-run", "--repo", str(remote), "--branch", "add-phi3"], env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "ready    default/llama3.2-1b  llama3.2:1b  (already in Ollama)",
-        "pull     default/phi3-mini  phi3:mini  (new model, not in Ollama)",
-        f"dry run: Succeeded at {work.repo.head.commit.hexsha[:12]}: dry run",
+    assert result.stdout.splitlines() == [  # a table: columns aligned; finding a model is not a change to Ollama
+        "ACTION  MODEL                REFERENCE    REASON",
+        "ready   default/llama3.2-1b  llama3.2:1b  already in Ollama",
+        "pull    default/phi3-mini    phi3:mini    new model, not in Ollama",
+        f"dry run: Succeeded at {work.repo.head.commit.hexsha[:12]}: would make 1 pull, 0 deletes, 1 already in Ollama",
     ]
     assert ollama.pull_count == {} and statuses(tmp_path / "state") == {}
 

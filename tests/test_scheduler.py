@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from ollama_gitops.reconciler.scheduler import CycleScheduler
 from waiting import eventually
@@ -92,5 +93,22 @@ def test_busy_while_a_cycle_runs_or_waits_to() -> None:
         proceed.set()
         eventually(lambda: not scheduler.busy)
         assert len(calls) == 2  # idle now: no cycle left to run, none requested
+    finally:
+        scheduler.shutdown()
+
+
+def test_cycles_asked_for_at_a_time_run_then_and_a_later_one_is_not_lost_behind_an_earlier() -> None:
+    ran = threading.Semaphore(0)
+    scheduler = CycleScheduler(ran.release, interval=3600)
+    scheduler.start()
+    try:
+        assert ran.acquire(timeout=10)  # the first cycle, at start
+        now = time.time()
+        scheduler.request_cycle_at(now + 2.5)
+        scheduler.request_cycle_at(now + 1)  # earlier, asked for later
+        assert ran.acquire(timeout=30)
+        assert ran.acquire(timeout=30)  # the later one still runs (not an hour later)
+        scheduler.request_cycle_at(now - 10)  # already due: at once
+        assert ran.acquire(timeout=30)
     finally:
         scheduler.shutdown()

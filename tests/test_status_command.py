@@ -15,6 +15,7 @@ import pytest
 
 from apirig import API_KEY, ApiRig
 from processes import Children
+from ollama_gitops.api import statusview
 from ollama_gitops.reconciler.models.desired import ModelKey
 
 HEADER = ["NAME", "MODEL", "STATE", "SIZE", "LAST PULL"]
@@ -120,10 +121,7 @@ def test_a_model_ollama_does_not_have_fails_and_exits_1(api: ApiRig) -> None:
 
 def test_a_model_file_with_a_problem_exits_1_and_is_named(ready_rig: ApiRig) -> None:
     ready_rig.work.write("models/default/broken-1.yaml", "name: broken\ntag: [\n")
-    ready_rig.work.commit("broken file")
-    ready_rig.work.push()
-    ready_rig.running.repository.refresh()
-    ready_rig.settle()
+    ready_rig.publish("broken file")
     result = status(ready_rig.url)
     assert result.returncode == 1, result.stdout + result.stderr
     problems = [line for line in result.stdout.splitlines() if line.startswith("problem:")]
@@ -131,10 +129,7 @@ def test_a_model_file_with_a_problem_exits_1_and_is_named(ready_rig: ApiRig) -> 
     assert {row[1] for row in rows(result.stdout).values()} == {"Ready"}  # the models themselves are fine
 
     ready_rig.work.remove("models/default/broken-1.yaml")
-    ready_rig.work.commit("fixed")
-    ready_rig.work.push()
-    ready_rig.running.repository.refresh()
-    ready_rig.settle()
+    ready_rig.publish("fixed")
     assert status(ready_rig.url).returncode == 0
 
 
@@ -230,3 +225,82 @@ def test_a_failed_last_cycle_exits_1(ready_rig: ApiRig) -> None:
     result = status(ready_rig.url)
     assert result.returncode == 1, result.stdout
     assert "sync: Failed at" in result.stdout and f"Ollama is not reachable at {ready_rig.ollama.url}" in result.stdout
+
+
+def status_here(url: str, capsys: pytest.CaptureFixture[str], *args: str,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """`status` run in this process (as the console script runs it), for speed: exit code and output."""
+    from ollama_gitops.api.cli import main
+
+    monkeypatch.setenv("OLLAMA_GITOPS_API_KEY", API_KEY)
+    capsys.readouterr()
+    code = main(["status", "--api-url", url, *args])
+    return code, capsys.readouterr().out
+
+
+def test_a_suspended_model_says_so_and_keeps_no_stale_error(
+        api: ApiRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    api.ollama.fail_next_pulls("gemma3:1b", 1, "max retries exceeded: unexpected EOF")
+    api.settle()
+    assert api.client.get("/api/v1/models/gemma3-1b").json()["error"] == "max retries exceeded: unexpected EOF"
+    api.work.model("default", "gemma3", "1b", extra="suspend: true\n")
+    api.publish("suspend gemma3")
+    gemma = api.client.get("/api/v1/models/gemma3-1b").json()
+    assert gemma == {"name": "gemma3-1b", "namespace": "default", "modelName": "gemma3", "tag": "1b",
+                     "state": "Pending", "suspended": True}
+    listed = {m["name"]: m for m in api.client.get("/api/v1/models").json()["items"]}
+    assert listed["gemma3-1b"] == gemma and "suspended" not in listed["llama3.2-1b"]  # only when true
+    assert api.ollama.pull_count["gemma3:1b"] == 1  # left alone
+
+    code, out = status_here(api.url, capsys, monkeypatch=monkeypatch)
+    table = rows(out)
+    assert table["gemma3-1b"][1:] == ["Pending", "-", "-", "SUSPENDED"] and table["llama3.2-1b"][4] == ""
+    assert code == 0, out  # nothing is wrong: the model is left alone on purpose
+
+
+def test_a_refused_prune_to_zero_lists_every_kept_model_and_exits_1(
+        api: ApiRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    api.settle()
+    for name in ("llama3.2-1b", "gemma3-1b"):
+        api.work.remove(f"models/default/{name}.yaml")
+    api.publish("remove every model")
+    assert set(api.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}  # refused: nothing pruned
+    listed = api.client.get("/api/v1/models").json()["items"]
+    assert [(m["name"], m["state"]) for m in listed] == [("gemma3-1b", "Ready"), ("llama3.2-1b", "Ready")]
+    assert all("refuses to prune to zero without --allow-empty" in m["error"] for m in listed), listed
+    assert api.client.get("/api/v1/models/gemma3-1b").json() == listed[0]
+    refused = api.client.delete("/api/v1/models/gemma3-1b")  # shown, but no file is left to delete
+    assert refused.status_code == 409 and "no file left to delete" in refused.json()["error"]
+
+    code, out = status_here(api.url, capsys, monkeypatch=monkeypatch)
+    assert sorted(rows(out)) == ["gemma3-1b", "llama3.2-1b"]
+    assert code == 1, out  # the sync failed: not all well
+
+
+def test_watch_started_right_after_a_write_waits_for_it_to_be_applied(
+        api: ApiRig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    api.settle()
+    assert api.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini"}).status_code == 201
+    outcome: list[tuple[int, str]] = []
+    frames = threading.Semaphore(0)
+    real_fetch = statusview.fetch
+
+    def counted_fetch(*args: object, **kwargs: object) -> statusview.Snapshot:
+        snapshot = real_fetch(*args, **kwargs)  # type: ignore[arg-type]
+        frames.release()
+        return snapshot
+
+    monkeypatch.setattr(statusview, "fetch", counted_fetch)  # our own module: counts the frames drawn
+    watcher = threading.Thread(target=lambda: outcome.append(
+        status_here(api.url, capsys, "--watch", monkeypatch=monkeypatch)))
+    watcher.start()
+    try:
+        assert frames.acquire(timeout=30)  # the first frame: the write is not applied yet
+        assert frames.acquire(timeout=30)  # ... and it is still watching
+        api.settle()
+    finally:
+        watcher.join(timeout=60)
+    assert outcome, "status --watch did not end"
+    code, out = outcome[0]
+    last = rows("NAME " + out.split("NAME ")[-1])
+    assert code == 0 and last["phi3-mini"][1] == "Ready", out

@@ -40,6 +40,22 @@ def test_problems_print_path_line_message_and_exit_1(tmp_path: Path, capsys: pyt
     ]
 
 
+def test_typing_traps_say_what_yaml_read_and_an_empty_tag_is_one_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "models/default").mkdir(parents=True)
+    (tmp_path / "models/default/x-7.yaml").write_text("name: x\ntag: 7\n")
+    (tmp_path / "models/default/y-true.yaml").write_text("name: y\ntag: true\n")
+    (tmp_path / "models/default/z.yaml").write_text("name: z\ntag: ''\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run(["validate"], capsys)
+    assert code == 1
+    assert out.splitlines() == [
+        'models/default/x-7.yaml:2: field \'tag\' must be a string, not a number: YAML reads 7 as a number; write tag: "7" to keep it as written',
+        'models/default/y-true.yaml:2: field \'tag\' must be a string, not a boolean: YAML reads true as a boolean; write tag: "true" to keep it as written',
+        "models/default/z.yaml:2: field 'tag' must not be empty",
+    ]
+
+
 def test_paths_are_relative_to_the_given_path(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     repo = tmp_path / "repo"
     (repo / "models/default").mkdir(parents=True)

@@ -201,7 +201,11 @@ def _explain(error: jsonschema.ValidationError, raw: Mapping[tuple[str | int, ..
     elif "propertyNames" in error.schema_path:
         yield SchemaError(path, f"'{where}' has an invalid key {error.instance!r}: a key is an optional DNS "
                           "subdomain prefix and '/', then at most 63 letters, digits, '-', '_' and '.'")
+    elif error.validator == "minLength" and error.instance == "":
+        yield SchemaError(path, f"field '{where}' must not be empty")
     elif error.validator in ("pattern", "format"):
+        if error.instance == "" and error.schema.get("minLength", 0) > 0:
+            return  # the minLength error already says it is empty: one message is enough
         yield SchemaError(path, f"field '{where}' has an invalid value {error.instance!r}: {_pattern_hint(path)}")
     else:
         yield SchemaError(path, f"field '{where}': {error.message}" if path else error.message)
@@ -215,7 +219,9 @@ def _type_message(where: str, expected: str | list[str], instance: Any, raw_text
     )
     if expected == "string" and raw_text and instance is not None:
         key = where.rsplit(".", 1)[-1]
-        message += f": YAML reads {raw_text} as {instance!r}; write {key}: \"{raw_text}\" to keep it as written"
+        # `tag: 7` reads as 7: saying "as 7" would show no difference, so name the type instead.
+        read_as = actual if repr(instance).lower() == raw_text.lower() else repr(instance)
+        message += f": YAML reads {raw_text} as {read_as}; write {key}: \"{raw_text}\" to keep it as written"
     return message
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .. import metrics
 from .server import ModelOperationFailed, ModelServer, ServerUnreachable
+from ..models.desired import ModelKey
 from ..models.naming import normalize_reference
 from ..plan import InstalledModel, Pull
 from ..state import FAILED, PULLING, READY, StateStore, utc_rfc3339
@@ -25,10 +26,13 @@ BACKOFF_BASE = 15.0  # seconds before the first retry
 BACKOFF_CAP = 900.0  # never wait more than this between retries
 
 
-def backoff_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: about base*2^(n-1), capped, scaled by a random 50-100%."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, failures - 1))
-    return ceiling * (0.5 + 0.5 * rng())
+def backoff_delay(failures: int, rng: Callable[[], float] = random.random, base: float = BACKOFF_BASE) -> float:
+    """Exponential backoff with jitter: base*2^(n-1), capped, less up to a quarter at random.
+
+    The jitter spreads the retries of models that failed together without making "about 15 s" 8 s.
+    """
+    ceiling = min(BACKOFF_CAP, base * 2 ** max(0, failures - 1))
+    return ceiling * (0.75 + 0.25 * rng())
 
 
 class PullPool:
@@ -41,12 +45,16 @@ class PullPool:
         *,
         concurrency: int = 2,
         clock: Callable[[], float] = time.time,
-        on_finished: Callable[[str, InstalledModel | None], None] | None = None,
+        on_finished: Callable[[str, InstalledModel | None, float | None], None] | None = None,
+        backoff_base: float = BACKOFF_BASE,
     ) -> None:
+        """`on_finished(reference, installed, retry_at)` runs after each pull: `installed` when it
+        succeeded, else `retry_at`, the `clock()` time at which a retry is due."""
         self._server = server
         self._store = store
         self._clock = clock
         self._on_finished = on_finished
+        self._backoff_base = backoff_base
         self._executor = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="pull")
         self._lock = threading.Lock()
         self._in_flight: dict[str, Future[None]] = {}
@@ -98,25 +106,26 @@ class PullPool:
     def _run(self, pull: Pull, reference: str, commit: str | None) -> None:
         started = self._clock()
         installed: InstalledModel | None = None
+        retry_at: float | None = None
         try:
             self._server.pull(pull.reference, lambda done, total: self._store.update_progress(pull.keys, done, total))
             installed = self._server.installed().get(reference)
         except ServerUnreachable as exc:
             with self._lock:
                 self._unreachable = str(exc)
-            self._record_failure(pull, str(exc), commit)
+            retry_at = self._record_failure(pull, str(exc), commit)
         except ModelOperationFailed as exc:
-            self._record_failure(pull, str(exc), commit)
+            retry_at = self._record_failure(pull, str(exc), commit)
         except Exception as exc:  # a bug or an unexpected client error must not kill the worker silently
             log.exception("unexpected error pulling %s", pull.reference)
-            self._record_failure(pull, f"unexpected error: {exc}", commit)
+            retry_at = self._record_failure(pull, f"unexpected error: {exc}", commit)
         else:
             self._record_success(pull, installed, commit, self._clock() - started)
         finally:
             with self._lock:
                 self._in_flight.pop(reference, None)
             if self._on_finished is not None:
-                self._on_finished(reference, installed)
+                self._on_finished(reference, installed, retry_at)
 
     def _record_success(self, pull: Pull, installed: InstalledModel | None, commit: str | None, seconds: float) -> None:
         now = utc_rfc3339(self._clock())
@@ -134,10 +143,12 @@ class PullPool:
                     status.refresh_handled = pull.refresh
         metrics.PULL_DURATION.observe(seconds)
         log.info("action=pulled reference=%s models=%s commit=%s seconds=%.1f", pull.reference,
-                 ",".join(map(str, pull.keys)), _short(commit), seconds)
+                 model_names(pull.keys), _short(commit), seconds)
 
-    def _record_failure(self, pull: Pull, message: str, commit: str | None) -> None:
-        retry_in = 0.0
+    def _record_failure(self, pull: Pull, message: str, commit: str | None) -> float:
+        """Record the failure on every key of the pull; returns when the retry is due (`clock()` time)."""
+        now = self._clock()
+        retry_in: float | None = None
         metrics.PULL_FAILURES.inc()
         with self._store.editing() as edit:
             for key in pull.keys:
@@ -145,13 +156,21 @@ class PullPool:
                 if status is None:
                     continue
                 status.failures += 1
-                retry_in = backoff_delay(status.failures)
+                delay = backoff_delay(status.failures, base=self._backoff_base)
+                retry_in = delay if retry_in is None else min(retry_in, delay)  # the plan retries at the earliest
                 status.state, status.error = FAILED, message[:1024]
-                status.next_retry_at = self._clock() + retry_in
+                status.next_retry_at = now + delay
                 status.applied_commit = commit
                 status.progress_completed = status.progress_total = None
+        retry_in = retry_in if retry_in is not None else 0.0
         log.warning("action=failed reference=%s models=%s commit=%s retry_in=%.0fs error=%r", pull.reference,
-                    ",".join(map(str, pull.keys)), _short(commit), retry_in, message)
+                    model_names(pull.keys), _short(commit), retry_in, message)
+        return now + retry_in
+
+
+def model_names(keys: tuple[ModelKey, ...]) -> str:
+    """Models as every log line names them: `namespace/name`, comma-separated."""
+    return ",".join(map(str, keys))
 
 
 def _short(commit: str | None) -> str:

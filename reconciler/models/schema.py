@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from .. import data_files
+from .selector import type_name
 
 SCHEMA_FILE = "model.schema.json"
 
@@ -213,7 +214,7 @@ def _explain(error: jsonschema.ValidationError, raw: Mapping[tuple[str | int, ..
 
 def _type_message(where: str, expected: str | list[str], instance: Any, raw_text: str | None) -> str:
     expected_name = expected if isinstance(expected, str) else " or ".join(expected)
-    actual = _json_type(instance)
+    actual = type_name(instance)
     message = f"field '{where}' must be a {expected_name}, not {actual}" if where else (
         f"a model file must be a mapping of fields, not {actual}"
     )
@@ -234,22 +235,6 @@ def _pattern_hint(path: tuple[str | int, ...]) -> str:
     if path and path[0] == "labels":
         return "a label value is at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
     return hints.get(str(path[0]) if path else "", "see schemas/model.schema.json")
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "empty (null)"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:

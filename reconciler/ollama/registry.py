@@ -39,11 +39,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from ..models.naming import DEFAULT_HOST, DEFAULT_NAMESPACE, OllamaName, parse_name
 from .server import ModelOperationFailed, ServerUnreachable
 
-DEFAULT_REGISTRY = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
+DEFAULT_REGISTRY = DEFAULT_HOST
 
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 """The only manifest media type Ollama accepts (its `Accept` header), and the one it writes."""
@@ -73,11 +72,7 @@ class RegistryReference:
     @property
     def display(self) -> str:
         """Ollama's shortest spelling (`DisplayShortest`): `llama3.2:1b`, `acme/x:latest`, `hf.co/a/b:Q4`."""
-        if self.host != DEFAULT_REGISTRY:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
+        return OllamaName(self.host, self.namespace, self.model, self.tag).display_shortest()
 
     @property
     def repository(self) -> str:
@@ -86,41 +81,20 @@ class RegistryReference:
 
 
 def parse_reference(reference: str) -> RegistryReference | None:
-    """`reference` split and defaulted as Ollama's `model.ParseName` does; None when Ollama would
-    refuse it as an invalid model name. A `scheme://` before the host is dropped, as Ollama drops it."""
-    rest, host, namespace, tag = reference, "", "", ""
-    if rest.rfind(":") > rest.rfind("/"):  # '/' is never in a tag: a later ':' is the tag's, not a port's
-        rest, tag = _cut_promised(rest, ":")
-    if "/" not in rest:
-        model = rest
-    else:
-        rest, model = _cut_promised(rest, "/")
-        if "/" not in rest:
-            namespace = rest
-        else:
-            rest, namespace = _cut_promised(rest, "/")
-            scheme, separator, after = rest.partition("://")
-            host = after if separator else scheme
+    """`reference` split and defaulted as Ollama's `model.ParseName` does (`naming.parse_name`); None
+    when Ollama would refuse it as an invalid model name."""
+    name = parse_name(reference)
     # Ollama pulls by the shortest display name (`DisplayShortest`), which leaves out a default host
     # or namespace whatever its case: they come back as the defaults, lowercase.
-    host = host if host and host.lower() != DEFAULT_REGISTRY else DEFAULT_REGISTRY
-    if host == DEFAULT_REGISTRY and (not namespace or namespace.lower() == DEFAULT_NAMESPACE):
+    host = DEFAULT_REGISTRY if name.host.lower() == DEFAULT_REGISTRY else name.host
+    namespace = name.namespace
+    if host == DEFAULT_REGISTRY and namespace.lower() == DEFAULT_NAMESPACE:
         namespace = DEFAULT_NAMESPACE
-    resolved = RegistryReference(host, namespace or DEFAULT_NAMESPACE, model, tag or DEFAULT_TAG)
+    resolved = RegistryReference(host, namespace, name.model, name.tag)
     if not (_valid_part(resolved.host, 350, ".:") and _valid_part(resolved.namespace, 80, "")
             and _valid_part(resolved.model, 80, ".") and _valid_part(resolved.tag, 80, ".")):
-        return None
+        return None  # a part promised by a separator but empty is naming.MISSING_PART: never valid
     return resolved
-
-
-def _cut_promised(text: str, separator: str) -> tuple[str, str]:
-    """Ollama's `cutPromised`: split at the last `separator`; a part the separator promised but that
-    is empty becomes a marker no part may be (its `MissingPart`), so the name is invalid."""
-    before, _, after = text.rpartition(separator)
-    return before or _MISSING, after or _MISSING
-
-
-_MISSING = "!MISSING!"
 
 
 def _valid_part(text: str, longest: int, extra: str) -> bool:

@@ -1,25 +1,23 @@
 """Two `ollama-gitops reconcile` replicas in Kubernetes mode, as a Deployment runs them: real processes
 against the stand-in API server and the stand-in Ollama, one leading, one standing by.
 
-Each child's output goes to a file in tmp_path and is printed when the test fails. Waits are on the
-event itself, with ceilings suited to a loaded 2-core machine.
+Each child's output is kept (tests/processes.py) and shown when the test fails. Waits are on the event
+itself, with ceilings suited to a loaded 2-core machine.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gitrepos import WorkRepo, init_bare
+from processes import Child, Children
 from ollama_gitops.reconciler.cluster.resources import PULLED
 from standins.kube_apiserver import KubeStandin
 from standins.ollama_server import OllamaStandin
@@ -31,49 +29,14 @@ START = 60.0  # seconds for a child to start, list and lead or stand by
 CONVERGE = 120.0  # seconds for a change to go through (fetch, cycle, pulls, status writes)
 
 
-class Replica:
-    """One `ollama-gitops reconcile` child, its stderr kept in a file."""
-
-    def __init__(self, name: str, tmp_path: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log = tmp_path / f"{name}.log"
-        with open(self.log, "w") as out:
-            self.process = subprocess.Popen([COMMAND, "reconcile", "--state-dir", str(tmp_path / name)], env=env,
-                                            stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def identity(self) -> str:
-        return f"{os.uname().nodename}-{self.process.pid}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def says(self, text: str) -> bool:
-        return text in self.output()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+def start_replica(children: Children, name: str, tmp_path: Path, env: dict[str, str]) -> Child:
+    """One `ollama-gitops reconcile` replica, its output kept and shown if the test fails."""
+    return children.start(name, [COMMAND, "reconcile", "--state-dir", str(tmp_path / name)], env=env)
 
 
-@contextmanager
-def replicas() -> Iterator[list[Replica]]:
-    """Replicas made by a test; all stopped at the end, and their output shown if it failed."""
-    made: list[Replica] = []
-    try:
-        yield made
-    except BaseException:
-        for replica in made:
-            print(f"----- {replica.name} (exit {replica.process.poll()}) -----\n{replica.output()}")
-        raise
-    finally:
-        for replica in made:
-            replica.stop()
+def identity(replica: Child) -> str:
+    """How a replica names itself in the Lease."""
+    return f"{os.uname().nodename}-{replica.pid}"
 
 
 @pytest.fixture
@@ -124,50 +87,50 @@ def ready_and_pulled(kube: KubeStandin, name: str) -> bool:
                 and (obj["metadata"].get("annotations") or {}).get(PULLED) == "true")
 
 
-def test_a_new_leader_prunes_what_the_killed_leader_pulled(tmp_path, kube, ollama, work):
+def test_a_new_leader_prunes_what_the_killed_leader_pulled(tmp_path, kube, ollama, work, children: Children):
     """The standby loaded its records when the models did not exist yet: on taking over it must read
     them again from the resources, or it forgets that the old leader pulled them (and never prunes)."""
     env = environment(tmp_path, kube, ollama, work, lease_duration=2)
-    with replicas() as made:
-        made.append(leader := Replica("a", tmp_path, env))
-        eventually(lambda: holder(kube) == leader.identity and ready_and_pulled(kube, "llama3.2-1b"), timeout=START)
-        made.append(standby := Replica("b", tmp_path, env))
-        eventually(lambda: standby.says("reconciling "), timeout=START)  # listed, records loaded, standing by
+    leader = start_replica(children, "a", tmp_path, env)
+    eventually(lambda: holder(kube) == identity(leader) and ready_and_pulled(kube, "llama3.2-1b"), timeout=START,
+               what="replica a leading, llama3.2-1b Ready and pulled")
+    standby = start_replica(children, "b", tmp_path, env)
+    standby.wait_for("reconciling ", timeout=START)  # listed, records loaded, standing by
 
-        work.model("default", "gemma3", "1b")
-        work.model("default", "phi3", "mini")
-        work.commit("add gemma3 and phi3")
-        work.push()
-        eventually(lambda: ready_and_pulled(kube, "gemma3-1b") and ready_and_pulled(kube, "phi3-mini"),
-                   timeout=CONVERGE)
-        assert holder(kube) == leader.identity  # pulled by the old leader, not the standby
+    work.model("default", "gemma3", "1b")
+    work.model("default", "phi3", "mini")
+    work.commit("add gemma3 and phi3")
+    work.push()
+    eventually(lambda: ready_and_pulled(kube, "gemma3-1b") and ready_and_pulled(kube, "phi3-mini"),
+               timeout=CONVERGE)
+    assert holder(kube) == identity(leader)  # pulled by the old leader, not the standby
 
-        leader.process.send_signal(signal.SIGKILL)
-        leader.process.wait(timeout=30)
-        eventually(lambda: holder(kube) == standby.identity and standby.says("leading: reconciling"), timeout=START)
+    leader.kill()
+    standby.wait_for("leading: reconciling", timeout=START)
+    eventually(lambda: holder(kube) == identity(standby), timeout=START, what="replica b holding the Lease")
 
-        work.remove("models/default/gemma3-1b.yaml")
-        work.commit("remove gemma3")
-        work.push()
-        eventually(lambda: "gemma3:1b" not in ollama.installed() and resource(kube, "gemma3-1b") is None,
-                   timeout=CONVERGE)
-        assert "phi3:mini" in ollama.installed() and ready_and_pulled(kube, "phi3-mini")  # still remembered
-        assert ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1, "phi3:mini": 1}  # nothing pulled twice
+    work.remove("models/default/gemma3-1b.yaml")
+    work.commit("remove gemma3")
+    work.push()
+    eventually(lambda: "gemma3:1b" not in ollama.installed() and resource(kube, "gemma3-1b") is None,
+               timeout=CONVERGE)
+    assert "phi3:mini" in ollama.installed() and ready_and_pulled(kube, "phi3-mini")  # still remembered
+    assert ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1, "phi3:mini": 1}  # nothing pulled twice
 
 
-def test_sigterm_releases_the_lease_and_the_standby_leads_at_once(tmp_path, kube, ollama, work):
+def test_sigterm_releases_the_lease_and_the_standby_leads_at_once(tmp_path, kube, ollama, work, children: Children):
     """With a 60 s lease the standby could lead only a minute after the leader's last renewal; a
     released Lease lets it lead at its next attempt (every 8 s with these timings)."""
     env = environment(tmp_path, kube, ollama, work, lease_duration=60)
-    with replicas() as made:
-        made.append(leader := Replica("a", tmp_path, env))
-        eventually(lambda: holder(kube) == leader.identity and ready_and_pulled(kube, "llama3.2-1b"), timeout=START)
-        made.append(standby := Replica("b", tmp_path, env))
-        eventually(lambda: standby.says("reconciling "), timeout=START)
+    leader = start_replica(children, "a", tmp_path, env)
+    eventually(lambda: holder(kube) == identity(leader) and ready_and_pulled(kube, "llama3.2-1b"), timeout=START,
+               what="replica a leading, llama3.2-1b Ready and pulled")
+    standby = start_replica(children, "b", tmp_path, env)
+    standby.wait_for("reconciling ", timeout=START)
 
-        leader.process.send_signal(signal.SIGTERM)
-        assert leader.process.wait(timeout=60) == 0
-        assert leader.says(f"{leader.identity} released lease")
-        eventually(lambda: holder(kube) == standby.identity, timeout=30)  # well within the 60 s lease
-        eventually(lambda: standby.says("leading: reconciling"), timeout=30)
-        assert kube.leases()[0]["spec"]["leaseDurationSeconds"] == 60
+    assert leader.terminate(timeout=60) == 0
+    assert f"{identity(leader)} released lease" in leader.stderr()
+    # well within the 60 s lease
+    eventually(lambda: holder(kube) == identity(standby), timeout=30, what="replica b holding the Lease")
+    standby.wait_for("leading: reconciling", timeout=30)
+    assert kube.leases()[0]["spec"]["leaseDurationSeconds"] == 60

@@ -181,7 +181,7 @@ class SubprocessServer:
 
     def __init__(self, parent: Path, remote: Path, ollama_url: str) -> None:
         script = Path(sys.executable).with_name("ollama-gitops")
-        command = [str(script)] if script.exists() else [sys.executable, "-m", "api"]
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "ollama_gitops"]
         self.log_path = parent / "serve.log"
         self._log = open(self.log_path, "wb")
         env = {**os.environ, **GIT_ENV, "OLLAMA_GITOPS_API_KEY": API_KEY}

@@ -76,10 +76,16 @@ def env_flag(name: str) -> bool:
 
 
 def _default_ollama_url() -> str:
+    """`$OLLAMA_HOST` read as Ollama reads it (`gpu-1` is `http://gpu-1:11434`), else localhost."""
+    from .ollama.inventory import normalize_url
+
     host = os.environ.get("OLLAMA_HOST", "").strip()
     if not host:
         return "http://localhost:11434"
-    return host if "://" in host else f"http://{host}"
+    try:
+        return normalize_url(host)
+    except ValueError:  # passed on as it is: start-up says what is wrong with it
+        return host
 
 
 def add_option(parser: argparse.ArgumentParser, flag: str, *, default_text: str, help: str,

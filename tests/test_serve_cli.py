@@ -102,3 +102,21 @@ def test_serve_takes_a_webhook_and_never_logs_its_secret(tmp_path: Path, ollama:
     assert f"delivery={sent.delivery_id}" in text and "outcome=accepted" in text
     for value in (secret, sent.headers["X-Hub-Signature-256"][len("sha256="):], wrong.headers["X-Hub-Signature-256"][7:]):
         assert value not in text
+
+
+@pytest.mark.parametrize(("ollama_host", "url"), [
+    ("gpu-1", "http://gpu-1:11434"),  # as Ollama reads it; http://gpu-1 would be port 80 to the client
+    ("gpu-1:8000", "http://gpu-1:8000"),
+    ("https://ollama.example.com", "https://ollama.example.com"),
+    ("", "http://localhost:11434"),
+])
+def test_ollama_host_is_read_as_ollama_reads_it(ollama_host: str, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from ollama_gitops.reconciler.settings import Settings, add_reconciler_options
+
+    monkeypatch.delenv("OLLAMA_GITOPS_OLLAMA_URL", raising=False)
+    monkeypatch.setenv("OLLAMA_HOST", ollama_host)
+    parser = argparse.ArgumentParser()
+    add_reconciler_options(parser)
+    assert Settings.from_args(parser.parse_args(["--kubernetes", "off"])).ollama_url == url

@@ -375,3 +375,13 @@ def test_servers_alongside_the_file_must_not_clash(tmp_path: Path) -> None:
     assert "two servers are named 'cpu'" in clash.problems[0].message
     with pytest.raises(InventoryError, match="named 'cpu'"):
         ServersFile(path, alongside=alongside)
+
+
+def test_a_servers_file_nested_too_deep_is_a_problem_with_its_line_not_a_crash() -> None:
+    """The servers file is read as strictly as a model file, nesting bound included (900 levels
+    recursed past Python's limit in a builder of its own)."""
+    from ollama_gitops.reconciler.ollama.inventory import parse_servers_file
+
+    deep = b"servers:\n  - {name: a, url: 'http://a:1', labels: " + b"{x: " * 900 + b"y" + b"}" * 900 + b"}\n"
+    (problem,) = parse_servers_file(deep)
+    assert "nested more than 16 levels deep" in problem.message and problem.line == 2

@@ -49,8 +49,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from ..models import strictyaml
 from ..models.naming import dns1123_label_error
 from ..models.selector import (
     LabelSelector,
@@ -285,16 +284,17 @@ def parse_servers_file(content: bytes) -> ParseResult:
     except UnicodeDecodeError as exc:
         return (FileProblem(f"the file is not valid UTF-8 (byte {exc.start})"),)
     try:
-        document, lines, raw = _load(text)
-    except _Reject as reject:
-        return (reject.problem,)
+        loaded = strictyaml.load(text, _WORDING)
+    except strictyaml.Rejected as rejected:
+        return (FileProblem(rejected.message, rejected.line),)
+    document, lines, raw = loaded.value, loaded.lines, loaded.raw_scalars
     problems: list[FileProblem] = []
 
     def problem(path: tuple[str | int, ...], message: str) -> None:
-        problems.append(FileProblem(message, _line(path, lines)))
+        problems.append(FileProblem(message, strictyaml.line_for(path, lines)))
 
     if not isinstance(document, dict):
-        return (FileProblem(f"a servers file must be a mapping with 'servers', not {type_name(document)}", _line((), lines)),)
+        return (FileProblem(f"a servers file must be a mapping with 'servers', not {type_name(document)}", strictyaml.line_for((), lines)),)
     _unknown_fields(document, _FILE_FIELDS, (), problem)
     entries = document.get("servers")
     if "servers" not in document:
@@ -399,87 +399,12 @@ def _unknown_fields(document: dict[str, Any], allowed: tuple[str, ...], path: tu
     return unknown
 
 
-def _line(path: tuple[str | int, ...], lines: Mapping[tuple[str | int, ...], int]) -> int | None:
-    while path and path not in lines:
-        path = path[:-1]
-    return lines.get(path) or None
-
-
-# -- strict YAML, as model files are read (models/modelfile.py)
-
-try:  # libyaml's parser is faster; PyYAML falls back to pure Python without it
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[attr-defined]
-except AttributeError:  # pragma: no cover - depends on how PyYAML was built
-    _Loader = yaml.SafeLoader
-
-_STR_TAG = "tag:yaml.org,2002:str"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class _Reject(Exception):
-    def __init__(self, message: str, line: int | None) -> None:
-        super().__init__(message)
-        self.problem = FileProblem(message, line)
-
-
-def _load(text: str) -> tuple[Any, dict[tuple[str | int, ...], int], dict[tuple[str | int, ...], str]]:
-    """One YAML document as Python values, with the line of every value and the text of every
-    scalar YAML read as something other than a string; `_Reject` for what a servers file must not do."""
-    loader = _Loader(text)
-    lines: dict[tuple[str | int, ...], int] = {}
-    raw: dict[tuple[str | int, ...], str] = {}
-    seen: set[int] = set()
-
-    def build(node: yaml.Node, path: tuple[str | int, ...]) -> Any:
-        line = node.start_mark.line + 1
-        if id(node) in seen:  # the composer hands out the same node for every alias of an anchor
-            raise _Reject(f"YAML anchors and aliases ('&', '*') are not allowed in a servers file (anchor at line {line})",
-                          line)
-        seen.add(id(node))
-        lines.setdefault(path, line)
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, path + (index,)) for index, item in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            result: dict[str, Any] = {}
-            first: dict[str, int] = {}
-            for key_node, value_node in node.value:
-                key_line = key_node.start_mark.line + 1
-                if key_node.tag == _MERGE_TAG:
-                    raise _Reject("YAML merge keys ('<<') are not allowed in a servers file", key_line)
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR_TAG:
-                    raise _Reject(f"keys must be strings; quote the key {getattr(key_node, 'value', '')!r}"
-                                  if isinstance(key_node, yaml.ScalarNode) else "keys must be plain strings", key_line)
-                key = key_node.value
-                if key in result:
-                    raise _Reject(f"duplicate key '{key}' (first at line {first[key]})", key_line)
-                first[key] = key_line
-                lines[path + (key,)] = key_line  # a field is reported at its key's line
-                result[key] = build(value_node, path + (key,))
-            return result
-        value = loader.construct_object(node)
-        if not isinstance(value, str) and not node.style:
-            raw[path] = node.value
-        return value
-
-    try:
-        try:
-            node = loader.get_single_node()
-        except yaml.composer.ComposerError as exc:
-            if "single document" in f"{exc.context} {exc.problem}":
-                line = exc.problem_mark.line + 1 if exc.problem_mark else None
-                raise _Reject("more than one YAML document ('---') in the servers file", line) from None
-            raise
-        if node is None:
-            raise _Reject("the servers file is empty; it needs 'servers:' and at least one server", None)
-        return build(node, ()), lines, raw
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise _Reject(f"YAML syntax error: {exc.problem or exc.context or 'invalid YAML'}",
-                      mark.line + 1 if mark else None) from None
-    except yaml.YAMLError as exc:
-        raise _Reject(f"YAML error: {exc}", None) from None
-    finally:
-        loader.dispose()
+_WORDING = strictyaml.Wording(
+    files="a servers file",
+    several="more than one YAML document ('---') in the servers file",
+    empty="the servers file is empty; it needs 'servers:' and at least one server",
+    depth="a servers file needs four (the file, its list of servers, a server, its labels)",
+)
 
 
 # --------------------------------------------------------------------------- a file that changes

@@ -24,6 +24,7 @@ from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
     from .cluster.connect import ClusterParts
+    from .cluster.discovery import ServiceDiscovery
     from .cluster.election import LeaderElector
     from .cluster.syncrequest import SyncRequestWatcher
 
@@ -45,6 +46,7 @@ class Service:
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
     sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
+    discovery: ServiceDiscovery | None = None  # --ollama-service: the fleet's servers, an inventory source
     _stopping: bool = False
     _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
 
@@ -119,6 +121,8 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self.reconciler.close()
+        if self.discovery is not None:
+            self.discovery.stop()
         if self.cluster is not None:
             self.cluster.close()
         self.store.release_process_lock()
@@ -143,6 +147,10 @@ def build(settings: Settings) -> Service:
         except ClusterUnavailable as exc:
             raise ConfigurationError(str(exc)) from None
         service.store = service.cluster.store
+        if settings.ollama_service:
+            service.discovery = _discover(service)
+    elif settings.ollama_service:
+        raise ConfigurationError("--ollama-service needs Kubernetes mode (--kubernetes on, or auto in a pod)")
     else:
         service.store = StateStore(settings.state_dir)
     service.store.acquire_process_lock()
@@ -156,6 +164,19 @@ def build(settings: Settings) -> Service:
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def _discover(service: Service) -> ServiceDiscovery:
+    """The servers behind --ollama-service; a change among them asks for a cycle."""
+    from .cluster.connect import discover
+    from .ollama.inventory import InventoryError
+
+    assert service.cluster is not None and service.settings.ollama_service
+    try:
+        return discover(service.cluster.api, service.settings.ollama_service, service.request_cycle)
+    except InventoryError as exc:
+        service.cluster.close()
+        raise ConfigurationError(str(exc)) from None
 
 
 def check_repository(settings: Settings, *, serves_writes: bool) -> None:

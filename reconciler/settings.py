@@ -32,6 +32,7 @@ class Settings:
     credentials: GitCredentials = field(repr=False)
     leader_election_namespace: str = "default"
     lease_duration: int = 15
+    ollama_service: str | None = None  # NAMESPACE/NAME: the servers are that Service's ready pods
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -63,6 +64,7 @@ class Settings:
             credentials=credentials,
             leader_election_namespace=args.leader_election_namespace,
             lease_duration=int(getattr(args, "lease_duration", RECONCILING_DEFAULTS["lease-duration"])),
+            ollama_service=getattr(args, "ollama_service", None) or None,
         )
 
 
@@ -128,6 +130,8 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
            "where the private clone, the state and the embedded default repository live")
     if reconciles:
         option("ollama-url", _default_ollama_url(), "$OLLAMA_HOST, else http://localhost:11434", "the Ollama server")
+        option("ollama-service", None, "none", "Kubernetes mode: the Service NAMESPACE/NAME whose ready pods are the "
+               "Ollama servers (instead of --ollama-url)", metavar="NAMESPACE/NAME")
     option("kubernetes", "auto", "auto", "Kubernetes mode; auto is on in a pod or with a kubeconfig "
            "(KUBECONFIG or ~/.kube/config)", choices=("auto", "on", "off"))
     reconciling("concurrency", "parallel pulls", type=int)

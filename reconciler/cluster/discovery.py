@@ -40,15 +40,16 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ..models.naming import dns1123_label_error
 from ..ollama.inventory import FileProblem, Inventory, InventoryError, Server, Snapshot, derived_name
-from .cache import CONNECT_TIMEOUT, GONE, LIST_READ_TIMEOUT, WATCH_READ_MARGIN, describe_error, stop_watch_thread
+from .cache import CONNECT_TIMEOUT, GONE, LIST_READ_TIMEOUT, Gone, LiveWatch, describe_error, stop_watch_thread
 
 __all__ = ["InventorySource", "ServiceDiscovery", "ServiceRef", "servers_of"]
 
@@ -233,10 +234,6 @@ class ReflectorStats:
     errors: int = 0
 
 
-class _Gone(Exception):
-    pass
-
-
 @dataclass
 class _Backoff:
     """Exponential backoff with jitter (each wait shortened by up to a quarter at random), reset by success."""
@@ -277,8 +274,7 @@ class _Reflector:
         self.synced = threading.Event()
         self._version = ""
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._watch: watch.Watch | None = None
+        self._live = LiveWatch(self._stopping)
         self._thread = threading.Thread(target=self._run, name=f"ollama-gitops-discovery-{what}", daemon=True)
 
     def start(self) -> None:
@@ -286,12 +282,8 @@ class _Reflector:
 
     def stop(self, timeout: float) -> None:
         self._stopping.set()
-        if self._thread.ident is not None and not stop_watch_thread(self._thread, self._current_watch, timeout):
+        if self._thread.ident is not None and not stop_watch_thread(self._thread, self._live.current, timeout):
             log.warning("discovery of %s still running %.1f s after stop()", self.what, timeout)
-
-    def _current_watch(self) -> watch.Watch | None:
-        with self._lock:
-            return self._watch
 
     def _kwargs(self) -> dict[str, Any]:
         return {"label_selector": self._selector} if self._selector else {}
@@ -303,7 +295,7 @@ class _Reflector:
                 self._backoff.reset()
                 while not self._stopping.is_set():
                     self._watch_once()
-            except _Gone as gone:
+            except Gone as gone:
                 self.stats.relists_after_gone += 1
                 log.info("watch of %s expired (%s); listing again", self.what, gone)
             except Exception as error:
@@ -330,35 +322,17 @@ class _Reflector:
             self._changed()
 
     def _watch_once(self) -> None:
-        w = watch.Watch()
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            self._watch = w
         self.stats.watches += 1
-        # timeout_seconds also keeps the client from retrying a 410 itself: it raises at once.
-        stream = w.stream(_raw(self._method), *self._args, **self._kwargs(), resource_version=self._version,
-                          allow_watch_bookmarks=True, timeout_seconds=self._watch_timeout,
-                          _request_timeout=(CONNECT_TIMEOUT, self._watch_timeout + WATCH_READ_MARGIN))
-        try:
-            for event in stream:
-                if self._stopping.is_set():
-                    break
+        with closing(self._live.events(_raw(self._method), *self._args, **self._kwargs(),
+                                       resource_version=self._version, timeout=self._watch_timeout)) as events:
+            for kind, obj in events:
                 self.stats.events += 1
-                self._handle(event["type"], event["raw_object"])
-        except ApiException as error:
-            if error.status == GONE:
-                raise _Gone(error.reason) from error
-            raise
-        finally:
-            with self._lock:
-                self._watch = None
-            stream.close()
+                self._handle(kind, obj)
 
     def _handle(self, kind: str, obj: Mapping[str, Any]) -> None:
         if kind == "ERROR":  # the client raises these itself; kept in case a client version does not
             if obj.get("code") == GONE:
-                raise _Gone(obj.get("message", ""))
+                raise Gone(obj.get("message", ""))
             raise ApiException(status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}")
         version = str((obj.get("metadata") or {}).get("resourceVersion", ""))
         if version:

@@ -237,3 +237,18 @@ def test_addresses_ports_and_names_as_the_slices_give_them() -> None:
     for bad in ("ollama", "a/b/c", "Ollama/x", "ns/"):
         with pytest.raises(InventoryError, match="--ollama-service"):
             ServiceRef.parse(bad)
+
+
+def test_ollama_service_needs_kubernetes_mode_and_a_namespace_and_name(kube, tmp_path, monkeypatch) -> None:
+    from apirig import settings_for
+    from gitrepos import init_bare
+    from ollama_gitops.reconciler import service
+
+    remote = str(init_bare(tmp_path / "remote.git"))
+    with pytest.raises(service.ConfigurationError, match="--ollama-service needs Kubernetes mode"):
+        service.build(settings_for(tmp_path / "a", remote, "http://127.0.0.1:1", "--ollama-service", "ollama/ollama"))
+    monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(service.ConfigurationError, match="must be NAMESPACE/NAME"):
+        service.build(settings_for(tmp_path / "b", remote, "http://127.0.0.1:1", "--kubernetes", "on",
+                                   "--ollama-service", "ollama"))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ollama_gitops.reconciler.cluster.client import ClusterClient
-from ollama_gitops.reconciler.cluster.resources import KIND, API_VERSION, Resource
+from ollama_gitops.reconciler.cluster.resources import API_VERSION, KIND, MANAGED_BY, MANAGED_BY_VALUE, Resource
 from ollama_gitops.reconciler.cluster.status import memory_annotations, record_from, status_body
 from ollama_gitops.reconciler.fleetstatus import overall_recorded
 from ollama_gitops.reconciler.models.desired import ModelKey
@@ -88,3 +88,34 @@ def test_one_server_named_default_keeps_the_annotations_it_always_had(kube) -> N
     # A resource written before fleets (no status.servers) is the one server's.
     legacy = dataclasses.replace(resource, status={k: v for k, v in resource.status.items() if k != "servers"})
     assert record_from(legacy).servers[DEFAULT_SERVER].owned is True
+
+
+def test_events_name_the_server_whose_state_changed(kube, tmp_path) -> None:
+    from ollama_gitops.reconciler.cluster.connect import start_cache
+    from ollama_gitops.reconciler.cluster.status import ClusterStateStore
+    from waiting import eventually
+
+    with kube.api_client() as api:
+        cache = start_cache(api)
+        cluster = ClusterClient(api, cache)
+        cluster.apply({"apiVersion": API_VERSION, "kind": KIND, "spec": {"name": "llama3.2", "tag": "1b"},
+                       "metadata": {"name": KEY.name, "namespace": KEY.namespace,
+                                    "labels": {MANAGED_BY: MANAGED_BY_VALUE}}})
+        eventually(lambda: cache.get(KEY) is not None, timeout=30, what="the resource in the cache")
+        store = ClusterStateStore(tmp_path, cluster, cache)
+        try:
+            with store.editing() as edit:
+                edit.put(KEY, ModelRecord(spec(), {"ollama-0": ModelStatus(PULLING), "ollama-1": ModelStatus(READY)}))
+            assert store.flush()
+            with store.editing() as edit:
+                edit.status(KEY, "ollama-0").state = FAILED
+                edit.status(KEY, "ollama-0").error = "pull model manifest: file does not exist"
+            assert store.flush()
+        finally:
+            store.close()
+            cache.stop()
+    assert [(e["reason"], e["message"]) for e in kube.events()] == [
+        ("Pulling", "pulling the model into Ollama on server ollama-0"),
+        ("PullFailed", "ollama-0: pull model manifest: file does not exist")]
+    (obj,) = kube.objects()
+    assert [(e["name"], e["state"]) for e in obj["status"]["servers"]] == [("ollama-0", "Failed"), ("ollama-1", "Ready")]

@@ -94,6 +94,7 @@ def test_a_server_emptied_behind_its_back_is_filled_again_by_the_next_resync(fle
 
 def test_a_server_leaving_the_inventory_is_forgotten_and_nothing_is_deleted_on_it(fleet: FleetRig) -> None:
     path = fleet.work.model("default", "llama3.2", "1b")
+    fleet.work.model("default", "gemma3", "1b")
     fleet.push()
     fleet.start()
     assert fleet.cycle().ok
@@ -104,7 +105,8 @@ def test_a_server_leaving_the_inventory_is_forgotten_and_nothing_is_deleted_on_i
     assert report.ok and sorted(report.plans) == ["gpu-1", "gpu-2"], report
     assert fleet.holding("llama3.2:1b") == {"gpu-3"} and fleet.ollamas["gpu-3"].delete_count == {}
     assert [s.name for s in fleet.reconciler.store.sync.servers] == ["gpu-1", "gpu-2"]
-    assert fleet.reconciler.store.records() == {}
+    assert {str(k): set(r.servers) for k, r in fleet.reconciler.store.records().items()} == {
+        "default/gemma3-1b": {"gpu-1", "gpu-2"}}
     # back in the inventory, it is a server like a new one: what it holds is not ollama-gitops's
     fleet.work.model("default", "llama3.2", "1b")
     fleet.push("llama3.2 again")
@@ -126,3 +128,49 @@ def test_the_servers_file_is_followed_while_running_and_a_broken_one_keeps_the_l
     fleet.write_servers(LABELS)
     report = fleet.cycle()
     assert report.ok and fleet.holding("llama3.2:1b") == set(LABELS), report
+
+
+ON_L4 = "servers:\n  matchLabels: {gpu: l4}\n"
+ON_A100 = "servers:\n  matchLabels: {gpu: a100}\n"
+NOT_US = "servers:\n  matchExpressions:\n    - {key: zone, operator: NotIn, values: [us]}\n"
+
+
+def test_placement_by_labels_and_expressions_and_a_change_of_it(fleet: FleetRig) -> None:
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.work.model("default", "mistral", "7b", ON_L4)
+    fleet.work.model("default", "phi3", "mini", NOT_US)
+    fleet.work.model("default", "qwen2.5", "0.5b", "servers:\n  matchLabels: {gpu: h100}\n")  # no such server
+    fleet.push()
+    fleet.start()
+    assert fleet.cycle().ok
+    assert fleet.holding("llama3.2:1b") == set(LABELS)
+    assert fleet.holding("mistral:7b") == {"gpu-2", "gpu-3"} and fleet.holding("phi3:mini") == {"gpu-1", "gpu-2"}
+    assert fleet.holding("qwen2.5:0.5b") == set() and fleet.reconciler.store.record(ModelKey("default", "qwen2.5-0.5b")) is None
+
+    fleet.work.model("default", "mistral", "7b", ON_A100)  # moved to the A100 machine
+    fleet.push("mistral to the A100")
+    report = fleet.cycle()
+    assert report.ok, report
+    assert fleet.holding("mistral:7b") == {"gpu-1"}
+    assert [(type(a).__name__, a.reason) for a in report.plans["gpu-2"].actions] == [
+        ("Delete", "no longer placed on this server")]
+    assert fleet.ollamas["gpu-2"].delete_count == fleet.ollamas["gpu-3"].delete_count == {"mistral:7b": 1}
+    assert set(fleet.reconciler.store.record(ModelKey("default", "mistral-7b")).servers) == {"gpu-1"}
+
+    fleet.write_servers({**LABELS, "gpu-3": {"gpu": "l4", "zone": "eu"}})  # gpu-3 moves to Europe
+    assert fleet.cycle().ok and fleet.holding("phi3:mini") == set(LABELS)
+
+
+def test_a_one_change_cycle_asks_only_the_servers_the_change_selects(fleet: FleetRig) -> None:
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start()
+    assert fleet.cycle().ok
+    before = {name: len(ollama.requests) for name, ollama in fleet.ollamas.items()}
+    fleet.work.model("default", "mistral", "7b", ON_A100)
+    fleet.push("mistral on the A100")
+    fleet.clock.advance(60)
+    assert fleet.cycle().ok
+    asked = {name: ollama.requests[before[name]:] for name, ollama in fleet.ollamas.items()}
+    assert asked["gpu-2"] == asked["gpu-3"] == []
+    assert ("POST", "/api/pull") in asked["gpu-1"] and fleet.holding("mistral:7b") == {"gpu-1"}

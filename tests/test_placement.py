@@ -51,7 +51,7 @@ def test_a_placement_change_pulls_onto_new_servers_and_deletes_only_what_it_pull
                NOT_US.key: on(NOT_US, **{"gpu-1": owned(), "gpu-2": ModelStatus(READY, size=100, digest="d" * 64)}),
                prune_false.key: on(prune_false, **{"gpu-2": owned()})}
     servers = [view("gpu-1", A100, "eu:1b"), view("gpu-2", L4, "big:1b", "eu:1b", "kept:1b")]
-    plans = plan_servers(desired(ONLY_A100, NOT_US, prune_false), servers, records, now=NOW)
+    plans = plan_servers(desired(EVERYWHERE, ONLY_A100, NOT_US, prune_false), servers, records, now=NOW)
     assert Pull("big:1b", (ONLY_A100.key,), "new model, not in Ollama") in plans["gpu-1"].actions
     assert Delete("big:1b", (ONLY_A100.key,), "no longer placed on this server") in plans["gpu-2"].actions
     assert Forget(NOT_US.key, "eu:1b", "no longer placed on this server; not pulled by ollama-gitops, weights kept") \

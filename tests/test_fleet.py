@@ -116,6 +116,19 @@ def test_a_server_leaving_the_inventory_is_forgotten_and_nothing_is_deleted_on_i
     assert fleet.on("gpu-3", "default", "llama3.2-1b").owned is False and fleet.on("gpu-1", "default", "llama3.2-1b").owned
 
 
+def test_a_server_that_left_while_the_reconciler_was_stopped_is_forgotten_at_its_start(fleet: FleetRig) -> None:
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start()
+    assert fleet.cycle().ok
+    fleet.stop()
+    fleet.write_servers({name: LABELS[name] for name in ("gpu-1", "gpu-2")})
+    fleet.start()
+    assert fleet.cycle().ok
+    assert set(fleet.reconciler.store.record(ModelKey("default", "llama3.2-1b")).servers) == {"gpu-1", "gpu-2"}
+    assert fleet.holding("llama3.2:1b") == set(LABELS) and fleet.ollamas["gpu-3"].delete_count == {}
+
+
 def test_the_servers_file_is_followed_while_running_and_a_broken_one_keeps_the_last_good_servers(fleet: FleetRig) -> None:
     fleet.write_servers({"gpu-1": LABELS["gpu-1"]})
     fleet.work.model("default", "llama3.2", "1b")

@@ -252,3 +252,65 @@ def test_ollama_service_needs_kubernetes_mode_and_a_namespace_and_name(kube, tmp
     with pytest.raises(service.ConfigurationError, match="must be NAMESPACE/NAME"):
         service.build(settings_for(tmp_path / "b", remote, "http://127.0.0.1:1", "--kubernetes", "on",
                                    "--ollama-service", "ollama"))
+
+
+def test_a_fleet_in_a_cluster_follows_the_pods_of_its_service(kube, api, tmp_path, monkeypatch) -> None:
+    """`reconcile --kubernetes on --ollama-service`: each ready pod is a server placed on by its
+    node's labels; a pod that leaves is forgotten, nothing deleted on it; back, what it has is found."""
+    from urllib.parse import urlsplit
+
+    from apirig import settings_for
+    from gitrepos import WorkRepo, init_bare
+    from ollama_gitops.reconciler import service as reconciler_service
+    from rig import CATALOGUE
+    from standins.ollama_server import OllamaStandin
+
+    cluster = Cluster(api)
+    cluster.node("gpu-node", **{"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"})
+    cluster.node("cpu-node")
+    remote = init_bare(tmp_path / "remote.git")
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "llama3.2", "1b")
+    work.model("default", "gemma3", "1b", "servers:\n  matchLabels:\n    nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB\n")
+    work.commit("two models, one for the A100s")
+    work.push()
+    monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    def serve(name: str, node: str, ollama: OllamaStandin) -> None:
+        """The pod `name` on `node`, ready, at the stand-in's address (a slice per pod: ports differ here)."""
+        cluster.pod(name, node)
+        port = urlsplit(ollama.url).port
+        cluster.slice(f"ollama-{name}", [endpoint(name, "127.0.0.1", node)],
+                      ports=[{"name": "http", "port": port, "protocol": "TCP"}])
+
+    def placed() -> dict[str, list[tuple[str, str]]]:
+        return {o["metadata"]["name"]: [(s["name"], s["state"]) for s in (o.get("status") or {}).get("servers") or []]
+                for o in kube.objects()}
+
+    with OllamaStandin(dict(CATALOGUE)) as gpu, OllamaStandin(dict(CATALOGUE)) as cpu:
+        serve("ollama-0", "gpu-node", gpu)
+        serve("ollama-1", "cpu-node", cpu)
+        settings = settings_for(tmp_path / "state", str(remote), gpu.url, "--kubernetes", "on",
+                                "--lease-duration", "2", "--interval", "1", "--ollama-service", str(SERVICE))
+        running = reconciler_service.build(settings)
+        try:
+            running.start()
+            eventually(lambda: placed() == {"llama3.2-1b": [("ollama-0", "Ready"), ("ollama-1", "Ready")],
+                                            "gemma3-1b": [("ollama-0", "Ready")]}, timeout=90, what="placed by labels")
+            assert sorted(gpu.installed()) == ["gemma3:1b", "llama3.2:1b"] and list(cpu.installed()) == ["llama3.2:1b"]
+
+            # Scaled down: ollama-1 leaves the Service; it is forgotten, and nothing is deleted on it.
+            cluster.discovery.delete_namespaced_endpoint_slice("ollama-ollama-1", NS)
+            cluster.core.delete_namespaced_pod("ollama-1", NS)
+            eventually(lambda: placed()["llama3.2-1b"] == [("ollama-0", "Ready")], timeout=90, what="ollama-1 gone")
+            assert list(cpu.installed()) == ["llama3.2:1b"] and not cpu.delete_count
+
+            # Back (the same pod name, the same volume): what it has is found there, not pulled again.
+            pulls = dict(cpu.pull_count)
+            serve("ollama-1", "cpu-node", cpu)
+            eventually(lambda: placed()["llama3.2-1b"] == [("ollama-0", "Ready"), ("ollama-1", "Ready")], timeout=90,
+                       what="ollama-1 back")
+            assert cpu.pull_count == pulls
+        finally:
+            running.stop()

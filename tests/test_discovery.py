@@ -158,6 +158,39 @@ def test_pods_coming_and_going_are_followed_and_each_change_is_told(api, follow)
     assert problems(discovery) == ["Service ollama/ollama has no ready endpoint (1 not ready)"]
 
 
+def test_a_server_that_stops_being_ready_stays_for_the_grace_then_leaves(api, follow) -> None:
+    cluster = Cluster(api)
+    cluster.node("node-a")
+    cluster.pod("ollama-0", "node-a")
+    cluster.pod("ollama-1", "node-a")
+    ready = [endpoint("ollama-0", "10.0.0.10", "node-a"), endpoint("ollama-1", "10.0.0.11", "node-a")]
+    cluster.slice("ollama-x", ready)
+    now = [1000.0]
+    discovery, changes = follow(departure_grace=60, clock=lambda: now[0])
+    eventually(lambda: list(servers(discovery)) == ["ollama-0", "ollama-1"], timeout=WAIT, what="two servers")
+    told = len(changes)
+
+    # ollama-1 restarts (not ready): still a server, at its last address, and the problem says why.
+    cluster.slice("ollama-x", [ready[0], endpoint("ollama-1", "10.0.0.11", "node-a", ready=False, serving=False)],
+                  create=False)
+    eventually(lambda: problems(discovery) == ["server ollama-1 has had no ready endpoint for 0s: kept in the fleet, "
+                                               "in case it is restarting, until 60s have passed"],
+               timeout=WAIT, what="ollama-1 kept")
+    assert list(servers(discovery)) == ["ollama-0", "ollama-1"] and len(changes) == told  # no cycle asked for
+    now[0] += 30
+    cluster.slice("ollama-x", [ready[0], endpoint("ollama-1", "10.0.0.21", "node-a")], create=False)  # back, new IP
+    eventually(lambda: servers(discovery)["ollama-1"][0] == "http://10.0.0.21:11434", timeout=WAIT, what="back")
+    assert problems(discovery) == []
+
+    # Scaled away: kept until the grace has run out, then gone at the next refresh.
+    cluster.slice("ollama-x", [ready[0]], create=False)
+    eventually(lambda: len(problems(discovery)) == 1, timeout=WAIT, what="ollama-1 kept again")
+    now[0] += 59
+    assert list(servers(discovery)) == ["ollama-0", "ollama-1"]
+    now[0] += 1
+    assert list(servers(discovery)) == ["ollama-0"] and problems(discovery) == []
+
+
 def test_a_pod_whose_labels_are_not_all_known_is_left_out_not_placed_by_half_its_labels(api, follow) -> None:
     cluster = Cluster(api)
     cluster.pod("ollama-0", "node-late")
@@ -256,12 +289,16 @@ def test_ollama_service_needs_kubernetes_mode_and_a_namespace_and_name(kube, tmp
 
 def test_a_fleet_in_a_cluster_follows_the_pods_of_its_service(kube, api, tmp_path, monkeypatch) -> None:
     """`reconcile --kubernetes on --ollama-service`: each ready pod is a server placed on by its
-    node's labels; a pod that leaves is forgotten, nothing deleted on it; back, what it has is found."""
+    node's labels; a pod that leaves is forgotten (after the grace), nothing deleted on it; back,
+    what it has is found."""
     from urllib.parse import urlsplit
 
     from apirig import settings_for
     from gitrepos import WorkRepo, init_bare
     from ollama_gitops.reconciler import service as reconciler_service
+    from ollama_gitops.reconciler.cluster import connect
+
+    monkeypatch.setattr(connect, "DEPARTURE_GRACE", 1.0)  # not five minutes of a scaled-away pod here
     from rig import CATALOGUE
     from standins.ollama_server import OllamaStandin
 

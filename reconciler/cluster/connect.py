@@ -22,6 +22,7 @@ log = logging.getLogger("ollama_gitops.cluster")
 
 SYNC_TIMEOUT = 60.0  # seconds to wait for the first list of the managed resources
 DISCOVERY_TIMEOUT = 20.0  # and then of the Ollama Service's endpoints, pods and nodes (startupProbe: 90 s in all)
+DEPARTURE_GRACE = 300.0  # seconds a server not ready any more stays in the fleet (ServiceDiscovery)
 
 
 class ClusterUnavailable(Exception):
@@ -56,7 +57,8 @@ def discover(api: client.ApiClient, service: str, on_change: Callable[[], None])
     """The servers behind `service` (NAMESPACE/NAME, `InventoryError` when it is not), followed from
     now on. Waits a little for a first list, so that the first cycle has them; without it, carries on:
     the inventory's problems then say what cannot be read, each cycle, until it can."""
-    discovery = ServiceDiscovery(api, ServiceRef.parse(service), on_change=on_change).start()
+    discovery = ServiceDiscovery(api, ServiceRef.parse(service), on_change=on_change,
+                                 departure_grace=DEPARTURE_GRACE).start()
     if not discovery.wait_synced(DISCOVERY_TIMEOUT):
         log.warning("the Ollama servers of Service %s are not listed after %.0fs: %s", service, DISCOVERY_TIMEOUT,
                     "; ".join(p.message for p in discovery.refresh().problems))

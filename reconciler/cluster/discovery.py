@@ -359,13 +359,23 @@ class ServiceDiscovery:
 
     :param on_change: called (from a watch thread, never under a lock) when the servers' names,
         URLs or labels change: it should only ask for a cycle. Settable after construction.
+    :param departure_grace: seconds a server that stops being ready stays in the fleet, as it was
+        last seen, before it leaves. A restarting pod (a rollout, a failed readiness probe, a node
+        drain) comes back with its name and volume: kept, it is unreachable for that time (its
+        models keep their state there, the cycle says so) instead of leaving and coming back, which
+        would forget what was recorded there (that ollama-gitops pulled those models, so may prune
+        them) and rewrite every model's status twice. A server scaled away leaves after the grace.
     """
 
     def __init__(self, api: client.ApiClient, service: ServiceRef, *, on_change: Callable[[], None] | None = None,
-                 watch_timeout: int = 300, retry_delay: float = 0.5, max_retry_delay: float = 30.0) -> None:
+                 watch_timeout: int = 300, retry_delay: float = 0.5, max_retry_delay: float = 30.0,
+                 departure_grace: float = 0.0, clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.on_change = on_change
         self._lock = threading.Lock()
+        self._grace, self._clock = departure_grace, clock
+        self._departed: dict[str, tuple[Server, float]] = {}  # not ready any more: as last seen, since when
+        self._present: tuple[Server, ...] = ()  # the ready servers the last computation found
         core, discovery = client.CoreV1Api(api), client.DiscoveryV1Api(api)
 
         def reflector(what: str, method: Callable[..., Any], args: tuple[Any, ...], selector: str | None,
@@ -404,8 +414,11 @@ class ServiceDiscovery:
             return self._snapshot
 
     def refresh(self) -> Snapshot:
-        """The servers as the watches have them now, and what is wrong (the watches do the reading)."""
-        return self.snapshot
+        """The servers as the watches have them now, and what is wrong (the watches do the reading;
+        this only lets servers whose grace has run out leave)."""
+        with self._lock:
+            self._snapshot = self._compute()
+            return self._snapshot
 
     def _compute(self) -> Snapshot:
         problems = [FileProblem(f"the {r.what} of Service {self.service} cannot be read: {r.error}"
@@ -416,7 +429,27 @@ class ServiceDiscovery:
         if not all(r.synced.is_set() for r in self._reflectors):
             return Snapshot(Inventory(), tuple(problems))
         found = servers_of(self.service, self.slices.items, self.pods.items, self.nodes.items)
-        return Snapshot(found.inventory, tuple(problems) + found.problems)
+        inventory, kept = self._with_departed(found.inventory)
+        return Snapshot(inventory, tuple(problems) + found.problems + kept)
+
+    def _with_departed(self, ready: Inventory) -> tuple[Inventory, tuple[FileProblem, ...]]:
+        """`ready` and the servers that left it less than the grace ago (under the lock)."""
+        now = self._clock()
+        names = set(ready.names)
+        for server in self._present:
+            if server.name not in names and server.name not in self._departed and self._grace > 0:
+                self._departed[server.name] = (server, now)
+        self._present = ready.servers
+        urls = {server.url for server in ready}
+        for name, (server, since) in list(self._departed.items()):
+            # Back, its grace over, or its address taken by another pod: gone from the departed.
+            if name in names or now - since >= self._grace or server.url in urls:
+                del self._departed[name]
+        kept = sorted(self._departed.values(), key=lambda item: item[0].name)
+        problems = tuple(FileProblem(f"server {server.name} has had no ready endpoint for {now - since:.0f}s: kept "
+                                     f"in the fleet, in case it is restarting, until {self._grace:.0f}s have passed")
+                         for server, since in kept)
+        return Inventory(ready.servers + tuple(server for server, _ in kept)), problems
 
     def _changed(self) -> None:
         with self._lock:

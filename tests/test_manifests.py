@@ -368,8 +368,8 @@ def parse(argv: list[str], env: dict[str, str], monkeypatch) -> Any:
     return captured["args"]
 
 
-# Read by name outside the parser: Settings.from_args (the token, the Ollama URLs), and api.cli._api_key.
-READ_OUTSIDE_THE_PARSER = {"OLLAMA_GITOPS_GIT_TOKEN", "OLLAMA_GITOPS_API_KEY", "OLLAMA_GITOPS_OLLAMA_URL"}
+# Read by name outside the parser: Settings.from_args, and api.cli._api_key.
+READ_OUTSIDE_THE_PARSER = {"OLLAMA_GITOPS_GIT_TOKEN", "OLLAMA_GITOPS_API_KEY"}
 
 
 def reads(argv: list[str], env: dict[str, str], name: str, monkeypatch) -> bool:

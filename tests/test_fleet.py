@@ -210,6 +210,11 @@ def test_the_servers_come_from_repeated_options_the_variable_or_a_servers_file(
         ("gpu-1", "http://gpu-1:11434"), ("gpu-2-11434", "http://gpu-2:11434")]
     monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "a=http://a:1, b=http://b:2")
     assert inventory_source(settings_of()).refresh().inventory.names == ("a", "b")
+    assert inventory_source(settings_of("--ollama-url", "c=http://c:3")).refresh().inventory.names == ("c",)
+    with pytest.raises(ConfigurationError, match="OLLAMA_GITOPS_OLLAMA_URL 'ftp://d'"):
+        monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "ftp://d")
+        inventory_source(settings_of())
+    monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "a=http://a:1, b=http://b:2")
     monkeypatch.setenv("OLLAMA_GITOPS_SERVERS_FILE", str(fleet.servers_file))
     monkeypatch.delenv("OLLAMA_GITOPS_OLLAMA_URL")
     assert inventory_source(settings_of()).refresh().inventory.names == tuple(LABELS)  # no default beside it

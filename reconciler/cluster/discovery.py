@@ -292,7 +292,6 @@ class _Reflector:
         while not self._stopping.is_set():
             try:
                 self._list()
-                self._backoff.reset()
                 while not self._stopping.is_set():
                     self._watch_once()
             except Gone as gone:
@@ -312,7 +311,10 @@ class _Reflector:
         self.stats.lists += 1
         response = self._method(*self._args, **self._kwargs(), _preload_content=False,
                                 _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT))
-        answer = json.loads(response.data)
+        try:
+            answer = json.loads(response.data)
+        finally:
+            response.release_conn()
         items = dict(self._project(obj) for obj in answer.get("items") or ())
         self._version = str((answer.get("metadata") or {}).get("resourceVersion", ""))
         changed = items != self.items or self.error is not None or not self.synced.is_set()
@@ -328,6 +330,9 @@ class _Reflector:
             for kind, obj in events:
                 self.stats.events += 1
                 self._handle(kind, obj)
+        # A watch that ran its course: the API works again. Not a good list alone (a watch refused
+        # after each list must not make a list every half second).
+        self._backoff.reset()
 
     def _handle(self, kind: str, obj: Mapping[str, Any]) -> None:
         if kind == "ERROR":  # the client raises these itself; kept in case a client version does not

@@ -1,12 +1,12 @@
 """Kubernetes mode's memory: the reconciler's records kept on the OllamaModel resources themselves.
 
 Status goes to the status subresource (and only there): the seed's fields for the model as a whole
-(`fleetstatus.overall`), and `servers`, the model on each server of the fleet. What only
+(`fleetstatus.overall` over the servers the model is recorded on), and `servers`, the model on each server of the fleet. What only
 ollama-gitops needs to remember (it pulled these weights there, it handled that refresh request)
 goes into annotations, per server; forgetting a model releases its finalizer so that its deletion
-can finish. A new leader reads both back (`record_from`), server by server. Writes leave the reconciler's thread at
-once and are made by a small pool, the newest record of a key winning, so a cycle never waits on
-the API server; a write that fails is tried again.
+can finish. A new leader reads both back (`record_from`), server by server. Writes leave the
+reconciler's thread at once and are made by a small pool, the newest record of a key winning, so a
+cycle never waits on the API server; a write that fails is tried again.
 """
 
 from __future__ import annotations

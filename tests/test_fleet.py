@@ -245,3 +245,22 @@ def test_the_dry_run_and_the_metrics_are_per_server(fleet: FleetRig) -> None:
     ready = {s.labels["server"]: s.value for s in families["ollama_gitops_server_models"].samples
              if s.labels["state"] == READY}
     assert ready == {"gpu-1": 2, "gpu-2": 1, "gpu-3": 1}
+
+
+def test_the_servers_are_listed_at_once_on_a_full_cycle(fleet: FleetRig) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start()
+    gates = [ollama.hold_listings() for ollama in fleet.ollamas.values()]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cycle = pool.submit(fleet.cycle)
+        try:
+            # each listing has reached its server while none of them has answered: they run together
+            assert all(gate.wait_for_listings(1, timeout=60) for gate in gates)
+        finally:
+            for gate in gates:
+                gate.release()
+        assert cycle.result(timeout=60).ok
+    assert fleet.holding("llama3.2:1b") == set(LABELS)

@@ -264,3 +264,20 @@ def test_the_servers_are_listed_at_once_on_a_full_cycle(fleet: FleetRig) -> None
                 gate.release()
         assert cycle.result(timeout=60).ok
     assert fleet.holding("llama3.2:1b") == set(LABELS)
+
+
+def test_the_concurrency_is_per_server_so_every_server_pulls_at_once(fleet: FleetRig) -> None:
+    for name, tag in (("llama3.2", "1b"), ("gemma3", "1b")):
+        fleet.work.model("default", name, tag)
+    fleet.push()
+    fleet.start(concurrency=1)
+    gates = [ollama.hold_pulls() for ollama in fleet.ollamas.values()]
+    try:
+        assert fleet.cycle(wait=False).ok
+        assert all(gate.wait_for_pulls(1, timeout=60) for gate in gates)  # one pull on each server at once
+        assert all(gate.held == 1 for gate in gates)  # and no more than one on any: --concurrency 1 each
+    finally:
+        for gate in gates:
+            gate.release()
+    assert fleet.reconciler.pulls.wait(timeout=60)
+    assert fleet.holding("llama3.2:1b") == fleet.holding("gemma3:1b") == set(LABELS)

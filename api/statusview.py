@@ -26,9 +26,17 @@ class Snapshot:
     servers: list[dict[str, Any]] = field(default_factory=list)  # `GET /api/v1/servers`' items
 
     @property
+    def server_names(self) -> list[str]:
+        """The servers' names: the API's inventory, else (an API that reads no reconciler's summary,
+        such as `api` alone in Kubernetes mode) those the models are shown on."""
+        if self.servers:
+            return [server["name"] for server in self.servers]
+        return sorted({entry["name"] for model in self.models for entry in model.get("servers", [])})
+
+    @property
     def fleet(self) -> bool:
         """More than the one server given the old way: the output shows servers."""
-        return [s.get("name") for s in self.servers] not in ([], [DEFAULT_SERVER])
+        return self.server_names not in ([], [DEFAULT_SERVER])
 
     @property
     def healthy(self) -> bool:
@@ -95,7 +103,7 @@ def _table(rows: list[tuple[str, ...]]) -> list[str]:
 
 def _by_servers(snapshot: Snapshot) -> list[tuple[str, ...]]:
     """A model per row, a server per column, its state there in each cell ('-': not placed there)."""
-    names = [server["name"] for server in snapshot.servers]
+    names = snapshot.server_names
     rows = [("NAME", *names)]
     for model in snapshot.models:
         states = {entry["name"]: entry["state"] for entry in model.get("servers", [])}

@@ -293,3 +293,11 @@ def test_status_with_one_default_server_draws_what_it_always_did() -> None:
     assert "server " not in render(Snapshot([model], sync, default))
     one_named = [{**default[0], "name": "gpu-1"}]
     assert "server gpu-1 (http://localhost:11434): reachable" in render(Snapshot([model], sync, one_named))
+
+
+def test_status_without_an_inventory_takes_the_servers_from_the_models() -> None:
+    """`api` alone in Kubernetes mode reads no reconciler's summary: the models still say where they are."""
+    model = {"name": "big-1b", "modelName": "big", "tag": "1b", "state": "Ready",
+             "servers": [{"name": "gpu-1", "state": "Ready"}, {"name": "gpu-2", "state": "Pulling"}]}
+    lines = render(Snapshot([model], {})).splitlines()
+    assert [line.split() for line in lines[3:5]] == [["NAME", "gpu-1", "gpu-2"], ["big-1b", "Ready", "Pulling"]]

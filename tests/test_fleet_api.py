@@ -257,6 +257,13 @@ def test_servers_endpoint_lists_each_server_with_reachability_and_counts(api_bes
     assert models["llama3.2-1b"]["state"] == "Failed"
     assert models["llama3.2-1b"]["error"] == "gpu-2: server gpu-2 unreachable: refused"
 
+    # A write's answer is the new model on the servers its selector picks.
+    created = rig.client.post("/api/v1/models", json={"name": "phi3", "tag": "mini",
+                                                      "servers": {"matchLabels": {"gpu": "l4"}}})
+    assert created.status_code == 201, created.text
+    assert created.json() == {"name": "phi3-mini", "namespace": "default", "modelName": "phi3", "tag": "mini",
+                              "state": "Pending", "servers": [{"name": "gpu-2", "state": "Pending"}]}
+
 
 def test_status_draws_models_by_servers_and_exits_1_for_a_model_failed_on_one(
         api_beside, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .fleetstatus import overall_recorded
 from .state import STATES, ModelRecord
 
 CYCLES = Counter("ollama_gitops_reconcile_cycles_total", "Reconcile cycles, by outcome", ["outcome"])
@@ -35,7 +36,7 @@ class ModelsByState(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("ollama_gitops_models", "Managed models, by state", labels=["state"])
-        counts = Tally(record.status.state for record in self._records().values())
+        counts = Tally(overall_recorded(r).state for r in self._records().values())
         for state in STATES:
             family.add_metric([state], counts.get(state, 0))
         yield family

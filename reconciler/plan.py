@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .models.desired import DesiredModel, DesiredState, ModelKey
 from .models.naming import normalize_reference
-from .state import FAILED, READY, AppliedSpec, ModelRecord
+from .state import FAILED, READY, AppliedSpec, ServerRecord
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def applied_spec(model: DesiredModel) -> AppliedSpec:
 def plan(
     desired: DesiredState,
     observed: Mapping[str, InstalledModel] | None,
-    records: Mapping[ModelKey, ModelRecord],
+    records: Mapping[ModelKey, ServerRecord],
     *,
     scope: Set[ModelKey] | None = None,
     in_flight: Set[str] = frozenset(),
@@ -156,6 +156,7 @@ def plan(
 ) -> Plan:
     """Decide what to do about the models in `scope` (every model when None).
 
+    One server's plan: `records` are the models' records as that server sees them (`on_server`).
     `observed` is keyed by normalised reference and is None when Ollama could not be asked: then
     nothing is pulled or deleted. `records` must hold every recorded key in scope and every recorded
     key that shares a reference with one (see `StateStore.related`); a recorded key outside scope is
@@ -202,7 +203,7 @@ def plan(
     return Plan(tuple(actions), specs, refused)
 
 
-def _broken_file_errors(desired: DesiredState, kept: Set[ModelKey], records: Mapping[ModelKey, ModelRecord]) -> list[Action]:
+def _broken_file_errors(desired: DesiredState, kept: Set[ModelKey], records: Mapping[ModelKey, ServerRecord]) -> list[Action]:
     actions: list[Action] = []
     for key in sorted(kept):
         record = records.get(key)
@@ -218,7 +219,7 @@ def _plan_reference(
     reference: str,
     keys: list[ModelKey],
     specs: Mapping[ModelKey, AppliedSpec],
-    records: Mapping[ModelKey, ModelRecord],
+    records: Mapping[ModelKey, ServerRecord],
     observed: Mapping[str, InstalledModel] | None,
     in_flight: Set[str],
     now: float,
@@ -262,7 +263,7 @@ def _plan_reference(
     return actions + [Pull(specs[active[0]].reference, tuple(active), reason, refresh)]
 
 
-def _suspended(key: ModelKey, record: ModelRecord | None, broken: bool) -> Action:
+def _suspended(key: ModelKey, record: ServerRecord | None, broken: bool) -> Action:
     status = record.status if record is not None else None
     # A broken file's error is current, not stale: it stays.
     stale = status is not None and not broken and (
@@ -270,7 +271,7 @@ def _suspended(key: ModelKey, record: ModelRecord | None, broken: bool) -> Actio
     return Suspend(key) if stale else Skip(key, "suspended")
 
 
-def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ModelRecord]) -> str | None:
+def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ServerRecord]) -> str | None:
     """The refresh value still to act on, if any key's file bumped it since the last pull."""
     for key in keys:
         wanted = specs[key].refresh_requested_at
@@ -289,7 +290,7 @@ def _satisfied(wanted: str, handled: str | None) -> bool:
 
 def _plan_removals(
     removed: list[ModelKey],
-    records: Mapping[ModelKey, ModelRecord],
+    records: Mapping[ModelKey, ServerRecord],
     owned: Set[str],
     wanted: Set[str],
     observed: Mapping[str, InstalledModel],

@@ -27,7 +27,7 @@ from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
 from .models.naming import normalize_reference
 from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, plan
 from .ollama.pulls import BACKOFF_BASE, PullPool, model_names
-from .state import FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from .state import DEFAULT_SERVER, FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, on_server, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.reconcile")
 
@@ -168,7 +168,8 @@ class Reconciler:
         if self.cluster is not None and not dry_run:
             cluster_problems = self.cluster.sync(desired, scope)
             desired = self.cluster.amend(desired, scope)
-        the_plan = plan(desired, observed, records, scope=scope, in_flight=self.pulls.in_flight(),
+        the_plan = plan(desired, observed, on_server(records, DEFAULT_SERVER), scope=scope,
+                        in_flight=self.pulls.in_flight(),
                         now=now, allow_empty=self.allow_empty)
         if dry_run:
             return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit,
@@ -254,31 +255,35 @@ class Reconciler:
         with self.store.editing() as edit:
             for key, spec in the_plan.specs.items():
                 record = edit.get(key)
+                # A refresh value already in a new file is history: the model is pulled or found anyway.
+                new = ModelStatus(PENDING, refresh_handled=spec.refresh_requested_at)
                 if record is None:
-                    # A refresh value already in a new file is history: the model is pulled or found anyway.
-                    edit.put(key, ModelRecord(spec, ModelStatus(PENDING, refresh_handled=spec.refresh_requested_at)))
-                elif record.spec != spec:
-                    edit.put(key, ModelRecord(spec, record.status))
+                    edit.put(key, ModelRecord(spec, {DEFAULT_SERVER: new}))
+                else:
+                    if record.spec != spec:
+                        edit.put(key, ModelRecord(spec, record.servers))
+                    if DEFAULT_SERVER not in record.servers:
+                        edit.place(key, DEFAULT_SERVER, new)
             for action in the_plan.actions:
                 if isinstance(action, MarkReady):
-                    status = edit.status(action.key)
+                    status = edit.status(action.key, DEFAULT_SERVER)
                     assert status is not None
                     _mark_ready(status, action.installed, action.owned, commit)
                     lines.add("ready", action.key, action.installed.reference, action.reason)
                 elif isinstance(action, RecordError):
-                    status = edit.status(action.key)
+                    status = edit.status(action.key, DEFAULT_SERVER)
                     if status is not None:
                         status.error = action.message[:1024]
                     lines.add("skipped", action.key, None, action.message)
                 elif isinstance(action, Suspend):
-                    status = edit.status(action.key)
+                    status = edit.status(action.key, DEFAULT_SERVER)
                     if status is not None:
                         status.error, status.failures, status.next_retry_at = None, 0, None
                         if status.state == FAILED:
                             status.state = PENDING
                     lines.add("suspended", action.key, None, action.reason)
                 elif isinstance(action, Forget):
-                    edit.forget(action.key)
+                    edit.drop(action.key, DEFAULT_SERVER)
                     lines.add("forgotten", action.key, action.reference, action.reason)
                 elif isinstance(action, Skip):
                     # Not an action: at INFO, Ollama down would log a line per model per cycle
@@ -304,7 +309,7 @@ class Reconciler:
             message = f"could not delete {action.reference}: {exc}"
             with self.store.editing() as edit:
                 for key in action.keys:
-                    status = edit.status(key)
+                    status = edit.status(key, DEFAULT_SERVER)
                     if status is not None:
                         status.error = message[:1024]
             lines.add("failed", action.keys, action.reference, message, level=logging.WARNING)
@@ -315,7 +320,7 @@ class Reconciler:
         # Forget only after Ollama confirmed: a crash in between repeats the delete, never loses it.
         with self.store.editing() as edit:
             for key in action.keys:
-                edit.forget(key)
+                edit.drop(key, DEFAULT_SERVER)
         lines.add("deleted", action.keys, action.reference, action.reason)
         return None
 

@@ -19,7 +19,7 @@ from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
-from .state import StateStore
+from .state import DEFAULT_SERVER, StateStore
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
@@ -252,9 +252,9 @@ def run_once(service: Service, out: TextIO, dry_run: bool = False) -> int:
         for pull in report.plan.of(Pull):
             for key in pull.keys:
                 record = service.store.record(key)
-                if record is None:
+                status = record.servers.get(DEFAULT_SERVER) if record is not None else None
+                if status is None:
                     continue
-                status = record.status
                 detail = f": {status.error}" if status.error else ""
                 out.write(f"{status.state:<8} {key}  {pull.reference}{detail}\n")
                 ok = ok and status.state == "Ready"

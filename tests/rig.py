@@ -82,4 +82,4 @@ class Rig:
 
     def state(self, namespace: str, name: str) -> str | None:
         record = self.record(namespace, name)
-        return record.status.state if record else None
+        return record.servers["default"].state if record else None

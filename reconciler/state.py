@@ -642,6 +642,10 @@ class _Edit:
     def get(self, key: ModelKey) -> ModelRecord | None:
         return self._models.get(key)
 
+    def keys(self) -> list[ModelKey]:
+        """Every recorded model, at the time of the call."""
+        return list(self._models)
+
     def put(self, key: ModelKey, record: ModelRecord) -> None:
         self._touch(key)
         self._models[key] = record

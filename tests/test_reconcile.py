@@ -519,8 +519,9 @@ def test_a_crashed_cycle_is_recorded_failed_with_its_error_in_status_and_metrics
     rig.work.model("default", "llama3.2", "1b")
     rig.push()
     reconciler = rig.start()
-    good = reconciler.server
-    reconciler.server = _ListingBug(rig.ollama.url)
+    member = reconciler.fleet.member("default")
+    good = member.client
+    member.client = _ListingBug(rig.ollama.url)
     failed_before = _cycles("failed")
     report = rig.cycle()
     assert not report.ok and "KeyError" in report.message and "'models'" in report.message
@@ -528,7 +529,7 @@ def test_a_crashed_cycle_is_recorded_failed_with_its_error_in_status_and_metrics
     assert sync.last_cycle_outcome == "Failed" and "KeyError" in sync.last_cycle_message
     assert _cycles("failed") == failed_before + 1
     assert StateStore(rig.state_dir).sync.last_cycle_outcome == "Failed"  # on disk, for `api` and a restart
-    reconciler.server = good
+    member.client = good
     assert rig.cycle().ok and rig.state("default", "llama3.2-1b") == READY
 
 

@@ -145,15 +145,15 @@ class PullPool:
                 status.progress_completed = status.progress_total = None
                 if pull.refresh is not None:
                     status.refresh_handled = pull.refresh
-        metrics.PULL_DURATION.observe(seconds)
-        log.info("action=pulled reference=%s models=%s commit=%s seconds=%.1f", pull.reference,
-                 model_names(pull.keys), _short(commit), seconds)
+        metrics.PULL_DURATION.labels(self.name).observe(seconds)
+        log.info("action=pulled reference=%s models=%s commit=%s server=%s seconds=%.1f", pull.reference,
+                 model_names(pull.keys), _short(commit), self.name, seconds)
 
     def _record_failure(self, pull: Pull, message: str, commit: str | None) -> float:
         """Record the failure on every key of the pull; returns when the retry is due (`clock()` time)."""
         now = self._clock()
         retry_in: float | None = None
-        metrics.PULL_FAILURES.inc()
+        metrics.PULL_FAILURES.labels(self.name).inc()
         with self._store.editing() as edit:
             for key in pull.keys:
                 status = edit.status(key, self.name)
@@ -167,8 +167,8 @@ class PullPool:
                 status.applied_commit = commit
                 status.progress_completed = status.progress_total = None
         retry_in = retry_in if retry_in is not None else 0.0
-        log.warning("action=failed reference=%s models=%s commit=%s retry_in=%.0fs error=%r", pull.reference,
-                    model_names(pull.keys), _short(commit), retry_in, message)
+        log.warning("action=failed reference=%s models=%s commit=%s server=%s retry_in=%.0fs error=%r",
+                    pull.reference, model_names(pull.keys), _short(commit), self.name, retry_in, message)
         return now + retry_in
 
 

@@ -78,6 +78,17 @@ class OllamaServer:
                 reference, int(model.get("size") or 0), model.get("digest") or "", model.get("modified_at"))
         return models
 
+    def version(self) -> str:
+        """Ollama's version (`GET /api/version`)."""
+        def ask() -> httpx.Response:
+            response = self._http.get("/api/version")
+            if response.status_code >= 400:
+                raise ollama.ResponseError(_error_text(response), response.status_code)
+            return response
+
+        response = self._call(ask)
+        return str(response.json().get("version") or "")
+
     def pull(self, reference: str, progress: ProgressCallback) -> None:
         layers: dict[str, tuple[int, int]] = {}
 

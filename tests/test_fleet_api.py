@@ -308,3 +308,48 @@ def test_status_without_an_inventory_takes_the_servers_from_the_models() -> None
              "servers": [{"name": "gpu-1", "state": "Ready"}, {"name": "gpu-2", "state": "Pulling"}]}
     lines = render(Snapshot([model], {})).splitlines()
     assert [line.split() for line in lines[3:5]] == [["NAME", "gpu-1", "gpu-2"], ["big-1b", "Ready", "Pulling"]]
+
+
+def test_serve_with_a_servers_file_shows_each_model_on_each_server_and_a_server_down(
+        tmp_path: Path, ollama) -> None:
+    """`serve` keeping the default server and two of a servers file (stand-ins on loopback, in process)."""
+    import yaml
+
+    from rig import CATALOGUE
+    from standins.ollama_server import OllamaStandin
+
+    with OllamaStandin(dict(CATALOGUE)) as gpu_1, OllamaStandin(dict(CATALOGUE)) as gpu_2:
+        servers_file = tmp_path / "servers.yaml"
+        servers_file.write_text(yaml.safe_dump({"servers": [
+            {"name": "gpu-1", "url": gpu_1.url, "labels": {"gpu": "a100"}},
+            {"name": "gpu-2", "url": gpu_2.url, "labels": {"gpu": "l4"}}]}))
+        rig = ApiRig(tmp_path, ollama, reconciler_options=("--servers-file", str(servers_file)))
+        rig.work.model("default", "llama3.2", "1b")
+        rig.work.model("default", "gemma3", "1b", extra="servers:\n  matchLabels: {gpu: a100}\n")
+        rig.seed()
+        rig.start()
+        try:
+            rig.settle()
+            servers = rig.client.get("/api/v1/servers").json()["items"]
+            _schema("ServerList").validate({"items": servers})
+            assert [(s["name"], s["url"], s["reachable"], s["version"], s["models"]["Ready"]) for s in servers] == [
+                ("default", ollama.url, True, "0.12.0", 1), ("gpu-1", gpu_1.url, True, "0.12.0", 2),
+                ("gpu-2", gpu_2.url, True, "0.12.0", 1)]
+            models = {m["name"]: m for m in rig.client.get("/api/v1/models").json()["items"]}
+            assert [(s["name"], s["state"]) for s in models["gemma3-1b"]["servers"]] == [("gpu-1", "Ready")]
+            assert [(s["name"], s["state"]) for s in models["llama3.2-1b"]["servers"]] == [
+                ("default", "Ready"), ("gpu-1", "Ready"), ("gpu-2", "Ready")]
+            assert models["llama3.2-1b"]["state"] == "Ready" and models["llama3.2-1b"]["formattedSize"] == "1.7 GiB"
+
+            gpu_2.stop()
+            rig.work.model("default", "phi3", "mini")
+            rig.publish("add phi3")  # its pull on gpu-2 is refused: the next cycle lists gpu-2, and fails
+            down = eventually(lambda: [s for s in rig.client.get("/api/v1/servers").json()["items"]
+                                       if s["name"] == "gpu-2" and s["reachable"] is False], what="gpu-2 unreachable")
+            assert "not reachable" in down[0]["error"] and down[0]["lastSeen"] is not None
+            llama = rig.client.get("/api/v1/models/llama3.2-1b").json()
+            on_2 = next(s for s in llama["servers"] if s["name"] == "gpu-2")
+            assert on_2["state"] == "Ready" and on_2["error"].startswith("server gpu-2 unreachable: ")
+            assert llama["error"].startswith("gpu-2: server gpu-2 unreachable: ")
+        finally:
+            rig.stop()

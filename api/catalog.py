@@ -2,8 +2,11 @@
 
 A model's seed fields are the whole over the servers its `servers:` selector picks in the current
 inventory (the servers the last cycle recorded, `SyncStatus.servers`); in a fleet its view adds the
-model on each of them. Reads are served from memory. A namespace's list is serialised once per (commit, status version) and
-the bytes reused until either changes, so listing ten thousand models is a dictionary lookup.
+model on each of them.
+
+Reads are served from memory. A namespace's list is serialised once per (commit, status version,
+servers and their labels) and the bytes reused until one changes, so listing ten thousand models
+is a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -107,6 +110,9 @@ def _progress(status: ModelStatus) -> dict[str, int] | None:
     return None
 
 
+STATE_ORDER = (READY, PENDING, PULLING, FAILED)  # as the servers' counts list them
+
+
 def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str, Any]:
     """One server as `GET /api/v1/servers` shows it: who it is, whether it answers, and how many
     of the models recorded on it are in each state."""
@@ -117,9 +123,6 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
             counts[status.state] += 1
     return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
             "version": server.version, "lastSeen": server.last_seen, "models": counts, "error": server.error}
-
-
-STATE_ORDER = (READY, PENDING, PULLING, FAILED)  # as the servers' counts list them
 
 
 class Catalog:

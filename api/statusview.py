@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BAR_WIDTH = 20
+# The API's words, not imported from the reconciler: `status` must not load it (tests/test_cli_imports.py).
 STATES = ("Ready", "Pending", "Pulling", "Failed")
 DEFAULT_SERVER = "default"  # the one server given the old way: shown as today, without a servers table
 
@@ -112,7 +113,7 @@ def _by_servers(snapshot: Snapshot) -> list[tuple[str, ...]]:
 
 
 def _server_line(server: dict[str, Any]) -> str:
-    """`server NAME: reachable ...` with its version, last contact and models per state, or why not."""
+    """`server NAME (URL): reachable, ...`: its version, last contact and models per state, or why not."""
     if server.get("reachable") is None:
         health = "not contacted yet"
     elif server["reachable"]:

@@ -8,9 +8,10 @@ old way) gives exactly that server's status, so a single server behaves as it al
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from .state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus
+from .models.selector import LabelSelector
+from .state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen
 
 NO_SERVER_MATCHES = "no server matches the model's servers selector"
 
@@ -69,3 +70,9 @@ def overall_recorded(record: ModelRecord) -> ModelStatus:
     """`overall` over the servers the model is recorded on (the one `default` server when none yet):
     for a reader that does not know the inventory."""
     return overall(record, sorted(record.servers) or (DEFAULT_SERVER,))
+
+
+def selected(selector: LabelSelector | None, servers: Iterable[ServerSeen]) -> list[str]:
+    """The sorted names of the servers a model's `servers:` selector picks (None: every server), for
+    `overall`; `servers` as the last cycle saw them (`SyncStatus.servers`)."""
+    return sorted(s.name for s in servers if selector is None or selector.matches(s.labels))

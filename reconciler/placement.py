@@ -24,7 +24,8 @@ class ServerView:
 
     name: str
     labels: Mapping[str, str] = field(hash=False)
-    observed: Mapping[str, InstalledModel] | None = field(hash=False)  # None: not listed -> nothing pulled or deleted there
+    # None: it could not be listed, so nothing is pulled or deleted there
+    observed: Mapping[str, InstalledModel] | None = field(hash=False)
     in_flight: frozenset[str] = frozenset()
 
 

@@ -168,9 +168,12 @@ class Reconciler:
         self.store.sync = replace(self.store.sync, last_fetched_commit=commit)
         now = self._clock()
         change = self.fleet.refresh()
-        if change.removed and not dry_run:
-            self._forget_servers(change.removed)
         names = self.fleet.names
+        gone = set(change.removed)
+        if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
+            gone |= {name for record in self.store.records().values() for name in record.servers} - set(names)
+        if gone and not dry_run:
+            self._forget_servers(tuple(sorted(gone)))
         due = self.fleet.due()
         full = dry_run or self._resync_due(now)
         if full:
@@ -252,8 +255,8 @@ class Reconciler:
         return not self._converged or self.applied is None or last is None or now - last >= self.resync_interval
 
     def _forget_servers(self, names: tuple[str, ...]) -> None:
-        """Servers that left the inventory: their entries go from every record (ownership there
-        with them); nothing is deleted on them."""
+        """Servers that left the inventory (since the last cycle, or since the last run): their
+        entries go from every record (ownership there with them); nothing is deleted on them."""
         gone = set(names)
         keys = [key for key, record in self.store.records().items() if gone & record.servers.keys()]
         with self.store.editing() as edit:

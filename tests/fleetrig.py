@@ -8,12 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from ollama_gitops.reconciler.git.repo import GitRepo
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.ollama.inventory import FileInventory
 from ollama_gitops.reconciler.ollama.server import OllamaServer
 from ollama_gitops.reconciler.reconcile import Reconciler
-from ollama_gitops.reconciler.state import ModelStatus, StateStore
+from ollama_gitops.reconciler.state import ModelStatus
 from rig import CATALOGUE, Rig
 from standins.ollama_server import OllamaStandin
 
@@ -32,16 +31,11 @@ class FleetRig(Rig):
         self.servers_file.write_text(yaml.safe_dump({"servers": servers}))
 
     def start(self, **options: object) -> Reconciler:
-        if self.reconciler is not None:
-            self.stop()
-        store = StateStore(self.state_dir)
-        store.acquire_process_lock()
-        repo = GitRepo(str(self.remote), "main", self.state_dir / "clone.git")
-        options.setdefault("resync_interval", 300.0)
-        options.setdefault("clock", self.clock)
-        self.reconciler = Reconciler(repo, FileInventory(self.servers_file), store,  # type: ignore[arg-type]
-                                     client_factory=lambda server: OllamaServer(server.url, timeout=5), **options)
-        return self.reconciler
+        options.setdefault("client_factory", lambda server: OllamaServer(server.url, timeout=5))
+        return super().start(**options)
+
+    def servers(self) -> object:
+        return FileInventory(self.servers_file)
 
     def on(self, server: str, namespace: str, name: str) -> ModelStatus | None:
         """The model's status on one server (None: not planned there)."""

@@ -11,7 +11,8 @@ from fleetrig import FleetRig
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.state import PENDING, READY
 
-LABELS = {"gpu-1": {"gpu": "a100", "zone": "eu"}, "gpu-2": {"gpu": "l4", "zone": "eu"}, "gpu-3": {"gpu": "l4", "zone": "us"}}
+LABELS = {"gpu-1": {"gpu": "a100", "zone": "eu"}, "gpu-2": {"gpu": "l4", "zone": "eu"},
+          "gpu-3": {"gpu": "l4", "zone": "us"}}
 
 
 @pytest.fixture
@@ -115,6 +116,19 @@ def test_a_server_leaving_the_inventory_is_forgotten_and_nothing_is_deleted_on_i
     assert fleet.on("gpu-3", "default", "llama3.2-1b").owned is False and fleet.on("gpu-1", "default", "llama3.2-1b").owned
 
 
+def test_a_server_that_left_while_the_reconciler_was_stopped_is_forgotten_at_its_start(fleet: FleetRig) -> None:
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start()
+    assert fleet.cycle().ok
+    fleet.stop()
+    fleet.write_servers({name: LABELS[name] for name in ("gpu-1", "gpu-2")})
+    fleet.start()
+    assert fleet.cycle().ok
+    assert set(fleet.reconciler.store.record(ModelKey("default", "llama3.2-1b")).servers) == {"gpu-1", "gpu-2"}
+    assert fleet.holding("llama3.2:1b") == set(LABELS) and fleet.ollamas["gpu-3"].delete_count == {}
+
+
 def test_the_servers_file_is_followed_while_running_and_a_broken_one_keeps_the_last_good_servers(fleet: FleetRig) -> None:
     fleet.write_servers({"gpu-1": LABELS["gpu-1"]})
     fleet.work.model("default", "llama3.2", "1b")
@@ -174,3 +188,55 @@ def test_a_one_change_cycle_asks_only_the_servers_the_change_selects(fleet: Flee
     asked = {name: ollama.requests[before[name]:] for name, ollama in fleet.ollamas.items()}
     assert asked["gpu-2"] == asked["gpu-3"] == []
     assert ("POST", "/api/pull") in asked["gpu-1"] and fleet.holding("mistral:7b") == {"gpu-1"}
+
+
+def settings_of(*args: str):
+    from ollama_gitops.api.cli import build_parser
+    from ollama_gitops.reconciler.settings import Settings
+
+    parser, _ = build_parser()
+    return Settings.from_args(parser.parse_args(["reconcile", "--state-dir", "/tmp/unused", *args]))
+
+
+def test_the_servers_come_from_repeated_options_the_variable_or_a_servers_file(
+        fleet: FleetRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ollama_gitops.reconciler.service import ConfigurationError, inventory_source
+
+    for variable in ("OLLAMA_GITOPS_OLLAMA_URL", "OLLAMA_GITOPS_SERVERS_FILE", "OLLAMA_HOST"):
+        monkeypatch.delenv(variable, raising=False)
+    assert [s.name for s in inventory_source(settings_of()).refresh().inventory] == ["default"]
+    given = settings_of("--ollama-url", "gpu-1=http://gpu-1:11434", "--ollama-url", "http://gpu-2:11434")
+    assert [(s.name, s.url) for s in inventory_source(given).refresh().inventory] == [
+        ("gpu-1", "http://gpu-1:11434"), ("gpu-2-11434", "http://gpu-2:11434")]
+    monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "a=http://a:1, b=http://b:2")
+    assert inventory_source(settings_of()).refresh().inventory.names == ("a", "b")
+    monkeypatch.setenv("OLLAMA_GITOPS_SERVERS_FILE", str(fleet.servers_file))
+    monkeypatch.delenv("OLLAMA_GITOPS_OLLAMA_URL")
+    assert inventory_source(settings_of()).refresh().inventory.names == tuple(LABELS)  # no default beside it
+    with pytest.raises(ConfigurationError, match="two servers are named 'x'"):
+        inventory_source(settings_of("--ollama-url", "x=http://a:1", "--ollama-url", "x=http://b:1"))
+
+
+def test_the_dry_run_and_the_metrics_are_per_server(fleet: FleetRig) -> None:
+    import io
+
+    from ollama_gitops.reconciler.metrics import ModelsByState
+    from ollama_gitops.reconciler.service import print_report
+
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.work.model("default", "mistral", "7b", ON_A100)
+    fleet.push()
+    fleet.start()
+    out = io.StringIO()
+    print_report(fleet.cycle(dry_run=True), out, dry_run=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "server=gpu-1: 2 pulls, 0 deletes, 0 already in Ollama"
+    assert "server=gpu-2: 1 pull, 0 deletes, 0 already in Ollama" in lines
+    assert lines[-1].startswith("dry run: Succeeded at ")
+    assert lines[-1].endswith("would make 4 pulls, 0 deletes, 0 already in Ollama")
+    assert fleet.holding("llama3.2:1b") == set()  # a dry run changes nothing
+    assert fleet.cycle().ok
+    families = {f.name: f for f in ModelsByState(fleet.reconciler.store.records).collect()}
+    ready = {s.labels["server"]: s.value for s in families["ollama_gitops_server_models"].samples
+             if s.labels["state"] == READY}
+    assert ready == {"gpu-1": 2, "gpu-2": 1, "gpu-3": 1}

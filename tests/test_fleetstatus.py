@@ -40,3 +40,14 @@ def test_the_state_is_the_worst_over_the_selected_servers() -> None:
 def test_a_model_no_server_matches_is_pending_and_says_so() -> None:
     whole = overall(record(a=ModelStatus(READY)), [])
     assert whole.state == PENDING and whole.error == NO_SERVER_MATCHES
+
+
+def test_the_servers_a_selector_picks_from_those_the_last_cycle_saw() -> None:
+    from ollama_gitops.reconciler.fleetstatus import selected
+    from ollama_gitops.reconciler.models.selector import LabelSelector
+    from ollama_gitops.reconciler.state import ServerSeen
+
+    seen = [ServerSeen("gpu-2", "http://b:1", {"gpu": "l4"}), ServerSeen("gpu-1", "http://a:1", {"gpu": "a100"})]
+    assert selected(None, seen) == ["gpu-1", "gpu-2"]
+    assert selected(LabelSelector.of({"gpu": "l4"}), seen) == ["gpu-2"]
+    assert selected(LabelSelector.of({"gpu": "h100"}), seen) == []

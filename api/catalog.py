@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
+from ..reconciler.fleetstatus import selected as selected_servers
 from ..reconciler.models.desired import DesiredModel, DesiredState, ModelKey
 from ..reconciler.models.modelfile import ModelFields
 from ..reconciler.models.selector import LabelSelector
@@ -271,8 +272,7 @@ class _Fleet:
             return self._unknown(record)
         selected = self._selected.get(selector)
         if selected is None:  # one match per selector and list: a fleet's files share a few selectors
-            selected = self._selected[selector] = tuple(
-                s.name for s in self._servers if selector is None or selector.matches(s.labels))
+            selected = self._selected[selector] = tuple(selected_servers(selector, self._servers))
         return Placement(selected, self._names != (DEFAULT_SERVER,), known=True)
 
     def recorded(self, record: ModelRecord) -> Placement:

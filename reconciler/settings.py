@@ -89,14 +89,30 @@ class Settings:
         )
 
 
+class _FromEnvironment(list):  # type: ignore[type-arg]
+    """The values of a repeatable option as its variable gave them (a comma-separated list)."""
+
+
+class _Repeatable(argparse.Action):
+    """`--option VALUE`, any number of times; the values given replace the variable's, never add to them."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is None or isinstance(current, _FromEnvironment) else current
+        setattr(namespace, self.dest, [*kept, values])
+
+
+def _env_list(name: str) -> _FromEnvironment | None:
+    listed = (_env(name, "") or "").strip()
+    return _FromEnvironment(item.strip() for item in listed.split(",")) if listed else None
+
+
 def _ollama_urls(given: list[str] | None, servers_file: str | None) -> tuple[tuple[str, ...], str]:
-    """The `--ollama-url` values, else `OLLAMA_GITOPS_OLLAMA_URL`'s comma-separated list, else (when no
-    servers file names the servers) the default server; and where they came from."""
+    """The `--ollama-url` values (or `OLLAMA_GITOPS_OLLAMA_URL`'s comma-separated list), else, when
+    no servers file names the servers, the default server; and where they came from."""
     if given:
-        return tuple(given), "--ollama-url"
-    listed = os.environ.get(f"{ENV_PREFIX}OLLAMA_URL", "").strip()
-    if listed:
-        return tuple(item.strip() for item in listed.split(",")), f"{ENV_PREFIX}OLLAMA_URL"
+        return tuple(given), f"{ENV_PREFIX}OLLAMA_URL" if isinstance(given, _FromEnvironment) else "--ollama-url"
     return ((), "--ollama-url") if servers_file else ((_default_ollama_url(),), "--ollama-url")
 
 
@@ -161,7 +177,7 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
            "the per-user state directory (~/.local/state/ollama-gitops on Linux)",
            "where the private clone, the state and the embedded default repository live")
     if reconciles:
-        add_option(parser, "--ollama-url", action="append", default=None, metavar="[NAME=]URL",
+        add_option(parser, "--ollama-url", action=_Repeatable, default=_env_list("ollama-url"), metavar="[NAME=]URL",
                    default_text="$OLLAMA_HOST, else http://localhost:11434",
                    help="an Ollama server to keep in line, URL or NAME=URL; give it once per server (one "
                         "without a name is 'default'; the variable takes a comma-separated list)",

@@ -31,7 +31,7 @@ class FleetRig(Rig):
         self.servers_file.write_text(yaml.safe_dump({"servers": servers}))
 
     def start(self, **options: object) -> Reconciler:
-        options.setdefault("client_factory", lambda server: OllamaServer(server.url, timeout=5))
+        options.setdefault("client_factory", lambda server: OllamaServer(server.url, timeout=30))
         return super().start(**options)
 
     def servers(self) -> object:

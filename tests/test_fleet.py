@@ -210,6 +210,11 @@ def test_the_servers_come_from_repeated_options_the_variable_or_a_servers_file(
         ("gpu-1", "http://gpu-1:11434"), ("gpu-2-11434", "http://gpu-2:11434")]
     monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "a=http://a:1, b=http://b:2")
     assert inventory_source(settings_of()).refresh().inventory.names == ("a", "b")
+    assert inventory_source(settings_of("--ollama-url", "c=http://c:3")).refresh().inventory.names == ("c",)
+    with pytest.raises(ConfigurationError, match="OLLAMA_GITOPS_OLLAMA_URL 'ftp://d'"):
+        monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "ftp://d")
+        inventory_source(settings_of())
+    monkeypatch.setenv("OLLAMA_GITOPS_OLLAMA_URL", "a=http://a:1, b=http://b:2")
     monkeypatch.setenv("OLLAMA_GITOPS_SERVERS_FILE", str(fleet.servers_file))
     monkeypatch.delenv("OLLAMA_GITOPS_OLLAMA_URL")
     assert inventory_source(settings_of()).refresh().inventory.names == tuple(LABELS)  # no default beside it
@@ -240,3 +245,39 @@ def test_the_dry_run_and_the_metrics_are_per_server(fleet: FleetRig) -> None:
     ready = {s.labels["server"]: s.value for s in families["ollama_gitops_server_models"].samples
              if s.labels["state"] == READY}
     assert ready == {"gpu-1": 2, "gpu-2": 1, "gpu-3": 1}
+
+
+def test_the_servers_are_listed_at_once_on_a_full_cycle(fleet: FleetRig) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start()
+    gates = [ollama.hold_listings() for ollama in fleet.ollamas.values()]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        cycle = pool.submit(fleet.cycle)
+        try:
+            # each listing has reached its server while none of them has answered: they run together
+            assert all(gate.wait_for_listings(1, timeout=60) for gate in gates)
+        finally:
+            for gate in gates:
+                gate.release()
+        assert cycle.result(timeout=60).ok
+    assert fleet.holding("llama3.2:1b") == set(LABELS)
+
+
+def test_the_concurrency_is_per_server_so_every_server_pulls_at_once(fleet: FleetRig) -> None:
+    for name, tag in (("llama3.2", "1b"), ("gemma3", "1b")):
+        fleet.work.model("default", name, tag)
+    fleet.push()
+    fleet.start(concurrency=1)
+    gates = [ollama.hold_pulls() for ollama in fleet.ollamas.values()]
+    try:
+        assert fleet.cycle(wait=False).ok
+        assert all(gate.wait_for_pulls(1, timeout=60) for gate in gates)  # one pull on each server at once
+        assert all(gate.held == 1 for gate in gates)  # and no more than one on any: --concurrency 1 each
+    finally:
+        for gate in gates:
+            gate.release()
+    assert fleet.reconciler.pulls.wait(timeout=60)
+    assert fleet.holding("llama3.2:1b") == fleet.holding("gemma3:1b") == set(LABELS)

@@ -17,6 +17,9 @@ from ..reconciler.models.sizes import format_size
 from ..reconciler.state import PENDING, PULLING, ModelRecord, SyncStatus
 
 
+ALL_NAMESPACES = "*"
+
+
 class StatusSource(Protocol):
     """Live status of models: the reconciler's store, a follower of it, or (later) the cluster."""
 
@@ -82,6 +85,29 @@ class Catalog:
         with self._lock:
             self._lists[namespace] = (stamp, body)
         return body
+
+    def list_all_json(self) -> bytes:
+        """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list)."""
+        self._refresh()
+        desired = self._desired()
+        stamp = (desired.commit if desired else None, self._status.version)
+        with self._lock:
+            cached = self._lists.get(ALL_NAMESPACES)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        items = [view for namespace in self.namespaces(desired) for view in self._views(namespace, desired)]
+        body = (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self._lists[ALL_NAMESPACES] = (stamp, body)
+        return body
+
+    def namespaces(self, desired: DesiredState | None) -> list[str]:
+        """Every namespace with a model file or a record."""
+        if desired is None:
+            return []
+        found = {k.namespace for k in desired.models} | {k.namespace for k in desired.unreadable}
+        found.update(k.namespace for k in self._status.records())
+        return sorted(found)
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One model, or None when no file defines it."""

@@ -19,7 +19,7 @@
     serverColumns: [],
     lastEventId: null,
     heartbeat: 15,
-    loading: null, // a full read in flight: events wait for it
+    loading: 0, // reads in flight: events wait for them
     pendingEvents: [],
     sortNeeded: false,
     filterNeeded: true,
@@ -139,7 +139,8 @@
     const problems = (status.problems || []).map((p) =>
       el("li", { className: "problem" }, el("code", { text: p.line ? `${p.path}:${p.line}` : p.path }), `: ${p.message}`));
     $("problems").replaceChildren(...(problems.length ? problems : [el("li", { className: "none", text: "none" })]));
-    if (previous && previous.lastFetchedCommit !== status.lastFetchedCommit) loadModels();
+    // A new commit brings models no event has named yet.
+    if (previous && previous.lastFetchedCommit !== status.lastFetchedCommit) guarded(loadModels).catch(() => {});
   }
   function cycleStarted(data) { $("sync-now").textContent = `cycle running since ${data.time}`; }
   function cycleEnded(data) {
@@ -379,6 +380,7 @@
       scheduleRender();
       await written(`${view.namespace}/${view.name} (${view.modelName}:${view.tag}) added`, response);
       name.value = tag.value = "";
+      delete name.dataset.touched; delete tag.dataset.touched;
     } catch (error) {
       $("add-error").textContent = error.message;
     }
@@ -389,9 +391,10 @@
       const document = await getJson("/api/v1/openapi.json");
       const properties = document.components.schemas.ModelFile.properties;
       state.patterns = { name: properties.name, tag: properties.tag };
+      // Checked in fieldProblem (the pattern attribute would take the schema's regular expression
+      // with the `v` flag, which reads it differently).
       for (const [id, rule] of [["add-name", properties.name], ["add-tag", properties.tag]]) {
         if (rule.maxLength) $(id).maxLength = rule.maxLength;
-        if (rule.pattern) $(id).pattern = rule.pattern.replace(/^\^/, "").replace(/\$$/, "");
       }
     } catch (_) { /* the API still validates */ }
   }
@@ -412,19 +415,23 @@
       if (error.status !== 404) throw error;
     }
   }
-  async function reloadAll() {
-    const work = (async () => {
-      const [status] = await Promise.all([getJson("/api/v1/status"), loadModels(), loadHistory(), loadServers()]);
-      renderStatus(status);
-    })();
-    state.loading = work;
-    try { await work; } finally {
-      if (state.loading === work) {
-        state.loading = null;
+  // While a read is in flight, events wait: applied after it, in order, they take the page from
+  // what the read saw to now (applied before it, the read's older answer would undo them).
+  async function guarded(read) {
+    state.loading = (state.loading || 0) + 1;
+    try { await read(); } finally {
+      state.loading -= 1;
+      if (!state.loading) {
         const pending = state.pendingEvents; state.pendingEvents = [];
         pending.forEach(apply);
       }
     }
+  }
+  function reloadAll() {
+    return guarded(async () => {
+      const [status] = await Promise.all([getJson("/api/v1/status"), loadModels(), loadHistory(), loadServers()]);
+      renderStatus(status);
+    });
   }
 
   // -- live: the events stream, polling while it is down ---------------------------------------------

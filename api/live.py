@@ -21,8 +21,9 @@ from typing import Any
 from ..reconciler import events
 from ..reconciler.events import EventBus
 from ..reconciler.models.desired import ModelKey
+from ..reconciler.state import ModelRecord
 
-from .catalog import Catalog
+from .catalog import Catalog, StatusSource
 
 log = logging.getLogger("ollama_gitops.api.live")
 
@@ -36,7 +37,10 @@ class LiveFeed:
 
     def __init__(self, bus: EventBus, catalog: Catalog, status: Callable[[], dict[str, Any]],
                  servers: Callable[[], list[dict[str, Any]]], *, follow: Callable[[], object] | None = None,
+                 records: StatusSource | None = None,
                  interval: float = INTERVAL, follow_interval: float = FOLLOW_INTERVAL) -> None:
+        """`records`: a status source that announces nothing (the cluster's cache); its records are
+        compared when its version moves, while a page listens, to find what changed."""
         self.bus = bus
         self._catalog = catalog
         self._status = status
@@ -51,6 +55,8 @@ class LiveFeed:
         self._last_status: dict[str, Any] | None = None
         self._last_servers: list[dict[str, Any]] | None = None
         self._thread: threading.Thread | None = None
+        self._records = records
+        self._seen: tuple[int, dict[ModelKey, ModelRecord]] | None = None  # (version, records) compared
 
     def changed(self, keys: Collection[ModelKey] | None) -> None:
         """The records of `keys` changed (None: any may have). Quick, never blocks for long."""
@@ -93,6 +99,8 @@ class LiveFeed:
     def _turn(self) -> None:
         if self._follow is not None and self.bus.subscribers:
             self._follow()  # takes in the other process's writes; the store calls changed()
+        if self._records is not None and self.bus.subscribers:
+            self._compare_records(self._records)
         with self._wake:
             dirty, self._dirty = self._dirty, set()
             everything, self._everything = self._everything, False
@@ -108,6 +116,16 @@ class LiveFeed:
         if servers != self._last_servers:
             self._last_servers = servers
             self.bus.publish(events.SERVERS, {"items": servers})
+
+    def _compare_records(self, source: StatusSource) -> None:
+        version = source.version
+        if self._seen is not None and self._seen[0] == version:
+            return
+        records = source.records()
+        if self._seen is not None:
+            before = self._seen[1]
+            self.changed({k for k in records.keys() | before.keys() if records.get(k) != before.get(k)})
+        self._seen = (version, records)
 
     def _publish_models(self, keys: set[ModelKey]) -> None:
         shown, removed = [], []

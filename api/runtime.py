@@ -210,10 +210,9 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
     # looks every half second, and only while a page listens).
     feed = LiveFeed(bus, catalog, lambda: status_view(catalog, repository),
                     lambda: dashboard.servers_view(catalog.sync()),
-                    follow=follow_files)
-    add_listener = getattr(status, "add_listener", None)  # the cluster's store announces nothing
-    if add_listener is not None:
-        add_listener(feed.changed)
+                    follow=follow_files, records=None if hasattr(status, "add_listener") else status)
+    if hasattr(status, "add_listener"):  # the state store; the cluster's cache announces nothing
+        status.add_listener(feed.changed)  # type: ignore[attr-defined]
     app_slot.app = app
     _register_collector(status)
     server.start()

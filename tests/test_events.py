@@ -267,3 +267,31 @@ def test_api_beside_a_reconciler_derives_events_from_its_state_files(tmp_path: P
         api.stop()
         reconciler.stop()
         reconciler.work.close()
+
+
+def test_a_status_source_that_announces_nothing_is_compared_when_its_version_moves(tmp_path: Path) -> None:
+    """The cluster's cache has no listener: the feed finds what changed from its records."""
+    from ollama_gitops.api.live import LiveFeed
+
+    class Views:  # the catalog's part the feed uses
+        def get(self, namespace: str, name: str) -> dict[str, str]:
+            record = store.record(ModelKey(namespace, name))
+            return {"namespace": namespace, "name": name, "state": record.status.state if record else "gone"}
+
+    store = StateStore(tmp_path)  # stands for any StatusSource: no listener is added
+    key = ModelKey("default", "x")
+    with store.editing() as edit:
+        edit.put(key, ModelRecord(AppliedSpec("x:1", "models/default/x.yaml")))
+    bus = EventBus()
+    feed = LiveFeed(bus, Views(), lambda: {}, lambda: [], records=store)  # type: ignore[arg-type]
+    subscription = bus.subscribe()
+    feed._turn()  # the first look: what is there now is the baseline, not a change
+    while subscription.next(timeout=0.01) is not None:
+        pass  # its first status and servers
+    with store.editing() as edit:
+        edit.status(key).state = "Ready"
+    feed._turn()
+    event = subscription.next(timeout=1)
+    assert event.type == events.MODELS and event.data["items"] == [{"namespace": "default", "name": "x", "state": "Ready"}]
+    feed._turn()  # the version did not move: nothing more
+    assert subscription.next(timeout=0.01) is None

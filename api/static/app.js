@@ -28,6 +28,10 @@
     polling: null,
     streamAbort: null,
     patterns: null,
+    // What the page costs (benchmarks/bench_dashboard.py reads these): the time from navigation to
+    // the first render of the full list, and per models event the milliseconds spent applying it
+    // and rendering after it (the wait for the animation frame left out).
+    timings: { firstFull: null, updates: [], pendingWork: null },
   };
 
   // -- the API ------------------------------------------------------------------------------
@@ -285,6 +289,7 @@
     requestAnimationFrame(render);
   }
   function render() {
+    const started = performance.now();
     state.renderQueued = false;
     if (state.headNeeded) renderHead();
     if (state.filterNeeded) applyFilter();
@@ -315,6 +320,13 @@
       if (again) again.focus();
     }
     document.body.dataset.rendered = String(total);
+    const timings = state.timings;
+    if (timings.firstFull === null && state.keys.length && !state.loading) timings.firstFull = performance.now();
+    if (timings.pendingWork !== null) {
+      timings.updates.push(timings.pendingWork + performance.now() - started);
+      if (timings.updates.length > 1000) timings.updates.shift();
+      timings.pendingWork = null;
+    }
   }
   $("models-scroll").addEventListener("scroll", scheduleRender, { passive: true });
   for (const id of ["search", "filter-state", "filter-namespace", "filter-server"]) {
@@ -444,7 +456,13 @@
         if (event.id) reloadAll().catch(() => {});
         break;
       case "reset": reloadAll().catch(() => {}); break;
-      case "models": data.items.forEach(upsert); scheduleRender(); break;
+      case "models": {
+        const started = performance.now();
+        data.items.forEach(upsert);
+        scheduleRender();
+        state.timings.pendingWork = (state.timings.pendingWork || 0) + performance.now() - started;
+        break;
+      }
       case "removed": data.items.forEach(remove); scheduleRender(); break;
       case "status": renderStatus(data); break;
       case "servers": renderServers(data.items); break;

@@ -60,6 +60,7 @@ def create_app(
     on_written: Callable[[], None] = lambda: None,
     max_writers: int = 8,
     on_push: Callable[[], None] | None = None,
+    next_cycle: Callable[[], str | None] = lambda: None,
 ) -> Flask:
     """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle);
     `on_push` after every accepted webhook push (to start one at once, or have the reconciler do
@@ -212,7 +213,7 @@ def create_app(
 
     @app.get("/api/v1/status")
     def status() -> Response:
-        return _json(status_view(catalog, repository), 200)
+        return _json(status_view(catalog, repository, next_cycle), 200)
 
     @app.post(webhook.WEBHOOK_PATH)
     def receive_webhook() -> Response:
@@ -265,11 +266,13 @@ def create_app(
     return app
 
 
-def status_view(catalog: Catalog, repository: ModelsRepository) -> dict[str, Any]:
-    """The sync summary as GET /api/v1/status answers it (and the events stream sends it)."""
+def status_view(catalog: Catalog, repository: ModelsRepository,
+                next_cycle: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
+    """The sync summary as GET /api/v1/status answers it (and the events stream sends it);
+    `nextCycleTime` only where the schedule is this process's (`serve`)."""
     sync = catalog.sync()
     desired = repository.desired
-    return {
+    view = {
         "lastFetchedCommit": desired.commit if desired else None,
         "lastAppliedCommit": sync.last_applied_commit,
         "lastCycleTime": sync.last_cycle_at,
@@ -282,6 +285,10 @@ def status_view(catalog: Catalog, repository: ModelsRepository) -> dict[str, Any
         "problems": [{"path": p.path, "line": p.line, "message": p.message}
                      for p in (desired.problems if desired else sync.problems)],
     }
+    upcoming = next_cycle()
+    if upcoming is not None:
+        view["nextCycleTime"] = upcoming
+    return view
 
 
 def _log_webhook(envelope: webhook.Envelope, ref: str | None, outcome: str, reason: str | None,

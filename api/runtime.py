@@ -201,14 +201,15 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
+    next_cycle = _next_cycle(service) if service is not None else (lambda: None)
     app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository,
-                     on_written, max_writers=max(1, options.threads // 2), on_push=on_push)
+                     on_written, max_writers=max(1, options.threads // 2), on_push=on_push, next_cycle=next_cycle)
     bus = service.events if service is not None else EventBus()
     history = service.history if service is not None else History(settings.state_dir)
     dashboard.register(app, bus, history, heartbeat=options.event_heartbeat, streams=options.event_streams)
     # Beside a reconciler in another process, the feed follows its state files (unthrottled: it
     # looks every half second, and only while a page listens).
-    feed = LiveFeed(bus, catalog, lambda: status_view(catalog, repository),
+    feed = LiveFeed(bus, catalog, lambda: status_view(catalog, repository, next_cycle),
                     lambda: dashboard.servers_view(catalog.sync()),
                     follow=follow_files, records=None if hasattr(status, "add_listener") else status)
     if hasattr(status, "add_listener"):  # the state store; the cluster's cache announces nothing
@@ -227,6 +228,19 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
     log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
              repo.display_url, settings.branch, settings.branch, repo.display_url)
     return RunningApi(server, repository, refresher, service, lock_file, close_status, feed)
+
+
+def _next_cycle(service: reconciler_service.Service) -> Callable[[], str | None]:
+    """When this process's schedule runs its next cycle (RFC 3339), None while not scheduled (a
+    standby replica, or before the start)."""
+    from ..reconciler.state import utc_rfc3339
+
+    def next_cycle() -> str | None:
+        scheduler = service.scheduler
+        when = scheduler.next_cycle_at() if scheduler is not None else None
+        return utc_rfc3339(when) if when is not None else None
+
+    return next_cycle
 
 
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:

@@ -5,8 +5,9 @@ model installed).
 
 (1) first full render: from navigation to the table's first render with every model in it (the
     page's own `performance.now()`, read from `window.ollamaGitops.state.timings.firstFull`);
-(2) one progress update: a model set Pulling, then its progress moved in the store, one update at a
-    time; per update, the page's milliseconds applying the `models` event and rendering after it;
+(2) one progress update: a model in view set Pulling, then its progress moved in the store, one
+    update at a time; per update, the page's milliseconds applying the `models` event and rendering
+    after it (an update of a model out of view renders nothing);
 (3) the events stream's cost on the server with 20 pages open (20 real SSE readers in a child
     process, so that this process's CPU time is the server's): CPU seconds per second idle, CPU per
     event fanned out, and GET /api/v1/models p50 beside the open streams, each against no stream.
@@ -105,7 +106,7 @@ def measure_size(size: int, args: argparse.Namespace, driver, stream_cost: bool)
             result["first_render_ms"] = statistics.median(firsts)
             # (2) one progress update at a time
             store = rig.running.service.store
-            key = ModelKey("default", f"model{size // 2}-1b")
+            key = ModelKey("default", "model0-1b")  # the first row: in view, so each update is rendered
             with store.editing() as edit:
                 edit.status(key).state = PULLING
             wait(lambda: driver.execute_script(

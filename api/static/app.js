@@ -14,6 +14,7 @@
     models: new Map(), // "namespace/name" -> the API's model view
     keys: [], // every key, sorted
     filtered: [], // the keys shown, in order
+    visibleKeys: new Set(), // the keys of the rows rendered now
     speeds: new Map(), // key -> {done, at, speed}
     status: null,
     serverColumns: [],
@@ -137,6 +138,7 @@
     outcome.textContent = status.lastCycleOutcome || "–";
     outcome.className = status.lastCycleOutcome === "Failed" ? "state state-Failed" : status.lastCycleOutcome ? "state state-Ready" : "";
     $("sync-message").textContent = status.lastCycleMessage || "–";
+    $("sync-next").textContent = status.nextCycleTime ? status.nextCycleTime : "not known here (the reconciler runs in another process)";
     const gitError = $("git-error");
     gitError.hidden = !status.gitError;
     gitError.textContent = status.gitError ? `Fetching the repository failed: ${status.gitError}` : "";
@@ -320,13 +322,18 @@
       if (again) again.focus();
     }
     document.body.dataset.rendered = String(total);
+    state.visibleKeys = new Set(state.filtered.slice(first, last));
     const timings = state.timings;
     if (timings.firstFull === null && state.keys.length && !state.loading) timings.firstFull = performance.now();
     if (timings.pendingWork !== null) {
-      timings.updates.push(timings.pendingWork + performance.now() - started);
-      if (timings.updates.length > 1000) timings.updates.shift();
+      recordUpdate(timings.pendingWork + performance.now() - started);
       timings.pendingWork = null;
     }
+  }
+  function recordUpdate(ms) {
+    const updates = state.timings.updates;
+    updates.push(ms);
+    if (updates.length > 1000) updates.shift();
   }
   $("models-scroll").addEventListener("scroll", scheduleRender, { passive: true });
   for (const id of ["search", "filter-state", "filter-namespace", "filter-server"]) {
@@ -459,8 +466,17 @@
       case "models": {
         const started = performance.now();
         data.items.forEach(upsert);
-        scheduleRender();
-        state.timings.pendingWork = (state.timings.pendingWork || 0) + performance.now() - started;
+        // A model out of view (scrolled away or filtered out) changes nothing on screen.
+        const shown = state.filterNeeded || state.headNeeded || data.items.some((v) => state.visibleKeys.has(keyOf(v)));
+        const work = (state.timings.pendingWork || 0) + performance.now() - started;
+        if (shown) {
+          state.timings.pendingWork = work;
+          scheduleRender();
+        } else if (!state.renderQueued) {
+          recordUpdate(work);
+        } else {
+          state.timings.pendingWork = work;
+        }
         break;
       }
       case "removed": data.items.forEach(remove); scheduleRender(); break;

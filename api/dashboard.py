@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from importlib import resources
 from typing import Any
 
@@ -49,7 +49,8 @@ def servers_view(sync: SyncStatus) -> list[dict[str, Any]]:
     the page shows them."""
     shown = []
     for server in getattr(sync, "servers", ()) or ():
-        data = asdict(server) if is_dataclass(server) else dict(server)
+        # Field by field, not asdict(): that deep-copies, and a read-only mapping of labels cannot be.
+        data = {f.name: getattr(server, f.name) for f in fields(server)} if is_dataclass(server) else dict(server)
         shown.append({"name": data.get("name"), "url": data.get("url"), "labels": dict(data.get("labels") or {}),
                       "reachable": data.get("reachable"), "version": data.get("version"),
                       "lastSeen": data.get("last_seen"), "error": data.get("error")})
@@ -57,8 +58,9 @@ def servers_view(sync: SyncStatus) -> list[dict[str, Any]]:
 
 
 def register(app: Flask, bus: EventBus, history: History | None, *, heartbeat: float = HEARTBEAT,
-             streams: int = STREAMS) -> None:
-    """Add the page, its files, `/api/v1/events` and `/api/v1/history` to the API."""
+             streams: int = STREAMS, servers: Callable[[], list[dict[str, Any]]] = lambda: []) -> None:
+    """Add the page, its files, `/api/v1/events` and `/api/v1/history` to the API. A stream's first
+    event (`hello`) carries the `servers` as they are then: their later changes are events."""
     slots = threading.BoundedSemaphore(streams)
     static = resources.files(__package__).joinpath("static")
 
@@ -86,7 +88,8 @@ def register(app: Flask, bus: EventBus, history: History | None, *, heartbeat: f
             return response
         try:
             last = request.headers.get("Last-Event-ID")
-            stream = _Stream(bus.subscribe(last), heartbeat, resumed=bool(last), release=slots.release)
+            stream = _Stream(bus.subscribe(last), heartbeat, resumed=bool(last), release=slots.release,
+                             hello={"heartbeat": heartbeat, "servers": servers()})
         except BaseException:
             slots.release()
             raise
@@ -102,13 +105,13 @@ class _Stream:
     lets the subscription and the stream's slot go."""
 
     def __init__(self, subscription: Subscription, heartbeat: float, *, resumed: bool,
-                 release: Callable[[], None]) -> None:
+                 release: Callable[[], None], hello: dict[str, Any]) -> None:
         self._subscription = subscription
         self._heartbeat = heartbeat
         self._release: Callable[[], None] | None = release
         # A fresh reader learns where the stream is now, and reads the lists after it; a resumed one
         # gets what it missed (or a reset) first.
-        data = json.dumps({"heartbeat": heartbeat})
+        data = json.dumps(hello, separators=(",", ":"))
         hello = f"event: hello\ndata: {data}\n\n" if resumed else \
             f"id: {subscription.start_id}\nevent: hello\ndata: {data}\n\n"
         self._first: str | None = f"retry: {RETRY_MS}\n" + hello

@@ -16,10 +16,10 @@ from .events import EventBus
 from .git.embedded import ensure_default_repo
 from .git.remote import check_remote
 from .git.repo import GitRepo
-from .ollama.server import OllamaServer
-from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .history import History
 from .history import entry as history_entry
+from .ollama.server import OllamaServer
+from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler

@@ -208,14 +208,16 @@ class StateStore:
     @contextmanager
     def editing(self) -> Iterator[_Edit]:
         """Change records under the lock; the files of the records touched are written at the end."""
-        with self._lock:
-            edit = _Edit(self._models)
-            try:
-                yield edit
-            finally:
-                if edit.touched:
-                    self._commit(edit.touched, edit.before)
-        self._notify(edit.touched)
+        edit = _Edit(self._models)
+        try:
+            with self._lock:
+                try:
+                    yield edit
+                finally:
+                    if edit.touched:
+                        self._commit(edit.touched, edit.before)
+        finally:  # what was committed is announced, however the edit ended
+            self._notify(edit.touched)
 
     def update_progress(self, keys: Collection[ModelKey], completed: int, total: int) -> None:
         """Pull progress, kept in memory only: it is stale the moment the process dies anyway."""

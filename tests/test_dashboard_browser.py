@@ -114,6 +114,24 @@ def test_the_page_lists_the_models_with_their_states_and_filters_them(serve: Api
                           "s.dispatchEvent(new Event('input'))")
     eventually(lambda: len(rows(driver)) == 3, timeout=10)
     shoot(driver, "models")
+    # A fleet's model view (the API adds `servers` then): one column per server, and a server filter.
+    fleet_view = {"name": "llama3.2-1b", "namespace": "default", "modelName": "llama3.2", "tag": "1b",
+                  "state": "Pulling", "servers": [
+                      {"name": "gpu-1", "state": "Ready"},
+                      {"name": "gpu-2", "state": "Pulling", "progress": {"completed": 30, "total": 100}}]}
+    driver.execute_script("window.ollamaGitops.apply({type: 'models', data: JSON.stringify({items: [arguments[0]]})})",
+                          fleet_view)
+    heads = lambda: driver.execute_script(  # noqa: E731
+        "return [...document.querySelectorAll('#models-head th')].map(th => th.textContent)")
+    eventually(lambda: "Server gpu-2" in heads(), timeout=10)
+    assert "Server gpu-1" in heads()
+    cells = driver.execute_script("return [...document.querySelectorAll('tr[data-key=\"default/llama3.2-1b\"] td')]"
+                                  ".map(td => td.textContent)")
+    assert "Ready" in cells and any(c.startswith("Pulling") for c in cells)
+    assert driver.execute_script("return document.querySelector('tr[data-key=\"default/llama3.2-1b\"] progress[aria-label*=\"gpu-2\"]').value") == 30
+    driver.execute_script("const s = document.getElementById('filter-server'); s.value = 'gpu-2';"
+                          "s.dispatchEvent(new Event('input'))")
+    eventually(lambda: list(rows(driver)) == ["default/llama3.2-1b"], timeout=10)
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
     shoot(driver, "models-dark")
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})

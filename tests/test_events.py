@@ -4,6 +4,7 @@ history, and GET /api/v1/events and /api/v1/history over real HTTP (waitress, it
 from __future__ import annotations
 
 import json
+from dataclasses import replace as dataclasses_replace
 import logging
 import threading
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_the_events_stream_needs_the_key_and_carries_cycles_models_and_status(li
     try:
         eventually(lambda: reader.of("hello"), timeout=30)
         hello = reader.of("hello")[0]
-        assert hello.id and hello.json["heartbeat"] == 0.3
+        assert hello.id and hello.json == {"heartbeat": 0.3, "servers": []}  # no fleet yet: no server reported
         live_api.settle()
         eventually(lambda: reader.of(events.CYCLE_ENDED), timeout=30)
         assert reader.of(events.CYCLE_STARTED)
@@ -295,3 +296,56 @@ def test_a_status_source_that_announces_nothing_is_compared_when_its_version_mov
     assert event.type == events.MODELS and event.data["items"] == [{"namespace": "default", "name": "x", "state": "Ready"}]
     feed._turn()  # the version did not move: nothing more
     assert subscription.next(timeout=0.01) is None
+
+
+def test_servers_reachability_changes_become_events() -> None:
+    """From `SyncStatus.servers` (the fleet's ServerSeen entries), whenever what they say changes."""
+    from dataclasses import dataclass
+    from types import MappingProxyType, SimpleNamespace
+
+    from ollama_gitops.api.dashboard import servers_view
+    from ollama_gitops.api.live import LiveFeed
+
+    @dataclass(frozen=True)
+    class Seen:  # the fleet design's ServerSeen
+        name: str
+        url: str
+        labels: object
+        reachable: bool | None
+        version: str | None
+        last_seen: str | None
+        error: str | None
+
+    sync = SimpleNamespace(servers=(Seen("gpu-1", "http://gpu-1:11434", MappingProxyType({"zone": "a"}), True, "0.12.0",
+                                         "2026-12-01T10:00:00Z", None),))
+    bus = EventBus()
+    feed = LiveFeed(bus, None, lambda: {}, lambda: servers_view(sync))  # type: ignore[arg-type]
+    feed._turn()
+    subscription = bus.subscribe()
+    feed._turn()
+    assert subscription.next(timeout=0.01) is None  # nothing changed
+    sync.servers = (dataclasses_replace(sync.servers[0], reachable=False, error="connection refused"),)
+    feed._turn()
+    event = subscription.next(timeout=1)
+    assert event.type == events.SERVERS
+    assert event.data["items"] == [{"name": "gpu-1", "url": "http://gpu-1:11434", "labels": {"zone": "a"},
+                                    "reachable": False, "version": "0.12.0", "lastSeen": "2026-12-01T10:00:00Z",
+                                    "error": "connection refused"}]
+
+
+def test_an_events_stream_is_never_shed_for_waiting_clients(live_api: ApiRig) -> None:
+    """Beyond 240 connections the longest-waiting unserved one is closed: a stream is served, so it
+    stays, however long it has been open."""
+    from test_api_slow_clients import SlowClients
+
+    live_api.start()
+    reader = SseReader(f"{live_api.url}/api/v1/events", KEY_HEADERS).start()
+    try:
+        eventually(lambda: reader.of("hello"), timeout=30)
+        with SlowClients(live_api.running.server.port, 300) as slow:
+            eventually(lambda: slow.cut == 300, timeout=60)  # shed to make room, the rest after the bound
+        beats = len(reader.comments)
+        eventually(lambda: len(reader.comments) > beats, timeout=30)
+        assert not reader.ended.is_set() and reader.error is None
+    finally:
+        reader.close()

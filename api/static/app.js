@@ -163,9 +163,13 @@
       el("td", { className: "wrap", text: s.error || "" })));
     $("servers").tBodies[0].replaceChildren(...(rows.length ? rows
       : [el("tr", {}, el("td", { colSpan: 6, className: "none", text: "no server reported yet" }))]));
+    state.serverNames = items.map((s) => s.name);
+    refreshServerFilter();
+  }
+  function refreshServerFilter() {
     const select = $("filter-server");
     const current = select.value;
-    const names = new Set([...items.map((s) => s.name), ...state.serverColumns]);
+    const names = new Set([...(state.serverNames || []), ...state.serverColumns]);
     select.replaceChildren(el("option", { value: "", text: "any" }),
       ...[...names].sort().map((name) => el("option", { value: name, text: name })));
     select.value = names.has(current) ? current : "";
@@ -225,6 +229,7 @@
     const current = select.value;
     select.replaceChildren(el("option", { value: "", text: "any" }), ...namespaces.map((n) => el("option", { value: n, text: n })));
     select.value = namespaces.includes(current) ? current : "";
+    refreshServerFilter();
   }
 
   function applyFilter() {
@@ -237,7 +242,7 @@
       const m = state.models.get(key);
       if (wantState && m.state !== wantState) return false;
       if (wantNamespace && m.namespace !== wantNamespace) return false;
-      if (wantServer && m.servers && !m.servers.some((s) => s.name === wantServer)) return false;
+      if (wantServer && !(m.servers || []).some((s) => s.name === wantServer)) return false;
       if (text && !`${key} ${m.modelName}:${m.tag} ${m.error || ""}`.toLowerCase().includes(text)) return false;
       return true;
     });
@@ -252,6 +257,7 @@
       .map((text) => el("th", { scope: "col", text }));
     $("models-head").replaceChildren(...cells);
     state.headNeeded = false;
+    refreshServerFilter();
   }
 
   function progressNodes(key, progress, withSpeed) {
@@ -430,6 +436,7 @@
   async function loadServers() {
     try {
       renderServers((await getJson("/api/v1/servers")).items);
+      state.serversApi = true;
     } catch (error) {
       if (error.status !== 404) throw error;
     }
@@ -460,6 +467,7 @@
     switch (event.type) {
       case "hello":
         if (data.heartbeat) state.heartbeat = data.heartbeat;
+        if (data.servers && data.servers.length && !state.serversApi) renderServers(data.servers);
         if (event.id) reloadAll().catch(() => {});
         break;
       case "reset": reloadAll().catch(() => {}); break;
@@ -576,6 +584,6 @@
 
   }
   // For tests and the curious: what the page holds.
-  window.ollamaGitops = { state, reconnect: () => state.streamAbort && state.streamAbort.abort() };
+  window.ollamaGitops = { state, apply, reconnect: () => state.streamAbort && state.streamAbort.abort() };
   restart();
 })();

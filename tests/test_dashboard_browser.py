@@ -132,6 +132,14 @@ def test_the_page_lists_the_models_with_their_states_and_filters_them(serve: Api
     driver.execute_script("const s = document.getElementById('filter-server'); s.value = 'gpu-2';"
                           "s.dispatchEvent(new Event('input'))")
     eventually(lambda: list(rows(driver)) == ["default/llama3.2-1b"], timeout=10)
+    # A repository with a web address: its commits are links (https and scp-like SSH; credentials dropped).
+    status = serve.client.get("/api/v1/status").json()
+    for repository, web in (("git@github.com:acme/models.git", "https://github.com/acme/models"),
+                            ("https://***@gitlab.example.com/team/models.git", "https://gitlab.example.com/team/models")):
+        driver.execute_script("window.ollamaGitops.apply({type: 'status', data: JSON.stringify(arguments[0])})",
+                              {**status, "repository": repository})
+        link = driver.execute_script("const a = document.querySelector('#sync-applied a'); return a && a.href")
+        assert link == f"{web}/commit/{status['lastAppliedCommit']}"
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
     shoot(driver, "models-dark")
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})

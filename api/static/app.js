@@ -138,7 +138,7 @@
     outcome.textContent = status.lastCycleOutcome || "–";
     outcome.className = status.lastCycleOutcome === "Failed" ? "state state-Failed" : status.lastCycleOutcome ? "state state-Ready" : "";
     $("sync-message").textContent = status.lastCycleMessage || "–";
-    $("sync-next").textContent = status.nextCycleTime ? status.nextCycleTime : "not known here (the reconciler runs in another process)";
+    $("sync-next").textContent = status.nextCycleTime ? status.nextCycleTime : "not scheduled in this process (the reconciler runs elsewhere, or between its cycles on request)";
     const gitError = $("git-error");
     gitError.hidden = !status.gitError;
     gitError.textContent = status.gitError ? `Fetching the repository failed: ${status.gitError}` : "";
@@ -330,7 +330,7 @@
     document.body.dataset.rendered = String(total);
     state.visibleKeys = new Set(state.filtered.slice(first, last));
     const timings = state.timings;
-    if (timings.firstFull === null && state.keys.length && !state.loading) timings.firstFull = performance.now();
+    if (timings.firstFull === null && state.listLoaded) timings.firstFull = performance.now();
     if (timings.pendingWork !== null) {
       recordUpdate(timings.pendingWork + performance.now() - started);
       timings.pendingWork = null;
@@ -428,6 +428,7 @@
   async function loadModels() {
     const body = await getJson("/api/v1/models?namespace=*");
     replaceAll(body.items);
+    state.listLoaded = true;
     scheduleRender();
   }
   async function loadHistory() {

@@ -73,32 +73,24 @@ class Catalog:
 
     def list_json(self, namespace: str) -> bytes:
         """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
-        self._refresh()
-        desired = self._desired()
-        stamp = (desired.commit if desired else None, self._status.version)
-        with self._lock:
-            cached = self._lists.get(namespace)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
-        items = self._views(namespace, desired)
-        body = (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
-        with self._lock:
-            self._lists[namespace] = (stamp, body)
-        return body
+        return self._list(namespace, lambda desired: self._views(namespace, desired))
 
     def list_all_json(self) -> bytes:
         """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list)."""
+        return self._list(ALL_NAMESPACES, lambda desired: [
+            view for namespace in self.namespaces(desired) for view in self._views(namespace, desired)])
+
+    def _list(self, slot: str, items: Callable[[DesiredState | None], list[dict[str, Any]]]) -> bytes:
         self._refresh()
         desired = self._desired()
         stamp = (desired.commit if desired else None, self._status.version)
         with self._lock:
-            cached = self._lists.get(ALL_NAMESPACES)
+            cached = self._lists.get(slot)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        items = [view for namespace in self.namespaces(desired) for view in self._views(namespace, desired)]
-        body = (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
+        body = (json.dumps({"items": items(desired)}, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self._lists[ALL_NAMESPACES] = (stamp, body)
+            self._lists[slot] = (stamp, body)
         return body
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:

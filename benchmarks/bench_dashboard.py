@@ -35,7 +35,7 @@ for entry in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the harne
         sys.path.insert(0, str(entry))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchrepos import GIT_ENV, generate  # noqa: E402
+from benchrepos import GIT_ENV, generate, wait_for  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -56,15 +56,8 @@ READERS = textwrap.dedent("""
 """)
 
 
-def wait(predicate, timeout: float = 300.0, what: str = "a condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"waited {timeout:.0f}s for {what}")
-        time.sleep(0.01)
+def wait(predicate, what: str):  # type: ignore[no-untyped-def]
+    return wait_for(predicate, 300.0, what, interval=0.01)
 
 
 def p50_list(client: httpx.Client, n: int) -> float:
@@ -150,6 +143,8 @@ def measure_streams(rig, key, args: argparse.Namespace) -> dict:  # type: ignore
         return idle, (time.process_time() - cpu) * 1000 / max(1, events)
 
     try:
+        # The pages' streams end when the server next writes to them (a heartbeat, 15 s at most).
+        wait(lambda: bus.subscribers == 0, what="the pages' streams closed")
         base_idle, base_event = phase(args.idle)
         base_list = p50_list(client, args.requests)
         child = subprocess.Popen([sys.executable, "-c", READERS, f"{rig.url}/api/v1/events", str(args.pages)],

@@ -43,6 +43,14 @@ def open_page(driver, rig: ApiRig) -> None:  # type: ignore[no-untyped-def]
     eventually(lambda: driver.execute_script("return document.body.dataset.connection") == "live", timeout=30)
 
 
+def ready_page(rig: ApiRig, driver) -> None:  # type: ignore[no-untyped-def]
+    """`serve` started with its two models Ready, and the page open on them."""
+    rig.start()
+    rig.settle()
+    open_page(driver, rig)
+    eventually(lambda: len(rows(driver)) == 2, timeout=30)
+
+
 def text(driver, element_id: str) -> str:  # type: ignore[no-untyped-def]
     return driver.execute_script("return document.getElementById(arguments[0]).textContent", element_id)
 
@@ -147,10 +155,7 @@ def test_the_page_lists_the_models_with_their_states_and_filters_them(serve: Api
 
 
 def test_a_slow_pull_shows_its_progress_moving_then_ready_without_a_reload(serve: ApiRig, driver) -> None:
-    serve.start()
-    serve.settle()
-    open_page(driver, serve)
-    eventually(lambda: len(rows(driver)) == 2, timeout=30)
+    ready_page(serve, driver)
     driver.execute_script("window.notReloaded = true")
     # Added through the page: the form's commit is shown, then a cycle starts the (slow) pull.
     head = remote_head(serve)
@@ -178,10 +183,7 @@ def test_a_slow_pull_shows_its_progress_moving_then_ready_without_a_reload(serve
 
 
 def test_refresh_makes_a_commit_and_delete_asks_first(serve: ApiRig, driver) -> None:
-    serve.start()
-    serve.settle()
-    open_page(driver, serve)
-    eventually(lambda: len(rows(driver)) == 2, timeout=30)
+    ready_page(serve, driver)
     before = remote_head(serve)
     click(driver, 'button[data-action="refresh"][data-key="default/llama3.2-1b"]')
     eventually(lambda: "Refresh of default/llama3.2-1b requested in commit" in text(driver, "notice"), timeout=30)
@@ -236,10 +238,7 @@ def test_with_a_key_the_page_asks_once_and_keeps_it_in_session_storage_only(tmp_
 
 
 def test_a_file_problem_appears_with_its_path_and_line(serve: ApiRig, driver) -> None:
-    serve.start()
-    serve.settle()
-    open_page(driver, serve)
-    eventually(lambda: len(rows(driver)) == 2, timeout=30)
+    ready_page(serve, driver)
     broken = serve.work.path / "models/default/broken-1.yaml"
     broken.write_text('name: broken\ntag: 1.10\n')
     serve.publish("a broken file")
@@ -252,10 +251,7 @@ def test_a_file_problem_appears_with_its_path_and_line(serve: ApiRig, driver) ->
 
 
 def test_the_events_stream_survives_a_reconnect(serve: ApiRig, driver) -> None:
-    serve.start()
-    serve.settle()
-    open_page(driver, serve)
-    eventually(lambda: len(rows(driver)) == 2, timeout=30)
+    ready_page(serve, driver)
     driver.execute_script("window.notReloaded = true; window.ollamaGitops.reconnect()")
     eventually(lambda: driver.execute_script("return document.body.dataset.connection") == "polling", timeout=30)
     eventually(lambda: driver.execute_script("return document.body.dataset.connection") == "live", timeout=30)

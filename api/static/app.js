@@ -138,7 +138,7 @@
     outcome.textContent = status.lastCycleOutcome || "–";
     outcome.className = status.lastCycleOutcome === "Failed" ? "state state-Failed" : status.lastCycleOutcome ? "state state-Ready" : "";
     $("sync-message").textContent = status.lastCycleMessage || "–";
-    $("sync-next").textContent = status.nextCycleTime ? status.nextCycleTime : "not scheduled in this process (the reconciler runs elsewhere, or between its cycles on request)";
+    $("sync-next").textContent = status.nextCycleTime ? status.nextCycleTime : "not known: this process runs no schedule";
     const gitError = $("git-error");
     gitError.hidden = !status.gitError;
     gitError.textContent = status.gitError ? `Fetching the repository failed: ${status.gitError}` : "";
@@ -289,6 +289,15 @@
       el("button", { type: "button", text: "Refresh", "data-action": "refresh", "data-key": key, "aria-label": `Refresh ${key}` }),
       el("button", { type: "button", text: "Delete", className: "danger", "data-action": "delete", "data-key": key, "aria-label": `Delete ${key}` })));
     return el("tr", { "data-key": key, "data-state": m.state }, ...cells);
+  }
+
+  function replaceRow(key) {
+    const old = $("models-body").querySelector(`tr[data-key="${CSS.escape(key)}"]`);
+    if (!old) return;
+    const focused = old.contains(document.activeElement) ? document.activeElement.dataset.action : null;
+    const row = rowFor(key);
+    old.replaceWith(row);
+    if (focused) row.querySelector(`button[data-action="${focused}"]`).focus();
   }
 
   function scheduleRender() {
@@ -475,16 +484,15 @@
       case "models": {
         const started = performance.now();
         data.items.forEach(upsert);
-        // A model out of view (scrolled away or filtered out) changes nothing on screen.
-        const shown = state.filterNeeded || state.headNeeded || data.items.some((v) => state.visibleKeys.has(keyOf(v)));
-        const work = (state.timings.pendingWork || 0) + performance.now() - started;
-        if (shown) {
-          state.timings.pendingWork = work;
+        if (state.filterNeeded || state.headNeeded || state.renderQueued) {
+          // The rows shown may change: render the window again (at the next frame).
+          state.timings.pendingWork = (state.timings.pendingWork || 0) + performance.now() - started;
           scheduleRender();
-        } else if (!state.renderQueued) {
-          recordUpdate(work);
         } else {
-          state.timings.pendingWork = work;
+          // Only these models changed (a progress update, most often): replace their rows if in
+          // view; a model out of view (scrolled away or filtered out) changes nothing on screen.
+          for (const view of data.items) if (state.visibleKeys.has(keyOf(view))) replaceRow(keyOf(view));
+          recordUpdate(performance.now() - started);
         }
         break;
       }

@@ -224,6 +224,12 @@ def test_history_is_served_and_survives_a_restart(live_api: ApiRig) -> None:
     assert sorted(pulled) == ["default/gemma3-1b", "default/llama3.2-1b"]
     first = next(item for item in items if item["pulled"])
     assert first["outcome"] == "Succeeded" and len(first["commit"]) == 40 and first["durationSeconds"] >= 0
+    assert live_api.client.delete("/api/v1/models/gemma3-1b").status_code == 204
+    live_api.running.repository.refresh()
+    live_api.settle()
+    items = live_api.client.get("/api/v1/history").json()["items"]
+    deleting = [item for item in items if item["deleted"]]
+    assert [(item["deleted"], item["deletedCount"]) for item in deleting] == [(["default/gemma3-1b"], 1)]
     live_api.stop()
     again = ApiRig(live_api.tmp_path / "again", live_api.ollama, state_dir=live_api.state_dir, remote=live_api.remote)
     again.start()

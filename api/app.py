@@ -28,7 +28,7 @@ from ..reconciler.models.modelfile import ModelFields, fields_from_document
 from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected, Written
 
 from . import dashboard, metrics, webhook
-from .catalog import ALL_NAMESPACES, Catalog, model_view
+from .catalog import ALL_NAMESPACES, Catalog
 from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
 from .sameorigin import HostCheck, origin_refusal
@@ -96,7 +96,7 @@ def create_app(
         if view is None:
             fields = written.fields
             assert fields is not None, "a refresh writes the model's file"
-            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend)
+            view = catalog.new_view(ModelKey(namespace, name), fields)
         return view
     app = Flask("ollama_gitops.api")
     app.json.sort_keys = False  # keep the seed's field order
@@ -188,8 +188,7 @@ def create_app(
         fields = _model_fields(request.get_data())
         written = write(CreateModel(namespace, fields))
         name = naming.resource_name(fields.name, fields.tag)
-        return _committed(_json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend), 201),
-                          written)
+        return _committed(_json(catalog.new_view(ModelKey(namespace, name), fields), 201), written)
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:
@@ -214,6 +213,10 @@ def create_app(
     @app.get("/api/v1/status")
     def status() -> Response:
         return _json(status_view(catalog, repository, next_cycle), 200)
+
+    @app.get("/api/v1/servers")
+    def list_servers() -> Response:
+        return Response(catalog.servers_json(), 200, mimetype="application/json")
 
     @app.post(webhook.WEBHOOK_PATH)
     def receive_webhook() -> Response:

@@ -117,6 +117,13 @@ def _progress(status: ModelStatus) -> dict[str, int] | None:
 STATE_ORDER = (READY, PENDING, PULLING, FAILED)  # as the servers' counts list them
 
 
+def server_reachability(server: ServerSeen) -> dict[str, Any]:
+    """Who a server is and whether it answers: `GET /api/v1/servers`' fields but its counts (what
+    the events stream's `servers` event carries, so that it changes only when a server does)."""
+    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
+            "version": server.version, "lastSeen": server.last_seen, "error": server.error}
+
+
 def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str, Any]:
     """One server as `GET /api/v1/servers` shows it: who it is, whether it answers, and how many
     of the models recorded on it are in each state."""
@@ -125,8 +132,7 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
         status = record.servers.get(server.name)
         if status is not None:
             counts[status.state] += 1
-    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
-            "version": server.version, "lastSeen": server.last_seen, "models": counts, "error": server.error}
+    return {**server_reachability(server), "models": counts}
 
 
 class Catalog:
@@ -208,6 +214,12 @@ class Catalog:
         with self._lock:
             self._servers = (stamp, body)
         return body
+
+    def servers_reachability(self) -> list[dict[str, Any]]:
+        """Every server of the inventory the last cycle recorded, by name, without its counts
+        (`server_reachability`)."""
+        self._refresh()
+        return [server_reachability(server) for server in sorted(self._status.sync.servers, key=lambda s: s.name)]
 
     def unshown_file(self, namespace: str, name: str) -> str | None:
         """Why a model file that exists is no model `get` shows: it is broken and there is no last

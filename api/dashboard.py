@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import fields, is_dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,7 +24,6 @@ from flask import Flask, Response, request
 
 from ..reconciler.events import Dropped, EventBus, Subscription
 from ..reconciler.history import History
-from ..reconciler.state import SyncStatus
 
 STREAMS = 32  # event streams open at once (each holds a server thread of its own)
 HEARTBEAT = 15.0  # seconds between keep-alive comments on an idle stream
@@ -42,19 +40,6 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 def is_open(path: str) -> bool:
     """The page and its static files, served without the API key."""
     return path in OPEN_PAGES or path.startswith(OPEN_PREFIXES)
-
-
-def servers_view(sync: SyncStatus) -> list[dict[str, Any]]:
-    """The servers the last cycle saw (`SyncStatus.servers`, once the reconciler keeps a fleet), as
-    the page shows them."""
-    shown = []
-    for server in getattr(sync, "servers", ()) or ():
-        # Field by field, not asdict(): that deep-copies, and a read-only mapping of labels cannot be.
-        data = {f.name: getattr(server, f.name) for f in fields(server)} if is_dataclass(server) else dict(server)
-        shown.append({"name": data.get("name"), "url": data.get("url"), "labels": dict(data.get("labels") or {}),
-                      "reachable": data.get("reachable"), "version": data.get("version"),
-                      "lastSeen": data.get("last_seen"), "error": data.get("error")})
-    return shown
 
 
 def register(app: Flask, bus: EventBus, history: History | None, *, heartbeat: float = HEARTBEAT,

@@ -206,13 +206,11 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
                      on_written, max_writers=max(1, options.threads // 2), on_push=on_push, next_cycle=next_cycle)
     bus = service.events if service is not None else EventBus()
     history = service.history if service is not None else History(settings.state_dir)
-    servers = lambda: dashboard.servers_view(catalog.sync())  # noqa: E731
     dashboard.register(app, bus, history, heartbeat=options.event_heartbeat, streams=options.event_streams,
-                       servers=servers)
+                       servers=catalog.servers_reachability)
     # Beside a reconciler in another process, the feed follows its state files (unthrottled: it
     # looks every half second, and only while a page listens).
-    feed = LiveFeed(bus, catalog, lambda: status_view(catalog, repository, next_cycle),
-                    servers,
+    feed = LiveFeed(bus, catalog, lambda: status_view(catalog, repository, next_cycle), catalog.servers_reachability,
                     follow=follow_files, records=None if hasattr(status, "add_listener") else status)
     if hasattr(status, "add_listener"):  # the state store; the cluster's cache announces nothing
         status.add_listener(feed.changed)  # type: ignore[attr-defined]

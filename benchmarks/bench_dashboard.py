@@ -73,7 +73,7 @@ def measure_size(size: int, args: argparse.Namespace, driver, stream_cost: bool)
     from apirig import ApiRig
     from standins.ollama_server import OllamaStandin
     from ollama_gitops.reconciler.models.desired import ModelKey
-    from ollama_gitops.reconciler.state import PULLING
+    from ollama_gitops.reconciler.state import DEFAULT_SERVER, PULLING
 
     with tempfile.TemporaryDirectory(prefix=f"bench-dashboard-{size}-") as tmp:
         parent = Path(tmp)
@@ -101,14 +101,14 @@ def measure_size(size: int, args: argparse.Namespace, driver, stream_cost: bool)
             store = rig.running.service.store
             key = ModelKey("default", "model0-1b")  # the first row: in view, so each update is rendered
             with store.editing() as edit:
-                edit.status(key).state = PULLING
+                edit.status(key, DEFAULT_SERVER).state = PULLING
             wait(lambda: driver.execute_script(
                 "return window.ollamaGitops.state.models.get(arguments[0]).state === 'Pulling'", str(key)),
                 what="the model Pulling in the page")
             works = []
             for step in range(args.updates):
                 seen = driver.execute_script("return window.ollamaGitops.state.timings.updates.length")
-                store.update_progress([key], (step + 1) * 1000, args.updates * 1000 + 1)
+                store.update_progress([key], DEFAULT_SERVER, (step + 1) * 1000, args.updates * 1000 + 1)
                 wait(lambda: driver.execute_script("return window.ollamaGitops.state.timings.updates.length") > seen,
                      what="the progress update rendered")
                 works.append(driver.execute_script("const u = window.ollamaGitops.state.timings.updates; return u[u.length - 1]"))
@@ -124,6 +124,8 @@ def measure_size(size: int, args: argparse.Namespace, driver, stream_cost: bool)
 
 
 def measure_streams(rig, key, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
+    from ollama_gitops.reconciler.state import DEFAULT_SERVER
+
     bus = rig.running.feed.bus
     store = rig.running.service.store
     client = httpx.Client(base_url=rig.url, timeout=120)
@@ -135,7 +137,7 @@ def measure_streams(rig, key, args: argparse.Namespace) -> dict:  # type: ignore
         idle = (time.process_time() - cpu) / (time.perf_counter() - wall)
         first_seq, cpu = bus._seq, time.process_time()
         for step in range(args.burst):
-            store.update_progress([key], step * 10, args.burst * 10 + 1)
+            store.update_progress([key], DEFAULT_SERVER, step * 10, args.burst * 10 + 1)
             time.sleep(0.01)  # 100 updates a second, as a few fast pulls make; the feed batches them
         wait(lambda: bus._seq > first_seq, what="the burst's events")
         time.sleep(0.5)  # the last batch sent

@@ -4,7 +4,6 @@ history, and GET /api/v1/events and /api/v1/history over real HTTP (waitress, it
 from __future__ import annotations
 
 import json
-from dataclasses import replace as dataclasses_replace
 import logging
 import threading
 from pathlib import Path
@@ -20,7 +19,7 @@ from ollama_gitops.reconciler import events
 from ollama_gitops.reconciler.events import Dropped, EventBus
 from ollama_gitops.reconciler.history import HISTORY, History, entry
 from ollama_gitops.reconciler.models.desired import ModelKey
-from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord, StateStore
+from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord, ModelStatus, StateStore
 
 KEY_HEADERS = {"X-API-Key": API_KEY}
 
@@ -84,12 +83,18 @@ def test_the_store_tells_its_listener_after_commits_progress_and_follows(tmp_pat
 
     store.add_listener(listener)
     with store.editing() as edit:
-        edit.put(key, ModelRecord(AppliedSpec("llama3.2:1b", "models/default/llama3.2-1b.yaml")))
+        edit.put(key, ModelRecord(AppliedSpec("llama3.2:1b", "models/default/llama3.2-1b.yaml"),
+                                  {"gpu-1": ModelStatus(), "gpu-2": ModelStatus()}))
     assert calls == [frozenset({key})]
     with store.editing():
         pass  # nothing touched: nothing said
-    store.update_progress([key], 10, 100)
-    assert calls[-1] == frozenset({key})
+    # A status edit on one server of the fleet, and progress there, are changes of the model.
+    with store.editing() as edit:
+        edit.status(key, "gpu-2").state = "Pulling"
+    assert calls[-1] == frozenset({key}) and len(calls) == 2
+    store.update_progress([key], "gpu-2", 10, 100)
+    assert calls[-1] == frozenset({key}) and len(calls) == 3
+    assert store.record(key).servers["gpu-2"].progress_completed == 10
 
     follower = StateStore(tmp_path, readonly=True)
     followed: list[frozenset[ModelKey] | None] = []
@@ -283,12 +288,12 @@ def test_a_status_source_that_announces_nothing_is_compared_when_its_version_mov
     class Views:  # the catalog's part the feed uses
         def get(self, namespace: str, name: str) -> dict[str, str]:
             record = store.record(ModelKey(namespace, name))
-            return {"namespace": namespace, "name": name, "state": record.status.state if record else "gone"}
+            return {"namespace": namespace, "name": name, "state": record.servers["default"].state if record else "gone"}
 
     store = StateStore(tmp_path)  # stands for any StatusSource: no listener is added
     key = ModelKey("default", "x")
     with store.editing() as edit:
-        edit.put(key, ModelRecord(AppliedSpec("x:1", "models/default/x.yaml")))
+        edit.put(key, ModelRecord(AppliedSpec("x:1", "models/default/x.yaml"), {"default": ModelStatus()}))
     bus = EventBus()
     feed = LiveFeed(bus, Views(), lambda: {}, lambda: [], records=store)  # type: ignore[arg-type]
     subscription = bus.subscribe()
@@ -296,7 +301,7 @@ def test_a_status_source_that_announces_nothing_is_compared_when_its_version_mov
     while subscription.next(timeout=0.01) is not None:
         pass  # its first status and servers
     with store.editing() as edit:
-        edit.status(key).state = "Ready"
+        edit.status(key, "default").state = "Ready"
     feed._turn()
     event = subscription.next(timeout=1)
     assert event.type == events.MODELS and event.data["items"] == [{"namespace": "default", "name": "x", "state": "Ready"}]
@@ -304,39 +309,38 @@ def test_a_status_source_that_announces_nothing_is_compared_when_its_version_mov
     assert subscription.next(timeout=0.01) is None
 
 
-def test_servers_reachability_changes_become_events() -> None:
-    """From `SyncStatus.servers` (the fleet's ServerSeen entries), whenever what they say changes."""
-    from dataclasses import dataclass
-    from types import MappingProxyType, SimpleNamespace
+def test_a_server_going_down_is_a_servers_event(tmp_path: Path, ollama) -> None:
+    """From the fleet's own record of its servers (`SyncStatus.servers`): `serve` keeping two
+    stand-in Ollama servers, one of which stops answering."""
+    from rig import CATALOGUE
+    from standins.ollama_server import OllamaStandin
 
-    from ollama_gitops.api.dashboard import servers_view
-    from ollama_gitops.api.live import LiveFeed
+    def seen(reader: SseReader) -> list[dict[str, bool | None]]:
+        return [{s["name"]: s["reachable"] for s in e.json["items"]} for e in reader.of(events.SERVERS)]
 
-    @dataclass(frozen=True)
-    class Seen:  # the fleet design's ServerSeen
-        name: str
-        url: str
-        labels: object
-        reachable: bool | None
-        version: str | None
-        last_seen: str | None
-        error: str | None
-
-    sync = SimpleNamespace(servers=(Seen("gpu-1", "http://gpu-1:11434", MappingProxyType({"zone": "a"}), True, "0.12.0",
-                                         "2026-12-01T10:00:00Z", None),))
-    bus = EventBus()
-    feed = LiveFeed(bus, None, lambda: {}, lambda: servers_view(sync))  # type: ignore[arg-type]
-    feed._turn()
-    subscription = bus.subscribe()
-    feed._turn()
-    assert subscription.next(timeout=0.01) is None  # nothing changed
-    sync.servers = (dataclasses_replace(sync.servers[0], reachable=False, error="connection refused"),)
-    feed._turn()
-    event = subscription.next(timeout=1)
-    assert event.type == events.SERVERS
-    assert event.data["items"] == [{"name": "gpu-1", "url": "http://gpu-1:11434", "labels": {"zone": "a"},
-                                    "reachable": False, "version": "0.12.0", "lastSeen": "2026-12-01T10:00:00Z",
-                                    "error": "connection refused"}]
+    with OllamaStandin(dict(CATALOGUE)) as gpu_2:
+        rig = ApiRig(tmp_path, ollama, reconciler_options=("--ollama-url", f"gpu-2={gpu_2.url}"))
+        rig.seed(("llama3.2", "1b"))
+        rig.start()
+        reader = SseReader(f"{rig.url}/api/v1/events", KEY_HEADERS).start()
+        try:
+            eventually(lambda: reader.of("hello"), timeout=30)
+            rig.settle()
+            # Both answer (the one given without a name is named after its address).
+            first = eventually(lambda: next((d for d in seen(reader) if len(d) == 2 and "gpu-2" in d
+                                             and all(d.values())), None), timeout=30)
+            gpu_2.stop()
+            rig.work.model("default", "gemma3", "1b")
+            rig.publish("add gemma3")  # its pull on gpu-2 is refused: the next cycle lists gpu-2, and fails
+            eventually(lambda: {**first, "gpu-2": False} in seen(reader), timeout=30)
+            down = [s for e in reader.of(events.SERVERS) for s in e.json["items"] if s["reachable"] is False][0]
+            assert down["url"] == gpu_2.url and down["lastSeen"] and "not reachable" in down["error"]
+            # The same fields as GET /api/v1/servers, but the counts (which change with every model).
+            listed = {s["name"]: s for s in rig.client.get("/api/v1/servers").json()["items"]}
+            assert {k: v for k, v in listed["gpu-2"].items() if k != "models"} == down
+        finally:
+            reader.close()
+            rig.stop()
 
 
 def test_an_events_stream_is_never_shed_for_waiting_clients(live_api: ApiRig) -> None:

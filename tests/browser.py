@@ -54,7 +54,5 @@ def quit_chromium(driver) -> None:  # type: ignore[no-untyped-def]
 
 
 def console_errors(driver) -> list[str]:  # type: ignore[no-untyped-def]
-    """The page's console errors since the last call, but the expected 404 of /api/v1/servers before
-    the fleet's API has it."""
-    return [e["message"] for e in driver.get_log("browser")
-            if e["level"] == "SEVERE" and "/api/v1/servers" not in e["message"]]
+    """The page's console errors since the last call."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]

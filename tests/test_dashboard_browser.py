@@ -122,24 +122,6 @@ def test_the_page_lists_the_models_with_their_states_and_filters_them(serve: Api
                           "s.dispatchEvent(new Event('input'))")
     eventually(lambda: len(rows(driver)) == 3, timeout=10)
     shoot(driver, "models")
-    # A fleet's model view (the API adds `servers` then): one column per server, and a server filter.
-    fleet_view = {"name": "llama3.2-1b", "namespace": "default", "modelName": "llama3.2", "tag": "1b",
-                  "state": "Pulling", "servers": [
-                      {"name": "gpu-1", "state": "Ready"},
-                      {"name": "gpu-2", "state": "Pulling", "progress": {"completed": 30, "total": 100}}]}
-    driver.execute_script("window.ollamaGitops.apply({type: 'models', data: JSON.stringify({items: [arguments[0]]})})",
-                          fleet_view)
-    heads = lambda: driver.execute_script(  # noqa: E731
-        "return [...document.querySelectorAll('#models-head th')].map(th => th.textContent)")
-    eventually(lambda: "Server gpu-2" in heads(), timeout=10)
-    assert "Server gpu-1" in heads()
-    cells = driver.execute_script("return [...document.querySelectorAll('tr[data-key=\"default/llama3.2-1b\"] td')]"
-                                  ".map(td => td.textContent)")
-    assert "Ready" in cells and any(c.startswith("Pulling") for c in cells)
-    assert driver.execute_script("return document.querySelector('tr[data-key=\"default/llama3.2-1b\"] progress[aria-label*=\"gpu-2\"]').value") == 30
-    driver.execute_script("const s = document.getElementById('filter-server'); s.value = 'gpu-2';"
-                          "s.dispatchEvent(new Event('input'))")
-    eventually(lambda: list(rows(driver)) == ["default/llama3.2-1b"], timeout=10)
     # A repository with a web address: its commits are links (https and scp-like SSH; credentials dropped).
     status = serve.client.get("/api/v1/status").json()
     for repository, web in (("git@github.com:acme/models.git", "https://github.com/acme/models"),
@@ -152,6 +134,78 @@ def test_the_page_lists_the_models_with_their_states_and_filters_them(serve: Api
     shoot(driver, "models-dark")
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
     assert console_errors(driver) == []
+
+
+def test_a_fleet_shows_its_servers_and_a_column_per_server(tmp_path: Path, ollama, driver) -> None:
+    """`serve` keeping a fleet (the rig's stand-in Ollama and two more of a servers file, labelled):
+    the servers table from GET /api/v1/servers, one column per server from the models' `servers`
+    lists, the server filter, and a server going down shown without a reload."""
+    import yaml
+
+    from rig import CATALOGUE
+    from standins.ollama_server import OllamaStandin
+
+    with OllamaStandin(dict(CATALOGUE)) as gpu_1, OllamaStandin(dict(CATALOGUE)) as gpu_2:
+        servers_file = tmp_path / "servers.yaml"
+        servers_file.write_text(yaml.safe_dump({"servers": [
+            {"name": "gpu-1", "url": gpu_1.url, "labels": {"gpu": "a100"}},
+            {"name": "gpu-2", "url": gpu_2.url, "labels": {"gpu": "l4"}}]}))
+        rig = ApiRig(tmp_path, ollama, api_key=None, reconciler_options=("--servers-file", str(servers_file)))
+        rig.work.model("default", "llama3.2", "1b")
+        rig.work.model("default", "gemma3", "1b", extra="servers:\n  matchLabels: {gpu: a100}\n")
+        rig.seed()
+        console_errors(driver)
+        try:
+            ready_page(rig, driver)
+            driver.execute_script("window.notReloaded = true")
+            servers = lambda: driver.execute_script(  # noqa: E731
+                "return [...document.querySelectorAll('#servers tr[data-server]')]"
+                ".map(r => [...r.children].map(c => c.textContent))")
+            eventually(lambda: [row[0] for row in servers()] == ["default", "gpu-1", "gpu-2"], timeout=30)
+            by_name = {row[0]: row for row in servers()}
+            assert by_name["gpu-1"][1] == gpu_1.url and by_name["gpu-1"][2] == "reachable"
+            assert by_name["gpu-1"][5] == "2 Ready" and by_name["gpu-2"][5] == "1 Ready"  # the endpoint's counts
+            heads = driver.execute_script("return [...document.querySelectorAll('#models-head th')].map(th => th.textContent)")
+            assert [h for h in heads if h.startswith("Server ")] == ["Server default", "Server gpu-1", "Server gpu-2"]
+            cells = lambda key: driver.execute_script(  # noqa: E731
+                "return [...document.querySelectorAll(`tr[data-key=\"${arguments[0]}\"] td`)].map(td => td.textContent)",
+                key)
+            assert cells("default/gemma3-1b")[8:11] == ["not placed", "Ready", "not placed"]
+            assert cells("default/llama3.2-1b")[8:11] == ["Ready", "Ready", "Ready"]
+            driver.execute_script("const s = document.getElementById('filter-server'); s.value = 'gpu-2';"
+                                  "s.dispatchEvent(new Event('input'))")
+            eventually(lambda: list(rows(driver)) == ["default/llama3.2-1b"], timeout=10)
+            shoot(driver, "fleet")
+
+            # A new model: held mid-pull on gpu-1 (its bar in gpu-1's column), refused by gpu-2, now down.
+            gate = gpu_1.hold_pulls()
+            gpu_2.stop()
+            rig.work.model("default", "phi3", "mini")
+            rig.work.commit("add phi3")
+            rig.work.push()
+            rig.running.repository.refresh()
+            cycle = threading.Thread(target=rig.running.service.run_cycle)
+            cycle.start()
+            try:
+                bar = ("const p = document.querySelector('tr[data-key=\"default/phi3-mini\"] progress[aria-label*=\"on gpu-1\"]');"
+                       "return p ? p.value : null")
+                eventually(lambda: (v := driver.execute_script(bar)) is not None and v < 100, timeout=30)
+            finally:
+                gate.release()
+                cycle.join(timeout=60)
+            assert rig.running.service.reconciler.pulls.wait(timeout=30)
+            rig.running.service.run_cycle()  # records the pulls; lists gpu-2, which does not answer
+            eventually(lambda: {row[0]: row[2] for row in servers()}.get("gpu-2") == "unreachable", timeout=30)
+            assert "not reachable" in {row[0]: row[6] for row in servers()}["gpu-2"]
+            eventually(lambda: rows(driver).get("default/phi3-mini") == "Failed", timeout=30)
+            assert cells("default/phi3-mini")[8:11] == ["Ready", "Ready", "Failed"]
+            # The counts are read again at the cycle's end.
+            eventually(lambda: {row[0]: row[5] for row in servers()}.get("gpu-2") == "1 Ready, 1 Failed", timeout=30)
+            assert driver.execute_script("return window.notReloaded") is True
+            assert console_errors(driver) == []
+        finally:
+            driver.get("about:blank")
+            rig.stop()
 
 
 def test_a_slow_pull_shows_its_progress_moving_then_ready_without_a_reload(serve: ApiRig, driver) -> None:

@@ -17,6 +17,7 @@
     visibleKeys: new Set(), // the keys of the rows rendered now
     speeds: new Map(), // key -> {done, at, speed}
     status: null,
+    servers: [], // GET /api/v1/servers' items as shown
     serverColumns: [],
     lastEventId: null,
     heartbeat: 15,
@@ -145,8 +146,9 @@
     const problems = (status.problems || []).map((p) =>
       el("li", { className: "problem" }, el("code", { text: p.line ? `${p.path}:${p.line}` : p.path }), `: ${p.message}`));
     $("problems").replaceChildren(...(problems.length ? problems : [el("li", { className: "none", text: "none" })]));
-    // A new commit brings models no event has named yet.
+    // A new commit brings models no event has named yet; a cycle's end, new counts per server.
     if (previous && previous.lastFetchedCommit !== status.lastFetchedCommit) guarded(loadModels).catch(() => {});
+    if (previous && previous.lastCycleTime !== status.lastCycleTime) guarded(loadServers).catch(() => {});
   }
   function cycleStarted(data) { $("sync-now").textContent = `cycle running since ${data.time}`; }
   function cycleEnded(data) {
@@ -154,17 +156,27 @@
     if (!data.noop) loadHistory();
   }
 
+  // GET /api/v1/servers' items; a `servers` event's carry no counts (they change with the models):
+  // a server's last counts are kept until the next read of the list.
   function renderServers(items) {
-    const rows = items.map((s) => el("tr", { "data-server": s.name },
+    const counted = new Map((state.servers || []).map((s) => [s.name, s.models]));
+    state.servers = items.map((s) => (s.models ? s : Object.assign({}, s, { models: counted.get(s.name) })));
+    const rows = state.servers.map((s) => el("tr", { "data-server": s.name },
       el("th", { scope: "row", text: s.name }), el("td", { text: s.url || "–" }),
       el("td", { className: `state ${s.reachable === false ? "state-Failed" : s.reachable ? "state-Ready" : "state-Pending"}`,
         text: s.reachable === null || s.reachable === undefined ? "not asked yet" : s.reachable ? "reachable" : "unreachable" }),
       el("td", { text: s.version || "–" }), el("td", { text: s.lastSeen || "–" }),
+      el("td", { className: "wrap", text: countsText(s.models) }),
       el("td", { className: "wrap", text: s.error || "" })));
     $("servers").tBodies[0].replaceChildren(...(rows.length ? rows
-      : [el("tr", {}, el("td", { colSpan: 6, className: "none", text: "no server reported yet" }))]));
+      : [el("tr", {}, el("td", { colSpan: 7, className: "none", text: "no server reported yet" }))]));
     state.serverNames = items.map((s) => s.name);
     refreshServerFilter();
+  }
+  function countsText(models) {
+    if (!models) return "–";
+    const shown = Object.entries(models).filter(([, n]) => n).map(([name, n]) => `${n} ${name}`);
+    return shown.length ? shown.join(", ") : "none";
   }
   function refreshServerFilter() {
     const select = $("filter-server");
@@ -194,7 +206,7 @@
     const old = state.models.get(key);
     if (!old) { state.keys.push(key); state.sortNeeded = true; }
     if (!old || old.state !== view.state || old.error !== view.error) state.filterNeeded = true;
-    if (view.servers && view.servers.length > 1) {
+    if (view.servers) { // the API lists the servers in a fleet only
       for (const s of view.servers) if (!state.serverColumns.includes(s.name)) { state.serverColumns.push(s.name); state.serverColumns.sort(); state.headNeeded = true; }
     }
     state.models.set(key, view);
@@ -242,7 +254,7 @@
       const m = state.models.get(key);
       if (wantState && m.state !== wantState) return false;
       if (wantNamespace && m.namespace !== wantNamespace) return false;
-      if (wantServer && !(m.servers || []).some((s) => s.name === wantServer)) return false;
+      if (wantServer && m.servers && !m.servers.some((s) => s.name === wantServer)) return false; // no list: the one server
       if (text && !`${key} ${m.modelName}:${m.tag} ${m.error || ""}`.toLowerCase().includes(text)) return false;
       return true;
     });
@@ -444,12 +456,7 @@
     try { renderHistory((await getJson("/api/v1/history")).items); } catch (_) { /* shown at the next read */ }
   }
   async function loadServers() {
-    try {
-      renderServers((await getJson("/api/v1/servers")).items);
-      state.serversApi = true;
-    } catch (error) {
-      if (error.status !== 404) throw error;
-    }
+    renderServers((await getJson("/api/v1/servers")).items);
   }
   // While a read is in flight, events wait: applied after it, in order, they take the page from
   // what the read saw to now (applied before it, the read's older answer would undo them).
@@ -477,7 +484,6 @@
     switch (event.type) {
       case "hello":
         if (data.heartbeat) state.heartbeat = data.heartbeat;
-        if (data.servers && data.servers.length && !state.serversApi) renderServers(data.servers);
         if (event.id) reloadAll().catch(() => {});
         break;
       case "reset": reloadAll().catch(() => {}); break;

@@ -311,7 +311,7 @@ def test_a_status_source_that_announces_nothing_is_compared_when_its_version_mov
 
 def test_a_server_going_down_is_a_servers_event(tmp_path: Path, ollama) -> None:
     """From the fleet's own record of its servers (`SyncStatus.servers`): `serve` keeping two
-    stand-in Ollama servers, one of which stops answering."""
+    stand-in Ollama servers, one of which stops answering (and the history names each pull's server)."""
     from rig import CATALOGUE
     from standins.ollama_server import OllamaStandin
 
@@ -329,6 +329,9 @@ def test_a_server_going_down_is_a_servers_event(tmp_path: Path, ollama) -> None:
             # Both answer (the one given without a name is named after its address).
             first = eventually(lambda: next((d for d in seen(reader) if len(d) == 2 and "gpu-2" in d
                                              and all(d.values())), None), timeout=30)
+            # The history names the server of each pull in a fleet.
+            (cycle,) = [h for h in rig.client.get("/api/v1/history").json()["items"] if h["pulled"]]
+            assert "gpu-2: default/llama3.2-1b" in cycle["pulled"] and len(cycle["pulled"]) == 2
             gpu_2.stop()
             rig.work.model("default", "gemma3", "1b")
             rig.publish("add gemma3")  # its pull on gpu-2 is refused: the next cycle lists gpu-2, and fails

@@ -26,6 +26,9 @@ from ..reconciler.models.sizes import format_size
 from ..reconciler.state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, SyncStatus
 
 
+ALL_NAMESPACES = "*"
+
+
 class StatusSource(Protocol):
     """Live status of models: the reconciler's store, a follower of it, or (later) the cluster."""
 
@@ -114,6 +117,13 @@ def _progress(status: ModelStatus) -> dict[str, int] | None:
 STATE_ORDER = (READY, PENDING, PULLING, FAILED)  # as the servers' counts list them
 
 
+def server_reachability(server: ServerSeen) -> dict[str, Any]:
+    """Who a server is and whether it answers: `GET /api/v1/servers`' fields but its counts (what
+    the events stream's `servers` event carries, so that it changes only when a server does)."""
+    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
+            "version": server.version, "lastSeen": server.last_seen, "error": server.error}
+
+
 def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str, Any]:
     """One server as `GET /api/v1/servers` shows it: who it is, whether it answers, and how many
     of the models recorded on it are in each state."""
@@ -122,8 +132,7 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
         status = record.servers.get(server.name)
         if status is not None:
             counts[status.state] += 1
-    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
-            "version": server.version, "lastSeen": server.last_seen, "models": counts, "error": server.error}
+    return {**server_reachability(server), "models": counts}
 
 
 class Catalog:
@@ -140,19 +149,34 @@ class Catalog:
 
     def list_json(self, namespace: str) -> bytes:
         """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
+        return self._list(namespace, lambda desired, fleet: self._views(namespace, desired, fleet))
+
+    def list_all_json(self) -> bytes:
+        """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list)."""
+        return self._list(ALL_NAMESPACES, lambda desired, fleet: [
+            view for namespace in self.namespaces(desired) for view in self._views(namespace, desired, fleet)])
+
+    def _list(self, slot: str, items: Callable[[DesiredState | None, _Fleet], list[dict[str, Any]]]) -> bytes:
         self._refresh()
         desired = self._desired()
         fleet = _Fleet(self._status.sync.servers)
         stamp = (desired.commit if desired else None, self._status.version, fleet.stamp)
         with self._lock:
-            cached = self._lists.get(namespace)
+            cached = self._lists.get(slot)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        items = self._views(namespace, desired, fleet)
-        body = (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
+        body = (json.dumps({"items": items(desired, fleet)}, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self._lists[namespace] = (stamp, body)
+            self._lists[slot] = (stamp, body)
         return body
+
+    def namespaces(self, desired: DesiredState | None) -> list[str]:
+        """Every namespace with a model file or a record."""
+        if desired is None:
+            return []
+        found = {k.namespace for k in desired.models} | {k.namespace for k in desired.unreadable}
+        found.update(k.namespace for k in self._status.records())
+        return sorted(found)
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One model, or None when no file defines it."""
@@ -190,6 +214,12 @@ class Catalog:
         with self._lock:
             self._servers = (stamp, body)
         return body
+
+    def servers_reachability(self) -> list[dict[str, Any]]:
+        """Every server of the inventory the last cycle recorded, by name, without its counts
+        (`server_reachability`)."""
+        self._refresh()
+        return [server_reachability(server) for server in sorted(self._status.sync.servers, key=lambda s: s.name)]
 
     def unshown_file(self, namespace: str, name: str) -> str | None:
         """Why a model file that exists is no model `get` shows: it is broken and there is no last

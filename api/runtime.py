@@ -27,6 +27,7 @@ from ..reconciler.git.writer import ModelWriter, parse_author
 
 from .app import ApiSettings, create_app
 from .catalog import Catalog, StatusSource
+from .planning import Planner
 from .repository import ModelsRepository
 from .sameorigin import HostCheck
 from .server import REQUEST_TIMEOUT, ApiServer, is_loopback, parse_listen
@@ -50,6 +51,7 @@ class ApiOptions:
     webhook_secret: str | None = field(default=None, repr=False)  # None: webhooks are off
     allowed_hosts: tuple[str, ...] = ()  # host names served beyond loopback and the listen address
     request_timeout: float = REQUEST_TIMEOUT  # seconds a client may take to send a request
+    registry_url: str | None = None  # a mirror of registry.ollama.ai, for the plan's sizes
 
 
 @dataclass
@@ -60,10 +62,13 @@ class RunningApi:
     service: reconciler_service.Service | None = None
     lock_file: TextIO | None = None
     close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
+    planner: Planner | None = None
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
         self.server.shutdown()
+        if self.planner is not None and self.planner.registry is not None:
+            self.planner.registry.close()
         self.refresher.shutdown()
         self.repository.close()
         if self.service is not None:
@@ -107,6 +112,9 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         author = parse_author(options.git_author)
     except ValueError as exc:
         raise ConfigurationError(f"--git-author: {exc}") from None
+    registry_problem = registry_url_problem(options.registry_url)
+    if registry_problem is not None:
+        raise ConfigurationError(f"--registry-url: {registry_problem}")
     # The port first, and the repository: a start that cannot work stops before the state
     # directory is made or seeded. The socket is bound now and served once the app exists.
     app_slot = _AppSlot()
@@ -188,8 +196,9 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
+    planner = _planner(options, repository, status, follow, service)
     app_slot.app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository,
-                              on_written, max_writers=max(1, options.threads // 2), on_push=on_push)
+                              on_written, max_writers=max(1, options.threads // 2), on_push=on_push, planner=planner)
     _register_collector(status)
     server.start()
     if schedules:
@@ -201,7 +210,30 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
              "on" if webhook is not None else "off")
     log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
              repo.display_url, settings.branch, settings.branch, repo.display_url)
-    return RunningApi(server, repository, refresher, service, lock_file, close_status)
+    return RunningApi(server, repository, refresher, service, lock_file, close_status, planner)
+
+
+def registry_url_problem(url: str | None) -> str | None:
+    """Why `--registry-url` cannot be used, or None."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "a registry URL is http:// or https:// with a host"
+    return None
+
+
+def _planner(options: ApiOptions, repository: ModelsRepository, status: StatusSource,
+             follow: Callable[[], object] | None, service: reconciler_service.Service | None) -> Planner:
+    """`GET /api/v1/plan`: against the reconciler's own listing with `serve`, its records with `api`."""
+    from ..reconciler.ollama.registry import RegistryClient
+
+    registry = RegistryClient(options.registry_url, timeout=5.0)  # checked at start()
+    reconciler = service.reconciler if service is not None else None
+    return Planner(repository, status, follow=follow, reconciler=reconciler,
+                   allow_empty=service.settings.allow_empty if service is not None else False, registry=registry)
 
 
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:

@@ -21,7 +21,7 @@ from typing import Protocol
 from datetime import datetime, timezone
 
 from . import metrics
-from .models.desired import DesiredState, GitLoader, ModelKey
+from .models.desired import DesiredState, GitLoader, ModelKey, changed_between
 from .git.repo import GitError, GitRepo
 from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
 from .models.naming import normalize_reference
@@ -216,13 +216,8 @@ class Reconciler:
         return set(self._unpruned_cache[1])
 
     def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
-        previous = self.applied
-        assert previous is not None
-        changed = {key for key, model in desired.models.items()
-                   if (old := previous.models.get(key)) is None or old.blob != model.blob}
-        changed.update(previous.models.keys() - desired.models.keys())
-        changed.update(desired.unreadable ^ previous.unreadable)
-        return changed
+        assert self.applied is not None
+        return changed_between(self.applied, desired)
 
     def _load(self, commit: str) -> DesiredState:
         if self._loader is None or self._loader_generation != self.repo.generation:
@@ -235,6 +230,11 @@ class Reconciler:
                 log.warning("action=problem commit=%s path=%s line=%s message=%r", commit[:12], problem.path,
                             problem.line or "-", problem.message)
         return self.desired
+
+    def last_listing(self) -> dict[str, InstalledModel] | None:
+        """What Ollama holds as of the last listing, kept current by this reconciler's own pulls and
+        deletes (a copy); None before the first listing. Read by plan previews: no request."""
+        return self._current_observed()
 
     def _current_observed(self) -> dict[str, InstalledModel] | None:
         with self._observed_lock:

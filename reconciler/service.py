@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .git.embedded import ensure_default_repo
@@ -45,6 +48,7 @@ class Service:
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
     sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
+    scratch: Path | None = None  # a dry run's own clone, removed at stop()
     _stopping: bool = False
     _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
 
@@ -122,14 +126,21 @@ class Service:
         if self.cluster is not None:
             self.cluster.close()
         self.store.release_process_lock()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def build(settings: Settings) -> Service:
+def build(settings: Settings, *, dry_run: bool = False) -> Service:
     """Create the service's parts; takes the state directory's lock.
 
     In Kubernetes mode (`--kubernetes on`, or `auto` with a cluster configuration) the models become
     OllamaModel resources and their records live on them; otherwise in the state directory.
+    With `dry_run` (standalone mode), the records are read without the lock, as a running `serve`
+    or `reconcile` holds it, and the branch is fetched into a clone of the dry run's own: nothing in
+    the state directory is written.
     """
+    if dry_run and not kubernetes_mode(settings):
+        return _build_dry_run(settings)
     check_repository(settings, serves_writes=False)
     make_private(settings.state_dir)
     service = Service(settings, None, None)  # type: ignore[arg-type]
@@ -156,6 +167,32 @@ def build(settings: Settings) -> Service:
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def _build_dry_run(settings: Settings) -> Service:
+    check_repository(settings, serves_writes=False)
+    make_private(settings.state_dir)
+    store = StateStore(settings.state_dir, readonly=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ollama-gitops-dry-run-"))
+    repo = GitRepo(repository_url(settings), settings.branch, scratch / "clone.git", settings.credentials)
+    reconciler = Reconciler(repo, OllamaServer(settings.ollama_url), store, concurrency=settings.concurrency,
+                            resync_interval=settings.resync_interval, allow_empty=settings.allow_empty)
+    return Service(settings, store, reconciler, scratch=scratch)
+
+
+def dry_run_caveats(service: Service) -> list[str]:
+    """What a reader of a dry run must know about the records it planned against: read from a running
+    reconciler's state directory, or none at all (so no deletion could be planned)."""
+    store, where = service.store, service.settings.state_dir
+    lines = []
+    if isinstance(store, StateStore) and store.locked_elsewhere():
+        lines.append(f"note: another ollama-gitops process is reconciling {where}: planned against its records, "
+                     "read without its lock; `ollama-gitops plan --ref BRANCH` asks it, with download sizes")
+    if not store.keys() and store.sync.last_applied_commit is None:
+        lines.append(f"warning: {where} has no records (no reconciler has applied anything with it): nothing is "
+                     "known to have been pulled by ollama-gitops, so no deletion can be planned. Use the state "
+                     "directory of the running reconciler (--state-dir), or ask it: ollama-gitops plan --ref BRANCH")
+    return lines
 
 
 def check_repository(settings: Settings, *, serves_writes: bool) -> None:
@@ -246,6 +283,9 @@ def run_once(service: Service, out: TextIO, dry_run: bool = False) -> int:
     """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well."""
     report = service.reconciler.run_cycle(dry_run=dry_run)
     print_report(report, out, dry_run)
+    if dry_run:
+        for line in dry_run_caveats(service):
+            out.write(line + "\n")
     ok = report.ok
     if not dry_run and report.plan is not None and report.plan.of(Pull):
         service.reconciler.pulls.wait()

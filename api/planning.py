@@ -1,0 +1,113 @@
+"""`GET /api/v1/plan?ref=REF`: the inputs of a plan preview, gathered from the running service.
+
+Read only: the ref is fetched into the API's clone apart from the tracked branch
+(`GitRepo.fetch_ref`), loaded with the API's loader, and planned against the records and what the
+reconciler last listed (serve), or what its records say (api, which does not talk to Ollama). No
+pull, delete, write to the cluster or to the state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..reconciler.git.repo import GitError, InvalidRef, RefNotFound
+from ..reconciler.models.desired import DesiredState
+from ..reconciler.ollama.downloads import RegistrySizes
+from ..reconciler.ollama.registry import RegistryClient
+from ..reconciler.preview import (PlanPreview, ServerInput, ServerView, preview, recorded_observations,
+                                  references_of, related_records, scope_of)
+
+from .catalog import StatusSource
+from .repository import ModelsRepository
+
+if TYPE_CHECKING:
+    from ..reconciler.reconcile import Reconciler
+
+log = logging.getLogger("ollama_gitops.api.plan")
+
+SERVER_NAME = "default"  # one server given the old way (reconciler/ollama/inventory.py)
+
+
+class PlanUnavailable(Exception):
+    """No plan: the ref is invalid (400), unknown (404), or Git cannot be read now (503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Planner:
+    """Plans refs of the models repository against the live state, changing nothing."""
+
+    def __init__(self, repository: ModelsRepository, status: StatusSource, *, follow: Callable[[], object] | None = None,
+                 reconciler: Reconciler | None = None, allow_empty: bool = False,
+                 registry: RegistryClient | None = None) -> None:
+        self.repository = repository
+        self.status = status
+        self.follow = follow
+        self.reconciler = reconciler
+        self.allow_empty = allow_empty
+        self.registry = registry
+
+    def plan(self, ref: str) -> PlanPreview:
+        """What applying `ref` would do now (raises PlanUnavailable)."""
+        if self.repository.desired is None:
+            raise PlanUnavailable(503, self.repository.last_error or "the models repository has not been fetched yet")
+        commit = self._fetch(ref)
+        desired = self.repository.load(commit)
+        if self.follow is not None:
+            self.follow()
+        notes: list[str] = []
+        base = self._base(self.status.sync.last_applied_commit, notes)
+        scope = scope_of(desired, base)
+        records = related_records(self.status, scope, references_of(desired, scope))
+        server, holder = self._server(records)
+        sizes = RegistrySizes(self.registry, {server.view.name: holder}) if self.registry is not None else None
+        return preview(ref, desired, base, [server], records, scope=scope, now=time.time(),
+                       allow_empty=self.allow_empty, sizes=sizes, notes=notes)
+
+    def _fetch(self, ref: str) -> str:
+        try:
+            return self.repository.repo.fetch_ref(ref)
+        except InvalidRef as exc:
+            raise PlanUnavailable(400, f"invalid ref: {exc}") from None
+        except RefNotFound as exc:
+            raise PlanUnavailable(404, str(exc)) from None
+        except GitError as exc:
+            raise PlanUnavailable(503, str(exc)) from None
+
+    def _base(self, applied: str | None, notes: list[str]) -> DesiredState | None:
+        """The desired state the records answer to: the last applied commit's."""
+        if applied is None:
+            notes.append("no commit applied yet: every model is planned as new")
+            return None
+        try:
+            return self.repository.load(self.repository.repo.fetch_ref(applied))
+        except (GitError, ValueError) as exc:
+            notes.append(f"the last applied commit {applied[:12]} could not be read ({exc}): every model is planned")
+            return None
+
+    def _server(self, records: dict) -> tuple[ServerInput, object | None]:  # type: ignore[type-arg]
+        reconciler = self.reconciler
+        if reconciler is None:
+            view = ServerView(SERVER_NAME, {}, recorded_observations(records))
+            note = ("`ollama-gitops api` does not talk to Ollama: what the server holds is as the reconciler's "
+                    "records say, and sizes are unknown (ask `serve`)")
+            return ServerInput(view, None, "records", note), None
+        server = reconciler.server
+        observed, source, note = reconciler.last_listing(), "listing", None
+        if observed is None:
+            from ..reconciler.ollama.server import ModelOperationFailed, ServerUnreachable
+
+            try:
+                observed = server.installed()  # GET /api/tags: reads only
+            except (ServerUnreachable, ModelOperationFailed) as exc:
+                observed, source = recorded_observations(records), "records"
+                note = f"{exc}: what it holds is as the records say, and sizes are unknown"
+        view = ServerView(SERVER_NAME, {}, observed, frozenset(reconciler.pulls.in_flight()))
+        holder = server if source == "listing" and hasattr(server, "has_blob") else None
+        return ServerInput(view, server.url, source, note), holder

@@ -1,0 +1,175 @@
+"""Issue 13: what a merge would do. `GET /api/v1/plan?ref=REF` on the real service (serve in-process,
+the stand-in Ollama and registry on loopback) with a branch that adds, removes, moves and breaks
+files; `ollama-gitops plan` and its exit codes; nothing pulled, deleted or written meanwhile."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from apirig import API_KEY, ApiRig
+from rig import CATALOGUE
+from ollama_gitops.api.cli import main
+from ollama_gitops.reconciler.git.repo import GitRepo
+from standins.ollama_server import OllamaStandin
+from standins.registry import RegistryStandin
+
+REGISTRY = {"phi3:mini": 50_000, "llama3.2:1b": 40_000, "qwen2.5:0.5b": 30_000}
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[tuple[ApiRig, OllamaStandin, RegistryStandin]]:
+    """serve with four models Ready (pulled by it), one of them `prune: false`."""
+    with OllamaStandin(dict(CATALOGUE)) as ollama, RegistryStandin(REGISTRY) as registry:
+        rig = ApiRig(tmp_path, ollama, registry_url=registry.url)
+        rig.work.model("default", "llama3.2", "1b")
+        rig.work.model("default", "gemma3", "1b")
+        rig.work.model("default", "qwen2.5", "0.5b", "prune: false\n")
+        rig.work.model("default", "mistral", "7b")
+        rig.work.commit("seed")
+        rig.work.push()
+        rig.start()
+        rig.settle()
+        try:
+            yield rig, ollama, registry
+        finally:
+            rig.stop()
+
+
+def branch(rig: ApiRig, name: str, change) -> str:  # type: ignore[no-untyped-def]
+    """Commit `change(work)` on a new branch from main and push it; the work tree goes back to main."""
+    work = rig.work
+    work.repo.git.checkout("-q", "-B", name, "main")
+    change(work)
+    commit = work.commit(name)
+    work.push(name)
+    work.repo.git.checkout("-q", "main")
+    return commit
+
+
+def the_pr(work) -> None:  # type: ignore[no-untyped-def]
+    work.model("default", "phi3", "mini")                    # added
+    work.remove("models/default/gemma3-1b.yaml")             # removed: deleted (ollama-gitops pulled it)
+    work.remove("models/default/qwen2.5-0.5b.yaml")          # removed, prune: false: kept
+    work.remove("models/default/mistral-7b.yaml")            # moved to another namespace
+    work.model("team-a", "mistral", "7b")
+    work.write("models/default/llama3.2-1b.yaml", "name: llama3.2\ntag: \"1b\"\nbogus: 1\n")  # broken
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def state_files(rig: ApiRig) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in rig.state_dir.iterdir() if p.is_file() and p.suffix in (".json", ".journal")}
+
+
+def refs(git_dir: Path) -> str:
+    return subprocess.run(["git", "--git-dir", str(git_dir), "for-each-ref", "--format=%(refname) %(objectname)",
+                           "refs/heads", "refs/remotes"], capture_output=True, text=True, check=True).stdout
+
+
+def test_a_branch_that_adds_removes_moves_and_breaks_files_is_planned_and_nothing_changes(service, monkeypatch) -> None:
+    rig, ollama, registry = service
+    head = rig.work.repo.head.commit.hexsha
+    commit = branch(rig, "my-pr", the_pr)
+    phi3 = registry.layers("phi3:mini")
+    ollama.add_blob(phi3[1]["digest"])  # a layer it shares with a model already there
+    before_state, before_requests = state_files(rig), len(ollama.requests)
+    before_refs = {p: refs(p) for p in (rig.remote, rig.state_dir / "api.git", rig.state_dir / "clone.git")}
+
+    answer = rig.client.get("/api/v1/plan", params={"ref": "my-pr"})
+
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()
+    assert (plan["ref"], plan["commit"], plan["base"]) == ("my-pr", commit, head)
+    total = sum(b["size"] for b in phi3) + registry.config("phi3:mini")["size"]
+    assert [(a["action"], a["model"], a["reference"], a.get("downloadBytes")) for a in plan["actions"]] == [
+        ("delete", "default/gemma3-1b", "gemma3:1b", None),
+        ("keep", "default/llama3.2-1b", "llama3.2:1b", None),
+        ("pull", "default/phi3-mini", "phi3:mini", total - phi3[1]["size"]),
+        ("keep", "default/qwen2.5-0.5b", "qwen2.5:0.5b", None),
+        ("move", "team-a/mistral-7b", "mistral:7b", None),
+    ]
+    reasons = {a["model"]: a["reason"] for a in plan["actions"]}
+    assert reasons["default/qwen2.5-0.5b"] == "file removed; prune: false keeps the weights"
+    assert reasons["default/llama3.2-1b"].startswith("model file is invalid, keeping the last good version")
+    assert {a["server"] for a in plan["actions"]} == {"default"}
+    (problem,) = plan["problems"]
+    assert (problem["path"], problem["line"]) == ("models/default/llama3.2-1b.yaml", 3)
+    assert problem["message"].startswith("unknown field 'bogus'")
+    (server,) = plan["servers"]
+    assert (server["name"], server["observed"], server["pulls"], server["deletes"], server["downloadBytes"]) == \
+        ("default", "listing", 1, 1, total - phi3[1]["size"])
+
+    # Changes nothing: Ollama was only asked which blobs it holds; no state file, branch or remote moved.
+    asked = ollama.requests[before_requests:]
+    assert asked and all(method == "HEAD" and path.startswith("/api/blobs/sha256:") for method, path in asked)
+    assert ollama.pull_count["phi3:mini"] == 0 and ollama.delete_count["gemma3:1b"] == 0
+    assert state_files(rig) == before_state
+    assert {p: refs(p) for p in before_refs} == before_refs
+    # One manifest lookup per model of the change the server has or would pull, none for the others.
+    assert sorted(r.path for r in registry.requests if r.method == "GET") == [
+        f"/v2/library/{m}/manifests/{t}" for m, t in (("llama3.2", "1b"), ("mistral", "7b"), ("phi3", "mini"),
+                                                      ("qwen2.5", "0.5b"))]
+    assert {r.method for r in registry.requests} == {"GET"}
+
+    # The command: the same plan, exit 1 because the ref's files have a problem.
+    monkeypatch.setenv("OLLAMA_GITOPS_API_KEY", API_KEY)
+    code, out, _ = cli("plan", "--ref", "my-pr", "--api-url", rig.url, "--format", "json")
+    assert code == 1 and json.loads(out)["actions"] == plan["actions"]
+
+
+def test_exit_codes_clean_ref_unknown_ref_and_a_service_that_is_down(service, monkeypatch) -> None:
+    rig, _, _ = service
+    monkeypatch.setenv("OLLAMA_GITOPS_API_KEY", API_KEY)
+    commit = branch(rig, "clean", lambda work: work.model("default", "phi3", "mini"))
+    code, out, _ = cli("plan", "--ref", commit, "--api-url", rig.url)  # by commit
+    assert code == 0
+    assert out.splitlines()[0].endswith(": 1 pull (48.8 KiB on 1 server), 0 deletes, 0 problems")
+    code, _, err = cli("plan", "--ref", "no-such-branch", "--api-url", rig.url)
+    assert code == 2 and "no branch, tag or ref 'no-such-branch'" in err
+    assert rig.client.get("/api/v1/plan", params={"ref": "no-such-branch"}).status_code == 404
+    assert rig.client.get("/api/v1/plan", params={"ref": "--upload-pack=touch x"}).status_code == 400
+    assert rig.client.get("/api/v1/plan").status_code == 400
+    assert rig.client.get("/api/v1/plan", params={"ref": "clean"}, headers={"X-API-Key": "wrong"}).status_code == 401
+    monkeypatch.setenv("OLLAMA_GITOPS_API_KEY", "wrong")
+    assert cli("plan", "--ref", "clean", "--api-url", rig.url)[0] == 2
+
+
+def test_a_registry_that_cannot_be_reached_leaves_sizes_unknown_and_a_moved_tag_is_information(service) -> None:
+    rig, _, registry = service
+    branch(rig, "refresh", lambda work: work.model("default", "llama3.2", "1b",
+                                                   'refreshRequestedAt: "2026-12-01T10:00:00Z"\n'))
+    plan = rig.client.get("/api/v1/plan", params={"ref": "refresh"}).json()
+    (action,) = plan["actions"]
+    assert (action["action"], action["model"]) == ("refresh", "default/llama3.2-1b")
+    assert action["downloadBytes"] == sum(b["size"] for b in registry.layers("llama3.2:1b")) + \
+        registry.config("llama3.2:1b")["size"]  # the stand-in server holds none of the registry's blobs
+    (info,) = plan["information"]
+    assert info["model"] == "default/llama3.2-1b" and "the tag has moved upstream" in info["message"]
+
+    registry.stop()
+    plan = rig.client.get("/api/v1/plan", params={"ref": "refresh"}).json()
+    (action,) = plan["actions"]
+    assert action["action"] == "refresh" and "downloadBytes" not in action
+    assert plan["servers"][0]["unknownSizes"] == 1 and plan["information"] == []
+
+
+def test_fetch_ref_leaves_the_tracked_branch_where_it_is(service) -> None:
+    rig, _, _ = service
+    repo: GitRepo = rig.running.repository.repo  # type: ignore[union-attr]
+    tracked = repo.head()
+    commit = branch(rig, "main-next", lambda work: work.model("default", "phi3", "mini"))
+    rig.work.repo.git.push("-q", "origin", "main-next:main")  # main moved on the remote
+    assert repo.fetch_ref("main") == commit
+    assert repo.head() == tracked  # the API's own fetch moves it, not a plan

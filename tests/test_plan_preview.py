@@ -173,3 +173,41 @@ def test_fetch_ref_leaves_the_tracked_branch_where_it_is(service) -> None:
     rig.work.repo.git.push("-q", "origin", "main-next:main")  # main moved on the remote
     assert repo.fetch_ref("main") == commit
     assert repo.head() == tracked  # the API's own fetch moves it, not a plan
+
+
+def test_a_dry_run_beside_the_running_serve_shows_the_deletion_and_an_empty_state_dir_says_it_cannot(
+        service, tmp_path: Path) -> None:
+    """The issue's new user: `reconcile --once --dry-run --branch my-pr` while `serve` runs. It used to
+    stop on the state directory's lock; with another state directory it left the deletion out."""
+    import os
+
+    from ollama_gitops.reconciler import cli as reconciler_cli
+
+    rig, ollama, _ = service
+    branch(rig, "my-pr", lambda work: work.remove("models/default/gemma3-1b.yaml"))
+    before_state, before_requests = state_files(rig), len(ollama.requests)
+
+    def dry_run(state_dir: Path) -> tuple[int, str]:
+        out = io.StringIO()
+        umask = os.umask(0o022)
+        os.umask(umask)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                code = reconciler_cli.main(["reconcile", "--once", "--dry-run", "--branch", "my-pr", "--repo",
+                                            str(rig.remote), "--state-dir", str(state_dir), "--ollama-url", ollama.url,
+                                            "--kubernetes", "off"])
+        finally:
+            os.umask(umask)  # the command sets the process's umask for what it creates
+        return code, out.getvalue()
+
+    code, out = dry_run(rig.state_dir)
+    assert code == 0, out
+    rows = [line.split() for line in out.splitlines()]
+    assert ["delete", "default/gemma3-1b", "gemma3:1b", "file", "removed", "from", "Git"] in rows
+    assert "another ollama-gitops process is reconciling" in out and "ollama-gitops plan --ref" in out
+    assert state_files(rig) == before_state
+    assert not [r for r in ollama.requests[before_requests:] if r[0] != "GET"]  # listed, nothing pulled or deleted
+
+    code, out = dry_run(tmp_path / "new-user")
+    assert code == 0
+    assert "has no records" in out and "no deletion can be planned" in out and "ollama-gitops plan --ref" in out

@@ -211,3 +211,110 @@ def test_a_dry_run_beside_the_running_serve_shows_the_deletion_and_an_empty_stat
     code, out = dry_run(tmp_path / "new-user")
     assert code == 0
     assert "has no records" in out and "no deletion can be planned" in out and "ollama-gitops plan --ref" in out
+
+
+WORKFLOW = Path(__file__).resolve().parents[1] / "examples/models-repo/.github/workflows/plan.yaml"
+
+
+def test_the_workflow_keeps_one_comment_up_to_date_recorded_run(service, tmp_path: Path) -> None:
+    """The example workflow's `run:` steps as GitHub runs them (its `uses:` steps and the pip install
+    are GitHub's and the suite's), against the real serve and a stand-in of GitHub's comments API: the
+    first run creates the comment, the next edits it; a fork's run plans offline."""
+    import os
+    import sys
+
+    import yaml
+
+    from standins.github_comments import GitHubCommentsStandin
+
+    rig, _, _ = service
+    work = rig.work
+
+    def pull_request(change, message: str) -> Path:  # type: ignore[no-untyped-def]
+        """`change` committed on the pull request's branch, GitHub's merge commit of it pushed as
+        refs/pull/7/merge, and that commit checked out with its parents, as actions/checkout does."""
+        work.repo.git.checkout("-q", "feature") if "feature" in work.repo.heads else \
+            work.repo.git.checkout("-q", "-b", "feature", "main")
+        change(work)
+        work.commit(message)
+        work.repo.git.checkout("-q", "--detach", "main")
+        work.repo.git.merge("-q", "--no-ff", "-m", f"Merge {message}", "feature")
+        merge = work.repo.head.commit.hexsha
+        work.repo.git.push("-q", "--force", "origin", f"{merge}:refs/pull/7/merge")
+        checkout = tmp_path / f"checkout-{merge[:8]}"
+        subprocess.run(["git", "clone", "-q", "--no-checkout", str(rig.remote), str(checkout)], check=True)
+        subprocess.run(["git", "-C", str(checkout), "fetch", "-q", "origin", "refs/pull/7/merge"], check=True)
+        subprocess.run(["git", "-C", str(checkout), "checkout", "-q", "--detach", merge], check=True)
+        work.repo.git.checkout("-q", "main")
+        return checkout
+
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    (job,) = workflow["jobs"].values()
+    steps = [step for step in job["steps"] if "run" in step][1:]  # after `pip install`, which the suite has done
+    assert [s.get("name") for s in steps] == ["validate", "plan", "comment", "result"]
+    given = {"OLLAMA_GITOPS_API_URL", "OLLAMA_GITOPS_API_KEY", "PR_NUMBER", "GITHUB_TOKEN"}
+    assert set().union(*(s.get("env", {}) for s in steps)) == given  # the test gives what GitHub would
+
+    with GitHubCommentsStandin("acme/models", "ghs_token") as github:
+        def run(checkout: Path, secrets: bool) -> list[int]:
+            summary = checkout / "summary.md"
+            summary.unlink(missing_ok=True)  # each run has a summary of its own
+            env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+                   "HOME": str(tmp_path), "GITHUB_API_URL": github.url, "GITHUB_REPOSITORY": "acme/models",
+                   "GITHUB_SERVER_URL": "https://github.com", "GITHUB_RUN_ID": "1", "GITHUB_STEP_SUMMARY": str(summary),
+                   "PR_NUMBER": "7", "GITHUB_TOKEN": "ghs_token",
+                   "OLLAMA_GITOPS_API_URL": rig.url if secrets else "", "OLLAMA_GITOPS_API_KEY": API_KEY if secrets else ""}
+            codes = []
+            for step in steps:
+                done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
+                                      cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+                codes.append(done.returncode)
+                assert done.returncode in (0, 1), f"{step['name']}: {done.stdout}{done.stderr}"
+            return codes
+
+        first = pull_request(lambda w: w.model("default", "phi3", "mini"), "add phi3")
+        assert run(first, secrets=True) == [0, 0, 0, 0]
+        assert [m for m, _ in github.requests] == ["GET", "POST"]
+
+        def change(w) -> None:  # type: ignore[no-untyped-def]
+            w.remove("models/default/gemma3-1b.yaml")
+            w.write("models/default/broken-1.yaml", "name: broken\ntag: 1.10\n")
+
+        second = pull_request(change, "remove gemma3, break a file")
+        merge = subprocess.run(["git", "-C", str(second), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        assert run(second, secrets=True) == [1, 0, 0, 1]  # validate and the result fail: a broken file
+        assert [m for m, _ in github.requests] == ["GET", "POST", "GET", "PATCH"]
+        (comment,) = github.comments[7]
+        base = rig.running.service.store.sync.last_applied_commit  # type: ignore[union-attr]
+        assert comment["body"].splitlines() == [
+            "<!-- ollama-gitops plan -->",
+            f"### ollama-gitops: plan of refs/pull/7/merge ({merge[:12]}) against {base[:12]}",
+            "",
+            "**1 pull (48.8 KiB on 1 server), 1 delete, 1 problem**",
+            "",
+            "#### Server `default`: 1 pull, 48.8 KiB to download, 1 delete",
+            "",
+            "| action | model | reference | download | reason |",
+            "| --- | --- | --- | --- | --- |",
+            "| delete | `default/gemma3-1b` | `gemma3:1b` |  | file removed from Git |",
+            "| pull | `default/phi3-mini` | `phi3:mini` | 48.8 KiB | new model, not in Ollama |",
+            "",
+            "#### Problems",
+            "",
+            "- `models/default/broken-1.yaml:2`: field 'tag' must be a string, not a number: YAML reads 1.10 as "
+            "1.1; write tag: \"1.10\" to keep it as written",
+        ]
+
+        # A fork: no secrets, a read-only token. Planned offline; the comment cannot be written.
+        github.read_only = True
+        assert run(second, secrets=False) == [1, 0, 0, 1]
+        (comment,) = github.comments[7]  # still the one comment, not edited
+        shown = (second / "summary.md").read_text().splitlines()
+        assert shown[:6] == [
+            "<!-- ollama-gitops plan -->",
+            f"### ollama-gitops: plan of HEAD ({merge[:12]}) against {base[:12]}",
+            "",
+            "**1 pull (sizes and servers unknown: planned offline), 1 delete, 1 problem**",
+            "",
+            "Planned offline (no service was asked): sizes and servers are unknown.",
+        ]

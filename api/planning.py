@@ -14,11 +14,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..reconciler.git.repo import GitError, InvalidRef, RefNotFound
-from ..reconciler.models.desired import DesiredState
+from ..reconciler.models.desired import DesiredState, ModelKey
 from ..reconciler.ollama.downloads import RegistrySizes
 from ..reconciler.ollama.registry import RegistryClient
 from ..reconciler.preview import (PlanPreview, ServerInput, ServerView, preview, recorded_observations,
-                                  references_of, related_records, scope_of)
+                                  references_of, related_records, scope_from_paths, scope_of)
 
 from .catalog import StatusSource
 from .repository import ModelsRepository
@@ -63,7 +63,7 @@ class Planner:
             self.follow()
         notes: list[str] = []
         base = self._base(self.status.sync.last_applied_commit, notes)
-        scope = scope_of(desired, base)
+        scope = self._scope(desired, base)
         records = related_records(self.status, scope, references_of(desired, scope))
         server, holder = self._server(records)
         sizes = RegistrySizes(self.registry, {server.view.name: holder}) if self.registry is not None else None
@@ -80,11 +80,24 @@ class Planner:
         except GitError as exc:
             raise PlanUnavailable(503, str(exc)) from None
 
+    def _scope(self, desired: DesiredState, base: DesiredState | None) -> set[ModelKey] | None:
+        """The models whose files differ from the base's, as Git compares the two trees (at the cost
+        of the change); by comparing the two states when Git cannot say."""
+        if base is None or base.commit is None or desired.commit is None:
+            return scope_of(desired, base)
+        try:
+            return scope_from_paths(self.repository.repo.changed_paths(base.commit, desired.commit), desired, base)
+        except GitError:
+            return scope_of(desired, base)
+
     def _base(self, applied: str | None, notes: list[str]) -> DesiredState | None:
         """The desired state the records answer to: the last applied commit's."""
         if applied is None:
             notes.append("no commit applied yet: every model is planned as new")
             return None
+        current = self.repository.desired
+        if current is not None and current.commit == applied:
+            return current
         try:
             return self.repository.load(self.repository.repo.fetch_ref(applied))
         except (GitError, ValueError) as exc:

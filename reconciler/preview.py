@@ -13,11 +13,11 @@ The plan is per server through `plan_servers`, with the signature the fleet's pl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .models.desired import DesiredState, ModelKey, Problem, changed_between
+from .models.desired import MODEL_SUFFIXES, MODELS_DIR, DesiredState, ModelKey, Problem, changed_between
 from .models.naming import normalize_reference
 from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, Skip, Suspend, applied_spec, plan
 from .state import READY, ModelRecord, ModelStatus
@@ -182,6 +182,28 @@ def _status(record: ModelRecord) -> ModelStatus | None:
 def scope_of(desired: DesiredState, base: DesiredState | None) -> set[ModelKey] | None:
     """The models a preview plans: those whose files differ from the base (every model with no base)."""
     return None if base is None else changed_between(base, desired)
+
+
+def scope_from_paths(paths: Iterable[str], desired: DesiredState, base: DesiredState) -> set[ModelKey]:
+    """The models a preview plans, from the paths Git says differ between the base and the commit:
+    a model file's path names its model; a namespace folder (or `models/`) changed in kind stands
+    for every model it held or holds. Costs what the change costs, not what the repository does."""
+    keys: set[ModelKey] = set()
+    whole: set[str | None] = set()  # namespaces (None: all of models/) replaced as a whole
+    for path in paths:
+        parts = path.split("/")
+        if parts[0] != MODELS_DIR:
+            continue
+        if len(parts) == 3 and parts[2].endswith(MODEL_SUFFIXES):
+            keys.add(ModelKey(parts[1], parts[2].rpartition(".")[0]))
+        elif len(parts) <= 2:
+            whole.add(parts[1] if len(parts) == 2 else None)
+    if whole:
+        for state in (base, desired):
+            for key in (*state.models, *state.unreadable):
+                if None in whole or key.namespace in whole:
+                    keys.add(key)
+    return keys
 
 
 def references_of(desired: DesiredState, scope: Collection[ModelKey] | None) -> list[str]:

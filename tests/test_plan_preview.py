@@ -318,3 +318,13 @@ def test_the_workflow_keeps_one_comment_up_to_date_recorded_run(service, tmp_pat
             "",
             "Planned offline (no service was asked): sizes and servers are unknown.",
         ]
+
+
+def test_a_namespace_folder_replaced_by_a_link_keeps_every_model_of_it(service) -> None:
+    """Git reports one changed entry, `models/default`: every model it held is planned (kept), none deleted."""
+    rig, _, _ = service
+    branch(rig, "linked", lambda work: work.special("models/default", "symlink", "../elsewhere"))
+    plan = rig.client.get("/api/v1/plan", params={"ref": "linked"}).json()
+    assert [(a["action"], a["model"]) for a in plan["actions"]] == [
+        ("keep", f"default/{name}") for name in ("gemma3-1b", "llama3.2-1b", "mistral-7b", "qwen2.5-0.5b")]
+    assert [p["path"] for p in plan["problems"]] == ["models/default"]

@@ -248,8 +248,21 @@ class GitRepo:
                 raise RefNotFound(f"{ref!r} in {self.display_url} does not name a commit")
             return commit
 
+    def changed_paths(self, old: str, new: str, under: str = "models") -> list[str]:
+        """The paths under `under` whose entries differ between two commits of the clone (added,
+        removed, changed, or changed in kind), files one by one (`git diff-tree -r`, no renames)."""
+        output = self.run("diff-tree", "-r", "-z", "--no-renames", "--name-only", old, new, "--", under,
+                          action=f"compare {old[:12]} with {new[:12]}")
+        return [path for path in output.split("\0") if path]
+
     def _local_commit(self, revision: str) -> str | None:
         """The full SHA of the commit `revision` names in the clone, or None (a tag is peeled)."""
+        if len(revision) == 40:
+            try:  # in-process through GitPython's running cat-file: no git command to start
+                if self.repo.odb.info(bytes.fromhex(revision)).type == b"commit":
+                    return revision.lower()
+            except (ValueError, KeyError, git.BadObject, git.BadName):
+                return None
         try:
             return self.run("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}",
                             action=f"look up {revision!r}") or None

@@ -328,3 +328,37 @@ def test_a_namespace_folder_replaced_by_a_link_keeps_every_model_of_it(service) 
     assert [(a["action"], a["model"]) for a in plan["actions"]] == [
         ("keep", f"default/{name}") for name in ("gemma3-1b", "llama3.2-1b", "mistral-7b", "qwen2.5-0.5b")]
     assert [p["path"] for p in plan["problems"]] == ["models/default"]
+
+
+def test_a_branch_that_removes_every_file_is_a_refused_prune_to_zero_every_model_kept(service) -> None:
+    rig, _, _ = service
+    branch(rig, "empty", lambda work: [work.remove(f"models/default/{n}.yaml")
+                                       for n in ("llama3.2-1b", "gemma3-1b", "qwen2.5-0.5b", "mistral-7b")])
+    plan = rig.client.get("/api/v1/plan", params={"ref": "empty"}).json()
+    assert [a["action"] for a in plan["actions"]] == ["keep"] * 4
+    assert all("refusing to prune to zero without --allow-empty" in a["reason"] for a in plan["actions"])
+
+
+def test_the_api_alone_plans_against_the_reconcilers_records(service, tmp_path: Path) -> None:
+    """`ollama-gitops api` beside a reconciler: it does not talk to Ollama, so what the server holds
+    is what the records say, sizes are unknown, and a deletion still shows."""
+    import shutil
+
+    rig, ollama, _ = service
+    branch(rig, "drop-gemma", lambda work: work.remove("models/default/gemma3-1b.yaml"))
+    shared = tmp_path / "api-state"
+    shared.mkdir()
+    for name in ("models.json", "models.journal", "sync.json"):
+        if (rig.state_dir / name).exists():
+            shutil.copy(rig.state_dir / name, shared / name)
+    api = ApiRig(tmp_path / "api", ollama, with_reconciler=False, state_dir=shared, remote=rig.remote)
+    api.start()
+    try:
+        before = len(ollama.requests)
+        plan = api.client.get("/api/v1/plan", params={"ref": "drop-gemma"}).json()
+        assert [(a["action"], a["model"]) for a in plan["actions"]] == [("delete", "default/gemma3-1b")]
+        (server,) = plan["servers"]
+        assert (server["observed"], server["url"]) == ("records", None) and "does not talk to Ollama" in server["note"]
+        assert len(ollama.requests) == before
+    finally:
+        api.stop()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ..reconciler.git.repo import GitError, InvalidRef, RefNotFound
 from ..reconciler.models.desired import DesiredState, ModelKey
 from ..reconciler.ollama.downloads import RegistrySizes
-from ..reconciler.ollama.registry import RegistryClient
+from ..reconciler.ollama.registry import BlobHolder, RegistryClient
+from ..reconciler.state import ModelRecord
 from ..reconciler.preview import (PlanPreview, ServerInput, ServerView, preview, recorded_observations,
                                   references_of, related_records, scope_from_paths, scope_of)
 
@@ -104,7 +105,9 @@ class Planner:
             notes.append(f"the last applied commit {applied[:12]} could not be read ({exc}): every model is planned")
             return None
 
-    def _server(self, records: dict) -> tuple[ServerInput, object | None]:  # type: ignore[type-arg]
+    def _server(self, records: Mapping[ModelKey, ModelRecord]) -> tuple[ServerInput, BlobHolder | None]:
+        """The one server: the reconciler's listing of it with `serve` (or a listing now, read only),
+        else what the records say; and what to ask which blobs it holds (None: sizes unknown)."""
         reconciler = self.reconciler
         if reconciler is None:
             view = ServerView(SERVER_NAME, {}, recorded_observations(records))

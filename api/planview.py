@@ -19,6 +19,7 @@ from ..reconciler.models.sizes import format_size
 COMMENT_MARKER = "<!-- ollama-gitops plan -->"
 FORMATS = ("text", "markdown", "json")
 PULLS = ("pull", "refresh")
+OTHER_ACTIONS = (("keep", "kept"), ("adopt", "already there"), ("wait", "waiting"), ("forget", "forgotten"))
 
 
 class PlanUnavailable(Exception):
@@ -44,19 +45,14 @@ def fetch(api_url: str, api_key: str | None, ref: str, timeout: float = 120.0) -
 
 
 def summary(plan: dict[str, Any]) -> str:
-    """`2 pulls (4.7 GiB on 3 servers), 1 delete, 1 problem`."""
+    """`2 pulls (4.7 GiB on 3 servers), 1 delete, 1 problem`, then what else the plan holds."""
     counts = Counter(a["action"] for a in plan["actions"])
     pulls = [a for a in plan["actions"] if a["action"] in PULLS]
-    parts = []
-    if pulls:
-        parts.append(f"{_count(len(pulls), 'pull')} ({_pull_sizes(plan, pulls)})")
-    else:
-        parts.append("0 pulls")
-    parts.append(_count(counts["delete"], "delete"))
-    for action, noun in (("move", "move"), ("keep", "kept"), ("adopt", "already there"), ("wait", "waiting"),
-                         ("forget", "forgotten")):
-        if counts[action]:
-            parts.append(f"{counts[action]} {noun}" if noun != "move" else _count(counts[action], "move"))
+    parts = [f"{_count(len(pulls), 'pull')} ({_pull_sizes(plan, pulls)})" if pulls else "0 pulls",
+             _count(counts["delete"], "delete")]
+    if counts["move"]:
+        parts.append(_count(counts["move"], "move"))
+    parts += [f"{counts[action]} {words}" for action, words in OTHER_ACTIONS if counts[action]]
     parts.append(_count(len(plan["problems"]), "problem"))
     return ", ".join(parts)
 

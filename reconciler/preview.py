@@ -14,7 +14,7 @@ The plan is per server through `plan_servers`, with the signature the fleet's pl
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .models.desired import MODEL_SUFFIXES, MODELS_DIR, DesiredState, ModelKey, Problem, changed_between
@@ -121,7 +121,7 @@ class PlanPreview:
     servers: tuple[ServerSummary, ...]
     information: tuple[Information, ...] = ()
     offline: bool = False
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The API's answer (`GET /api/v1/plan`), which `ollama-gitops plan` renders."""
@@ -316,11 +316,12 @@ def _all(keys: tuple[ModelKey, ...]) -> tuple[str, ...]:
 
 
 def _moved_upstream(actions: Sequence[PreviewAction], server: ServerView, sizes: Sizes) -> list[Information]:
-    """For the models of the plan that the server holds, a tag the registry now has at another digest."""
+    """For the models of the plan that the server holds and will go on holding (refreshed, taken on
+    by a new file, moved), a tag the registry now has at another digest."""
     notes = []
     observed = server.observed or {}
     for action in actions:
-        if action.action not in (REFRESH, ADOPT, MOVE, KEEP):
+        if action.action not in (REFRESH, ADOPT, MOVE):
             continue
         installed = observed.get(normalize_reference(action.reference))
         upstream = sizes.upstream_digest(action.reference) if installed is not None and installed.digest else None

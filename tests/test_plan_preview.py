@@ -117,10 +117,9 @@ def test_a_branch_that_adds_removes_moves_and_breaks_files_is_planned_and_nothin
     assert ollama.pull_count["phi3:mini"] == 0 and ollama.delete_count["gemma3:1b"] == 0
     assert state_files(rig) == before_state
     assert {p: refs(p) for p in before_refs} == before_refs
-    # One manifest lookup per model of the change the server has or would pull, none for the others.
+    # One manifest lookup per model of the change that is pulled or stays (moved), none for the others.
     assert sorted(r.path for r in registry.requests if r.method == "GET") == [
-        f"/v2/library/{m}/manifests/{t}" for m, t in (("llama3.2", "1b"), ("mistral", "7b"), ("phi3", "mini"),
-                                                      ("qwen2.5", "0.5b"))]
+        "/v2/library/mistral/manifests/7b", "/v2/library/phi3/manifests/mini"]
     assert {r.method for r in registry.requests} == {"GET"}
 
     # The command: the same plan, exit 1 because the ref's files have a problem.
@@ -362,3 +361,36 @@ def test_the_api_alone_plans_against_the_reconcilers_records(service, tmp_path: 
         assert len(ollama.requests) == before
     finally:
         api.stop()
+
+
+def test_the_summary_line_counts_pulls_with_their_sizes_over_servers_deletes_and_problems() -> None:
+    from ollama_gitops.api.planview import summary
+
+    def pull(server: str, size: int | None) -> dict:
+        return {"action": "pull", "model": "default/x", "reference": "x:1", "server": server, "reason": "new",
+                **({"downloadBytes": size} if size is not None else {})}
+
+    gib = 1024 ** 3
+    plan = {"actions": [pull("a", 2 * gib), pull("b", int(1.5 * gib)), pull("c", int(1.2 * gib)),
+                        {"action": "delete", "model": "default/y", "reference": "y:1", "server": "a", "reason": "gone"}],
+            "problems": [{"path": "models/default/z.yaml", "line": 2, "message": "bad"}]}
+    assert summary(plan) == "3 pulls (4.7 GiB on 3 servers), 1 delete, 1 problem"
+    plan["actions"][1] = pull("b", None)
+    assert summary(plan) == "3 pulls (3.2 GiB and 1 unknown on 3 servers), 1 delete, 1 problem"
+    assert summary({**plan, "offline": True}).startswith("3 pulls (sizes and servers unknown: planned offline)")
+
+
+def test_offline_with_a_base_that_is_not_there_cannot_plan(tmp_path: Path) -> None:
+    from gitrepos import WorkRepo
+
+    work = WorkRepo(tmp_path / "work")
+    work.model("default", "phi3", "mini")
+    work.commit("only commit")
+    code, _, err = cli("plan", "--offline", "--base", "HEAD^1", str(work.path))
+    assert code == 2 and "cannot read 'HEAD^1'" in err
+    work.model("default", "gemma3", "1b")
+    work.commit("second")
+    code, out, _ = cli("plan", "--offline", str(work.path))
+    assert code == 0 and out.splitlines()[0].endswith(
+        ": 1 pull (sizes and servers unknown: planned offline), 0 deletes, 0 problems")
+    work.close()

@@ -1,7 +1,8 @@
 """Benchmark: the plan of a pull request (`GET /api/v1/plan?ref=BRANCH`, issue 13) next to the
 one-change reconcile cycle that applying it costs, in one run.
 
-For each size (number of model files), in a child process of its own:
+Every size is set up side by side in one process, and their rounds interleaved (so that the
+machine's load, shared with others, falls alike on each). For each size (number of model files):
 
   - generates a models repository with `git fast-import` (as bench_reconcile.py does) and pushes it
     to a bare remote; a working clone makes the changes;
@@ -34,7 +35,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,77 +60,93 @@ def model_path(i: int, size: int) -> str:
     return f"models/ns-{i % min(NAMESPACES, size)}/model{i}-1b.yaml"
 
 
-def bench_size(size: int, repeat: int) -> dict:
-    os.environ.update(GIT_ENV)
-    import httpx
+class Setup:
+    """One size: its repository, the stand-in Ollama with every model, and `serve` in-process."""
 
-    from apirig import settings_for
-    from ollama_gitops.api import runtime
-    from standins.ollama_server import OllamaStandin
+    def __init__(self, size: int, parent: Path) -> None:
+        import httpx
 
-    with tempfile.TemporaryDirectory(prefix=f"bench-plan-{size}-") as tmp:
-        parent = Path(tmp)
+        from apirig import settings_for
+        from ollama_gitops.api import runtime
+        from standins.ollama_server import OllamaStandin
+
+        self.size = size
         remote, _ = generate(parent, size, lambda i: model_path(i, size))
-        work = parent / "work"
-        git("clone", "-q", str(remote), str(work))
-        ollama = OllamaStandin().start()
+        self.work = parent / "work"
+        git("clone", "-q", str(remote), str(self.work))
+        self.ollama = OllamaStandin().start()
         for i in range(size):
-            ollama.add_to_catalogue(f"model{i}:1b", MODEL_SIZE)
-            ollama.install(f"model{i}:1b", MODEL_SIZE)
-        settings = settings_for(parent / "state", str(remote), ollama.url)
+            self.ollama.add_to_catalogue(f"model{i}:1b", MODEL_SIZE)
+            self.ollama.install(f"model{i}:1b", MODEL_SIZE)
+        settings = settings_for(parent / "state", str(remote), self.ollama.url)
         options = runtime.ApiOptions("127.0.0.1:0", None, "default", "Bench <bench@example.com>", False)
-        running = runtime.start(settings, options, with_reconciler=True, schedules=False)
-        client = httpx.Client(base_url=running.server.url, timeout=120)
-        assert running.service is not None
-        reconciler = running.service.reconciler
+        self.running = runtime.start(settings, options, with_reconciler=True, schedules=False)
+        self.client = httpx.Client(base_url=self.running.server.url, timeout=120)
+        assert self.running.service is not None
+        self.reconciler = self.running.service.reconciler
+        self.running.repository.refresh()
+        assert self.reconciler.run_cycle().ok
+        self.samples: dict[str, list[float]] = {"plan": [], "cycle": []}
+
+    def round(self, n: int, timed: bool) -> None:
+        """Plan a branch that removes model<n>'s file, then merge it and time the cycle applying it."""
+        path = model_path(n, self.size)
+        git("checkout", "-q", "-b", f"pr-{n}", "main", cwd=self.work)
+        git("rm", "-q", path, cwd=self.work)
+        git("commit", "-q", "-m", f"remove {path}", cwd=self.work)
+        git("push", "-q", "origin", f"pr-{n}", cwd=self.work)
+
+        before = len(self.ollama.requests)
+        gc.collect()
+        started = time.perf_counter()
+        answer = self.client.get("/api/v1/plan", params={"ref": f"pr-{n}"})
+        plan_s = time.perf_counter() - started
+        assert answer.status_code == 200, answer.text
+        actions = answer.json()["actions"]
+        assert [a["model"] for a in actions] == [f"ns-{n % min(NAMESPACES, self.size)}/model{n}-1b"], actions
+        assert len(self.ollama.requests) == before, self.ollama.requests[before:]  # a plan asks Ollama nothing
+
+        git("checkout", "-q", "main", cwd=self.work)
+        git("merge", "-q", "--ff-only", f"pr-{n}", cwd=self.work)
+        git("push", "-q", "origin", "main", cwd=self.work)
+        self.running.repository.refresh()
+        gc.collect()
+        started = time.perf_counter()
+        report = self.reconciler.run_cycle()
+        cycle_s = time.perf_counter() - started
+        assert report.ok and not report.noop and not report.full, (report.message, report.full)
+        if timed:
+            self.samples["plan"].append(plan_s)
+            self.samples["cycle"].append(cycle_s)
+
+    def close(self) -> None:
+        self.client.close()
+        self.running.stop()
+        self.ollama.stop()
+
+    def result(self) -> dict:
+        return {"size": self.size, "samples_s": self.samples,
+                "median_s": {name: statistics.median(values) for name, values in self.samples.items()}}
+
+
+def bench(sizes: tuple[int, ...], repeat: int) -> list[dict]:
+    """Every size set up side by side in this process, their rounds interleaved, so that a change in
+    the machine's load falls on every size alike (the ratios compare sizes within one run)."""
+    os.environ.update(GIT_ENV)
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+        setups = []
         try:
-            running.repository.refresh()
-            assert reconciler.run_cycle().ok
-            samples: dict[str, list[float]] = {"plan": [], "cycle": []}
-            for round_ in range(repeat + 1):
-                path = model_path(round_, size)
-                git("checkout", "-q", "-b", f"pr-{round_}", "main", cwd=work)
-                git("rm", "-q", path, cwd=work)
-                git("commit", "-q", "-m", f"remove {path}", cwd=work)
-                git("push", "-q", "origin", f"pr-{round_}", cwd=work)
-
-                before = len(ollama.requests)
-                gc.collect()
-                started = time.perf_counter()
-                answer = client.get("/api/v1/plan", params={"ref": f"pr-{round_}"})
-                plan_s = time.perf_counter() - started
-                assert answer.status_code == 200, answer.text
-                actions = answer.json()["actions"]
-                assert [a["model"] for a in actions] == [f"ns-{round_ % min(NAMESPACES, size)}/model{round_}-1b"], actions
-                assert len(ollama.requests) == before, ollama.requests[before:]
-
-                git("checkout", "-q", "main", cwd=work)
-                git("merge", "-q", "--ff-only", f"pr-{round_}", cwd=work)
-                git("push", "-q", "origin", "main", cwd=work)
-                running.repository.refresh()
-                gc.collect()
-                started = time.perf_counter()
-                report = reconciler.run_cycle()
-                cycle_s = time.perf_counter() - started
-                assert report.ok and not report.noop and not report.full, (report.message, report.full)
-                if round_ > 0:
-                    samples["plan"].append(plan_s)
-                    samples["cycle"].append(cycle_s)
+            for size in sizes:
+                print(f"size {size:,}: generating, serve, cold cycle...", file=sys.stderr, flush=True)
+                (Path(tmp) / str(size)).mkdir()
+                setups.append(Setup(size, Path(tmp) / str(size)))
+            for n in range(repeat + 1):  # round 0 warms up
+                for setup in setups:
+                    setup.round(n, timed=n > 0)
         finally:
-            client.close()
-            running.stop()
-            ollama.stop()
-    return {"size": size, "repeat": repeat, "samples_s": samples,
-            "median_s": {name: statistics.median(values) for name, values in samples.items()}}
-
-
-def run_child(size: int, repeat: int) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        result = subprocess.run([sys.executable, __file__, "--child", str(size), "--repeat", str(repeat),
-                                 "--child-out", out.name], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"size {size} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
-        return json.loads(Path(out.name).read_text())
+            for setup in setups:
+                setup.close()
+        return [setup.result() for setup in setups]
 
 
 def evaluate(results: list[dict]) -> list[dict]:
@@ -148,25 +164,17 @@ def evaluate(results: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="comma-separated model counts")
-    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per size (median reported)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed rounds per size (median reported)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES}, one repeat")
     parser.add_argument("--check", action="store_true", help="exit 1 when a bar fails")
-    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child is not None:
-        args.child_out.write_text(json.dumps(bench_size(args.child, args.repeat)))
-        return 0
     sizes = SMOKE_SIZES if args.smoke else tuple(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
     repeat = 1 if args.smoke else args.repeat
-    results = []
-    for size in sizes:
-        print(f"size {size:,}: generating, cold cycle, 1 warm-up + {repeat} rounds...", file=sys.stderr, flush=True)
-        results.append(run_child(size, repeat))
+    results = bench(sizes, repeat)
     bars = evaluate(results)
     print(f"\nPlan of a one-file change (GET /api/v1/plan, HTTP) and the one-change cycle applying it; "
-          f"medians of {repeat}")
+          f"medians of {repeat}, sizes interleaved")
     print("| models | plan | one-change cycle | plan / cycle |")
     print("| --- | --- | --- | --- |")
     for r in results:
@@ -176,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     for bar in bars:
         print(f"  {verdict(bar['ok'])}  {bar['bar']}: {bar['value']:.2f}x (limit {bar['limit']:g}x)")
     if args.json:
-        args.json.write_text(json.dumps({"benchmark": "bench_plan", "results": results, "bars": bars}, indent=2))
+        args.json.write_text(json.dumps({"benchmark": "bench_plan", "repeat": repeat, "results": results,
+                                         "bars": bars}, indent=2))
     return 1 if args.check and not all(b["ok"] for b in bars) else 0
 
 

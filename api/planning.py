@@ -93,10 +93,10 @@ class Planner:
 
     def _base(self, applied: str | None, notes: list[str]) -> DesiredState | None:
         """The desired state the records answer to: the last applied commit's."""
-        if applied is None:
-            notes.append("no commit applied yet: every model is planned as new")
-            return None
         current = self.repository.desired
+        if applied is None:  # nothing applied yet, or not known here (the API alone in Kubernetes mode)
+            notes.append("the last applied commit is not known here: planned against the branch's head")
+            return current
         if current is not None and current.commit == applied:
             return current
         try:

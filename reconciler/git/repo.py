@@ -53,7 +53,8 @@ _NO_REMOTE_REF = re.compile(r"couldn't find remote ref|could not find remote ref
 
 
 PREVIEW_REFS = "refs/ollama-gitops/preview/"
-"""Where `fetch_ref` keeps what it fetched: apart from the tracked branch, which it never moves."""
+"""Where `fetch_ref` fetches to, apart from the tracked branch (which it never moves); each ref is
+removed once fetched."""
 _REF_CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
 _HEX_REF = re.compile(r"[0-9a-fA-F]{7,40}")
 
@@ -213,7 +214,8 @@ class GitRepo:
 
     def fetch_ref(self, ref: str) -> str:
         """Fetch `ref` (a branch, a tag, a full ref such as `refs/pull/7/head`, or a commit) and return
-        its commit, without moving the tracked branch: what is fetched is kept under `PREVIEW_REFS`.
+        its commit, without moving the tracked branch (it is fetched to a ref under `PREVIEW_REFS`,
+        removed once fetched).
 
         A commit already in the clone is not fetched again (a short SHA is found only there). Raises
         InvalidRef for a name no ref can have, RefNotFound when the remote has no such ref or commit,
@@ -243,10 +245,19 @@ class GitRepo:
                                                  r"no such remote ref|could not find remote ref", str(exc)):
                         raise RefNotFound(f"no commit {ref!r} in {self.display_url}") from None
                     raise
+                self._drop(target)
             commit = self._local_commit(sha)
             if commit is None:
                 raise RefNotFound(f"{ref!r} in {self.display_url} does not name a commit")
             return commit
+
+    def _drop(self, ref: str) -> None:
+        """Remove a preview ref once fetched: its objects stay (git prunes unreachable objects only
+        after two weeks), and refs left by every pull request ever planned would slow each fetch."""
+        try:
+            git.Reference.delete(self.repo, ref)
+        except (OSError, ValueError) as exc:
+            log.debug("action=preview-ref-kept ref=%s error=%r", ref, str(exc))
 
     def changed_paths(self, old: str, new: str, under: str = "models") -> list[str]:
         """The paths under `under` whose entries differ between two commits of the clone (added,

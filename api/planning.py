@@ -110,7 +110,7 @@ class Planner:
         else what the records say; and what to ask which blobs it holds (None: sizes unknown)."""
         reconciler = self.reconciler
         if reconciler is None:
-            view = ServerView(SERVER_NAME, {}, recorded_observations(records))
+            view = ServerView(SERVER_NAME, {}, recorded_observations(records, SERVER_NAME))
             note = ("`ollama-gitops api` does not talk to Ollama: what the server holds is as the reconciler's "
                     "records say, and sizes are unknown (ask `serve`)")
             return ServerInput(view, None, "records", note), None
@@ -122,7 +122,7 @@ class Planner:
             try:
                 observed = server.installed()  # GET /api/tags: reads only
             except (ServerUnreachable, ModelOperationFailed) as exc:
-                observed, source = recorded_observations(records), "records"
+                observed, source = recorded_observations(records, SERVER_NAME), "records"
                 note = f"{exc}: what it holds is as the records say, and sizes are unknown"
         view = ServerView(SERVER_NAME, {}, observed, frozenset(reconciler.pulls.in_flight()))
         holder = server if source == "listing" and hasattr(server, "has_blob") else None

@@ -44,7 +44,8 @@ def plan_servers(desired: DesiredState, servers: Sequence[ServerView], records: 
     if len(servers) != 1:
         raise ValueError("one server until the fleet's placement lands")
     (server,) = servers
-    return {server.name: plan(desired, server.observed, records, scope=set(scope) if scope is not None else None,
+    return {server.name: plan(desired, server.observed, records_on(records, server.name),
+                              scope=set(scope) if scope is not None else None,
                               in_flight=server.in_flight, now=now, allow_empty=allow_empty)}
 
 
@@ -162,21 +163,21 @@ def related_records(source: RecordSource, scope: Collection[ModelKey] | None,
     return {k: r for k, r in every.items() if k in scope or normalize_reference(r.spec.reference) in wanted}
 
 
-def recorded_observations(records: Mapping[ModelKey, ModelRecord]) -> dict[str, InstalledModel]:
-    """What a server holds as its records say (the models recorded Ready there): for when it cannot
+def recorded_observations(records: Mapping[ModelKey, ModelRecord], server: str) -> dict[str, InstalledModel]:
+    """What `server` holds as the records say (the models recorded Ready there): for when it cannot
     be listed now, or by a process that does not talk to it."""
     observed: dict[str, InstalledModel] = {}
-    for record in records.values():
-        status = _status(record)
-        if status is not None and status.state == READY:
+    for record in records_on(records, server).values():
+        status = record.status
+        if status.state == READY:
             observed[normalize_reference(record.spec.reference)] = InstalledModel(
                 record.spec.reference, status.size or 0, status.digest or "")
     return observed
 
 
-def _status(record: ModelRecord) -> ModelStatus | None:
-    # The one place that reads a record's status; with the fleet it is the server's entry.
-    return record.status
+def records_on(records: Mapping[ModelKey, ModelRecord], server: str) -> Mapping[ModelKey, ModelRecord]:
+    """The records as one server sees them (the fleet's `state.on_server`); one server sees them all."""
+    return records
 
 
 def scope_of(desired: DesiredState, base: DesiredState | None) -> set[ModelKey] | None:
@@ -226,7 +227,8 @@ def preview(ref: str, desired: DesiredState, base: DesiredState | None, servers:
     information: list[Information] = []
     summaries: list[ServerSummary] = []
     for server in servers:
-        found = _server_actions(plans[server.view.name], server.view, desired, records, scope, sizes)
+        found = _server_actions(plans[server.view.name], server.view, desired,
+                                records_on(records, server.view.name), scope, sizes)
         actions.extend(found)
         if sizes is not None:
             information.extend(_moved_upstream(found, server.view, sizes))

@@ -394,3 +394,14 @@ def test_offline_with_a_base_that_is_not_there_cannot_plan(tmp_path: Path) -> No
     assert code == 0 and out.splitlines()[0].endswith(
         ": 1 pull (sizes and servers unknown: planned offline), 0 deletes, 0 problems")
     work.close()
+
+
+def test_the_scope_from_gits_paths_names_files_models_and_whole_namespaces() -> None:
+    from ollama_gitops.reconciler.models.desired import DesiredState, ModelKey
+    from ollama_gitops.reconciler.preview import scope_from_paths
+
+    base = DesiredState("b", {ModelKey("a", "x-1"): None, ModelKey("b", "y-1"): None}, ())  # type: ignore[dict-item]
+    desired = DesiredState("d", {ModelKey("b", "y-1"): None}, (), unreadable=frozenset({ModelKey("c", "z-1")}))  # type: ignore[dict-item]
+    assert scope_from_paths(["models/a/x-1.yaml", "README.md", "models/a/deep/w.yaml"], desired, base) == {ModelKey("a", "x-1")}
+    assert scope_from_paths(["models/b"], desired, base) == {ModelKey("b", "y-1")}  # the folder changed in kind
+    assert scope_from_paths(["models"], desired, base) == {ModelKey("a", "x-1"), ModelKey("b", "y-1"), ModelKey("c", "z-1")}

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
-from .state import StateStore
+from .state import StateLocked, StateStore
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
@@ -135,12 +136,10 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
 
     In Kubernetes mode (`--kubernetes on`, or `auto` with a cluster configuration) the models become
     OllamaModel resources and their records live on them; otherwise in the state directory.
-    With `dry_run` (standalone mode), the records are read without the lock, as a running `serve`
-    or `reconcile` holds it, and the branch is fetched into a clone of the dry run's own: nothing in
-    the state directory is written.
+    With `dry_run`, when another process (a running `serve` or `reconcile`) holds the lock of a
+    standalone state directory, its records are read without the lock and the branch is fetched into
+    a clone of the dry run's own: nothing in the state directory is written.
     """
-    if dry_run and not kubernetes_mode(settings):
-        return _build_dry_run(settings)
     check_repository(settings, serves_writes=False)
     make_private(settings.state_dir)
     service = Service(settings, None, None)  # type: ignore[arg-type]
@@ -156,7 +155,12 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
         service.store = service.cluster.store
     else:
         service.store = StateStore(settings.state_dir)
-    service.store.acquire_process_lock()
+    try:
+        service.store.acquire_process_lock()
+    except StateLocked:
+        if not dry_run or service.cluster is not None:
+            raise
+        return _build_dry_run(settings)
     repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
     service.reconciler = Reconciler(
         repo, OllamaServer(settings.ollama_url), service.store,
@@ -170,8 +174,8 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
 
 
 def _build_dry_run(settings: Settings) -> Service:
-    check_repository(settings, serves_writes=False)
-    make_private(settings.state_dir)
+    """A dry run beside the process that holds the state directory: its records read only, a clone
+    of its own (removed at stop)."""
     store = StateStore(settings.state_dir, readonly=True)
     scratch = Path(tempfile.mkdtemp(prefix="ollama-gitops-dry-run-"))
     repo = GitRepo(repository_url(settings), settings.branch, scratch / "clone.git", settings.credentials)
@@ -185,7 +189,7 @@ def dry_run_caveats(service: Service) -> list[str]:
     reconciler's state directory, or none at all (so no deletion could be planned)."""
     store, where = service.store, service.settings.state_dir
     lines = []
-    if isinstance(store, StateStore) and store.locked_elsewhere():
+    if service.scratch is not None:
         lines.append(f"note: another ollama-gitops process is reconciling {where}: planned against its records, "
                      "read without its lock; `ollama-gitops plan --ref BRANCH` asks it, with download sizes")
     if not store.keys() and store.sync.last_applied_commit is None:
@@ -279,13 +283,14 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
     return 0
 
 
-def run_once(service: Service, out: TextIO, dry_run: bool = False) -> int:
-    """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well."""
+def run_once(service: Service, out: TextIO, dry_run: bool = False, err: TextIO | None = None) -> int:
+    """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well.
+    A dry run's caveats (`dry_run_caveats`) go to `err` (stderr), beside the plan on `out`."""
     report = service.reconciler.run_cycle(dry_run=dry_run)
     print_report(report, out, dry_run)
     if dry_run:
         for line in dry_run_caveats(service):
-            out.write(line + "\n")
+            (err or sys.stderr).write(line + "\n")
     ok = report.ok
     if not dry_run and report.plan is not None and report.plan.of(Pull):
         service.reconciler.pulls.wait()

@@ -147,20 +147,6 @@ class StateStore:
         # was on disk before the lock was taken may have changed since: read it all again.
         self._reload(truncate=True)
 
-    def locked_elsewhere(self) -> bool:
-        """Does another process hold the state directory's lock now (a running reconciler)? Asked
-        without taking it for more than the asking, and without reading or mending anything."""
-        lock = self.directory / "lock"
-        if not lock.exists():
-            return False
-        with open(lock, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
     def release_process_lock(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()

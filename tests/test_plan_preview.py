@@ -187,11 +187,12 @@ def test_a_dry_run_beside_the_running_serve_shows_the_deletion_and_an_empty_stat
     before_state, before_requests = state_files(rig), len(ollama.requests)
 
     def dry_run(state_dir: Path) -> tuple[int, str]:
+        """The dry run's stdout (the plan) and stderr (its caveats) together."""
         out = io.StringIO()
         umask = os.umask(0o022)
         os.umask(umask)
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 code = reconciler_cli.main(["reconcile", "--once", "--dry-run", "--branch", "my-pr", "--repo",
                                             str(rig.remote), "--state-dir", str(state_dir), "--ollama-url", ollama.url,
                                             "--kubernetes", "off"])

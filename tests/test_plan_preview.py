@@ -135,6 +135,9 @@ def test_exit_codes_clean_ref_unknown_ref_and_a_service_that_is_down(service, mo
     code, out, _ = cli("plan", "--ref", commit, "--api-url", rig.url)  # by commit
     assert code == 0
     assert out.splitlines()[0].endswith(": 1 pull (48.8 KiB on 1 server), 0 deletes, 0 problems")
+    code, out, _ = cli("plan", "--ref", "main", "--api-url", rig.url)  # what is applied already: nothing to do
+    assert code == 0 and out.splitlines()[1:3] == ["no changes to any server",
+                                                   f"server default ({rig.ollama.url}): 0 pulls (0 B to download), 0 deletes"]
     code, _, err = cli("plan", "--ref", "no-such-branch", "--api-url", rig.url)
     assert code == 2 and "no branch, tag or ref 'no-such-branch'" in err
     assert rig.client.get("/api/v1/plan", params={"ref": "no-such-branch"}).status_code == 404

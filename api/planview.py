@@ -88,7 +88,7 @@ def _problem(problem: dict[str, Any]) -> str:
 
 def _server_line(server: dict[str, Any], offline: bool) -> str:
     if offline:
-        return f"servers unknown (offline){': ' + server['note'] if server.get('note') else ''}"
+        return server.get("note") or "servers unknown (offline)"
     total = format_size(server["downloadBytes"])
     unknown = f" and {server['unknownSizes']} unknown" if server["unknownSizes"] else ""
     line = (f"server {server['name']}{' (' + server['url'] + ')' if server.get('url') else ''}: "
@@ -127,7 +127,8 @@ def render_markdown(plan: dict[str, Any]) -> str:
     lines = [COMMENT_MARKER, f"### ollama-gitops: {_cell(_header(plan))}", "", f"**{summary(plan)}**", ""]
     offline = plan.get("offline", False)
     if offline:
-        lines += ["Planned offline (no service was asked): sizes and servers are unknown.", ""]
+        lines += ["Planned offline (no service was asked): sizes and servers are unknown; against the base's "
+                  "files, as if every model there were on the servers and pulled by ollama-gitops.", ""]
     for server in plan["servers"]:
         actions = [a for a in plan["actions"] if a["server"] == server["name"]]
         title = "Servers unknown (offline)" if offline else f"Server `{server['name']}`"
@@ -136,7 +137,7 @@ def render_markdown(plan: dict[str, Any]) -> str:
                       + (f" ({server['unknownSizes']} unknown)" if server["unknownSizes"] else "")
                       + f", {_count(server['deletes'], 'delete')}")
         lines += [f"#### {title}", ""]
-        if server.get("note"):
+        if server.get("note") and not offline:  # offline, the line above the tables says it
             lines += [f"_{_cell(server['note'])}_", ""]
         if actions:
             lines += ["| action | model | reference | download | reason |", "| --- | --- | --- | --- | --- |"]

@@ -378,4 +378,4 @@ def offline_preview(root: str, base_revision: str, head_revision: str = "HEAD", 
     base, desired = states
     server, records = offline_inputs(base)
     return preview(head_revision, desired, base, [server], records, scope=scope_of(desired, base), now=now,
-                   allow_empty=False, offline=True, notes=(server.note or "",))
+                   allow_empty=False, offline=True)

@@ -319,7 +319,8 @@ def test_the_workflow_keeps_one_comment_up_to_date_recorded_run(service, tmp_pat
             "",
             "**1 pull (sizes and servers unknown: planned offline), 1 delete, 1 problem**",
             "",
-            "Planned offline (no service was asked): sizes and servers are unknown.",
+            "Planned offline (no service was asked): sizes and servers are unknown; against the base's files, "
+            "as if every model there were on the servers and pulled by ollama-gitops.",
         ]
 
 

@@ -8,6 +8,7 @@ pull, delete, write to the cluster or to the state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from ..reconciler.models.desired import DesiredState, ModelKey
 from ..reconciler.ollama.downloads import RegistrySizes
 from ..reconciler.ollama.registry import BlobHolder, RegistryClient
 from ..reconciler.state import ModelRecord
-from ..reconciler.preview import (PlanPreview, ServerInput, ServerView, preview, recorded_observations,
+from ..reconciler.preview import (PULLS, PlanPreview, ServerInput, ServerView, preview, recorded_observations,
                                   references_of, related_records, scope_from_paths, scope_of)
 
 from .catalog import StatusSource
@@ -68,8 +69,14 @@ class Planner:
         records = related_records(self.status, scope, references_of(desired, scope))
         server, holder = self._server(records)
         sizes = RegistrySizes(self.registry, {server.view.name: holder}) if self.registry is not None else None
-        return preview(ref, desired, base, [server], records, scope=scope, now=time.time(),
-                       allow_empty=self.allow_empty, sizes=sizes, notes=notes)
+        found = preview(ref, desired, base, [server], records, scope=scope, now=time.time(),
+                        allow_empty=self.allow_empty, sizes=sizes, notes=notes)
+        if sizes is not None:  # why a pull's size is missing, once per model
+            unsized = {a.reference for a in found.actions if a.action in PULLS and a.download_bytes is None}
+            found = dataclasses.replace(found, notes=found.notes + tuple(
+                f"{reference}: size unknown: {why}" for reference, why in sorted(sizes.unknown.items())
+                if reference in unsized))
+        return found
 
     def _fetch(self, ref: str) -> str:
         try:

@@ -24,6 +24,7 @@ from .state import READY, ModelRecord, ModelStatus
 
 PULL, REFRESH, DELETE, KEEP, MOVE, ADOPT, FORGET, WAIT = (
     "pull", "refresh", "delete", "keep", "move", "adopt", "forget", "wait")
+PULLS = (PULL, REFRESH)
 OFFLINE_SERVER = "unknown"  # the one server of an offline plan: which servers, and what they hold, is not known
 
 
@@ -232,7 +233,7 @@ def preview(ref: str, desired: DesiredState, base: DesiredState | None, servers:
         actions.extend(found)
         if sizes is not None:
             information.extend(_moved_upstream(found, server.view, sizes))
-        pulls = [a for a in found if a.action in (PULL, REFRESH)]
+        pulls = [a for a in found if a.action in PULLS]
         summaries.append(ServerSummary(
             server.view.name, server.url, server.observed_from, len(pulls),
             sum(1 for a in found if a.action == DELETE),

@@ -165,6 +165,7 @@ def test_a_registry_that_cannot_be_reached_leaves_sizes_unknown_and_a_moved_tag_
     (action,) = plan["actions"]
     assert action["action"] == "refresh" and "downloadBytes" not in action
     assert plan["servers"][0]["unknownSizes"] == 1 and plan["information"] == []
+    assert plan["notes"] == ["llama3.2:1b: size unknown: the registry is not reachable: [Errno 111] Connection refused"]
 
 
 def test_fetch_ref_leaves_the_tracked_branch_where_it_is(service) -> None:

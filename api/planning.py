@@ -18,8 +18,10 @@ from ..reconciler.git.repo import GitError, InvalidRef, RefNotFound
 from ..reconciler.models.desired import DesiredState, ModelKey
 from ..reconciler.ollama.downloads import RegistrySizes
 from ..reconciler.ollama.registry import BlobHolder, RegistryClient
-from ..reconciler.state import ModelRecord
-from ..reconciler.preview import (PULLS, PlanPreview, ServerInput, ServerView, preview, recorded_observations,
+from ..reconciler.ollama.server import ModelOperationFailed, ServerUnreachable
+from ..reconciler.placement import ServerView
+from ..reconciler.state import DEFAULT_SERVER, ModelRecord, ServerSeen
+from ..reconciler.preview import (PULLS, PlanPreview, ServerInput, preview, recorded_observations,
                                   references_of, related_records, scope_from_paths, scope_of)
 
 from .catalog import StatusSource
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ollama_gitops.api.plan")
 
-SERVER_NAME = "default"  # one server given the old way (reconciler/ollama/inventory.py)
+SERVER_NAME = DEFAULT_SERVER  # one server given the old way (reconciler/ollama/inventory.py)
 
 
 class PlanUnavailable(Exception):
@@ -67,9 +69,9 @@ class Planner:
         base = self._base(self.status.sync.last_applied_commit, notes)
         scope = self._scope(desired, base)
         records = related_records(self.status, scope, references_of(desired, scope))
-        server, holder = self._server(records)
-        sizes = RegistrySizes(self.registry, {server.view.name: holder}) if self.registry is not None else None
-        found = preview(ref, desired, base, [server], records, scope=scope, now=time.time(),
+        servers, holders = self._servers(records)
+        sizes = RegistrySizes(self.registry, holders) if self.registry is not None else None
+        found = preview(ref, desired, base, servers, records, scope=scope, now=time.time(),
                         allow_empty=self.allow_empty, sizes=sizes, notes=notes)
         if sizes is not None:  # why a pull's size is missing, once per model
             unsized = {a.reference for a in found.actions if a.action in PULLS and a.download_bytes is None}
@@ -112,25 +114,29 @@ class Planner:
             notes.append(f"the last applied commit {applied[:12]} could not be read ({exc}): every model is planned")
             return None
 
-    def _server(self, records: Mapping[ModelKey, ModelRecord]) -> tuple[ServerInput, BlobHolder | None]:
-        """The one server: the reconciler's listing of it with `serve` (or a listing now, read only),
-        else what the records say; and what to ask which blobs it holds (None: sizes unknown)."""
+    def _servers(self, records: Mapping[ModelKey, ModelRecord]) -> tuple[list[ServerInput], dict[str, BlobHolder | None]]:
+        """Every server of the fleet: as the reconciler last listed it with `serve` (or listed now,
+        read only, if it has not yet), else as the records say; and, by name, what to ask which blobs
+        a server holds (None: its sizes are unknown)."""
         reconciler = self.reconciler
         if reconciler is None:
-            view = ServerView(SERVER_NAME, {}, recorded_observations(records, SERVER_NAME))
+            seen = self.status.sync.servers or (ServerSeen(SERVER_NAME, ""),)
             note = ("`ollama-gitops api` does not talk to Ollama: what the server holds is as the reconciler's "
                     "records say, and sizes are unknown (ask `serve`)")
-            return ServerInput(view, None, "records", note), None
-        server = reconciler.server
-        observed, source, note = reconciler.last_listing(), "listing", None
-        if observed is None:
-            from ..reconciler.ollama.server import ModelOperationFailed, ServerUnreachable
-
-            try:
-                observed = server.installed()  # GET /api/tags: reads only
-            except (ServerUnreachable, ModelOperationFailed) as exc:
-                observed, source = recorded_observations(records, SERVER_NAME), "records"
-                note = f"{exc}: what it holds is as the records say, and sizes are unknown"
-        view = ServerView(SERVER_NAME, {}, observed, frozenset(reconciler.pulls.in_flight()))
-        holder = server if source == "listing" and hasattr(server, "has_blob") else None
-        return ServerInput(view, server.url, source, note), holder
+            inputs = [ServerInput(ServerView(s.name, s.labels, recorded_observations(records, s.name)), s.url or None,
+                                  "records", note) for s in seen]
+            return inputs, {}
+        inputs, holders = [], {}
+        fleet = reconciler.fleet
+        for member in fleet:
+            observed, source, note = fleet.observed(member.name), "listing", None
+            if observed is None:
+                try:
+                    observed = member.client.installed()  # GET /api/tags: reads only
+                except (ServerUnreachable, ModelOperationFailed) as exc:
+                    observed, source = recorded_observations(records, member.name), "records"
+                    note = f"{exc}: what it holds is as the records say, and sizes are unknown"
+            view = ServerView(member.name, member.server.labels, observed, fleet.in_flight(member.name))
+            inputs.append(ServerInput(view, member.server.url, source, note))
+            holders[member.name] = member.client if source == "listing" and hasattr(member.client, "has_blob") else None
+        return inputs, holders  # type: ignore[return-value]

@@ -7,8 +7,8 @@ result is a `PlanPreview`, which the API answers as JSON (`GET /api/v1/plan`) an
 plan` prints. Sizes come from a `Sizes` (the registry and the servers' blobs, see
 `ollama/downloads.py`), unknown when it cannot tell.
 
-The plan is per server through `plan_servers`, with the signature the fleet's placement has
-(fleet-design.md); until the fleet lands, the one-server equivalent below stands in for it.
+The plan is per server through the fleet's `placement.plan_servers`: each server over the models
+placed on it (its `servers:` selector) and the records' entries for it.
 """
 
 from __future__ import annotations
@@ -19,35 +19,14 @@ from typing import Any, Protocol
 
 from .models.desired import MODEL_SUFFIXES, MODELS_DIR, DesiredState, ModelKey, Problem, changed_between
 from .models.naming import normalize_reference
-from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, Skip, Suspend, applied_spec, plan
-from .state import READY, ModelRecord, ModelStatus
+from .placement import ServerView, plan_servers
+from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, Skip, Suspend, applied_spec
+from .state import READY, ModelRecord, ModelStatus, ServerRecord, on_server
 
 PULL, REFRESH, DELETE, KEEP, MOVE, ADOPT, FORGET, WAIT = (
     "pull", "refresh", "delete", "keep", "move", "adopt", "forget", "wait")
 PULLS = (PULL, REFRESH)
 OFFLINE_SERVER = "unknown"  # the one server of an offline plan: which servers, and what they hold, is not known
-
-
-@dataclass(frozen=True)
-class ServerView:
-    """What the plan needs of one server, no I/O (fleet-design.md's `placement.ServerView`)."""
-
-    name: str
-    labels: Mapping[str, str]
-    observed: Mapping[str, InstalledModel] | None  # None: could not be listed -> nothing pulled or deleted there
-    in_flight: frozenset[str] = frozenset()
-
-
-def plan_servers(desired: DesiredState, servers: Sequence[ServerView], records: Mapping[ModelKey, ModelRecord], *,
-                 scope: Collection[ModelKey] | None = None, now: float, allow_empty: bool = False) -> dict[str, Plan]:
-    """One `plan()` per server. The one-server stand-in for `placement.plan_servers` (fleet-core):
-    every model is placed on the one server there is."""
-    if len(servers) != 1:
-        raise ValueError("one server until the fleet's placement lands")
-    (server,) = servers
-    return {server.name: plan(desired, server.observed, records_on(records, server.name),
-                              scope=set(scope) if scope is not None else None,
-                              in_flight=server.in_flight, now=now, allow_empty=allow_empty)}
 
 
 class Sizes(Protocol):
@@ -176,9 +155,9 @@ def recorded_observations(records: Mapping[ModelKey, ModelRecord], server: str) 
     return observed
 
 
-def records_on(records: Mapping[ModelKey, ModelRecord], server: str) -> Mapping[ModelKey, ModelRecord]:
-    """The records as one server sees them (the fleet's `state.on_server`); one server sees them all."""
-    return records
+def records_on(records: Mapping[ModelKey, ModelRecord], server: str) -> Mapping[ModelKey, ServerRecord]:
+    """The records as one server sees them: the models planned there."""
+    return on_server(records, server)
 
 
 def scope_of(desired: DesiredState, base: DesiredState | None) -> set[ModelKey] | None:
@@ -244,7 +223,7 @@ def preview(ref: str, desired: DesiredState, base: DesiredState | None, servers:
                        desired.problems, tuple(summaries), tuple(information), offline, tuple(notes))
 
 
-def _server_actions(the_plan: Plan, server: ServerView, desired: DesiredState, records: Mapping[ModelKey, ModelRecord],
+def _server_actions(the_plan: Plan, server: ServerView, desired: DesiredState, records: Mapping[ModelKey, ServerRecord],
                     scope: Collection[ModelKey] | None, sizes: Sizes | None) -> list[PreviewAction]:
     name = server.name
     observed = server.observed or {}
@@ -296,7 +275,7 @@ def _server_actions(the_plan: Plan, server: ServerView, desired: DesiredState, r
     return actions
 
 
-def _kept(the_plan: Plan, server: str, desired: DesiredState, records: Mapping[ModelKey, ModelRecord],
+def _kept(the_plan: Plan, server: str, desired: DesiredState, records: Mapping[ModelKey, ServerRecord],
           scope: Collection[ModelKey] | None) -> list[PreviewAction]:
     """The models kept although their file changed: broken files (at their last good version), and
     every removal of a refused prune to zero."""
@@ -343,8 +322,8 @@ def offline_inputs(base: DesiredState) -> tuple[ServerInput, dict[ModelKey, Mode
     """A server and records made up from the base's files, for a plan with no service to ask: every
     model of the base is taken to be on the server, pulled by ollama-gitops (so a removal shows as
     the delete it would be), with its refresh handled."""
-    records = {key: ModelRecord(applied_spec(model), ModelStatus(READY, owned=True,
-                                                                 refresh_handled=model.fields.refresh_requested_at))
+    records = {key: ModelRecord(applied_spec(model), {OFFLINE_SERVER: ModelStatus(
+                   READY, owned=True, refresh_handled=model.fields.refresh_requested_at)})
                for key, model in base.models.items()}
     observed = {normalize_reference(m.reference): InstalledModel(m.reference, 0, "") for m in base.models.values()}
     view = ServerView(OFFLINE_SERVER, {}, observed)

@@ -10,6 +10,7 @@ import socket
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -23,10 +24,11 @@ from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
-from .state import StateLocked, StateStore
+from .state import DEFAULT_SERVER, StateLocked, StateStore
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
+    from .ollama.inventory import InventorySource
     from .cluster.connect import ClusterParts
     from .cluster.election import LeaderElector
     from .cluster.syncrequest import SyncRequestWatcher
@@ -163,7 +165,8 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
         return _build_dry_run(settings)
     repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
     service.reconciler = Reconciler(
-        repo, OllamaServer(settings.ollama_url), service.store,
+        repo, inventory_source(settings), service.store,
+        client_factory=lambda server: OllamaServer(server.url),
         concurrency=settings.concurrency,
         resync_interval=settings.resync_interval,
         allow_empty=settings.allow_empty,
@@ -173,13 +176,36 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
     return service
 
 
+def inventory_source(settings: Settings) -> InventorySource:
+    """The servers to keep in line: `--ollama-url`'s, and a `--servers-file` followed as it changes
+    (ConfigurationError, one line, when they cannot be used)."""
+    from .ollama.inventory import FileInventory, InventoryError, StaticInventory
+
+    try:
+        given = settings.inventory()
+        if settings.servers_file is not None:
+            return FileInventory(settings.servers_file, alongside=given)
+        return StaticInventory(given)
+    except InventoryError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def servers_text(settings: Settings) -> str:
+    """Which servers are kept in line, for the start-up line."""
+    given = settings.ollama_url if settings.ollama_urls else ""
+    if settings.servers_file is None:
+        return given
+    return f"the servers in {settings.servers_file}" + (f" and {given}" if given else "")
+
+
 def _build_dry_run(settings: Settings) -> Service:
     """A dry run beside the process that holds the state directory: its records read only, a clone
     of its own (removed at stop)."""
     store = StateStore(settings.state_dir, readonly=True)
     scratch = Path(tempfile.mkdtemp(prefix="ollama-gitops-dry-run-"))
     repo = GitRepo(repository_url(settings), settings.branch, scratch / "clone.git", settings.credentials)
-    reconciler = Reconciler(repo, OllamaServer(settings.ollama_url), store, concurrency=settings.concurrency,
+    reconciler = Reconciler(repo, inventory_source(settings), store,
+                            client_factory=lambda server: OllamaServer(server.url), concurrency=settings.concurrency,
                             resync_interval=settings.resync_interval, allow_empty=settings.allow_empty)
     return Service(settings, store, reconciler, scratch=scratch)
 
@@ -274,7 +300,7 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
         probes = HealthServer(health, *health_listen).start()
     service.start()
     log.info("reconciling %s branch %s into %s every %.0fs", service.reconciler.repo.display_url,
-             service.settings.branch, service.settings.ollama_url, service.settings.interval)
+             service.settings.branch, servers_text(service.settings), service.settings.interval)
     stop.wait()
     log.info("shutting down")
     if probes is not None:
@@ -292,27 +318,41 @@ def run_once(service: Service, out: TextIO, dry_run: bool = False, err: TextIO |
         for line in dry_run_caveats(service):
             (err or sys.stderr).write(line + "\n")
     ok = report.ok
-    if not dry_run and report.plan is not None and report.plan.of(Pull):
+    pulls = [(name, pull) for name, plan in report.plans.items() for pull in plan.of(Pull)]
+    if not dry_run and pulls:
         service.reconciler.pulls.wait()
-        for pull in report.plan.of(Pull):
+        named = set(report.plans) != {DEFAULT_SERVER}
+        for name, pull in pulls:
             for key in pull.keys:
                 record = service.store.record(key)
-                if record is None:
+                status = record.servers.get(name) if record is not None else None
+                if status is None:
                     continue
-                status = record.status
                 detail = f": {status.error}" if status.error else ""
-                out.write(f"{status.state:<8} {key}  {pull.reference}{detail}\n")
+                where = f"  server={name}" if named else ""
+                out.write(f"{status.state:<8} {key}  {pull.reference}{where}{detail}\n")
                 ok = ok and status.state == "Ready"
     return 0 if ok else 1
 
 
 def print_report(report: CycleReport, out: TextIO, dry_run: bool) -> None:
-    """The cycle's plan, one line per action, then its outcome."""
-    if report.plan is not None:
-        for line in describe(report.plan, include_skips=dry_run):
-            out.write(line + "\n")
+    """The cycle's plan (per server, in a fleet), one line per action, then its outcome."""
+    for line in describe_fleet(report.plans, include_skips=dry_run):
+        out.write(line + "\n")
     prefix = "dry run: " if dry_run else ""
     out.write(f"{prefix}{report.outcome} at {(report.commit or 'no commit')[:12]}: {report.message}\n")
+
+
+def describe_fleet(plans: Mapping[str, Plan], include_skips: bool = True) -> list[str]:
+    """`describe` of each server's plan, each under a `server=NAME: ...` line; the one server
+    `default` (the old way) as a plain table."""
+    if set(plans) == {DEFAULT_SERVER}:
+        return describe(plans[DEFAULT_SERVER], include_skips)
+    lines = []
+    for name, plan in plans.items():
+        lines.append(f"server={name}: {plan.summary()}")
+        lines.extend(f"  {line}" for line in describe(plan, include_skips))
+    return lines
 
 
 def describe(plan: Plan, include_skips: bool = True) -> list[str]:

@@ -363,7 +363,9 @@ def test_the_api_alone_plans_against_the_reconcilers_records(service, tmp_path: 
         plan = api.client.get("/api/v1/plan", params={"ref": "drop-gemma"}).json()
         assert [(a["action"], a["model"]) for a in plan["actions"]] == [("delete", "default/gemma3-1b")]
         (server,) = plan["servers"]
-        assert (server["observed"], server["url"]) == ("records", None) and "does not talk to Ollama" in server["note"]
+        # The server as the reconciler last saw it (sync.json): its name and URL, what it holds as its records say.
+        assert (server["name"], server["observed"], server["url"]) == ("default", "records", ollama.url)
+        assert "does not talk to Ollama" in server["note"]
         assert len(ollama.requests) == before
     finally:
         api.stop()
@@ -411,3 +413,43 @@ def test_the_scope_from_gits_paths_names_files_models_and_whole_namespaces() -> 
     assert scope_from_paths(["models/a/x-1.yaml", "README.md", "models/a/deep/w.yaml"], desired, base) == {ModelKey("a", "x-1")}
     assert scope_from_paths(["models/b"], desired, base) == {ModelKey("b", "y-1")}  # the folder changed in kind
     assert scope_from_paths(["models"], desired, base) == {ModelKey("a", "x-1"), ModelKey("b", "y-1"), ModelKey("c", "z-1")}
+
+
+def test_a_fleet_is_planned_per_server_with_each_servers_sizes(tmp_path: Path) -> None:
+    """Two servers (the default one, and gpu-2 from a servers file, labelled gpu: l4): a model without
+    `servers:` is pulled on both, each size less what that server holds; one placed by its selector
+    only where it matches."""
+    import yaml
+
+    with OllamaStandin(dict(CATALOGUE)) as default, OllamaStandin(dict(CATALOGUE)) as gpu2, \
+            RegistryStandin(REGISTRY) as registry:
+        servers = tmp_path / "servers.yaml"
+        servers.write_text(yaml.safe_dump({"servers": [{"name": "gpu-2", "url": gpu2.url, "labels": {"gpu": "l4"}}]}))
+        rig = ApiRig(tmp_path, default, registry_url=registry.url, extra_args=("--servers-file", str(servers)))
+        rig.work.model("default", "llama3.2", "1b")
+        rig.work.commit("seed")
+        rig.work.push()
+        rig.start()
+        try:
+            rig.settle()
+            commit = branch(rig, "fleet-pr", lambda work: (
+                work.model("default", "phi3", "mini"),
+                work.model("default", "qwen2.5", "0.5b", "servers:\n  matchLabels: {gpu: l4}\n")))
+            phi3 = registry.layers("phi3:mini")
+            gpu2.add_blob(phi3[0]["digest"])  # gpu-2 holds phi3's biggest layer already
+            plan = rig.client.get("/api/v1/plan", params={"ref": "fleet-pr"}).json()
+            assert plan["commit"] == commit
+            whole = sum(b["size"] for b in phi3) + registry.config("phi3:mini")["size"]
+            qwen = sum(b["size"] for b in registry.layers("qwen2.5:0.5b")) + registry.config("qwen2.5:0.5b")["size"]
+            assert [(a["server"], a["action"], a["model"], a.get("downloadBytes")) for a in plan["actions"]] == [
+                ("default", "pull", "default/phi3-mini", whole),
+                ("gpu-2", "pull", "default/phi3-mini", whole - phi3[0]["size"]),
+                ("gpu-2", "pull", "default/qwen2.5-0.5b", qwen),
+            ]
+            assert [(s["name"], s["pulls"], s["downloadBytes"]) for s in plan["servers"]] == [
+                ("default", 1, whole), ("gpu-2", 2, whole - phi3[0]["size"] + qwen)]
+            from ollama_gitops.api.planview import summary
+            assert summary(plan).startswith("3 pulls (") and "on 2 servers), 0 deletes, 0 problems" in summary(plan)
+            assert default.pull_count == gpu2.pull_count == {"llama3.2:1b": 1}  # nothing pulled by the plan
+        finally:
+            rig.stop()

@@ -20,7 +20,9 @@ from typing import Any
 from .. import metrics
 from ..models.desired import ModelKey
 from ..models.sizes import format_size
-from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from ..fleetstatus import overall_recorded
+from ..state import (DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore,
+                     utc_rfc3339)
 from .cache import ResourceCache
 from .conditions import model_conditions
 from .client import ClusterClient, ClusterError
@@ -59,13 +61,13 @@ def record_from(resource: Resource, *, restarting: bool = True) -> ModelRecord:
     state = status.get("state") or PENDING
     progress = status.get("progress") if not restarting and state == PULLING else None
     progress = progress if isinstance(progress, dict) else {}
-    return ModelRecord(spec, ModelStatus(
+    return ModelRecord(spec, {DEFAULT_SERVER: ModelStatus(
         state=PENDING if restarting and state == PULLING else state,
         size=status.get("size"), digest=status.get("digest"), last_pull_time=status.get("lastPullTime"),
         error=status.get("error"), applied_commit=annotations.get(SOURCE_COMMIT),
         owned=annotations.get(PULLED) == "true", refresh_handled=annotations.get(REFRESH_HANDLED),
         progress_completed=_count(progress.get("completed")), progress_total=_count(progress.get("total")),
-    ))
+    )})
 
 
 def _count(value: object) -> int | None:
@@ -260,7 +262,8 @@ class ClusterStateStore(StateStore):
             written = self._written.get(key)
         latest = written if written is not None else current  # what the resource says now
         # Just created (forced, not in the cache yet): a new resource is at generation 1.
-        status = status_body(record.status, suspended=record.spec.suspend,
+        whole = overall_recorded(record)
+        status = status_body(whole, suspended=record.spec.suspend,
                              generation=resource.generation if resource is not None else 1,
                              previous_conditions=latest.get("conditions"))
         # Unchanged only if it is what the cache holds and what was last written (a quick Pulling and
@@ -269,12 +272,15 @@ class ClusterStateStore(StateStore):
             self._client.apply_status(key, status)
             with self._pending_lock:
                 self._written[key] = status
-            self._event(key, latest.get("state"), record.status, resource)
-        annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
+            self._event(key, latest.get("state"), whole, resource)
+        # What only the reconciler needs to remember is the one server's (per server: issue 12's
+        # Kubernetes work).
+        own = record.servers.get(DEFAULT_SERVER) or ModelStatus()
+        annotations = {PULLED: "true" if own.owned else None, REFRESH_HANDLED: own.refresh_handled}
         existing = resource.annotations if resource is not None else {}
-        if SEED_REFRESH_TOKEN in (record.status.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":
+        if SEED_REFRESH_TOKEN in (own.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":
             # The seed's protocol: a handled `refresh: "true"` becomes `completed-<time>`.
-            annotations[SEED_REFRESH] = f"completed-{record.status.last_pull_time or utc_rfc3339(time.time())}"
+            annotations[SEED_REFRESH] = f"completed-{own.last_pull_time or utc_rfc3339(time.time())}"
         if any(existing.get(k) != v for k, v in annotations.items()):
             self._client.patch_annotations(key, annotations)
 

@@ -30,6 +30,7 @@ from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshMod
 from . import dashboard, metrics, webhook
 from .catalog import ALL_NAMESPACES, Catalog
 from .jsonbody import JsonBodyError, read_json
+from .planning import Planner, PlanUnavailable
 from .repository import ModelsRepository
 from .sameorigin import HostCheck, origin_refusal
 from .webhook import WebhookConfig, WebhookRejected
@@ -61,10 +62,12 @@ def create_app(
     max_writers: int = 8,
     on_push: Callable[[], None] | None = None,
     next_cycle: Callable[[], str | None] = lambda: None,
+    planner: Planner | None = None,
 ) -> Flask:
     """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle);
     `on_push` after every accepted webhook push (to start one at once, or have the reconciler do
     so; it raises `webhook.TriggerUnavailable` when it cannot), and is needed when webhooks are on.
+`planner` answers `GET /api/v1/plan` (a 503 without one).
 
     At most `max_writers` requests wait on a push at once, so that a burst of writes never takes
     every server thread from reads and health probes; more wait their turn for a bounded time.
@@ -217,6 +220,19 @@ def create_app(
     @app.get("/api/v1/servers")
     def list_servers() -> Response:
         return Response(catalog.servers_json(), 200, mimetype="application/json")
+
+    @app.get("/api/v1/plan")
+    def plan_ref() -> Response:
+        ref = request.args.get("ref")
+        if not ref:
+            return _error("the query parameter 'ref' is required: a branch, tag, ref or commit", 400)
+        if planner is None:
+            return _error("this API cannot plan", 503)
+        try:
+            found = planner.plan(ref)
+        except PlanUnavailable as exc:
+            return _error(exc.message, exc.status)
+        return _json(found.to_json(), 200)
 
     @app.post(webhook.WEBHOOK_PATH)
     def receive_webhook() -> Response:

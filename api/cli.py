@@ -53,6 +53,27 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                help="keep redrawing until the newest commit is applied and no model is Pending or "
                     f"Pulling (or a cycle fails), at most {WATCH_LIMIT // 60} minutes")
     status.set_defaults(run=_run_status)
+
+    plan = commands.add_parser(
+        "plan", help="what merging a ref would do: pulls (with sizes), deletes and file problems, per server",
+        description="Ask the running service (serve or api) to plan a branch, tag, ref or commit of the models "
+                    "repository against the live state; nothing is changed. With --offline, compare a checkout's "
+                    "commit with its base instead (no service; sizes and servers unknown). Exit codes: 0 planned, "
+                    "the files are valid; 1 planned, the ref's files have problems; 2 could not plan.")
+    add_option(plan, "--ref", default=None, metavar="REF", default_text="HEAD with --offline, else required",
+               help="the branch, tag, ref (refs/pull/7/head) or commit to plan")
+    add_option(plan, "--api-url", default=env(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
+               default_text="http://127.0.0.1:8082", help="the API", env=("API_URL",), metavar="URL")
+    _add_api_key_file(plan, "none: no key sent")
+    add_option(plan, "--format", choices=("text", "markdown", "json"), default="text", default_text="text",
+               help="'markdown' for a pull request comment")
+    add_option(plan, "--offline", action="store_true", default_text="off",
+               help="plan without the service: the checkout's --ref (HEAD) against --base")
+    add_option(plan, "--base", default="HEAD^1", metavar="REV", default_text="HEAD^1",
+               help="with --offline: the commit to compare with (HEAD^1 is the base branch in a pull request's "
+                    "merge commit)")
+    plan.add_argument("path", nargs="?", default=".", metavar="PATH", help="with --offline: the checkout (default: .)")
+    plan.set_defaults(run=_run_plan)
     return parser, commands
 
 
@@ -81,6 +102,10 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
                help="a host name clients use to reach the API, answered without an API key besides "
                     "localhost, 127.0.0.1, [::1] and the listen address ('*': any); repeatable "
                     "(the environment variable: comma-separated)")
+    add_option(parser, "--registry-url", default=env(f"{ENV_PREFIX}REGISTRY_URL"), metavar="URL",
+               default_text="https://registry.ollama.ai", env=("REGISTRY_URL",),
+               help="the registry (or a mirror of it) that plans ask for the manifests of models with no host "
+                    "of their own, for their download sizes")
     add_option(parser, "--webhook-secret-file", default=env(f"{ENV_PREFIX}WEBHOOK_SECRET_FILE"),
                default_text="none: webhooks off", env=("WEBHOOK_SECRET_FILE", "WEBHOOK_SECRET"),
                help="file holding the secret shared with the Git host's webhook (or set "
@@ -134,7 +159,7 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
     try:
         options = runtime.ApiOptions(args.listen, _api_key(args.api_key_file), args.namespace, args.git_author,
                                      args.insecure_no_auth, args.threads, webhook_secret(args.webhook_secret_file),
-                                     allowed_hosts(args.allowed_host))
+                                     allowed_hosts(args.allowed_host), registry_url=args.registry_url)
         running = runtime.start(Settings.from_args(args), options, with_reconciler=with_reconciler)
     except (runtime.ConfigurationError, ReconcilerConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)
@@ -178,6 +203,30 @@ def _run_status(args: argparse.Namespace) -> int:
     finally:
         if watcher is not None:
             watcher.close()
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .planview import PlanUnavailable, fetch, render
+
+    if args.offline:
+        from ..reconciler.preview import offline_preview
+
+        try:
+            plan = offline_preview(args.path, args.base, args.ref or "HEAD", now=time.time()).to_json()
+        except ValueError as exc:
+            print(f"ollama-gitops: {exc}", file=sys.stderr)
+            return 2
+    else:
+        if not args.ref:
+            print("ollama-gitops: plan needs --ref REF (or --offline)", file=sys.stderr)
+            return 2
+        try:
+            plan = fetch(args.api_url, _api_key(args.api_key_file), args.ref)
+        except PlanUnavailable as exc:
+            print(f"ollama-gitops: {exc}", file=sys.stderr)
+            return 2
+    sys.stdout.write(render(plan, args.format))
+    return 1 if plan["problems"] else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -59,12 +59,23 @@ class ModelsRepository:
                           written.commit[:12])
         return written
 
+    def load(self, commit: str) -> DesiredState:
+        """The desired state at any fetched `commit` (for a plan preview), through the same loader
+        and its caches; what reads show is left as it is."""
+        with self._lock:
+            if self._desired is not None and self._desired.commit == commit:
+                return self._desired
+            return self._current_loader().load(commit)
+
+    def _current_loader(self) -> GitLoader:
+        if self._loader_generation != self.repo.generation:  # the clone was set aside and made again
+            self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation
+        return self._loader
+
     def _load(self) -> None:
         # Load what the tracking ref says now, not a commit a caller saw: a fetch that finished
         # just before another thread's push must not bring back the older commit.
         with self._lock:
             head = self.repo.head()
-            if self._loader_generation != self.repo.generation:  # the clone was set aside and made again
-                self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation
             if self._desired is None or self._desired.commit != head:
-                self._desired = self._loader.load(head)
+                self._desired = self._current_loader().load(head)

@@ -31,6 +31,7 @@ from . import dashboard
 from .app import ApiSettings, create_app, status_view
 from .catalog import Catalog, StatusSource
 from .live import LiveFeed
+from .planning import Planner
 from .repository import ModelsRepository
 from .sameorigin import HostCheck
 from .server import REQUEST_TIMEOUT, ApiServer, is_loopback, parse_listen
@@ -56,6 +57,7 @@ class ApiOptions:
     request_timeout: float = REQUEST_TIMEOUT  # seconds a client may take to send a request
     event_heartbeat: float = dashboard.HEARTBEAT  # seconds between keep-alive comments on an events stream
     event_streams: int = dashboard.STREAMS  # events streams open at once, each with a thread of its own
+    registry_url: str | None = None  # a mirror of registry.ollama.ai, for the plan's sizes
 
 
 @dataclass
@@ -67,12 +69,15 @@ class RunningApi:
     lock_file: TextIO | None = None
     close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
     feed: LiveFeed | None = None
+    planner: Planner | None = None
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
         if self.feed is not None:
             self.feed.stop()  # ends the events streams, which would otherwise hold the shutdown
         self.server.shutdown()
+        if self.planner is not None and self.planner.registry is not None:
+            self.planner.registry.close()
         self.refresher.shutdown()
         self.repository.close()
         if self.service is not None:
@@ -116,6 +121,9 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
         author = parse_author(options.git_author)
     except ValueError as exc:
         raise ConfigurationError(f"--git-author: {exc}") from None
+    registry_problem = registry_url_problem(options.registry_url)
+    if registry_problem is not None:
+        raise ConfigurationError(f"--registry-url: {registry_problem}")
     # The port first, and the repository: a start that cannot work stops before the state
     # directory is made or seeded. The socket is bound now and served once the app exists.
     app_slot = _AppSlot()
@@ -201,9 +209,11 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
+    planner = _planner(options, repository, status, follow, service)
     next_cycle = _next_cycle(service) if service is not None else (lambda: None)
     app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository,
-                     on_written, max_writers=max(1, options.threads // 2), on_push=on_push, next_cycle=next_cycle)
+                     on_written, max_writers=max(1, options.threads // 2), on_push=on_push, next_cycle=next_cycle,
+                     planner=planner)
     bus = service.events if service is not None else EventBus()
     history = service.history if service is not None else History(settings.state_dir)
     dashboard.register(app, bus, history, heartbeat=options.event_heartbeat, streams=options.event_streams,
@@ -227,7 +237,7 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
              "on" if webhook is not None else "off")
     log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
              repo.display_url, settings.branch, settings.branch, repo.display_url)
-    return RunningApi(server, repository, refresher, service, lock_file, close_status, feed)
+    return RunningApi(server, repository, refresher, service, lock_file, close_status, feed, planner)
 
 
 def _next_cycle(service: reconciler_service.Service) -> Callable[[], str | None]:
@@ -241,6 +251,29 @@ def _next_cycle(service: reconciler_service.Service) -> Callable[[], str | None]
         return utc_rfc3339(when) if when is not None else None
 
     return next_cycle
+
+
+def registry_url_problem(url: str | None) -> str | None:
+    """Why `--registry-url` cannot be used, or None."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "a registry URL is http:// or https:// with a host"
+    return None
+
+
+def _planner(options: ApiOptions, repository: ModelsRepository, status: StatusSource,
+             follow: Callable[[], object] | None, service: reconciler_service.Service | None) -> Planner:
+    """`GET /api/v1/plan`: against the reconciler's own listing with `serve`, its records with `api`."""
+    from ..reconciler.ollama.registry import RegistryClient
+
+    registry = RegistryClient(options.registry_url, timeout=5.0)  # checked at start()
+    reconciler = service.reconciler if service is not None else None
+    return Planner(repository, status, follow=follow, reconciler=reconciler,
+                   allow_empty=service.settings.allow_empty if service is not None else False, registry=registry)
 
 
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:

@@ -79,7 +79,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         return 2
     try:
         health = parse_listen(args.health_listen, "--health-listen") if args.health_listen and not args.once else None
-        running = service.build(Settings.from_args(args))
+        running = service.build(Settings.from_args(args), dry_run=args.dry_run and args.once)
     except (service.ConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)
         return 2

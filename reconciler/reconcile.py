@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 from datetime import datetime, timezone
 
 from . import metrics
-from .models.desired import DesiredState, GitLoader, ModelKey
+from .models.desired import DesiredState, GitLoader, ModelKey, changed_between
 from .git.repo import GitError, GitRepo
 from .ollama.fleet import ClientFactory, Fleet, Listing, Member
 from .ollama.inventory import Inventory, InventorySource, Server, StaticInventory, normalize_url
@@ -280,13 +280,8 @@ class Reconciler:
         return set(self._unpruned_cache[1])
 
     def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
-        previous = self.applied
-        assert previous is not None
-        changed = {key for key, model in desired.models.items()
-                   if (old := previous.models.get(key)) is None or old.blob != model.blob}
-        changed.update(previous.models.keys() - desired.models.keys())
-        changed.update(desired.unreadable ^ previous.unreadable)
-        return changed
+        assert self.applied is not None
+        return changed_between(self.applied, desired)
 
     def _load(self, commit: str) -> DesiredState:
         if self._loader is None or self._loader_generation != self.repo.generation:

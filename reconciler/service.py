@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import events
 from .events import EventBus
@@ -25,7 +29,7 @@ from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
-from .state import DEFAULT_SERVER, StateStore, utc_rfc3339
+from .state import DEFAULT_SERVER, StateLocked, StateStore, utc_rfc3339
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
@@ -56,6 +60,7 @@ class Service:
     events: EventBus = field(default_factory=EventBus)  # cycle starts and ends, for live pages
     history: History | None = None  # the last cycles, in the state directory
     discovery: ServiceDiscovery | None = None  # --ollama-service: the fleet's servers, an inventory source
+    scratch: Path | None = None  # a dry run's own clone, removed at stop()
     _stopping: bool = False
     _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
 
@@ -155,13 +160,18 @@ class Service:
             self.cluster.close()
         self.store.release_process_lock()
         self.events.close()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def build(settings: Settings) -> Service:
+def build(settings: Settings, *, dry_run: bool = False) -> Service:
     """Create the service's parts; takes the state directory's lock.
 
     In Kubernetes mode (`--kubernetes on`, or `auto` with a cluster configuration) the models become
     OllamaModel resources and their records live on them; otherwise in the state directory.
+    With `dry_run`, when another process (a running `serve` or `reconcile`) holds the lock of a
+    standalone state directory, its records are read without the lock and the branch is fetched into
+    a clone of the dry run's own: nothing in the state directory is written.
     """
     check_repository(settings, serves_writes=False)
     if settings.ollama_service and settings.servers_file is not None:
@@ -185,19 +195,28 @@ def build(settings: Settings) -> Service:
         raise ConfigurationError("--ollama-service needs Kubernetes mode (--kubernetes on, or auto in a pod)")
     else:
         service.store = StateStore(settings.state_dir)
-    service.store.acquire_process_lock()
+    try:
+        service.store.acquire_process_lock()
+    except StateLocked:
+        if not dry_run or service.cluster is not None:
+            raise
+        return _build_dry_run(settings)
     service.history = History(settings.state_dir)
     repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
-    service.reconciler = Reconciler(
-        repo, service.discovery if service.discovery is not None else inventory_source(settings), service.store,
-        client_factory=lambda server: OllamaServer(server.url),
-        concurrency=settings.concurrency,
-        resync_interval=settings.resync_interval,
-        allow_empty=settings.allow_empty,
+    service.reconciler = _reconciler(
+        settings, repo, service.store, service.discovery if service.discovery is not None else inventory_source(settings),
         on_pull_finished=service.pull_finished,
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def _reconciler(settings: Settings, repo: GitRepo, store: StateStore, servers: InventorySource,
+                **hooks: Any) -> Reconciler:
+    """The reconciler of `settings` over `repo`, `store` and the fleet `servers` give."""
+    return Reconciler(repo, servers, store, client_factory=lambda server: OllamaServer(server.url),
+                      concurrency=settings.concurrency, resync_interval=settings.resync_interval,
+                      allow_empty=settings.allow_empty, **hooks)
 
 
 def cycle_changes(report: CycleReport) -> tuple[list[str], list[str]]:
@@ -250,6 +269,31 @@ def servers_text(settings: Settings) -> str:
     if settings.servers_file is None:
         return given
     return f"the servers in {settings.servers_file}" + (f" and {given}" if given else "")
+
+
+def _build_dry_run(settings: Settings) -> Service:
+    """A dry run beside the process that holds the state directory: its records read only, a clone
+    of its own (removed at stop)."""
+    store = StateStore(settings.state_dir, readonly=True)
+    scratch = Path(tempfile.mkdtemp(prefix="ollama-gitops-dry-run-"))
+    repo = GitRepo(repository_url(settings), settings.branch, scratch / "clone.git", settings.credentials)
+    reconciler = _reconciler(settings, repo, store, inventory_source(settings))
+    return Service(settings, store, reconciler, scratch=scratch)
+
+
+def dry_run_caveats(service: Service) -> list[str]:
+    """What a reader of a dry run must know about the records it planned against: read from a running
+    reconciler's state directory, or none at all (so no deletion could be planned)."""
+    store, where = service.store, service.settings.state_dir
+    lines = []
+    if service.scratch is not None:
+        lines.append(f"note: another ollama-gitops process is reconciling {where}: planned against its records, "
+                     "read without its lock; `ollama-gitops plan --ref BRANCH` asks it, with download sizes")
+    if not store.keys() and store.sync.last_applied_commit is None:
+        lines.append(f"warning: {where} has no records (no reconciler has applied anything with it): nothing is "
+                     "known to have been pulled by ollama-gitops, so no deletion can be planned. Use the state "
+                     "directory of the running reconciler (--state-dir), or ask it: ollama-gitops plan --ref BRANCH")
+    return lines
 
 
 def check_repository(settings: Settings, *, serves_writes: bool) -> None:
@@ -336,10 +380,14 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
     return 0
 
 
-def run_once(service: Service, out: TextIO, dry_run: bool = False) -> int:
-    """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well."""
+def run_once(service: Service, out: TextIO, dry_run: bool = False, err: TextIO | None = None) -> int:
+    """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well.
+    A dry run's caveats (`dry_run_caveats`) go to `err` (stderr), beside the plan on `out`."""
     report = service.reconciler.run_cycle(dry_run=dry_run)
     print_report(report, out, dry_run)
+    if dry_run:
+        for line in dry_run_caveats(service):
+            (err or sys.stderr).write(line + "\n")
     ok = report.ok
     pulls = [(name, pull) for name, plan in report.plans.items() for pull in plan.of(Pull)]
     if not dry_run and pulls:

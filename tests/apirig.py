@@ -28,7 +28,8 @@ class ApiRig:
     def __init__(self, tmp_path: Path, ollama: OllamaStandin, *, api_key: str | None = API_KEY,
                  with_reconciler: bool = True, state_dir: Path | None = None, remote: Path | None = None,
                  webhook_secret: str | None = None, schedules: bool = False,
-                 allowed_hosts: tuple[str, ...] = (), reconciler_options: tuple[str, ...] = ()) -> None:
+                 allowed_hosts: tuple[str, ...] = (), registry_url: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.tmp_path = tmp_path
         self.ollama = ollama
         self.remote = remote or init_bare(tmp_path / "remote.git")
@@ -39,7 +40,8 @@ class ApiRig:
         self.webhook_secret = webhook_secret
         self.schedules = schedules
         self.allowed_hosts = allowed_hosts
-        self.reconciler_options = reconciler_options  # more command-line options, e.g. a servers file
+        self.registry_url = registry_url
+        self.extra_args = extra_args  # more command-line settings (e.g. --servers-file)
         self.request_timeout = runtime.REQUEST_TIMEOUT
         self.event_heartbeat = runtime.dashboard.HEARTBEAT
         self.event_streams = runtime.dashboard.STREAMS
@@ -54,11 +56,11 @@ class ApiRig:
         return commit
 
     def start(self) -> ApiRig:
-        settings = settings_for(self.state_dir, str(self.remote), self.ollama.url, *self.reconciler_options)
+        settings = settings_for(self.state_dir, str(self.remote), self.ollama.url, *self.extra_args)
         options = runtime.ApiOptions("127.0.0.1:0", self.api_key, "default", "API Test <api@example.com>", False,
                                      webhook_secret=self.webhook_secret, allowed_hosts=self.allowed_hosts,
                                      request_timeout=self.request_timeout, event_heartbeat=self.event_heartbeat,
-                                     event_streams=self.event_streams)
+                                     event_streams=self.event_streams, registry_url=self.registry_url)
         # By default no schedules: the test runs each fetch and cycle itself, so what it observes is
         # certain. With them, cycles run on their own (the first at once, then on request).
         self.running = runtime.start(settings, options, with_reconciler=self.with_reconciler, schedules=self.schedules)

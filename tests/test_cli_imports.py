@@ -1,4 +1,4 @@
-"""The quick commands import only what they need (issue 15): `--help`, `status` and `validate`
+"""The quick commands import only what they need (issue 15): `--help`, `status`, `plan` and `validate`
 answer without loading the reconciler's service, the Kubernetes or Ollama clients, Flask or
 waitress. Asserted on the modules loaded, not on time (benchmarks/bench_cli.py has the times)."""
 
@@ -36,11 +36,12 @@ def test_help_status_and_validate_import_none_of_the_heavy_modules(tmp_path: Pat
         closed.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{closed.getsockname()[1]}"
         commands = [["--help"], ["status", "--help"], ["validate", "--help"], ["serve", "--help"],
-                    ["status", "--api-url", down], ["validate", str(EXAMPLE)]]
+                    ["status", "--api-url", down], ["validate", str(EXAMPLE)], ["plan", "--help"],
+                    ["plan", "--ref", "main", "--api-url", down]]
         result = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY, commands=commands)],
                                 capture_output=True, text=True, timeout=120, cwd=tmp_path,
                                 env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
     assert {argv: entry["heavy"] for argv, entry in seen.items()} == {" ".join(argv): [] for argv in commands}
-    assert [entry["code"] for entry in seen.values()] == [0, 0, 0, 0, 2, 0]  # status exits 2: the API is down
+    assert [entry["code"] for entry in seen.values()] == [0, 0, 0, 0, 2, 0, 0, 2]  # status and plan exit 2: the API is down

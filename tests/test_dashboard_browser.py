@@ -150,7 +150,7 @@ def test_a_fleet_shows_its_servers_and_a_column_per_server(tmp_path: Path, ollam
         servers_file.write_text(yaml.safe_dump({"servers": [
             {"name": "gpu-1", "url": gpu_1.url, "labels": {"gpu": "a100"}},
             {"name": "gpu-2", "url": gpu_2.url, "labels": {"gpu": "l4"}}]}))
-        rig = ApiRig(tmp_path, ollama, api_key=None, reconciler_options=("--servers-file", str(servers_file)))
+        rig = ApiRig(tmp_path, ollama, api_key=None, extra_args=("--servers-file", str(servers_file)))
         rig.work.model("default", "llama3.2", "1b")
         rig.work.model("default", "gemma3", "1b", extra="servers:\n  matchLabels: {gpu: a100}\n")
         rig.seed()

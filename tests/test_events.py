@@ -319,7 +319,7 @@ def test_a_server_going_down_is_a_servers_event(tmp_path: Path, ollama) -> None:
         return [{s["name"]: s["reachable"] for s in e.json["items"]} for e in reader.of(events.SERVERS)]
 
     with OllamaStandin(dict(CATALOGUE)) as gpu_2:
-        rig = ApiRig(tmp_path, ollama, reconciler_options=("--ollama-url", f"gpu-2={gpu_2.url}"))
+        rig = ApiRig(tmp_path, ollama, extra_args=("--ollama-url", f"gpu-2={gpu_2.url}"))
         rig.seed(("llama3.2", "1b"))
         rig.start()
         reader = SseReader(f"{rig.url}/api/v1/events", KEY_HEADERS).start()

@@ -323,7 +323,7 @@ def test_serve_with_a_servers_file_shows_each_model_on_each_server_and_a_server_
         servers_file.write_text(yaml.safe_dump({"servers": [
             {"name": "gpu-1", "url": gpu_1.url, "labels": {"gpu": "a100"}},
             {"name": "gpu-2", "url": gpu_2.url, "labels": {"gpu": "l4"}}]}))
-        rig = ApiRig(tmp_path, ollama, reconciler_options=("--servers-file", str(servers_file)))
+        rig = ApiRig(tmp_path, ollama, extra_args=("--servers-file", str(servers_file)))
         rig.work.model("default", "llama3.2", "1b")
         rig.work.model("default", "gemma3", "1b", extra="servers:\n  matchLabels: {gpu: a100}\n")
         rig.seed()

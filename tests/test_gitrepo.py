@@ -58,3 +58,35 @@ def test_embedded_repo_is_seeded_once_from_the_packaged_example(tmp_path: Path) 
     assert "models/default/llama3.2-1b.yaml" in files and "models/default/gemma3-1b.yaml" in files
     head = git.Repo(bare).head.commit.hexsha
     assert ensure_default_repo(tmp_path) == bare and git.Repo(bare).head.commit.hexsha == head
+
+
+def test_fetch_ref_finds_branches_tags_pull_request_refs_and_commits_without_moving_the_branch(
+        remote: Path, tmp_path: Path) -> None:
+    from ollama_gitops.reconciler.git.repo import InvalidRef, RefNotFound
+
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "a", "1")
+    main = work.commit()
+    work.push()
+    work.model("default", "b", "1")
+    pr = work.commit()
+    work.push("my-pr")
+    work.repo.git.tag("-a", "v1", "-m", "an annotated tag")
+    work.repo.git.push("origin", "v1")
+    work.model("default", "c", "1")
+    pull = work.commit()
+    work.repo.git.push("origin", "HEAD:refs/pull/7/head")
+    work.model("default", "d", "1")
+    lone = work.commit()  # reachable from no ref once its branch is gone: fetched by its id
+    work.repo.git.push("origin", "HEAD:refs/heads/tmp")
+    work.repo.git.push("origin", ":refs/heads/tmp")
+    repo = GitRepo(str(remote), "main", tmp_path / "clone.git")
+    assert repo.fetch() == main
+    assert [repo.fetch_ref(r) for r in ("my-pr", "v1", "refs/pull/7/head", pr[:10], lone)] == [pr, pr, pull, pr, lone]
+    assert repo.head() == main
+    assert repo.run("for-each-ref", "--format=%(refname)", action="list refs") == "refs/remotes/origin/main"
+    with pytest.raises(RefNotFound, match="no branch, tag or ref 'nope' in"):
+        repo.fetch_ref("nope")
+    for bad in ("--upload-pack=touch x", "a..b", "x.lock", "a b", ""):
+        with pytest.raises(InvalidRef):
+            repo.fetch_ref(bad)

@@ -15,7 +15,7 @@ import pytest
 from ollama_gitops.api.cli import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-COMMANDS = ("reconcile", "serve", "api", "status", "validate")
+COMMANDS = ("reconcile", "serve", "api", "status", "validate", "plan")
 HEADER = "| option | commands | environment | default |"
 
 

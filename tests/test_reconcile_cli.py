@@ -81,6 +81,9 @@ def test_dry_run_previews_a_branch_and_changes_nothing(env: dict[str, str], olla
         "pull    default/phi3-mini    phi3:mini    new model, not in Ollama",
         f"dry run: Succeeded at {work.repo.head.commit.hexsha[:12]}: would make 1 pull, 0 deletes, 1 already in Ollama",
     ]
+    # A state directory no reconciler has used: a deletion could not show, and the dry run says so.
+    assert (f"warning: {tmp_path / 'state'} has no records (no reconciler has applied anything with it): nothing is "
+            "known to have been pulled by ollama-gitops, so no deletion can be planned") in result.stderr
     assert ollama.pull_count == {} and statuses(tmp_path / "state") == {}
 
 

@@ -22,9 +22,8 @@ from .remote import checked_out_fix, explain_git_output, local_path
 
 log = logging.getLogger("ollama_gitops.git")
 
-__all__ = ["GIT_TIMEOUT", "BranchMissing", "CheckedOutBranch", "GitCredentials", "GitError", "GitRepo", "redact"]
-
-log = logging.getLogger("ollama_gitops.git")
+__all__ = ["GIT_TIMEOUT", "PREVIEW_REFS", "BranchMissing", "CheckedOutBranch", "GitCredentials", "GitError", "GitRepo",
+           "InvalidRef", "RefNotFound", "redact", "ref_problem"]
 
 GIT_TIMEOUT = 120.0  # seconds; a remote that hangs must not hang the reconciler
 
@@ -37,12 +36,43 @@ class BranchMissing(GitError):
     """The remote has no such branch (deleted, or not created yet); nothing may recreate it unasked."""
 
 
+class InvalidRef(GitError):
+    """A ref asked for that no repository could have (or that could pass for a git option)."""
+
+
+class RefNotFound(GitError):
+    """The remote has no branch, tag, ref or commit of that name."""
+
+
 class CheckedOutBranch(GitError):
     """The remote is a working repository with the branch checked out: git refuses every push to it."""
 
 
 _CHECKED_OUT = re.compile(r"refusing to update checked out branch|branch is currently checked out")
 _NO_REMOTE_REF = re.compile(r"couldn't find remote ref|could not find remote ref")
+
+
+PREVIEW_REFS = "refs/ollama-gitops/preview/"
+"""Where `fetch_ref` fetches to, apart from the tracked branch (which it never moves); each ref is
+removed once fetched."""
+_REF_CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
+_HEX_REF = re.compile(r"[0-9a-fA-F]{7,40}")
+
+
+def ref_problem(ref: str) -> str | None:
+    """Why `ref` cannot name a branch, tag, ref or commit (None when it can), by git's
+    check-ref-format rules, narrowed to characters that need no quoting and never start an option."""
+    if not ref:
+        return "the ref is empty"
+    if len(ref) > 255:
+        return "the ref is longer than 255 characters"
+    if not _REF_CHARS.fullmatch(ref):
+        return ("a ref is letters, digits and '._/+-', starting with a letter, a digit or '_' "
+                f"(got {ref[:100]!r})")
+    parts = ref.split("/")
+    if ".." in ref or "" in parts or any(p.startswith(".") or p.endswith(".lock") for p in parts) or ref.endswith("."):
+        return f"{ref!r} is not a valid Git ref name (see git check-ref-format)"
+    return None
 
 
 _REJECTED = re.compile(r"\[(remote )?rejected\]|non-fast-forward|fetch first|failed to update ref|cannot lock ref")
@@ -181,6 +211,87 @@ class GitRepo:
                                     f"{self._branches_there()}") from None
             raise
         return self.head()
+
+    def fetch_ref(self, ref: str) -> str:
+        """Fetch `ref` (a branch, a tag, a full ref such as `refs/pull/7/head`, or a commit) and return
+        its commit, without moving the tracked branch (it is fetched to a ref under `PREVIEW_REFS`,
+        removed once fetched).
+
+        A commit already in the clone is not fetched again (a short SHA is found only there). Raises
+        InvalidRef for a name no ref can have, RefNotFound when the remote has no such ref or commit,
+        GitError when the remote cannot be read."""
+        problem = ref_problem(ref)
+        if problem is not None:
+            raise InvalidRef(problem)
+        with self.lock:
+            if _HEX_REF.fullmatch(ref):
+                local = self._local_commit(ref)
+                if local is not None:
+                    return local
+            name, sha = self._remote_ref(ref)
+            if name is None:
+                if len(ref) != 40 or not _HEX_REF.fullmatch(ref):
+                    raise RefNotFound(f"no branch, tag or ref {ref!r} in {self.display_url}")
+                name = sha = ref.lower()  # a commit: fetched by its id, as protocol v2 allows
+            target = PREVIEW_REFS + (name.removeprefix("refs/") if name.startswith("refs/") else f"commits/{name}")
+            if self._local_commit(sha) is None:
+                # One commit is all a plan reads: --depth=1, whatever the branch's history. --refmap=
+                # keeps git from also moving the remote-tracking ref of a branch fetched by name.
+                try:
+                    self.run("fetch", "--quiet", "--no-tags", "--depth=1", "--refmap=", "origin", f"+{name}:{target}",
+                             action=f"fetch {ref!r} from {self.display_url}")
+                except GitError as exc:
+                    if name == sha and re.search(r"not our ref|unadvertised object|couldn't find remote ref|"
+                                                 r"no such remote ref|could not find remote ref", str(exc)):
+                        raise RefNotFound(f"no commit {ref!r} in {self.display_url}") from None
+                    raise
+                self._drop(target)
+            commit = self._local_commit(sha)
+            if commit is None:
+                raise RefNotFound(f"{ref!r} in {self.display_url} does not name a commit")
+            return commit
+
+    def _drop(self, ref: str) -> None:
+        """Remove a preview ref once fetched: its objects stay (git prunes unreachable objects only
+        after two weeks), and refs left by every pull request ever planned would slow each fetch."""
+        try:
+            git.Reference.delete(self.repo, ref)
+        except (OSError, ValueError) as exc:
+            log.debug("action=preview-ref-kept ref=%s error=%r", ref, str(exc))
+
+    def changed_paths(self, old: str, new: str, under: str = "models") -> list[str]:
+        """The paths under `under` whose entries differ between two commits of the clone (added,
+        removed, changed, or changed in kind), files one by one (`git diff-tree -r`, no renames)."""
+        output = self.run("diff-tree", "-r", "-z", "--no-renames", "--name-only", old, new, "--", under,
+                          action=f"compare {old[:12]} with {new[:12]}")
+        return [path for path in output.split("\0") if path]
+
+    def _local_commit(self, revision: str) -> str | None:
+        """The full SHA of the commit `revision` names in the clone, or None (a tag is peeled)."""
+        if len(revision) == 40:
+            try:  # in-process through GitPython's running cat-file: no git command to start
+                if self.repo.odb.info(bytes.fromhex(revision)).type == b"commit":
+                    return revision.lower()
+            except (ValueError, KeyError, git.BadObject, git.BadName):
+                return None
+        try:
+            return self.run("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}",
+                            action=f"look up {revision!r}") or None
+        except GitError:
+            return None
+
+    def _remote_ref(self, ref: str) -> tuple[str | None, str | None]:
+        """(full ref name, its commit or tag id) of the remote's ref that `ref` names, as git picks:
+        a full ref as it is, else the branch, else the tag (peeled)."""
+        listing = self.run("ls-remote", "origin", ref, action=f"look up {ref!r} in {self.display_url}")
+        found: dict[str, str] = {}
+        for line in listing.splitlines():
+            sha, _, name = line.partition("\t")
+            found[name] = sha
+        for candidate in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
+            if candidate.startswith("refs/") and candidate in found:
+                return candidate, found.get(candidate + "^{}", found[candidate])
+        return None, None
 
     def push(self, commit: str, expected: str) -> bool:
         """Push `commit` as the new head of the branch, only if the remote's head is still `expected`.

@@ -134,6 +134,18 @@ class DesiredState:
         return [m for k, m in sorted(self.models.items()) if k.namespace == namespace]
 
 
+def changed_between(previous: DesiredState, desired: DesiredState) -> set[ModelKey]:
+    """The models whose file differs between two desired states: added, removed or edited files,
+    and files that became broken or readable again. What a plan of the newer state needs to look
+    at beyond the models with work left."""
+    old_models = previous.models
+    changed = {key for key, model in desired.models.items()
+               if (old := old_models.get(key)) is None or old.blob != model.blob}
+    changed.update(old_models.keys() - desired.models.keys())
+    changed.update(desired.unreadable ^ previous.unreadable)
+    return changed
+
+
 @dataclass(frozen=True)
 class _SourceFile:
     path: str  # relative to the repository root, with '/'

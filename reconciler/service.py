@@ -169,6 +169,8 @@ def build(settings: Settings) -> Service:
         on_pull_finished=service.pull_finished,
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
+    if service.cluster is not None:  # the resources' status is the whole over the servers a model's selector picks
+        service.cluster.store.placements = service.reconciler.placements
     return service
 
 

@@ -146,7 +146,8 @@ def build(settings: Settings) -> Service:
         from .cluster.connect import ClusterUnavailable, connect
 
         try:
-            service.cluster = connect(settings.state_dir, allow_empty=settings.allow_empty,
+            service.cluster = connect(settings.state_dir, settings.leader_election_namespace,
+                                      allow_empty=settings.allow_empty,
                                       on_change=lambda keys: service.request_cycle(),
                                       leading=lambda: service.reconciler is None or service.reconciler.leading())
         except ClusterUnavailable as exc:

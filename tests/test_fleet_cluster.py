@@ -5,19 +5,26 @@ reads, for `GET /api/v1/servers` and the model views."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx
 import pytest
+from kubernetes import client
 
+from ollama_gitops.reconciler.cluster.fleetmap import CONFIG_MAP, KEY, FleetPublisher
 from ollama_gitops.reconciler.fleetstatus import NO_SERVER_MATCHES
 from ollama_gitops.reconciler.git.repo import GitRepo
 from ollama_gitops.reconciler.ollama.inventory import FileInventory
 from ollama_gitops.reconciler.reconcile import Reconciler
+from ollama_gitops.reconciler.state import ServerSeen
 from standins.kube_apiserver import KubeStandin
 from standins.ollama_server import OllamaStandin
-from test_kubernetes_mode import KubeRig, conditions_of, crd_schema
+from test_kubernetes_mode import KubeRig, conditions_of, crd_schema, start_api_alone
+from waiting import eventually
 
 A100 = "servers:\n  matchLabels: {gpu: a100}\n"
+FLEET_WRITES = rf"/configmaps(/{CONFIG_MAP})?$"
 
 
 @pytest.fixture
@@ -77,3 +84,78 @@ def test_a_model_no_server_matches_says_so_in_its_status_until_a_label_places_it
     gemma = status_of(krig, "gemma3-1b")
     assert gemma["state"] == "Pending" and "error" not in gemma
     assert conditions_of(krig.resource("default", "gemma3-1b"))["Ready"]["reason"] == "Suspended"
+
+
+def test_the_leader_publishes_the_servers_when_they_change_and_the_api_alone_shows_them(
+        krig: FleetRig, tmp_path: Path, ollama: OllamaStandin) -> None:
+    publisher = FleetPublisher(krig.api_client, "default")
+    krig.store.publisher = publisher
+    krig.work.model("default", "llama3.2", "1b", A100)
+    krig.push()
+    krig.settle()
+    publisher.flush()
+    (configmap,) = [c for c in krig.kube.config_maps() if c["metadata"]["name"] == CONFIG_MAP]
+    (published,) = json.loads(configmap["data"][KEY])
+    assert {k: published[k] for k in ("name", "url", "labels", "reachable")} == {
+        "name": "gpu-1", "url": ollama.url, "labels": {"gpu": "l4"}, "reachable": True}
+    writes = krig.kube.count(writes=True, path_regex=FLEET_WRITES)
+    for _ in range(3):
+        krig.cycle()
+    publisher.flush()
+    assert krig.kube.count(writes=True, path_regex=FLEET_WRITES) == writes  # no write per cycle
+
+    running = start_api_alone(krig, tmp_path, ollama)
+    try:
+        def servers() -> list:
+            return httpx.get(f"{running.server.url}/api/v1/servers").json()["items"]
+
+        eventually(lambda: [(s["name"], s["url"], s["reachable"]) for s in servers()] == [("gpu-1", ollama.url, True)],
+                   timeout=60, what="the published server listed by the API alone")
+        model = httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json()
+        assert (model["state"], model["error"]) == ("Pending", NO_SERVER_MATCHES)
+        krig.label(gpu="a100")
+        krig.settle()
+        eventually(lambda: servers()[0]["labels"] == {"gpu": "a100"}, timeout=60, what="the new labels")
+        eventually(lambda: httpx.get(f"{running.server.url}/api/v1/models/llama3.2-1b").json()["state"] == "Ready",
+                   timeout=60, what="the model Ready on the server its selector now picks")
+    finally:
+        running.stop()
+        publisher.close()
+
+
+def test_a_publisher_writes_only_what_changed_or_a_stale_last_seen_and_a_follower_never(
+        kube: KubeStandin) -> None:
+    now = [1000.0]
+    seen = ServerSeen("gpu-1", "http://gpu-1:11434", {"gpu": "a100"}, True, "0.12.0", "2026-12-01T10:00:00Z")
+    with kube.api_client() as api:
+        follower = FleetPublisher(api, "default", leading=lambda: False)
+        follower.publish([seen])
+        follower.flush()
+        assert kube.count(path_regex=FLEET_WRITES) == 0  # not even read
+        leader = FleetPublisher(api, "default", clock=lambda: now[0])
+        try:
+            def published() -> dict:
+                config_map = client.CoreV1Api(api).read_namespaced_config_map(CONFIG_MAP, "default")
+                return json.loads(config_map.data[KEY])[0]
+
+            leader.publish([seen])
+            leader.flush()
+            assert published()["lastSeen"] == "2026-12-01T10:00:00Z" and leader.writes == 1
+            later = ServerSeen(**{**seen.__dict__, "last_seen": "2026-12-01T10:00:30Z"})
+            now[0] += 30
+            leader.publish([later])
+            leader.flush()
+            assert leader.writes == 1  # only lastSeen moved, and by less than a minute
+            now[0] += 31
+            leader.publish([later])
+            leader.flush()
+            assert leader.writes == 2 and published()["lastSeen"] == "2026-12-01T10:00:30Z"
+            leader.publish([ServerSeen(**{**later.__dict__, "reachable": False, "error": "connection refused"})])
+            leader.flush()
+            assert leader.writes == 3 and (published()["reachable"], published()["error"]) == (False, "connection refused")
+            follower.publish([seen])
+            follower.flush()
+            assert published()["reachable"] is False
+        finally:
+            leader.close()
+            follower.close()

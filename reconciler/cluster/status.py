@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..models.desired import ModelKey
@@ -33,6 +33,9 @@ from .conditions import model_conditions
 from .client import ClusterClient, ClusterError
 from .resources import (FINALIZER, PRUNE, PULLED, REFRESH_HANDLED, REFRESH_REQUESTED_AT, SEED_REFRESH,
                         SERVERS_MEMORY, SOURCE_COMMIT, SOURCE_PATH, SUSPEND, Resource)
+
+if TYPE_CHECKING:
+    from .fleetmap import FleetPublisher
 
 log = logging.getLogger("ollama_gitops.cluster.status")
 
@@ -182,6 +185,7 @@ class ClusterStateStore(StateStore):
         # None until it knows, and then the whole is over the servers a record has.
         self.placements: Callable[[], Placements | None] = lambda: None
         self._placed: tuple[object, ...] | None = None  # the placements the statuses were last checked against
+        self.publisher: FleetPublisher | None = None  # the fleet's servers, for the API deployed apart
         super().__init__(directory)
 
     def _load(self, truncate: bool = False) -> None:
@@ -204,12 +208,16 @@ class ClusterStateStore(StateStore):
             self._placed = None
             self._reload(truncate=False)
             self.version += 1
+        if self.publisher is not None:
+            self.publisher.forget()
         return True
 
     def save_sync(self, sync: SyncStatus, durable: bool = True) -> None:
-        """Record the cycle's summary; the statuses follow an inventory that changed which servers
-        the models' selectors pick."""
+        """Record the cycle's summary; the leader publishes its servers, and the statuses follow
+        an inventory that changed which servers the models' selectors pick."""
         super().save_sync(sync, durable)
+        if self.publisher is not None and self._leading():
+            self.publisher.publish(sync.servers)
         self._place()
 
     def _place(self) -> None:

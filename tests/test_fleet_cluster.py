@@ -88,7 +88,7 @@ def test_a_model_no_server_matches_says_so_in_its_status_until_a_label_places_it
 
 def test_the_leader_publishes_the_servers_when_they_change_and_the_api_alone_shows_them(
         krig: FleetRig, tmp_path: Path, ollama: OllamaStandin) -> None:
-    publisher = FleetPublisher(krig.api_client, "default")
+    publisher = FleetPublisher(krig.api_client, "default", clock=lambda: 0.0)  # lastSeen alone is never due
     krig.store.publisher = publisher
     krig.work.model("default", "llama3.2", "1b", A100)
     krig.push()

@@ -179,14 +179,22 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
             trigger = service.request_cycle
     elif reconciler_service.kubernetes_mode(settings):
         # Apart from the reconciler in a cluster: status is read from the resources (get, list, watch).
-        from ..reconciler.cluster.connect import ClusterStatusSource, ClusterUnavailable, api_client, start_cache
+        from ..reconciler.cluster.connect import (ClusterStatusSource, ClusterUnavailable, FleetReader, api_client,
+                                                  start_cache)
 
         try:
             kube = api_client()
             cache = start_cache(kube)
         except ClusterUnavailable as exc:
             raise ConfigurationError(str(exc)) from None
-        status, close_status = ClusterStatusSource(cache), cache.stop
+        fleet = FleetReader(kube, settings.leader_election_namespace).start()  # the servers the leader publishes
+        status = ClusterStatusSource(cache, fleet)
+
+        def close_cluster() -> None:
+            fleet.stop()
+            cache.stop()
+
+        close_status = close_cluster
         follow, on_written = None, (lambda: None)
         trigger = _sync_request(kube, settings.leader_election_namespace)
     else:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+from .models.desired import DesiredState, ModelKey
 from .models.selector import LabelSelector
 from .state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen
 
@@ -76,3 +78,26 @@ def selected(selector: LabelSelector | None, servers: Iterable[ServerSeen]) -> l
     """The sorted names of the servers a model's `servers:` selector picks (None: every server), for
     `overall`; `servers` as the last cycle saw them (`SyncStatus.servers`)."""
     return sorted(s.name for s in servers if selector is None or selector.matches(s.labels))
+
+
+@dataclass(frozen=True)
+class Placements:
+    """Which servers each model of `desired` is on in an inventory (`servers`, as the cycle saw them):
+    what a writer of the whole (`overall`) needs beside the records."""
+
+    desired: DesiredState
+    servers: tuple[ServerSeen, ...]
+
+    @property
+    def stamp(self) -> tuple[object, ...]:
+        """What the selections depend on: the commit, and the servers' names and labels."""
+        return (self.desired.commit, tuple((s.name, tuple(sorted(s.labels.items()))) for s in self.servers))
+
+    def selected(self, key: ModelKey) -> list[str] | None:
+        """The servers `key`'s selector picks; None when its file is not in `desired` (a model kept
+        at its last good version, or going away) or no inventory is known: then the servers it is
+        recorded on are the whole (`overall_recorded`), as the API shows it."""
+        model = self.desired.models.get(key)
+        if model is None or not self.servers:
+            return None
+        return selected(model.fields.servers, self.servers)

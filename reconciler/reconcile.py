@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 
 from . import metrics
 from .models.desired import DesiredState, GitLoader, ModelKey, changed_between
+from .fleetstatus import Placements
 from .git.repo import GitError, GitRepo
 from .ollama.fleet import ClientFactory, Fleet, Listing, Member
 from .ollama.inventory import Inventory, InventorySource, Server, StaticInventory, normalize_url
@@ -121,6 +122,12 @@ class Reconciler:
         self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
         self.leading: Callable[[], bool] = lambda: True  # Kubernetes mode: holds the Lease
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
+
+    def placements(self) -> Placements | None:
+        """Which servers each model of the last loaded commit is on in the current inventory (None
+        before a commit is loaded or while no server is known): for writers of a model's whole."""
+        desired = self.desired
+        return Placements(desired, self.fleet.seen()) if desired is not None and self.fleet.names else None
 
     @property
     def pulls(self) -> Fleet:

@@ -183,7 +183,8 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
         from .cluster.connect import ClusterUnavailable, connect
 
         try:
-            service.cluster = connect(settings.state_dir, allow_empty=settings.allow_empty,
+            service.cluster = connect(settings.state_dir, settings.leader_election_namespace,
+                                      allow_empty=settings.allow_empty,
                                       on_change=lambda keys: service.request_cycle(),
                                       leading=lambda: service.reconciler is None or service.reconciler.leading())
         except ClusterUnavailable as exc:
@@ -208,6 +209,8 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
         on_pull_finished=service.pull_finished,
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
+    if service.cluster is not None:  # the resources' status is the whole over the servers a model's selector picks
+        service.cluster.store.placements = service.reconciler.placements
     return service
 
 

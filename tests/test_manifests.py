@@ -37,6 +37,7 @@ KUBERNETES_VERSION = "1.30"  # the oldest release the manifests are checked agai
 NAMESPACE = "ollama-gitops"
 IMAGE = "ghcr.io/example/ollama-gitops"
 SYNC_CONFIGMAP = "ollama-gitops-sync"  # webhook sync requests: the API patches it, the reconciler watches it
+FLEET_CONFIGMAP = "ollama-gitops-fleet"  # the fleet's servers: the leading reconciler writes them, the API reads them
 
 
 # -- rendering -------------------------------------------------------------------------------------
@@ -643,11 +644,13 @@ def test_resource_names_in_the_rules_are_the_names_the_code_uses(base) -> None:
     import inspect
 
     from ollama_gitops.reconciler.cluster.election import LeaderElector
+    from ollama_gitops.reconciler.cluster.fleetmap import CONFIG_MAP
 
+    assert CONFIG_MAP == FLEET_CONFIGMAP
     lease = inspect.signature(LeaderElector).parameters["name"].default
     names = {(resource, name) for role in find(base, "Role") for rule in role["rules"]
              for resource in rule["resources"] for name in rule.get("resourceNames") or []}
-    assert names == {("leases", lease), ("configmaps", SYNC_CONFIGMAP)}
+    assert names == {("leases", lease), ("configmaps", SYNC_CONFIGMAP), ("configmaps", FLEET_CONFIGMAP)}
 
 
 def discovered(kube: KubeStandin, ollama_url: str) -> None:
@@ -710,6 +713,10 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, with_ollama, 
         service_setting = settings_configmap(with_ollama)["data"]["OLLAMA_GITOPS_OLLAMA_SERVICE"]
         settings = settings_for(state_dir, str(remote), ollama.url, *common, "--lease-duration", "2", "--interval", "1",
                                 "--ollama-service", service_setting)
+        with kube.api_client() as api:  # as an earlier leader left it: read, then patched
+            kubernetes.client.CoreV1Api(api).create_namespaced_config_map(
+                NAMESPACE, {"metadata": {"name": FLEET_CONFIGMAP}, "data": {"servers.json": "[]"}})
+        kube.clear_request_log()
         service = reconciler_service.build(settings)
         health = HealthServer(Health(lambda: service.scheduler, settings.interval, lambda: service.reconciler.leading()),
                               "127.0.0.1", 0).start()
@@ -748,6 +755,10 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, with_ollama, 
             running.repository.refresh()
             answer = httpx.get(f"{running.server.url}/api/v1/models/gemma3-1b", headers={"X-API-Key": "a-key"})
             assert answer.status_code == 200 and answer.json()["state"] == "Ready"
+            servers = lambda: httpx.get(f"{running.server.url}/api/v1/servers",  # noqa: E731
+                                        headers={"X-API-Key": "a-key"}).json()["items"]
+            eventually(lambda: [s["name"] for s in servers()] == ["ollama-0"], timeout=30,
+                       what="the servers the reconciler published")
             sent = github(str(remote))
             answer = httpx.post(f"{running.server.url}/api/v1/webhook", content=sent.body, headers=sent.headers)
             assert answer.status_code == 202, answer.text
@@ -772,7 +783,8 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, with_ollama, 
         ("coordination.k8s.io", "leases", "get"), ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
         ("", "configmaps", "create"), ("", "configmaps", "list"), ("", "configmaps", "watch"),
+        ("", "configmaps", "get"), ("", "configmaps", "patch"),
     }
     assert check_exact(base, "ollama-gitops-api", api_log) == {
         ("ollama.smithforge.dev", "ollamamodels", "list"), ("ollama.smithforge.dev", "ollamamodels", "watch"),
-        ("", "configmaps", "patch")}
+        ("", "configmaps", "patch"), ("", "configmaps", "get")}

@@ -21,6 +21,7 @@ from kubernetes import client
 from ollama_gitops.api import runtime
 from apirig import settings_for
 from gitrepos import WorkRepo, init_bare
+from ollama_gitops.reconciler.cluster.fleetmap import CONFIG_MAP as FLEET_CONFIG_MAP
 from ollama_gitops.reconciler.cluster.syncrequest import ANNOTATION, CONFIG_MAP
 from processes import Children
 from standins.kube_apiserver import KubeStandin
@@ -65,6 +66,16 @@ def start_api(tmp_path: Path, kube: KubeStandin, remote: Path, ollama: OllamaSta
     return running
 
 
+def sync_config_map(kube: KubeStandin) -> dict | None:
+    return next((c for c in kube.config_maps(NS) if c["metadata"]["name"] == CONFIG_MAP), None)
+
+
+def sync_requests(kube: KubeStandin) -> list:
+    """The API's requests to ConfigMaps but its reads of the fleet's servers (the `get` every few seconds)."""
+    return [r for r in kube.request_log if "configmaps" in r.path
+            and (r.verb, r.path) != ("get", f"/api/v1/namespaces/{NS}/configmaps/{FLEET_CONFIG_MAP}")]
+
+
 def post(running: runtime.RunningApi, remote: Path) -> httpx.Response:
     sent = github(str(remote))
     return httpx.post(f"{running.server.url}/api/v1/webhook", content=sent.body, headers=sent.headers, timeout=30)
@@ -83,16 +94,16 @@ def test_without_the_config_map_the_api_answers_503_and_with_it_only_patches_it(
         kube.clear_request_log()
         response = post(running, remote)
         assert response.status_code == 202 and response.json() == {"status": "accepted"}
-        value = kube.config_maps(NS)[0]["metadata"]["annotations"][ANNOTATION]
+        value = sync_config_map(kube)["metadata"]["annotations"][ANNOTATION]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", value)
         # All the API may do to ConfigMaps (its Role: patch, resourceNames [ollama-gitops-sync]).
-        assert [(r.verb, r.path) for r in kube.request_log if "configmaps" in r.path] == [
+        assert [(r.verb, r.path) for r in sync_requests(kube)] == [
             ("patch", f"/api/v1/namespaces/{NS}/configmaps/{CONFIG_MAP}")]
         # A bad signature touches nothing in the cluster.
         kube.clear_request_log()
         sent = github(str(remote), secret="wrong")
         assert httpx.post(f"{running.server.url}/api/v1/webhook", content=sent.body, headers=sent.headers).status_code == 401
-        assert not [r for r in kube.request_log if "configmaps" in r.path]
+        assert not sync_requests(kube)
     finally:
         running.stop()
 
@@ -113,14 +124,14 @@ def test_a_webhook_to_the_api_makes_the_reconciler_in_another_process_apply_the_
             return found[0].get("status", {}).get("state") if found else None
 
         eventually(lambda: state("llama3.2-1b") == "Ready", timeout=START, what="llama3.2-1b Ready")  # its first cycle
-        eventually(lambda: kube.config_maps(NS), timeout=START, what="the reconciler to create its ConfigMap")
+        eventually(lambda: sync_config_map(kube), timeout=START, what="the reconciler to create its ConfigMap")
         running = start_api(tmp_path, kube, remote, ollama, monkeypatch)
         work = WorkRepo(tmp_path / "pusher", remote=remote)
         work.model("default", "gemma3", "1b")
         work.commit("Add gemma3")
         work.push()
         assert post(running, remote).status_code == 202
-        value = kube.config_maps(NS)[0]["metadata"]["annotations"][ANNOTATION]
+        value = sync_config_map(kube)["metadata"]["annotations"][ANNOTATION]
         # The next scheduled cycle is an hour away: the request is what brings gemma3 in.
         reconciler.wait_for(f"action=sync-requested at={re.escape(value)}", timeout=START)
         eventually(lambda: state("gemma3-1b") == "Ready", timeout=START, what="gemma3-1b Ready, after the webhook")

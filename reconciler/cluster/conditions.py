@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from ..state import FAILED, PENDING, PULLING, READY, ModelStatus
+from ..fleetstatus import NO_SERVER_MATCHES
 
 READY_TYPE, RECONCILING_TYPE, STALLED_TYPE = "Ready", "Reconciling", "Stalled"
 TYPES = (READY_TYPE, RECONCILING_TYPE, STALLED_TYPE)
@@ -41,6 +42,11 @@ def _assess(status: ModelStatus, suspended: bool) -> dict[str, _Condition]:
         return {READY_TYPE: _Condition(false, "PullFailed", error),
                 RECONCILING_TYPE: _Condition(false, "PullFailed", "the pull is retried with backoff"),
                 STALLED_TYPE: _Condition(true, "PullFailed", error)}
+    if status.error == NO_SERVER_MATCHES:
+        # Nothing to do until the inventory or the selector changes: a person may have to act.
+        return {READY_TYPE: _Condition(false, "NoServerMatches", status.error),
+                RECONCILING_TYPE: _Condition(false, "NoServerMatches", "waiting for a server the selector picks"),
+                STALLED_TYPE: _Condition(true, "NoServerMatches", status.error)}
     if suspended:
         return {READY_TYPE: _Condition(false, "Suspended", "suspended in its model file: not pulled"),
                 RECONCILING_TYPE: _Condition(false, "Suspended", "suspended in its model file"),

@@ -15,6 +15,7 @@ from ..state import ModelRecord, SyncStatus
 from .cache import ResourceCache
 from .client import ClusterClient
 from .discovery import ServiceDiscovery, ServiceRef
+from .fleetmap import FleetPublisher, FleetReader
 from .status import ClusterStateStore, record_from
 from .sync import ClusterSync
 
@@ -73,29 +74,41 @@ class ClusterParts:
     cache: ResourceCache
     store: ClusterStateStore
     sync: ClusterSync
+    publisher: FleetPublisher
 
     def close(self) -> None:
         self.sync.close()
         self.store.close()
+        self.publisher.close()
         self.cache.stop()
 
 
-def connect(state_dir: Path, *, allow_empty: bool, on_change: Callable[[set[ModelKey]], None],
+def connect(state_dir: Path, namespace: str, *, allow_empty: bool, on_change: Callable[[set[ModelKey]], None],
             leading: Callable[[], bool] = lambda: True) -> ClusterParts:
+    """The cluster's parts of a reconciler; `namespace` is its own (the Lease's), where the
+    fleet's servers are published for the API."""
     api = api_client()
     cache = start_cache(api, on_change)
     kube = ClusterClient(api, cache)
     store = ClusterStateStore(state_dir, kube, cache, leading=leading)
-    return ClusterParts(api, cache, store, ClusterSync(kube, cache, store, allow_empty=allow_empty, leading=leading))
+    store.publisher = FleetPublisher(api, namespace, leading=leading)
+    return ClusterParts(api, cache, store, ClusterSync(kube, cache, store, allow_empty=allow_empty, leading=leading),
+                        store.publisher)
 
 
 class ClusterStatusSource:
     """Status for an API running apart from the reconciler: read from the resources, through the
-    same watch-backed cache (so the API needs only get, list and watch)."""
+    same watch-backed cache (so the API needs only list and watch), and the fleet's servers from
+    the ConfigMap the leader publishes them in (`fleet`; without it, none are known)."""
 
-    def __init__(self, cache: ResourceCache) -> None:
+    def __init__(self, cache: ResourceCache, fleet: FleetReader | None = None) -> None:
         self._cache = cache
-        self.sync = SyncStatus()
+        self._fleet = fleet
+
+    @property
+    def sync(self) -> SyncStatus:
+        """What the API alone knows of the reconciler's summary: the servers it last saw."""
+        return SyncStatus(servers=self._fleet.servers if self._fleet is not None else ())
 
     @property
     def version(self) -> int:

@@ -1,7 +1,8 @@
 """Kubernetes mode's memory: the reconciler's records kept on the OllamaModel resources themselves.
 
 Status goes to the status subresource (and only there): the seed's fields for the model as a whole
-(`fleetstatus.overall` over the servers the model is recorded on), and `servers`, the model on each server of the fleet. What only
+(`fleetstatus.overall` over the servers its selector picks in the reconciler's inventory, so a
+model no server matches says so), and `servers`, the model on each server of the fleet. What only
 ollama-gitops needs to remember (it pulled these weights there, it handled that refresh request)
 goes into annotations, per server; forgetting a model releases its finalizer so that its deletion
 can finish. A new leader reads both back (`record_from`), server by server. Writes leave the
@@ -18,19 +19,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import metrics
 from ..models.desired import ModelKey
 from ..models.sizes import format_size
-from ..fleetstatus import overall_recorded
+from ..fleetstatus import Placements, overall, overall_recorded
+from ..plan import applied_spec
 from ..state import (DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore,
-                     utc_rfc3339)
+                     SyncStatus, utc_rfc3339)
 from .cache import ResourceCache
 from .conditions import model_conditions
 from .client import ClusterClient, ClusterError
 from .resources import (FINALIZER, PRUNE, PULLED, REFRESH_HANDLED, REFRESH_REQUESTED_AT, SEED_REFRESH,
                         SERVERS_MEMORY, SOURCE_COMMIT, SOURCE_PATH, SUSPEND, Resource)
+
+if TYPE_CHECKING:
+    from .fleetmap import FleetPublisher
 
 log = logging.getLogger("ollama_gitops.cluster.status")
 
@@ -176,6 +181,11 @@ class ClusterStateStore(StateStore):
         self._in_flight = 0
         self._crashes: dict[ModelKey, str] = {}  # unexpected errors of writes, until a cycle reports them
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube-status")
+        # Which servers each model's selector picks, from the reconciler (service.build wires it):
+        # None until it knows, and then the whole is over the servers a record has.
+        self.placements: Callable[[], Placements | None] = lambda: None
+        self._placed: tuple[object, ...] | None = None  # the placements the statuses were last checked against
+        self.publisher: FleetPublisher | None = None  # the fleet's servers, for the API deployed apart
         super().__init__(directory)
 
     def _load(self, truncate: bool = False) -> None:
@@ -195,9 +205,42 @@ class ClusterStateStore(StateStore):
             self._pending.clear()
             self._forced.clear()
             self._written.clear()  # another leader may have written since: the resources say what is
+            self._placed = None
             self._reload(truncate=False)
             self.version += 1
+        if self.publisher is not None:
+            self.publisher.forget()
         return True
+
+    def save_sync(self, sync: SyncStatus, durable: bool = True) -> None:
+        """Record the cycle's summary; the leader publishes its servers, and the statuses follow
+        an inventory that changed which servers the models' selectors pick."""
+        super().save_sync(sync, durable)
+        if self.publisher is not None and self._leading():
+            self.publisher.publish(sync.servers)
+        self._place()
+
+    def _place(self) -> None:
+        """Write the statuses that the placements change without any record changing: every model's
+        when the commit or the servers' names or labels changed (written only where they differ), and
+        a status for each resource whose model is recorded on no server (a selector matching none)."""
+        placements = self.placements()
+        if placements is None or not self._leading():
+            return
+        changed = placements.stamp != self._placed
+        self._placed = placements.stamp
+        with self._lock, self._pending_lock:
+            for key, model in placements.desired.models.items():
+                record = self._models.get(key)
+                if record is not None:
+                    if changed:
+                        self._pending.setdefault(key, record.copy())
+                    continue
+                resource = self._cache.get(key)
+                if resource is not None and not resource.deleting and (changed or not (
+                        self._written.get(key) or resource.status)):
+                    self._pending.setdefault(key, ModelRecord(applied_spec(model)))
+        self._drain()
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         with self._pending_lock:
@@ -310,12 +353,12 @@ class ClusterStateStore(StateStore):
 
     def _write_record(self, key: ModelKey, record: ModelRecord, forced: bool) -> None:
         resource = self._cache.get(key)
+        with self._lock:
+            recorded = key in self._models  # if not, the status of a model on no server (`_place`)
         if resource is None and not forced:
             # Not in the cache yet (just created, and the watch has not brought it): keep the write
             # for the next round rather than lose it; a record forgotten meanwhile drops it.
-            with self._lock:
-                still_recorded = key in self._models
-            if still_recorded:
+            if recorded:
                 with self._pending_lock:
                     self._pending.setdefault(key, record)
             return
@@ -324,7 +367,10 @@ class ClusterStateStore(StateStore):
             written = self._written.get(key)
         latest = written if written is not None else current  # what the resource says now
         # Just created (forced, not in the cache yet): a new resource is at generation 1.
-        whole = overall_recorded(record)  # the seed's fields: over the servers the model is on
+        placements = self.placements()
+        selected = placements.selected(key) if placements is not None else None
+        # The seed's fields: over the servers the selector picks (or, not known, those recorded).
+        whole = overall(record, selected) if selected is not None else overall_recorded(record)
         status = status_body(whole, servers=record.servers, suspended=record.spec.suspend,
                              generation=resource.generation if resource is not None else 1,
                              previous_conditions=latest.get("conditions"))
@@ -337,6 +383,8 @@ class ClusterStateStore(StateStore):
             before = _states(latest)
             for name, server in sorted(record.servers.items()):
                 self._event(key, name, before.get(name), server, resource)
+        if not recorded:
+            return  # nothing pulled anywhere: no memory to keep
         existing = resource.annotations if resource is not None else {}
         annotations = memory_annotations(record, existing)
         if any(existing.get(k) != v for k, v in annotations.items()):

@@ -83,6 +83,7 @@ def measure_size(size: int, args: argparse.Namespace, driver, stream_cost: bool)
             ollama.add_to_catalogue(f"model{i}:1b", MODEL_SIZE)
             ollama.install(f"model{i}:1b", MODEL_SIZE)
         rig = ApiRig(parent / "rig", ollama, api_key=None, remote=remote, state_dir=parent / "state")
+        rig.event_heartbeat = args.heartbeat  # a page's stream is seen closed at the next write to it
         rig.start()
         rig.settle()
         result: dict = {"models": size}
@@ -174,12 +175,14 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--idle", type=float, default=5.0)
+    parser.add_argument("--heartbeat", type=float, default=15.0, help="seconds between the streams' keep-alive comments")
     parser.add_argument("--burst", type=int, default=300)
     parser.add_argument("--requests", type=int, default=50)
     args = parser.parse_args()
     if args.smoke:
         args.sizes, args.repeats, args.updates, args.pages, args.idle, args.burst, args.requests = \
             [10, 100], 1, 3, 4, 0.5, 20, 5
+        args.heartbeat = 1.0
     os.environ.update(GIT_ENV)
     from browser import chromium, quit_chromium
 

@@ -314,3 +314,14 @@ def test_the_events_stream_survives_a_reconnect(serve: ApiRig, driver) -> None:
     eventually(lambda: rows(driver).get("default/qwen2.5-0.5b") == "Ready", timeout=30)
     assert driver.execute_script("return window.notReloaded") is True
     assert console_errors(driver) == []
+
+
+def test_a_page_left_for_another_lets_its_stream_go(serve: ApiRig, driver) -> None:
+    # The browser keeps a page it leaves in its back-forward cache for minutes, stream and all; the
+    # server has a bounded number of streams, so the page lets its own go when it is hidden.
+    serve.event_heartbeat = 1.0  # the server sees a closed stream at its next write
+    ready_page(serve, driver)
+    bus = serve.running.feed.bus
+    assert bus.subscribers == 1
+    driver.get("about:blank")
+    eventually(lambda: bus.subscribers == 0, timeout=20, what="the left page's stream closed")

@@ -598,6 +598,15 @@
     live(generation); // its first event (hello) reads everything, after the stream is open
 
   }
+  // A page left for another keeps its stream open while the browser holds it in its back-forward
+  // cache (minutes), and the server has a bounded number of streams: let it go, and come back live
+  // if the page is shown again.
+  window.addEventListener("pagehide", () => {
+    generation++;
+    if (state.streamAbort) state.streamAbort.abort();
+    stopPolling();
+  });
+  window.addEventListener("pageshow", (event) => { if (event.persisted) restart(); });
   // For tests and the curious: what the page holds.
   window.ollamaGitops = { state, apply, reconnect: () => state.streamAbort && state.streamAbort.abort() };
   restart();

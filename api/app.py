@@ -27,7 +27,7 @@ from ..reconciler.models.desired import ModelKey
 from ..reconciler.models.modelfile import ModelFields, fields_from_document
 from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected, Written
 
-from . import metrics, webhook
+from . import listing, metrics, webhook
 from .catalog import Catalog, model_view
 from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
@@ -168,7 +168,12 @@ def create_app(
 
     @app.get("/api/v1/models")
     def list_models() -> Response:
-        return Response(catalog.list_json(_namespace()), 200, mimetype="application/json")
+        namespace = _namespace()
+        try:
+            query = listing.parse_query(request.args, namespace)
+        except listing.ListQueryError as exc:
+            raise _BadInput(str(exc)) from None
+        return listing.respond(catalog.model_list(namespace), query, namespace, request)
 
     @app.get("/api/v1/models/<name>")
     def get_model(name: str) -> Response:

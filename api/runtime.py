@@ -60,6 +60,7 @@ class RunningApi:
     service: reconciler_service.Service | None = None
     lock_file: TextIO | None = None
     close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
+    catalog: Catalog | None = None  # what reads are answered from (its `stats` count the work of lists)
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
@@ -201,7 +202,7 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
              "on" if webhook is not None else "off")
     log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
              repo.display_url, settings.branch, settings.branch, repo.display_url)
-    return RunningApi(server, repository, refresher, service, lock_file, close_status)
+    return RunningApi(server, repository, refresher, service, lock_file, close_status, catalog)
 
 
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:

@@ -205,10 +205,11 @@ class ModelWriter:
         candidates = [f"{MODELS_DIR}/{c.namespace}/{_name_of(c)}{suffix}" for c in changes for suffix in MODEL_SUFFIXES]
         # The folders too: a write must never turn a linked or submodule namespace into a folder.
         folders = sorted({MODELS_DIR, *(f"{MODELS_DIR}/{c.namespace}" for c in changes)})
-        listing = self.repo.run("ls-tree", "-z", head, "--", *folders, *candidates, action="read the branch head")
-        entries = [(meta.split(), path) for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)]
-        blobs = {path: meta[2] for meta, path in entries if path not in folders}
-        special = {path: kind for meta, path in entries
+        # Apart: with a folder and a file in it asked at once, ls-tree lists the folder's every entry.
+        folder_entries = _ls_tree(self.repo.run("ls-tree", "-z", head, "--", *folders, action="read the branch head"))
+        file_entries = _ls_tree(self.repo.run("ls-tree", "-z", head, "--", *candidates, action="read the branch head"))
+        blobs = {path: meta[2] for meta, path in file_entries}
+        special = {path: kind for meta, path in folder_entries + file_entries
                    if (kind := special_kind(int(meta[0], 8)) or ("a file" if path in folders and meta[1] == "blob" else None))}
         files = _Files(self._git, blobs, special)
         results: list[Written | WriteRejected] = []
@@ -266,6 +267,11 @@ class ModelWriter:
             return None
         # mktree sorts the entries as Git orders them; --missing skips looking up every unchanged one.
         return self.repo.run("mktree", "-z", "--missing", action="write a tree", stdin=body.encode())
+
+
+def _ls_tree(listing: str) -> list[tuple[list[str], str]]:
+    """`git ls-tree -z` output as ([mode, type, SHA], path) pairs."""
+    return [(meta.split(), path) for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)]
 
 
 def _entry_span(listing: str, name: str) -> tuple[int, int] | None:

@@ -110,7 +110,11 @@ def test_a_list_after_a_write_serialises_only_the_model_that_changed(lists: ApiR
     before = lists.client.get("/api/v1/models").json()["items"]
     assert all(m["state"] == "Ready" for m in before)
     serialised = stats.serialised
+    loads = lists.running.repository.loader_stats
+    listed, parsed = loads.namespaces_listed, loads.parsed
     assert lists.client.post("/api/v1/models", json={"name": "smollm2", "tag": "135m"}).status_code == 201
+    # The API took its own write in from the file it wrote: no namespace listed again, one file parsed.
+    assert (loads.namespaces_listed - listed, loads.parsed - parsed) == (0, 1)
     after = lists.client.get("/api/v1/models").json()["items"]
     assert stats.serialised - serialised == 1
     assert [m for m in after if m["name"] != "smollm2-135m"] == before

@@ -16,9 +16,9 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 
 import git
@@ -73,6 +73,9 @@ class Written:
     commit: str
     path: str
     fields: ModelFields | None  # None for a delete
+    parent: str | None = None  # the commit it was made on
+    # Every file the commit changed (this change's and its batch's), by path: the new blob SHA, None if removed.
+    changes: Mapping[str, str | None] = field(default_factory=dict)
 
 
 def parse_author(text: str) -> git.Actor:
@@ -164,9 +167,10 @@ class ModelWriter:
                 if not edits:
                     break
                 done = [(change, r) for (change, _), r in zip(batch, results) if isinstance(r, Written)]
-                commit = self._make_commit(head, edits, _message(done))
+                commit, changes = self._make_commit(head, edits, _message(done))
                 if self.repo.push(commit, expected=head):
-                    results = [replace(r, commit=commit) if isinstance(r, Written) else r for r in results]
+                    results = [replace(r, commit=commit, parent=head, changes=changes) if isinstance(r, Written) else r
+                               for r in results]
                     pushed = commit
                     log.info("action=pushed commit=%s changes=%d attempt=%d", commit[:12], len(edits), attempt)
                     break
@@ -220,8 +224,9 @@ class ModelWriter:
                 results.append(rejected)
         return results, files.edits
 
-    def _make_commit(self, head: str, edits: dict[str, bytes | None], message: str) -> str:
-        """A commit on `head` with `edits` made, built from the trees on the changed paths only.
+    def _make_commit(self, head: str, edits: dict[str, bytes | None], message: str) -> tuple[str, dict[str, str | None]]:
+        """A commit on `head` with `edits` made, built from the trees on the changed paths only, and
+        the blob SHA of each edited path (None: removed).
 
         No index: reading the head's every entry into one (a hundred thousand for a big repository)
         cost more than the rest of a write. Each tree from the root down to a changed file is listed
@@ -235,8 +240,9 @@ class ModelWriter:
             self.repo.run("mktree", "-z", action="write the tree", stdin=b"")  # every file deleted: the empty tree
         env = {"GIT_AUTHOR_NAME": self.author.name, "GIT_AUTHOR_EMAIL": self.author.email,
                "GIT_COMMITTER_NAME": self.author.name, "GIT_COMMITTER_EMAIL": self.author.email}
-        return self.repo.run("commit-tree", tree, "-p", head, "-F", "-", action="commit", env=env,
-                             stdin=message.encode())
+        commit = self.repo.run("commit-tree", tree, "-p", head, "-F", "-", action="commit", env=env,
+                               stdin=message.encode())
+        return commit, changes
 
     def _edit_tree(self, tree: str | None, prefix: str, changes: dict[str, str | None]) -> str | None:
         """The tree `tree` (None: there is none yet) with `changes` made, by path relative to it: a

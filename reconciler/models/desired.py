@@ -8,6 +8,7 @@ proportion to what changed.
 
 from __future__ import annotations
 
+import bisect
 import gc
 import os
 import re
@@ -209,6 +210,7 @@ class GitLoader:
         self._files_checked: dict[tuple[str, str], _FileResult] = {}  # by (path, blob)
         self._prefetched: dict[str, bytes] = {}
         self._last_commit = ""
+        self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
         self.stats = LoadStats()
 
     def load(self, commit: str) -> DesiredState:
@@ -255,16 +257,79 @@ class GitLoader:
             used[cache_key] = _assemble_namespace(ordered)
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
+        self._last = None
         self._files_checked = {(r.path, r.blob): r for n in used.values() for r in n.files}
         live_blobs = {r.blob for r in self._files_checked.values()}
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
         self._prefetched.clear()
         state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
+        self._last = (state, self._entries(models_tree)) if models_tree else None
         # What was just loaded lives until the next commit. Moving it out of the cyclic garbage
         # collector's generations keeps full collections from re-scanning it (with ten thousand
         # models they took 100-250 ms each); being acyclic, it is still freed by reference counting.
         gc.freeze()
         return state
+
+    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None]) -> DesiredState:
+        """The desired state at `commit`, which is `parent` with only the files `edits` changed (path ->
+        its new blob SHA, or None when removed), as a write made it.
+
+        When the last load was of `parent` and every edit is a model file of a namespace folder already
+        loaded, whose model no other file claims, the state is the last one with those files checked
+        again: a write costs its own files, not the hundred thousand others of its namespace. Anything
+        else (a new namespace, a duplicate, a commit that changed more) is a full `load`, with the
+        same result."""
+        last = self._last
+        if last is None or last[0].commit != parent or not _FULL_SHA.match(commit):
+            return self.load(commit)
+        state, old_entries = last
+        by_namespace: dict[str, dict[str, str | None]] = defaultdict(dict)
+        for path, blob in edits.items():
+            parts = path.split("/")
+            if len(parts) != 3 or parts[0] != MODELS_DIR or not _is_model_file(parts[2]):
+                return self.load(commit)
+            by_namespace[parts[1]][path] = blob
+        new_entries = self._models_entries(commit)
+        old_trees = {e.name: e for e in old_entries}
+        new_trees = {e.name: e for e in new_entries or ()}
+        # Nothing but the edited namespaces' folders may differ under models/, and those were folders before.
+        if new_entries is None or set(old_trees) != set(new_trees) or any(
+                (old_trees[n] != new_trees[n]) != (n in by_namespace) for n in old_trees) or any(
+                not old_trees[n].is_tree or not new_trees[n].is_tree for n in by_namespace):
+            return self.load(commit)
+        used = dict(self._namespaces)
+        edited: list[tuple[tuple[_FileResult, ...], tuple[_FileResult, ...]]] = []
+        for name, changed in by_namespace.items():
+            old_key = (name, old_trees[name].binsha.hex())
+            if old_key not in used:
+                return self.load(commit)
+            result = _edit_namespace(name, used[old_key], changed, self)
+            if result is None:
+                return self.load(commit)
+            del used[old_key]
+            used[(name, new_trees[name].binsha.hex())] = result[0]
+            edited.append(result[1:])
+        self.stats.loads += 1
+        self._last_commit = commit
+        self._namespaces = used
+        for before, after in edited:  # the file cache follows (a parse no file uses any more goes at the next full load)
+            for result in before:
+                self._files_checked.pop((result.path, result.blob), None)
+            self._files_checked.update(((r.path, r.blob), r) for r in after)
+        top = [p for p in state.problems if p.path.count("/") < 2]  # models/ itself and entries directly in it
+        new_state = _merge(commit, [used[k] for k in sorted(used)], top, set(state.unreadable_namespaces),
+                           state.all_unreadable)
+        self._last = (new_state, new_entries)
+        gc.freeze()
+        return new_state
+
+    def _models_entries(self, commit: str) -> list[_Entry] | None:
+        """The entries of `models/` at `commit`; None when it is not a folder."""
+        root = git.Commit(self._repo, bytes.fromhex(commit)).tree
+        entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR]
+        if not entries or not entries[0].is_tree:
+            return None
+        return self._entries(entries[0].binsha)
 
     def _commit(self, commit: str) -> git.Commit:
         # A full SHA needs no lookup (`repo.commit` would ask git to resolve it first).
@@ -446,6 +511,45 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
         else:
             unreadable.add(key)
     return _Namespace(models, tuple(problems), frozenset(unreadable), results)
+
+
+def _edit_namespace(name: str, old: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
+                    ) -> tuple[_Namespace, tuple[_FileResult, ...], tuple[_FileResult, ...]] | None:
+    """`old` with the files `changed` (path -> blob SHA, None: removed) checked again, with the results
+    they had and have; None when a model they claim is claimed by another file too (a full assembly
+    sorts that out)."""
+    before = tuple(r for r in old.files if r.path in changed)
+    fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
+    after = _load_namespace(name, fresh, loader._parse)
+    claims = [r.claimed for r in (*before, *after) if r.claimed is not None]
+    for key in set(claims):
+        model = old.models.get(key)
+        if sum(1 for r in after if r.claimed == key) > 1 or sum(1 for r in before if r.claimed == key) > 1 or \
+                (model is not None and model.path not in changed) or \
+                (model is None and key in old.unreadable and not any(r.claimed == key for r in before)):
+            return None
+    found = {r.model.key: r.model for r in after if r.model is not None}
+    models = dict(old.models)
+    unreadable = set(old.unreadable)
+    for result in before:
+        if result.claimed is not None:
+            unreadable.discard(result.claimed)
+            if result.claimed not in found:
+                models.pop(result.claimed, None)
+    unreadable.update(r.claimed for r in after if r.model is None and r.claimed is not None)
+    new_keys = sorted(k for k in found if k not in models)
+    models.update(found)  # a model already there keeps its place
+    if new_keys:  # put in name order, as a full assembly makes it
+        items, keys = list(models.items()), list(models)
+        del items[-len(new_keys):], keys[-len(new_keys):]  # `update` put the new ones last
+        for key in new_keys:
+            at = bisect.bisect_left(keys, key)
+            keys.insert(at, key)
+            items.insert(at, (key, found[key]))
+        models = dict(items)
+    problems = tuple(p for p in old.problems if p.path not in changed) + tuple(p for r in after for p in r.problems)
+    files = tuple(r for r in old.files if r.path not in changed) + after
+    return _Namespace(models, problems, frozenset(unreadable), files), before, after
 
 
 def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem],

@@ -7,6 +7,7 @@ keeps its bytes, so the list after a write serialises the models that changed, n
 
 from __future__ import annotations
 
+import array
 import bisect
 import dataclasses
 import gzip
@@ -69,12 +70,12 @@ def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | N
 @dataclasses.dataclass(frozen=True)
 class ModelList:
     """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, and item `i`
-    (the model `keys[i]`, in name order) is `body[spans[i][0]:spans[i][1]]`. `tag` changes whenever
-    the body does (the list's ETag)."""
+    (the model `keys[i]`, in name order) ends at `ends[i]`, after a comma or the list's start. `tag`
+    changes whenever the body does (the list's ETag)."""
 
     keys: Sequence[ModelKey]
     states: Sequence[object]  # what each item was made from: a model is serialised again only when it differs
-    spans: Sequence[tuple[int, int]]
+    ends: array.array
     body: bytes
     tag: str
     _gzipped: list[bytes] = dataclasses.field(default_factory=list, repr=False, compare=False)
@@ -87,13 +88,16 @@ class ModelList:
                 self._gzipped.append(gzip.compress(self.body, GZIP_LEVEL, mtime=0))
             return self._gzipped[0]
 
+    def start(self, i: int) -> int:
+        """Where item `i` begins in `body`."""
+        return self.ends[i - 1] + 1 if i else len(_LIST_START)
+
     def page(self, after: str | None, limit: int) -> tuple[bytes, str | None, int]:
         """The body of at most `limit` items named after `after` (None: from the first), the name of the
         last one when more follow (else None) and how many follow."""
         start = bisect.bisect_right(self.keys, after, key=_name) if after is not None else 0
         end = min(len(self.keys), start + limit)
-        view = memoryview(self.body)
-        items = b",".join(view[a:b] for a, b in self.spans[start:end])
+        items = self.body[self.start(start):self.ends[end - 1]] if end > start else b""
         remaining = len(self.keys) - end
         return items, (self.keys[end - 1].name if remaining and end > start else None), remaining
 
@@ -150,17 +154,16 @@ class Catalog:
         for key, state, make in zip(keys, states, makers):
             i = previous.get(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
-                start, end = old.spans[i]  # type: ignore[union-attr]
-                parts.append(view[start:end])  # type: ignore[index]
+                parts.append(view[old.start(i):old.ends[i]])  # type: ignore[index, union-attr]
             else:
                 self.stats.serialised += 1
                 parts.append(_ENCODE(make()).encode())
-        spans, position = [], len(_LIST_START)
+        ends, position = array.array("q"), len(_LIST_START) - 1
         for part in parts:
-            spans.append((position, position + len(part)))
             position += len(part) + 1
+            ends.append(position)
         body = _LIST_START + b",".join(parts) + _LIST_END
-        return ModelList(tuple(keys), tuple(states), tuple(spans), body, f"{self._boot}-{next(self._generation)}")
+        return ModelList(tuple(keys), tuple(states), ends, body, f"{self._boot}-{next(self._generation)}")
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One model, or None when no file defines it."""
@@ -213,19 +216,19 @@ class Catalog:
         items: dict[ModelKey, tuple[object, Callable[[], dict[str, Any]]]] = {}
         for m in models:
             record = records.get(m.key)
-            items[m.key] = ((m.blob, m.fields, _state_of(record)),
+            items[m.key] = ((m.blob, m.fields, *_state_of(record)),
                             lambda m=m, record=record: model_view(m.key, m.fields.name, m.fields.tag, record,
                                                                   m.fields.suspend))
         extra = False
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
                 why = desired.kept_reason(key, records[key].spec.path)
-                items[key] = (("kept", why, _state_of(records[key])),
+                items[key] = (("kept", why, *_state_of(records[key])),
                               lambda key=key, record=records[key], why=why: _last_good_view(key, record, why))
                 extra = True
         for key, (record, why) in self._kept_at_zero_records(desired).items():
             if key.namespace == namespace:
-                items[key] = (("kept", why, _state_of(record)),
+                items[key] = (("kept", why, *_state_of(record)),
                               lambda key=key, record=record, why=why: _last_good_view(key, record, why))
                 extra = True
         keys = sorted(items) if extra else list(items)  # the models alone are in name order already
@@ -256,14 +259,22 @@ def _name(key: ModelKey) -> str:
     return key.name
 
 
-def _state_of(record: ModelRecord | None) -> object:
-    """What a view is made from of a record, to compare with the last one: its fields' values, each
-    dataclass among them as a tuple of its own (a tuple of references, no copy). A value of another
-    kind (a mapping of statuses) is kept as it is and compared by equality."""
+def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
+    """What a view is made from of a record, to compare with the last one, as one flat tuple of
+    references (no copy): a mutable dataclass among its fields (the status, which the store copies
+    on every read) by its values, anything else (the frozen spec, a mapping of statuses) as it is."""
     if record is None:
-        return None
-    return tuple(tuple(vars(value).values()) if dataclasses.is_dataclass(value) else value
-                 for value in vars(record).values())
+        return ()
+    state: list[object] = []
+    for value in vars(record).values():
+        if dataclasses.is_dataclass(value) and not type(value).__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            state.append(type(value))  # where its values start
+            values = getattr(value, "__dict__", None)
+            state.extend(values.values() if values is not None else
+                         (getattr(value, f.name) for f in dataclasses.fields(value)))
+        else:
+            state.append(value)
+    return tuple(state)
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str) -> dict[str, Any]:

@@ -44,7 +44,7 @@ class ModelKey(NamedTuple):
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Problem:
     """Why a file is not (or not entirely) part of the desired state."""
 
@@ -57,7 +57,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredModel:
     """A valid model file: what it says and where it lives."""
 
@@ -169,7 +169,7 @@ class _Listed(NamedTuple):
         return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), special_kind(self.mode))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _FileResult:
     path: str
     blob: str
@@ -207,7 +207,7 @@ class GitLoader:
         self._repo = repo
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
-        self._files_checked: dict[tuple[str, str], _FileResult] = {}  # by (path, blob)
+        self._files_checked: dict[str, _FileResult] = {}  # by path: valid while the blob is the same
         self._prefetched: dict[str, bytes] = {}
         self._last_commit = ""
         self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
@@ -247,18 +247,19 @@ class GitLoader:
         # Within a changed namespace, a file whose path and blob are unchanged keeps its result, so
         # one edited file in a directory of ten thousand checks one file.
         checked = self._files_checked
-        fresh = {k: [f.source(self) for f in files if (f.path, f.blob) not in checked] for k, files in listed.items()}
+        fresh = {k: [f.source(self) for f in files if getattr(checked.get(f.path), "blob", None) != f.blob]
+                 for k, files in listed.items()}
         # One pipelined read for every new blob of every changed namespace.
         self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed and not f.special])
         for cache_key, files in listed.items():
             results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
             by_path = {r.path: r for r in results}
-            ordered = [by_path.get(f.path) or checked[(f.path, f.blob)] for f in files]
+            ordered = [by_path.get(f.path) or checked[f.path] for f in files]
             used[cache_key] = _assemble_namespace(ordered)
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
         self._last = None
-        self._files_checked = {(r.path, r.blob): r for n in used.values() for r in n.files}
+        self._files_checked = {r.path: r for n in used.values() for r in n.files}
         live_blobs = {r.blob for r in self._files_checked.values()}
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
         self._prefetched.clear()
@@ -314,8 +315,8 @@ class GitLoader:
         self._namespaces = used
         for before, after in edited:  # the file cache follows (a parse no file uses any more goes at the next full load)
             for result in before:
-                self._files_checked.pop((result.path, result.blob), None)
-            self._files_checked.update(((r.path, r.blob), r) for r in after)
+                self._files_checked.pop(result.path, None)
+            self._files_checked.update((r.path, r) for r in after)
         top = [p for p in state.problems if p.path.count("/") < 2]  # models/ itself and entries directly in it
         new_state = _merge(commit, [used[k] for k in sorted(used)], top, set(state.unreadable_namespaces),
                            state.all_unreadable)

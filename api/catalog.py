@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
-from ..reconciler.models.desired import DesiredState, ModelKey
+from ..reconciler.models.desired import DesiredModel, DesiredState, ModelKey
 from ..reconciler.models.sizes import format_size
 from ..reconciler.state import PENDING, PULLING, ModelRecord, SyncStatus
 
@@ -139,18 +139,23 @@ class Catalog:
             cached = self._lists.get(namespace)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            built = self._build(namespace, desired, cached[1] if cached is not None else None)
+            old = cached[1] if cached is not None else None
+            # With the status where it was (a write moved the commit), the records are as the last
+            # list saw them: only new models' records are read, not every one (the store copies each).
+            same_status = cached is not None and cached[0][1] == stamp[1]
+            built = self._build(namespace, desired, old, same_status)
             self._lists[namespace] = (stamp, built)
             return built
 
-    def _build(self, namespace: str, desired: DesiredState | None, old: ModelList | None) -> ModelList:
+    def _build(self, namespace: str, desired: DesiredState | None, old: ModelList | None,
+               same_status: bool) -> ModelList:
         self.stats.lists_built += 1
-        keys, states, makers = self._items(namespace, desired)
-        if old is not None and list(old.keys) == keys and list(old.states) == states:
-            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
         previous: dict[ModelKey, int] = {}
         if old is not None:
             previous = {key: i for i, key in enumerate(old.keys)}
+        keys, states, makers = self._items(namespace, desired, (old, previous) if same_status and old else None)
+        if old is not None and list(old.keys) == keys and list(old.states) == states:
+            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
         view = memoryview(old.body) if old is not None else None
         parts: list[bytes | memoryview] = []
         for key, state, make in zip(keys, states, makers):
@@ -203,13 +208,19 @@ class Catalog:
         if self._follow is not None:
             self._follow()
 
-    def _items(self, namespace: str, desired: DesiredState | None
+    def _items(self, namespace: str, desired: DesiredState | None,
+               unchanged: tuple[ModelList, dict[ModelKey, int]] | None
                ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]]:
         """The namespace's models in name order: each one's state (its file's blob and its record: what
-        its view is made from) and how to make its view."""
+        its view is made from) and how to make its view. `unchanged`: the last list (and each key's
+        place in it), made with the records as they still are."""
         if desired is None:
             return [], [], []
         models = desired.in_namespace(namespace)
+        if unchanged is not None and not desired.any_unreadable and desired.models:
+            reused = self._reused_items(models, *unchanged)
+            if reused is not None:
+                return reused
         if desired.namespace_unreadable(namespace):  # every recorded model of it is kept
             records = {k: r for k, r in self._status.records().items() if k.namespace == namespace}
             broken = sorted(records)
@@ -236,6 +247,30 @@ class Catalog:
                 extra = True
         keys = sorted(items) if extra else list(items)  # the models alone are in name order already
         return keys, [items[k][0] for k in keys], [items[k][1] for k in keys]
+
+    def _reused_items(self, models: list[DesiredModel], old: ModelList, previous: dict[ModelKey, int]
+                      ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]] | None:
+        """`_items` of models whose records have not changed since `old` was made: each record's part
+        of the state is taken from `old`; only the records of models new to it, or whose file changed,
+        are read. None when `old` kept a model (whose view depends on more than its record)."""
+        if any(state[0] == "kept" for state in old.states):  # type: ignore[index]
+            return None
+        wanted = [m.key for m in models if (i := previous.get(m.key)) is None
+                  or old.states[i][0] != m.blob or old.states[i][1] is not m.fields]  # type: ignore[index]
+        records = self._status.records(wanted)
+        keys, states, makers = [], [], []
+        for m in models:
+            i = previous.get(m.key)
+            if m.key in records or i is None:
+                record = records.get(m.key)
+                state = (m.blob, m.fields, *_state_of(record))
+            else:
+                state, record = (m.blob, m.fields, *old.states[i][2:]), None  # type: ignore[misc]
+            keys.append(m.key)
+            states.append(state)
+            makers.append(lambda m=m, record=record: model_view(m.key, m.fields.name, m.fields.tag, record,
+                                                                m.fields.suspend))
+        return keys, states, makers
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""

@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.models.desired import DesiredModel, DesiredState, ModelKey
@@ -304,15 +304,19 @@ def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
     if record is None:
         return ()
     state: list[object] = []
-    for value in vars(record).values():
+    for value in _values(record):
         if dataclasses.is_dataclass(value) and not type(value).__dataclass_params__.frozen:  # type: ignore[attr-defined]
             state.append(type(value))  # where its values start
-            values = getattr(value, "__dict__", None)
-            state.extend(values.values() if values is not None else
-                         (getattr(value, f.name) for f in dataclasses.fields(value)))
+            state.extend(_values(value))
         else:
             state.append(value)
     return tuple(state)
+
+
+def _values(instance: object) -> Iterable[object]:
+    """A dataclass instance's field values, in order."""
+    values = getattr(instance, "__dict__", None)
+    return values.values() if values is not None else [getattr(instance, f.name) for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str) -> dict[str, Any]:

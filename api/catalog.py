@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import bisect
 import dataclasses
+import gc
 import gzip
 import itertools
 import json
@@ -143,7 +144,16 @@ class Catalog:
             # With the status where it was (a write moved the commit), the records are as the last
             # list saw them: only new models' records are read, not every one (the store copies each).
             same_status = cached is not None and cached[0][1] == stamp[1]
-            built = self._build(namespace, desired, old, same_status)
+            # No collection while a list is rebuilt: it reads a copy of every record and makes a state
+            # of each, and at 100,000 models the full collections they set off took half the time
+            # (each one scanning every record again). What it leaves is freed by reference counting.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                built = self._build(namespace, desired, old, same_status)
+            finally:
+                if collecting:
+                    gc.enable()
             self._lists[namespace] = (stamp, built)
             return built
 
@@ -305,12 +315,19 @@ def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
         return ()
     state: list[object] = []
     for value in _values(record):
-        if dataclasses.is_dataclass(value) and not type(value).__dataclass_params__.frozen:  # type: ignore[attr-defined]
-            state.append(type(value))  # where its values start
+        kind = type(value)
+        flat = _FLAT.get(kind)
+        if flat is None:
+            flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        if flat:
+            state.append(kind)  # where its values start
             state.extend(_values(value))
         else:
             state.append(value)
     return tuple(state)
+
+
+_FLAT: dict[type, bool] = {}  # by type: is it a mutable dataclass, whose values a state holds
 
 
 def _values(instance: object) -> Iterable[object]:

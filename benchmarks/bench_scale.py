@@ -53,7 +53,7 @@ from benchrepos import GIT_ENV, generate, git  # noqa: E402
 
 import httpx  # noqa: E402
 
-from bench_api import API_KEY, BARE_BRANCH, MODEL_SIZE, SubprocessServer, bare_round, post_model, wait_quiet  # noqa: E402
+from bench_api import API_KEY, BARE_BRANCH, MODEL_SIZE, SubprocessServer, bare_round, wait_quiet  # noqa: E402
 
 LAYOUTS = {"one": 1, "hundred": 100}
 SERIALISED = "ollama_gitops_api_list_items_serialised_total"
@@ -156,8 +156,11 @@ def bench(parent: Path, layout: str, size: int, posts: int) -> dict:
                 client.get("/api/v1/models", params={"namespace": namespace}).read()
                 cached.append(time.perf_counter() - started)
             if round_:  # the first round warms up
-                post_s.append(seconds), bare_s.append(bare), relist_s.append(relist)
-                cached_s.append(statistics.median(cached)), serialised.append(count)
+                post_s.append(seconds)
+                bare_s.append(bare)
+                relist_s.append(relist)
+                cached_s.append(statistics.median(cached))
+                serialised.append(count)
         peak = server.peak_rss_mib()
     finally:
         client.close()

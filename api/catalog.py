@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from ..reconciler.models.desired import DesiredModel, DesiredState, ModelKey
 from ..reconciler.models.sizes import format_size
-from ..reconciler.state import PENDING, PULLING, ModelRecord, SyncStatus
+from ..reconciler.fleetstatus import overall_recorded
+from ..reconciler.state import DEFAULT_SERVER, PENDING, PULLING, ModelRecord, SyncStatus
 
 from . import metrics
 
@@ -48,7 +49,7 @@ def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | N
     `suspended` (the file says `suspend: true`) adds `"suspended": true`; it is left out otherwise,
     so that the seed's clients see the seed's fields only."""
     view: dict[str, Any] = {"name": key.name, "namespace": key.namespace, "modelName": model_name, "tag": tag}
-    status = record.status if record is not None else None
+    status = overall_recorded(record) if record is not None else None
     view["state"] = status.state if status is not None else PENDING
     if status is None:
         if suspended:
@@ -339,5 +340,5 @@ def _values(instance: object) -> Iterable[object]:
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str) -> dict[str, Any]:
     """A model kept at its last good version, showing `why` as its error (the reconciler records the same)."""
     name, _, tag = record.spec.reference.rpartition(":")
-    shown = ModelRecord(record.spec, dataclasses.replace(record.status, error=why))
+    shown = ModelRecord(record.spec, {DEFAULT_SERVER: dataclasses.replace(overall_recorded(record), error=why)})
     return model_view(key, name, tag, shown, record.spec.suspend)

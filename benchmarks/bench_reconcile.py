@@ -138,7 +138,7 @@ def bench_size(size: int, repeat: int, profile: str | None) -> dict:
             assert reconciler.pulls.wait(timeout=60)
             assert sum(ollama.pull_count.values()) == 0, f"the cold cycle pulled: {dict(ollama.pull_count)}"
             records = store.records()
-            assert len(records) == size and all(r.status.state == READY for r in records.values()), \
+            assert len(records) == size and all(r.servers["default"].state == READY for r in records.values()), \
                 "not every model is Ready after the cold cycle"
             cold_requests = len(ollama.requests)
 

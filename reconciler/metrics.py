@@ -9,6 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .fleetstatus import overall_recorded
 from .state import STATES, ModelRecord
 
 CYCLES = Counter("ollama_gitops_reconcile_cycles_total", "Reconcile cycles, by outcome", ["outcome"])
@@ -17,9 +18,9 @@ CYCLE_DURATION = Histogram("ollama_gitops_reconcile_duration_seconds", "Duration
 LAST_APPLIED = Gauge("ollama_gitops_last_applied_commit_timestamp_seconds",
                      "When the last commit was applied (Unix time)")
 LAST_CYCLE = Gauge("ollama_gitops_last_cycle_timestamp_seconds", "When the last cycle ended (Unix time)")
-PULL_DURATION = Histogram("ollama_gitops_pull_duration_seconds", "Duration of successful model pulls",
-                          buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
-PULL_FAILURES = Counter("ollama_gitops_pull_failures_total", "Failed model pulls")
+PULL_DURATION = Histogram("ollama_gitops_pull_duration_seconds", "Duration of successful model pulls, by server",
+                          ["server"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+PULL_FAILURES = Counter("ollama_gitops_pull_failures_total", "Failed model pulls, by server", ["server"])
 PUSH_RETRIES = Counter("ollama_gitops_git_push_retries_total", "Pushes refused because the branch moved, then retried")
 BACKGROUND_ERRORS = Counter("ollama_gitops_background_errors_total",
                             "Unexpected errors (bugs, an incompatible client) in background writers, by component",
@@ -28,14 +29,23 @@ FILE_PROBLEMS = Gauge("ollama_gitops_model_file_problems", "Problems found in mo
 
 
 class ModelsByState(Collector):
-    """`ollama_gitops_models{state}`: counted at scrape time from the records."""
+    """`ollama_gitops_models{state}` (each model as a whole) and `ollama_gitops_server_models{server,
+    state}` (each model on each server it is planned on): counted at scrape time from the records."""
 
     def __init__(self, records: Callable[[], dict[object, ModelRecord]]) -> None:
         self._records = records
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        records = self._records().values()
         family = GaugeMetricFamily("ollama_gitops_models", "Managed models, by state", labels=["state"])
-        counts = Tally(record.status.state for record in self._records().values())
+        counts = Tally(overall_recorded(r).state for r in records)
         for state in STATES:
             family.add_metric([state], counts.get(state, 0))
         yield family
+        per_server = GaugeMetricFamily("ollama_gitops_server_models", "Managed models on each server, by state",
+                                       labels=["server", "state"])
+        on = Tally((server, status.state) for r in records for server, status in r.servers.items())
+        for server in sorted({server for server, _ in on}):
+            for state in STATES:
+                per_server.add_metric([server, state], on.get((server, state), 0))
+        yield per_server

@@ -14,12 +14,12 @@ Safety rules, in order of precedence:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from .models.desired import DesiredModel, DesiredState, ModelKey
 from .models.naming import normalize_reference
-from .state import FAILED, READY, AppliedSpec, ModelRecord
+from .state import FAILED, READY, AppliedSpec, ServerRecord
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,18 @@ class Plan:
         return ", ".join(parts)
 
 
+def merge_plans(plans: Sequence[Plan]) -> Plan:
+    """Several servers' plans as one, for what is said of them together (`summary()`); one plan is
+    itself. The actions are in the order given; `refused` joins each one's reason."""
+    if len(plans) == 1:
+        return plans[0]
+    specs: dict[ModelKey, AppliedSpec] = {}
+    for each in plans:
+        specs.update(each.specs)
+    refused = "; ".join(each.refused for each in plans if each.refused) or None
+    return Plan(tuple(action for each in plans for action in each.actions), specs, refused)
+
+
 def applied_spec(model: DesiredModel) -> AppliedSpec:
     """What the reconciler records of a desired model."""
     fields = model.fields
@@ -147,19 +159,23 @@ def applied_spec(model: DesiredModel) -> AppliedSpec:
 def plan(
     desired: DesiredState,
     observed: Mapping[str, InstalledModel] | None,
-    records: Mapping[ModelKey, ModelRecord],
+    records: Mapping[ModelKey, ServerRecord],
     *,
     scope: Set[ModelKey] | None = None,
     in_flight: Set[str] = frozenset(),
     now: float,
     allow_empty: bool = False,
+    displaced: Set[ModelKey] = frozenset(),
 ) -> Plan:
     """Decide what to do about the models in `scope` (every model when None).
 
+    One server's plan: `records` are the models' records as that server sees them (`on_server`).
     `observed` is keyed by normalised reference and is None when Ollama could not be asked: then
     nothing is pulled or deleted. `records` must hold every recorded key in scope and every recorded
     key that shares a reference with one (see `StateStore.related`); a recorded key outside scope is
-    taken as unchanged. `in_flight` holds the references being pulled right now.
+    taken as unchanged. `in_flight` holds the references being pulled right now. `displaced` are the
+    models whose files are still there but that are no longer placed on this server: removed here
+    like a removed file, with reasons that say so.
     """
     keys = set(desired.models) | set(desired.unreadable) | set(records) if scope is None else set(scope)
     specs: dict[ModelKey, AppliedSpec] = {}
@@ -198,11 +214,11 @@ def plan(
 
     if observed is not None:
         wanted = still_wanted | set(wanted_by_reference)
-        actions.extend(_plan_removals(removed, records, owned, wanted, observed, in_flight))
+        actions.extend(_plan_removals(removed, records, owned, wanted, observed, in_flight, displaced))
     return Plan(tuple(actions), specs, refused)
 
 
-def _broken_file_errors(desired: DesiredState, kept: Set[ModelKey], records: Mapping[ModelKey, ModelRecord]) -> list[Action]:
+def _broken_file_errors(desired: DesiredState, kept: Set[ModelKey], records: Mapping[ModelKey, ServerRecord]) -> list[Action]:
     actions: list[Action] = []
     for key in sorted(kept):
         record = records.get(key)
@@ -218,7 +234,7 @@ def _plan_reference(
     reference: str,
     keys: list[ModelKey],
     specs: Mapping[ModelKey, AppliedSpec],
-    records: Mapping[ModelKey, ModelRecord],
+    records: Mapping[ModelKey, ServerRecord],
     observed: Mapping[str, InstalledModel] | None,
     in_flight: Set[str],
     now: float,
@@ -262,7 +278,7 @@ def _plan_reference(
     return actions + [Pull(specs[active[0]].reference, tuple(active), reason, refresh)]
 
 
-def _suspended(key: ModelKey, record: ModelRecord | None, broken: bool) -> Action:
+def _suspended(key: ModelKey, record: ServerRecord | None, broken: bool) -> Action:
     status = record.status if record is not None else None
     # A broken file's error is current, not stale: it stays.
     stale = status is not None and not broken and (
@@ -270,7 +286,7 @@ def _suspended(key: ModelKey, record: ModelRecord | None, broken: bool) -> Actio
     return Suspend(key) if stale else Skip(key, "suspended")
 
 
-def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ModelRecord]) -> str | None:
+def _pending_refresh(keys: list[ModelKey], specs: Mapping[ModelKey, AppliedSpec], records: Mapping[ModelKey, ServerRecord]) -> str | None:
     """The refresh value still to act on, if any key's file bumped it since the last pull."""
     for key in keys:
         wanted = specs[key].refresh_requested_at
@@ -289,11 +305,12 @@ def _satisfied(wanted: str, handled: str | None) -> bool:
 
 def _plan_removals(
     removed: list[ModelKey],
-    records: Mapping[ModelKey, ModelRecord],
+    records: Mapping[ModelKey, ServerRecord],
     owned: Set[str],
     wanted: Set[str],
     observed: Mapping[str, InstalledModel],
     in_flight: Set[str],
+    displaced: Set[ModelKey],
 ) -> list[Action]:
     actions: list[Action] = []
     by_reference: dict[str, list[ModelKey]] = defaultdict(list)
@@ -301,24 +318,26 @@ def _plan_removals(
         by_reference[normalize_reference(records[key].spec.reference)].append(key)
     for reference, keys in sorted(by_reference.items()):
         specs = [records[k].spec for k in keys]
+        gone = "no longer placed on this server" if all(k in displaced for k in keys) else "file removed"
 
         def forget(reason: str) -> list[Action]:
-            return [Forget(k, records[k].spec.reference, reason) for k in keys]
+            return [Forget(k, records[k].spec.reference, f"{gone}; {reason}") for k in keys]
 
         if reference in wanted:
-            actions.extend(forget("file removed; the model is still wanted by another file"))
+            actions.extend(forget("the model is still wanted by another file"))
         elif reference in in_flight:
             # Deciding now would race the download; prune once it has ended.
-            actions.extend(Skip(k, "file removed; waiting for the pull in progress to end") for k in keys)
+            actions.extend(Skip(k, f"{gone}; waiting for the pull in progress to end") for k in keys)
         elif any(s.suspend for s in specs):
-            actions.extend(forget("file removed while suspended; weights kept"))
+            actions.extend(Forget(k, records[k].spec.reference, f"{gone} while suspended; weights kept") for k in keys)
         elif not all(s.prune for s in specs):
-            actions.extend(forget("file removed; prune: false keeps the weights"))
+            actions.extend(forget("prune: false keeps the weights"))
         elif reference not in owned:
-            actions.extend(forget("file removed; not pulled by ollama-gitops, weights kept"))
+            actions.extend(forget("not pulled by ollama-gitops, weights kept"))
         elif reference not in observed:
-            actions.extend(forget("file removed; already gone from Ollama"))
+            actions.extend(forget("already gone from Ollama"))
         else:
-            actions.append(Delete(observed[reference].reference, tuple(keys), "file removed from Git"))  # as listed
+            reason = gone if gone != "file removed" else "file removed from Git"
+            actions.append(Delete(observed[reference].reference, tuple(keys), reason))  # as listed
     return actions
 

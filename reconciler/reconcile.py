@@ -1,12 +1,17 @@
 """One reconcile cycle: fetch, load, observe, plan, apply, record.
 
-The order is the data flow: Git -> desired state -> plan (pure) -> Ollama -> status. A cycle whose
-commit is already applied, with nothing pending and no drift check due, stops after the fetch.
+The order is the data flow: Git -> desired state -> plan (pure, per server) -> Ollama -> status. A
+cycle whose commit is already applied, with nothing pending and no drift check due, stops after the
+fetch.
 
-Cycles are incremental. A full cycle (the first one, after a failure, and every resync interval)
-lists Ollama and plans every model; in between, a cycle plans only the models whose files changed
-or that have work left, against the last listing kept up to date by the reconciler's own pulls and
-deletes. Drift made behind its back is found by the next full cycle.
+The reconciler keeps a fleet of Ollama servers (`ollama/fleet.py`; one server given the old way is
+a fleet of one, named `default`). Each server is planned on its own, over the models placed on it
+(`placement.py`). Cycles are incremental, per server: a server is listed and every model planned
+on it when it is new, after a failure there, when a pull found it unreachable, and on every resync
+(every server, in parallel); in between, a cycle plans only the models whose files changed or that
+have work left, against each server's last listing kept up to date by the reconciler's own pulls
+and deletes. Drift made behind its back is found by the next resync. A server that cannot be
+listed has nothing pulled or deleted on it and fails the cycle (naming it); the others go on.
 """
 
 from __future__ import annotations
@@ -15,19 +20,25 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 from datetime import datetime, timezone
 
 from . import metrics
 from .models.desired import DesiredState, GitLoader, ModelKey
 from .git.repo import GitError, GitRepo
+from .ollama.fleet import ClientFactory, Fleet, Listing, Member
+from .ollama.inventory import Inventory, InventorySource, Server, StaticInventory, normalize_url
 from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
 from .models.naming import normalize_reference
-from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, plan
-from .ollama.pulls import BACKOFF_BASE, PullPool, model_names
-from .state import FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from .placement import ServerView, plan_servers
+from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, merge_plans
+from .ollama.pulls import BACKOFF_BASE, model_names
+from .state import DEFAULT_SERVER, FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+
+if TYPE_CHECKING:
+    from .state import _Edit
 
 log = logging.getLogger("ollama_gitops.reconcile")
 
@@ -41,13 +52,20 @@ class CycleReport:
     outcome: str  # Succeeded or Failed
     commit: str | None
     message: str
-    plan: Plan | None = None
+    plans: Mapping[str, Plan] = field(default_factory=dict)  # per server, sorted by name
     noop: bool = False
-    full: bool = False  # Ollama was listed and every model planned
+    full: bool = False  # every server was listed and every model planned
 
     @property
     def ok(self) -> bool:
         return self.outcome == SUCCEEDED
+
+    @property
+    def plan(self) -> Plan | None:
+        """The servers' plans as one (a single server's, as it is): what was done, over the fleet."""
+        if not self.plans:
+            return None
+        return merge_plans(list(self.plans.values()))
 
 
 class ClusterStep(Protocol):
@@ -61,12 +79,12 @@ class ClusterStep(Protocol):
 
 
 class Reconciler:
-    """Keeps one Ollama server in line with one branch of a models repository."""
+    """Keeps a fleet of Ollama servers in line with one branch of a models repository."""
 
     def __init__(
         self,
         repo: GitRepo,
-        server: ModelServer,
+        servers: ModelServer | InventorySource,
         store: StateStore,
         *,
         concurrency: int = 2,
@@ -76,11 +94,17 @@ class Reconciler:
         on_pull_finished: Callable[[float | None], None] | None = None,
         cluster: ClusterStep | None = None,
         backoff_base: float = BACKOFF_BASE,
+        client_factory: ClientFactory | None = None,
     ) -> None:
-        """`on_pull_finished(retry_at)` runs after each pull; `retry_at` (a `clock()` time) when it
-        failed, for a cycle to be run when its retry is due."""
+        """`servers` is the inventory to follow (with `client_factory` making each server's client,
+        `OllamaServer(url)` by default), or one server's client: a fleet of one, named `default`.
+        `concurrency` is per server. `on_pull_finished(retry_at)` runs after each pull; `retry_at`
+        (a `clock()` time) when it failed, for a cycle to be run when its retry is due."""
+        if not isinstance(servers, InventorySource):
+            client = servers
+            servers = StaticInventory(Inventory((Server(DEFAULT_SERVER, normalize_url(client.url)),)))
+            client_factory = lambda server: client  # noqa: E731
         self.repo = repo
-        self.server = server
         self.store = store
         self.resync_interval = resync_interval
         self.allow_empty = allow_empty
@@ -88,17 +112,20 @@ class Reconciler:
         self._loader: GitLoader | None = None
         self._loader_generation = 0  # the clone's generation the loader reads
         self._cycle_lock = threading.Lock()
-        self._converged = False  # did the last cycle leave nothing to retry?
-        self._observed: dict[str, InstalledModel] | None = None  # the last listing, kept current
-        self._observed_lock = threading.Lock()
+        self._converged = False  # did the last cycle leave nothing to retry (beyond a server's own)?
         self.applied: DesiredState | None = None  # the desired state of the last applied cycle
         self.desired: DesiredState | None = None  # the desired state of the last loaded commit
-        self.pulls = PullPool(server, store, concurrency=concurrency, clock=clock,
-                              on_finished=self._pull_finished, backoff_base=backoff_base)
         self._on_pull_finished = on_pull_finished
+        self.fleet = Fleet(servers, store, client_factory=client_factory, concurrency=concurrency, clock=clock,
+                           on_pull_finished=self._pull_finished, backoff_base=backoff_base)
         self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
         self.leading: Callable[[], bool] = lambda: True  # Kubernetes mode: holds the Lease
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
+
+    @property
+    def pulls(self) -> Fleet:
+        """The pulls of every server (`wait()` for them all)."""
+        return self.fleet
 
     def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
         """Run one cycle and record how it went. Never raises: a cycle that crashed (a bug, or a fault
@@ -119,17 +146,13 @@ class Reconciler:
     def close(self) -> None:
         """Stop taking pulls and let go of the clone and, unless a pull still uses them, the
         connections to Ollama (what a pull in flight uses is freed when it ends or the process does)."""
-        self.pulls.shutdown(wait=False)
+        self.fleet.shutdown()
         self.repo.close()
-        close_server = getattr(self.server, "close", None)
-        if close_server is not None and not self.pulls.in_flight():
-            close_server()
 
     def forget_observations(self) -> None:
         """Forget what earlier cycles saw and applied (the store was read again, e.g. by a replica that
-        starts leading): the next cycle lists Ollama and plans every model."""
-        with self._observed_lock:
-            self._observed = None
+        starts leading): the next cycle lists every server and plans every model."""
+        self.fleet.forget_listings()
         self.applied = None
         self._converged = False
 
@@ -144,62 +167,103 @@ class Reconciler:
             return CycleReport(FAILED_OUTCOME, self.store.sync.last_fetched_commit, f"{exc}; nothing changed")
         self.store.sync = replace(self.store.sync, last_fetched_commit=commit)
         now = self._clock()
-        full = dry_run or self._full_cycle_due(now)
+        change = self.fleet.refresh()
+        names = self.fleet.names
+        gone = set(change.removed)
+        if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
+            gone |= {name for record in self.store.records().values() for name in record.servers} - set(names)
+        if gone and not dry_run:
+            self._forget_servers(tuple(sorted(gone)))
+        due = self.fleet.due()
+        full = dry_run or self._resync_due(now)
+        if full:
+            due = set(names)
         touched_in_cluster = self.cluster.changed() if self.cluster is not None and not dry_run else set()
-        if (not full and commit == self.store.sync.last_applied_commit and not self._work_left(now)
-                and not touched_in_cluster):
+        if (not due and commit == self.store.sync.last_applied_commit and not self._work_left(now)
+                and not touched_in_cluster and not change.problems):
             return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
 
         desired = self._load(commit)
-        unreachable = None
-        if full:
-            try:
-                observed = self.server.installed()
-            except (ServerUnreachable, ModelOperationFailed) as exc:
-                observed, unreachable = None, str(exc)
-            scope = None
-            records = self.store.records()
-        else:
-            observed = self._current_observed()
+        listings = self.fleet.list_servers(due)
+        incremental = [name for name in names if name not in due]
+        scope = None
+        if incremental:
             scope = (self._changed_since_applied(desired) | self.store.unsettled(now) | self._unpruned(desired)
                      | touched_in_cluster)
-            records = self.store.records(self.store.related(scope, _references(desired, scope)))
+        records = self.store.records() if due else self.store.records(
+            self.store.related(scope or set(), _references(desired, scope or set())))
         cluster_problems = []
         if self.cluster is not None and not dry_run:
             cluster_problems = self.cluster.sync(desired, scope)
             desired = self.cluster.amend(desired, scope)
-        the_plan = plan(desired, observed, records, scope=scope, in_flight=self.pulls.in_flight(),
-                        now=now, allow_empty=self.allow_empty)
+        plans = plan_servers(desired, [self._view(name, listings[name].observed) for name in names if name in due],
+                             records, now=now, allow_empty=self.allow_empty)
+        plans.update(plan_servers(desired, [self._view(name, self.fleet.observed(name)) for name in incremental],
+                                  records, scope=scope, now=now, allow_empty=self.allow_empty))
+        plans = dict(sorted(plans.items()))
+        not_listed = {name: self._not_listed(name, listing) for name, listing in listings.items()
+                      if listing.observed is None}
         if dry_run:
-            return CycleReport(SUCCEEDED if unreachable is None else FAILED_OUTCOME, commit,
-                               unreachable or f"would make {the_plan.summary()}", the_plan, full=True)
+            problems = list(not_listed.values())
+            return CycleReport(FAILED_OUTCOME if problems else SUCCEEDED, commit,
+                               "; ".join(problems) or f"would make {merge_plans(list(plans.values())).summary()}",
+                               plans, full=True)
 
-        if observed is not None and full:
-            with self._observed_lock:
-                self._observed = dict(observed)
+        if full:
             self.store.sync = replace(self.store.sync, last_resync_at=now)
         if not self.leading():  # lost the Lease while planning: another replica applies now
-            return CycleReport(FAILED_OUTCOME, commit, "lost leadership before applying; nothing changed", the_plan)
-        failures = self._apply(the_plan, commit)
-        problems = [m for m in (unreachable, the_plan.refused, *cluster_problems, *failures) if m]
-        self._converged = not problems
+            return CycleReport(FAILED_OUTCOME, commit, "lost leadership before applying; nothing changed", plans)
+        failures = self._apply(plans, commit, not_listed, desired)
+        # In the order a single server always said them: not listed, refused, the cluster's, deletes.
+        first = {name: [message] for name, message in not_listed.items()}
+        for name, the_plan in plans.items():
+            if the_plan.refused:
+                first.setdefault(name, []).append(self._on(name, the_plan.refused))
+        self.fleet.mark({*first, *failures})  # a server with a problem is listed again next cycle
+        problems = [*change.problems, *(m for name in sorted(first) for m in first[name]), *cluster_problems,
+                    *(m for name in sorted(failures) for m in failures[name])]
+        self._converged = not cluster_problems
+        listed_all = set(due) == set(names)
+        summary = merge_plans(list(plans.values())).summary()
         if problems:
-            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), the_plan, full=full)
+            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), plans, full=listed_all)
         self.applied = desired
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
-        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {the_plan.summary()}", the_plan, full=full)
+        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {summary}", plans, full=listed_all)
 
-    def _full_cycle_due(self, now: float) -> bool:
+    def _view(self, name: str, observed: Mapping[str, InstalledModel] | None) -> ServerView:
+        member = self.fleet.member(name)
+        assert member is not None
+        return ServerView(name, member.server.labels, observed, member.pulls.in_flight())
+
+    def _on(self, name: str, message: str) -> str:
+        """A problem on one server, as the cycle says it: named, unless the server is the lone `default`
+        (whose messages are as they were before fleets)."""
+        return message if self.fleet.lone_default else f"server {name}: {message}"
+
+    def _not_listed(self, name: str, listing: Listing) -> str:
+        if self.fleet.lone_default:
+            return listing.error or "not listed"
+        what = "unreachable" if listing.unreachable else "could not be listed"
+        return f"server {name} {what}: {listing.error}"
+
+    def _resync_due(self, now: float) -> bool:
+        """Is every server to be listed (and every model planned) this cycle?"""
         last = self.store.sync.last_resync_at
-        with self._observed_lock:
-            never_listed = self._observed is None
-        # A pull that could not reach Ollama: list it now, so that the cycle fails while it stays away
-        # (incremental cycles ask Ollama nothing and would go on reporting success).
-        unreachable = self.pulls.take_unreachable() is not None
-        return (unreachable or not self._converged or self.applied is None or never_listed
-                or last is None or now - last >= self.resync_interval)
+        return not self._converged or self.applied is None or last is None or now - last >= self.resync_interval
+
+    def _forget_servers(self, names: tuple[str, ...]) -> None:
+        """Servers that left the inventory (since the last cycle, or since the last run): their
+        entries go from every record (ownership there with them); nothing is deleted on them."""
+        gone = set(names)
+        keys = [key for key, record in self.store.records().items() if gone & record.servers.keys()]
+        with self.store.editing() as edit:
+            for key in keys:
+                for name in names:
+                    edit.drop(key, name)
+        log.info("action=servers-forgotten servers=%s models=%d", ",".join(names), len(keys))
 
     def _work_left(self, now: float) -> bool:
         assert self.applied is not None
@@ -236,86 +300,97 @@ class Reconciler:
                             problem.line or "-", problem.message)
         return self.desired
 
-    def _current_observed(self) -> dict[str, InstalledModel] | None:
-        with self._observed_lock:
-            return None if self._observed is None else dict(self._observed)
-
-    def _pull_finished(self, reference: str, installed: InstalledModel | None, retry_at: float | None) -> None:
-        with self._observed_lock:
-            if self._observed is not None and installed is not None:
-                self._observed[reference] = installed
+    def _pull_finished(self, server: str, reference: str, installed: InstalledModel | None,
+                       retry_at: float | None) -> None:
         if self._on_pull_finished is not None:
             self._on_pull_finished(retry_at)
 
     # -- applying ----------------------------------------------------------------------------------------
-    def _apply(self, the_plan: Plan, commit: str) -> list[str]:
-        """Carry the plan out; returns messages for what could not be done (to retry next cycle)."""
-        lines = _Log(commit)
+    def _apply(self, plans: Mapping[str, Plan], commit: str, not_listed: Mapping[str, str],
+               desired: DesiredState) -> dict[str, list[str]]:
+        """Carry the plans out; returns, per server, messages for what could not be done (to retry
+        next cycle)."""
         with self.store.editing() as edit:
-            for key, spec in the_plan.specs.items():
-                record = edit.get(key)
-                if record is None:
-                    # A refresh value already in a new file is history: the model is pulled or found anyway.
-                    edit.put(key, ModelRecord(spec, ModelStatus(PENDING, refresh_handled=spec.refresh_requested_at)))
-                elif record.spec != spec:
-                    edit.put(key, ModelRecord(spec, record.status))
+            for name, the_plan in plans.items():
+                self._record(edit, name, the_plan, _Log(commit, name))
+            for name, message in not_listed.items():
+                if not self.fleet.lone_default:
+                    _keep_with_error(edit, name, message, desired)
+        failures: dict[str, list[str]] = {}
+        for name, the_plan in plans.items():
+            member = self.fleet.member(name)
+            assert member is not None
+            lines = _Log(commit, name)
             for action in the_plan.actions:
-                if isinstance(action, MarkReady):
-                    status = edit.status(action.key)
-                    assert status is not None
-                    _mark_ready(status, action.installed, action.owned, commit)
-                    lines.add("ready", action.key, action.installed.reference, action.reason)
-                elif isinstance(action, RecordError):
-                    status = edit.status(action.key)
-                    if status is not None:
-                        status.error = action.message[:1024]
-                    lines.add("skipped", action.key, None, action.message)
-                elif isinstance(action, Suspend):
-                    status = edit.status(action.key)
-                    if status is not None:
-                        status.error, status.failures, status.next_retry_at = None, 0, None
-                        if status.state == FAILED:
-                            status.state = PENDING
-                    lines.add("suspended", action.key, None, action.reason)
-                elif isinstance(action, Forget):
-                    edit.forget(action.key)
-                    lines.add("forgotten", action.key, action.reference, action.reason)
-                elif isinstance(action, Skip):
-                    # Not an action: at INFO, Ollama down would log a line per model per cycle
-                    # besides the cycle's own line saying so.
-                    lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
-        failures: list[str] = []
-        for action in the_plan.actions:
-            if isinstance(action, Pull):
-                if self.pulls.submit(action, commit):
-                    lines.add("pull", action.keys, action.reference, action.reason)
-            elif isinstance(action, Delete):
-                failure = self._delete(action, lines)
-                if failure:
-                    failures.append(failure)
-        if the_plan.refused:
-            log.warning("action=refused commit=%s reason=%r", commit[:12], the_plan.refused)
+                if isinstance(action, Pull):
+                    if member.pulls.submit(action, commit):
+                        lines.add("pull", action.keys, action.reference, action.reason)
+                elif isinstance(action, Delete):
+                    failure = self._delete(member, action, lines)
+                    if failure:
+                        failures.setdefault(name, []).append(self._on(name, failure))
+            if the_plan.refused:
+                log.warning("action=refused commit=%s server=%s reason=%r", commit[:12], name, the_plan.refused)
         return failures
 
-    def _delete(self, action: Delete, lines: _Log) -> str | None:
+    @staticmethod
+    def _record(edit: _Edit, name: str, the_plan: Plan, lines: _Log) -> None:
+        """Record one server's plan: each planned model's spec and entry there, then what the plan
+        says of them (pulls and deletes are Ollama's, done after)."""
+        for key, spec in the_plan.specs.items():
+            record = edit.get(key)
+            # A refresh value already in a new file is history: the model is pulled or found anyway.
+            new = ModelStatus(PENDING, refresh_handled=spec.refresh_requested_at)
+            if record is None:
+                edit.put(key, ModelRecord(spec, {name: new}))
+                continue
+            if record.spec != spec:
+                edit.put(key, ModelRecord(spec, record.servers))
+            if name not in record.servers:
+                edit.place(key, name, new)
+        for action in the_plan.actions:
+            if isinstance(action, MarkReady):
+                status = edit.status(action.key, name)
+                assert status is not None
+                _mark_ready(status, action.installed, action.owned, lines.commit)
+                lines.add("ready", action.key, action.installed.reference, action.reason)
+            elif isinstance(action, RecordError):
+                status = edit.status(action.key, name)
+                if status is not None:
+                    status.error = action.message[:1024]
+                lines.add("skipped", action.key, None, action.message)
+            elif isinstance(action, Suspend):
+                status = edit.status(action.key, name)
+                if status is not None:
+                    status.error, status.failures, status.next_retry_at = None, 0, None
+                    if status.state == FAILED:
+                        status.state = PENDING
+                lines.add("suspended", action.key, None, action.reason)
+            elif isinstance(action, Forget):
+                edit.drop(action.key, name)
+                lines.add("forgotten", action.key, action.reference, action.reason)
+            elif isinstance(action, Skip):
+                # Not an action: at INFO, Ollama down would log a line per model per cycle
+                # besides the cycle's own line saying so.
+                lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
+
+    def _delete(self, member: Member, action: Delete, lines: _Log) -> str | None:
         try:
-            self.server.delete(action.reference)
+            member.client.delete(action.reference)
         except (ModelOperationFailed, ServerUnreachable) as exc:
             message = f"could not delete {action.reference}: {exc}"
             with self.store.editing() as edit:
                 for key in action.keys:
-                    status = edit.status(key)
+                    status = edit.status(key, member.name)
                     if status is not None:
                         status.error = message[:1024]
             lines.add("failed", action.keys, action.reference, message, level=logging.WARNING)
             return message
-        with self._observed_lock:
-            if self._observed is not None:
-                self._observed.pop(normalize_reference(action.reference), None)
+        self.fleet.deleted(member.name, normalize_reference(action.reference))
         # Forget only after Ollama confirmed: a crash in between repeats the delete, never loses it.
         with self.store.editing() as edit:
             for key in action.keys:
-                edit.forget(key)
+                edit.drop(key, member.name)
         lines.add("deleted", action.keys, action.reference, action.reason)
         return None
 
@@ -328,6 +403,7 @@ class Reconciler:
             last_cycle_outcome=report.outcome,
             last_cycle_message=report.message,
             problems=desired.problems if desired is not None else self.store.sync.problems,
+            servers=self.fleet.seen(),
         )
         try:
             self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
@@ -366,14 +442,30 @@ def _seconds_z(timestamp: str) -> str | None:
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Log:
-    """One structured log line per action, each with the commit."""
+def _keep_with_error(edit: _Edit, server: str, message: str, desired: DesiredState) -> None:
+    """A server that could not be listed: its models there keep their last state, with the error
+    naming it (a suspended model shows none, a broken file's model its file's)."""
+    for key in edit.keys():
+        record = edit.get(key)
+        if record is None or server not in record.servers or record.spec.suspend or desired.is_unreadable(key):
+            continue
+        if record.servers[server].error != message[:1024]:
+            status = edit.status(key, server)
+            assert status is not None
+            status.error = message[:1024]
 
-    def __init__(self, commit: str) -> None:
+
+class _Log:
+    """One structured log line per action, each with the commit and the server."""
+
+    def __init__(self, commit: str, server: str) -> None:
+        self.commit = commit
         self._commit = commit[:12]
+        self._server = server
 
     def add(self, action: str, keys: ModelKey | tuple[ModelKey, ...], reference: str | None, reason: str,
             level: int = logging.INFO) -> None:
         # A ModelKey is a tuple too: joining its fields would name it `default,gemma3-1b`.
         shown = str(keys) if isinstance(keys, ModelKey) else model_names(keys)
-        log.log(level, "action=%s models=%s reference=%s commit=%s reason=%r", action, shown, reference or "-", self._commit, reason)
+        log.log(level, "action=%s models=%s reference=%s commit=%s server=%s reason=%r", action, shown,
+                reference or "-", self._commit, self._server, reason)

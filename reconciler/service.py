@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -19,11 +20,13 @@ from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
-from .state import StateStore
+from .state import DEFAULT_SERVER, StateStore
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
+    from .ollama.inventory import InventorySource
     from .cluster.connect import ClusterParts
+    from .cluster.discovery import ServiceDiscovery
     from .cluster.election import LeaderElector
     from .cluster.syncrequest import SyncRequestWatcher
 
@@ -45,6 +48,7 @@ class Service:
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
     sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
+    discovery: ServiceDiscovery | None = None  # --ollama-service: the fleet's servers, an inventory source
     _stopping: bool = False
     _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
 
@@ -119,6 +123,8 @@ class Service:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         self.reconciler.close()
+        if self.discovery is not None:
+            self.discovery.stop()
         if self.cluster is not None:
             self.cluster.close()
         self.store.release_process_lock()
@@ -131,6 +137,9 @@ def build(settings: Settings) -> Service:
     OllamaModel resources and their records live on them; otherwise in the state directory.
     """
     check_repository(settings, serves_writes=False)
+    if settings.ollama_service and settings.servers_file is not None:
+        raise ConfigurationError("--ollama-service and --servers-file cannot be used together: the Service's pods "
+                                 "are the servers")
     make_private(settings.state_dir)
     service = Service(settings, None, None)  # type: ignore[arg-type]
     if kubernetes_mode(settings):
@@ -143,12 +152,17 @@ def build(settings: Settings) -> Service:
         except ClusterUnavailable as exc:
             raise ConfigurationError(str(exc)) from None
         service.store = service.cluster.store
+        if settings.ollama_service:
+            service.discovery = _discover(service)
+    elif settings.ollama_service:
+        raise ConfigurationError("--ollama-service needs Kubernetes mode (--kubernetes on, or auto in a pod)")
     else:
         service.store = StateStore(settings.state_dir)
     service.store.acquire_process_lock()
     repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
     service.reconciler = Reconciler(
-        repo, OllamaServer(settings.ollama_url), service.store,
+        repo, service.discovery if service.discovery is not None else inventory_source(settings), service.store,
+        client_factory=lambda server: OllamaServer(server.url),
         concurrency=settings.concurrency,
         resync_interval=settings.resync_interval,
         allow_empty=settings.allow_empty,
@@ -156,6 +170,43 @@ def build(settings: Settings) -> Service:
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def _discover(service: Service) -> ServiceDiscovery:
+    """The servers behind --ollama-service; a change among them asks for a cycle."""
+    from .cluster.connect import discover
+    from .ollama.inventory import InventoryError
+
+    assert service.cluster is not None and service.settings.ollama_service
+    try:
+        return discover(service.cluster.api, service.settings.ollama_service, service.request_cycle)
+    except InventoryError as exc:
+        service.cluster.close()
+        raise ConfigurationError(str(exc)) from None
+
+
+def inventory_source(settings: Settings) -> InventorySource:
+    """The servers to keep in line: `--ollama-url`'s, and a `--servers-file` followed as it changes
+    (ConfigurationError, one line, when they cannot be used)."""
+    from .ollama.inventory import FileInventory, InventoryError, StaticInventory
+
+    try:
+        given = settings.inventory()
+        if settings.servers_file is not None:
+            return FileInventory(settings.servers_file, alongside=given)
+        return StaticInventory(given)
+    except InventoryError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def servers_text(settings: Settings) -> str:
+    """Which servers are kept in line, for the start-up line."""
+    if settings.ollama_service:
+        return f"the ready pods of Service {settings.ollama_service}"
+    given = settings.ollama_url if settings.ollama_urls else ""
+    if settings.servers_file is None:
+        return given
+    return f"the servers in {settings.servers_file}" + (f" and {given}" if given else "")
 
 
 def check_repository(settings: Settings, *, serves_writes: bool) -> None:
@@ -233,7 +284,7 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
         probes = HealthServer(health, *health_listen).start()
     service.start()
     log.info("reconciling %s branch %s into %s every %.0fs", service.reconciler.repo.display_url,
-             service.settings.branch, service.settings.ollama_url, service.settings.interval)
+             service.settings.branch, servers_text(service.settings), service.settings.interval)
     stop.wait()
     log.info("shutting down")
     if probes is not None:
@@ -247,27 +298,41 @@ def run_once(service: Service, out: TextIO, dry_run: bool = False) -> int:
     report = service.reconciler.run_cycle(dry_run=dry_run)
     print_report(report, out, dry_run)
     ok = report.ok
-    if not dry_run and report.plan is not None and report.plan.of(Pull):
+    pulls = [(name, pull) for name, plan in report.plans.items() for pull in plan.of(Pull)]
+    if not dry_run and pulls:
         service.reconciler.pulls.wait()
-        for pull in report.plan.of(Pull):
+        named = set(report.plans) != {DEFAULT_SERVER}
+        for name, pull in pulls:
             for key in pull.keys:
                 record = service.store.record(key)
-                if record is None:
+                status = record.servers.get(name) if record is not None else None
+                if status is None:
                     continue
-                status = record.status
                 detail = f": {status.error}" if status.error else ""
-                out.write(f"{status.state:<8} {key}  {pull.reference}{detail}\n")
+                where = f"  server={name}" if named else ""
+                out.write(f"{status.state:<8} {key}  {pull.reference}{where}{detail}\n")
                 ok = ok and status.state == "Ready"
     return 0 if ok else 1
 
 
 def print_report(report: CycleReport, out: TextIO, dry_run: bool) -> None:
-    """The cycle's plan, one line per action, then its outcome."""
-    if report.plan is not None:
-        for line in describe(report.plan, include_skips=dry_run):
-            out.write(line + "\n")
+    """The cycle's plan (per server, in a fleet), one line per action, then its outcome."""
+    for line in describe_fleet(report.plans, include_skips=dry_run):
+        out.write(line + "\n")
     prefix = "dry run: " if dry_run else ""
     out.write(f"{prefix}{report.outcome} at {(report.commit or 'no commit')[:12]}: {report.message}\n")
+
+
+def describe_fleet(plans: Mapping[str, Plan], include_skips: bool = True) -> list[str]:
+    """`describe` of each server's plan, each under a `server=NAME: ...` line; the one server
+    `default` (the old way) as a plain table."""
+    if set(plans) == {DEFAULT_SERVER}:
+        return describe(plans[DEFAULT_SERVER], include_skips)
+    lines = []
+    for name, plan in plans.items():
+        lines.append(f"server={name}: {plan.summary()}")
+        lines.extend(f"  {line}" for line in describe(plan, include_skips))
+    return lines
 
 
 def describe(plan: Plan, include_skips: bool = True) -> list[str]:

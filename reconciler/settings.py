@@ -7,10 +7,14 @@ import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 
 from .git.repo import GitCredentials
+
+if TYPE_CHECKING:
+    from .ollama.inventory import Inventory
 
 ENV_PREFIX = "OLLAMA_GITOPS_"
 DEFAULT_AUTHOR = "ollama-gitops <ollama-gitops@localhost>"  # of the API's commits (--git-author)
@@ -25,13 +29,29 @@ class Settings:
     interval: float
     resync_interval: float
     state_dir: Path
-    ollama_url: str
+    ollama_urls: tuple[str, ...]  # each `URL` or `NAME=URL`; empty when only a servers file names servers
     kubernetes: str
     concurrency: int
     allow_empty: bool
     credentials: GitCredentials = field(repr=False)
     leader_election_namespace: str = "default"
     lease_duration: int = 15
+    servers_file: Path | None = None
+    ollama_service: str | None = None  # NAMESPACE/NAME: the servers are that Service's ready pods
+    ollama_urls_source: str = "--ollama-url"  # where `ollama_urls` came from, for its errors
+
+    @property
+    def ollama_url(self) -> str:
+        """The Ollama servers given by URL, as one line for logs (no credentials: URLs with them are refused)."""
+        return ", ".join(self.ollama_urls) or "(none)"
+
+    def inventory(self) -> Inventory:
+        """The servers given by `--ollama-url` (`InventoryError` naming the value when one cannot be used)."""
+        from .ollama.inventory import Inventory, parse_ollama_urls
+
+        if not self.ollama_urls:
+            return Inventory()
+        return parse_ollama_urls(self.ollama_urls, source=self.ollama_urls_source)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -45,6 +65,8 @@ class Settings:
             username=args.git_username,
             ca_file=Path(args.git_ca_file) if args.git_ca_file else None,
         )
+        servers_file = getattr(args, "servers_file", None)
+        urls, urls_source = _ollama_urls(getattr(args, "ollama_url", None), servers_file)
         repo = args.repo or None
         if repo is not None:
             # At start-up: a token that would go in clear stops the command with the reason.
@@ -56,14 +78,44 @@ class Settings:
             resync_interval=float(getattr(args, "resync_interval", RECONCILING_DEFAULTS["resync-interval"])),
             state_dir=Path(args.state_dir).expanduser(),
             # `api` has no options about Ollama, pulls or the Lease (it uses none): their defaults.
-            ollama_url=getattr(args, "ollama_url", None) or _default_ollama_url(),
+            ollama_urls=urls,
+            ollama_urls_source=urls_source,
+            servers_file=Path(servers_file).expanduser() if servers_file else None,
             kubernetes=args.kubernetes,
             concurrency=int(getattr(args, "concurrency", RECONCILING_DEFAULTS["concurrency"])),
             allow_empty=bool(getattr(args, "allow_empty", False)),
             credentials=credentials,
             leader_election_namespace=args.leader_election_namespace,
             lease_duration=int(getattr(args, "lease_duration", RECONCILING_DEFAULTS["lease-duration"])),
+            ollama_service=getattr(args, "ollama_service", None) or None,
         )
+
+
+class _FromEnvironment(list):  # type: ignore[type-arg]
+    """The values of a repeatable option as its variable gave them (a comma-separated list)."""
+
+
+class _Repeatable(argparse.Action):
+    """`--option VALUE`, any number of times; the values given replace the variable's, never add to them."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is None or isinstance(current, _FromEnvironment) else current
+        setattr(namespace, self.dest, [*kept, values])
+
+
+def _env_list(name: str) -> _FromEnvironment | None:
+    listed = (_env(name, "") or "").strip()
+    return _FromEnvironment(item.strip() for item in listed.split(",")) if listed else None
+
+
+def _ollama_urls(given: list[str] | None, servers_file: str | None) -> tuple[tuple[str, ...], str]:
+    """The `--ollama-url` values (or `OLLAMA_GITOPS_OLLAMA_URL`'s comma-separated list), else, when
+    no servers file names the servers, the default server; and where they came from."""
+    if given:
+        return tuple(given), f"{ENV_PREFIX}OLLAMA_URL" if isinstance(given, _FromEnvironment) else "--ollama-url"
+    return ((), "--ollama-url") if servers_file else ((_default_ollama_url(),), "--ollama-url")
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -127,7 +179,15 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
            "the per-user state directory (~/.local/state/ollama-gitops on Linux)",
            "where the private clone, the state and the embedded default repository live")
     if reconciles:
-        option("ollama-url", _default_ollama_url(), "$OLLAMA_HOST, else http://localhost:11434", "the Ollama server")
+        add_option(parser, "--ollama-url", action=_Repeatable, default=_env_list("ollama-url"), metavar="[NAME=]URL",
+                   default_text="$OLLAMA_HOST, else http://localhost:11434",
+                   help="an Ollama server to keep in line, URL or NAME=URL; give it once per server (one "
+                        "without a name is 'default'; the variable takes a comma-separated list)",
+                   env=("OLLAMA_URL",))
+        option("servers-file", None, "none", "a YAML file of the servers to keep in line, with their labels; "
+               "re-read when it changes", metavar="PATH")
+        option("ollama-service", None, "none", "Kubernetes mode: the Service NAMESPACE/NAME whose ready pods are the "
+               "Ollama servers (instead of --ollama-url)", metavar="NAMESPACE/NAME")
     option("kubernetes", "auto", "auto", "Kubernetes mode; auto is on in a pod or with a kubeconfig "
            "(KUBECONFIG or ~/.kube/config)", choices=("auto", "on", "off"))
     reconciling("concurrency", "parallel pulls", type=int)

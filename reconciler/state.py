@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+from types import UnionType
 import typing
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping
@@ -45,6 +46,10 @@ PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
 
 log = logging.getLogger("ollama_gitops.state")
+
+DEFAULT_SERVER = "default"
+"""The name of the one server given the old way (`--ollama-url URL`, `$OLLAMA_HOST`, nothing): records
+written before fleets existed are its (see `ollama/inventory.py`)."""
 
 FORMAT_VERSION = 1
 SNAPSHOT, JOURNAL, SYNC = "models.json", "models.journal", "sync.json"
@@ -85,11 +90,50 @@ _TRANSIENT = ("progress_completed", "progress_total")
 
 @dataclass
 class ModelRecord:
+    """What the reconciler knows of one model: the spec it acted on and, per server of the fleet it
+    was planned on, its status there (no entry: never planned there). The whole is read with
+    `fleetstatus.overall()`, never stored, so nothing can change an aggregate by mistake."""
+
     spec: AppliedSpec
-    status: ModelStatus = field(default_factory=ModelStatus)
+    servers: dict[str, ModelStatus] = field(default_factory=dict)
 
     def copy(self) -> ModelRecord:
-        return ModelRecord(self.spec, dataclasses.replace(self.status))
+        return ModelRecord(self.spec, {name: dataclasses.replace(s) for name, s in self.servers.items()})
+
+    def on(self, server: str) -> ServerRecord | None:
+        """The record as one server sees it (what `plan()` takes), None if never planned there."""
+        status = self.servers.get(server)
+        return ServerRecord(self.spec, status) if status is not None else None
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """A model's record on one server: its spec and its status there (the status is the store's
+    copy's, so changing it changes nothing recorded)."""
+
+    spec: AppliedSpec
+    status: ModelStatus
+
+
+def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> dict[ModelKey, ServerRecord]:
+    """`records` as `server` sees them: only the models planned there."""
+    return {key: entry for key, record in records.items() if (entry := record.on(server)) is not None}
+
+
+@dataclass(frozen=True)
+class ServerSeen:
+    """One server of the fleet as the reconciler last saw it (saved in `sync.json`)."""
+
+    name: str
+    url: str  # credentials stripped
+    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    reachable: bool | None = None  # None: not asked yet
+    version: str | None = None  # Ollama's GET /api/version
+    last_seen: str | None = None  # RFC 3339 (seconds, Z) of the last successful contact
+    error: str | None = None  # why unreachable
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", dict(self.labels))  # plain, for JSON
 
 
 @dataclass(frozen=True)
@@ -104,6 +148,7 @@ class SyncStatus:
     last_cycle_message: str | None = None
     last_resync_at: float | None = None  # epoch seconds of the last full look at Ollama
     problems: tuple[Problem, ...] = ()
+    servers: tuple[ServerSeen, ...] = ()  # sorted by name
 
 
 class StateLocked(RuntimeError):
@@ -119,7 +164,7 @@ class StateStore:
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
         self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
-        self._unsettled: set[ModelKey] = set()  # Pending or Failed, and not suspended
+        self._unsettled: set[ModelKey] = set()  # Pending or Failed on some server, and not suspended
         self._journal_lines = 0
         self._journal_offset = 0  # bytes of the journal taken in
         self._journal_line_number = 0  # complete lines of the journal read (kept or skipped)
@@ -180,11 +225,13 @@ class StateStore:
             return related
 
     def unsettled(self, now: float) -> set[ModelKey]:
-        """Models with work left without a new commit: a pull to start, or a failed one due for retry."""
+        """Models with work left on some server without a new commit: a pull to start, or a failed one
+        due for retry."""
         with self._lock:
             return {
                 key for key in self._unsettled
-                if self._models[key].status.state == PENDING or (self._models[key].status.next_retry_at or 0) <= now
+                if any(s.state == PENDING or (s.state == FAILED and (s.next_retry_at or 0) <= now)
+                       for s in self._models[key].servers.values())
             }
 
     # -- writing ----------------------------------------------------------------------------------
@@ -199,13 +246,14 @@ class StateStore:
                 if edit.touched:
                     self._commit(edit.touched, edit.before)
 
-    def update_progress(self, keys: Collection[ModelKey], completed: int, total: int) -> None:
-        """Pull progress, kept in memory only: it is stale the moment the process dies anyway."""
+    def update_progress(self, keys: Collection[ModelKey], server: str, completed: int, total: int) -> None:
+        """Pull progress on `server`, kept in memory only: it is stale the moment the process dies anyway."""
         with self._lock:
             for key in keys:
                 record = self._models.get(key)
-                if record is not None:
-                    record.status.progress_completed, record.status.progress_total = completed, total
+                status = record.servers.get(server) if record is not None else None
+                if status is not None:
+                    status.progress_completed, status.progress_total = completed, total
             self.version += 1
 
     def follow(self) -> bool:
@@ -237,6 +285,7 @@ class StateStore:
             self.sync = sync
             payload = dataclasses.asdict(sync)
             payload["problems"] = [dataclasses.asdict(p) for p in sync.problems]
+            payload["servers"] = [dataclasses.asdict(s) for s in sync.servers]
             # The last change written: a journal found behind it at start-up has lost lines.
             payload["journal_seq"] = self._seq
             _write_json(self.directory / SYNC, {"version": FORMAT_VERSION, **payload}, durable=durable)
@@ -288,7 +337,7 @@ class StateStore:
             self._unsettled.discard(key)
             return
         self._by_reference[normalize_reference(record.spec.reference)].add(key)
-        if not record.spec.suspend and record.status.state in (PENDING, FAILED):
+        if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in record.servers.values()):
             self._unsettled.add(key)
         else:
             self._unsettled.discard(key)
@@ -319,8 +368,9 @@ class StateStore:
                 f"{self.directory / SNAPSHOT} is missing changes 1 to {first_seq[0] - 1} (the journal starts at "
                 f"change {first_seq[0]}): {_LOST_EFFECT.format(what='the models whose last change was among them')}")
         for key, record in self._models.items():
-            if record.status.state == PULLING and not self._readonly:
-                record.status.state = PENDING  # the pull died with the previous process
+            for status in record.servers.values():
+                if status.state == PULLING and not self._readonly:
+                    status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
         written = self._load_sync()
         snapshot_damaged = any(str(self.directory / SNAPSHOT) in line for line in self._damage)
@@ -432,19 +482,32 @@ class StateStore:
 
 
 def _to_json(record: ModelRecord) -> dict[str, Any]:
-    status = {k: v for k, v in dataclasses.asdict(record.status).items() if k not in _TRANSIENT}
-    return {"spec": dataclasses.asdict(record.spec), "status": status}
+    servers = {name: {k: v for k, v in dataclasses.asdict(status).items() if k not in _TRANSIENT}
+               for name, status in sorted(record.servers.items())}
+    return {"spec": dataclasses.asdict(record.spec), "servers": servers}
 
 
 def _from_json(data: Mapping[str, Any]) -> ModelRecord:
+    """A record from JSON. One written before fleets (`status`, one server) is the `default` server's:
+    one server given the old way is named `default`, so an upgrade keeps what ollama-gitops owns."""
     if not isinstance(data, Mapping):
         raise ValueError(f"a record must be an object, not {_type_name(data)}")
-    unknown = set(data) - {"spec", "status"}
+    unknown = set(data) - {"spec", "status", "servers"}
     if unknown:
         raise ValueError(f"unknown field(s) in the record: {', '.join(sorted(map(str, unknown)))}")
-    record = ModelRecord(_decode(AppliedSpec, data.get("spec")), _decode(ModelStatus, data.get("status", {})))
-    if record.status.state not in STATES:
-        raise ValueError(f"state {record.status.state!r} is not one of {', '.join(STATES)}")
+    if "servers" in data:
+        if "status" in data:
+            raise ValueError("a record has either 'status' (written before fleets) or 'servers', not both")
+        servers = data["servers"]
+        if not isinstance(servers, dict):
+            raise ValueError(f"'servers' must be an object, not {_type_name(servers)}")
+    else:
+        servers = {DEFAULT_SERVER: data.get("status", {})}
+    record = ModelRecord(_decode(AppliedSpec, data.get("spec")),
+                         {str(name): _decode(ModelStatus, status) for name, status in servers.items()})
+    for name, status in record.servers.items():
+        if status.state not in STATES:
+            raise ValueError(f"state {status.state!r} on server {name!r} is not one of {', '.join(STATES)}")
     return record
 
 
@@ -514,7 +577,11 @@ def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
     problems = data.pop("problems", [])
     if not isinstance(problems, list):
         raise ValueError("'problems' must be a list")
-    return written, _decode(SyncStatus, data, problems=tuple(_decode(Problem, p) for p in problems))
+    servers = data.pop("servers", [])
+    if not isinstance(servers, list):
+        raise ValueError("'servers' must be a list")
+    return written, _decode(SyncStatus, data, problems=tuple(_decode(Problem, p) for p in problems),
+                            servers=tuple(_decode(ServerSeen, s) for s in servers))
 
 
 def _decode(cls: type, data: object, **extra: Any) -> Any:
@@ -543,8 +610,11 @@ def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     if cls not in _FIELD_TYPES:
         types = {}
         for name, hint in typing.get_type_hints(cls).items():
-            args = typing.get_args(hint) or (hint,)
+            union = typing.get_origin(hint) in (typing.Union, UnionType)
+            args = typing.get_args(hint) if union else (hint,)
             allowed = tuple(typing.get_origin(a) or a for a in args)
+            # `Mapping[str, str]` is read as a JSON object (its values are checked where it is used)
+            allowed = tuple(dict if a is Mapping else a for a in allowed)
             types[name] = allowed + ((int,) if float in allowed else ())
         _FIELD_TYPES[cls] = types
     return _FIELD_TYPES[cls]
@@ -572,16 +642,38 @@ class _Edit:
     def get(self, key: ModelKey) -> ModelRecord | None:
         return self._models.get(key)
 
+    def keys(self) -> list[ModelKey]:
+        """Every recorded model, at the time of the call."""
+        return list(self._models)
+
     def put(self, key: ModelKey, record: ModelRecord) -> None:
         self._touch(key)
         self._models[key] = record
 
-    def status(self, key: ModelKey) -> ModelStatus | None:
-        """The live status to change in place (the record is written at the end of the edit)."""
-        if key not in self._models:
+    def status(self, key: ModelKey, server: str) -> ModelStatus | None:
+        """The live status on `server` to change in place (the record is written at the end of the
+        edit); None if the model has no record or was never planned there."""
+        record = self._models.get(key)
+        if record is None or server not in record.servers:
             return None
         self._touch(key)
-        return self._models[key].status
+        return record.servers[server]
+
+    def place(self, key: ModelKey, server: str, status: ModelStatus) -> None:
+        """Give a recorded model an entry on `server` (it is now planned there)."""
+        self._touch(key)
+        self._models[key].servers[server] = status
+
+    def drop(self, key: ModelKey, server: str) -> None:
+        """Forget a model's entry on `server` (and so ollama-gitops's ownership of the weights there);
+        a record left with no server is forgotten entirely."""
+        record = self._models.get(key)
+        if record is None or server not in record.servers:
+            return
+        self._touch(key)
+        del record.servers[server]
+        if not record.servers:
+            del self._models[key]
 
     def forget(self, key: ModelKey) -> None:
         if key in self._models:

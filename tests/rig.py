@@ -57,8 +57,12 @@ class Rig:
         repo = GitRepo(str(self.remote), "main", self.state_dir / "clone.git")
         options.setdefault("resync_interval", 300.0)
         options.setdefault("clock", self.clock)  # a test that runs a real schedule passes time.time
-        self.reconciler = Reconciler(repo, OllamaServer(self.ollama.url, timeout=5), store, **options)  # type: ignore[arg-type]
+        self.reconciler = Reconciler(repo, self.servers(), store, **options)  # type: ignore[arg-type]
         return self.reconciler
+
+    def servers(self) -> object:
+        """What the reconciler keeps in line: here the one stand-in, given the old way."""
+        return OllamaServer(self.ollama.url, timeout=5)
 
     def stop(self) -> None:
         if self.reconciler is not None:
@@ -82,4 +86,4 @@ class Rig:
 
     def state(self, namespace: str, name: str) -> str | None:
         record = self.record(namespace, name)
-        return record.status.state if record else None
+        return record.servers["default"].state if record else None

@@ -11,6 +11,7 @@ import pytest
 
 from ollama_gitops.api import runtime
 from apirig import API_KEY, ApiRig
+from waiting import eventually
 from ollama_gitops.reconciler.models.modelfile import ModelFields, parse
 
 MODEL_FIELDS = ["name", "namespace", "modelName", "tag", "state", "size", "formattedSize", "lastPullTime", "error", "progress", "digest", "suspended"]
@@ -211,7 +212,10 @@ def test_pulling_model_carries_progress(api: ApiRig) -> None:
     with api.ollama.hold_pulls() as gate:
         reconciler.run_cycle()
         assert gate.wait_for_pulls(2, timeout=10)
-        model = api.client.get("/api/v1/models/llama3.2-1b").json()
+        # The stand-in holds the pull after sending its first progress line; the reconciler may not
+        # have read that line yet.
+        model = eventually(lambda: (m := api.client.get("/api/v1/models/llama3.2-1b").json()).get("progress") and m,
+                           what="the first progress line recorded")
         assert model["state"] == "Pulling"
         # Ollama announces layers as it reaches them, so the total grows with the pull.
         assert 0 <= model["progress"]["completed"] <= model["progress"]["total"] <= 1815319791

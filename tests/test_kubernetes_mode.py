@@ -258,7 +258,7 @@ def test_own_status_writes_do_not_wake_a_cycle_but_a_hand_edit_does(krig: KubeRi
     for error in ("a burst", None):
         with krig.store.editing() as edit:
             for key in keys:
-                edit.status(key).error = error
+                edit.status(key, "default").error = error
         assert krig.store.flush(15)
     assert eventually(lambda: krig.cache.stats.events >= events + 2 * len(keys))  # every echo came back
     assert len(krig.wakeups) == woken
@@ -314,7 +314,7 @@ def test_an_unexpected_error_in_a_status_writer_is_logged_counted_and_fails_the_
     monkeypatch.setattr(krig.store._client, "apply_status", broken)
     before = background_errors("status")
     with krig.store.editing() as edit:  # a change no cycle undoes (a stale error would be cleared)
-        edit.status(key).last_pull_time = "2026-01-01T00:00:00Z"
+        edit.status(key, "default").last_pull_time = "2026-01-01T00:00:00Z"
     assert krig.store.flush(15)
     assert background_errors("status") == before + 1
     logged = [r for r in caplog.records if r.name == "ollama_gitops.cluster.status" and r.exc_info]
@@ -423,7 +423,7 @@ def test_restart_reads_its_memory_back_from_the_resources(krig: KubeRig, tmp_pat
         again.settle()
         assert krig.ollama.pull_count["llama3.2:1b"] == 1  # Ready models are not pulled again
         record = again.store.record(KubeRig.key(again.resource("default", "llama3.2-1b")))
-        assert record.status.owned  # it remembers it pulled them, so it may still prune them
+        assert record.servers["default"].owned  # it remembers it pulled them, so it may still prune them
         again.work.remove(path)
         again.work.model("default", "gemma3", "1b")
         again.push("swap")
@@ -445,7 +445,7 @@ def test_statuses_are_not_lost_when_the_watch_lags(krig: KubeRig) -> None:
     created = krig.custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
     key = ModelKey("default", "late-1b")
     with krig.store.editing() as edit:
-        edit.put(key, ModelRecord(AppliedSpec("late:1b", "models/default/late-1b.yaml"), ModelStatus("Ready", size=2048)))
+        edit.put(key, ModelRecord(AppliedSpec("late:1b", "models/default/late-1b.yaml"), {"default": ModelStatus("Ready", size=2048)}))
     assert krig.store.flush(10)
     assert "status" not in krig.resource("default", "late-1b")  # nothing to write onto yet
     krig.cache.observe_write(created)  # the watch's event, at last
@@ -615,7 +615,7 @@ def test_a_quick_repull_is_written_and_told_even_when_the_watch_lags(krig: KubeR
     key = ModelKey("default", "llama3.2-1b")
     for state in (PULLING, READY):
         with krig.store.editing() as edit:
-            edit.status(key).state = state
+            edit.status(key, "default").state = state
         assert krig.store.flush(10)
         assert krig.resource("default", "llama3.2-1b")["status"]["state"] == state
     reasons = [e["reason"] for e in krig.kube.events() if e["involvedObject"]["name"] == "llama3.2-1b"]
@@ -636,7 +636,7 @@ def test_writes_of_one_resource_land_in_order_while_the_first_is_slow(krig: Kube
     krig.kube.delay(r"/llama3\.2-1b/status$", 1.0, method="PATCH", times=1)  # the first status write is slow
     for state in (PULLING, READY):
         with krig.store.editing() as edit:
-            edit.status(key).state = state
+            edit.status(key, "default").state = state
     assert krig.store.flush(30)
     assert krig.resource("default", "llama3.2-1b")["status"]["state"] == READY
     reasons = [e["reason"] for e in krig.kube.events() if e["involvedObject"]["name"] == "llama3.2-1b"]

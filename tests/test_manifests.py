@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import kubernetes.client
 import kubernetes_validate
 import pytest
 import yaml
@@ -466,19 +467,37 @@ def test_the_api_listens_on_the_service_port_with_a_required_key(base, monkeypat
     assert spec["serviceAccountName"] == "ollama-gitops-api"
 
 
-def test_the_ollama_component_adds_a_server_and_points_ollama_gitops_at_it(base, with_ollama) -> None:
+# What the Ollama component adds beside its servers: the access its --ollama-service reads with.
+DISCOVERY_RBAC = {("Role", "ollama-gitops-reconciler-discovery"), ("RoleBinding", "ollama-gitops-reconciler-discovery"),
+                  ("ClusterRole", "ollama-gitops-reconciler-nodes"), ("ClusterRoleBinding", "ollama-gitops-reconciler-nodes")}
+
+
+def test_the_ollama_component_adds_servers_and_points_ollama_gitops_at_their_service(base, with_ollama) -> None:
     from urllib.parse import urlsplit
 
-    url = urlsplit(settings_configmap(with_ollama)["data"]["OLLAMA_GITOPS_OLLAMA_URL"])
+    from ollama_gitops.reconciler.cluster.discovery import ServiceRef
+
+    data = settings_configmap(with_ollama)["data"]
+    url = urlsplit(data["OLLAMA_GITOPS_OLLAMA_URL"])
     assert url.geturl() == "http://ollama.ollama-gitops.svc:11434"
     service_name, namespace, _ = url.hostname.split(".")
+    # The reconciler finds the servers from the same Service's endpoints: each ready pod is one.
+    assert ServiceRef.parse(data["OLLAMA_GITOPS_OLLAMA_SERVICE"]) == ServiceRef(namespace, service_name)
     service = one(with_ollama, "Service", service_name)
     assert service["metadata"]["namespace"] == namespace == NAMESPACE
-    assert [p["port"] for p in service["spec"]["ports"]] == [url.port]
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
+    # the port discovery takes (named http), where the container listens
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", url.port, "http")]
     statefulset = one(with_ollama, "StatefulSet", "ollama")
     assert statefulset["metadata"]["namespace"] == NAMESPACE and statefulset["spec"]["serviceName"] == service_name
     assert service["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    # One volume per replica: a claim template, not a shared claim, so it scales.
+    assert not any("persistentVolumeClaim" in v for v in statefulset["spec"]["template"]["spec"].get("volumes") or [])
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert {(o["kind"], o["metadata"]["name"]) for o in with_ollama} - {(o["kind"], o["metadata"]["name"]) for o in base} \
+        == {("StatefulSet", "ollama"), ("Service", "ollama"), ("ConfigMap", settings_configmap(with_ollama)["metadata"]["name"])} \
+        | DISCOVERY_RBAC
     (container,) = statefulset["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -488,13 +507,15 @@ def test_the_ollama_component_adds_a_server_and_points_ollama_gitops_at_it(base,
     # The base alone keeps its own setting, and the component changes nothing else in it: the same
     # objects, but for the settings' name (its hash), which rolls the Deployments to the new setting.
     before, after = settings_configmap(base), settings_configmap(with_ollama)
-    assert before["data"]["OLLAMA_GITOPS_OLLAMA_URL"] != url.geturl()
-    assert {**before["data"], "OLLAMA_GITOPS_OLLAMA_URL": url.geturl()} == after["data"]
+    assert before["data"]["OLLAMA_GITOPS_OLLAMA_URL"] != url.geturl() and "OLLAMA_GITOPS_OLLAMA_SERVICE" not in before["data"]
+    assert {**before["data"], "OLLAMA_GITOPS_OLLAMA_URL": url.geturl(),
+            "OLLAMA_GITOPS_OLLAMA_SERVICE": data["OLLAMA_GITOPS_OLLAMA_SERVICE"]} == after["data"]
 
     def rest(objects: list[dict], configmap: dict) -> list[str]:
         name = configmap["metadata"]["name"]
         return sorted(repr(o).replace(name, "SETTINGS") for o in objects if o is not configmap and
-                      (o["kind"], o["metadata"]["name"]) not in {("StatefulSet", "ollama"), ("Service", "ollama")})
+                      (o["kind"], o["metadata"]["name"]) not in {("StatefulSet", "ollama"), ("Service", "ollama")}
+                      | DISCOVERY_RBAC)
 
     assert rest(with_ollama, after) == rest(base, before)
 
@@ -629,10 +650,34 @@ def test_resource_names_in_the_rules_are_the_names_the_code_uses(base) -> None:
     assert names == {("leases", lease), ("configmaps", SYNC_CONFIGMAP)}
 
 
-def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Path, ollama, monkeypatch) -> None:
+def discovered(kube: KubeStandin, ollama_url: str) -> None:
+    """The stand-in Ollama as the one ready pod of the Service ollama (what components/ollama makes)."""
+    from urllib.parse import urlsplit
+
+    address = urlsplit(ollama_url)
+    with kube.api_client() as api:
+        core, slices = kubernetes.client.CoreV1Api(api), kubernetes.client.DiscoveryV1Api(api)
+        core.create_node({"metadata": {"name": "node-1", "labels": {"kubernetes.io/hostname": "node-1"}}})
+        core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "ollama-0", "labels": {"app": "ollama"}},
+                                               "spec": {"nodeName": "node-1", "containers": [{"name": "o", "image": "o"}]}})
+        slices.create_namespaced_endpoint_slice(NAMESPACE, {
+            "metadata": {"name": "ollama-x1", "labels": {"kubernetes.io/service-name": "ollama"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": address.port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [address.hostname], "conditions": {"ready": True}, "nodeName": "node-1",
+                           "targetRef": {"kind": "Pod", "namespace": NAMESPACE, "name": "ollama-0"}}]})
+    kube.clear_request_log()  # the cluster's own doing, not the product's
+
+
+DISCOVERY_PATHS = re.compile(r"/(endpointslices|pods|nodes)$")
+
+
+def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, with_ollama, tmp_path: Path, ollama,
+                                                             monkeypatch) -> None:
     """`reconcile` and `api` in Kubernetes mode against the stand-in API server: leader election,
-    resources created, their status written, Events, a prune with its finalizer; then the API
-    reading status. Their request logs against the rendered RBAC, both ways."""
+    resources created, their status written, Events, a prune with its finalizer, the servers
+    discovered from a Service (`--ollama-service`, as components/ollama sets it); then the API
+    reading status. Their request logs against the rendered RBAC, both ways: the base's without the
+    discovery, the component's with it."""
     from ollama_gitops.api import runtime
     from ollama_gitops.reconciler import service as reconciler_service
     from ollama_gitops.reconciler.cluster.connect import SYNC_TIMEOUT
@@ -661,12 +706,16 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
 
         # The reconciler, as `ollama-gitops reconcile` runs it (service.build, then start).
         state_dir = tmp_path / "state"
-        settings = settings_for(state_dir, str(remote), ollama.url, *common, "--lease-duration", "2", "--interval", "1")
+        discovered(kube, ollama.url)
+        service_setting = settings_configmap(with_ollama)["data"]["OLLAMA_GITOPS_OLLAMA_SERVICE"]
+        settings = settings_for(state_dir, str(remote), ollama.url, *common, "--lease-duration", "2", "--interval", "1",
+                                "--ollama-service", service_setting)
         service = reconciler_service.build(settings)
         health = HealthServer(Health(lambda: service.scheduler, settings.interval, lambda: service.reconciler.leading()),
                               "127.0.0.1", 0).start()
         try:
             service.start()
+            assert service.discovery is not None and service.discovery.refresh().inventory.names == ("ollama-0",)
 
             def states() -> dict[str, str]:
                 return {o["metadata"]["name"]: (o.get("status") or {}).get("state") for o in kube.objects()}
@@ -706,7 +755,15 @@ def test_rbac_is_exactly_what_the_reconciler_and_the_api_use(base, tmp_path: Pat
             running.stop()
         api_log = kube.request_log
 
-    used = check_exact(base, "ollama-gitops-reconciler", reconciler_log)
+    discovery_log = [r for r in reconciler_log if DISCOVERY_PATHS.search(r.path)]
+    assert check_exact(with_ollama, "ollama-gitops-reconciler", reconciler_log) - \
+        check_exact(base, "ollama-gitops-reconciler", [r for r in reconciler_log if r not in discovery_log]) == {
+        ("discovery.k8s.io", "endpointslices", "list"), ("discovery.k8s.io", "endpointslices", "watch"),
+        ("", "pods", "list"), ("", "pods", "watch"), ("", "nodes", "list"), ("", "nodes", "watch")}
+    # In the Service's namespace only, but for the nodes (cluster-scoped).
+    assert {(r.path.rsplit("/", 1)[-1], accesses(r)[0].namespace) for r in discovery_log} == {
+        ("endpointslices", NAMESPACE), ("pods", NAMESPACE), ("nodes", None)}
+    used = check_exact(base, "ollama-gitops-reconciler", [r for r in reconciler_log if r not in discovery_log])
     assert used == {
         ("ollama.smithforge.dev", "ollamamodels", "list"), ("ollama.smithforge.dev", "ollamamodels", "watch"),
         ("ollama.smithforge.dev", "ollamamodels", "create"), ("ollama.smithforge.dev", "ollamamodels", "patch"),

@@ -6,7 +6,7 @@ from ollama_gitops.reconciler.models.desired import DesiredModel, DesiredState, 
 from ollama_gitops.reconciler.models.modelfile import ModelFields
 from ollama_gitops.reconciler.plan import (Delete, Forget, InstalledModel, MarkReady, Pull, RecordError,
                                            Skip, applied_spec, plan)
-from ollama_gitops.reconciler.state import FAILED, PULLING, READY, ModelRecord, ModelStatus
+from ollama_gitops.reconciler.state import FAILED, PULLING, READY, ModelStatus, ServerRecord
 
 NOW = 1_000_000.0
 
@@ -25,10 +25,10 @@ def installed(reference: str, size: int = 100, digest: str = "d" * 64) -> Instal
     return InstalledModel(reference, size, digest, "2026-01-01T00:00:00.123456789Z")
 
 
-def record(m: DesiredModel, state: str = READY, **status: object) -> ModelRecord:
+def record(m: DesiredModel, state: str = READY, **status: object) -> ServerRecord:
     status.setdefault("size", 100)
     status.setdefault("digest", "d" * 64)
-    return ModelRecord(applied_spec(m), ModelStatus(state=state, **status))  # type: ignore[arg-type]
+    return ServerRecord(applied_spec(m), ModelStatus(state=state, **status))  # type: ignore[arg-type]
 
 
 def kinds(result) -> list[tuple[str, str]]:

@@ -27,11 +27,11 @@ def test_added_models_are_pulled_and_recorded_ready(rig: Rig) -> None:
     assert rig.ollama.installed() == {"llama3.2:1b": CATALOGUE["llama3.2:1b"], "gemma3:1b": CATALOGUE["gemma3:1b"]}
     record = rig.record("default", "llama3.2-1b")
     assert record is not None
-    assert record.status.state == READY
-    assert record.status.size == CATALOGUE["llama3.2:1b"]
-    assert record.status.digest == rig.ollama.digest_of("llama3.2:1b")
-    assert record.status.last_pull_time == "2027-01-15T08:00:00Z"  # the rig's clock
-    assert record.status.applied_commit == commit and record.status.error is None
+    assert record.servers["default"].state == READY
+    assert record.servers["default"].size == CATALOGUE["llama3.2:1b"]
+    assert record.servers["default"].digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record.servers["default"].last_pull_time == "2027-01-15T08:00:00Z"  # the rig's clock
+    assert record.servers["default"].applied_commit == commit and record.servers["default"].error is None
     sync = rig.reconciler.store.sync
     assert (sync.last_fetched_commit, sync.last_applied_commit, sync.last_cycle_outcome) == (commit, commit, "Succeeded")
 
@@ -108,8 +108,8 @@ def test_broken_file_keeps_its_model_and_shows_the_error(rig: Rig) -> None:
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
     assert rig.ollama.delete_count == {}
     record = rig.record("default", "llama3.2-1b")
-    assert record is not None and record.status.state == READY
-    assert "model file is invalid, keeping the last good version: YAML syntax error" in (record.status.error or "")
+    assert record is not None and record.servers["default"].state == READY
+    assert "model file is invalid, keeping the last good version: YAML syntax error" in (record.servers["default"].error or "")
     problems = rig.reconciler.store.sync.problems
     assert [(p.path, p.line) for p in problems] == [(path, 3)]
     assert report.ok  # a broken file is the file's problem, not the cycle's
@@ -117,7 +117,7 @@ def test_broken_file_keeps_its_model_and_shows_the_error(rig: Rig) -> None:
     rig.push("fix it")
     rig.cycle()
     record = rig.record("default", "llama3.2-1b")
-    assert record is not None and record.status.error is None and rig.reconciler.store.sync.problems == ()
+    assert record is not None and record.servers["default"].error is None and rig.reconciler.store.sync.problems == ()
 
 
 def test_remote_down_changes_nothing_and_recovers(rig: Rig) -> None:
@@ -184,20 +184,20 @@ def test_failed_pull_shows_ollamas_error_and_is_retried_with_backoff(rig: Rig) -
     rig.start()
     rig.cycle()
     record = rig.record("default", "llama3.2-1b")
-    assert record is not None and record.status.state == FAILED
-    assert record.status.error == "max retries exceeded: unexpected EOF" and record.status.failures == 1
-    first_delay = record.status.next_retry_at - rig.clock.now
+    assert record is not None and record.servers["default"].state == FAILED
+    assert record.servers["default"].error == "max retries exceeded: unexpected EOF" and record.servers["default"].failures == 1
+    first_delay = record.servers["default"].next_retry_at - rig.clock.now
     assert 11.25 <= first_delay <= 15  # about 15 s, as README says: jitter takes off at most a quarter
     rig.cycle()  # too early: no retry
     assert rig.ollama.pull_count["llama3.2:1b"] == 1
     rig.clock.advance(first_delay + 1)
     rig.cycle()
     record = rig.record("default", "llama3.2-1b")
-    assert record.status.failures == 2 and 22.5 <= record.status.next_retry_at - rig.clock.now <= 30
+    assert record.servers["default"].failures == 2 and 22.5 <= record.servers["default"].next_retry_at - rig.clock.now <= 30
     rig.clock.advance(31)
     rig.cycle()
     assert rig.state("default", "llama3.2-1b") == READY and rig.ollama.pull_count["llama3.2:1b"] == 3
-    assert rig.record("default", "llama3.2-1b").status.error is None
+    assert rig.record("default", "llama3.2-1b").servers["default"].error is None
 
 
 def test_a_failed_pull_is_retried_when_its_backoff_is_due_not_at_the_next_interval(rig: Rig) -> None:
@@ -226,8 +226,8 @@ def test_unknown_model_fails_cleanly_with_ollamas_message(rig: Rig) -> None:
     report = rig.cycle()
     assert report.ok
     record = rig.record("default", "no-such-model-1b")
-    assert record is not None and record.status.state == FAILED
-    assert record.status.error == "pull model manifest: file does not exist"
+    assert record is not None and record.servers["default"].state == FAILED
+    assert record.servers["default"].error == "pull model manifest: file does not exist"
     assert rig.state("default", "llama3.2-1b") == READY
 
 
@@ -241,7 +241,7 @@ def test_bumped_refresh_field_repulls_once(rig: Rig) -> None:
     rig.push("refresh")
     rig.cycle()
     assert rig.ollama.pull_count["llama3.2:1b"] == 2
-    assert rig.record("default", "llama3.2-1b").status.refresh_handled == "2026-11-25T14:00:00Z"
+    assert rig.record("default", "llama3.2-1b").servers["default"].refresh_handled == "2026-11-25T14:00:00Z"
     rig.clock.advance(10_000)
     rig.cycle()
     rig.start()
@@ -346,7 +346,7 @@ def test_a_pull_in_flight_is_not_started_twice_and_cycles_do_not_wait(rig: Rig) 
         report = rig.cycle(wait=False)  # a full cycle looks at every model
         assert report.full
         assert [a.reason for a in report.plan.actions] == ["pull in progress"] * 3
-        progress = rig.record("default", "llama3.2-1b").status
+        progress = rig.record("default", "llama3.2-1b").servers["default"]
         assert progress.progress_total and progress.progress_completed is not None
     assert rig.reconciler.pulls.wait(timeout=10)
     assert rig.ollama.pull_count["llama3.2:1b"] == 1 and rig.state("default", "llama3.2-1b") == READY
@@ -418,9 +418,9 @@ def test_state_journal_replays_compacts_and_drops_a_torn_line(tmp_path) -> None:
     keys = [ModelKey("default", f"m{i}-1") for i in range(5)]
     with store.editing() as edit:
         for key in keys:
-            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml")))
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"), {"default": ModelStatus()}))
     with store.editing() as edit:
-        edit.status(keys[0]).state = READY
+        edit.status(keys[0], "default").state = READY
         edit.forget(keys[1])
     with open(tmp_path / state_module.JOURNAL, "a") as journal:
         journal.write('{"key":["default","torn"],"rec')  # a crash in the middle of an append
@@ -430,20 +430,20 @@ def test_state_journal_replays_compacts_and_drops_a_torn_line(tmp_path) -> None:
     reloaded = StateStore(tmp_path)
     reloaded.acquire_process_lock()
     assert set(reloaded.keys()) == set(keys) - {keys[1]}
-    assert reloaded.record(keys[0]).status.state == READY
+    assert reloaded.record(keys[0]).servers["default"].state == READY
     assert (tmp_path / state_module.JOURNAL).read_text().endswith("\n")  # the lock holder cuts the torn tail
     reloaded._compact()
     assert (tmp_path / state_module.JOURNAL).read_text() == ""
     again = StateStore(tmp_path)
     assert again.records() == reloaded.records()
-    assert again.record(keys[0]).status == ModelStatus(state=READY)
+    assert again.record(keys[0]).servers == {"default": ModelStatus(state=READY)}
     reloaded.release_process_lock()
 
 
 def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
     from ollama_gitops.reconciler import state as state_module
     from ollama_gitops.reconciler.models.desired import ModelKey
-    from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord
+    from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord, ModelStatus
 
     writer = StateStore(tmp_path)
     writer.acquire_process_lock()
@@ -451,15 +451,15 @@ def test_a_follower_sees_what_the_reconciler_writes(tmp_path) -> None:
     key = ModelKey("default", "a-1")
     assert follower.follow() is False
     with writer.editing() as edit:
-        edit.put(key, ModelRecord(AppliedSpec("a:1", "models/default/a-1.yaml")))
-    assert follower.follow() is True and follower.record(key).status.state == "Pending"
+        edit.put(key, ModelRecord(AppliedSpec("a:1", "models/default/a-1.yaml"), {"default": ModelStatus()}))
+    assert follower.follow() is True and follower.record(key).servers["default"].state == "Pending"
     with writer.editing() as edit:
-        edit.status(key).state = READY
+        edit.status(key, "default").state = READY
     writer._compact()  # a new snapshot and an empty journal
     with writer.editing() as edit:
-        edit.put(ModelKey("default", "b-1"), ModelRecord(AppliedSpec("b:1", "models/default/b-1.yaml")))
+        edit.put(ModelKey("default", "b-1"), ModelRecord(AppliedSpec("b:1", "models/default/b-1.yaml"), {"default": ModelStatus()}))
     assert follower.follow() is True
-    assert follower.record(key).status.state == READY and len(follower.keys()) == 2
+    assert follower.record(key).servers["default"].state == READY and len(follower.keys()) == 2
     assert (tmp_path / state_module.SNAPSHOT).exists()
 
 
@@ -471,8 +471,8 @@ def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(rig: Rig) -
     rig.start(resync_interval=300)
     rig.cycle()
     record = rig.record("default", "registry.ollama.ai-library-llama3.2-1b")
-    assert record is not None and record.status.state == READY
-    assert record.status.size == CATALOGUE["llama3.2:1b"] and record.status.digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record is not None and record.servers["default"].state == READY
+    assert record.servers["default"].size == CATALOGUE["llama3.2:1b"] and record.servers["default"].digest == rig.ollama.digest_of("llama3.2:1b")
     for _ in range(2):  # full cycles: Ollama listed, every model planned
         rig.clock.advance(301)
         assert rig.cycle().full
@@ -494,7 +494,7 @@ def test_a_deeply_nested_file_keeps_its_model_and_later_commits_apply(rig: Rig, 
     report = rig.cycle()
     assert report.ok, report.message
     assert [(p.path, p.line) for p in rig.reconciler.store.sync.problems] == [(path, 3)]
-    assert "nested more than" in rig.record("default", "llama3.2-1b").status.error
+    assert "nested more than" in rig.record("default", "llama3.2-1b").servers["default"].error
     rig.work.model("default", "gemma3", "1b")
     commit = rig.push("a later commit")
     assert rig.cycle().ok
@@ -519,8 +519,9 @@ def test_a_crashed_cycle_is_recorded_failed_with_its_error_in_status_and_metrics
     rig.work.model("default", "llama3.2", "1b")
     rig.push()
     reconciler = rig.start()
-    good = reconciler.server
-    reconciler.server = _ListingBug(rig.ollama.url)
+    member = reconciler.fleet.member("default")
+    good = member.client
+    member.client = _ListingBug(rig.ollama.url)
     failed_before = _cycles("failed")
     report = rig.cycle()
     assert not report.ok and "KeyError" in report.message and "'models'" in report.message
@@ -528,7 +529,7 @@ def test_a_crashed_cycle_is_recorded_failed_with_its_error_in_status_and_metrics
     assert sync.last_cycle_outcome == "Failed" and "KeyError" in sync.last_cycle_message
     assert _cycles("failed") == failed_before + 1
     assert StateStore(rig.state_dir).sync.last_cycle_outcome == "Failed"  # on disk, for `api` and a restart
-    reconciler.server = good
+    member.client = good
     assert rig.cycle().ok and rig.state("default", "llama3.2-1b") == READY
 
 
@@ -570,7 +571,7 @@ def test_a_model_file_replaced_by_a_submodule_or_symlink_keeps_its_weights(rig: 
         assert rig.cycle().ok
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b"} and rig.ollama.delete_count == {}
     record = rig.record("default", "llama3.2-1b")
-    assert record is not None and "model files must be regular files" in record.status.error
+    assert record is not None and "model files must be regular files" in record.servers["default"].error
     assert [p.path for p in rig.reconciler.store.sync.problems] == [path]
     assert any(f"path={path}" in r.getMessage() for r in caplog.records)
     rig.clock.advance(301)  # a full cycle (resync) keeps it too
@@ -594,7 +595,7 @@ def test_a_namespace_folder_or_models_replaced_keeps_every_weight(rig: Rig, capl
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "gemma3:1b", "phi3:mini"} and rig.ollama.delete_count == {}
     for name in ("llama3.2-1b", "gemma3-1b"):
         record = rig.record("default", name)
-        assert record is not None and record.status.state == READY and f"{replaced}: " in record.status.error
+        assert record is not None and record.servers["default"].state == READY and f"{replaced}: " in record.servers["default"].error
     assert [p.path for p in rig.reconciler.store.sync.problems] == [replaced]
     assert any(f"path={replaced} " in r.getMessage() for r in caplog.records)
     rig.clock.advance(301)
@@ -608,7 +609,7 @@ def test_a_namespace_folder_or_models_replaced_keeps_every_weight(rig: Rig, capl
     rig.push("a folder again")
     assert rig.cycle().ok
     assert set(rig.ollama.installed()) == {"llama3.2:1b", "phi3:mini"}
-    assert rig.record("default", "llama3.2-1b").status.error is None
+    assert rig.record("default", "llama3.2-1b").servers["default"].error is None
 
 
 def test_a_lost_record_keeps_the_weights_as_the_warning_says(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
@@ -619,7 +620,7 @@ def test_a_lost_record_keeps_the_weights_as_the_warning_says(rig: Rig, caplog: p
     rig.push()
     rig.start()
     rig.cycle()
-    assert rig.record("default", "llama3.2-1b").status.owned
+    assert rig.record("default", "llama3.2-1b").servers["default"].owned
     rig.stop()
     (rig.state_dir / JOURNAL).write_bytes(b"")  # emptied: which weights it pulled is forgotten
     with caplog.at_level("WARNING"):
@@ -643,7 +644,7 @@ def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(ri
     rig.push("add gemma3")
     rig.cycle()  # plans gemma3 against the last listing; its pull is refused
     record = rig.record("default", "gemma3-1b")
-    assert record.status.state == FAILED and f"Ollama is not reachable at {rig.ollama.url}" in record.status.error
+    assert record.servers["default"].state == FAILED and f"Ollama is not reachable at {rig.ollama.url}" in record.servers["default"].error
     for _ in range(3):  # long before the next resync and the pull's retry
         rig.clock.advance(1)
         report = rig.cycle()

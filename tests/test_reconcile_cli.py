@@ -46,7 +46,7 @@ def env(tmp_path: Path, ollama: OllamaStandin) -> dict[str, str]:
 
 def statuses(state_dir: Path) -> dict[str, str]:
     """The states on disk, as the next process will read them."""
-    return {str(key): record.status.state for key, record in StateStore(state_dir).records().items()}
+    return {str(key): record.servers["default"].state for key, record in StateStore(state_dir).records().items()}
 
 
 def test_first_run_with_no_settings_reconciles_the_embedded_example_repo(env: dict[str, str], ollama: OllamaStandin,

@@ -951,3 +951,39 @@ def test_config_map_watch_by_name_sees_only_that_one(kube, api_client):
         if len(seen) == 2:
             w.stop()
     assert seen == [("ADDED", "sync", None), ("MODIFIED", "sync", "1")]
+
+
+# ------------------------------------------------------------------------------------------------
+# Pods, Nodes and EndpointSlices (what the fleet's discovery reads)
+
+
+def test_pods_and_nodes_are_selected_by_their_own_fields_and_others_are_refused(api_client):
+    core = client.CoreV1Api(api_client)
+    core.create_node({"metadata": {"name": "gpu-1", "labels": {"gpu": "a100"}}, "spec": {"unschedulable": True}})
+    core.create_node({"metadata": {"name": "cpu-1"}})
+    for name, node in (("a", "gpu-1"), ("b", "cpu-1")):
+        core.create_namespaced_pod(NS, {"metadata": {"name": name}, "spec": {"nodeName": node, "containers": [
+            {"name": "c", "image": "i"}]}, "status": {"phase": "Running"}})
+    assert [p.metadata.name for p in core.list_namespaced_pod(NS, field_selector="spec.nodeName=gpu-1").items] == ["a"]
+    assert [p.metadata.name for p in core.list_namespaced_pod(NS, field_selector="status.phase=Running").items] == ["a", "b"]
+    assert [n.metadata.name for n in core.list_node(field_selector="spec.unschedulable=false").items] == ["cpu-1"]
+    assert [n.metadata.name for n in core.list_node(label_selector="gpu").items] == ["gpu-1"]
+    with pytest.raises(ApiException) as exc:
+        core.list_node(field_selector="spec.nodeName=x")
+    assert exc.value.status == 400 and status_of(exc.value)["message"] == "field label not supported: spec.nodeName"
+    deleted = core.delete_namespaced_pod("a", NS)  # a Pod's registry answers the deleted Pod
+    assert deleted.metadata.name == "a" and [p.metadata.name for p in core.list_namespaced_pod(NS).items] == ["b"]
+
+
+def test_endpoint_slices_are_validated_in_what_readers_depend_on(api_client):
+    slices = client.DiscoveryV1Api(api_client)
+    body = {"metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "svc"}}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.0.0.1"]}]}
+    slices.create_namespaced_endpoint_slice(NS, body)
+    for change, field in (({"addressType": "IPv6"}, "addressType"), ({"endpoints": [{"addresses": []}]},
+                                                                      "endpoints[0].addresses")):
+        with pytest.raises(ApiException) as exc:
+            slices.patch_namespaced_endpoint_slice("s", NS, change)
+        assert exc.value.status == 422 and status_of(exc.value)["details"]["causes"][0]["field"] == field
+    listed = slices.list_namespaced_endpoint_slice(NS, label_selector="kubernetes.io/service-name=svc")
+    assert [s.metadata.name for s in listed.items] == ["s"] and listed.items[0].endpoints[0].addresses == ["10.0.0.1"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ollama_gitops.reconciler.models.desired import ModelKey, Problem
-from ollama_gitops.reconciler.state import (JOURNAL, READY, SNAPSHOT, SYNC, AppliedSpec, ModelRecord, StateStore,
-                                            SyncStatus)
+from ollama_gitops.reconciler.state import (JOURNAL, READY, SNAPSHOT, SYNC, AppliedSpec, ModelRecord, ModelStatus,
+                                            StateStore, SyncStatus)
 
 KEYS = [ModelKey("default", f"m{i}-1") for i in range(5)]
 
@@ -21,9 +21,9 @@ def populate(directory: Path, *, compact: bool = False) -> StateStore:
     store.acquire_process_lock()
     for key in KEYS:  # two journal lines each: the new record, then the pull's end
         with store.editing() as edit:
-            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml")))
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"), {"default": ModelStatus()}))
         with store.editing() as edit:
-            status = edit.status(key)
+            status = edit.status(key, "default")
             status.state, status.owned = READY, True
     if compact:
         store._compact()
@@ -60,7 +60,7 @@ def test_a_damaged_sync_json_starts_afresh_naming_the_file(tmp_path: Path, caplo
     with caplog.at_level("WARNING"):
         store = reopen(tmp_path)
     assert store.sync == SyncStatus()
-    assert set(store.keys()) == set(KEYS) and all(r.status.owned for r in store.records().values())
+    assert set(store.keys()) == set(KEYS) and all(r.servers["default"].owned for r in store.records().values())
     (line,) = warnings(caplog)
     assert str(tmp_path / SYNC) in line and "starting with a fresh sync summary" in line
     assert "no model's record is affected" in line and ".broken-" in line
@@ -82,9 +82,9 @@ def test_a_garbage_journal_line_is_skipped_and_every_other_line_kept(tmp_path: P
     with caplog.at_level("WARNING"):
         store = reopen(tmp_path)
     assert set(store.keys()) == set(KEYS)
-    assert store.record(KEYS[1]).status.owned is False  # its put survived, its Ready-and-owned line did not
-    assert store.record(KEYS[3]).status.owned is True  # the wrong-typed line was skipped; the next one holds
-    assert all(store.record(k).status.owned for k in (KEYS[0], KEYS[2], KEYS[4]))
+    assert store.record(KEYS[1]).servers["default"].owned is False  # its put survived, its Ready-and-owned line did not
+    assert store.record(KEYS[3]).servers["default"].owned is True  # the wrong-typed line was skipped; the next one holds
+    assert all(store.record(k).servers["default"].owned for k in (KEYS[0], KEYS[2], KEYS[4]))
     found = warnings(caplog)
     assert len(found) == 2
     assert f"{journal} line 4 is unreadable" in found[0] and "the record of default/m1-1 is lost" in found[0]
@@ -140,13 +140,13 @@ def test_a_damaged_snapshot_keeps_every_readable_record(tmp_path: Path, caplog: 
         snapshot.write_bytes(b"\x00" * 64)
     else:
         document = json.loads(text)
-        document["models"][2]["record"]["status"]["state"] = "Exploded"
+        document["models"][2]["record"]["servers"]["default"]["state"] = "Exploded"
         snapshot.write_text(json.dumps(document))
     with caplog.at_level("WARNING"):
         store = reopen(tmp_path)
     expected = {"cut short": KEYS[:3], "emptied": [], "garbage": [], "wrong entry": KEYS[:2] + KEYS[3:]}[damage]
     assert sorted(store.keys()) == expected
-    assert all(store.record(k).status.owned for k in expected)
+    assert all(store.record(k).servers["default"].owned for k in expected)
     found = warnings(caplog)
     assert found and all(str(snapshot) in line and "will not prune them" in line for line in found)
     if damage == "wrong entry":
@@ -167,3 +167,48 @@ def test_a_follower_never_fails_on_damaged_files_and_mends_nothing(tmp_path: Pat
     assert set(follower.keys()) == set(KEYS) and follower.sync == SyncStatus()
     assert follower.follow() is False
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_records_written_before_fleets_are_the_default_servers_after_an_upgrade(tmp_path: Path) -> None:
+    old = {"spec": {"reference": "llama3.2:1b", "path": "models/default/llama3.2-1b.yaml"},
+           "status": {"state": "Ready", "owned": True, "size": 5}}
+    (tmp_path / SNAPSHOT).write_text(json.dumps({"version": 1, "seq": 1, "models": [
+        {"key": ["default", "llama3.2-1b"], "record": old}]}))
+    (tmp_path / JOURNAL).write_text(json.dumps({"seq": 2, "key": ["default", "gemma3-1b"], "record": {
+        "spec": {"reference": "gemma3:1b", "path": "models/default/gemma3-1b.yaml"}, "status": {"state": "Pulling"}}}) + "\n")
+    store = reopen(tmp_path)
+    assert store.record(ModelKey("default", "llama3.2-1b")).servers == {"default": ModelStatus("Ready", size=5, owned=True)}
+    # the pull died with the process before the upgrade
+    assert store.record(ModelKey("default", "gemma3-1b")).servers == {"default": ModelStatus("Pending")}
+    store.acquire_process_lock()
+    store._compact()  # written again in the new form, read back the same
+    store.release_process_lock()
+    assert json.loads((tmp_path / SNAPSHOT).read_text())["models"][1]["record"]["servers"]["default"]["owned"] is True
+    assert reopen(tmp_path).records() == store.records()
+
+
+def test_each_server_has_its_own_status_and_work_left_on_any_server_is_unsettled(tmp_path: Path) -> None:
+    from ollama_gitops.reconciler.state import FAILED, ServerSeen
+
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    key = ModelKey("default", "m-1")
+    with store.editing() as edit:
+        edit.put(key, ModelRecord(AppliedSpec("m:1", "models/default/m-1.yaml"), {"gpu-1": ModelStatus(READY)}))
+    assert store.unsettled(now=0) == set()
+    with store.editing() as edit:
+        edit.place(key, "gpu-2", ModelStatus(FAILED, next_retry_at=100.0))
+    assert store.unsettled(now=99) == set() and store.unsettled(now=100) == {key}
+    store.update_progress([key], "gpu-2", 1, 2)
+    assert store.record(key).servers["gpu-2"].progress_total == 2 and store.record(key).servers["gpu-1"].progress_total is None
+    with store.editing() as edit:
+        edit.drop(key, "gpu-2")
+    assert set(store.record(key).servers) == {"gpu-1"} and store.unsettled(now=100) == set()
+    with store.editing() as edit:
+        edit.drop(key, "gpu-1")
+    assert store.record(key) is None  # no server left: nothing is known of it any more
+    seen = (ServerSeen("gpu-1", "http://gpu-1:11434", {"gpu": "a100"}, True, "0.12.0", "2026-12-01T10:00:00Z"),
+            ServerSeen("gpu-2", "http://gpu-2:11434", {}, False, None, None, "connection refused"))
+    store.save_sync(SyncStatus(servers=seen))
+    store.release_process_lock()
+    assert reopen(tmp_path).sync.servers == seen

@@ -170,7 +170,7 @@ def _wait_for_progress(api: ApiRig, names: list[str], deadline: float) -> None:
     store = api.running.service.store
     while True:
         records = [store.record(ModelKey("default", name)) for name in names]
-        if all(r is not None and r.status.progress_total for r in records):
+        if all(r is not None and r.servers["default"].progress_total for r in records):
             return
         assert time.monotonic() < deadline, "pull progress never recorded"
         time.sleep(0.01)

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from ..models.desired import ModelKey
 from .resources import GROUP, MANAGED_SELECTOR, PLURAL, VERSION, Resource
 
-__all__ = ["CacheStats", "ResourceCache"]
+__all__ = ["CacheStats", "Gone", "LiveWatch", "ResourceCache"]
 
 log = logging.getLogger("ollama_gitops.cluster.cache")
 
@@ -44,8 +44,49 @@ WATCH_READ_MARGIN = 30.0  # beyond timeoutSeconds: only a dead connection stays 
 STOP_POLL = 0.05  # how often stop() repeats Watch.stop() while the thread has not ended
 
 
-class _Gone(Exception):
+class Gone(Exception):
     """The watch's resourceVersion is older than the server's history: only a new list helps."""
+
+
+class LiveWatch:
+    """The one watch request a thread has open, so that another thread can end it (`stop_watch_thread`)."""
+
+    def __init__(self, stopping: threading.Event) -> None:
+        self._stopping = stopping
+        self._lock = threading.Lock()
+        self._watch: watch.Watch | None = None
+
+    def current(self) -> watch.Watch | None:
+        with self._lock:
+            return self._watch
+
+    def events(self, method: Callable[..., Any], *args: Any, resource_version: str, timeout: int,
+               **kwargs: Any) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        """The (type, raw object) events of one watch request from `resource_version`, bookmarks
+        included, until the server ends it after `timeout` seconds or the thread is stopping.
+        `Gone` when the version has expired (410, as an ERROR event or an HTTP answer). Use it in a
+        `with closing(...)` or a plain for loop, so that the response is closed when left early."""
+        w = watch.Watch()
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._watch = w
+        # timeout_seconds also keeps the client from retrying a 410 itself: it raises at once.
+        stream = w.stream(method, *args, **kwargs, resource_version=resource_version, allow_watch_bookmarks=True,
+                          timeout_seconds=timeout, _request_timeout=(CONNECT_TIMEOUT, timeout + WATCH_READ_MARGIN))
+        try:
+            for event in stream:
+                if self._stopping.is_set():
+                    break
+                yield event["type"], event["raw_object"]
+        except ApiException as error:
+            if error.status == GONE:
+                raise Gone(error.reason) from error
+            raise
+        finally:
+            with self._lock:
+                self._watch = None
+            stream.close()  # when we left the loop early: runs the client's cleanup (closes the response)
 
 
 @dataclass
@@ -103,15 +144,15 @@ class ResourceCache:
         self._retry_delay = retry_delay
         self.stats = CacheStats()
 
-        self._lock = threading.Lock()  # guards _items, _changed, _writes and _watch
+        self._lock = threading.Lock()  # guards _items, _changed and _writes
         self._items: dict[ModelKey, Resource] = {}
         self._changed: set[ModelKey] = set()
         self._writes: dict[ModelKey, _Writes] = {}
-        self._watch: watch.Watch | None = None  # the live watch, for stop() to end it
 
         self._resource_version = ""  # last version seen by the cache thread (its own state, no lock)
         self._synced = threading.Event()
         self._stopping = threading.Event()  # also what retry waits on, so stop() cuts them short
+        self._live = LiveWatch(self._stopping)  # for stop() to end it
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -130,7 +171,7 @@ class ResourceCache:
         thread = self._thread
         if thread is None:
             return
-        if not stop_watch_thread(thread, self._current_watch, timeout):
+        if not stop_watch_thread(thread, self._live.current, timeout):
             log.warning("resource cache thread still running %.1f s after stop()", timeout)
 
     @property
@@ -250,7 +291,7 @@ class ResourceCache:
                 self._list()
                 while not self._stopping.is_set():
                     self._watch_once()  # returns when the watch ends normally: resume it, no list
-            except _Gone as gone:
+            except Gone as gone:
                 if self._stopping.is_set():
                     break
                 # The server no longer has the events after our version: list again at once.
@@ -263,8 +304,6 @@ class ResourceCache:
                 log.warning("list/watch of %s failed (%s); listing again in %.1f s",
                             PLURAL, describe_error(error), self._retry_delay)
                 self._stopping.wait(self._retry_delay)
-        with self._lock:
-            self._watch = None
         log.debug("resource cache stopped")
 
     def _list(self) -> None:
@@ -298,38 +337,15 @@ class ResourceCache:
         if changed or first:
             self._notify(changed)
 
-    def _current_watch(self) -> watch.Watch | None:
-        with self._lock:
-            return self._watch
-
     def _watch_once(self) -> None:
         """Watch from the last version seen until the server ends the watch (or stop())."""
-        w = watch.Watch()
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            self._watch = w
         self.stats.watches += 1
-        # timeout_seconds also keeps the client from retrying a 410 itself: it raises at once.
-        stream = w.stream(
-            self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL,
-            label_selector=MANAGED_SELECTOR, resource_version=self._resource_version,
-            allow_watch_bookmarks=True, timeout_seconds=self._watch_timeout,
-            _request_timeout=(CONNECT_TIMEOUT, self._watch_timeout + WATCH_READ_MARGIN))
-        try:
-            for event in stream:
-                if self._stopping.is_set():
-                    break
+        with closing(self._live.events(self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL,
+                                       label_selector=MANAGED_SELECTOR, resource_version=self._resource_version,
+                                       timeout=self._watch_timeout)) as events:
+            for kind, obj in events:
                 self.stats.events += 1
-                self._handle(event["type"], event["raw_object"])
-        except ApiException as error:
-            if error.status == GONE:  # an expired version, as an ERROR event or an HTTP answer
-                raise _Gone(error.reason) from error
-            raise
-        finally:
-            with self._lock:
-                self._watch = None
-            stream.close()  # when we left the loop early: runs the client's cleanup (closes the response)
+                self._handle(kind, obj)
 
     def _handle(self, kind: str, obj: Mapping[str, Any]) -> None:
         metadata = obj.get("metadata") or {}
@@ -337,7 +353,7 @@ class ResourceCache:
         if kind == "ERROR":  # the client raises these itself; kept in case a client version does not
             code = obj.get("code")
             if code == GONE:
-                raise _Gone(obj.get("message", ""))
+                raise Gone(obj.get("message", ""))
             raise ApiException(status=code, reason=f"{obj.get('reason')}: {obj.get('message')}")
         if version:
             self._resource_version = version  # bookmarks too: resuming from them skips nothing

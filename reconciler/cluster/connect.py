@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,10 +14,15 @@ from ..models.desired import ModelKey
 from ..state import ModelRecord, SyncStatus
 from .cache import ResourceCache
 from .client import ClusterClient
+from .discovery import ServiceDiscovery, ServiceRef
 from .status import ClusterStateStore, record_from
 from .sync import ClusterSync
 
+log = logging.getLogger("ollama_gitops.cluster")
+
 SYNC_TIMEOUT = 60.0  # seconds to wait for the first list of the managed resources
+DISCOVERY_TIMEOUT = 20.0  # and then of the Ollama Service's endpoints, pods and nodes (startupProbe: 90 s in all)
+DEPARTURE_GRACE = 300.0  # seconds a server not ready any more stays in the fleet (ServiceDiscovery)
 
 
 class ClusterUnavailable(Exception):
@@ -45,6 +51,18 @@ def start_cache(api: client.ApiClient, on_change: Callable[[set[ModelKey]], None
         raise ClusterUnavailable(f"could not list OllamaModel resources within {SYNC_TIMEOUT:.0f}s; "
                                  "is the CRD installed and the API server reachable?")
     return cache
+
+
+def discover(api: client.ApiClient, service: str, on_change: Callable[[], None]) -> ServiceDiscovery:
+    """The servers behind `service` (NAMESPACE/NAME, `InventoryError` when it is not), followed from
+    now on. Waits a little for a first list, so that the first cycle has them; without it, carries on:
+    the inventory's problems then say what cannot be read, each cycle, until it can."""
+    discovery = ServiceDiscovery(api, ServiceRef.parse(service), on_change=on_change,
+                                 departure_grace=DEPARTURE_GRACE).start()
+    if not discovery.wait_synced(DISCOVERY_TIMEOUT):
+        log.warning("the Ollama servers of Service %s are not listed after %.0fs: %s", service, DISCOVERY_TIMEOUT,
+                    "; ".join(p.message for p in discovery.refresh().problems))
+    return discovery
 
 
 @dataclass

@@ -32,6 +32,9 @@ SUSPEND = PREFIX + "suspend"
 REFRESH_REQUESTED_AT = PREFIX + "refresh-requested-at"
 PULLED = PREFIX + "pulled"  # "true": ollama-gitops pulled the weights, so it may prune them
 REFRESH_HANDLED = PREFIX + "refresh-handled"  # the refresh request already acted on
+# The same two, per server of a fleet other than `default` (whose are the two above, as they always
+# were): JSON, {"NAME": {"pulled": true, "refreshHandled": "..."}}, only servers with something to keep.
+SERVERS_MEMORY = PREFIX + "servers"
 APPLIED_HASH = PREFIX + "applied-hash"  # what was applied, to notice a label or annotation dropped from the file
 SEED_REFRESH = "ollama.smithforge.dev/refresh"  # the seed's own refresh request, "true"
 

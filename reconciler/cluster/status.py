@@ -1,14 +1,17 @@
 """Kubernetes mode's memory: the reconciler's records kept on the OllamaModel resources themselves.
 
-Status goes to the status subresource (and only there); what only ollama-gitops needs to remember
-(it pulled these weights, it handled that refresh request) goes into annotations; forgetting a model
-releases its finalizer so that its deletion can finish. Writes leave the reconciler's thread at
-once and are made by a small pool, the newest record of a key winning, so a cycle never waits on
-the API server; a write that fails is tried again.
+Status goes to the status subresource (and only there): the seed's fields for the model as a whole
+(`fleetstatus.overall` over the servers the model is recorded on), and `servers`, the model on each server of the fleet. What only
+ollama-gitops needs to remember (it pulled these weights there, it handled that refresh request)
+goes into annotations, per server; forgetting a model releases its finalizer so that its deletion
+can finish. A new leader reads both back (`record_from`), server by server. Writes leave the
+reconciler's thread at once and are made by a small pool, the newest record of a key winning, so a
+cycle never waits on the API server; a write that fails is tried again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,12 +23,14 @@ from typing import Any
 from .. import metrics
 from ..models.desired import ModelKey
 from ..models.sizes import format_size
-from ..state import FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from ..fleetstatus import overall_recorded
+from ..state import (DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, StateStore,
+                     utc_rfc3339)
 from .cache import ResourceCache
 from .conditions import model_conditions
 from .client import ClusterClient, ClusterError
 from .resources import (FINALIZER, PRUNE, PULLED, REFRESH_HANDLED, REFRESH_REQUESTED_AT, SEED_REFRESH,
-                        SOURCE_COMMIT, SOURCE_PATH, SUSPEND, Resource)
+                        SERVERS_MEMORY, SOURCE_COMMIT, SOURCE_PATH, SUSPEND, Resource)
 
 log = logging.getLogger("ollama_gitops.cluster.status")
 
@@ -42,10 +47,11 @@ def refresh_token(resource: Resource) -> str | None:
 
 
 def record_from(resource: Resource, *, restarting: bool = True) -> ModelRecord:
-    """The reconciler's record of a model, read back from its resource.
+    """The reconciler's record of a model, read back from its resource: per server from
+    `status.servers`; a status written before fleets (no `servers`) is the one server `default`'s.
 
-    `restarting`: for a reconciler taking the records up, a Pulling model is Pending (the pull died
-    with the process that ran it); a reader (the API deployed apart) shows the state as it is,
+    `restarting`: for a reconciler taking the records up, a Pulling model is Pending there (the pull
+    died with the process that ran it); a reader (the API deployed apart) shows the state as it is,
     with the pull's progress when the status carries it.
     """
     annotations, status = resource.annotations, resource.status
@@ -56,28 +62,85 @@ def record_from(resource: Resource, *, restarting: bool = True) -> ModelRecord:
         suspend=annotations.get(SUSPEND) == "true",
         refresh_requested_at=refresh_token(resource),
     )
-    state = status.get("state") or PENDING
-    progress = status.get("progress") if not restarting and state == PULLING else None
+    memory = _memory(annotations)
+    entries = status.get("servers")
+    if not isinstance(entries, list):
+        entries = [{**status, "name": DEFAULT_SERVER}]
+    servers = {}
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and name:
+            owned, handled = memory.get(name, (False, None))
+            servers[name] = _server_status(entry, owned, handled, annotations.get(SOURCE_COMMIT), restarting)
+    return ModelRecord(spec, servers)
+
+
+def _server_status(entry: Mapping[str, Any], owned: bool, refresh_handled: str | None, commit: str | None,
+                   restarting: bool) -> ModelStatus:
+    state = entry.get("state") or PENDING
+    progress = entry.get("progress") if not restarting and state == PULLING else None
     progress = progress if isinstance(progress, dict) else {}
-    return ModelRecord(spec, ModelStatus(
+    return ModelStatus(
         state=PENDING if restarting and state == PULLING else state,
-        size=status.get("size"), digest=status.get("digest"), last_pull_time=status.get("lastPullTime"),
-        error=status.get("error"), applied_commit=annotations.get(SOURCE_COMMIT),
-        owned=annotations.get(PULLED) == "true", refresh_handled=annotations.get(REFRESH_HANDLED),
-        progress_completed=_count(progress.get("completed")), progress_total=_count(progress.get("total")),
-    ))
+        size=entry.get("size"), digest=entry.get("digest"), last_pull_time=entry.get("lastPullTime"),
+        error=entry.get("error"), applied_commit=commit, owned=owned, refresh_handled=refresh_handled,
+        progress_completed=_count(progress.get("completed")), progress_total=_count(progress.get("total")))
+
+
+def _memory(annotations: Mapping[str, str]) -> dict[str, tuple[bool, str | None]]:
+    """Per server: did ollama-gitops pull the model there, which refresh did it handle there."""
+    memory = {DEFAULT_SERVER: (annotations.get(PULLED) == "true", annotations.get(REFRESH_HANDLED))}
+    try:
+        others = json.loads(annotations.get(SERVERS_MEMORY) or "{}")
+    except ValueError:
+        others = {}  # edited by hand into nonsense: nothing is owned there, so nothing is pruned there
+    for name, kept in (others.items() if isinstance(others, dict) else ()):
+        if name != DEFAULT_SERVER and isinstance(kept, dict):
+            handled = kept.get("refreshHandled")
+            memory[name] = (kept.get("pulled") is True, handled if isinstance(handled, str) else None)
+    return memory
+
+
+def memory_annotations(record: ModelRecord, existing: Mapping[str, str]) -> dict[str, str | None]:
+    """The controller's annotations for `record` (None removes one): the server `default`'s memory
+    where it always was, the other servers' in `SERVERS_MEMORY`; and, once every server has handled
+    the seed's `refresh: "true"`, its `completed-<time>` (the seed's protocol)."""
+    default = record.servers.get(DEFAULT_SERVER) or ModelStatus()
+    others = {name: {k: v for k, v in (("pulled", True if status.owned else None),
+                                        ("refreshHandled", status.refresh_handled)) if v is not None}
+              for name, status in sorted(record.servers.items()) if name != DEFAULT_SERVER}
+    others = {name: kept for name, kept in others.items() if kept}
+    annotations: dict[str, str | None] = {
+        PULLED: "true" if default.owned else None, REFRESH_HANDLED: default.refresh_handled,
+        SERVERS_MEMORY: json.dumps(others, sort_keys=True, separators=(",", ":")) if others else None}
+    statuses = list(record.servers.values())
+    if (statuses and all(SEED_REFRESH_TOKEN in (s.refresh_handled or "") for s in statuses)
+            and existing.get(SEED_REFRESH) == "true"):
+        latest = max((s.last_pull_time for s in statuses if s.last_pull_time), default=None)
+        annotations[SEED_REFRESH] = f"completed-{latest or utc_rfc3339(time.time())}"
+    return annotations
 
 
 def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def status_body(status: ModelStatus, *, suspended: bool = False, generation: int | None = None,
-                previous_conditions: Sequence[Mapping[str, Any]] | None = None,
+def server_entry(name: str, status: ModelStatus) -> dict[str, Any]:
+    """One entry of `status.servers` (as the API shows a server's status, but for `progress`, which
+    is never written: it changes by the second, and status is written only when a state changes)."""
+    entry = {"name": name, "state": status.state, "size": status.size,
+             "formattedSize": format_size(status.size) if status.size else None, "digest": status.digest or None,
+             "lastPullTime": status.last_pull_time, "error": status.error}
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+def status_body(status: ModelStatus, *, servers: Mapping[str, ModelStatus] | None = None, suspended: bool = False,
+                generation: int | None = None, previous_conditions: Sequence[Mapping[str, Any]] | None = None,
                 now: str | None = None) -> dict[str, Any]:
-    """The status subresource: the seed CRD's fields (None removes one, as the controller owned it),
-    and beside them `observedGeneration` and the kstatus conditions (see `conditions`), whose
-    transition times are carried over from `previous_conditions` while their status holds."""
+    """The status subresource: the seed CRD's fields for the whole `status` (None removes one, as the
+    controller owned it), `servers` (one entry per server, sorted by name) when given, and beside
+    them `observedGeneration` and the kstatus conditions (see `conditions`), whose transition times
+    are carried over from `previous_conditions` while their status holds."""
     return {
         "state": status.state,
         "size": status.size,
@@ -85,6 +148,7 @@ def status_body(status: ModelStatus, *, suspended: bool = False, generation: int
         "digest": status.digest or None,
         "lastPullTime": status.last_pull_time,
         "error": status.error,
+        "servers": [server_entry(name, s) for name, s in sorted(servers.items())] if servers is not None else None,
         "observedGeneration": generation or None,
         "conditions": model_conditions(status, suspended=suspended, generation=generation,
                                        previous=previous_conditions, now=now or utc_rfc3339(time.time())),
@@ -260,7 +324,8 @@ class ClusterStateStore(StateStore):
             written = self._written.get(key)
         latest = written if written is not None else current  # what the resource says now
         # Just created (forced, not in the cache yet): a new resource is at generation 1.
-        status = status_body(record.status, suspended=record.spec.suspend,
+        whole = overall_recorded(record)  # the seed's fields: over the servers the model is on
+        status = status_body(whole, servers=record.servers, suspended=record.spec.suspend,
                              generation=resource.generation if resource is not None else 1,
                              previous_conditions=latest.get("conditions"))
         # Unchanged only if it is what the cache holds and what was last written (a quick Pulling and
@@ -269,22 +334,34 @@ class ClusterStateStore(StateStore):
             self._client.apply_status(key, status)
             with self._pending_lock:
                 self._written[key] = status
-            self._event(key, latest.get("state"), record.status, resource)
-        annotations = {PULLED: "true" if record.status.owned else None, REFRESH_HANDLED: record.status.refresh_handled}
+            before = _states(latest)
+            for name, server in sorted(record.servers.items()):
+                self._event(key, name, before.get(name), server, resource)
         existing = resource.annotations if resource is not None else {}
-        if SEED_REFRESH_TOKEN in (record.status.refresh_handled or "") and existing.get(SEED_REFRESH) == "true":
-            # The seed's protocol: a handled `refresh: "true"` becomes `completed-<time>`.
-            annotations[SEED_REFRESH] = f"completed-{record.status.last_pull_time or utc_rfc3339(time.time())}"
+        annotations = memory_annotations(record, existing)
         if any(existing.get(k) != v for k, v in annotations.items()):
             self._client.patch_annotations(key, annotations)
 
-    def _event(self, key: ModelKey, before: str | None, status: ModelStatus, resource: Resource | None) -> None:
+    def _event(self, key: ModelKey, server: str, before: str | None, status: ModelStatus,
+               resource: Resource | None) -> None:
+        """An Event for a server whose state changed, naming it (the one server `default` unnamed, as before)."""
         if status.state == before:
             return
+        where = "" if server == DEFAULT_SERVER else f" on server {server}"
         if status.state == PULLING:
-            self._client.event(key, "Pulling", "pulling the model into Ollama", resource=resource)
+            self._client.event(key, "Pulling", f"pulling the model into Ollama{where}", resource=resource)
         elif status.state == READY and before == PULLING:
-            self._client.event(key, "Pulled", f"pulled ({format_size(status.size or 0)}, digest {status.digest or '-'})",
-                               resource=resource)
+            self._client.event(key, "Pulled", f"pulled{where} ({format_size(status.size or 0)}, "
+                               f"digest {status.digest or '-'})", resource=resource)
         elif status.state == FAILED:
-            self._client.event(key, "PullFailed", status.error or "the pull failed", warning=True, resource=resource)
+            prefix = "" if server == DEFAULT_SERVER else f"{server}: "
+            self._client.event(key, "PullFailed", prefix + (status.error or "the pull failed"), warning=True,
+                               resource=resource)
+
+
+def _states(status: Mapping[str, Any]) -> dict[str, str | None]:
+    """Each server's state as a written status says (one written before fleets: the server `default`'s)."""
+    entries = status.get("servers")
+    if isinstance(entries, list):
+        return {e.get("name"): e.get("state") for e in entries if isinstance(e, Mapping)}
+    return {DEFAULT_SERVER: status.get("state")} if status.get("state") else {}

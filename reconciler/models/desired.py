@@ -9,6 +9,7 @@ proportion to what changed.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import gc
 import os
 import re
@@ -121,6 +122,14 @@ class DesiredState:
             detail = problem.message if problem is not None else "see problems"
             return f"model file is invalid, keeping the last good version: {detail}"
         return str(problem)  # its namespace folder or models/ itself; the message says the model is kept
+
+    def placed_on(self, labels: Mapping[str, str]) -> DesiredState:
+        """The state as a server with these labels sees it: only the models whose `servers:`
+        selector matches (a model without one goes to every server). What cannot be read stays
+        unreadable: a broken file's model is kept on every server that holds it."""
+        placed = {key: model for key, model in self.models.items()
+                  if model.fields.servers is None or model.fields.servers.matches(labels)}
+        return self if len(placed) == len(self.models) else dataclasses.replace(self, models=placed)
 
     def in_namespace(self, namespace: str) -> list[DesiredModel]:
         """The models of one namespace, ordered by name."""

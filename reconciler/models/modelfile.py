@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from . import schema, strictyaml
+from .selector import LabelSelector
 
 MAX_FILE_BYTES = 64 * 1024
 """Files larger than this are refused before they are parsed: a model file is a few hundred bytes."""
@@ -51,6 +52,7 @@ class ModelFields:
     suspend: bool = False
     prune: bool = True
     refresh_requested_at: str | None = None
+    servers: LabelSelector | None = None  # which servers of a fleet hold the model; None: every one
 
     @property
     def reference(self) -> str:
@@ -70,6 +72,8 @@ class ModelFields:
             document["prune"] = False
         if self.refresh_requested_at is not None:
             document["refreshRequestedAt"] = self.refresh_requested_at
+        if self.servers is not None:
+            document["servers"] = self.servers.to_document()
         return document
 
 
@@ -89,7 +93,7 @@ _WORDING = strictyaml.Wording(
     files="model files",
     several="more than one YAML document ('---') in the file; put each model in its own file",
     empty="file is empty; a model file needs at least 'name' and 'tag'",
-    depth="a model file needs two (its fields, and the labels or annotations in them)",
+    depth="a model file needs four (its fields, the servers selector, its expressions, their values)",
 )
 
 
@@ -121,6 +125,7 @@ def fields_from_document(document: dict[str, Any]) -> ModelFields:
         suspend=document.get("suspend", False),
         prune=document.get("prune", True),
         refresh_requested_at=document.get("refreshRequestedAt"),
+        servers=LabelSelector.parse(document["servers"], ("servers",)) if "servers" in document else None,
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 from .. import data_files
+from . import selector
 from .selector import type_name
 
 SCHEMA_FILE = "model.schema.json"
@@ -83,7 +84,7 @@ def _validator() -> jsonschema.protocols.Validator:
 @functools.cache
 def _quick_check() -> Callable[[Any], bool] | None:
     try:
-        return _compile(model_schema())
+        return _compile(model_schema(), _DELEGATED)
     except _Unsupported:
         return None
 
@@ -102,7 +103,17 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _compile(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
+def _is_selector(value: Any) -> bool:
+    return isinstance(selector.parse_selector(value), selector.LabelSelector)
+
+
+# Properties whose schema is checked by the code that parses them: `servers` is a label selector,
+# whose schema (items, enum, if/then) the interpreter below does not know; `parse_selector` accepts
+# exactly what that schema accepts (tests/test_selector.py holds the two together).
+_DELEGATED: dict[str, Callable[[Any], bool]] = {"servers": _is_selector}
+
+
+def _compile(schema: Mapping[str, Any], delegated: Mapping[str, Callable[[Any], bool]] = {}) -> Callable[[Any], bool]:
     """A fast yes-or-don't-know check interpreted from the schema itself.
 
     jsonschema walks the schema anew for every document, which costs more than parsing the YAML;
@@ -129,7 +140,7 @@ def _compile(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
         required = tuple(schema["required"])
         checks.append(lambda v: not isinstance(v, dict) or all(name in v for name in required))
     if {"properties", "additionalProperties", "propertyNames"} & set(schema):
-        properties = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
+        properties = {name: delegated.get(name) or _compile(sub) for name, sub in schema.get("properties", {}).items()}
         extra = schema.get("additionalProperties", True)
         extra_check = None if isinstance(extra, bool) else _compile(extra)
         names = _compile(schema["propertyNames"]) if "propertyNames" in schema else None
@@ -178,8 +189,18 @@ def validate(document: Any, raw_scalars: Mapping[tuple[str | int, ...], str] | N
     if validator.is_valid(document):
         return []
     raw = raw_scalars or {}
-    errors = {e: None for error in validator.iter_errors(document) for e in _explain(error, raw)}  # unique, in order
+    # A selector's problems are told in Kubernetes's words, by the parser that knows them.
+    errors = {e: None for error in validator.iter_errors(document)
+              if not _in_selector(error) for e in _explain(error, raw)}  # unique, in order
+    if isinstance(document, dict) and "servers" in document:
+        parsed = selector.parse_selector(document["servers"], ("servers",), raw)
+        if not isinstance(parsed, selector.LabelSelector):
+            errors.update({SchemaError(p.path, p.message): None for p in parsed})
     return sorted(errors, key=lambda e: [str(p) for p in e.path])
+
+
+def _in_selector(error: jsonschema.ValidationError) -> bool:
+    return bool(error.absolute_path) and error.absolute_path[0] == "servers"
 
 
 def _explain(error: jsonschema.ValidationError, raw: Mapping[tuple[str | int, ...], str]) -> Iterator[SchemaError]:

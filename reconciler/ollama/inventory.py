@@ -46,7 +46,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from ..models import strictyaml
@@ -489,3 +489,43 @@ class ServersFile:
             except InventoryError as exc:
                 return (FileProblem(f"{exc} (with the servers given by --ollama-url)"),)
         return result
+
+
+# --------------------------------------------------------------------------- where the inventory comes from
+
+@runtime_checkable
+class InventorySource(Protocol):
+    """Where the fleet's servers come from; asked at the start of every cycle. `refresh()` is cheap
+    when nothing changed, and never worse than the last good inventory (its `problems` say why the
+    newest content is not used)."""
+
+    def refresh(self) -> Snapshot: ...
+
+
+class StaticInventory:
+    """Servers given once (`--ollama-url`): the same inventory at every refresh."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        self._snapshot = Snapshot(inventory)
+
+    def refresh(self) -> Snapshot:
+        return self._snapshot
+
+
+class FileInventory:
+    """A servers file (re-read when it changes), plus the servers given by `--ollama-url` beside it.
+
+    Its problems come formatted (`path:line: message`), as a cycle reports them."""
+
+    def __init__(self, path: str | Path, *, alongside: Inventory | None = None) -> None:
+        self._alongside = alongside or Inventory()
+        self.file = ServersFile(path, alongside=self._alongside)
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    def refresh(self) -> Snapshot:
+        snapshot = self.file.refresh()
+        problems = tuple(FileProblem(p.format(self.file.path)) for p in snapshot.problems)
+        return Snapshot(combine(self._alongside, snapshot.inventory), problems)

@@ -18,7 +18,7 @@ from .server import ModelOperationFailed, ModelServer, ServerUnreachable
 from ..models.desired import ModelKey
 from ..models.naming import normalize_reference
 from ..plan import InstalledModel, Pull
-from ..state import FAILED, PULLING, READY, StateStore, utc_rfc3339
+from ..state import DEFAULT_SERVER, FAILED, PULLING, READY, StateStore, utc_rfc3339
 
 log = logging.getLogger("ollama_gitops.pulls")
 
@@ -36,7 +36,8 @@ def backoff_delay(failures: int, rng: Callable[[], float] = random.random, base:
 
 
 class PullPool:
-    """Runs pulls on at most `concurrency` threads and records their outcome in the store."""
+    """Runs pulls into one server on at most `concurrency` threads and records their outcome in the
+    store, on that server's entries (`name`)."""
 
     def __init__(
         self,
@@ -47,10 +48,12 @@ class PullPool:
         clock: Callable[[], float] = time.time,
         on_finished: Callable[[str, InstalledModel | None, float | None], None] | None = None,
         backoff_base: float = BACKOFF_BASE,
+        name: str = DEFAULT_SERVER,
     ) -> None:
         """`on_finished(reference, installed, retry_at)` runs after each pull: `installed` when it
         succeeded, else `retry_at`, the `clock()` time at which a retry is due."""
         self._server = server
+        self.name = name
         self._store = store
         self._clock = clock
         self._on_finished = on_finished
@@ -79,7 +82,7 @@ class PullPool:
                 return False
             with self._store.editing() as edit:
                 for key in pull.keys:
-                    status = edit.status(key)
+                    status = edit.status(key, self.name)
                     if status is not None:
                         # Owned before the download starts, so that a crash never leaves weights no one may prune.
                         status.state, status.owned = PULLING, True
@@ -108,7 +111,8 @@ class PullPool:
         installed: InstalledModel | None = None
         retry_at: float | None = None
         try:
-            self._server.pull(pull.reference, lambda done, total: self._store.update_progress(pull.keys, done, total))
+            self._server.pull(pull.reference,
+                              lambda done, total: self._store.update_progress(pull.keys, self.name, done, total))
             installed = self._server.installed().get(reference)
         except ServerUnreachable as exc:
             with self._lock:
@@ -131,7 +135,7 @@ class PullPool:
         now = utc_rfc3339(self._clock())
         with self._store.editing() as edit:
             for key in pull.keys:
-                status = edit.status(key)
+                status = edit.status(key, self.name)
                 if status is None:  # the file went away during the pull; the next cycle prunes it
                     continue
                 status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
@@ -141,18 +145,18 @@ class PullPool:
                 status.progress_completed = status.progress_total = None
                 if pull.refresh is not None:
                     status.refresh_handled = pull.refresh
-        metrics.PULL_DURATION.observe(seconds)
-        log.info("action=pulled reference=%s models=%s commit=%s seconds=%.1f", pull.reference,
-                 model_names(pull.keys), _short(commit), seconds)
+        metrics.PULL_DURATION.labels(self.name).observe(seconds)
+        log.info("action=pulled reference=%s models=%s commit=%s server=%s seconds=%.1f", pull.reference,
+                 model_names(pull.keys), _short(commit), self.name, seconds)
 
     def _record_failure(self, pull: Pull, message: str, commit: str | None) -> float:
         """Record the failure on every key of the pull; returns when the retry is due (`clock()` time)."""
         now = self._clock()
         retry_in: float | None = None
-        metrics.PULL_FAILURES.inc()
+        metrics.PULL_FAILURES.labels(self.name).inc()
         with self._store.editing() as edit:
             for key in pull.keys:
-                status = edit.status(key)
+                status = edit.status(key, self.name)
                 if status is None:
                     continue
                 status.failures += 1
@@ -163,8 +167,8 @@ class PullPool:
                 status.applied_commit = commit
                 status.progress_completed = status.progress_total = None
         retry_in = retry_in if retry_in is not None else 0.0
-        log.warning("action=failed reference=%s models=%s commit=%s retry_in=%.0fs error=%r", pull.reference,
-                    model_names(pull.keys), _short(commit), retry_in, message)
+        log.warning("action=failed reference=%s models=%s commit=%s server=%s retry_in=%.0fs error=%r",
+                    pull.reference, model_names(pull.keys), _short(commit), self.name, retry_in, message)
         return now + retry_in
 
 

@@ -64,19 +64,27 @@ class OllamaServer:
     def installed(self) -> dict[str, InstalledModel]:
         # `/api/tags` is read directly rather than through `Client.list()`: the client validates a
         # pydantic model per entry, which costs 15 times the request itself with ten thousand models.
-        def listing() -> httpx.Response:
-            response = self._http.get("/api/tags")
-            if response.status_code >= 400:
-                raise ollama.ResponseError(_error_text(response), response.status_code)
-            return response
-
-        response = self._call(listing)
+        response = self._get("/api/tags")
         models: dict[str, InstalledModel] = {}
         for model in response.json().get("models") or []:
             reference = model.get("model") or model.get("name") or ""
             models[normalize_reference(reference)] = InstalledModel(
                 reference, int(model.get("size") or 0), model.get("digest") or "", model.get("modified_at"))
         return models
+
+    def version(self) -> str:
+        """Ollama's version (`GET /api/version`)."""
+        return str(self._get("/api/version").json().get("version") or "")
+
+    def _get(self, path: str) -> httpx.Response:
+        """`GET path`, its errors as the other calls' (`ServerUnreachable`, `ModelOperationFailed`)."""
+        def get() -> httpx.Response:
+            response = self._http.get(path)
+            if response.status_code >= 400:
+                raise ollama.ResponseError(_error_text(response), response.status_code)
+            return response
+
+        return self._call(get)  # type: ignore[return-value]
 
     def pull(self, reference: str, progress: ProgressCallback) -> None:
         layers: dict[str, tuple[int, int]] = {}

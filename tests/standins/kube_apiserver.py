@@ -11,6 +11,12 @@ talks to. It serves, with the semantics of kube-apiserver where a controller dep
   exist from the start; deleting one terminates it and deletes its content);
 - core ``v1`` ConfigMaps (keys of ``data`` and ``binaryData`` validated, string values, base64
   ``binaryData``, the 1 MiB limit, ``immutable``);
+- core ``v1`` Pods and Nodes (cluster-scoped) and ``discovery.k8s.io/v1`` EndpointSlices, for the
+  fleet's discovery of a Service's servers: stored as written (no ``/status`` subresource, no
+  defaulting), EndpointSlices validated in what a reader depends on (``addressType``, addresses,
+  port protocols), the field selectors of Pods (``spec.nodeName``, ``status.phase``, ...) and Nodes
+  (``spec.unschedulable``) as the real server has them; a Pod is deleted at once (there is no
+  kubelet to end it gracefully) and the answer is the deleted Pod, as its registry returns it;
 - discovery (``/api``, ``/api/v1``, ``/apis``, ``/apis/{group}[/{version}]``, ``/version``).
 
 Behaviour modelled on kube-apiserver:
@@ -44,7 +50,8 @@ Behaviour modelled on kube-apiserver:
 - list: ``labelSelector`` (``=``, ``==``, ``!=``, exists, ``!``, ``in``, ``notin``, ``>``, ``<``),
   ``fieldSelector`` (``metadata.name``, ``metadata.namespace``; for core v1 Events also the
   ``involvedObject.*``, ``reason``, ``type``, ``source`` and ``reportingComponent`` fields, as
-  ``kubectl describe`` selects them), ``limit``/``continue``;
+  ``kubectl describe`` selects them; for Pods and Nodes theirs; any other field of those three
+  kinds is 400 ``field label not supported``), ``limit``/``continue``;
 - watch: chunked JSON lines; from a ``resourceVersion`` the events after it are replayed from a
   bounded per-resource history; without one (or ``"0"``) synthetic ADDED events for the current
   objects come first; label-selector transitions turn into ADDED/DELETED like the watch cache;
@@ -150,8 +157,13 @@ CORE_EVENTS = _ResourceType("", "v1", "events", "event", "Event", True, short_na
 EVENTS_V1 = _ResourceType("events.k8s.io", "v1", "events", "event", "Event", True, short_names=("ev",))
 NAMESPACES = _ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, short_names=("ns",))
 CONFIGMAPS = _ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, short_names=("cm",))
+# What the fleet's discovery reads (a Service's servers, their pods' and nodes' labels). Their status
+# is stored as written (no /status subresource here: tests set the objects up whole).
+PODS = _ResourceType("", "v1", "pods", "pod", "Pod", True, short_names=("po",))
+NODES = _ResourceType("", "v1", "nodes", "node", "Node", False, short_names=("no",))
+ENDPOINTSLICES = _ResourceType("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", True)
 
-_TYPES = (OLLAMAMODELS, LEASES, CORE_EVENTS, EVENTS_V1, NAMESPACES, CONFIGMAPS)
+_TYPES = (OLLAMAMODELS, LEASES, CORE_EVENTS, EVENTS_V1, NAMESPACES, CONFIGMAPS, PODS, NODES, ENDPOINTSLICES)
 _BY_GVR = {(t.group, t.version, t.plural): t for t in _TYPES}
 
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
@@ -552,10 +564,31 @@ def _event_fields(obj: Obj) -> dict[str, str]:
     return fields
 
 
+def _pod_fields(obj: Obj) -> dict[str, str]:
+    """The fields a Pod can be selected by (pkg/apis/core/v1/conversion.go, the Pod field label
+    conversion; pkg/registry/core/pod/strategy.go, ToSelectableFields)."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    return {"spec.nodeName": spec.get("nodeName") or "", "spec.restartPolicy": spec.get("restartPolicy") or "",
+            "spec.schedulerName": spec.get("schedulerName") or "",
+            "spec.serviceAccountName": spec.get("serviceAccountName") or "",
+            "spec.hostNetwork": "true" if spec.get("hostNetwork") else "false",
+            "status.phase": status.get("phase") or "", "status.podIP": status.get("podIP") or "",
+            "status.nominatedNodeName": status.get("nominatedNodeName") or ""}
+
+
+def _node_fields(obj: Obj) -> dict[str, str]:
+    """The fields a Node can be selected by (pkg/registry/core/node/strategy.go, NodeToSelectableFields)."""
+    return {"spec.unschedulable": "true" if (obj.get("spec") or {}).get("unschedulable") else "false"}
+
+
+# Built-in kinds with their own field label conversion answer "field label not supported" for others.
+_TYPE_FIELDS = {CORE_EVENTS.key: _event_fields, PODS.key: _pod_fields, NODES.key: _node_fields}
+
+
 class _FieldSelector:
     def __init__(self, text: str | None, rt: _ResourceType) -> None:
         self.reqs: list[tuple[str, str, str]] = []
-        self._events = rt is CORE_EVENTS
+        self._fields = _TYPE_FIELDS.get(rt.key)
         for part in (text or "").split(","):
             part = part.strip()
             if not part:
@@ -564,9 +597,11 @@ class _FieldSelector:
             if not m:
                 raise _bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
             key = m.group(1).strip()
+            if key == "spec.host" and rt is PODS:  # old v1 clients' spelling, converted by the server
+                key = "spec.nodeName"
             allowed = {"metadata.name", "metadata.namespace"} if rt.namespaced else {"metadata.name"}
-            if self._events:
-                allowed |= set(_event_fields({}))
+            if self._fields is not None:
+                allowed |= set(self._fields({}))
                 if key not in allowed:
                     raise _bad_request(f"field label not supported: {key}")
             elif key not in allowed:
@@ -575,7 +610,7 @@ class _FieldSelector:
 
     def matches(self, obj: Obj) -> bool:
         meta = obj.get("metadata", {})
-        fields = _event_fields(obj) if self._events else {}
+        fields = self._fields(obj) if self._fields is not None else {}
         for key, op, value in self.reqs:
             actual = fields[key] if key in fields else meta.get(key.split(".", 1)[1], "")
             if (actual == value) != (op == "="):
@@ -884,6 +919,8 @@ class _Store:
             causes += self._schema_causes(obj)
         if rt is CONFIGMAPS:
             causes += self._config_map_causes(obj, old)
+        if rt is ENDPOINTSLICES:
+            causes += self._endpoint_slice_causes(obj, old)
         if causes:
             raise _invalid(rt, name, causes)
 
@@ -938,6 +975,35 @@ class _Store:
                 causes.append(_Cause("immutable", "Forbidden", "field is immutable when `immutable` is set"))
             if (old.get("data") or {}) != data or (old.get("binaryData") or {}) != binary:
                 causes.append(_Cause("data", "Forbidden", "field is immutable when `immutable` is set"))
+        return causes
+
+    @staticmethod
+    def _endpoint_slice_causes(obj: Obj, old: Obj | None) -> list[_Cause]:
+        """The parts of ValidateEndpointSlice (pkg/apis/discovery/validation) a reader depends on: an
+        addressType of IPv4, IPv6 or FQDN (immutable), 1 to 100 addresses per endpoint, at most 100
+        ports, each port's protocol TCP, UDP or SCTP."""
+        causes: list[_Cause] = []
+        kind = obj.get("addressType")
+        if not kind:
+            causes.append(_Cause("addressType", "Required", ""))
+        elif kind not in ("IPv4", "IPv6", "FQDN"):
+            causes.append(_Cause("addressType", "NotSupported", 'supported values: "FQDN", "IPv4", "IPv6"', kind))
+        elif old is not None and old.get("addressType") != kind:
+            causes.append(_Cause("addressType", "Invalid", "field is immutable", kind))
+        for i, endpoint in enumerate(obj.get("endpoints") or []):
+            addresses = (endpoint or {}).get("addresses") or []
+            if not addresses:
+                causes.append(_Cause(f"endpoints[{i}].addresses", "Required", "must contain at least 1 address"))
+            elif len(addresses) > 100:
+                causes.append(_Cause(f"endpoints[{i}].addresses", "TooLong", "must have at most 100 items"))
+        ports = obj.get("ports") or []
+        if len(ports) > 100:
+            causes.append(_Cause("ports", "TooLong", "must have at most 100 items"))
+        for i, port in enumerate(ports):
+            protocol = (port or {}).get("protocol", "TCP")
+            if protocol not in ("TCP", "UDP", "SCTP"):
+                causes.append(_Cause(f"ports[{i}].protocol", "NotSupported",
+                                     'supported values: "SCTP", "TCP", "UDP"', protocol))
         return causes
 
     def _schema_causes(self, obj: Obj) -> list[_Cause]:
@@ -1330,7 +1396,9 @@ class _Store:
                     return new
                 return self._commit(rt, "MODIFIED", new, old)
             if not dry_run:
-                self._commit(rt, "DELETED", old, old)
+                deleted = self._commit(rt, "DELETED", old, old)
+                if rt is PODS:  # its registry sets ReturnDeletedObject (pkg/registry/core/pod/storage)
+                    return _copy(deleted)
             return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "details": rt.details(name, uid=old["metadata"]["uid"])}
 
@@ -1859,7 +1927,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class KubeStandin:
-    """A stand-in kube-apiserver on 127.0.0.1 serving OllamaModels, Leases, Events, Namespaces and ConfigMaps.
+    """A stand-in kube-apiserver on 127.0.0.1 serving OllamaModels, Leases, Events, Namespaces, ConfigMaps,
+    Pods, Nodes and EndpointSlices.
 
     Use as a context manager (``with KubeStandin() as kube: ...``) or call `start` and `stop`.
 

@@ -942,3 +942,29 @@ class OllamaStandin:
             # Real Ollama says this when a re-pull replaced an existing manifest.
             yield {"status": "removing unused layers"}
         yield {"status": "success"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one stand-in in this process until SIGTERM or SIGINT (for tests whose servers are each
+    their own process): `python ollama_server.py [--catalogue NAME:TAG=BYTES ...]`. Prints
+    `listening on URL` on stdout once it serves; a test asks it what it holds over HTTP."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--catalogue", action="append", default=[], metavar="NAME:TAG=BYTES")
+    args = parser.parse_args(argv)
+    catalogue = {ref: int(size) for ref, _, size in (item.rpartition("=") for item in args.catalogue)}
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    standin = OllamaStandin(catalogue).start()
+    print(f"listening on {standin.url}", flush=True)
+    while not stopped.wait(1.0):  # timed: signals are handled between waits
+        pass
+    standin.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""The Ollama servers of a fleet, as the reconciler holds them: per server a client, a pull pool, its
+last listing and how it was last seen.
+
+The fleet follows an `InventorySource` (refreshed at the start of every cycle): a server that joins
+gets its client and pool, and must be listed before anything is planned on what it holds; one that
+leaves is let go (its pulls in flight end on their own; nothing is ever deleted on it). Listings run
+in parallel on a bounded pool of threads, so a full cycle over ten servers costs about one listing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from ..plan import InstalledModel
+from ..state import DEFAULT_SERVER, ServerSeen, StateStore, utc_rfc3339
+from .inventory import FileProblem, Inventory, InventorySource, Server
+from .pulls import BACKOFF_BASE, PullPool
+from .server import ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable
+
+log = logging.getLogger("ollama_gitops.fleet")
+
+LISTING_THREADS = 8  # listings at once on a full cycle
+
+ClientFactory = Callable[[Server], ModelServer]
+PullFinished = Callable[[str, str, "InstalledModel | None", "float | None"], None]
+"""`(server name, reference, installed, retry_at)`, after each pull on any server."""
+
+
+@dataclass
+class Member:
+    """One server of the fleet and what the reconciler keeps about it."""
+
+    server: Server
+    client: ModelServer
+    pulls: PullPool
+    observed: dict[str, InstalledModel] | None = None  # the last listing, kept current by pulls and deletes
+    must_list: bool = True  # new, its last listing failed, or a problem there: list it next cycle
+    seen: ServerSeen = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.seen is None:
+            self.seen = ServerSeen(self.server.name, self.server.url, self.server.labels)
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What listing one server gave: its models, or why it could not be listed."""
+
+    observed: dict[str, InstalledModel] | None
+    error: str | None = None
+    unreachable: bool = False  # the error is that the server could not be reached at all
+
+
+@dataclass(frozen=True)
+class FleetChange:
+    """What a refresh of the inventory changed."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    relabelled: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # why the inventory's newest content is not used (the last good one is)
+
+
+class Fleet:
+    """The servers being kept in line; thread-safe (pulls end on their own threads)."""
+
+    def __init__(
+        self,
+        source: InventorySource,
+        store: StateStore,
+        *,
+        client_factory: ClientFactory | None = None,
+        concurrency: int = 2,
+        clock: Callable[[], float] = time.time,
+        on_pull_finished: PullFinished | None = None,
+        backoff_base: float = BACKOFF_BASE,
+        listing_threads: int = LISTING_THREADS,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._client_factory = client_factory or (lambda server: OllamaServer(server.url))
+        self._concurrency = concurrency  # per server
+        self._clock = clock
+        self._on_pull_finished = on_pull_finished
+        self._backoff_base = backoff_base
+        self._listing_threads = listing_threads
+        self._lock = threading.Lock()
+        self._members: dict[str, Member] = {}
+        self._gone: list[Member] = []  # left the inventory with pulls in flight: closed when they end
+        self._problems: tuple[str, ...] = ()
+        self.refresh()
+
+    # -- the inventory ---------------------------------------------------------------------------------
+    def refresh(self) -> FleetChange:
+        """Follow the inventory source: new servers join (to be listed), those gone are let go."""
+        snapshot = self._source.refresh()
+        return self._follow(snapshot.inventory, snapshot.problems)
+
+    def _follow(self, inventory: Inventory, problems: tuple[FileProblem, ...]) -> FleetChange:
+        with self._lock:
+            wanted = {server.name: server for server in inventory}
+            removed = tuple(sorted(set(self._members) - set(wanted)))
+            for name in removed:
+                self._let_go(self._members.pop(name))
+            added, relabelled = [], []
+            for name, server in sorted(wanted.items()):
+                member = self._members.get(name)
+                if member is not None and member.server.url != server.url:
+                    # The same name at another address is another machine: start over with it
+                    # (what was recorded stays: the name is the identity, as for `default`).
+                    self._let_go(self._members.pop(name))
+                    member = None
+                if member is None:
+                    self._members[name] = self._member(server)
+                    added.append(name)
+                elif member.server.labels != server.labels:
+                    # Models may be placed on it or taken off: plan all of them there, on a fresh listing.
+                    member.server, member.must_list = server, True
+                    member.seen = replace(member.seen, labels=server.labels)
+                    relabelled.append(name)
+            self._members = dict(sorted(self._members.items()))
+        for name in added:
+            log.info("action=server-joined server=%s url=%s", name, wanted[name].url)
+        for name in removed:
+            log.info("action=server-left server=%s (nothing is deleted on it)", name)
+        said = tuple(problem.message for problem in problems)
+        if said != self._problems:  # said once, when it changes; every cycle's message says it too
+            for line in said:
+                log.warning("action=inventory-problem keeping the last good servers: %s", line)
+            self._problems = said
+        return FleetChange(tuple(added), removed, tuple(relabelled), said)
+
+    def _member(self, server: Server) -> Member:
+        client = self._client_factory(server)
+        name = server.name
+        pulls = PullPool(client, self._store, concurrency=self._concurrency, clock=self._clock,
+                         on_finished=lambda reference, installed, retry_at: self._pull_finished(
+                             name, reference, installed, retry_at),
+                         backoff_base=self._backoff_base, name=name)
+        return Member(server, client, pulls)
+
+    def _let_go(self, member: Member) -> None:
+        member.pulls.shutdown(wait=False)
+        if member.pulls.in_flight():
+            self._gone.append(member)
+        else:
+            _close(member.client)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    @property
+    def names(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._members)
+
+    @property
+    def lone_default(self) -> bool:
+        """One server named `default`: the reconciler as it was before fleets (messages unchanged)."""
+        return self.names == (DEFAULT_SERVER,)
+
+    def member(self, name: str) -> Member | None:
+        with self._lock:
+            return self._members.get(name)
+
+    def __iter__(self) -> Iterator[Member]:
+        with self._lock:
+            return iter(list(self._members.values()))
+
+    def seen(self) -> tuple[ServerSeen, ...]:
+        """How every server was last seen, sorted by name."""
+        with self._lock:
+            return tuple(member.seen for member in self._members.values())
+
+    def observed(self, name: str) -> dict[str, InstalledModel] | None:
+        """A copy of the last listing of `name`, kept current (None: not listed, or it failed)."""
+        with self._lock:
+            member = self._members.get(name)
+            return None if member is None or member.observed is None else dict(member.observed)
+
+    # -- listing -----------------------------------------------------------------------------------------
+    def list_servers(self, names: Collection[str]) -> dict[str, Listing]:
+        """List these servers, in parallel; each one's listing is kept (or its failure noted)."""
+        members = [m for m in self if m.name in names]
+        if not members:
+            return {}
+        if len(members) == 1:
+            results = [self._list(members[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self._listing_threads, len(members)),
+                                    thread_name_prefix="listing") as pool:
+                results = list(pool.map(self._list, members))
+        return {member.name: result for member, result in zip(members, results)}
+
+    def _list(self, member: Member) -> Listing:
+        try:
+            observed = member.client.installed()
+        except ServerUnreachable as exc:
+            listing = Listing(None, str(exc), unreachable=True)
+        except ModelOperationFailed as exc:
+            listing = Listing(None, str(exc))
+        else:
+            listing = Listing(observed)
+        version = member.seen.version
+        if listing.observed is not None and member.seen.reachable is not True:
+            version = _version(member.client)  # asked when it is first seen, and when it is back
+        with self._lock:
+            member.observed = dict(listing.observed) if listing.observed is not None else None
+            member.must_list = listing.observed is None
+            if listing.observed is not None:
+                member.seen = replace(member.seen, reachable=True, version=version, error=None,
+                                      last_seen=utc_rfc3339(self._clock()))
+            elif listing.unreachable:
+                member.seen = replace(member.seen, reachable=False, error=listing.error)
+            else:  # it answered, with an error: it is reachable
+                member.seen = replace(member.seen, reachable=True, error=listing.error,
+                                      last_seen=utc_rfc3339(self._clock()))
+        return listing
+
+    def due(self) -> set[str]:
+        """The servers to list before the next plan: new ones, those whose last listing failed or
+        that had a problem, and those a pull found unreachable."""
+        due = set()
+        for member in self:
+            unreachable = member.pulls.take_unreachable()
+            if unreachable is not None:
+                with self._lock:
+                    member.seen = replace(member.seen, reachable=False, error=unreachable)
+            if member.must_list or unreachable is not None:
+                due.add(member.name)
+        return due
+
+    def mark(self, names: Collection[str]) -> None:
+        """List these servers again next cycle (something went wrong on them)."""
+        with self._lock:
+            for name in names:
+                if name in self._members:
+                    self._members[name].must_list = True
+
+    def forget_listings(self) -> None:
+        """Every server is listed again next cycle."""
+        with self._lock:
+            for member in self._members.values():
+                member.observed, member.must_list = None, True
+
+    def deleted(self, name: str, reference: str) -> None:
+        """`reference` was deleted from `name`: the kept listing no longer has it."""
+        with self._lock:
+            member = self._members.get(name)
+            if member is not None and member.observed is not None:
+                member.observed.pop(reference, None)
+
+    # -- pulls -------------------------------------------------------------------------------------------
+    def in_flight(self, name: str) -> frozenset[str]:
+        member = self.member(name)
+        return member.pulls.in_flight() if member is not None else frozenset()
+
+    def any_in_flight(self) -> bool:
+        return any(member.pulls.in_flight() for member in self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for every pull in flight now, on every server, to end; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for member in self:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not member.pulls.wait(remaining):
+                return False
+        return True
+
+    def _pull_finished(self, name: str, reference: str, installed: InstalledModel | None,
+                       retry_at: float | None) -> None:
+        with self._lock:
+            member = self._members.get(name)
+            if member is not None and installed is not None:
+                if member.observed is not None:
+                    member.observed[reference] = installed
+                member.seen = replace(member.seen, reachable=True, error=None, last_seen=utc_rfc3339(self._clock()))
+            for gone in [m for m in self._gone if not m.pulls.in_flight()]:
+                self._gone.remove(gone)
+                _close(gone.client)
+        if self._on_pull_finished is not None:
+            self._on_pull_finished(name, reference, installed, retry_at)
+
+    def shutdown(self) -> None:
+        """Stop taking pulls and close the connections no pull in flight still uses."""
+        for member in [*self, *self._gone]:
+            member.pulls.shutdown(wait=False)
+            if not member.pulls.in_flight():
+                _close(member.client)
+
+
+def _version(client: ModelServer) -> str | None:
+    """Ollama's version (`GET /api/version`), None when the client cannot say or the server does not."""
+    ask = getattr(client, "version", None)
+    if ask is None:
+        return None
+    try:
+        return ask()
+    except (ServerUnreachable, ModelOperationFailed):
+        return None
+
+
+def _close(client: ModelServer) -> None:
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()

@@ -28,7 +28,7 @@ from ..reconciler.models.modelfile import ModelFields, fields_from_document
 from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected, Written
 
 from . import listing, metrics, webhook
-from .catalog import Catalog, model_view
+from .catalog import Catalog
 from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
 from .sameorigin import HostCheck, origin_refusal
@@ -94,7 +94,7 @@ def create_app(
         if view is None:
             fields = written.fields
             assert fields is not None, "a refresh writes the model's file"
-            view = model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend)
+            view = catalog.new_view(ModelKey(namespace, name), fields)
         return view
     app = Flask("ollama_gitops.api")
     app.json.sort_keys = False  # keep the seed's field order
@@ -189,7 +189,7 @@ def create_app(
         fields = _model_fields(request.get_data())
         write(CreateModel(namespace, fields))
         name = naming.resource_name(fields.name, fields.tag)
-        return _json(model_view(ModelKey(namespace, name), fields.name, fields.tag, None, fields.suspend), 201)
+        return _json(catalog.new_view(ModelKey(namespace, name), fields), 201)
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:
@@ -229,6 +229,10 @@ def create_app(
             "problems": [{"path": p.path, "line": p.line, "message": p.message}
                          for p in (desired.problems if desired else sync.problems)],
         }, 200)
+
+    @app.get("/api/v1/servers")
+    def list_servers() -> Response:
+        return Response(catalog.servers_json(), 200, mimetype="application/json")
 
     @app.post(webhook.WEBHOOK_PATH)
     def receive_webhook() -> Response:

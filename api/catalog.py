@@ -1,8 +1,13 @@
 """What the read endpoints answer: the desired state at the newest commit, merged with live status.
 
+A model's seed fields are the whole over the servers its `servers:` selector picks in the current
+inventory (the servers the last cycle recorded, `SyncStatus.servers`); in a fleet its view adds the
+model on each of them.
+
 Reads are served from memory. A namespace's list is kept serialised, one slice of its body per model,
-and rebuilt when the commit or the status moves: a model whose file (blob) and record are as they were
-keeps its bytes, so the list after a write serialises the models that changed, not all of them.
+and rebuilt when the commit, the status or the servers' names and labels move: a model whose file
+(blob), record and placement (the servers it is shown on) are as they were keeps its bytes, so the
+list after a write serialises the models that changed, not all of them.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
+from ..reconciler.fleetstatus import overall
+from ..reconciler.fleetstatus import selected as selected_servers
 from ..reconciler.models.desired import DesiredModel, DesiredState, ModelKey
+from ..reconciler.models.modelfile import ModelFields
+from ..reconciler.models.selector import LabelSelector
 from ..reconciler.models.sizes import format_size
-from ..reconciler.fleetstatus import overall_recorded
-from ..reconciler.state import DEFAULT_SERVER, PENDING, PULLING, ModelRecord, SyncStatus
+from ..reconciler.state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, SyncStatus
 
 from . import metrics
 
@@ -42,33 +50,93 @@ class StatusSource(Protocol):
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Which servers a model is shown on: what its view's seed fields are taken over."""
+
+    selected: tuple[str, ...] = ()  # server names, sorted
+    fleet: bool = False  # show the additive `servers` list: there is more than the one server `default`
+    known: bool = False  # the inventory is known; if not, `selected` is what the record has, and none is no error
+
+
+SEED_PLACEMENT = Placement()
+"""No inventory known and nothing recorded (before the first cycle): the seed's Pending."""
+
+
 def model_view(key: ModelKey, model_name: str, tag: str, record: ModelRecord | None,
-               suspended: bool = False) -> dict[str, Any]:
+               suspended: bool = False, placement: Placement = SEED_PLACEMENT,
+               error: str | None = None) -> dict[str, Any]:
     """One model as the seed's API shows it; fields beyond the seed's come last and are additive.
 
+    The seed's fields describe the whole, over the servers `placement` selects (`fleetstatus.overall`);
+    `error` replaces the whole's error when given (a model kept at its last good version says why).
     `suspended` (the file says `suspend: true`) adds `"suspended": true`; it is left out otherwise,
-    so that the seed's clients see the seed's fields only."""
+    so that the seed's clients see the seed's fields only. In a fleet, `servers` lists the model on
+    each selected server; with the one server `default` it is left out, for the same reason."""
     view: dict[str, Any] = {"name": key.name, "namespace": key.namespace, "modelName": model_name, "tag": tag}
-    status = overall_recorded(record) if record is not None else None
+    status = overall(record, placement.selected) if placement.selected or placement.known else None
     view["state"] = status.state if status is not None else PENDING
-    if status is None:
-        if suspended:
-            view["suspended"] = True
-        return view
-    if status.size:  # the seed leaves out empty values
-        view["size"] = status.size
-        view["formattedSize"] = format_size(status.size)
-    if status.last_pull_time:
-        view["lastPullTime"] = status.last_pull_time
-    if status.error:
-        view["error"] = status.error
-    if status.state == PULLING and status.progress_total:
-        view["progress"] = {"completed": status.progress_completed or 0, "total": status.progress_total}
-    if status.digest:
-        view["digest"] = status.digest
+    error = error if error is not None else status.error if status is not None else None
+    if status is not None:
+        if status.size:  # the seed leaves out empty values
+            view["size"] = status.size
+            view["formattedSize"] = format_size(status.size)
+        if status.last_pull_time:
+            view["lastPullTime"] = status.last_pull_time
+    if error:
+        view["error"] = error
+    if status is not None:
+        if progress := _progress(status):
+            view["progress"] = progress
+        if status.digest:
+            view["digest"] = status.digest
     if suspended:
         view["suspended"] = True
+    if placement.fleet:
+        view["servers"] = [_server_entry(name, record.servers.get(name) if record is not None else None)
+                           for name in placement.selected]
     return view
+
+
+def _server_entry(name: str, status: ModelStatus | None) -> dict[str, Any]:
+    """The model on one server (no status: never planned there yet, so Pending)."""
+    entry: dict[str, Any] = {"name": name, "state": status.state if status is not None else PENDING}
+    if status is None:
+        return entry
+    if status.size:
+        entry["size"] = status.size
+        entry["formattedSize"] = format_size(status.size)
+    if status.digest:
+        entry["digest"] = status.digest
+    if status.last_pull_time:
+        entry["lastPullTime"] = status.last_pull_time
+    if status.error:
+        entry["error"] = status.error
+    if progress := _progress(status):
+        entry["progress"] = progress
+    return entry
+
+
+def _progress(status: ModelStatus) -> dict[str, int] | None:
+    """`{"completed", "total"}` bytes while Pulling, when the pull has said how much there is."""
+    if status.state == PULLING and status.progress_total:
+        return {"completed": status.progress_completed or 0, "total": status.progress_total}
+    return None
+
+
+STATE_ORDER = (READY, PENDING, PULLING, FAILED)  # as the servers' counts list them
+
+
+def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str, Any]:
+    """One server as `GET /api/v1/servers` shows it: who it is, whether it answers, and how many
+    of the models recorded on it are in each state."""
+    counts = dict.fromkeys(STATE_ORDER, 0)
+    for record in records:
+        status = record.servers.get(server.name)
+        if status is not None:
+            counts[status.state] += 1
+    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
+            "version": server.version, "lastSeen": server.last_seen, "models": counts, "error": server.error}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +191,8 @@ class Catalog:
         self._status = status
         self._follow = follow  # called before reads, to take in status written by another process
         self._lock = threading.Lock()  # one rebuild at a time: the others wait and take its result
-        self._lists: dict[str, tuple[tuple[str | None, int], ModelList]] = {}
+        self._lists: dict[str, tuple[tuple[object, ...], ModelList]] = {}
+        self._servers: tuple[tuple[object, ...], bytes] | None = None
         self._generation = itertools.count(1)
         self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
         self.stats = CatalogStats()
@@ -133,38 +202,46 @@ class Catalog:
         return self.model_list(namespace).body
 
     def model_list(self, namespace: str) -> ModelList:
-        """The namespace's list, serialised, as of the newest commit and status."""
+        """The namespace's list, serialised, as of the newest commit, status and inventory."""
         self._refresh()
         with self._lock:
             desired = self._desired()
-            stamp = (desired.commit if desired else None, self._status.version)
+            fleet = _Fleet(self._status.sync.servers)
+            # The servers' names and labels are in the stamp: a server joining, leaving or relabelled
+            # changes which servers a model is shown on (and its seed fields) with no write and,
+            # when the summary is saved apart from the records, possibly no status version either.
+            stamp = (desired.commit if desired else None, self._status.version, fleet.stamp)
             cached = self._lists.get(namespace)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
             old = cached[1] if cached is not None else None
-            # With the status where it was (a write moved the commit), the records are as the last
-            # list saw them: only new models' records are read, not every one (the store copies each).
-            same_status = cached is not None and cached[0][1] == stamp[1]
+            # With the status where it was (a write moved the commit, or the servers moved), the records
+            # are as the last list saw them: only the records of models whose file or placement changed
+            # are read, not every one (the store copies each). An unknown inventory places a model by
+            # its record, so the last list's placements hold only over the same (unknown) inventory.
+            same_status = (cached is not None and cached[0][1] == stamp[1]
+                           and (fleet.known or cached[0][2] == stamp[2]))
             # No collection while a list is rebuilt: it reads a copy of every record and makes a state
             # of each, and at 100,000 models the full collections they set off took half the time
             # (each one scanning every record again). What it leaves is freed by reference counting.
             collecting = gc.isenabled()
             gc.disable()
             try:
-                built = self._build(namespace, desired, old, same_status)
+                built = self._build(namespace, desired, fleet, old, same_status)
             finally:
                 if collecting:
                     gc.enable()
             self._lists[namespace] = (stamp, built)
             return built
 
-    def _build(self, namespace: str, desired: DesiredState | None, old: ModelList | None,
+    def _build(self, namespace: str, desired: DesiredState | None, fleet: _Fleet, old: ModelList | None,
                same_status: bool) -> ModelList:
         self.stats.lists_built += 1
         previous: dict[ModelKey, int] = {}
         if old is not None:
             previous = {key: i for i, key in enumerate(old.keys)}
-        keys, states, makers = self._items(namespace, desired, (old, previous) if same_status and old else None)
+        keys, states, makers = self._items(namespace, desired, fleet,
+                                           (old, previous) if same_status and old else None)
         if old is not None and list(old.keys) == keys and list(old.states) == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
         view = memoryview(old.body) if old is not None else None
@@ -193,11 +270,33 @@ class Catalog:
             return None
         model = desired.models.get(key)
         record = self._status.record(key)
+        fleet = _Fleet(self._status.sync.servers)
         if model is not None:
-            return model_view(key, model.fields.name, model.fields.tag, record, model.fields.suspend)
+            return _desired_view(model, record, fleet.placement(model.fields.servers, record))
         if record is not None and desired.is_unreadable(key):
-            return _last_good_view(key, record, desired.kept_reason(key, record.spec.path))
-        return self._kept_at_zero(desired).get(key)
+            return _last_good_view(key, record, desired.kept_reason(key, record.spec.path), fleet.recorded(record))
+        return self._kept_at_zero(desired, fleet).get(key)
+
+    def new_view(self, key: ModelKey, fields: ModelFields) -> dict[str, Any]:
+        """A model just written, before any cycle has seen it: Pending, on the servers it selects."""
+        self._refresh()
+        fleet = _Fleet(self._status.sync.servers)
+        return model_view(key, fields.name, fields.tag, None, fields.suspend, fleet.placement(fields.servers, None))
+
+    def servers_json(self) -> bytes:
+        """`{"items": [...]}`: every server of the inventory the last cycle recorded, by name, as JSON bytes."""
+        self._refresh()
+        servers = self._status.sync.servers
+        stamp = (self._status.version, servers)
+        with self._lock:
+            if self._servers is not None and self._servers[0] == stamp:
+                return self._servers[1]
+        records = list(self._status.records().values()) if servers else []
+        items = [server_view(server, records) for server in sorted(servers, key=lambda s: s.name)]
+        body = (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            self._servers = (stamp, body)
+        return body
 
     def unshown_file(self, namespace: str, name: str) -> str | None:
         """Why a model file that exists is no model `get` shows: it is broken and there is no last
@@ -219,17 +318,17 @@ class Catalog:
         if self._follow is not None:
             self._follow()
 
-    def _items(self, namespace: str, desired: DesiredState | None,
+    def _items(self, namespace: str, desired: DesiredState | None, fleet: _Fleet,
                unchanged: tuple[ModelList, dict[ModelKey, int]] | None
                ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]]:
-        """The namespace's models in name order: each one's state (its file's blob and its record: what
-        its view is made from) and how to make its view. `unchanged`: the last list (and each key's
-        place in it), made with the records as they still are."""
+        """The namespace's models in name order: each one's state (its file's blob, its placement and
+        its record: what its view is made from) and how to make its view. `unchanged`: the last list
+        (and each key's place in it), made with the records as they still are."""
         if desired is None:
             return [], [], []
         models = desired.in_namespace(namespace)
         if unchanged is not None and not desired.any_unreadable and desired.models:
-            reused = self._reused_items(models, *unchanged)
+            reused = self._reused_items(models, fleet, *unchanged)
             if reused is not None:
                 return reused
         if desired.namespace_unreadable(namespace):  # every recorded model of it is kept
@@ -240,61 +339,63 @@ class Catalog:
             records = self._status.records([m.key for m in models] + broken)
         items: dict[ModelKey, tuple[object, Callable[[], dict[str, Any]]]] = {}
         for m in models:
-            record = records.get(m.key)
-            items[m.key] = ((m.blob, m.fields, *_state_of(record)),
-                            lambda m=m, record=record: model_view(m.key, m.fields.name, m.fields.tag, record,
-                                                                  m.fields.suspend))
+            items[m.key] = _desired_item(m, records.get(m.key), fleet)
         extra = False
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
-                why = desired.kept_reason(key, records[key].spec.path)
-                items[key] = (("kept", why, *_state_of(records[key])),
-                              lambda key=key, record=records[key], why=why: _last_good_view(key, record, why))
+                items[key] = _kept_item(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet)
                 extra = True
         for key, (record, why) in self._kept_at_zero_records(desired).items():
             if key.namespace == namespace:
-                items[key] = (("kept", why, *_state_of(record)),
-                              lambda key=key, record=record, why=why: _last_good_view(key, record, why))
+                items[key] = _kept_item(key, record, why, fleet)
                 extra = True
         keys = sorted(items) if extra else list(items)  # the models alone are in name order already
         return keys, [items[k][0] for k in keys], [items[k][1] for k in keys]
 
-    def _reused_items(self, models: list[DesiredModel], old: ModelList, previous: dict[ModelKey, int]
+    def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList,
+                      previous: dict[ModelKey, int]
                       ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]] | None:
-        """`_items` of models whose records have not changed since `old` was made: each record's part
-        of the state is taken from `old`; only the records of models new to it, or whose file changed,
-        are read. None when `old` kept a model (whose view depends on more than its record)."""
+        """`_items` of models whose records have not changed since `old` was made: a model whose file
+        and placement are as they were keeps its state from `old`; only the records of models new to
+        it, or whose file or placement changed, are read. None when `old` kept a model (whose view
+        depends on more than its record)."""
         if any(state[0] == "kept" for state in old.states):  # type: ignore[index]
             return None
-        wanted = [m.key for m in models if (i := previous.get(m.key)) is None
-                  or old.states[i][0] != m.blob or old.states[i][1] is not m.fields]  # type: ignore[index]
-        records = self._status.records(wanted)
-        keys, states, makers = [], [], []
+        wanted: list[ModelKey] = []
         for m in models:
             i = previous.get(m.key)
-            if m.key in records or i is None:
-                record = records.get(m.key)
-                state = (m.blob, m.fields, *_state_of(record))
-            else:
-                state, record = (m.blob, m.fields, *old.states[i][2:]), None  # type: ignore[misc]
+            if i is None or old.states[i][0] != m.blob or old.states[i][1] is not m.fields:  # type: ignore[index]
+                wanted.append(m.key)
+            elif fleet.known and fleet.placement(m.fields.servers, None) != old.states[i][2]:  # type: ignore[index]
+                wanted.append(m.key)  # placed on other servers: its seed fields are over others
+        records = self._status.records(wanted)
+        read = set(wanted)
+        keys, states, makers = [], [], []
+        for m in models:
+            if m.key in read:
+                state, make = _desired_item(m, records.get(m.key), fleet)
+            else:  # its state is the last list's: its bytes are reused, it is never made again
+                state, make = old.states[previous[m.key]], _unmade
             keys.append(m.key)
             states.append(state)
-            makers.append(lambda m=m, record=record: model_view(m.key, m.fields.name, m.fields.tag, record,
-                                                                m.fields.suspend))
+            makers.append(make)
         return keys, states, makers
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
         self._refresh()
         desired = self._desired()
-        view = self._kept_at_zero(desired).get(ModelKey(namespace, name)) if desired is not None else None
+        if desired is None:
+            return None
+        view = self._kept_at_zero(desired, _Fleet(self._status.sync.servers)).get(ModelKey(namespace, name))
         return view["error"] if view else None
 
-    def _kept_at_zero(self, desired: DesiredState) -> dict[ModelKey, dict[str, Any]]:
+    def _kept_at_zero(self, desired: DesiredState, fleet: _Fleet) -> dict[ModelKey, dict[str, Any]]:
         """The recorded models a commit with no model file left would prune, while the reconciler
         has not applied it: it refuses to prune to zero (without --allow-empty), and keeps them all.
         Shown as kept, so that the list says what Ollama still has and why."""
-        return {key: _last_good_view(key, record, why) for key, (record, why) in self._kept_at_zero_records(desired).items()}
+        return {key: _last_good_view(key, record, why, fleet.recorded(record))
+                for key, (record, why) in self._kept_at_zero_records(desired).items()}
 
     def _kept_at_zero_records(self, desired: DesiredState) -> dict[ModelKey, tuple[ModelRecord, str]]:
         if desired.models or desired.any_unreadable or desired.commit == self._status.sync.last_applied_commit:
@@ -302,6 +403,77 @@ class Catalog:
         message = (f"kept: its file is gone, but commit {(desired.commit or '')[:12]} would remove every model, "
                    "and ollama-gitops refuses to prune to zero without --allow-empty")
         return {key: (record, message) for key, record in self._status.records().items()}
+
+
+class _Fleet:
+    """The inventory the last cycle recorded, as the views need it: which servers a model is on.
+
+    Before any cycle has recorded one (or where no reconciler's summary is read, as for the API
+    alone in Kubernetes mode) the inventory is unknown: a model is shown on the servers its record
+    has entries for, and a model on none is the seed's Pending, with no error.
+    """
+
+    def __init__(self, servers: tuple[ServerSeen, ...]) -> None:
+        self._servers = tuple(sorted(servers, key=lambda s: s.name))
+        self._names = tuple(s.name for s in self._servers)
+        self._placed: dict[LabelSelector | None, Placement] = {}
+
+    @property
+    def known(self) -> bool:
+        """Has a cycle recorded the inventory? (If not, a model is placed by its record.)"""
+        return bool(self._names)
+
+    @property
+    def stamp(self) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        """What the views depend on: the servers' names and labels (not whether they answer)."""
+        return tuple((s.name, tuple(sorted(s.labels.items()))) for s in self._servers)
+
+    def placement(self, selector: LabelSelector | None, record: ModelRecord | None) -> Placement:
+        """Where a model whose file says `servers: selector` (None: every server) is."""
+        if not self.known:
+            return self._unknown(record)
+        placed = self._placed.get(selector)
+        if placed is None:  # one match per selector and list (a fleet's files share a few), and one
+            # Placement each, which every list item placed so shares
+            selected = tuple(selected_servers(selector, self._servers))
+            placed = self._placed[selector] = Placement(selected, self._names != (DEFAULT_SERVER,), known=True)
+        return placed
+
+    def recorded(self, record: ModelRecord) -> Placement:
+        """Where a model without a readable file is: the servers of the inventory its record has."""
+        if not self.known:
+            return self._unknown(record)
+        selected = tuple(name for name in self._names if name in record.servers)
+        return Placement(selected, self._names != (DEFAULT_SERVER,), known=True)
+
+    @staticmethod
+    def _unknown(record: ModelRecord | None) -> Placement:
+        selected = tuple(sorted(record.servers)) if record is not None else ()
+        return Placement(selected, fleet=bool(set(selected) - {DEFAULT_SERVER}))
+
+
+def _desired_view(model: DesiredModel, record: ModelRecord | None, placement: Placement) -> dict[str, Any]:
+    fields = model.fields
+    return model_view(model.key, fields.name, fields.tag, record, fields.suspend, placement)
+
+
+def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet
+                  ) -> tuple[object, Callable[[], dict[str, Any]]]:
+    """A model's state in a list (its file, where it is placed, its record) and how to make its view."""
+    placement = fleet.placement(model.fields.servers, record)
+    return ((model.blob, model.fields, placement, *_state_of(record)),
+            lambda: _desired_view(model, record, placement))
+
+
+def _kept_item(key: ModelKey, record: ModelRecord, why: str, fleet: _Fleet
+               ) -> tuple[object, Callable[[], dict[str, Any]]]:
+    """A model kept at its last good version: its state in a list and how to make its view."""
+    placement = fleet.recorded(record)
+    return (("kept", why, placement, *_state_of(record)), lambda: _last_good_view(key, record, why, placement))
+
+
+def _unmade() -> dict[str, Any]:
+    raise AssertionError("a model whose state is the last list's keeps its bytes: it is never made again")
 
 
 def _name(key: ModelKey) -> str:
@@ -337,8 +509,7 @@ def _values(instance: object) -> Iterable[object]:
     return values.values() if values is not None else [getattr(instance, f.name) for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
 
 
-def _last_good_view(key: ModelKey, record: ModelRecord, why: str) -> dict[str, Any]:
+def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:
     """A model kept at its last good version, showing `why` as its error (the reconciler records the same)."""
     name, _, tag = record.spec.reference.rpartition(":")
-    shown = ModelRecord(record.spec, {DEFAULT_SERVER: dataclasses.replace(overall_recorded(record), error=why)})
-    return model_view(key, name, tag, shown, record.spec.suspend)
+    return model_view(key, name, tag, record, record.spec.suspend, placement, error=why)

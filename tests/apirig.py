@@ -28,7 +28,7 @@ class ApiRig:
     def __init__(self, tmp_path: Path, ollama: OllamaStandin, *, api_key: str | None = API_KEY,
                  with_reconciler: bool = True, state_dir: Path | None = None, remote: Path | None = None,
                  webhook_secret: str | None = None, schedules: bool = False,
-                 allowed_hosts: tuple[str, ...] = ()) -> None:
+                 allowed_hosts: tuple[str, ...] = (), reconciler_options: tuple[str, ...] = ()) -> None:
         self.tmp_path = tmp_path
         self.ollama = ollama
         self.remote = remote or init_bare(tmp_path / "remote.git")
@@ -39,6 +39,7 @@ class ApiRig:
         self.webhook_secret = webhook_secret
         self.schedules = schedules
         self.allowed_hosts = allowed_hosts
+        self.reconciler_options = reconciler_options  # more command-line options, e.g. a servers file
         self.request_timeout = runtime.REQUEST_TIMEOUT
         self.running: runtime.RunningApi | None = None
         self.client: httpx.Client | None = None
@@ -51,7 +52,7 @@ class ApiRig:
         return commit
 
     def start(self) -> ApiRig:
-        settings = settings_for(self.state_dir, str(self.remote), self.ollama.url)
+        settings = settings_for(self.state_dir, str(self.remote), self.ollama.url, *self.reconciler_options)
         options = runtime.ApiOptions("127.0.0.1:0", self.api_key, "default", "API Test <api@example.com>", False,
                                      webhook_secret=self.webhook_secret, allowed_hosts=self.allowed_hosts,
                                      request_timeout=self.request_timeout)

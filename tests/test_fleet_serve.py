@@ -45,7 +45,8 @@ def test_serve_keeps_three_servers_of_a_servers_file_each_with_the_models_placed
     serve = children.start("serve", [COMMAND, "serve", "--repo", str(remote), "--state-dir", str(tmp_path / "state"),
                                      "--listen", "127.0.0.1:0", "--kubernetes", "off"], env=env)
     api = httpx.Client(base_url=serve.wait_for(LISTENING, timeout=START).group(1), timeout=30)
-    eventually(lambda: all(api.get(f"/api/v1/models/{m}").json()["state"] == "Ready"
+    # Before the API's first fetch a model is a 404 with no state: not Ready yet, not an error.
+    eventually(lambda: all(api.get(f"/api/v1/models/{m}").json().get("state") == "Ready"
                            for m in ("llama3.2-1b", "mistral-7b")), timeout=START, what="both models Ready")
     assert {name: installed(url) for name, url in urls.items()} == {
         "gpu-1": {"llama3.2:1b", "mistral:7b"}, "gpu-2": {"llama3.2:1b"}, "gpu-3": {"llama3.2:1b"}}

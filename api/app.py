@@ -27,8 +27,8 @@ from ..reconciler.models.desired import ModelKey
 from ..reconciler.models.modelfile import ModelFields, fields_from_document
 from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected, Written
 
-from . import listing, metrics, webhook
-from .catalog import Catalog
+from . import dashboard, listing, metrics, webhook
+from .catalog import ALL_NAMESPACES, Catalog
 from .jsonbody import JsonBodyError, read_json
 from .repository import ModelsRepository
 from .sameorigin import HostCheck, origin_refusal
@@ -39,6 +39,7 @@ log = logging.getLogger("ollama_gitops.api")
 MAX_BODY_BYTES = 64 * 1024
 WRITE_QUEUE_TIMEOUT = 60.0  # seconds a write may wait for its turn before a 503
 MODELS_PATH = "/api/v1/models/"
+COMMIT_HEADER = "X-Git-Commit"  # on every write's answer: the commit pushed
 OPEN_PATHS = frozenset({"/health", "/readiness", "/metrics"})
 # Paths that authenticate their callers themselves, without the API key: a Git host cannot send one.
 SELF_AUTHENTICATED_PATHS = frozenset({webhook.WEBHOOK_PATH})
@@ -59,6 +60,7 @@ def create_app(
     on_written: Callable[[], None] = lambda: None,
     max_writers: int = 8,
     on_push: Callable[[], None] | None = None,
+    next_cycle: Callable[[], str | None] = lambda: None,
 ) -> Flask:
     """The WSGI application. `on_written` runs after every acknowledged write (to start a cycle);
     `on_push` after every accepted webhook push (to start one at once, or have the reconciler do
@@ -122,7 +124,7 @@ def create_app(
             # Before the body is read: push payloads are larger than the API's own bodies.
             request.max_content_length = webhook.MAX_BODY_BYTES
             return None
-        if settings.api_key is None or request.path in OPEN_PATHS:
+        if settings.api_key is None or request.path in OPEN_PATHS or dashboard.is_open(request.path):
             return None
         offered = request.headers.get("X-API-Key", "")
         if hmac.compare_digest(offered.encode(), settings.api_key.encode()):
@@ -168,6 +170,8 @@ def create_app(
 
     @app.get("/api/v1/models")
     def list_models() -> Response:
+        if request.args.get("namespace") == ALL_NAMESPACES:  # every namespace (additive: the dashboard's list)
+            return Response(catalog.list_all_json(), 200, mimetype="application/json")
         namespace = _namespace()
         try:
             query = listing.parse_query(request.args, namespace)
@@ -187,9 +191,9 @@ def create_app(
     def create_model() -> Response:
         namespace = _namespace()
         fields = _model_fields(request.get_data())
-        write(CreateModel(namespace, fields))
+        written = write(CreateModel(namespace, fields))
         name = naming.resource_name(fields.name, fields.tag)
-        return _json(catalog.new_view(ModelKey(namespace, name), fields), 201)
+        return _committed(_json(catalog.new_view(ModelKey(namespace, name), fields), 201), written)
 
     @app.delete("/api/v1/models/<name>")
     def delete_model(name: str) -> Response:
@@ -201,8 +205,7 @@ def create_app(
         kept = catalog.kept_at_zero(namespace, name)
         if kept is not None:  # shown, but there is no file left to remove
             return _error(f"model {name} has no file left to delete: {kept}", 409)
-        write(DeleteModel(namespace, name))
-        return Response(status=204)
+        return _committed(Response(status=204), write(DeleteModel(namespace, name)))
 
     @app.post("/api/v1/models/<name>/refresh")
     def refresh_model(name: str) -> Response:
@@ -210,25 +213,11 @@ def create_app(
         # Milliseconds: two refreshes within one second must still differ, or the second pulls nothing.
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         written = write(RefreshModel(namespace, _model_name(name), now))
-        return _json(written_view(namespace, name, written), 202)
+        return _committed(_json(written_view(namespace, name, written), 202), written)
 
     @app.get("/api/v1/status")
     def status() -> Response:
-        sync = catalog.sync()
-        desired = repository.desired
-        return _json({
-            "lastFetchedCommit": desired.commit if desired else None,
-            "lastAppliedCommit": sync.last_applied_commit,
-            "lastCycleTime": sync.last_cycle_at,
-            "lastCycleDurationSeconds": sync.last_cycle_duration,
-            "lastCycleOutcome": sync.last_cycle_outcome,
-            "lastCycleMessage": sync.last_cycle_message,
-            "gitError": repository.last_error,
-            "repository": repository.repo.display_url,
-            "branch": repository.repo.branch,
-            "problems": [{"path": p.path, "line": p.line, "message": p.message}
-                         for p in (desired.problems if desired else sync.problems)],
-        }, 200)
+        return _json(status_view(catalog, repository, next_cycle), 200)
 
     @app.get("/api/v1/servers")
     def list_servers() -> Response:
@@ -283,6 +272,31 @@ def create_app(
         return _text("internal server error\n", 500)
 
     return app
+
+
+def status_view(catalog: Catalog, repository: ModelsRepository,
+                next_cycle: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
+    """The sync summary as GET /api/v1/status answers it (and the events stream sends it);
+    `nextCycleTime` only where the schedule is this process's (`serve`)."""
+    sync = catalog.sync()
+    desired = repository.desired
+    view = {
+        "lastFetchedCommit": desired.commit if desired else None,
+        "lastAppliedCommit": sync.last_applied_commit,
+        "lastCycleTime": sync.last_cycle_at,
+        "lastCycleDurationSeconds": sync.last_cycle_duration,
+        "lastCycleOutcome": sync.last_cycle_outcome,
+        "lastCycleMessage": sync.last_cycle_message,
+        "gitError": repository.last_error,
+        "repository": repository.repo.display_url,
+        "branch": repository.repo.branch,
+        "problems": [{"path": p.path, "line": p.line, "message": p.message}
+                     for p in (desired.problems if desired else sync.problems)],
+    }
+    upcoming = next_cycle()
+    if upcoming is not None:
+        view["nextCycleTime"] = upcoming
+    return view
 
 
 def _log_webhook(envelope: webhook.Envelope, ref: str | None, outcome: str, reason: str | None,
@@ -349,6 +363,12 @@ def _not_found(catalog: Catalog, namespace: str, name: str) -> Response:
     """404 `model not found: NAME`, as the seed says it, with the file's error when a broken file is why."""
     why = catalog.unshown_file(namespace, name)
     return _error(f"model not found: {name}" + (f" (its file is invalid: {why})" if why else ""), 404)
+
+
+def _committed(response: Response, written: Written) -> Response:
+    """A write's answer, naming the commit it pushed (the dashboard shows it; the seed's clients ignore it)."""
+    response.headers[COMMIT_HEADER] = written.commit
+    return response
 
 
 def _json(payload: Any, status: int) -> Response:

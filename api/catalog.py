@@ -39,6 +39,9 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.du
 _LIST_START, _LIST_END = b'{"items":[', b"]}\n"
 
 
+ALL_NAMESPACES = "*"
+
+
 class StatusSource(Protocol):
     """Live status of models: the reconciler's store, a follower of it, or (later) the cluster."""
 
@@ -127,6 +130,13 @@ def _progress(status: ModelStatus) -> dict[str, int] | None:
 STATE_ORDER = (READY, PENDING, PULLING, FAILED)  # as the servers' counts list them
 
 
+def server_reachability(server: ServerSeen) -> dict[str, Any]:
+    """Who a server is and whether it answers: `GET /api/v1/servers`' fields but its counts (what
+    the events stream's `servers` event carries, so that it changes only when a server does)."""
+    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
+            "version": server.version, "lastSeen": server.last_seen, "error": server.error}
+
+
 def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str, Any]:
     """One server as `GET /api/v1/servers` shows it: who it is, whether it answers, and how many
     of the models recorded on it are in each state."""
@@ -135,8 +145,7 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
         status = record.servers.get(server.name)
         if status is not None:
             counts[status.state] += 1
-    return {"name": server.name, "url": server.url, "labels": dict(server.labels), "reachable": server.reachable,
-            "version": server.version, "lastSeen": server.last_seen, "models": counts, "error": server.error}
+    return {**server_reachability(server), "models": counts}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +202,7 @@ class Catalog:
         self._lock = threading.Lock()  # one rebuild at a time: the others wait and take its result
         self._lists: dict[str, tuple[tuple[object, ...], ModelList]] = {}
         self._servers: tuple[tuple[object, ...], bytes] | None = None
+        self._all: tuple[tuple[object, ...], bytes] | None = None  # every namespace's list (list_all_json)
         self._generation = itertools.count(1)
         self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
         self.stats = CatalogStats()
@@ -200,6 +210,21 @@ class Catalog:
     def list_json(self, namespace: str) -> bytes:
         """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
         return self.model_list(namespace).body
+
+    def list_all_json(self) -> bytes:
+        """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list):
+        the namespaces' lists joined, so it reuses their bytes and is rebuilt only when one is."""
+        self._refresh()
+        desired = self._desired()
+        stamp = (desired.commit if desired else None, self._status.version, _Fleet(self._status.sync.servers).stamp)
+        with self._lock:
+            if self._all is not None and self._all[0] == stamp:
+                return self._all[1]
+        lists = [self.model_list(namespace) for namespace in self.namespaces(desired)]
+        body = _LIST_START + b",".join(l.body[len(_LIST_START):-len(_LIST_END)] for l in lists if l.keys) + _LIST_END
+        with self._lock:
+            self._all = (stamp, body)
+        return body
 
     def model_list(self, namespace: str) -> ModelList:
         """The namespace's list, serialised, as of the newest commit, status and inventory."""
@@ -261,6 +286,14 @@ class Catalog:
         body = _LIST_START + b",".join(parts) + _LIST_END
         return ModelList(tuple(keys), tuple(states), ends, body, f"{self._boot}-{next(self._generation)}")
 
+    def namespaces(self, desired: DesiredState | None) -> list[str]:
+        """Every namespace with a model file or a record."""
+        if desired is None:
+            return []
+        found = {k.namespace for k in desired.models} | {k.namespace for k in desired.unreadable}
+        found.update(k.namespace for k in self._status.records())
+        return sorted(found)
+
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One model, or None when no file defines it."""
         self._refresh()
@@ -297,6 +330,12 @@ class Catalog:
         with self._lock:
             self._servers = (stamp, body)
         return body
+
+    def servers_reachability(self) -> list[dict[str, Any]]:
+        """Every server of the inventory the last cycle recorded, by name, without its counts
+        (`server_reachability`)."""
+        self._refresh()
+        return [server_reachability(server) for server in sorted(self._status.sync.servers, key=lambda s: s.name)]
 
     def unshown_file(self, namespace: str, name: str) -> str | None:
         """Why a model file that exists is no model `get` shows: it is broken and there is no last

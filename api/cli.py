@@ -18,6 +18,8 @@ from ..reconciler.settings import DEFAULT_AUTHOR, ENV_PREFIX, Settings, add_opti
 
 
 WATCH_LIMIT = 600  # seconds `status --watch` waits at most for the models to settle
+WATCH_POLL = 1.0  # seconds between redraws while the events stream is down
+WATCH_REDRAW = 2.0  # seconds between redraws at most while it is up (an event redraws at once)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,29 +145,39 @@ def _serve(args: argparse.Namespace, with_reconciler: bool) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from .statusview import ApiUnavailable, fetch, render
+    from .statusview import ApiUnavailable, EventWatcher, fetch, render
 
     key = _api_key(args.api_key_file)
     live = args.watch and sys.stdout.isatty()
     deadline = time.monotonic() + WATCH_LIMIT
     first = None
-    while True:
-        try:
-            snapshot = fetch(args.api_url, key, args.namespace)
-        except ApiUnavailable as exc:
-            print(f"ollama-gitops: {exc}", file=sys.stderr)
-            return 2
-        first = first or snapshot
-        text = render(snapshot)
-        sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + text)
-        sys.stdout.flush()
-        # Started just after a write, the write is not applied yet: wait for it, not only for pulls.
-        if not args.watch or snapshot.settled(since=first):
-            return 0 if snapshot.healthy else 1
-        if time.monotonic() >= deadline:
-            print(f"ollama-gitops: still not settled after {WATCH_LIMIT // 60} minutes", file=sys.stderr)
-            return 1
-        time.sleep(1.0)
+    # Redraw when the events stream says something changed; poll while it is down.
+    watcher = EventWatcher(args.api_url, key).start() if args.watch else None
+    try:
+        while True:
+            try:
+                snapshot = fetch(args.api_url, key, args.namespace)
+            except ApiUnavailable as exc:
+                print(f"ollama-gitops: {exc}", file=sys.stderr)
+                return 2
+            first = first or snapshot
+            text = render(snapshot)
+            sys.stdout.write(("\x1b[H\x1b[2J" if live else "") + text)
+            sys.stdout.flush()
+            # Started just after a write, the write is not applied yet: wait for it, not only for pulls.
+            if not args.watch or snapshot.settled(since=first):
+                return 0 if snapshot.healthy else 1
+            if time.monotonic() >= deadline:
+                print(f"ollama-gitops: still not settled after {WATCH_LIMIT // 60} minutes", file=sys.stderr)
+                return 1
+            assert watcher is not None
+            if watcher.live:
+                watcher.wait(WATCH_REDRAW)  # an event, or a redraw of the times shown
+            else:
+                time.sleep(WATCH_POLL)
+    finally:
+        if watcher is not None:
+            watcher.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY
 
 from ..reconciler import metrics as reconciler_metrics
 from ..reconciler import service as reconciler_service
+from ..reconciler.events import EventBus
+from ..reconciler.history import History
 from ..reconciler.git.repo import GitRepo
 from ..reconciler.privatedir import make_private
 from ..reconciler.scheduler import CycleScheduler
@@ -25,8 +27,10 @@ from ..reconciler.settings import Settings
 from ..reconciler.state import StateLocked, StateStore
 from ..reconciler.git.writer import ModelWriter, parse_author
 
-from .app import ApiSettings, create_app
+from . import dashboard
+from .app import ApiSettings, create_app, status_view
 from .catalog import Catalog, StatusSource
+from .live import LiveFeed
 from .repository import ModelsRepository
 from .sameorigin import HostCheck
 from .server import REQUEST_TIMEOUT, ApiServer, is_loopback, parse_listen
@@ -50,6 +54,8 @@ class ApiOptions:
     webhook_secret: str | None = field(default=None, repr=False)  # None: webhooks are off
     allowed_hosts: tuple[str, ...] = ()  # host names served beyond loopback and the listen address
     request_timeout: float = REQUEST_TIMEOUT  # seconds a client may take to send a request
+    event_heartbeat: float = dashboard.HEARTBEAT  # seconds between keep-alive comments on an events stream
+    event_streams: int = dashboard.STREAMS  # events streams open at once, each with a thread of its own
 
 
 @dataclass
@@ -61,9 +67,12 @@ class RunningApi:
     lock_file: TextIO | None = None
     close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
     catalog: Catalog | None = None  # what reads are answered from (its `stats` count the work of lists)
+    feed: LiveFeed | None = None
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: no new requests, then writes, then cycles."""
+        if self.feed is not None:
+            self.feed.stop()  # ends the events streams, which would otherwise hold the shutdown
         self.server.shutdown()
         self.refresher.shutdown()
         self.repository.close()
@@ -132,7 +141,9 @@ class _AppSlot:
 
 def _bind(app: Callable, host: str, port: int, options: ApiOptions) -> ApiServer:
     try:
-        return ApiServer(app, host, port, threads=options.threads, request_timeout=options.request_timeout)
+        # Events streams hold a thread each for as long as they are open: they get their own.
+        return ApiServer(app, host, port, threads=options.threads + options.event_streams,
+                         request_timeout=options.request_timeout)
     except OSError as exc:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if exc.errno == errno.EADDRINUSE:
@@ -149,6 +160,7 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
     service = None
     close_status: Callable[[], None] = lambda: None
     trigger: Callable[[], None]  # what an accepted webhook push calls to start a cycle
+    follow_files: Callable[[], object] | None = None  # beside a reconciler in another process
     if with_reconciler:
         service = reconciler_service.build(settings)
         status: StatusSource = service.store
@@ -173,6 +185,7 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
     else:
         store = StateStore(settings.state_dir, readonly=True)
         status, follow, on_written = store, _throttled(store.follow, 1.0), (lambda: None)
+        follow_files = store.follow
         trigger = _sync_file(settings.state_dir)
     url = reconciler_service.repository_url(settings)
     repo = GitRepo(url, settings.branch, settings.state_dir / "api.git", settings.credentials)
@@ -189,10 +202,23 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
         trigger()
         refresher.request_cycle()  # the API's own clone: reads show the pushed commit at once too
 
-    app_slot.app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository,
-                              on_written, max_writers=max(1, options.threads // 2), on_push=on_push)
+    next_cycle = _next_cycle(service) if service is not None else (lambda: None)
+    app = create_app(ApiSettings(options.api_key, options.namespace, webhook, hosts), catalog, repository,
+                     on_written, max_writers=max(1, options.threads // 2), on_push=on_push, next_cycle=next_cycle)
+    bus = service.events if service is not None else EventBus()
+    history = service.history if service is not None else History(settings.state_dir)
+    dashboard.register(app, bus, history, heartbeat=options.event_heartbeat, streams=options.event_streams,
+                       servers=catalog.servers_reachability)
+    # Beside a reconciler in another process, the feed follows its state files (unthrottled: it
+    # looks every half second, and only while a page listens).
+    feed = LiveFeed(bus, catalog, lambda: status_view(catalog, repository, next_cycle), catalog.servers_reachability,
+                    follow=follow_files, records=None if hasattr(status, "add_listener") else status)
+    if hasattr(status, "add_listener"):  # the state store; the cluster's cache announces nothing
+        status.add_listener(feed.changed)  # type: ignore[attr-defined]
+    app_slot.app = app
     _register_collector(status)
     server.start()
+    feed.start()
     if schedules:
         refresher.start()
         if service is not None:
@@ -202,7 +228,20 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
              "on" if webhook is not None else "off")
     log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
              repo.display_url, settings.branch, settings.branch, repo.display_url)
-    return RunningApi(server, repository, refresher, service, lock_file, close_status, catalog)
+    return RunningApi(server, repository, refresher, service, lock_file, close_status, catalog, feed)
+
+
+def _next_cycle(service: reconciler_service.Service) -> Callable[[], str | None]:
+    """When this process's schedule runs its next cycle (RFC 3339), None while not scheduled (a
+    standby replica, or before the start)."""
+    from ..reconciler.state import utc_rfc3339
+
+    def next_cycle() -> str | None:
+        scheduler = service.scheduler
+        when = scheduler.next_cycle_at() if scheduler is not None else None
+        return utc_rfc3339(when) if when is not None else None
+
+    return next_cycle
 
 
 def _sync_request(api: object, namespace: str) -> Callable[[], None]:

@@ -4,6 +4,7 @@ models by servers and each server's reachability too."""
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -136,6 +137,67 @@ def _detail(model: dict[str, Any]) -> str:
     if model.get("suspended"):
         return f"SUSPENDED {detail}".rstrip()
     return detail
+
+
+class EventWatcher:
+    """Follows the API's events stream in a thread, so that `status --watch` redraws when something
+    changes rather than on a timer; `live` says whether the stream is open. When it cannot be opened
+    or drops (an older API, every stream slot taken, a restart), it is tried again every `retry`
+    seconds, resuming from the last event's id, and the caller polls meanwhile."""
+
+    def __init__(self, api_url: str, api_key: str | None, *, retry: float = 5.0, read_timeout: float = 60.0) -> None:
+        self._url = f"{api_url.rstrip('/')}/api/v1/events"
+        self._headers = {"Accept": "text/event-stream", **({"X-API-Key": api_key} if api_key else {})}
+        self._retry = retry
+        self._read_timeout = read_timeout  # beyond the heartbeat: a silent stream is a dead one
+        self._changed = threading.Event()
+        self._stopping = threading.Event()
+        self._last_id: str | None = None
+        self.live = False
+        self._thread = threading.Thread(target=self._run, name="status-events", daemon=True)
+
+    def start(self) -> EventWatcher:
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float) -> bool:
+        """Until an event comes (True) or `timeout` seconds pass (False)."""
+        changed = self._changed.wait(timeout)
+        self._changed.clear()
+        return changed
+
+    def close(self) -> None:
+        self._stopping.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._follow()
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            self.live = False
+            self._stopping.wait(self._retry)
+
+    def _follow(self) -> None:
+        headers = dict(self._headers)
+        if self._last_id:
+            headers["Last-Event-ID"] = self._last_id
+        request = urllib.request.Request(self._url, headers=headers)
+        with urllib.request.urlopen(request, timeout=self._read_timeout) as response:
+            self.live = True
+            event_type = None
+            for raw in response:
+                if self._stopping.is_set():
+                    return
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("id:"):
+                    self._last_id = line[3:].strip()
+                elif line.startswith("event:"):
+                    event_type = line[6:].strip()
+                elif line == "" and event_type is not None:
+                    if event_type != "hello":
+                        self._changed.set()
+                    event_type = None
 
 
 def _get(url: str, api_key: str | None, timeout: float, missing: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -54,7 +54,7 @@ for entry in (ROOT, ROOT / "tests"):  # run as a script from anywhere; the stand
         sys.path.insert(0, str(entry))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchrepos import GIT_ENV, generate, git, model_text, verdict  # noqa: E402
+from benchrepos import GIT_ENV, generate, git, model_text, verdict, wait_for  # noqa: E402
 
 BAR_SECONDS = 1.0
 NAMESPACE = "ollama-gitops"  # where the Lease and the ConfigMap live, as in the manifests
@@ -73,17 +73,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.001):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def github_push(remote: Path, commit: str) -> tuple[bytes, dict[str, str]]:

@@ -57,5 +57,17 @@ def generate(parent: Path, size: int, path_of: Callable[[int], str]) -> tuple[Pa
     return remote, time.perf_counter() - started
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.001):  # type: ignore[no-untyped-def]
+    """The first truthy value of `predicate`, polled every `interval` seconds; RuntimeError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"

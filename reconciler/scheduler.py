@@ -79,6 +79,15 @@ class CycleScheduler:
         with self._lock:
             return self._running or self._requested.is_set()
 
+    def next_cycle_at(self) -> float | None:
+        """When the next scheduled cycle is due (epoch seconds): the earliest of the interval's next run
+        and the wake-ups (a cycle requested meanwhile runs sooner); None when not scheduled."""
+        try:
+            times = [job.next_run_time for job in self._scheduler.get_jobs() if job.next_run_time is not None]
+        except RuntimeError:  # shutting down
+            return None
+        return min(times).timestamp() if times else None
+
     def shutdown(self, wait: bool = True) -> None:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)

@@ -7,20 +7,25 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
+from . import events
+from .events import EventBus
 from .git.embedded import ensure_default_repo
 from .git.remote import check_remote
 from .git.repo import GitRepo
+from .history import History
+from .history import entry as history_entry
 from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
 from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
-from .state import DEFAULT_SERVER, StateStore
+from .state import DEFAULT_SERVER, StateStore, utc_rfc3339
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
@@ -48,6 +53,8 @@ class Service:
     cluster: ClusterParts | None = None
     elector: LeaderElector | None = None
     sync_requests: SyncRequestWatcher | SyncFileWatcher | None = None  # cycles an API process asks for
+    events: EventBus = field(default_factory=EventBus)  # cycle starts and ends, for live pages
+    history: History | None = None  # the last cycles, in the state directory
     discovery: ServiceDiscovery | None = None  # --ollama-service: the fleet's servers, an inventory source
     _stopping: bool = False
     _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
@@ -102,7 +109,26 @@ class Service:
             self.reconciler.forget_observations()
             self._new_term = False
             log.info("records read again from %d resources", len(self.cluster.store.keys()))
-        self.reconciler.run_cycle()
+        self.run_cycle()
+
+    def run_cycle(self) -> CycleReport:
+        """One cycle, announced on the event bus and, unless it was a no-op, kept in the history."""
+        self.events.publish(events.CYCLE_STARTED, {"time": utc_rfc3339(time.time())})
+        started = time.monotonic()
+        report = self.reconciler.run_cycle()
+        seconds = time.monotonic() - started
+        ended = utc_rfc3339(time.time())
+        if self.history is not None and not report.noop:
+            pulled, deleted = cycle_changes(report)
+            try:
+                self.history.append(history_entry(ended, report.commit, seconds, report.outcome, report.message,
+                                                  pulled, deleted))
+            except OSError as exc:  # the cycle is done and recorded in sync.json: history is a view of it
+                log.error("action=save-history-failed error=%r", str(exc))
+        self.events.publish(events.CYCLE_ENDED, {
+            "time": ended, "outcome": report.outcome, "commit": report.commit, "message": report.message,
+            "durationSeconds": round(seconds, 6), "noop": report.noop})
+        return report
 
     def _stop_schedule(self) -> None:
         # The elector has already made `leading` false, so a cycle under way stops before its next write.
@@ -128,6 +154,7 @@ class Service:
         if self.cluster is not None:
             self.cluster.close()
         self.store.release_process_lock()
+        self.events.close()
 
 
 def build(settings: Settings) -> Service:
@@ -159,6 +186,7 @@ def build(settings: Settings) -> Service:
     else:
         service.store = StateStore(settings.state_dir)
     service.store.acquire_process_lock()
+    service.history = History(settings.state_dir)
     repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git", settings.credentials)
     service.reconciler = Reconciler(
         repo, service.discovery if service.discovery is not None else inventory_source(settings), service.store,
@@ -170,6 +198,21 @@ def build(settings: Settings) -> Service:
         cluster=service.cluster.sync if service.cluster is not None else None,
     )
     return service
+
+
+def cycle_changes(report: CycleReport) -> tuple[list[str], list[str]]:
+    """The models a cycle started pulling and deleted, as `namespace/name`, prefixed `server: ` in a
+    fleet (bare for the one server `default`, given the old way)."""
+    named = set(report.plans) != {DEFAULT_SERVER}
+    pulled: list[str] = []
+    deleted: list[str] = []
+    for server, server_plan in sorted(report.plans.items()):
+        prefix = f"{server}: " if named else ""
+        for action in server_plan.actions:
+            if isinstance(action, (Pull, Delete)):
+                names = [f"{prefix}{key}" for key in action.keys]
+                (pulled if isinstance(action, Pull) else deleted).extend(names)
+    return pulled, deleted
 
 
 def _discover(service: Service) -> ServiceDiscovery:

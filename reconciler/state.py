@@ -32,7 +32,7 @@ import time
 from types import UnionType
 import typing
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -175,7 +175,24 @@ class StateStore:
         self.version = 0  # bumped by every edit that changed a record
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
+        self._listeners: list[Callable[[frozenset[ModelKey] | None], None]] = []
         self._load()
+
+    def add_listener(self, listener: Callable[[frozenset[ModelKey] | None], None]) -> None:
+        """Call `listener(keys)` after every committed edit, progress update or change taken in by
+        `follow()`, with the keys whose records changed (None: any may have, after a reload). It runs
+        outside the store's lock, on the thread that made the change: it must be quick and not block."""
+        self._listeners.append(listener)
+
+    def _notify(self, keys: Collection[ModelKey] | None) -> None:
+        if keys is not None and not keys:
+            return
+        changed = None if keys is None else frozenset(keys)
+        for listener in self._listeners:
+            try:
+                listener(changed)
+            except Exception:  # a listener's fault must never fail the edit that was committed
+                log.exception("action=state-listener-failed")
 
     # -- process lock ---------------------------------------------------------------------------
     def acquire_process_lock(self) -> None:
@@ -238,13 +255,16 @@ class StateStore:
     @contextmanager
     def editing(self) -> Iterator[_Edit]:
         """Change records under the lock; the files of the records touched are written at the end."""
-        with self._lock:
-            edit = _Edit(self._models)
-            try:
-                yield edit
-            finally:
-                if edit.touched:
-                    self._commit(edit.touched, edit.before)
+        edit = _Edit(self._models)
+        try:
+            with self._lock:
+                try:
+                    yield edit
+                finally:
+                    if edit.touched:
+                        self._commit(edit.touched, edit.before)
+        finally:  # what was committed is announced, however the edit ended
+            self._notify(edit.touched)
 
     def update_progress(self, keys: Collection[ModelKey], server: str, completed: int, total: int) -> None:
         """Pull progress on `server`, kept in memory only: it is stale the moment the process dies anyway."""
@@ -255,6 +275,7 @@ class StateStore:
                 if status is not None:
                     status.progress_completed, status.progress_total = completed, total
             self.version += 1
+        self._notify(keys)
 
     def follow(self) -> bool:
         """For a reader beside the reconciler's process: take in what it wrote since; True if anything.
@@ -262,22 +283,24 @@ class StateStore:
         Reads only the journal lines appended since the last call, or everything again after a
         compaction (a new snapshot), so following a large store costs what changed.
         """
+        keys: set[ModelKey] | None = set()
         with self._lock:
             journal = self.directory / JOURNAL
             size = journal.stat().st_size if journal.exists() else 0
             changed = _mtime(self.directory / SYNC) != self._sync_mtime
             if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
                 self._reload(truncate=False)
-                changed = True
+                changed, keys = True, None
             elif size > self._journal_offset:
-                self._replay(journal)
+                self._replay(journal, replayed=keys)
                 self._damage = []  # the lock holder says what is damaged, and mends it
                 changed = True
             elif changed:
                 self._load_sync()
             if changed:
                 self.version += 1
-            return changed
+        self._notify(keys)
+        return changed
 
     def save_sync(self, sync: SyncStatus, durable: bool = True) -> None:
         """Record the sync summary; `durable=False` skips the fsync (for what a restart can do without)."""
@@ -405,7 +428,7 @@ class StateStore:
         self._seq = max(self._seq, seq)
         return seq
 
-    def _replay(self, journal: Path, first_seq: list[int] | None = None) -> None:
+    def _replay(self, journal: Path, first_seq: list[int] | None = None, replayed: set[ModelKey] | None = None) -> None:
         offset = self._journal_offset
         with open(journal, "rb") as handle:
             handle.seek(offset)
@@ -427,6 +450,8 @@ class StateStore:
                     if first_seq is not None and not first_seq:
                         first_seq.append(seq)
                     self._seq = max(self._seq, seq)
+                if replayed is not None:
+                    replayed.add(key)
                 if record is None:
                     self._models.pop(key, None)
                     self._unsettled.discard(key)

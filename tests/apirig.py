@@ -41,6 +41,8 @@ class ApiRig:
         self.allowed_hosts = allowed_hosts
         self.reconciler_options = reconciler_options  # more command-line options, e.g. a servers file
         self.request_timeout = runtime.REQUEST_TIMEOUT
+        self.event_heartbeat = runtime.dashboard.HEARTBEAT
+        self.event_streams = runtime.dashboard.STREAMS
         self.running: runtime.RunningApi | None = None
         self.client: httpx.Client | None = None
 
@@ -55,7 +57,8 @@ class ApiRig:
         settings = settings_for(self.state_dir, str(self.remote), self.ollama.url, *self.reconciler_options)
         options = runtime.ApiOptions("127.0.0.1:0", self.api_key, "default", "API Test <api@example.com>", False,
                                      webhook_secret=self.webhook_secret, allowed_hosts=self.allowed_hosts,
-                                     request_timeout=self.request_timeout)
+                                     request_timeout=self.request_timeout, event_heartbeat=self.event_heartbeat,
+                                     event_streams=self.event_streams)
         # By default no schedules: the test runs each fetch and cycle itself, so what it observes is
         # certain. With them, cycles run on their own (the first at once, then on request).
         self.running = runtime.start(settings, options, with_reconciler=self.with_reconciler, schedules=self.schedules)
@@ -73,10 +76,10 @@ class ApiRig:
     def settle(self) -> None:
         """Run a reconcile cycle now and wait for its pulls (what the schedule does, synchronously)."""
         assert self.running is not None and self.running.service is not None
-        reconciler = self.running.service.reconciler
-        reconciler.run_cycle()
-        assert reconciler.pulls.wait(timeout=30)
-        reconciler.run_cycle()
+        service = self.running.service
+        service.run_cycle()
+        assert service.reconciler.pulls.wait(timeout=30)
+        service.run_cycle()
 
     def publish(self, message: str = "change") -> None:
         """Commit what the work tree holds, push it, and let the API and a reconcile cycle take it in."""

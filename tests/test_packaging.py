@@ -28,6 +28,10 @@ def test_wheel_carries_schema_and_example_repo(tmp_path: Path) -> None:
         "ollama_gitops/reconciler/data/models-repo/models/default/gemma3-1b.yaml",
         "ollama_gitops/reconciler/data/models-repo/.github/workflows/validate.yaml",
         "ollama_gitops/reconciler/data/models-repo/schemas/model.schema.json",
+        # The dashboard's page and its files: served from the package, nothing from elsewhere.
+        "ollama_gitops/api/static/index.html",
+        "ollama_gitops/api/static/app.js",
+        "ollama_gitops/api/static/app.css",
     ):
         assert path in names, path
     assert "ollama-gitops = ollama_gitops.api.cli:main" in entry_points

@@ -112,3 +112,18 @@ def test_cycles_asked_for_at_a_time_run_then_and_a_later_one_is_not_lost_behind_
         assert ran.acquire(timeout=30)
     finally:
         scheduler.shutdown()
+
+
+def test_next_cycle_at_is_the_interval_or_an_earlier_wake_up() -> None:
+    ran = threading.Event()
+    scheduler = CycleScheduler(ran.set, interval=3600)
+    assert scheduler.next_cycle_at() is None  # not started
+    scheduler.start()
+    try:
+        assert ran.wait(30)  # the first cycle, at once
+        later = eventually(lambda: (at := scheduler.next_cycle_at()) is not None and at > time.time() + 3000 and at,
+                           timeout=30)
+        scheduler.request_cycle_at(time.time() + 600)
+        assert scheduler.next_cycle_at() < later
+    finally:
+        scheduler.shutdown()

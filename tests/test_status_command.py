@@ -16,6 +16,7 @@ import pytest
 
 from apirig import API_KEY, ApiRig
 from processes import Children
+from waiting import eventually
 from ollama_gitops.api import statusview
 from ollama_gitops.reconciler.models.desired import ModelKey
 
@@ -305,3 +306,37 @@ def test_watch_started_right_after_a_write_waits_for_it_to_be_applied(
     code, out = outcome[0]
     last = rows("NAME " + out.split("NAME ")[-1])
     assert code == 0 and last["phi3-mini"][1] == "Ready", out
+
+
+def _event_streams_opened() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "ollama_api_requests"
+               for sample in metric.samples
+               if sample.name.endswith("_total") and sample.labels.get("path") == "/api/v1/events"
+               and sample.labels.get("status") == "200")
+
+
+@pytest.mark.parametrize("streams", [1, 0], ids=["events", "no-stream-slot-polls"])
+def test_watch_follows_the_events_stream_and_polls_without_it(
+        tmp_path: Path, ollama, streams: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    rig = ApiRig(tmp_path, ollama)
+    rig.event_streams = streams  # 0: every stream is refused (503), as when all slots are taken
+    rig.seed(("llama3.2", "1b"))
+    rig.start()
+    try:
+        opened = _event_streams_opened()
+        outcome: list[tuple[int, str]] = []
+        watcher = threading.Thread(target=lambda: outcome.append(
+            status_here(rig.url, capsys, "--watch", monkeypatch=monkeypatch)))
+        watcher.start()
+        if streams:
+            eventually(lambda: _event_streams_opened() > opened, timeout=30)
+        rig.settle()
+        watcher.join(timeout=60)
+        assert outcome, "status --watch did not end"
+        code, out = outcome[0]
+        assert code == 0 and rows("NAME " + out.split("NAME ")[-1])["llama3.2-1b"][1] == "Ready", out
+        assert (_event_streams_opened() > opened) == bool(streams)
+    finally:
+        rig.stop()

@@ -123,3 +123,24 @@ def test_a_list_after_a_write_serialises_only_the_model_that_changed(lists: ApiR
     assert refreshed.status_code == 202
     lists.client.get("/api/v1/models")
     assert stats.serialised - serialised == 1  # the refreshed file's new blob
+
+
+def test_every_namespaces_list_joins_the_namespaces_lists_bytes(lists: ApiRig) -> None:
+    """The dashboard's `?namespace=*` is each namespace's list joined: the same items, made from the
+    same cached bytes (nothing serialised again), and the seed's JSON byte for byte."""
+    assert lists.running is not None and lists.running.catalog is not None
+    stats = lists.running.catalog.stats
+    lists.work.model("other", "tinyllama", "1b")
+    lists.publish("a second namespace")
+    default = lists.client.get("/api/v1/models", headers=PLAIN).json()["items"]
+    other = lists.client.get("/api/v1/models", params={"namespace": "other"}, headers=PLAIN).json()["items"]
+    serialised = stats.serialised
+    every = lists.client.get("/api/v1/models", params={"namespace": "*"}, headers=PLAIN)
+    assert every.status_code == 200 and every.json()["items"] == default + other and len(other) == 1
+    assert every.content == (json.dumps({"items": default + other}, separators=(",", ":")) + "\n").encode()
+    assert stats.serialised == serialised
+    assert lists.client.post("/api/v1/models", params={"namespace": "other"},
+                             json={"name": "smollm2", "tag": "135m"}).status_code == 201
+    names_now = [m["name"] for m in lists.client.get("/api/v1/models", params={"namespace": "*"}).json()["items"]]
+    assert names_now == [m["name"] for m in default] + ["smollm2-135m", "tinyllama-1b"]
+    assert stats.serialised - serialised == 1  # the new model only

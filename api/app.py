@@ -27,7 +27,7 @@ from ..reconciler.models.desired import ModelKey
 from ..reconciler.models.modelfile import ModelFields, fields_from_document
 from ..reconciler.git.writer import Change, CreateModel, DeleteModel, RefreshModel, WriteRejected, Written
 
-from . import dashboard, metrics, webhook
+from . import dashboard, listing, metrics, webhook
 from .catalog import ALL_NAMESPACES, Catalog
 from .jsonbody import JsonBodyError, read_json
 from .planning import Planner, PlanUnavailable
@@ -175,7 +175,12 @@ def create_app(
     def list_models() -> Response:
         if request.args.get("namespace") == ALL_NAMESPACES:  # every namespace (additive: the dashboard's list)
             return Response(catalog.list_all_json(), 200, mimetype="application/json")
-        return Response(catalog.list_json(_namespace()), 200, mimetype="application/json")
+        namespace = _namespace()
+        try:
+            query = listing.parse_query(request.args, namespace)
+        except listing.ListQueryError as exc:
+            raise _BadInput(str(exc)) from None
+        return listing.respond(catalog.model_list(namespace), query, namespace, request)
 
     @app.get("/api/v1/models/<name>")
     def get_model(name: str) -> Response:

@@ -4,17 +4,24 @@ A model's seed fields are the whole over the servers its `servers:` selector pic
 inventory (the servers the last cycle recorded, `SyncStatus.servers`); in a fleet its view adds the
 model on each of them.
 
-Reads are served from memory. A namespace's list is serialised once per (commit, status version,
-servers and their labels) and the bytes reused until one changes, so listing ten thousand models
-is a dictionary lookup.
+Reads are served from memory. A namespace's list is kept serialised, one slice of its body per model,
+and rebuilt when the commit, the status or the servers' names and labels move: a model whose file
+(blob), record and placement (the servers it is shown on) are as they were keeps its bytes, so the
+list after a write serialises the models that changed, not all of them.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
+import dataclasses
+import gc
+import gzip
+import itertools
 import json
+import os
 import threading
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
@@ -24,6 +31,12 @@ from ..reconciler.models.modelfile import ModelFields
 from ..reconciler.models.selector import LabelSelector
 from ..reconciler.models.sizes import format_size
 from ..reconciler.state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, SyncStatus
+
+from . import metrics
+
+GZIP_LEVEL = 5  # a list of 100,000 models (25 MiB) compresses 12x in a quarter of a second, once per change
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
+_LIST_START, _LIST_END = b'{"items":[', b"]}\n"
 
 
 ALL_NAMESPACES = "*"
@@ -40,7 +53,7 @@ class StatusSource(Protocol):
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]: ...
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Placement:
     """Which servers a model is shown on: what its view's seed fields are taken over."""
 
@@ -135,6 +148,49 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
     return {**server_reachability(server), "models": counts}
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelList:
+    """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, and item `i`
+    (the model `keys[i]`, in name order) ends at `ends[i]`, after a comma or the list's start. `tag`
+    changes whenever the body does (the list's ETag)."""
+
+    keys: Sequence[ModelKey]
+    states: Sequence[object]  # what each item was made from: a model is serialised again only when it differs
+    ends: array.array
+    body: bytes
+    tag: str
+    _gzipped: list[bytes] = dataclasses.field(default_factory=list, repr=False, compare=False)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def gzipped(self) -> bytes:
+        """The body gzip-compressed, made once (mtime 0, so the same list compresses to the same bytes)."""
+        with self._lock:
+            if not self._gzipped:
+                self._gzipped.append(gzip.compress(self.body, GZIP_LEVEL, mtime=0))
+            return self._gzipped[0]
+
+    def start(self, i: int) -> int:
+        """Where item `i` begins in `body`."""
+        return self.ends[i - 1] + 1 if i else len(_LIST_START)
+
+    def page(self, after: str | None, limit: int) -> tuple[bytes, str | None, int]:
+        """The body of at most `limit` items named after `after` (None: from the first), the name of the
+        last one when more follow (else None) and how many follow."""
+        start = bisect.bisect_right(self.keys, after, key=_name) if after is not None else 0
+        end = min(len(self.keys), start + limit)
+        items = self.body[self.start(start):self.ends[end - 1]] if end > start else b""
+        remaining = len(self.keys) - end
+        return items, (self.keys[end - 1].name if remaining and end > start else None), remaining
+
+
+@dataclasses.dataclass
+class CatalogStats:
+    """How much work lists did (for tests and benchmarks)."""
+
+    lists_built: int = 0  # lists rebuilt because the commit or the status moved
+    serialised: int = 0  # models serialised into them
+
+
 class Catalog:
     """The models of each namespace, as the API shows them."""
 
@@ -143,32 +199,92 @@ class Catalog:
         self._desired = desired
         self._status = status
         self._follow = follow  # called before reads, to take in status written by another process
-        self._lock = threading.Lock()
-        self._lists: dict[str, tuple[tuple[object, ...], bytes]] = {}
+        self._lock = threading.Lock()  # one rebuild at a time: the others wait and take its result
+        self._lists: dict[str, tuple[tuple[object, ...], ModelList]] = {}
         self._servers: tuple[tuple[object, ...], bytes] | None = None
+        self._all: tuple[tuple[object, ...], bytes] | None = None  # every namespace's list (list_all_json)
+        self._generation = itertools.count(1)
+        self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
+        self.stats = CatalogStats()
 
     def list_json(self, namespace: str) -> bytes:
         """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
-        return self._list(namespace, lambda desired, fleet: self._views(namespace, desired, fleet))
+        return self.model_list(namespace).body
 
     def list_all_json(self) -> bytes:
-        """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list)."""
-        return self._list(ALL_NAMESPACES, lambda desired, fleet: [
-            view for namespace in self.namespaces(desired) for view in self._views(namespace, desired, fleet)])
-
-    def _list(self, slot: str, items: Callable[[DesiredState | None, _Fleet], list[dict[str, Any]]]) -> bytes:
+        """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list):
+        the namespaces' lists joined, so it reuses their bytes and is rebuilt only when one is."""
         self._refresh()
         desired = self._desired()
-        fleet = _Fleet(self._status.sync.servers)
-        stamp = (desired.commit if desired else None, self._status.version, fleet.stamp)
+        stamp = (desired.commit if desired else None, self._status.version, _Fleet(self._status.sync.servers).stamp)
         with self._lock:
-            cached = self._lists.get(slot)
+            if self._all is not None and self._all[0] == stamp:
+                return self._all[1]
+        lists = [self.model_list(namespace) for namespace in self.namespaces(desired)]
+        body = _LIST_START + b",".join(l.body[len(_LIST_START):-len(_LIST_END)] for l in lists if l.keys) + _LIST_END
+        with self._lock:
+            self._all = (stamp, body)
+        return body
+
+    def model_list(self, namespace: str) -> ModelList:
+        """The namespace's list, serialised, as of the newest commit, status and inventory."""
+        self._refresh()
+        with self._lock:
+            desired = self._desired()
+            fleet = _Fleet(self._status.sync.servers)
+            # The servers' names and labels are in the stamp: a server joining, leaving or relabelled
+            # changes which servers a model is shown on (and its seed fields) with no write and,
+            # when the summary is saved apart from the records, possibly no status version either.
+            stamp = (desired.commit if desired else None, self._status.version, fleet.stamp)
+            cached = self._lists.get(namespace)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        body = (json.dumps({"items": items(desired, fleet)}, separators=(",", ":")) + "\n").encode()
-        with self._lock:
-            self._lists[slot] = (stamp, body)
-        return body
+            old = cached[1] if cached is not None else None
+            # With the status where it was (a write moved the commit, or the servers moved), the records
+            # are as the last list saw them: only the records of models whose file or placement changed
+            # are read, not every one (the store copies each). An unknown inventory places a model by
+            # its record, so the last list's placements hold only over the same (unknown) inventory.
+            same_status = (cached is not None and cached[0][1] == stamp[1]
+                           and (fleet.known or cached[0][2] == stamp[2]))
+            # No collection while a list is rebuilt: it reads a copy of every record and makes a state
+            # of each, and at 100,000 models the full collections they set off took half the time
+            # (each one scanning every record again). What it leaves is freed by reference counting.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                built = self._build(namespace, desired, fleet, old, same_status)
+            finally:
+                if collecting:
+                    gc.enable()
+            self._lists[namespace] = (stamp, built)
+            return built
+
+    def _build(self, namespace: str, desired: DesiredState | None, fleet: _Fleet, old: ModelList | None,
+               same_status: bool) -> ModelList:
+        self.stats.lists_built += 1
+        previous: dict[ModelKey, int] = {}
+        if old is not None:
+            previous = {key: i for i, key in enumerate(old.keys)}
+        keys, states, makers = self._items(namespace, desired, fleet,
+                                           (old, previous) if same_status and old else None)
+        if old is not None and list(old.keys) == keys and list(old.states) == states:
+            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
+        view = memoryview(old.body) if old is not None else None
+        parts: list[bytes | memoryview] = []
+        for key, state, make in zip(keys, states, makers):
+            i = previous.get(key)
+            if i is not None and old.states[i] == state:  # type: ignore[union-attr]
+                parts.append(view[old.start(i):old.ends[i]])  # type: ignore[index, union-attr]
+            else:
+                self.stats.serialised += 1
+                metrics.LIST_ITEMS_SERIALISED.inc()
+                parts.append(_ENCODE(make()).encode())
+        ends, position = array.array("q"), len(_LIST_START) - 1
+        for part in parts:
+            position += len(part) + 1
+            ends.append(position)
+        body = _LIST_START + b",".join(parts) + _LIST_END
+        return ModelList(tuple(keys), tuple(states), ends, body, f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:
         """Every namespace with a model file or a record."""
@@ -189,9 +305,9 @@ class Catalog:
         record = self._status.record(key)
         fleet = _Fleet(self._status.sync.servers)
         if model is not None:
-            return _desired_view(model, record, fleet)
+            return _desired_view(model, record, fleet.placement(model.fields.servers, record))
         if record is not None and desired.is_unreadable(key):
-            return _last_good_view(key, record, desired.kept_reason(key, record.spec.path), fleet)
+            return _last_good_view(key, record, desired.kept_reason(key, record.spec.path), fleet.recorded(record))
         return self._kept_at_zero(desired, fleet).get(key)
 
     def new_view(self, key: ModelKey, fields: ModelFields) -> dict[str, Any]:
@@ -241,22 +357,68 @@ class Catalog:
         if self._follow is not None:
             self._follow()
 
-    def _views(self, namespace: str, desired: DesiredState | None, fleet: _Fleet) -> list[dict[str, Any]]:
+    def _items(self, namespace: str, desired: DesiredState | None, fleet: _Fleet,
+               unchanged: tuple[ModelList, dict[ModelKey, int]] | None
+               ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]]:
+        """The namespace's models in name order: each one's state (its file's blob, its placement and
+        its record: what its view is made from) and how to make its view. `unchanged`: the last list
+        (and each key's place in it), made with the records as they still are."""
         if desired is None:
-            return []
+            return [], [], []
         models = desired.in_namespace(namespace)
+        if unchanged is not None and not desired.any_unreadable and desired.models:
+            reused = self._reused_items(models, fleet, *unchanged)
+            if reused is not None:
+                return reused
         if desired.namespace_unreadable(namespace):  # every recorded model of it is kept
             records = {k: r for k, r in self._status.records().items() if k.namespace == namespace}
             broken = sorted(records)
         else:
             broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
             records = self._status.records([m.key for m in models] + broken)
-        views = {m.key: _desired_view(m, records.get(m.key), fleet) for m in models}
+        items: dict[ModelKey, tuple[object, Callable[[], dict[str, Any]]]] = {}
+        for m in models:
+            items[m.key] = _desired_item(m, records.get(m.key), fleet)
+        extra = False
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
-                views[key] = _last_good_view(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet)
-        views.update((k, v) for k, v in self._kept_at_zero(desired, fleet).items() if k.namespace == namespace)
-        return [views[k] for k in sorted(views)]
+                items[key] = _kept_item(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet)
+                extra = True
+        for key, (record, why) in self._kept_at_zero_records(desired).items():
+            if key.namespace == namespace:
+                items[key] = _kept_item(key, record, why, fleet)
+                extra = True
+        keys = sorted(items) if extra else list(items)  # the models alone are in name order already
+        return keys, [items[k][0] for k in keys], [items[k][1] for k in keys]
+
+    def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList,
+                      previous: dict[ModelKey, int]
+                      ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]] | None:
+        """`_items` of models whose records have not changed since `old` was made: a model whose file
+        and placement are as they were keeps its state from `old`; only the records of models new to
+        it, or whose file or placement changed, are read. None when `old` kept a model (whose view
+        depends on more than its record)."""
+        if any(state[0] == "kept" for state in old.states):  # type: ignore[index]
+            return None
+        wanted: list[ModelKey] = []
+        for m in models:
+            i = previous.get(m.key)
+            if i is None or old.states[i][0] != m.blob or old.states[i][1] is not m.fields:  # type: ignore[index]
+                wanted.append(m.key)
+            elif fleet.known and fleet.placement(m.fields.servers, None) != old.states[i][2]:  # type: ignore[index]
+                wanted.append(m.key)  # placed on other servers: its seed fields are over others
+        records = self._status.records(wanted)
+        read = set(wanted)
+        keys, states, makers = [], [], []
+        for m in models:
+            if m.key in read:
+                state, make = _desired_item(m, records.get(m.key), fleet)
+            else:  # its state is the last list's: its bytes are reused, it is never made again
+                state, make = old.states[previous[m.key]], _unmade
+            keys.append(m.key)
+            states.append(state)
+            makers.append(make)
+        return keys, states, makers
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
@@ -271,11 +433,15 @@ class Catalog:
         """The recorded models a commit with no model file left would prune, while the reconciler
         has not applied it: it refuses to prune to zero (without --allow-empty), and keeps them all.
         Shown as kept, so that the list says what Ollama still has and why."""
+        return {key: _last_good_view(key, record, why, fleet.recorded(record))
+                for key, (record, why) in self._kept_at_zero_records(desired).items()}
+
+    def _kept_at_zero_records(self, desired: DesiredState) -> dict[ModelKey, tuple[ModelRecord, str]]:
         if desired.models or desired.any_unreadable or desired.commit == self._status.sync.last_applied_commit:
             return {}
         message = (f"kept: its file is gone, but commit {(desired.commit or '')[:12]} would remove every model, "
                    "and ollama-gitops refuses to prune to zero without --allow-empty")
-        return {key: _last_good_view(key, record, message, fleet) for key, record in self._status.records().items()}
+        return {key: (record, message) for key, record in self._status.records().items()}
 
 
 class _Fleet:
@@ -289,7 +455,12 @@ class _Fleet:
     def __init__(self, servers: tuple[ServerSeen, ...]) -> None:
         self._servers = tuple(sorted(servers, key=lambda s: s.name))
         self._names = tuple(s.name for s in self._servers)
-        self._selected: dict[LabelSelector | None, tuple[str, ...]] = {}
+        self._placed: dict[LabelSelector | None, Placement] = {}
+
+    @property
+    def known(self) -> bool:
+        """Has a cycle recorded the inventory? (If not, a model is placed by its record.)"""
+        return bool(self._names)
 
     @property
     def stamp(self) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
@@ -298,16 +469,18 @@ class _Fleet:
 
     def placement(self, selector: LabelSelector | None, record: ModelRecord | None) -> Placement:
         """Where a model whose file says `servers: selector` (None: every server) is."""
-        if not self._names:
+        if not self.known:
             return self._unknown(record)
-        selected = self._selected.get(selector)
-        if selected is None:  # one match per selector and list: a fleet's files share a few selectors
-            selected = self._selected[selector] = tuple(selected_servers(selector, self._servers))
-        return Placement(selected, self._names != (DEFAULT_SERVER,), known=True)
+        placed = self._placed.get(selector)
+        if placed is None:  # one match per selector and list (a fleet's files share a few), and one
+            # Placement each, which every list item placed so shares
+            selected = tuple(selected_servers(selector, self._servers))
+            placed = self._placed[selector] = Placement(selected, self._names != (DEFAULT_SERVER,), known=True)
+        return placed
 
     def recorded(self, record: ModelRecord) -> Placement:
         """Where a model without a readable file is: the servers of the inventory its record has."""
-        if not self._names:
+        if not self.known:
             return self._unknown(record)
         selected = tuple(name for name in self._names if name in record.servers)
         return Placement(selected, self._names != (DEFAULT_SERVER,), known=True)
@@ -318,12 +491,64 @@ class _Fleet:
         return Placement(selected, fleet=bool(set(selected) - {DEFAULT_SERVER}))
 
 
-def _desired_view(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet) -> dict[str, Any]:
+def _desired_view(model: DesiredModel, record: ModelRecord | None, placement: Placement) -> dict[str, Any]:
     fields = model.fields
-    return model_view(model.key, fields.name, fields.tag, record, fields.suspend, fleet.placement(fields.servers, record))
+    return model_view(model.key, fields.name, fields.tag, record, fields.suspend, placement)
 
 
-def _last_good_view(key: ModelKey, record: ModelRecord, why: str, fleet: _Fleet) -> dict[str, Any]:
+def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet
+                  ) -> tuple[object, Callable[[], dict[str, Any]]]:
+    """A model's state in a list (its file, where it is placed, its record) and how to make its view."""
+    placement = fleet.placement(model.fields.servers, record)
+    return ((model.blob, model.fields, placement, *_state_of(record)),
+            lambda: _desired_view(model, record, placement))
+
+
+def _kept_item(key: ModelKey, record: ModelRecord, why: str, fleet: _Fleet
+               ) -> tuple[object, Callable[[], dict[str, Any]]]:
+    """A model kept at its last good version: its state in a list and how to make its view."""
+    placement = fleet.recorded(record)
+    return (("kept", why, placement, *_state_of(record)), lambda: _last_good_view(key, record, why, placement))
+
+
+def _unmade() -> dict[str, Any]:
+    raise AssertionError("a model whose state is the last list's keeps its bytes: it is never made again")
+
+
+def _name(key: ModelKey) -> str:
+    return key.name
+
+
+def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
+    """What a view is made from of a record, to compare with the last one, as one flat tuple of
+    references (no copy): a mutable dataclass among its fields (the status, which the store copies
+    on every read) by its values, anything else (the frozen spec, a mapping of statuses) as it is."""
+    if record is None:
+        return ()
+    state: list[object] = []
+    for value in _values(record):
+        kind = type(value)
+        flat = _FLAT.get(kind)
+        if flat is None:
+            flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+        if flat:
+            state.append(kind)  # where its values start
+            state.extend(_values(value))
+        else:
+            state.append(value)
+    return tuple(state)
+
+
+_FLAT: dict[type, bool] = {}  # by type: is it a mutable dataclass, whose values a state holds
+
+
+def _values(instance: object) -> Iterable[object]:
+    """A dataclass instance's field values, in order."""
+    values = getattr(instance, "__dict__", None)
+    return values.values() if values is not None else [getattr(instance, f.name) for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
+
+
+def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:
     """A model kept at its last good version, showing `why` as its error (the reconciler records the same)."""
     name, _, tag = record.spec.reference.rpartition(":")
-    return model_view(key, name, tag, record, record.spec.suspend, fleet.recorded(record), error=why)
+    return model_view(key, name, tag, record, record.spec.suspend, placement, error=why)

@@ -14,3 +14,5 @@ WEBHOOKS = Counter("ollama_gitops_webhooks_total", "Webhook deliveries, by provi
 CONNECTIONS_CLOSED = Counter("ollama_api_connections_closed_total", "Connections the API closed before their "
                              "request was complete: too slow (over the request bound) or shed (at the "
                              "connection limit, the longest waiting)", ["reason"])
+LIST_ITEMS_SERIALISED = Counter("ollama_gitops_api_list_items_serialised_total", "Models serialised into lists: a "
+                                "list rebuilt after a change serialises only the models whose file or status changed")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..reconciler.models.desired import DesiredState, GitLoader
+from ..reconciler.models.desired import DesiredState, GitLoader, LoadStats
 from ..reconciler.git.repo import GitError, GitRepo
 from ..reconciler.git.writer import Change, ModelWriter, Written
 
@@ -24,6 +24,11 @@ class ModelsRepository:
         self._lock = threading.Lock()  # the loader is not thread-safe
         self._desired: DesiredState | None = None
         self.last_error: str | None = None
+
+    @property
+    def loader_stats(self) -> LoadStats:
+        """How much work loads of the desired state did (for tests and benchmarks)."""
+        return self._loader.stats
 
     @property
     def desired(self) -> DesiredState | None:
@@ -53,7 +58,7 @@ class ModelsRepository:
         show the change at the next refresh instead)."""
         written = self.writer.write(change)
         try:
-            self._load()
+            self._load(written)
         except Exception:
             log.exception("action=reload-failed commit=%s (the write is pushed; reads catch up at the next fetch)",
                           written.commit[:12])
@@ -72,10 +77,17 @@ class ModelsRepository:
             self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation
         return self._loader
 
-    def _load(self) -> None:
+    def _load(self, written: Written | None = None) -> None:
         # Load what the tracking ref says now, not a commit a caller saw: a fetch that finished
         # just before another thread's push must not bring back the older commit.
         with self._lock:
             head = self.repo.head()
-            if self._desired is None or self._desired.commit != head:
-                self._desired = self._current_loader().load(head)
+            if self._desired is not None and self._desired.commit == head:
+                return
+            loader = self._current_loader()
+            if written is not None and written.commit == head and written.parent is not None and \
+                    self._desired is not None and self._desired.commit == written.parent:
+                # Our own write on the state we hold: check its files, not the namespace's every one.
+                self._desired = loader.load_edited(head, written.parent, written.changes)
+            else:
+                self._desired = loader.load(head)

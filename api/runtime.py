@@ -68,6 +68,7 @@ class RunningApi:
     service: reconciler_service.Service | None = None
     lock_file: TextIO | None = None
     close_status: Callable[[], None] = lambda: None  # the API alone in Kubernetes mode: its cache
+    catalog: Catalog | None = None  # what reads are answered from (its `stats` count the work of lists)
     feed: LiveFeed | None = None
     planner: Planner | None = None
 
@@ -245,7 +246,7 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
              "on" if webhook is not None else "off")
     log.info("models repository: %s (branch %s); clone it with: git clone --branch %s %s",
              repo.display_url, settings.branch, settings.branch, repo.display_url)
-    return RunningApi(server, repository, refresher, service, lock_file, close_status, feed, planner)
+    return RunningApi(server, repository, refresher, service, lock_file, close_status, catalog, feed, planner)
 
 
 def _next_cycle(service: reconciler_service.Service) -> Callable[[], str | None]:

@@ -179,7 +179,7 @@ class SubprocessServer:
 
     mode = "ollama-gitops serve subprocess"
 
-    def __init__(self, parent: Path, remote: Path, ollama_url: str) -> None:
+    def __init__(self, parent: Path, remote: Path, ollama_url: str, extra: tuple[str, ...] = ()) -> None:
         script = Path(sys.executable).with_name("ollama-gitops")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "ollama_gitops"]
         self.log_path = parent / "serve.log"
@@ -195,7 +195,7 @@ class SubprocessServer:
         self.process = subprocess.Popen(
             [*command, "serve", "--repo", str(remote), "--state-dir", str(parent / "state"),
              "--ollama-url", ollama_url, "--kubernetes", "off", "--interval", "3600",
-             "--listen", "127.0.0.1:0", "--log-level", "INFO"],
+             "--listen", "127.0.0.1:0", "--log-level", "INFO", *extra],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.url = self._wait_for_url(timeout=120)
         self.pid = self.process.pid
@@ -379,12 +379,13 @@ def window(windows: list[tuple[float, float]]):  # type: ignore[no-untyped-def]
         windows.append((started, time.time()))
 
 
-def bare_round(clone: Path, name: str) -> float:
-    """Pull (not timed), then add + commit + push one model file (timed)."""
+def bare_round(clone: Path, name: str, relative: str | None = None) -> float:
+    """Pull (not timed), then add + commit + push one model file (timed), at `relative` (by default
+    in this benchmark's namespace)."""
     from ollama_gitops.reconciler.models.modelfile import ModelFields, render
 
     git("pull", "-q", "--ff-only", "origin", BARE_BRANCH, cwd=clone)
-    relative = model_path(name)
+    relative = relative or model_path(name)
     (clone / relative).write_bytes(render(ModelFields(name=name, tag="1b")))
     gc.collect()
     started = time.perf_counter()

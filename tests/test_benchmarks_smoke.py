@@ -12,7 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize("script", ["bench_loader.py", "bench_reconcile.py", "bench_api.py", "bench_kubernetes.py",
-                                    "bench_dashboard.py", "bench_plan.py"])
+                                    "bench_scale.py", "bench_dashboard.py", "bench_plan.py"])
 def test_benchmark_smoke_run(script: str) -> None:
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

@@ -327,3 +327,50 @@ def test_a_checkout_with_symlinks_and_submodules_is_reported_by_load_directory(w
     os.symlink("real-models", work_repo.path / "models")
     state = load_directory(work_repo.path)
     assert state.all_unreadable and "every model keeps its last good version" in _entry_problem(state, "models").message
+
+
+def _edits(work: WorkRepo, parent: str, commit: str) -> dict[str, str | None]:
+    """What a write reports: the files it changed, by path, with their new blob (None: removed)."""
+    tree = work.repo.commit(commit).tree
+    changes = {}
+    for diff in work.repo.commit(parent).diff(commit):
+        path = diff.b_path if diff.b_blob else diff.a_path
+        changes[path] = tree[path].hexsha if diff.b_blob else None
+    return changes
+
+
+@pytest.mark.parametrize("step", ["create", "refresh", "delete", "broken", "fix broken", "delete broken",
+                                  "duplicate", "new namespace", "last of a namespace", "misplaced"])
+def test_a_load_from_a_writes_edits_equals_a_full_load(work_repo: WorkRepo, step: str) -> None:
+    work_repo.model("default", "llama3.2", "1b")
+    work_repo.model("default", "phi3", "mini")
+    work_repo.model("team-a", "gemma3", "1b")
+    work_repo.write("models/default/qwen2.5-0.5b.yaml", "name: qwen2.5\ntag: [\n")  # broken from the start
+    work_repo.write("models/misplaced.yaml", "name: x\ntag: y\n")
+    parent = work_repo.commit("seed")
+    edit = {
+        "create": lambda: work_repo.model("default", "aaa", "1b"),
+        "refresh": lambda: work_repo.model("default", "phi3", "mini", 'refreshRequestedAt: "2026-11-25T14:00:00Z"\n'),
+        "delete": lambda: work_repo.remove("models/default/phi3-mini.yaml"),
+        "broken": lambda: work_repo.write("models/default/llama3.2-1b.yaml", "name: llama3.2\n"),
+        "fix broken": lambda: work_repo.write("models/default/qwen2.5-0.5b.yaml", "name: qwen2.5\ntag: 0.5b\n"),
+        "delete broken": lambda: work_repo.remove("models/default/qwen2.5-0.5b.yaml"),
+        "duplicate": lambda: work_repo.write("models/default/phi3-mini.yml", "name: phi3\ntag: mini\n"),
+        "new namespace": lambda: work_repo.model("team-b", "mistral", "7b"),
+        "last of a namespace": lambda: work_repo.remove("models/team-a/gemma3-1b.yaml"),
+        "misplaced": lambda: work_repo.write("models/misplaced.yaml", "name: z\ntag: y\n"),
+    }[step]
+    edit()
+    commit = work_repo.commit(step)
+    loader = GitLoader(git.Repo(work_repo.path))
+    loader.load(parent)
+    before = (loader.stats.parsed, loader.stats.namespaces_listed)
+    edited = loader.load_edited(commit, parent, _edits(work_repo, parent, commit))
+    full, _ = load(work_repo, commit)
+    assert edited == full and list(edited.models) == list(full.models) == sorted(full.models)
+    if step in ("create", "refresh", "delete", "broken", "fix broken", "delete broken"):
+        # Only the written file is read again; no namespace is listed.
+        assert (loader.stats.parsed - before[0], loader.stats.namespaces_listed - before[1]) == (
+            0 if step.startswith("delete") else 1, 0)
+    again = loader.load(commit)  # and the caches it left serve the next full load as well
+    assert again == full and loader.stats.namespaces_listed - before[1] <= 1

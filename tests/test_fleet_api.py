@@ -9,6 +9,7 @@ runs beside a reconciler in another process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -161,6 +162,57 @@ def test_a_changed_inventory_changes_the_list_at_once(fleet: Fixture) -> None:
     fleet.inventory(*relabelled)  # no record changed
     listed = json.loads(fleet.catalog.list_json("default"))["items"][0]
     assert listed["state"] == "Pending" and listed["servers"] == [] and listed == fleet.view(key)
+
+
+def test_servers_joining_leaving_or_relabelled_change_the_cached_list_without_a_write(fleet: Fixture) -> None:
+    """A list keeps each model's bytes while its file and record are unchanged; which servers its
+    selector picks is part of what they are made from, so an inventory change (no write, no record
+    changed, the status version where it was) reserialises exactly the models it moves."""
+    big = fleet.model("big", A100, gpu_1=ready())
+    gpus = fleet.model("gpus", ANY_GPU, gpu_1=ready(), gpu_2=ready())
+    everywhere = fleet.model("tiny", None, cpu_1=ready(), gpu_1=ready(), gpu_2=ready())
+    stats, version = fleet.catalog.stats, fleet.store.version
+
+    def listed() -> dict[str, dict]:
+        items = json.loads(fleet.catalog.list_json("default"))["items"]
+        assert items == [fleet.view(k) for k in sorted((big, gpus, everywhere))]  # the list agrees with GET
+        return {item["name"]: item for item in items}
+
+    def servers(item: dict) -> list[tuple[str, str]]:
+        return [(s["name"], s["state"]) for s in item["servers"]]
+
+    assert {name: item["state"] for name, item in listed().items()} == dict.fromkeys(
+        ("big-1b", "gpus-1b", "tiny-1b"), "Ready")
+    serialised = stats.serialised
+    # A server joins with an A100: the two models that select it are Pending there, the third is not moved.
+    fleet.inventory(*FLEET, ServerSeen("gpu-3", "http://gpu-3:11434", {"gpu": "a100"}, True, "0.6.2", SEEN))
+    now = listed()
+    assert servers(now["big-1b"]) == [("gpu-1", "Ready"), ("gpu-3", "Pending")] and now["big-1b"]["state"] == "Pending"
+    assert now["gpus-1b"]["state"] == "Pending" and ("gpu-3", "Pending") in servers(now["gpus-1b"])
+    assert now["tiny-1b"]["state"] == "Pending" and ("gpu-3", "Pending") in servers(now["tiny-1b"])
+    assert stats.serialised - serialised == 3
+    # It leaves again: back as they were, byte for byte.
+    serialised = stats.serialised
+    fleet.inventory(*FLEET)
+    assert {name: item["state"] for name, item in listed().items()} == dict.fromkeys(
+        ("big-1b", "gpus-1b", "tiny-1b"), "Ready")
+    assert stats.serialised - serialised == 3
+    # gpu-1 relabelled away from A100 (still a GPU): only `big` moves, and no server matches it now.
+    serialised = stats.serialised
+    fleet.inventory(*(ServerSeen(s.name, s.url, {"gpu": "l4"}, s.reachable, s.version, s.last_seen)
+                      if s.name == "gpu-1" else s for s in FLEET))
+    now = listed()
+    assert now["big-1b"]["state"] == "Pending" and now["big-1b"]["servers"] == []
+    assert now["big-1b"]["error"] == "no server matches the model's servers selector"
+    assert now["gpus-1b"]["state"] == "Ready" and now["tiny-1b"]["state"] == "Ready"
+    assert stats.serialised - serialised == 1
+    # A server's reachability alone shows in the servers endpoint, not in the models' lists.
+    serialised = stats.serialised
+    fleet.inventory(*(dataclasses.replace(s, reachable=False, error="connection refused") for s in
+                      fleet.store.sync.servers))
+    listed()
+    assert stats.serialised == serialised
+    assert fleet.store.version == version  # none of it was a record's change
 
 
 def test_a_broken_files_model_is_shown_on_the_servers_it_is_recorded_on(fleet: Fixture) -> None:

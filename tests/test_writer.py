@@ -202,3 +202,57 @@ def test_parse_author() -> None:
     assert parse_author("Ops Team <ops@example.com>") == git.Actor("Ops Team", "ops@example.com")
     with pytest.raises(ValueError):
         parse_author("no email")
+
+
+def _tree_from_an_index(repo: Path, parent: str, changes: dict[str, str | None], scratch: Path) -> str:
+    """What `git add`/`git rm` and `git write-tree` make of `parent` with `changes` (path -> blob SHA, or None)."""
+    env = {"GIT_INDEX_FILE": str(scratch / "index"), "PATH": "/usr/bin:/bin"}
+    run = lambda *args, stdin=None: subprocess.run(["git", "--git-dir", str(repo), *args], env=env, input=stdin,
+                                                   capture_output=True, check=True).stdout.decode().strip()
+    run("read-tree", parent)
+    lines = [f"100644 {blob}\t{path}" if blob else f"0 {'0' * 40}\t{path}" for path, blob in changes.items()]
+    run("update-index", "--index-info", stdin=("\n".join(lines) + "\n").encode())
+    return run("write-tree")
+
+
+def test_a_commit_is_the_parent_tree_with_only_the_changed_paths_replaced(
+        writer: ModelWriter, seeded: WorkRepo, remote: Path, tmp_path: Path) -> None:
+    # Neighbours that sort around the changed names as Git orders them (a folder sorts as "name/").
+    seeded.write("README.md", "models\n")
+    seeded.model("team", "gemma3", "1b")
+    seeded.model("team-a", "phi3", "mini")
+    seeded.write("models/team.yaml", "name: misplaced\ntag: x\n")
+    seeded.model("solo", "qwen2.5", "0.5b")
+    seeded.commit("neighbours")
+    seeded.push()
+    writer.repo.fetch()
+    parent = git.Repo(remote).commit("main")
+    with ThreadPoolExecutor(3) as pool:  # one batch: a new namespace, the last file of one deleted, a refresh
+        writes = [pool.submit(writer.write, change) for change in (
+            CreateModel("team-0", ModelFields("mistral", "7b")), DeleteModel("solo", "qwen2.5-0.5b"),
+            RefreshModel("team", "gemma3-1b", "2026-11-25T14:00:00Z"))]
+        results = [w.result(timeout=60) for w in writes]
+    head = git.Repo(remote).commit("main")
+    commits = list(git.Repo(remote).iter_commits(f"{parent.hexsha}..main"))
+    changed: dict[str, str | None] = {}
+    for commit in reversed(commits):
+        for diff in commit.parents[0].diff(commit):
+            changed[diff.b_path if diff.b_blob else diff.a_path] = diff.b_blob.hexsha if diff.b_blob else None
+    assert set(changed) == {r.path for r in results}
+    assert changed["models/solo/qwen2.5-0.5b.yaml"] is None
+    # Byte for byte the tree an index would have made: same order, no empty folder left behind.
+    assert head.tree.hexsha == _tree_from_an_index(remote, parent.hexsha, changed, tmp_path)
+    assert "solo" not in [t.name for t in head.tree["models"].trees]
+    subprocess.run(["git", "--git-dir", str(remote), "fsck", "--strict", "--no-dangling"], check=True, capture_output=True)
+
+
+def test_a_write_under_a_file_where_a_folder_belongs_is_refused(writer: ModelWriter, seeded: WorkRepo, remote: Path) -> None:
+    seeded.write("models/notes", "a file, not a namespace folder\n")
+    seeded.commit("file in the way")
+    seeded.push()
+    writer.repo.fetch()
+    before = git.Repo(remote).commit("main").hexsha
+    with pytest.raises(WriteRejected) as rejected:
+        writer.write(CreateModel("notes", ModelFields("phi3", "mini")))
+    assert rejected.value.status == 409 and "models/notes is a file, not a folder" in rejected.value.message
+    assert git.Repo(remote).commit("main").hexsha == before and "models/notes" in remote_files(remote)

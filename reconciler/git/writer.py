@@ -11,16 +11,14 @@ with bounded retries and backoff; nothing half-done is ever acknowledged.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import random
 import re
-import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 
 import git
@@ -75,6 +73,9 @@ class Written:
     commit: str
     path: str
     fields: ModelFields | None  # None for a delete
+    parent: str | None = None  # the commit it was made on
+    # Every file the commit changed (this change's and its batch's), by path: the new blob SHA, None if removed.
+    changes: Mapping[str, str | None] = field(default_factory=dict)
 
 
 def parse_author(text: str) -> git.Actor:
@@ -166,9 +167,10 @@ class ModelWriter:
                 if not edits:
                     break
                 done = [(change, r) for (change, _), r in zip(batch, results) if isinstance(r, Written)]
-                commit = self._make_commit(head, edits, _message(done))
+                commit, changes = self._make_commit(head, edits, _message(done))
                 if self.repo.push(commit, expected=head):
-                    results = [replace(r, commit=commit) if isinstance(r, Written) else r for r in results]
+                    results = [replace(r, commit=commit, parent=head, changes=changes) if isinstance(r, Written) else r
+                               for r in results]
                     pushed = commit
                     log.info("action=pushed commit=%s changes=%d attempt=%d", commit[:12], len(edits), attempt)
                     break
@@ -207,10 +209,12 @@ class ModelWriter:
         candidates = [f"{MODELS_DIR}/{c.namespace}/{_name_of(c)}{suffix}" for c in changes for suffix in MODEL_SUFFIXES]
         # The folders too: a write must never turn a linked or submodule namespace into a folder.
         folders = sorted({MODELS_DIR, *(f"{MODELS_DIR}/{c.namespace}" for c in changes)})
-        listing = self.repo.run("ls-tree", "-z", head, "--", *folders, *candidates, action="read the branch head")
-        entries = [(meta.split(), path) for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)]
-        blobs = {path: meta[2] for meta, path in entries if path not in folders}
-        special = {path: kind for meta, path in entries if (kind := special_kind(int(meta[0], 8)))}
+        # Apart: with a folder and a file in it asked at once, ls-tree lists the folder's every entry.
+        folder_entries = _ls_tree(self.repo.run("ls-tree", "-z", head, "--", *folders, action="read the branch head"))
+        file_entries = _ls_tree(self.repo.run("ls-tree", "-z", head, "--", *candidates, action="read the branch head"))
+        blobs = {path: meta[2] for meta, path in file_entries}
+        special = {path: kind for meta, path in folder_entries + file_entries
+                   if (kind := special_kind(int(meta[0], 8)) or ("a file" if path in folders and meta[1] == "blob" else None))}
         files = _Files(self._git, blobs, special)
         results: list[Written | WriteRejected] = []
         for change in changes:
@@ -220,25 +224,86 @@ class ModelWriter:
                 results.append(rejected)
         return results, files.edits
 
-    def _make_commit(self, head: str, edits: dict[str, bytes | None], message: str) -> str:
+    def _make_commit(self, head: str, edits: dict[str, bytes | None], message: str) -> tuple[str, dict[str, str | None]]:
+        """A commit on `head` with `edits` made, built from the trees on the changed paths only, and
+        the blob SHA of each edited path (None: removed).
+
+        No index: reading the head's every entry into one (a hundred thousand for a big repository)
+        cost more than the rest of a write. Each tree from the root down to a changed file is listed
+        and written again with that entry replaced; every other tree is reused as it is."""
         odb = self._git.odb
-        lines = []
-        for path, content in sorted(edits.items()):
-            if content is None:
-                lines.append(f"0 {'0' * 40}\t{path}")
+        changes: dict[str, str | None] = {}
+        for path, content in edits.items():
+            changes[path] = None if content is None else \
+                odb.store(IStream("blob", len(content), BytesIO(content))).hexsha.decode()
+        tree = self._edit_tree(f"{head}^{{tree}}", "", changes) or \
+            self.repo.run("mktree", "-z", action="write the tree", stdin=b"")  # every file deleted: the empty tree
+        env = {"GIT_AUTHOR_NAME": self.author.name, "GIT_AUTHOR_EMAIL": self.author.email,
+               "GIT_COMMITTER_NAME": self.author.name, "GIT_COMMITTER_EMAIL": self.author.email}
+        commit = self.repo.run("commit-tree", tree, "-p", head, "-F", "-", action="commit", env=env,
+                               stdin=message.encode())
+        return commit, changes
+
+    def _edit_tree(self, tree: str | None, prefix: str, changes: dict[str, str | None]) -> str | None:
+        """The tree `tree` (None: there is none yet) with `changes` made, by path relative to it: a
+        blob SHA to write there, or None to remove the file. None when nothing is left in it (Git
+        keeps no empty folders, as a commit from an index would not)."""
+        listing = self.repo.run("ls-tree", "-z", tree, action="read the branch head") if tree else ""
+        files: dict[str, str | None] = {}
+        below: dict[str, dict[str, str | None]] = {}
+        for path, blob in changes.items():
+            name, slash, rest = path.partition("/")
+            if slash:
+                below.setdefault(name, {})[rest] = blob
             else:
-                blob = odb.store(IStream("blob", len(content), BytesIO(content))).hexsha.decode()
-                lines.append(f"100644 {blob}\t{path}")
-        with tempfile.TemporaryDirectory(prefix="index-") as scratch:
-            env = {"GIT_INDEX_FILE": os.path.join(scratch, "index"),
-                   "GIT_AUTHOR_NAME": self.author.name, "GIT_AUTHOR_EMAIL": self.author.email,
-                   "GIT_COMMITTER_NAME": self.author.name, "GIT_COMMITTER_EMAIL": self.author.email}
-            self.repo.run("read-tree", head, action="read the branch head", env=env)
-            self.repo.run("update-index", "--index-info", action="stage the change", env=env,
-                          stdin=("\n".join(lines) + "\n").encode())
-            tree = self.repo.run("write-tree", action="write the tree", env=env)
-            return self.repo.run("commit-tree", tree, "-p", head, "-F", "-", action="commit", env=env,
-                                 stdin=message.encode())
+                files[name] = blob
+        lines = {name: f"100644 blob {blob}\t{name}" if blob else None for name, blob in files.items()}
+        for name, sub in below.items():
+            entry = _tree_entry(listing, name)
+            if entry is not None and entry[1] != "tree":
+                # A model write never replaces what it was not asked to (nor can a file hold files).
+                raise WriteRejected(409, f"{prefix}{name} is a file, not a folder; make it a folder again in Git "
+                                         "before changing its models here")
+            subtree = self._edit_tree(entry[2] if entry else None, f"{prefix}{name}/", sub)
+            lines[name] = f"040000 tree {subtree}\t{name}" if subtree else None
+        for name in lines:
+            listing = _without_entry(listing, name)
+        body = listing + "".join(f"{line}\0" for line in lines.values() if line)
+        if not body:
+            return None
+        # mktree sorts the entries as Git orders them; --missing skips looking up every unchanged one.
+        return self.repo.run("mktree", "-z", "--missing", action="write a tree", stdin=body.encode())
+
+
+def _ls_tree(listing: str) -> list[tuple[list[str], str]]:
+    """`git ls-tree -z` output as ([mode, type, SHA], path) pairs."""
+    return [(meta.split(), path) for meta, _, path in (e.partition("\t") for e in listing.split("\0") if e)]
+
+
+def _entry_span(listing: str, name: str) -> tuple[int, int] | None:
+    """Where `name`'s line is in `git ls-tree -z` output (`<mode> <type> <sha>TAB<name>NUL`, repeated)."""
+    needle = f"\t{name}\0"
+    at = listing.find(needle)
+    while at >= 0:
+        start = listing.rfind("\0", 0, at) + 1
+        if "\t" not in listing[start:at]:  # not the tail of another name that holds a tab
+            return start, at + len(needle)
+        at = listing.find(needle, at + 1)
+    return None
+
+
+def _tree_entry(listing: str, name: str) -> tuple[str, str, str] | None:
+    """(mode, type, SHA) of `name` in `git ls-tree -z` output, or None."""
+    span = _entry_span(listing, name)
+    if span is None:
+        return None
+    mode, kind, sha = listing[span[0]:span[1]].partition("\t")[0].split()
+    return mode, kind, sha
+
+
+def _without_entry(listing: str, name: str) -> str:
+    span = _entry_span(listing, name)
+    return listing if span is None else listing[:span[0]] + listing[span[1]:]
 
 
 def bump_refresh(content: bytes, requested_at: str) -> bytes:

@@ -8,11 +8,13 @@ proportion to what changed.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import gc
 import os
 import re
 import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ class ModelKey(NamedTuple):
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, slots=True, order=True)
 class Problem:
     """Why a file is not (or not entirely) part of the desired state."""
 
@@ -57,7 +59,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DesiredModel:
     """A valid model file: what it says and where it lives."""
 
@@ -189,7 +191,7 @@ class _Listed(NamedTuple):
         return _SourceFile(self.path, self.blob, partial(loader._read_blob, self.blob, self.binsha), special_kind(self.mode))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _FileResult:
     path: str
     blob: str
@@ -227,9 +229,10 @@ class GitLoader:
         self._repo = repo
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
-        self._files_checked: dict[tuple[str, str], _FileResult] = {}  # by (path, blob)
+        self._files_checked: dict[str, _FileResult] = {}  # by path: valid while the blob is the same
         self._prefetched: dict[str, bytes] = {}
         self._last_commit = ""
+        self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
         self.stats = LoadStats()
 
     def load(self, commit: str) -> DesiredState:
@@ -266,26 +269,90 @@ class GitLoader:
         # Within a changed namespace, a file whose path and blob are unchanged keeps its result, so
         # one edited file in a directory of ten thousand checks one file.
         checked = self._files_checked
-        fresh = {k: [f.source(self) for f in files if (f.path, f.blob) not in checked] for k, files in listed.items()}
+        fresh = {k: [f.source(self) for f in files if getattr(checked.get(f.path), "blob", None) != f.blob]
+                 for k, files in listed.items()}
         # One pipelined read for every new blob of every changed namespace.
         self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed and not f.special])
         for cache_key, files in listed.items():
             results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
             by_path = {r.path: r for r in results}
-            ordered = [by_path.get(f.path) or checked[(f.path, f.blob)] for f in files]
+            ordered = [by_path.get(f.path) or checked[f.path] for f in files]
             used[cache_key] = _assemble_namespace(ordered)
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
-        self._files_checked = {(r.path, r.blob): r for n in used.values() for r in n.files}
+        self._last = None
+        self._files_checked = {r.path: r for n in used.values() for r in n.files}
         live_blobs = {r.blob for r in self._files_checked.values()}
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
         self._prefetched.clear()
         state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
+        self._last = (state, self._entries(models_tree)) if models_tree else None
         # What was just loaded lives until the next commit. Moving it out of the cyclic garbage
         # collector's generations keeps full collections from re-scanning it (with ten thousand
         # models they took 100-250 ms each); being acyclic, it is still freed by reference counting.
         gc.freeze()
         return state
+
+    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None]) -> DesiredState:
+        """The desired state at `commit`, which is `parent` with only the files `edits` changed (path ->
+        its new blob SHA, or None when removed), as a write made it.
+
+        When the last load was of `parent` and every edit is a model file of a namespace folder already
+        loaded, whose model no other file claims, the state is the last one with those files checked
+        again: a write costs its own files, not the hundred thousand others of its namespace. Anything
+        else (a new namespace, a duplicate, a commit that changed more) is a full `load`, with the
+        same result."""
+        last = self._last
+        if last is None or last[0].commit != parent or not _FULL_SHA.match(commit):
+            return self.load(commit)
+        state, old_entries = last
+        by_namespace: dict[str, dict[str, str | None]] = defaultdict(dict)
+        for path, blob in edits.items():
+            parts = path.split("/")
+            if len(parts) != 3 or parts[0] != MODELS_DIR or not _is_model_file(parts[2]):
+                return self.load(commit)
+            by_namespace[parts[1]][path] = blob
+        new_entries = self._models_entries(commit)
+        old_trees = {e.name: e for e in old_entries}
+        new_trees = {e.name: e for e in new_entries or ()}
+        # Nothing but the edited namespaces' folders may differ under models/, and those were folders before.
+        if new_entries is None or set(old_trees) != set(new_trees) or any(
+                (old_trees[n] != new_trees[n]) != (n in by_namespace) for n in old_trees) or any(
+                not old_trees[n].is_tree or not new_trees[n].is_tree for n in by_namespace):
+            return self.load(commit)
+        used = dict(self._namespaces)
+        edited: list[tuple[tuple[_FileResult, ...], tuple[_FileResult, ...]]] = []
+        for name, changed in by_namespace.items():
+            old_key = (name, old_trees[name].binsha.hex())
+            if old_key not in used:
+                return self.load(commit)
+            result = _edit_namespace(name, used[old_key], changed, self)
+            if result is None:
+                return self.load(commit)
+            del used[old_key]
+            used[(name, new_trees[name].binsha.hex())] = result[0]
+            edited.append(result[1:])
+        self.stats.loads += 1
+        self._last_commit = commit
+        self._namespaces = used
+        for before, after in edited:  # the file cache follows (a parse no file uses any more goes at the next full load)
+            for result in before:
+                self._files_checked.pop(result.path, None)
+            self._files_checked.update((r.path, r) for r in after)
+        top = [p for p in state.problems if p.path.count("/") < 2]  # models/ itself and entries directly in it
+        new_state = _merge(commit, [used[k] for k in sorted(used)], top, set(state.unreadable_namespaces),
+                           state.all_unreadable)
+        self._last = (new_state, new_entries)
+        gc.freeze()
+        return new_state
+
+    def _models_entries(self, commit: str) -> list[_Entry] | None:
+        """The entries of `models/` at `commit`; None when it is not a folder."""
+        root = git.Commit(self._repo, bytes.fromhex(commit)).tree
+        entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR]
+        if not entries or not entries[0].is_tree:
+            return None
+        return self._entries(entries[0].binsha)
 
     def _commit(self, commit: str) -> git.Commit:
         # A full SHA needs no lookup (`repo.commit` would ask git to resolve it first).
@@ -304,7 +371,9 @@ class GitLoader:
             if entry.mode == _TREE_MODE:
                 files.extend(self._files(entry.binsha, f"{prefix}/{entry.name}"))
             elif entry.name.endswith(MODEL_SUFFIXES) or special_kind(entry.mode) is not None:
-                files.append(_Listed(f"{prefix}/{entry.name}", entry.binsha.hex(), entry.binsha, entry.mode))
+                # Interned: `serve` has two loaders (the reconciler's, the API's) of the same files.
+                files.append(_Listed(sys.intern(f"{prefix}/{entry.name}"), sys.intern(entry.binsha.hex()), entry.binsha,
+                                     entry.mode))
         return files
 
     def _parse(self, file: _SourceFile) -> ParseResult:
@@ -412,7 +481,7 @@ def _load_namespace(
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
             results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
             continue
-        claimed = ModelKey(namespace, name.rpartition(".")[0])
+        claimed = ModelKey(namespace, sys.intern(name.rpartition(".")[0]))
         if file.special is not None:
             plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
             problem = Problem(file.path, None, f"model files must be regular files, not {plural}")
@@ -467,6 +536,45 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
         else:
             unreadable.add(key)
     return _Namespace(models, tuple(problems), frozenset(unreadable), results)
+
+
+def _edit_namespace(name: str, old: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
+                    ) -> tuple[_Namespace, tuple[_FileResult, ...], tuple[_FileResult, ...]] | None:
+    """`old` with the files `changed` (path -> blob SHA, None: removed) checked again, with the results
+    they had and have; None when a model they claim is claimed by another file too (a full assembly
+    sorts that out)."""
+    before = tuple(r for r in old.files if r.path in changed)
+    fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
+    after = _load_namespace(name, fresh, loader._parse)
+    claims = [r.claimed for r in (*before, *after) if r.claimed is not None]
+    for key in set(claims):
+        model = old.models.get(key)
+        if sum(1 for r in after if r.claimed == key) > 1 or sum(1 for r in before if r.claimed == key) > 1 or \
+                (model is not None and model.path not in changed) or \
+                (model is None and key in old.unreadable and not any(r.claimed == key for r in before)):
+            return None
+    found = {r.model.key: r.model for r in after if r.model is not None}
+    models = dict(old.models)
+    unreadable = set(old.unreadable)
+    for result in before:
+        if result.claimed is not None:
+            unreadable.discard(result.claimed)
+            if result.claimed not in found:
+                models.pop(result.claimed, None)
+    unreadable.update(r.claimed for r in after if r.model is None and r.claimed is not None)
+    new_keys = sorted(k for k in found if k not in models)
+    models.update(found)  # a model already there keeps its place
+    if new_keys:  # put in name order, as a full assembly makes it
+        items, keys = list(models.items()), list(models)
+        del items[-len(new_keys):], keys[-len(new_keys):]  # `update` put the new ones last
+        for key in new_keys:
+            at = bisect.bisect_left(keys, key)
+            keys.insert(at, key)
+            items.insert(at, (key, found[key]))
+        models = dict(items)
+    problems = tuple(p for p in old.problems if p.path not in changed) + tuple(p for r in after for p in r.problems)
+    files = tuple(r for r in old.files if r.path not in changed) + after
+    return _Namespace(models, problems, frozenset(unreadable), files), before, after
 
 
 def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem],

@@ -8,7 +8,9 @@ a model file never does), non-string keys, and scalars that YAML silently retype
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -34,14 +36,19 @@ class FileError:
     line: int | None = None
 
 
-@dataclass(frozen=True)
+# Most files have no labels or annotations: they share one empty mapping rather than hold two empty
+# dicts each (at 100,000 models, two loaders' worth of them came to 24 MiB). Fields are never mutated.
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)  # slots: one per model file, kept for as long as the file is unchanged
 class ModelFields:
     """The validated content of a model file, independent of where the file lives."""
 
     name: str
     tag: str
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
+    annotations: Mapping[str, str] = field(default_factory=lambda: NO_LABELS)
     suspend: bool = False
     prune: bool = True
     refresh_requested_at: str | None = None
@@ -113,8 +120,8 @@ def fields_from_document(document: dict[str, Any]) -> ModelFields:
     return ModelFields(
         name=document["name"],
         tag=document["tag"],
-        labels=document.get("labels", {}),
-        annotations=document.get("annotations", {}),
+        labels=document.get("labels") or NO_LABELS,
+        annotations=document.get("annotations") or NO_LABELS,
         suspend=document.get("suspend", False),
         prune=document.get("prune", True),
         refresh_requested_at=document.get("refreshRequestedAt"),

@@ -578,6 +578,9 @@ class OllamaStandin:
         self._lock = threading.Lock()
         self._catalogue: dict[str, tuple[str, int]] = {}  # key -> (name, size)
         self._models: dict[str, _Installed] = {}  # key -> installed model
+        # Per part (host, namespace, model, tag): lower-cased -> spellings installed -> how many models,
+        # so that a pull finds an existing spelling without reading every model (100,000 in benchmarks).
+        self._spellings: tuple[dict[str, dict[str, int]], ...] = ({}, {}, {}, {})
         self._failures: dict[str, tuple[int, str]] = {}  # key -> (times left, message)
         self._gate: PullGate | None = None  # the gate new pulls stop at
         self._gates: list[PullGate] = []  # every gate handed out, released by stop()
@@ -701,7 +704,7 @@ class OllamaStandin:
         with self._lock:
             if key not in self._models:
                 raise KeyError(ref)
-            del self._models[key]
+            self._forget_locked(key)
 
     def installed(self) -> dict[str, int]:
         """Installed models: display ``"name:tag"`` -> size in bytes."""
@@ -781,12 +784,25 @@ class OllamaStandin:
             self.requests.append((method, path))
 
     def _install_locked(self, key: str, ref: str, size: int) -> None:
-        self._models[key] = _Installed(
-            parts=self._existing_name_locked(ref),
-            size=size,
-            digest=_sha256_hex(key),
-            modified_ns=time.time_ns(),
-        )
+        parts = self._existing_name_locked(ref)
+        self._forget_locked(key)
+        self._models[key] = _Installed(parts=parts, size=size, digest=_sha256_hex(key), modified_ns=time.time_ns())
+        for index, part in enumerate(parts):
+            spellings = self._spellings[index].setdefault(part.lower(), {})
+            spellings[part] = spellings.get(part, 0) + 1
+
+    def _forget_locked(self, key: str) -> bool:
+        model = self._models.pop(key, None)
+        if model is None:
+            return False
+        for index, part in enumerate(model.parts):
+            spellings = self._spellings[index][part.lower()]
+            spellings[part] -= 1
+            if not spellings[part]:
+                del spellings[part]
+                if not spellings:
+                    del self._spellings[index][part.lower()]
+        return True
 
     def _existing_name_locked(self, ref: str) -> tuple[str, str, str, str]:
         """The parts a pull of ``ref`` is stored under: Ollama's ``getExistingName`` gives each part
@@ -795,10 +811,10 @@ class OllamaStandin:
         parts = _parts(ref)
         assert parts is not None, "callers pass valid references"
         canonical = list(parts)
-        for existing in self._models.values():
-            for index, part in enumerate(existing.parts):
-                if part.lower() == canonical[index].lower():
-                    canonical[index] = part
+        for index, part in enumerate(parts):
+            spellings = self._spellings[index].get(part.lower())
+            if spellings:  # the latest spelling installed, as the last model of a scan in install order was
+                canonical[index] = next(reversed(spellings))
         return (canonical[0], canonical[1], canonical[2], canonical[3])
 
     def _tags_payload(self) -> list[dict[str, Any]]:
@@ -848,7 +864,7 @@ class OllamaStandin:
         key = _key(ref)
         with self._lock:
             self.delete_count[key] += 1
-            return self._models.pop(key, None) is not None
+            return self._forget_locked(key)
 
     def _check_alive(self, generation: int) -> None:
         if self._generation != generation:

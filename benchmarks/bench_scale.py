@@ -1,0 +1,264 @@
+"""Benchmark: how the API's writes, lists after a write and memory grow with the models repository,
+in one namespace and over 100 namespaces, each figure a ratio to a bare baseline of the same run.
+
+For each layout (`one`: every file in `models/default/`; `hundred`: spread round-robin over
+`models/ns000/` .. `models/ns099/`) and each size (default 10,000 and 100,000 model files), set-up
+(not timed): a models repository made with `git fast-import` (`benchrepos.generate`), pushed to a bare
+remote; the stand-in Ollama with every model installed; a real `ollama-gitops serve` subprocess
+(`bench_api.SubprocessServer`; its API namespace `default` or `ns000`) settled on the head. Then, in
+`--posts` rounds after one untimed warm-up round:
+
+  (1)  POST /api/v1/models of a new model, next to
+  (1b) the bare `git add` + `git commit` + `git push` of the same file from a plain working clone of the
+       same remote, to its own branch (`bench_api.bare_round`); the two alternate which goes first;
+  (2)  after the server is quiet again (its cycle pulled the new model), the first GET of the list: its
+       time, next to (2b) the list answered from the cache (the median of 5 GETs right after), and how many
+       models the server serialised for it (`ollama_gitops_api_list_items_serialised_total` from
+       /metrics: 1 when only the new model's view had to be made);
+  (3)  memory: the serve process's peak RSS (VmHWM) at the end, next to (3b) the peak RSS of a bare Python
+       process that reads every model blob of the head with one `git cat-file --batch` and keeps each
+       parsed with PyYAML's C loader (the "bare parsed data").
+
+Printed: each ratio ((1)/(1b), (2)/(2b), (3)/(3b)) per size, and the growth exponent fitted over the
+sizes (least squares of log time against log size) of (1), (1b), (2), (3) and (3b). Numbers, not
+assertions: the suite smoke-runs this script (`--smoke`: 100 and 200 models in one namespace, 1 round).
+
+    python benchmarks/bench_scale.py                          # 10,000 and 100,000; both layouts; 5 rounds
+    python benchmarks/bench_scale.py --sizes 1000,10000 --layouts one --posts 3
+    python benchmarks/bench_scale.py --smoke
+    python benchmarks/bench_scale.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for entry in (ROOT, ROOT / "tests", Path(__file__).resolve().parent):
+    if str(entry) not in sys.path:
+        sys.path.insert(0, str(entry))
+
+from benchrepos import GIT_ENV, generate, git  # noqa: E402
+
+import httpx  # noqa: E402
+
+from bench_api import API_KEY, BARE_BRANCH, MODEL_SIZE, SubprocessServer, bare_round, wait_quiet  # noqa: E402
+
+LAYOUTS = {"one": 1, "hundred": 100}
+SERIALISED = "ollama_gitops_api_list_items_serialised_total"
+
+# The bare parsed data: every model blob of the head read in one `git cat-file --batch`, each parsed
+# with the C loader and kept; the process's peak RSS.
+BARE_PARSE = r"""
+import subprocess, sys, yaml
+git_dir = sys.argv[1]
+listing = subprocess.run(["git", "--git-dir", git_dir, "ls-tree", "-r", "-z", "main", "--", "models/"],
+                         capture_output=True, check=True).stdout.decode()
+shas = [entry.split("\t")[0].split()[2] for entry in listing.split("\0") if entry]
+out = subprocess.run(["git", "--git-dir", git_dir, "cat-file", "--batch"], input="".join(s + "\n" for s in shas).encode(),
+                     capture_output=True, check=True).stdout
+parsed, position = [], 0
+for _ in shas:
+    end = out.index(b"\n", position)
+    size = int(out[position:end].split()[2])
+    parsed.append(yaml.load(out[end + 1:end + 1 + size], Loader=yaml.CSafeLoader))
+    position = end + 1 + size + 1
+del out
+assert len(parsed) == len(shas)
+for line in open("/proc/self/status"):
+    if line.startswith("VmHWM:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def path_of(layout: str):  # type: ignore[no-untyped-def]
+    spread = LAYOUTS[layout]
+    if spread == 1:
+        return lambda i: f"models/default/model{i}-1b.yaml"
+    return lambda i: f"models/ns{i % spread:03d}/model{i}-1b.yaml"
+
+
+def api_namespace(layout: str) -> str:
+    return "default" if LAYOUTS[layout] == 1 else "ns000"
+
+
+def serialised_count(client: httpx.Client) -> float:
+    text = client.get("/metrics").text
+    match = re.search(rf"^{SERIALISED} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def bare_parse_peak_mib(remote: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", BARE_PARSE, str(remote)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def bench(parent: Path, layout: str, size: int, posts: int) -> dict:
+    from standins.ollama_server import OllamaStandin
+
+    namespace = api_namespace(layout)
+    where = path_of(layout)
+    print(f"[{layout} {size:,}] generating...", file=sys.stderr, flush=True)
+    remote, _ = generate(parent, size, where)
+    names = [f"post{i}" for i in range(posts + 1)]
+    ollama = OllamaStandin().start()
+    for i in range(size):
+        ollama.add_to_catalogue(f"model{i}:1b", MODEL_SIZE)
+        ollama.install(f"model{i}:1b", MODEL_SIZE)
+    for name in names:
+        ollama.add_to_catalogue(f"{name}:1b", MODEL_SIZE)
+    print(f"[{layout} {size:,}] serve...", file=sys.stderr, flush=True)
+    server = SubprocessServer(parent, remote, ollama.url, ("--namespace", namespace))
+    client = httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY, "Accept-Encoding": "identity"},
+                          timeout=300)
+    try:
+        head = git("--git-dir", str(remote), "rev-parse", "refs/heads/main").decode().strip()
+        deadline = time.monotonic() + 900
+        while client.get("/api/v1/status").json()["lastAppliedCommit"] != head:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not apply the head:\n{server.log_tail()}")
+            time.sleep(0.2)
+        clone = parent / "bare-clone"
+        git("clone", "-q", str(remote), str(clone))
+        git("checkout", "-q", "-b", BARE_BRANCH, cwd=clone)
+        git("push", "-q", "origin", f"HEAD:{BARE_BRANCH}", cwd=clone)
+        post_s, bare_s, relist_s, cached_s, serialised = [], [], [], [], []
+        for round_, name in enumerate(names):
+            relative = f"models/{namespace}/{name}-1b.yaml"
+            if round_ % 2:
+                bare = bare_round(clone, f"bare{round_}", relative.replace(name, f"bare{round_}"))
+            seconds, response = post_model_in(client, name, namespace)
+            if response.status_code != 201:
+                raise RuntimeError(f"POST {name}: {response.status_code} {response.text[:300]}")
+            if not round_ % 2:
+                bare = bare_round(clone, f"bare{round_}", relative.replace(name, f"bare{round_}"))
+            wait_quiet_in(client, server, namespace, f"{name}-1b")
+            before = serialised_count(client)
+            started = time.perf_counter()
+            listed = client.get("/api/v1/models", params={"namespace": namespace})
+            relist = time.perf_counter() - started
+            assert listed.status_code == 200 and f'"{name}-1b"' in listed.text
+            count = serialised_count(client) - before
+            cached = []
+            for _ in range(5):
+                started = time.perf_counter()
+                client.get("/api/v1/models", params={"namespace": namespace}).read()
+                cached.append(time.perf_counter() - started)
+            if round_:  # the first round warms up
+                post_s.append(seconds)
+                bare_s.append(bare)
+                relist_s.append(relist)
+                cached_s.append(statistics.median(cached))
+                serialised.append(count)
+        peak = server.peak_rss_mib()
+    finally:
+        client.close()
+        server.stop()
+        ollama.stop()
+    bare_peak = bare_parse_peak_mib(remote)
+    return {
+        "layout": layout, "size": size, "namespace_models": size // LAYOUTS[layout] + posts + 1,
+        "post_s": statistics.median(post_s), "bare_s": statistics.median(bare_s),
+        "relist_s": statistics.median(relist_s), "cached_list_s": statistics.median(cached_s),
+        "serialised_per_relist": sorted(set(serialised)),
+        "serve_peak_mib": peak, "bare_parse_peak_mib": bare_peak,
+    }
+
+
+def post_model_in(client: httpx.Client, name: str, namespace: str) -> tuple[float, httpx.Response]:
+    started = time.perf_counter()
+    response = client.post("/api/v1/models", params={"namespace": namespace}, json={"name": name, "tag": "1b"})
+    response.read()
+    return time.perf_counter() - started, response
+
+
+def wait_quiet_in(client: httpx.Client, server: SubprocessServer, namespace: str, name: str) -> None:
+    if namespace == "default":
+        wait_quiet(client, server, [name])
+        return
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # the same as wait_quiet, in another namespace
+        status = client.get("/api/v1/status").json()
+        state = client.get(f"/api/v1/models/{name}", params={"namespace": namespace}).json().get("state")
+        if status["lastAppliedCommit"] == status["lastFetchedCommit"] and state == "Ready":
+            time.sleep(0.3)
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"serve did not settle on {name}:\n{server.log_tail()}")
+
+
+def exponent(points: list[tuple[float, float]]) -> float | None:
+    """The slope of log(value) against log(size), least squares; None below two sizes."""
+    points = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
+    if len(points) < 2:
+        return None
+    mx, my = statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def report(results: list[dict]) -> None:
+    head = ("layout", "models", "POST ms", "bare ms", "POST/bare", "list after write ms", "cached list ms",
+            "after/cached", "serialised", "serve MiB", "bare parse MiB", "memory ratio")
+    rows = []
+    for r in results:
+        rows.append((r["layout"], f"{r['size']:,}", f"{r['post_s'] * 1000:,.1f}", f"{r['bare_s'] * 1000:,.1f}",
+                     f"{r['post_s'] / r['bare_s']:.2f}x", f"{r['relist_s'] * 1000:,.1f}",
+                     f"{r['cached_list_s'] * 1000:,.1f}", f"{r['relist_s'] / r['cached_list_s']:.2f}x",
+                     "/".join(f"{c:g}" for c in r["serialised_per_relist"]),
+                     f"{r['serve_peak_mib']:,.0f}", f"{r['bare_parse_peak_mib']:,.0f}",
+                     f"{r['serve_peak_mib'] / r['bare_parse_peak_mib']:.2f}x"))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = "  ".join("{:>%d}" % w for w in widths)
+    print(line.format(*head))
+    for row in rows:
+        print(line.format(*row))
+    print("\nGrowth exponents (value ~ models^k, fitted over the sizes):")
+    for layout in dict.fromkeys(r["layout"] for r in results):
+        of = [r for r in results if r["layout"] == layout]
+        fits = {label: exponent([(r["size"], key(r)) for r in of]) for label, key in (
+            ("POST", lambda r: r["post_s"]), ("bare add+commit+push", lambda r: r["bare_s"]),
+            ("list after write", lambda r: r["relist_s"]), ("cached list", lambda r: r["cached_list_s"]),
+            ("serve peak RSS", lambda r: r["serve_peak_mib"]), ("bare parse RSS", lambda r: r["bare_parse_peak_mib"]))}
+        print(f"  {layout}: " + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in fits.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="model files, comma-separated (default 10000,100000)")
+    parser.add_argument("--layouts", default="one,hundred", help="one, hundred or both (default both)")
+    parser.add_argument("--posts", type=int, default=5, help="timed rounds per size (default 5)")
+    parser.add_argument("--smoke", action="store_true", help="sizes 100 and 200 in one namespace, 1 round")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    sizes = [100, 200] if args.smoke else [int(s) for s in args.sizes.split(",")]
+    posts = 1 if args.smoke else args.posts
+    layouts = ["one"] if args.smoke else args.layouts.split(",")
+    if posts < 1 or not sizes or any(layout not in LAYOUTS for layout in layouts):
+        parser.error("--posts must be at least 1, --layouts one and/or hundred")
+    os.environ.update(GIT_ENV)
+    results = []
+    for layout in layouts:
+        for size in sizes:
+            with tempfile.TemporaryDirectory(prefix=f"bench-scale-{layout}-{size}-") as tmp:
+                results.append(bench(Path(tmp), layout, size, posts))
+    print(f"\nThe API at scale (ollama-gitops serve subprocess; {posts} rounds, medians; Python "
+          f"{platform.python_version()}, {os.cpu_count()} CPUs)")
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps({"benchmark": "bench_scale", "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Lists beyond the seed's, all additive: pages (`limit`, `continue`), `ETag` with `If-None-Match`,
+gzip; and a list after a write serialises only the models that changed."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import httpx
+import pytest
+
+from apirig import ApiRig
+
+PLAIN = {"Accept-Encoding": "identity"}  # httpx asks for gzip by default; the seed's clients may not
+
+
+@pytest.fixture
+def lists(tmp_path, ollama):  # type: ignore[no-untyped-def]
+    rig = ApiRig(tmp_path, ollama)
+    rig.seed(("llama3.2", "1b"), ("gemma3", "1b"), ("phi3", "mini"), ("qwen2.5", "0.5b"), ("mistral", "7b"))
+    rig.start()
+    yield rig
+    rig.stop()
+
+
+def names(response: httpx.Response) -> list[str]:
+    return [m["name"] for m in response.json()["items"]]
+
+
+def test_a_list_without_paging_is_the_seeds_body_byte_for_byte(lists: ApiRig) -> None:
+    response = lists.client.get("/api/v1/models", headers=PLAIN)
+    assert response.status_code == 200 and "content-encoding" not in response.headers
+    items = response.json()["items"]
+    assert list(response.json()) == ["items"] and len(items) == 5
+    assert response.content == (json.dumps({"items": items}, separators=(",", ":")) + "\n").encode()
+
+
+def test_pages_walk_the_list_in_name_order_each_model_once(lists: ApiRig) -> None:
+    everything = names(lists.client.get("/api/v1/models"))
+    first = lists.client.get("/api/v1/models", params={"limit": 2})
+    assert first.status_code == 200 and names(first) == everything[:2]
+    metadata = first.json()["metadata"]
+    assert metadata["remainingItemCount"] == 3 and list(first.json()) == ["items", "metadata"]
+    # A model added between two pages sorts before the token's place: the walk neither repeats nor skips.
+    lists.work.model("default", "aaa", "1b")
+    lists.publish("add a model before the token")
+    seen = names(first)
+    token = metadata["continue"]
+    while token:
+        page = lists.client.get("/api/v1/models", params={"limit": 2, "continue": token})
+        assert page.status_code == 200, page.text
+        seen += names(page)
+        token = page.json()["metadata"].get("continue")
+    assert seen == everything and page.json()["metadata"] == {}
+    rest = lists.client.get("/api/v1/models", params={"continue": first.json()["metadata"]["continue"]})
+    assert names(rest) == everything[2:]  # `continue` without `limit`: all the rest
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"limit": "0"}, "invalid limit '0': it must be a positive integer"),
+    ({"limit": "-1"}, "invalid limit '-1'"),
+    ({"limit": "ten"}, "invalid limit 'ten'"),
+    ({"limit": "1" * 10}, "invalid limit"),
+    ({"limit": "2", "continue": "not-a-token"}, "invalid continue token: use the metadata.continue value"),
+    ({"continue": "eyJ2IjoxfQ"}, "invalid continue token"),  # {"v":1}: well-formed, but not ours
+])
+def test_a_bad_limit_or_token_is_a_clear_400(lists: ApiRig, params: dict, message: str) -> None:
+    response = lists.client.get("/api/v1/models", params=params)
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+
+
+def test_a_token_goes_on_only_in_its_own_namespace(lists: ApiRig) -> None:
+    token = lists.client.get("/api/v1/models", params={"limit": 1}).json()["metadata"]["continue"]
+    response = lists.client.get("/api/v1/models", params={"namespace": "team-a", "continue": token})
+    assert response.status_code == 400
+    assert "it is for namespace 'default', not 'team-a'" in response.json()["error"]
+
+
+def test_if_none_match_is_304_until_the_list_changes(lists: ApiRig) -> None:
+    response = lists.client.get("/api/v1/models", headers=PLAIN)
+    tag = response.headers["etag"]
+    assert response.headers["vary"] == "Accept-Encoding"
+    again = lists.client.get("/api/v1/models", headers={**PLAIN, "If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == tag
+    page = lists.client.get("/api/v1/models", params={"limit": 2}, headers=PLAIN)
+    assert page.headers["etag"] != tag  # a page is a representation of its own
+    assert lists.client.get("/api/v1/models", params={"limit": 2},
+                            headers={"If-None-Match": page.headers["etag"], **PLAIN}).status_code == 304
+    created = lists.client.post("/api/v1/models", json={"name": "smollm2", "tag": "135m"})
+    assert created.status_code == 201
+    changed = lists.client.get("/api/v1/models", headers={**PLAIN, "If-None-Match": tag})
+    assert changed.status_code == 200 and "smollm2-135m" in names(changed) and changed.headers["etag"] != tag
+
+
+def test_gzip_when_asked_with_the_same_items(lists: ApiRig) -> None:
+    plain = lists.client.get("/api/v1/models", headers=PLAIN)
+    with lists.client.stream("GET", "/api/v1/models", headers={"Accept-Encoding": "gzip"}) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip" and response.headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(raw) == plain.content
+    assert response.headers["etag"] != plain.headers["etag"]  # another representation, another tag
+    refused = lists.client.get("/api/v1/models", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refused.headers and refused.content == plain.content
+
+
+def test_a_list_after_a_write_serialises_only_the_model_that_changed(lists: ApiRig) -> None:
+    assert lists.running is not None and lists.running.catalog is not None
+    stats = lists.running.catalog.stats
+    lists.settle()
+    before = lists.client.get("/api/v1/models").json()["items"]
+    assert all(m["state"] == "Ready" for m in before)
+    serialised = stats.serialised
+    loads = lists.running.repository.loader_stats
+    listed, parsed = loads.namespaces_listed, loads.parsed
+    assert lists.client.post("/api/v1/models", json={"name": "smollm2", "tag": "135m"}).status_code == 201
+    # The API took its own write in from the file it wrote: no namespace listed again, one file parsed.
+    assert (loads.namespaces_listed - listed, loads.parsed - parsed) == (0, 1)
+    after = lists.client.get("/api/v1/models").json()["items"]
+    assert stats.serialised - serialised == 1
+    assert [m for m in after if m["name"] != "smollm2-135m"] == before
+    serialised = stats.serialised
+    refreshed = lists.client.post("/api/v1/models/gemma3-1b/refresh")
+    assert refreshed.status_code == 202
+    lists.client.get("/api/v1/models")
+    assert stats.serialised - serialised == 1  # the refreshed file's new blob
+
+
+def test_every_namespaces_list_joins_the_namespaces_lists_bytes(lists: ApiRig) -> None:
+    """The dashboard's `?namespace=*` is each namespace's list joined: the same items, made from the
+    same cached bytes (nothing serialised again), and the seed's JSON byte for byte."""
+    assert lists.running is not None and lists.running.catalog is not None
+    stats = lists.running.catalog.stats
+    lists.work.model("other", "tinyllama", "1b")
+    lists.publish("a second namespace")
+    default = lists.client.get("/api/v1/models", headers=PLAIN).json()["items"]
+    other = lists.client.get("/api/v1/models", params={"namespace": "other"}, headers=PLAIN).json()["items"]
+    serialised = stats.serialised
+    every = lists.client.get("/api/v1/models", params={"namespace": "*"}, headers=PLAIN)
+    assert every.status_code == 200 and every.json()["items"] == default + other and len(other) == 1
+    assert every.content == (json.dumps({"items": default + other}, separators=(",", ":")) + "\n").encode()
+    assert stats.serialised == serialised
+    assert lists.client.post("/api/v1/models", params={"namespace": "other"},
+                             json={"name": "smollm2", "tag": "135m"}).status_code == 201
+    names_now = [m["name"] for m in lists.client.get("/api/v1/models", params={"namespace": "*"}).json()["items"]]
+    assert names_now == [m["name"] for m in default] + ["smollm2-135m", "tinyllama-1b"]
+    assert stats.serialised - serialised == 1  # the new model only

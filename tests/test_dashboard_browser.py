@@ -199,7 +199,8 @@ def test_a_fleet_shows_its_servers_and_a_column_per_server(tmp_path: Path, ollam
             assert "not reachable" in {row[0]: row[6] for row in servers()}["gpu-2"]
             eventually(lambda: rows(driver).get("default/phi3-mini") == "Failed", timeout=30)
             assert cells("default/phi3-mini")[8:11] == ["Ready", "Ready", "Failed"]
-            # The counts are read again at the cycle's end.
+            # The counts are read again when a model's state on a server changes (the pull to gpu-2
+            # fails after the cycle has ended), not only at a cycle's end.
             eventually(lambda: {row[0]: row[5] for row in servers()}.get("gpu-2") == "1 Ready, 1 Failed", timeout=30)
             assert driver.execute_script("return window.notReloaded") is True
             assert console_errors(driver) == []

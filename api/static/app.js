@@ -18,6 +18,7 @@
     speeds: new Map(), // key -> {done, at, speed}
     status: null,
     servers: [], // GET /api/v1/servers' items as shown
+    countsTimer: null, // a read of the servers' counts, due soon
     serverColumns: [],
     lastEventId: null,
     heartbeat: 15,
@@ -206,11 +207,21 @@
     const old = state.models.get(key);
     if (!old) { state.keys.push(key); state.sortNeeded = true; }
     if (!old || old.state !== view.state || old.error !== view.error) state.filterNeeded = true;
+    if (old && serverStates(old) !== serverStates(view)) countsChanged();
     if (view.servers) { // the API lists the servers in a fleet only
       for (const s of view.servers) if (!state.serverColumns.includes(s.name)) { state.serverColumns.push(s.name); state.serverColumns.sort(); state.headNeeded = true; }
     }
     state.models.set(key, view);
     trackSpeed(key, view);
+  }
+  function serverStates(view) {
+    return view.servers ? view.servers.map((s) => `${s.name}=${s.state}`).join(",") : "";
+  }
+  // A model's state changed on a server (a pull ended after the cycle did, say): the servers' counts
+  // are read again, at most once a second however many models change.
+  function countsChanged() {
+    if (state.countsTimer) return;
+    state.countsTimer = setTimeout(() => { state.countsTimer = null; loadServers().catch(() => {}); }, 1000);
   }
   function trackSpeed(key, view) {
     if (view.state !== "Pulling" || !view.progress) { state.speeds.delete(key); return; }

@@ -122,6 +122,7 @@ class Reconciler:
         self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
         self.leading: Callable[[], bool] = lambda: True  # Kubernetes mode: holds the Lease
         self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
+        self._leaving: set[str] = set()  # servers gone from the inventory, not yet forgotten
 
     def placements(self) -> Placements | None:
         """Which servers each model of the last loaded commit is on in the current inventory (None
@@ -176,18 +177,23 @@ class Reconciler:
         now = self._clock()
         change = self.fleet.refresh()
         names = self.fleet.names
-        gone = set(change.removed)
+        self._leaving |= set(change.removed)
         if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
-            gone |= {name for record in self.store.records().values() for name in record.servers} - set(names)
-        if gone and not dry_run:
-            self._forget_servers(tuple(sorted(gone)))
+            self._leaving |= {name for record in self.store.records().values() for name in record.servers}
+        self._leaving -= set(names)
+        # An inventory that could not be read as it is now (discovery refused by the API server, say)
+        # is no news of a server leaving: what ollama-gitops pulled there is forgotten only once the
+        # inventory is read again and the server is still not in it.
+        if self._leaving and not dry_run and not change.problems:
+            self._forget_servers(tuple(sorted(self._leaving)))
+            self._leaving.clear()
         due = self.fleet.due()
         full = dry_run or self._resync_due(now)
         if full:
             due = set(names)
         touched_in_cluster = self.cluster.changed() if self.cluster is not None and not dry_run else set()
-        if (not due and commit == self.store.sync.last_applied_commit and not self._work_left(now)
-                and not touched_in_cluster and not change.problems):
+        if (not full and not due and commit == self.store.sync.last_applied_commit and not touched_in_cluster
+                and not change.problems and not self._work_left(now)):
             return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
 
         desired = self._load(commit)

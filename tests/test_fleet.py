@@ -9,6 +9,7 @@ import pytest
 
 from fleetrig import FleetRig
 from ollama_gitops.reconciler.models.desired import ModelKey
+from ollama_gitops.reconciler.ollama.inventory import FileProblem, Inventory, Snapshot
 from ollama_gitops.reconciler.state import PENDING, READY
 
 LABELS = {"gpu-1": {"gpu": "a100", "zone": "eu"}, "gpu-2": {"gpu": "l4", "zone": "eu"},
@@ -281,3 +282,42 @@ def test_the_concurrency_is_per_server_so_every_server_pulls_at_once(fleet: Flee
             gate.release()
     assert fleet.reconciler.pulls.wait(timeout=60)
     assert fleet.holding("llama3.2:1b") == fleet.holding("gemma3:1b") == set(LABELS)
+
+
+class _Blinded:
+    """An inventory source that can be cut off, as discovery is when the API server refuses it: no
+    servers, and a problem saying why."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.blind = inner, False
+
+    def refresh(self) -> Snapshot:
+        if self.blind:
+            return Snapshot(Inventory(), (FileProblem("the Service's endpoints cannot be listed: 503"),))
+        return self.inner.refresh()  # type: ignore[attr-defined]
+
+
+def test_an_inventory_that_cannot_be_read_forgets_no_server_until_it_can(fleet: FleetRig) -> None:
+    source = _Blinded(fleet.servers())
+    fleet.servers = lambda: source  # type: ignore[method-assign]
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start()
+    assert fleet.cycle().ok
+    key = ModelKey("default", "llama3.2-1b")
+    owned = {name: status.owned for name, status in fleet.reconciler.store.record(key).servers.items()}
+    assert owned == {name: True for name in LABELS}
+    for restarted in (False, True):  # cut off while running, and at a start
+        if restarted:
+            fleet.stop()
+            fleet.start()
+        source.blind = True
+        report = fleet.cycle()
+        assert not report.ok and "cannot be listed" in report.message
+        assert {n: s.owned for n, s in fleet.reconciler.store.record(key).servers.items()} == owned
+        source.blind = False
+    # Seen again without gpu-3: only then is it forgotten (and nothing deleted on it).
+    fleet.write_servers({name: LABELS[name] for name in ("gpu-1", "gpu-2")})
+    assert fleet.cycle().ok
+    assert set(fleet.reconciler.store.record(key).servers) == {"gpu-1", "gpu-2"}
+    assert all(ollama.delete_count == {} for ollama in fleet.ollamas.values())

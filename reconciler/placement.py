@@ -44,9 +44,10 @@ def plan_servers(
     'no longer placed on this server'."""
     plans: dict[str, Plan] = {}
     for server in servers:
-        placed = desired.placed_on(server.labels)
-        candidates = desired.models.keys() if scope is None else scope & desired.models.keys()
-        displaced = frozenset(key for key in candidates if key not in placed.models)
+        placed = desired.placed_on(server.labels)  # shared by the servers with the same labels
+        displaced = desired.not_placed_on(server.labels)
+        if scope is not None:
+            displaced = frozenset(key for key in scope if key in displaced)
         plans[server.name] = plan(placed, server.observed, on_server(records, server.name), scope=scope,
                                   in_flight=server.in_flight, now=now, allow_empty=allow_empty,
                                   displaced=displaced)

@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 from datetime import datetime, timezone
@@ -121,7 +121,15 @@ class Reconciler:
                            on_pull_finished=self._pull_finished, backoff_base=backoff_base)
         self.cluster = cluster  # Kubernetes mode: Git to resources, before Ollama
         self.leading: Callable[[], bool] = lambda: True  # Kubernetes mode: holds the Lease
-        self._unpruned_cache: tuple[object, set[ModelKey]] = (None, set())
+        # Keys whose files changed since `applied` (None: not known, compare the two states).
+        self._since_applied: set[ModelKey] | None = None
+        # Recorded models no longer in Git, as of the commit `_unpruned_commit`, and the keys to look
+        # at again before it is used (their records or files changed since; None: every key).
+        self._unpruned_keys: set[ModelKey] = set()
+        self._unpruned_commit: str | None = None
+        self._unpruned_dirty: set[ModelKey] | None = None
+        self._unpruned_lock = threading.Lock()  # the store's listener runs on the pulls' threads
+        store.add_listener(self._records_changed)
         self._leaving: set[str] = set()  # servers gone from the inventory, not yet forgotten
 
     def placements(self) -> Placements | None:
@@ -161,7 +169,7 @@ class Reconciler:
         """Forget what earlier cycles saw and applied (the store was read again, e.g. by a replica that
         starts leading): the next cycle lists every server and plans every model."""
         self.fleet.forget_listings()
-        self.applied = None
+        self.applied, self._since_applied = None, None
         self._converged = False
 
     # -- the cycle ------------------------------------------------------------------------------------
@@ -240,7 +248,7 @@ class Reconciler:
         summary = merge_plans(list(plans.values())).summary()
         if problems:
             return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), plans, full=listed_all)
-        self.applied = desired
+        self.applied, self._since_applied = desired, set()
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
@@ -283,23 +291,39 @@ class Reconciler:
         return bool(self.store.unsettled(now)) or bool(self._unpruned(self.applied))
 
     def _unpruned(self, desired: DesiredState) -> set[ModelKey]:
-        """Recorded models no longer in Git (e.g. their pull was in flight when the file went)."""
-        cache_key = (self.store.version, desired.commit)
-        if self._unpruned_cache[0] != cache_key:
-            gone = self.store.keys() - desired.models.keys() - desired.unreadable
-            if desired.any_unreadable:  # a namespace folder (or models/) cannot be read: its models stay
-                gone = {key for key in gone if not desired.is_unreadable(key)}
-            self._unpruned_cache = (cache_key, set(gone))
-        return set(self._unpruned_cache[1])
+        """Recorded models no longer in Git (e.g. their pull was in flight when the file went).
+
+        Kept up to date from what changed: a key can only join the set when its file goes (a load
+        says which) or its record is written (the store's listener says which), so only those
+        and the set itself are looked at again; every key when either is not known."""
+        with self._unpruned_lock:
+            dirty, self._unpruned_dirty = self._unpruned_dirty, set()
+        if dirty is None or desired.commit != self._unpruned_commit:
+            candidates: Iterable[ModelKey] = self.store.keys()
+        else:
+            candidates = self._unpruned_keys | dirty
+        self._unpruned_commit = desired.commit
+        self._unpruned_keys = {key for key in candidates if key not in desired.models and self.store.has(key)
+                               and not desired.is_unreadable(key)}
+        return set(self._unpruned_keys)
+
+    def _records_changed(self, keys: frozenset[ModelKey] | None) -> None:
+        with self._unpruned_lock:
+            if self._unpruned_dirty is not None:
+                self._unpruned_dirty = None if keys is None else self._unpruned_dirty | keys
 
     def _changed_since_applied(self, desired: DesiredState) -> set[ModelKey]:
         assert self.applied is not None
+        if self._since_applied is not None:
+            return set(self._since_applied)
         return changed_between(self.applied, desired)
 
     def _load(self, commit: str) -> DesiredState:
         if self._loader is None or self._loader_generation != self.repo.generation:
             self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
         previous, self.desired = self.desired, self._loader.load(commit)
+        if self.desired is not previous:
+            self._follow_changes(previous, self.desired)
         # Every problem is logged once, when a commit brings it (status shows them all, always).
         known = set(previous.problems) if previous is not None else set()
         for problem in self.desired.problems:
@@ -307,6 +331,20 @@ class Reconciler:
                 log.warning("action=problem commit=%s path=%s line=%s message=%r", commit[:12], problem.path,
                             problem.line or "-", problem.message)
         return self.desired
+
+    def _follow_changes(self, previous: DesiredState | None, desired: DesiredState) -> None:
+        """Carry what the load says changed (since the state before) into what is kept since then."""
+        changes = desired.changes
+        known = changes is not None and previous is not None and changes.base == previous.commit
+        if self._since_applied is not None:
+            self._since_applied = self._since_applied | changes.keys if known else None  # type: ignore[union-attr]
+        with self._unpruned_lock:
+            if known and previous is not None and self._unpruned_commit == previous.commit:
+                self._unpruned_commit = desired.commit
+                if self._unpruned_dirty is not None:
+                    self._unpruned_dirty |= changes.keys  # type: ignore[union-attr]
+            else:
+                self._unpruned_dirty = None
 
     def _pull_finished(self, server: str, reference: str, installed: InstalledModel | None,
                        retry_at: float | None) -> None:
@@ -414,7 +452,13 @@ class Reconciler:
             servers=self.fleet.seen(),
         )
         try:
-            self.store.save_sync(sync, durable=not report.noop)  # a no-op only moves the cycle time
+            # Not fsynced: the journal (fsynced by every edit, before this) is what must survive a
+            # crash. sync.json is a summary replaced atomically; a crash may leave the one before it
+            # (whose last applied commit is older, and whose journal_seq is never ahead of the
+            # journal, so nothing reads as lost) or, on a filesystem that lost the new file's
+            # data, a damaged one that start-up replaces: either way the next start runs a full
+            # cycle, which is the first cycle of a process anyway. One fsync per cycle at most.
+            self.store.save_sync(sync, durable=False)
         except OSError as exc:  # still recorded in memory, so status and metrics say how the cycle went
             log.error("action=save-sync-failed error=%r", str(exc))
         metrics.CYCLES.labels("noop" if report.noop else report.outcome.lower()).inc()

@@ -219,6 +219,10 @@ class StateStore:
         with self._lock:
             return frozenset(self._models)
 
+    def has(self, key: ModelKey) -> bool:
+        """Is `key`'s model recorded?"""
+        return key in self._models  # one dict look-up: atomic, no lock needed
+
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]:
         """Copies of the records of `keys` (all when None), safe to read while pulls update the store."""
         with self._lock:

@@ -1,23 +1,25 @@
 """Desired state: every model file of a commit (or of a checkout), parsed and checked.
 
 Files are read straight from Git objects, never from a work tree that someone may be writing to.
-Loading is incremental: a namespace directory whose tree is unchanged is not even listed again,
-and a file whose blob is unchanged is not parsed again, so loading the next commit costs in
-proportion to what changed.
+Loading is incremental: the next commit is the last one loaded with the files `git diff-tree`
+says changed checked again (a full load, which lists only the namespace folders whose tree changed
+and parses only the files whose blob changed, is the fallback for anything unusual), and a state's
+models share what is unchanged with the state before: loading the next commit costs in proportion
+to what changed, not to the size of the repository.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import gc
+import heapq
 import os
 import re
 import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -30,6 +32,7 @@ from .modelfile import ModelFields, ParseResult
 MODELS_DIR = "models"
 MODEL_SUFFIXES = (".yaml", ".yml")
 PREFETCH_THRESHOLD = 64  # below this many unparsed blobs, one-by-one reads beat starting a process
+INCREMENTAL_SHARE = 4  # a commit changing more than 1/4 of the files is loaded in full
 
 
 class ModelKey(NamedTuple):
@@ -91,6 +94,17 @@ class DesiredState:
     unreadable: frozenset[ModelKey] = frozenset()
     unreadable_namespaces: frozenset[str] = frozenset()
     all_unreadable: bool = False
+    # The models with a `servers:` selector (computed when not given): the only ones placement looks at.
+    selective: frozenset[ModelKey] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    # What the loader knows changed since the commit it loaded this state from (None: not known).
+    changes: Changes | None = field(default=None, compare=False, repr=False)
+    _placed: dict[tuple[tuple[str, str], ...], DesiredState] = field(
+        default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.selective is None:
+            object.__setattr__(self, "selective", frozenset(
+                key for key, model in self.models.items() if model.fields.servers is not None))
 
     def is_unreadable(self, key: ModelKey) -> bool:
         """Is `key`'s model kept at its last good version because what stands for it cannot be read?"""
@@ -126,14 +140,127 @@ class DesiredState:
     def placed_on(self, labels: Mapping[str, str]) -> DesiredState:
         """The state as a server with these labels sees it: only the models whose `servers:`
         selector matches (a model without one goes to every server). What cannot be read stays
-        unreadable: a broken file's model is kept on every server that holds it."""
-        placed = {key: model for key, model in self.models.items()
-                  if model.fields.servers is None or model.fields.servers.matches(labels)}
-        return self if len(placed) == len(self.models) else dataclasses.replace(self, models=placed)
+        unreadable: a broken file's model is kept on every server that holds it.
+
+        Costs nothing when no model has a selector, and a look at those that have one otherwise,
+        once per label set (servers with the same labels share one placement)."""
+        if not self.selective:
+            return self
+        cache_key = tuple(sorted(labels.items()))
+        placed = self._placed.get(cache_key)
+        if placed is None:
+            excluded = frozenset(key for key in self.selective if not self.models[key].fields.servers.matches(labels))
+            placed = self if not excluded else dataclasses.replace(
+                self, models=_Without(self.models, excluded), selective=self.selective - excluded)
+            self._placed[cache_key] = placed
+        return placed
+
+    def not_placed_on(self, labels: Mapping[str, str]) -> frozenset[ModelKey]:
+        """The models whose selector keeps them off a server with these labels."""
+        placed = self.placed_on(labels)
+        return frozenset() if placed is self else self.selective - placed.selective
 
     def in_namespace(self, namespace: str) -> list[DesiredModel]:
         """The models of one namespace, ordered by name."""
         return [m for k, m in sorted(self.models.items()) if k.namespace == namespace]
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The models whose file may differ between the commit `base` and a state loaded from it: added,
+    removed or edited files, and files that became broken or readable again (a superset is allowed:
+    whoever plans them finds nothing to do for the unchanged)."""
+
+    base: str
+    keys: frozenset[ModelKey]
+
+
+class _Models(Mapping[ModelKey, DesiredModel]):
+    """A state's models as the last state's (sorted) dict with a few changes on top, so that a load
+    of one changed file neither copies nor re-sorts the hundred thousand others. The changes are
+    folded into a new dict once they outgrow 1/32 of it: that copy, amortised, costs a few entries
+    per change."""
+
+    __slots__ = ("_base", "_over", "_len")
+
+    def __init__(self, base: Mapping[ModelKey, DesiredModel], over: dict[ModelKey, DesiredModel | None],
+                 length: int) -> None:
+        self._base, self._over, self._len = base, over, length
+
+    @classmethod
+    def changed(cls, models: Mapping[ModelKey, DesiredModel],
+                changes: Mapping[ModelKey, DesiredModel | None]) -> Mapping[ModelKey, DesiredModel]:
+        """`models` with `changes` (key -> its model, None: gone) applied; `models` is left as it is."""
+        length = len(models) + sum((value is not None) - (key in models) for key, value in changes.items())
+        if isinstance(models, _Models):
+            base, over = models._base, {**models._over, **changes}
+        else:
+            base, over = models, dict(changes)
+        if len(over) <= max(64, len(base) >> 5):
+            return cls(base, over, length)
+        flat = dict(base)
+        for key, value in over.items():
+            if value is None:
+                flat.pop(key, None)
+            else:
+                flat[key] = value
+        return dict(sorted(flat.items())) if any(key not in base for key in over) else flat
+
+    def __getitem__(self, key: ModelKey) -> DesiredModel:
+        value = self._over.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base[key]
+        if value is None:
+            raise KeyError(key)
+        return value  # type: ignore[return-value]
+
+    def get(self, key: ModelKey, default: object = None) -> object:  # type: ignore[override]
+        value = self._over.get(key, _MISSING)
+        if value is _MISSING:
+            return self._base.get(key, default)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        value = self._over.get(key, _MISSING)  # type: ignore[call-overload]
+        return key in self._base if value is _MISSING else value is not None
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[ModelKey]:
+        over, base = self._over, self._base
+        kept = (key for key in base if over.get(key, True) is not None)
+        added = sorted(key for key, value in over.items() if value is not None and key not in base)
+        return heapq.merge(kept, added) if added else kept
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
+
+
+class _Without(Mapping[ModelKey, DesiredModel]):
+    """`models` less a few keys (those a server's labels keep off it), without copying the rest."""
+
+    __slots__ = ("_models", "_excluded")
+
+    def __init__(self, models: Mapping[ModelKey, DesiredModel], excluded: frozenset[ModelKey]) -> None:
+        self._models, self._excluded = models, excluded
+
+    def __getitem__(self, key: ModelKey) -> DesiredModel:
+        if key in self._excluded:
+            raise KeyError(key)
+        return self._models[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key not in self._excluded and key in self._models
+
+    def __len__(self) -> int:
+        return len(self._models) - len(self._excluded)
+
+    def __iter__(self) -> Iterator[ModelKey]:
+        return (key for key in self._models if key not in self._excluded)
+
+
+_MISSING = object()
 
 
 def changed_between(previous: DesiredState, desired: DesiredState) -> set[ModelKey]:
@@ -200,14 +327,23 @@ class _FileResult:
     problems: tuple[Problem, ...]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Namespace:
-    """One namespace directory, checked and assembled: cached whole by its tree SHA."""
+    """One namespace directory, checked and assembled: cached by its tree SHA. An incremental load
+    edits it in place (the loader is its only holder; a state's models are its own mapping)."""
 
-    models: dict[ModelKey, DesiredModel]  # sorted by name
+    models: dict[ModelKey, DesiredModel]  # in name order, but for new ones at the end while `appended`
     problems: tuple[Problem, ...]
     unreadable: frozenset[ModelKey]
-    files: tuple[_FileResult, ...]
+    files: dict[str, _FileResult]  # by path: a file whose path and blob are unchanged keeps its result
+    selective: frozenset[ModelKey]  # its models with a `servers:` selector
+    appended: bool = False
+
+    def in_order(self) -> dict[ModelKey, DesiredModel]:
+        """The models, in name order."""
+        if self.appended:
+            self.models, self.appended = dict(sorted(self.models.items())), False
+        return self.models
 
 
 @dataclass
@@ -217,6 +353,8 @@ class LoadStats:
     parsed: int = 0
     namespaces_listed: int = 0
     loads: int = 0
+    incremental: int = 0  # loads made from the last one by the changed paths
+    files_checked: int = 0  # files checked again by incremental loads
 
 
 class GitLoader:
@@ -229,14 +367,31 @@ class GitLoader:
         self._repo = repo
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
-        self._files_checked: dict[str, _FileResult] = {}  # by path: valid while the blob is the same
         self._prefetched: dict[str, bytes] = {}
         self._last_commit = ""
         self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
         self.stats = LoadStats()
 
     def load(self, commit: str) -> DesiredState:
-        """The desired state at `commit` (a full SHA, or any revision GitPython resolves)."""
+        """The desired state at `commit` (a full SHA, or any revision GitPython resolves).
+
+        From the last state loaded when it can: `git diff-tree` names the files that changed (at
+        git's speed, however large the namespace) and only those are checked again. Anything
+        unusual (a namespace folder added or removed, an entry that is not a regular file, a file
+        too deep or misplaced, a duplicate, more than 1/INCREMENTAL_SHARE of the files changed) is
+        a full load, with the same result."""
+        last = self._last
+        if last is not None and _FULL_SHA.match(commit):
+            if commit == last[0].commit:
+                return last[0]
+            diff = self._diff(last[0], commit)
+            if diff is not None:
+                state = self._apply(commit, *diff)
+                if state is not None:
+                    return state
+        return self._load_full(commit)
+
+    def _load_full(self, commit: str) -> DesiredState:
         self.stats.loads += 1
         root = self._commit(commit).tree
         models_entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR]
@@ -268,21 +423,21 @@ class GitLoader:
                 problems.append(_misplaced(f"{MODELS_DIR}/{entry.name}"))
         # Within a changed namespace, a file whose path and blob are unchanged keeps its result, so
         # one edited file in a directory of ten thousand checks one file.
-        checked = self._files_checked
-        fresh = {k: [f.source(self) for f in files if getattr(checked.get(f.path), "blob", None) != f.blob]
+        before = {name: namespace.files for (name, _), namespace in self._namespaces.items()}
+        checked = {k: before.get(k[0], {}) for k in listed}
+        fresh = {k: [f.source(self) for f in files if getattr(checked[k].get(f.path), "blob", None) != f.blob]
                  for k, files in listed.items()}
         # One pipelined read for every new blob of every changed namespace.
         self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed and not f.special])
         for cache_key, files in listed.items():
             results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
             by_path = {r.path: r for r in results}
-            ordered = [by_path.get(f.path) or checked[f.path] for f in files]
+            ordered = [by_path.get(f.path) or checked[cache_key][f.path] for f in files]
             used[cache_key] = _assemble_namespace(ordered)
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
         self._last = None
-        self._files_checked = {r.path: r for n in used.values() for r in n.files}
-        live_blobs = {r.blob for r in self._files_checked.values()}
+        live_blobs = {r.blob for n in used.values() for r in n.files.values()}
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
         self._prefetched.clear()
         state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
@@ -300,51 +455,108 @@ class GitLoader:
         When the last load was of `parent` and every edit is a model file of a namespace folder already
         loaded, whose model no other file claims, the state is the last one with those files checked
         again: a write costs its own files, not the hundred thousand others of its namespace. Anything
-        else (a new namespace, a duplicate, a commit that changed more) is a full `load`, with the
+        else (a new namespace, a duplicate, a commit that changed more) is a full load, with the
         same result."""
         last = self._last
         if last is None or last[0].commit != parent or not _FULL_SHA.match(commit):
-            return self.load(commit)
-        state, old_entries = last
-        by_namespace: dict[str, dict[str, str | None]] = defaultdict(dict)
-        for path, blob in edits.items():
+            return self._load_full(commit)
+        for path in edits:
             parts = path.split("/")
             if len(parts) != 3 or parts[0] != MODELS_DIR or not _is_model_file(parts[2]):
-                return self.load(commit)
-            by_namespace[parts[1]][path] = blob
+                return self._load_full(commit)
+        return self._apply(commit, edits, set()) or self._load_full(commit)
+
+    def _diff(self, last: DesiredState, commit: str) -> tuple[dict[str, str | None], set[str]] | None:
+        """What changed under models/ from the last state's commit to `commit`, as `_apply` takes it:
+        the model files (path -> new blob, None: removed) and the entries of models/ changed only in
+        files a load ignores; None when a full load is needed."""
+        try:
+            output = subprocess.run(["git", "--git-dir", os.fspath(self._repo.git_dir), "diff-tree", "-r", "-z",
+                                     "--no-renames", last.commit, commit, "--", MODELS_DIR],
+                                    capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None  # e.g. the last commit is gone from a clone made again: a full load says what is there
+        fields = output.split(b"\0")
+        edits: dict[str, str | None] = {}
+        ignored: set[str] = set()
+        limit = max(PREFETCH_THRESHOLD, (len(last.models) + len(last.unreadable)) // INCREMENTAL_SHARE)
+        # `:<old mode> <new mode> <old blob> <new blob> <status>` NUL `<path>` NUL, per changed file
+        for meta, raw_path in zip(fields[0::2], fields[1::2]):
+            old_mode, new_mode, _, blob, _ = meta.lstrip(b":").split(b" ")
+            if any(special_kind(mode) for mode in {int(old_mode, 8), int(new_mode, 8)} - {0}):
+                return None  # a link, a submodule: reported by a full load
+            parts = raw_path.decode("utf-8", "surrogateescape").split("/")
+            if len(parts) == 3 and _is_model_file(parts[2]):
+                edits["/".join(parts)] = blob.decode() if int(new_mode, 8) else None
+            elif len(parts) in (2, 3) and not _is_model_file(parts[-1]):
+                ignored.add(parts[1])  # a README beside the models, say: no load reads it
+            else:
+                return None  # misplaced or too deep: a problem a full load reports
+            if len(edits) > limit:
+                return None
+        return edits, ignored - {path.split("/")[1] for path in edits}
+
+    def _apply(self, commit: str, edits: Mapping[str, str | None], ignored: set[str]) -> DesiredState | None:
+        """The last state with `edits` (model files, path -> blob or None) checked again, where
+        `ignored` names the entries of models/ that changed only in files no load reads; None when
+        that cannot be done (a full load can)."""
+        assert self._last is not None
+        state, old_entries = self._last
+        by_namespace: dict[str, dict[str, str | None]] = defaultdict(dict)
+        for path, blob in edits.items():
+            by_namespace[path.split("/")[1]][path] = blob
         new_entries = self._models_entries(commit)
         old_trees = {e.name: e for e in old_entries}
         new_trees = {e.name: e for e in new_entries or ()}
-        # Nothing but the edited namespaces' folders may differ under models/, and those were folders before.
+        changed_names = set(by_namespace) | ignored
+        # Nothing but those entries may differ under models/, and the edited ones were folders before.
         if new_entries is None or set(old_trees) != set(new_trees) or any(
-                (old_trees[n] != new_trees[n]) != (n in by_namespace) for n in old_trees) or any(
-                not old_trees[n].is_tree or not new_trees[n].is_tree for n in by_namespace):
-            return self.load(commit)
-        used = dict(self._namespaces)
-        edited: list[tuple[tuple[_FileResult, ...], tuple[_FileResult, ...]]] = []
-        for name, changed in by_namespace.items():
-            old_key = (name, old_trees[name].binsha.hex())
-            if old_key not in used:
-                return self.load(commit)
-            result = _edit_namespace(name, used[old_key], changed, self)
-            if result is None:
-                return self.load(commit)
-            del used[old_key]
-            used[(name, new_trees[name].binsha.hex())] = result[0]
-            edited.append(result[1:])
+                (old_trees[n] != new_trees[n]) != (n in changed_names) for n in old_trees) or any(
+                not old_trees[n].is_tree or not new_trees[n].is_tree for n in by_namespace) or any(
+                old_trees[n].is_tree != new_trees[n].is_tree for n in changed_names):
+            return None
+        self._prefetch([blob for blob in edits.values() if blob is not None and blob not in self._parsed])
+        checked = []
+        for name in changed_names:
+            namespace = self._namespaces.get((name, old_trees[name].binsha.hex())) if old_trees[name].is_tree else None
+            if namespace is None and name in by_namespace:
+                return None
+            if namespace is not None:
+                results = _check_edits(name, namespace, by_namespace.get(name, {}), self)
+                if results is None:
+                    return None
+                checked.append((name, namespace, by_namespace.get(name, {}), *results))
+        self._prefetched.clear()
+        # Nothing can fail from here on: the namespaces are edited in place.
+        changes: dict[ModelKey, DesiredModel | None] = {}
+        unreadable, selective = set(), set()
+        for name, namespace, changed, before, after in checked:
+            keys = _edit_namespace(namespace, changed, before, after)
+            del self._namespaces[(name, old_trees[name].binsha.hex())]
+            self._namespaces[(name, new_trees[name].binsha.hex())] = namespace
+            changes.update((key, namespace.models.get(key)) for key in keys)
+            unreadable.update(keys & namespace.unreadable)
+            selective.update(keys & namespace.selective)
+            live = {r.blob for r in after}
+            for result in before:  # a parse no file uses any more (unless another file has that blob: read again then)
+                if result.blob not in live:
+                    self._parsed.pop(result.blob, None)
+            self.stats.files_checked += len(changed)
         self.stats.loads += 1
+        self.stats.incremental += 1
         self._last_commit = commit
-        self._namespaces = used
-        for before, after in edited:  # the file cache follows (a parse no file uses any more goes at the next full load)
-            for result in before:
-                self._files_checked.pop(result.path, None)
-            self._files_checked.update((r.path, r) for r in after)
         top = [p for p in state.problems if p.path.count("/") < 2]  # models/ itself and entries directly in it
-        new_state = _merge(commit, [used[k] for k in sorted(used)], top, set(state.unreadable_namespaces),
-                           state.all_unreadable)
+        problems = tuple(sorted(top + [p for n in self._namespaces.values() for p in n.problems]))
+        new_state = DesiredState(
+            commit=commit, models=_Models.changed(state.models, changes), problems=problems,
+            unreadable=frozenset((state.unreadable - changes.keys()) | unreadable),
+            unreadable_namespaces=state.unreadable_namespaces, all_unreadable=state.all_unreadable,
+            selective=frozenset((state.selective - changes.keys()) | selective),
+            changes=Changes(state.commit or "", frozenset(changes)))
         self._last = (new_state, new_entries)
         gc.freeze()
         return new_state
+
 
     def _models_entries(self, commit: str) -> list[_Entry] | None:
         """The entries of `models/` at `commit`; None when it is not a folder."""
@@ -535,46 +747,48 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
             models[key] = claims[0].model
         else:
             unreadable.add(key)
-    return _Namespace(models, tuple(problems), frozenset(unreadable), results)
+    selective = frozenset(key for key, model in models.items() if model.fields.servers is not None)
+    return _Namespace(models, tuple(problems), frozenset(unreadable), {r.path: r for r in results}, selective)
 
 
-def _edit_namespace(name: str, old: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
-                    ) -> tuple[_Namespace, tuple[_FileResult, ...], tuple[_FileResult, ...]] | None:
-    """`old` with the files `changed` (path -> blob SHA, None: removed) checked again, with the results
-    they had and have; None when a model they claim is claimed by another file too (a full assembly
-    sorts that out)."""
-    before = tuple(r for r in old.files if r.path in changed)
+def _check_edits(name: str, namespace: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
+                 ) -> tuple[tuple[_FileResult, ...], tuple[_FileResult, ...]] | None:
+    """The results the files `changed` (path -> blob SHA, None: removed) had and have now; None when a
+    model they claim is claimed by another file too (a full assembly sorts that out)."""
+    before = tuple(namespace.files[path] for path in changed if path in namespace.files)
     fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
     after = _load_namespace(name, fresh, loader._parse)
-    claims = [r.claimed for r in (*before, *after) if r.claimed is not None]
-    for key in set(claims):
-        model = old.models.get(key)
+    for key in {r.claimed for r in (*before, *after) if r.claimed is not None}:
+        model = namespace.models.get(key)
         if sum(1 for r in after if r.claimed == key) > 1 or sum(1 for r in before if r.claimed == key) > 1 or \
                 (model is not None and model.path not in changed) or \
-                (model is None and key in old.unreadable and not any(r.claimed == key for r in before)):
+                (model is None and key in namespace.unreadable and not any(r.claimed == key for r in before)):
             return None
+    return before, after
+
+
+def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], before: tuple[_FileResult, ...],
+                    after: tuple[_FileResult, ...]) -> set[ModelKey]:
+    """Put the files' new results (`_check_edits`) in `namespace`; returns the models they claim(ed)."""
+    keys = {r.claimed for r in (*before, *after) if r.claimed is not None}
     found = {r.model.key: r.model for r in after if r.model is not None}
-    models = dict(old.models)
-    unreadable = set(old.unreadable)
     for result in before:
-        if result.claimed is not None:
-            unreadable.discard(result.claimed)
-            if result.claimed not in found:
-                models.pop(result.claimed, None)
-    unreadable.update(r.claimed for r in after if r.model is None and r.claimed is not None)
-    new_keys = sorted(k for k in found if k not in models)
-    models.update(found)  # a model already there keeps its place
-    if new_keys:  # put in name order, as a full assembly makes it
-        items, keys = list(models.items()), list(models)
-        del items[-len(new_keys):], keys[-len(new_keys):]  # `update` put the new ones last
-        for key in new_keys:
-            at = bisect.bisect_left(keys, key)
-            keys.insert(at, key)
-            items.insert(at, (key, found[key]))
-        models = dict(items)
-    problems = tuple(p for p in old.problems if p.path not in changed) + tuple(p for r in after for p in r.problems)
-    files = tuple(r for r in old.files if r.path not in changed) + after
-    return _Namespace(models, problems, frozenset(unreadable), files), before, after
+        del namespace.files[result.path]
+    namespace.files.update((r.path, r) for r in after)
+    for key in keys:
+        model = found.get(key)
+        if model is None:
+            namespace.models.pop(key, None)
+        else:
+            if key not in namespace.models:
+                namespace.appended = True  # put in name order when a full load next uses it
+            namespace.models[key] = model
+    broken = {r.claimed for r in after if r.model is None and r.claimed is not None}
+    namespace.unreadable = frozenset((namespace.unreadable - keys) | broken)
+    namespace.selective = frozenset((namespace.selective - keys) | {k for k, m in found.items() if m.fields.servers is not None})
+    namespace.problems = tuple(p for p in namespace.problems if p.path not in changed) + tuple(
+        p for r in after for p in r.problems)
+    return keys
 
 
 def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem],
@@ -582,12 +796,15 @@ def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Prob
     """Join namespaces (in name order, so models stay sorted) into one desired state."""
     models: dict[ModelKey, DesiredModel] = {}
     unreadable: set[ModelKey] = set()
+    selective: set[ModelKey] = set()
     for namespace in namespaces:
-        models.update(namespace.models)
+        models.update(namespace.in_order())
         unreadable.update(namespace.unreadable)
+        selective.update(namespace.selective)
         problems.extend(namespace.problems)
     return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable),
-                        unreadable_namespaces=frozenset(unreadable_namespaces), all_unreadable=all_unreadable)
+                        unreadable_namespaces=frozenset(unreadable_namespaces), all_unreadable=all_unreadable,
+                        selective=frozenset(selective))
 
 
 _TREE_ENTRY = re.compile(rb"([0-7]+) ([^\0]*)\0(.{20})", re.DOTALL)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from ..plan import InstalledModel
 from ..state import DEFAULT_SERVER, ServerSeen, StateStore, utc_rfc3339
@@ -179,11 +180,13 @@ class Fleet:
         with self._lock:
             return tuple(member.seen for member in self._members.values())
 
-    def observed(self, name: str) -> dict[str, InstalledModel] | None:
-        """A copy of the last listing of `name`, kept current (None: not listed, or it failed)."""
+    def observed(self, name: str) -> Mapping[str, InstalledModel] | None:
+        """A read-only view of the last listing of `name`, kept current (None: not listed, or it
+        failed). Not a copy: pulls that end add to it meanwhile, so it is for looking models up, not
+        for iterating (`plan()` only looks up; the cycle's own deletes are the only removals)."""
         with self._lock:
             member = self._members.get(name)
-            return None if member is None or member.observed is None else dict(member.observed)
+            return None if member is None or member.observed is None else MappingProxyType(member.observed)
 
     # -- listing -----------------------------------------------------------------------------------------
     def list_servers(self, names: Collection[str]) -> dict[str, Listing]:

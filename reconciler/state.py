@@ -151,6 +151,14 @@ class SyncStatus:
     servers: tuple[ServerSeen, ...] = ()  # sorted by name
 
 
+@dataclass
+class StoreStats:
+    """Counters of the work the store did (for tests and benchmarks)."""
+
+    copied: int = 0  # records copied out (`records`, `record`)
+    fsyncs: int = 0  # files made durable (journal appends, snapshots, durable summaries)
+
+
 class StateLocked(RuntimeError):
     """Another process is reconciling the same state directory."""
 
@@ -173,6 +181,7 @@ class StateStore:
         self._sync_mtime = 0
         self._snapshot_mtime = 0
         self.version = 0  # bumped by every edit that changed a record
+        self.stats = StoreStats()
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
         self._listeners: list[Callable[[frozenset[ModelKey] | None], None]] = []
@@ -227,12 +236,16 @@ class StateStore:
         """Copies of the records of `keys` (all when None), safe to read while pulls update the store."""
         with self._lock:
             if keys is None:
+                self.stats.copied += len(self._models)
                 return {k: r.copy() for k, r in self._models.items()}
-            return {k: self._models[k].copy() for k in keys if k in self._models}
+            copies = {k: self._models[k].copy() for k in keys if k in self._models}
+            self.stats.copied += len(copies)
+            return copies
 
     def record(self, key: ModelKey) -> ModelRecord | None:
         with self._lock:
             found = self._models.get(key)
+            self.stats.copied += found is not None
             return found.copy() if found is not None else None
 
     def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
@@ -316,6 +329,7 @@ class StateStore:
             # The last change written: a journal found behind it at start-up has lost lines.
             payload["journal_seq"] = self._seq
             _write_json(self.directory / SYNC, {"version": FORMAT_VERSION, **payload}, durable=durable)
+            self.stats.fsyncs += durable
 
     # -- persistence --------------------------------------------------------------------------------
     def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
@@ -343,6 +357,7 @@ class StateStore:
             journal.write(payload)
             journal.flush()
             os.fsync(journal.fileno())
+        self.stats.fsyncs += 1
         self._journal_lines += len(lines)
         self._journal_offset += len(payload)
         if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
@@ -353,6 +368,7 @@ class StateStore:
         # behind over it changes nothing: each key's last line equals its snapshot value.
         models = [{"key": list(k), "record": _to_json(r)} for k, r in sorted(self._models.items())]
         _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "seq": self._seq, "models": models}, durable=True)
+        self.stats.fsyncs += 2  # the snapshot, and the emptied journal
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
             journal.flush()

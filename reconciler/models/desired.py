@@ -758,11 +758,12 @@ def _check_edits(name: str, namespace: _Namespace, changed: Mapping[str, str | N
     before = tuple(namespace.files[path] for path in changed if path in namespace.files)
     fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
     after = _load_namespace(name, fresh, loader._parse)
+    prefix = f"{MODELS_DIR}/{name}/"
     for key in {r.claimed for r in (*before, *after) if r.claimed is not None}:
-        model = namespace.models.get(key)
-        if sum(1 for r in after if r.claimed == key) > 1 or sum(1 for r in before if r.claimed == key) > 1 or \
-                (model is not None and model.path not in changed) or \
-                (model is None and key in namespace.unreadable and not any(r.claimed == key for r in before)):
+        # Only a file directly in the folder, named for the model, claims it: two paths to look at.
+        claimed_elsewhere = any((path := f"{prefix}{key.name}{suffix}") not in changed and path in namespace.files
+                                for suffix in MODEL_SUFFIXES)
+        if claimed_elsewhere or sum(1 for r in after if r.claimed == key) > 1:
             return None
     return before, after
 

@@ -55,7 +55,8 @@ class CycleReport:
     message: str
     plans: Mapping[str, Plan] = field(default_factory=dict)  # per server, sorted by name
     noop: bool = False
-    full: bool = False  # every server was listed and every model planned
+    full: bool = False  # every server was listed (a resync)
+    everything: bool = False  # and every model planned on every server (see `Reconciler.run_cycle(full=True)`)
 
     @property
     def ok(self) -> bool:
@@ -143,13 +144,17 @@ class Reconciler:
         """The pulls of every server (`wait()` for them all)."""
         return self.fleet
 
-    def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
+    def run_cycle(self, *, dry_run: bool = False, full: bool = False) -> CycleReport:
         """Run one cycle and record how it went. Never raises: a cycle that crashed (a bug, or a fault
-        no one foresaw) is recorded as Failed with its error, and the next cycle is a full one."""
+        no one foresaw) is recorded as Failed with its error, and the next cycle is a full one.
+
+        `full` lists every server and plans every model on each, whatever was kept (as the first
+        cycle of a process, one after a crash, and a dry run do); a resync otherwise lists every
+        server but plans only what its listing shows changed."""
         with self._cycle_lock:
             started = time.monotonic()
             try:
-                report = self._cycle(dry_run)
+                report = self._cycle(dry_run, full)
             except Exception as exc:
                 log.exception("action=cycle-crashed")
                 self._converged = False
@@ -173,7 +178,7 @@ class Reconciler:
         self._converged = False
 
     # -- the cycle ------------------------------------------------------------------------------------
-    def _cycle(self, dry_run: bool) -> CycleReport:
+    def _cycle(self, dry_run: bool, forced: bool) -> CycleReport:
         if not dry_run and not self.leading():
             return CycleReport(SUCCEEDED, None, "not the leader; standing by", noop=True)
         try:
@@ -195,32 +200,44 @@ class Reconciler:
         if self._leaving and not dry_run and not change.problems:
             self._forget_servers(tuple(sorted(self._leaving)))
             self._leaving.clear()
-        due = self.fleet.due()
-        full = dry_run or self._resync_due(now)
-        if full:
+        due = self.fleet.due()  # to list and plan in full: new, relabelled, failed, found unreachable
+        everything = dry_run or forced or self._plan_everything_due()
+        resync = everything or self._resync_due(now)
+        if everything:
             due = set(names)
+        listed = set(names) if resync else due
         touched_in_cluster = self.cluster.changed() if self.cluster is not None and not dry_run else set()
-        if (not full and not due and commit == self.store.sync.last_applied_commit and not touched_in_cluster
+        if (not resync and not due and commit == self.store.sync.last_applied_commit and not touched_in_cluster
                 and not change.problems and not self._work_left(now)):
             return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
 
         desired = self._load(commit)
-        listings = self.fleet.list_servers(due)
+        kept = {name: self.fleet.observed(name) for name in listed - due}  # what each new listing is compared with
+        listings = self.fleet.list_servers(listed)
+        due |= {name for name, before in kept.items() if before is None or listings[name].observed is None}
         incremental = [name for name in names if name not in due]
         scope = None
+        drift: dict[str, frozenset[ModelKey]] = {}
         if incremental:
             scope = (self._changed_since_applied(desired) | self.store.unsettled(now) | self._unpruned(desired)
                      | touched_in_cluster)
+            drift = self._drift(kept, listings, incremental)
+        drifted = scope | set().union(*drift.values()) if scope is not None else None
         records = self.store.records() if due else self.store.records(
-            self.store.related(scope or set(), _references(desired, scope or set())))
+            self.store.related(drifted or set(), _references(desired, drifted or set())))
         cluster_problems = []
         if self.cluster is not None and not dry_run:
             cluster_problems = self.cluster.sync(desired, scope)
-            desired = self.cluster.amend(desired, scope)
+            desired = self.cluster.amend(desired, drifted)
         plans = plan_servers(desired, [self._view(name, listings[name].observed) for name in names if name in due],
                              records, now=now, allow_empty=self.allow_empty)
-        plans.update(plan_servers(desired, [self._view(name, self.fleet.observed(name)) for name in incremental],
-                                  records, scope=scope, now=now, allow_empty=self.allow_empty))
+        by_drift: dict[frozenset[ModelKey], list[str]] = {}
+        for name in incremental:  # servers whose listings changed alike (most often: not at all) plan together
+            by_drift.setdefault(drift.get(name, frozenset()), []).append(name)
+        for extra, group in by_drift.items():
+            assert scope is not None
+            plans.update(plan_servers(desired, [self._view(name, self.fleet.observed(name)) for name in group],
+                                      records, scope=scope | extra, now=now, allow_empty=self.allow_empty))
         plans = dict(sorted(plans.items()))
         not_listed = {name: self._not_listed(name, listing) for name, listing in listings.items()
                       if listing.observed is None}
@@ -228,9 +245,9 @@ class Reconciler:
             problems = list(not_listed.values())
             return CycleReport(FAILED_OUTCOME if problems else SUCCEEDED, commit,
                                "; ".join(problems) or f"would make {merge_plans(list(plans.values())).summary()}",
-                               plans, full=True)
+                               plans, full=True, everything=True)
 
-        if full:
+        if resync:
             self.store.sync = replace(self.store.sync, last_resync_at=now)
         if not self.leading():  # lost the Lease while planning: another replica applies now
             return CycleReport(FAILED_OUTCOME, commit, "lost leadership before applying; nothing changed", plans)
@@ -244,15 +261,17 @@ class Reconciler:
         problems = [*change.problems, *(m for name in sorted(first) for m in first[name]), *cluster_problems,
                     *(m for name in sorted(failures) for m in failures[name])]
         self._converged = not cluster_problems
-        listed_all = set(due) == set(names)
+        listed_all, planned_all = listed == set(names), due == set(names)
         summary = merge_plans(list(plans.values())).summary()
         if problems:
-            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), plans, full=listed_all)
+            return CycleReport(FAILED_OUTCOME, commit, "; ".join(problems), plans, full=listed_all,
+                               everything=planned_all)
         self.applied, self._since_applied = desired, set()
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
         self.store.sync = replace(self.store.sync, last_applied_commit=commit)
-        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {summary}", plans, full=listed_all)
+        return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {summary}", plans, full=listed_all,
+                           everything=planned_all)
 
     def _view(self, name: str, observed: Mapping[str, InstalledModel] | None) -> ServerView:
         member = self.fleet.member(name)
@@ -270,10 +289,36 @@ class Reconciler:
         what = "unreachable" if listing.unreachable else "could not be listed"
         return f"server {name} {what}: {listing.error}"
 
+    def _plan_everything_due(self) -> bool:
+        """Is every model to be planned on every server, whatever was kept? In a fresh process, and
+        after a cycle that crashed or left the cluster's resources behind."""
+        return not self._converged or self.applied is None
+
     def _resync_due(self, now: float) -> bool:
-        """Is every server to be listed (and every model planned) this cycle?"""
+        """Is every server to be listed this cycle?"""
         last = self.store.sync.last_resync_at
-        return not self._converged or self.applied is None or last is None or now - last >= self.resync_interval
+        return last is None or now - last >= self.resync_interval
+
+    def _drift(self, kept: Mapping[str, Mapping[str, InstalledModel] | None], listings: Mapping[str, Listing],
+               names: list[str]) -> dict[str, frozenset[ModelKey]]:
+        """Per server listed again this cycle, the recorded models whose entry in its new listing
+        differs from the kept one (none when the listing is the same: nothing more to plan there).
+
+        That finds all drift. What a server's plan decides of a model depends on its file and its
+        record (both in the cycle's scope whenever they changed, or when work is left), on the pulls
+        in flight, and on its entry in the listing. The kept listing is the last real one with the
+        reconciler's own pulls and deletes applied, and every model was planned against it, so a
+        full plan could only decide differently for a model whose entry the server now lists
+        otherwise: removed, added or changed behind the reconciler's back."""
+        drift = {}
+        for name in names:
+            before, after = kept.get(name), listings[name].observed if name in listings else None
+            if before is None or after is None or before == after:
+                continue
+            references = {ref for ref in before.keys() | after.keys() if _entry(before.get(ref)) != _entry(after.get(ref))}
+            if references:
+                drift[name] = frozenset(self.store.related((), references))
+        return drift
 
     def _forget_servers(self, names: tuple[str, ...]) -> None:
         """Servers that left the inventory (since the last cycle, or since the last run): their
@@ -469,6 +514,11 @@ class Reconciler:
             level = logging.INFO if report.ok else logging.WARNING
             log.log(level, "action=cycle outcome=%s commit=%s full=%s seconds=%.3f message=%r", report.outcome,
                     (report.commit or "-")[:12], report.full, seconds, report.message)
+
+
+def _entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:
+    """What the plan reads of a listing's entry (not when Ollama says it was modified)."""
+    return None if installed is None else (installed.reference, installed.digest, installed.size)
 
 
 def _references(desired: DesiredState, keys: set[ModelKey]) -> list[str]:

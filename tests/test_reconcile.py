@@ -343,8 +343,11 @@ def test_a_pull_in_flight_is_not_started_twice_and_cycles_do_not_wait(rig: Rig) 
         rig.push("the same model, spelled in full")
         assert [a.reason for a in rig.cycle(wait=False).plan.actions] == ["pull in progress"]
         rig.clock.advance(301)
-        report = rig.cycle(wait=False)  # a full cycle looks at every model
-        assert report.full
+        report = rig.cycle(wait=False)  # a resync lists Ollama: nothing changed there, so only the pending model
+        assert report.full and not report.everything
+        assert [a.reason for a in report.plan.actions] == ["pull in progress"]
+        report = rig.reconciler.run_cycle(full=True)  # a full cycle looks at every model
+        assert report.full and report.everything
         assert [a.reason for a in report.plan.actions] == ["pull in progress"] * 3
         progress = rig.record("default", "llama3.2-1b").servers["default"]
         assert progress.progress_total and progress.progress_completed is not None

@@ -94,17 +94,21 @@ class DesiredState:
     unreadable: frozenset[ModelKey] = frozenset()
     unreadable_namespaces: frozenset[str] = frozenset()
     all_unreadable: bool = False
-    # The models with a `servers:` selector (computed when not given): the only ones placement looks at.
-    selective: frozenset[ModelKey] = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    # The models with a `servers:` selector (None: not known yet, see `with_selectors`).
+    selective: frozenset[ModelKey] | None = field(default=None, compare=False, repr=False)
     # What the loader knows changed since the commit it loaded this state from (None: not known).
     changes: Changes | None = field(default=None, compare=False, repr=False)
     _placed: dict[tuple[tuple[str, str], ...], DesiredState] = field(
         default_factory=dict, init=False, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def with_selectors(self) -> frozenset[ModelKey]:
+        """The models with a `servers:` selector: the only ones placement looks at (the loader says
+        which; looked for once otherwise)."""
         if self.selective is None:
             object.__setattr__(self, "selective", frozenset(
                 key for key, model in self.models.items() if model.fields.servers is not None))
+        assert self.selective is not None
+        return self.selective
 
     def is_unreadable(self, key: ModelKey) -> bool:
         """Is `key`'s model kept at its last good version because what stands for it cannot be read?"""
@@ -144,21 +148,22 @@ class DesiredState:
 
         Costs nothing when no model has a selector, and a look at those that have one otherwise,
         once per label set (servers with the same labels share one placement)."""
-        if not self.selective:
+        selective = self.with_selectors()
+        if not selective:
             return self
         cache_key = tuple(sorted(labels.items()))
         placed = self._placed.get(cache_key)
         if placed is None:
-            excluded = frozenset(key for key in self.selective if not self.models[key].fields.servers.matches(labels))
+            excluded = frozenset(key for key in selective if not self.models[key].fields.servers.matches(labels))
             placed = self if not excluded else dataclasses.replace(
-                self, models=_Without(self.models, excluded), selective=self.selective - excluded)
+                self, models=_Without(self.models, excluded), selective=selective - excluded)
             self._placed[cache_key] = placed
         return placed
 
     def not_placed_on(self, labels: Mapping[str, str]) -> frozenset[ModelKey]:
         """The models whose selector keeps them off a server with these labels."""
         placed = self.placed_on(labels)
-        return frozenset() if placed is self else self.selective - placed.selective
+        return frozenset() if placed is self else self.with_selectors() - placed.with_selectors()
 
     def in_namespace(self, namespace: str) -> list[DesiredModel]:
         """The models of one namespace, ordered by name."""
@@ -551,7 +556,7 @@ class GitLoader:
             commit=commit, models=_Models.changed(state.models, changes), problems=problems,
             unreadable=frozenset((state.unreadable - changes.keys()) | unreadable),
             unreadable_namespaces=state.unreadable_namespaces, all_unreadable=state.all_unreadable,
-            selective=frozenset((state.selective - changes.keys()) | selective),
+            selective=frozenset((state.with_selectors() - changes.keys()) | selective),
             changes=Changes(state.commit or "", frozenset(changes)))
         self._last = (new_state, new_entries)
         gc.freeze()

@@ -72,9 +72,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.001):  # 
 
 
 def exponent(points: list[tuple[float, float]]) -> float | None:
-    """The slope of log(value) against log(size), least squares; None below two sizes."""
+    """The slope of log(value) against log(size), least squares; None below two distinct sizes."""
     points = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
-    if len(points) < 2:
+    if len({x for x, _ in points}) < 2:
         return None
     mx, my = statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)
     return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)

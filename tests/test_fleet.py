@@ -321,3 +321,42 @@ def test_an_inventory_that_cannot_be_read_forgets_no_server_until_it_can(fleet: 
     assert fleet.cycle().ok
     assert set(fleet.reconciler.store.record(key).servers) == {"gpu-1", "gpu-2"}
     assert all(ollama.delete_count == {} for ollama in fleet.ollamas.values())
+
+
+def test_a_resync_plans_only_what_the_listings_show_changed_and_finds_drift_made_behind_its_back(fleet: FleetRig) -> None:
+    """Issue 16 item 8: a resync lists every server once; an unchanged listing costs no planning
+    there; a model removed or replaced behind the reconciler's back is planned (and mended) on the
+    server that lists it otherwise, and on no other."""
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.work.model("default", "gemma3", "1b")
+    fleet.work.model("default", "phi3", "mini", 'servers: {matchLabels: {gpu: "l4"}}\n')
+    fleet.push()
+    fleet.start()
+    assert fleet.cycle().everything
+    gemma, llama = ModelKey("default", "gemma3-1b"), ModelKey("default", "llama3.2-1b")
+
+    def resync():  # type: ignore[no-untyped-def]
+        before = {name: len(ollama.requests) for name, ollama in fleet.ollamas.items()}
+        fleet.clock.advance(301)
+        report = fleet.cycle()
+        assert report.ok and report.full and not report.everything, report.message
+        asked = {name: ollama.requests[before[name]:] for name, ollama in fleet.ollamas.items()}
+        return report, asked
+
+    report, asked = resync()
+    assert all(requests == [("GET", "/api/tags")] for requests in asked.values()), asked  # one listing each
+    assert {name: len(plan.specs) for name, plan in report.plans.items()} == {name: 0 for name in LABELS}
+
+    fleet.ollamas["gpu-3"].remove("gemma3:1b")  # by hand, on the host
+    fleet.ollamas["gpu-1"].remove("llama3.2:1b")
+    fleet.ollamas["gpu-1"].install("llama3.2:1b", 1234)  # pulled again by hand: another size, another digest
+    report, asked = resync()
+    assert {name: set(plan.specs) for name, plan in report.plans.items()} == {
+        "gpu-1": {llama}, "gpu-2": set(), "gpu-3": {gemma}}
+    assert [(type(a).__name__, a.reason) for a in report.plans["gpu-3"].actions] == [("Pull", "drift: missing from Ollama")]
+    assert [type(a).__name__ for a in report.plans["gpu-1"].actions] == ["MarkReady"]
+    assert fleet.holding("gemma3:1b") == set(LABELS) and fleet.on("gpu-1", "default", "llama3.2-1b").size == 1234
+
+    full = fleet.reconciler.run_cycle(full=True)  # every model planned on every server, whatever was kept
+    assert full.ok and full.full and full.everything
+    assert {name: len(plan.specs) for name, plan in full.plans.items()} == {"gpu-1": 2, "gpu-2": 3, "gpu-3": 3}

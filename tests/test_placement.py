@@ -77,3 +77,15 @@ def test_no_server_is_pruned_to_zero_without_allow_empty() -> None:
     assert plans["gpu-1"].refused is None
     plans = plan_servers(desired(ONLY_A100), servers, records, now=NOW, allow_empty=True)
     assert plans["gpu-2"].of(Delete) == [Delete("big:1b", (ONLY_A100.key,), "no longer placed on this server")]
+
+
+def test_servers_with_the_same_labels_share_one_placement_and_none_is_made_without_selectors() -> None:
+    plain = desired(EVERYWHERE)
+    assert plain.placed_on(A100) is plain and plain.not_placed_on(A100) == frozenset()
+    mixed = desired(EVERYWHERE, ONLY_A100)
+    on_a100, on_l4 = mixed.placed_on(A100), mixed.placed_on(L4)
+    assert on_a100 is mixed and mixed.placed_on({"zone": "eu", "gpu": "a100"}) is on_a100
+    assert mixed.placed_on(dict(L4)) is on_l4  # computed once per label set
+    assert list(on_l4.models) == [EVERYWHERE.key] and len(on_l4.models) == 1
+    assert ONLY_A100.key not in on_l4.models and on_l4.models.get(ONLY_A100.key) is None
+    assert mixed.not_placed_on(L4) == {ONLY_A100.key}

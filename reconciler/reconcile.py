@@ -7,11 +7,16 @@ fetch.
 The reconciler keeps a fleet of Ollama servers (`ollama/fleet.py`; one server given the old way is
 a fleet of one, named `default`). Each server is planned on its own, over the models placed on it
 (`placement.py`). Cycles are incremental, per server: a server is listed and every model planned
-on it when it is new, after a failure there, when a pull found it unreachable, and on every resync
-(every server, in parallel); in between, a cycle plans only the models whose files changed or that
-have work left, against each server's last listing kept up to date by the reconciler's own pulls
-and deletes. Drift made behind its back is found by the next resync. A server that cannot be
-listed has nothing pulled or deleted on it and fails the cycle (naming it); the others go on.
+on it when it is new, relabelled, after a failure there, when a pull found it unreachable, and
+everywhere in a fresh process, after a crashed cycle and on `run_cycle(full=True)`; in between, a
+cycle plans only the models whose files changed or that have work left, against each server's last
+listing kept up to date by the reconciler's own pulls and deletes. A resync (every resync interval)
+lists every server, in parallel, and plans there also the models its listing shows changed: drift
+made behind the reconciler's back is found then, and an unchanged listing costs no planning. A
+server that cannot be listed has nothing pulled or deleted on it and fails the cycle (naming it);
+the others go on. What a one-change cycle costs beyond the fetch is in proportion to the change:
+the load goes from the last commit by the changed paths and says which models changed, and the
+plan, the records copied and the state store's writes cover only those and the models with work left.
 """
 
 from __future__ import annotations

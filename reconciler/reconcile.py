@@ -180,6 +180,8 @@ class Reconciler:
         starts leading): the next cycle lists every server and plans every model."""
         self.fleet.forget_listings()
         self.applied, self._since_applied = None, None
+        with self._unpruned_lock:
+            self._unpruned_dirty = None
         self._converged = False
 
     # -- the cycle ------------------------------------------------------------------------------------

@@ -290,9 +290,11 @@ def report(steadies: list[dict], fill_one: dict, fill_many: dict, repeat: int) -
         print(f"  {label:<14}" + "".join(f"{cell:>22}" for cell in cells))
     for r in steadies[1:]:
         n = r["servers"]
-        asked = sorted({tuple(x) for x in r["change_requests_per_server"]})
+        on_s0 = sorted({x[0] for x in r["change_requests_per_server"]})
+        others = sorted({y for x in r["change_requests_per_server"] for y in x[1:]})
         listed = sorted({x for each in r["resync_requests_per_server"] for x in each})
-        print(f"  {n} servers: one-change cycle's requests per server (s0..s{n - 1}): {', '.join(map(str, asked))}; "
+        print(f"  {n} servers: one-change cycle's requests: s0 {'/'.join(map(str, on_s0))}, each of the {n - 1} "
+              f"others {'/'.join(map(str, others))}; "
               f"resync: {'/'.join(map(str, listed))} request(s) per server, "
               f"{'/'.join(map(str, sorted(set(r['resync_models_planned']))))} model(s) planned")
     for against, x in ((f"servers / {one['listing_threads']} (the listing concurrency)", lambda r: r["servers"]),

@@ -38,4 +38,4 @@ def test_fleet_benchmark_smoke_run() -> None:
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "3 servers" in result.stdout and "Cold fill, 6 models per server" in result.stdout
-    assert "PASS  one-change cycle asks only the server the change selects (s0)" in result.stdout, result.stdout
+    assert "PASS  one-change cycle at 3 servers asks only the server the change selects (s0)" in result.stdout, result.stdout

@@ -174,3 +174,18 @@ def test_incremental_cycles_plan_what_a_full_plan_would_change(rig: Rig) -> None
 
 def _changes(report) -> list:  # type: ignore[no-untyped-def]
     return sorted(map(repr, (a for a in report.plan.actions if not isinstance(a, Skip))))
+
+
+def test_a_write_that_removes_one_of_two_duplicates_keeps_the_model_the_other_defines(work_repo: WorkRepo) -> None:
+    """`load_edited` (the API's write path) on the file of a duplicate: the model is the other
+    file's again, as a full load says (it was dropped until the next full load)."""
+    work_repo.model("default", "phi3", "mini")
+    work_repo.write("models/default/phi3-mini.yml", "name: phi3\ntag: mini\n")
+    parent = work_repo.commit("a duplicate")
+    work_repo.remove("models/default/phi3-mini.yml")
+    commit = work_repo.commit("undone")
+    loader = GitLoader(git.Repo(work_repo.path))
+    assert ModelKey("default", "phi3-mini") in loader.load(parent).unreadable
+    edited = loader.load_edited(commit, parent, {"models/default/phi3-mini.yml": None})
+    assert edited == GitLoader(git.Repo(work_repo.path)).load(commit)
+    assert list(edited.models) == [ModelKey("default", "phi3-mini")] and not edited.unreadable

@@ -19,6 +19,8 @@ Steady state, for each fleet size (--servers, 1 first), with the same models rep
       resync:            the clock moved past the resync interval, `run_cycle()` lists every server
                          (in parallel, LISTING_THREADS at a time) and compares each listing with the
                          kept one: nothing changed, so nothing is planned; must be `report.full`
+                         (also shown: the CPU time this process spent in it, its threads included,
+                         which no listing concurrency divides on a machine of few cores)
       full cycle:        `run_cycle(full=True)`: every server listed and every model planned on
                          each, as after a crash or with `reconcile --once --full`
 
@@ -191,7 +193,7 @@ def steady(servers: int, models: int, repeat: int) -> dict:
             records = reconciler.store.records()
             assert len(records) == models and all(
                 s.state == READY for r in records.values() for s in r.servers.values()), "not every model Ready"
-            samples: dict[str, list[float]] = {"change": [], "noop": [], "resync": [], "full": []}
+            samples: dict[str, list[float]] = {"change": [], "noop": [], "resync": [], "full": [], "resync_cpu": []}
             change_requests: list[list[int]] = []
             resync_requests: list[list[int]] = []
             resync_planned: list[int] = []
@@ -210,14 +212,17 @@ def steady(servers: int, models: int, repeat: int) -> dict:
                 noop_s, report = _timed(reconciler.run_cycle)
                 assert report.ok and report.noop, report.message
                 clock.now += RESYNC + 1
+                cpu = time.process_time()
                 resync_s, report = _timed(reconciler.run_cycle)
+                resync_cpu = time.process_time() - cpu
                 assert report.ok and report.full and not report.everything, report.message
                 planned = sum(len(plan.specs) for plan in report.plans.values())
                 listed = [a[0] - b[0] for a, b in zip(standins.counts(), after)]
                 full_s, report = _timed(lambda: reconciler.run_cycle(full=True))
                 assert report.ok and report.everything, report.message
                 if round_ > 0:
-                    for name, value in (("change", change_s), ("noop", noop_s), ("resync", resync_s), ("full", full_s)):
+                    for name, value in (("change", change_s), ("noop", noop_s), ("resync", resync_s), ("full", full_s),
+                                        ("resync_cpu", resync_cpu)):
                         samples[name].append(value)
                     change_requests.append(requests)
                     resync_requests.append(listed)
@@ -284,7 +289,8 @@ def report(steadies: list[dict], fill_one: dict, fill_many: dict, repeat: int) -
     sizes = [r["servers"] for r in steadies]
     print(f"\nFleet cycles, {one['models']:,} models: medians of {repeat} (ms); each ratio to 1 server's")
     print(f"  {'cycle':<14}" + "".join(f"{f'{n} server' + ('s' if n > 1 else ''):>22}" for n in sizes))
-    for name, label in (("noop", "no-op"), ("change", "one-change"), ("resync", "resync"), ("full", "full cycle")):
+    for name, label in (("noop", "no-op"), ("change", "one-change"), ("resync", "resync"),
+                        ("resync_cpu", "(its CPU here)"), ("full", "full cycle")):
         base = one["median_s"][name]
         cells = [f"{_ms(r['median_s'][name])} ({r['median_s'][name] / base:.2f}x)" for r in steadies]
         print(f"  {label:<14}" + "".join(f"{cell:>22}" for cell in cells))

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 from datetime import datetime, timezone
 
@@ -415,6 +416,7 @@ class Reconciler:
                 if not self.fleet.lone_default:
                     _keep_with_error(edit, name, message, desired)
         failures: dict[str, list[str]] = {}
+        outcomes: list[Callable[[_Edit], None]] = []  # what the deletes did, to record
         for name, the_plan in plans.items():
             member = self.fleet.member(name)
             assert member is not None
@@ -424,11 +426,17 @@ class Reconciler:
                     if member.pulls.submit(action, commit):
                         lines.add("pull", action.keys, action.reference, action.reason)
                 elif isinstance(action, Delete):
-                    failure = self._delete(member, action, lines)
+                    failure = self._delete(member, action, lines, outcomes)
                     if failure:
                         failures.setdefault(name, []).append(self._on(name, failure))
             if the_plan.refused:
                 log.warning("action=refused commit=%s server=%s reason=%r", commit[:12], name, the_plan.refused)
+        if outcomes:
+            # Every delete's outcome in one edit (one journal append, one fsync), each recorded only
+            # after Ollama answered: a crash before this repeats the deletes, never loses one.
+            with self.store.editing() as edit:
+                for outcome in outcomes:
+                    outcome(edit)
         return failures
 
     @staticmethod
@@ -472,23 +480,19 @@ class Reconciler:
                 # besides the cycle's own line saying so.
                 lines.add("skipped", action.key, None, action.reason, level=logging.DEBUG)
 
-    def _delete(self, member: Member, action: Delete, lines: _Log) -> str | None:
+    def _delete(self, member: Member, action: Delete, lines: _Log, outcomes: list[Callable[[_Edit], None]]
+                ) -> str | None:
+        """Delete on Ollama; what to record of it is added to `outcomes`. Returns why it failed."""
         try:
             member.client.delete(action.reference)
         except (ModelOperationFailed, ServerUnreachable) as exc:
             message = f"could not delete {action.reference}: {exc}"
-            with self.store.editing() as edit:
-                for key in action.keys:
-                    status = edit.status(key, member.name)
-                    if status is not None:
-                        status.error = message[:1024]
+            outcomes.append(partial(_set_error, keys=action.keys, server=member.name, message=message))
             lines.add("failed", action.keys, action.reference, message, level=logging.WARNING)
             return message
         self.fleet.deleted(member.name, normalize_reference(action.reference))
         # Forget only after Ollama confirmed: a crash in between repeats the delete, never loses it.
-        with self.store.editing() as edit:
-            for key in action.keys:
-                edit.drop(key, member.name)
+        outcomes.append(partial(_drop, keys=action.keys, server=member.name))
         lines.add("deleted", action.keys, action.reference, action.reason)
         return None
 
@@ -521,6 +525,18 @@ class Reconciler:
             level = logging.INFO if report.ok else logging.WARNING
             log.log(level, "action=cycle outcome=%s commit=%s full=%s seconds=%.3f message=%r", report.outcome,
                     (report.commit or "-")[:12], report.full, seconds, report.message)
+
+
+def _set_error(edit: _Edit, *, keys: tuple[ModelKey, ...], server: str, message: str) -> None:
+    for key in keys:
+        status = edit.status(key, server)
+        if status is not None:
+            status.error = message[:1024]
+
+
+def _drop(edit: _Edit, *, keys: tuple[ModelKey, ...], server: str) -> None:
+    for key in keys:
+        edit.drop(key, server)
 
 
 def _entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

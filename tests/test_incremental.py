@@ -9,7 +9,7 @@ import pytest
 
 from gitrepos import WorkRepo
 from ollama_gitops.reconciler.models.desired import GitLoader, ModelKey, changed_between
-from ollama_gitops.reconciler.plan import Skip
+from ollama_gitops.reconciler.plan import Delete, Skip
 from rig import Rig
 
 SEED = {"llama3.2": "1b", "phi3": "mini"}
@@ -189,3 +189,21 @@ def test_a_write_that_removes_one_of_two_duplicates_keeps_the_model_the_other_de
     edited = loader.load_edited(commit, parent, {"models/default/phi3-mini.yml": None})
     assert edited == GitLoader(git.Repo(work_repo.path)).load(commit)
     assert list(edited.models) == [ModelKey("default", "phi3-mini")] and not edited.unreadable
+
+
+def test_a_cycle_that_deletes_several_models_writes_one_fsync(rig: Rig) -> None:
+    _pushed_models(rig, 4)
+    rig.work.model("default", "gemma3", "1b")
+    rig.work.model("default", "phi3", "mini")
+    rig.push("two to pull")
+    reconciler = rig.start()
+    assert rig.cycle().ok and {"gemma3:1b", "phi3:mini"} <= set(rig.ollama.installed())  # pulled: owned
+    rig.work.remove("models/default/gemma3-1b.yaml")
+    rig.work.remove("models/default/phi3-mini.yaml")
+    rig.push("remove both")
+    fsyncs = reconciler.store.stats.fsyncs
+    report = rig.cycle()
+    assert report.ok and len(report.plan.of(Delete)) == 2, report.message
+    assert reconciler.store.stats.fsyncs - fsyncs == 1  # both deletes' outcomes in one journal append
+    assert not {"gemma3:1b", "phi3:mini"} & set(rig.ollama.installed())
+    assert rig.record("default", "gemma3-1b") is None and rig.record("default", "phi3-mini") is None

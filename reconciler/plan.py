@@ -259,8 +259,12 @@ def _plan_reference(
             # A broken file's model shows the file's error while it stays Ready: not a reason to act.
             stale_error = status is not None and bool(status.error) and key not in broken
             if (status is None or status.state != READY or stale_error or status.owned != owned
-                    or status.digest != installed.digest or status.size != installed.size):
+                    or status.size != installed.size):
                 actions.append(MarkReady(key, installed, "already in Ollama", owned))
+            elif (status.digest or "") != installed.digest:
+                # A pull records no digest (its stream gives none) and the listing kept since has ""
+                # for it, which is the same; a real listing's digest is recorded when one gives it.
+                actions.append(MarkReady(key, installed, "its digest, from the listing", owned))
         return actions
 
     retry_at = min((records[k].status.next_retry_at or 0.0) for k in active if k in records) if len(new_keys) < len(active) else 0.0

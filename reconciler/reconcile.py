@@ -135,13 +135,14 @@ class Reconciler:
         """The pulls of every server (`wait()` for them all)."""
         return self.fleet
 
-    def run_cycle(self, *, dry_run: bool = False) -> CycleReport:
+    def run_cycle(self, *, dry_run: bool = False, full: bool = False) -> CycleReport:
         """Run one cycle and record how it went. Never raises: a cycle that crashed (a bug, or a fault
-        no one foresaw) is recorded as Failed with its error, and the next cycle is a full one."""
+        no one foresaw) is recorded as Failed with its error, and the next cycle is a full one.
+        `full` makes it a resync whatever is due: every server listed, every model planned."""
         with self._cycle_lock:
             started = time.monotonic()
             try:
-                report = self._cycle(dry_run)
+                report = self._cycle(dry_run, full)
             except Exception as exc:
                 log.exception("action=cycle-crashed")
                 self._converged = False
@@ -165,7 +166,7 @@ class Reconciler:
         self._converged = False
 
     # -- the cycle ------------------------------------------------------------------------------------
-    def _cycle(self, dry_run: bool) -> CycleReport:
+    def _cycle(self, dry_run: bool, forced: bool = False) -> CycleReport:
         if not dry_run and not self.leading():
             return CycleReport(SUCCEEDED, None, "not the leader; standing by", noop=True)
         try:
@@ -188,7 +189,7 @@ class Reconciler:
             self._forget_servers(tuple(sorted(self._leaving)))
             self._leaving.clear()
         due = self.fleet.due()
-        full = dry_run or self._resync_due(now)
+        full = dry_run or forced or self._resync_due(now)
         if full:
             due = set(names)
         touched_in_cluster = self.cluster.changed() if self.cluster is not None and not dry_run else set()
@@ -433,7 +434,8 @@ def _references(desired: DesiredState, keys: set[ModelKey]) -> list[str]:
 
 def _mark_ready(status: ModelStatus, installed: InstalledModel, owned: bool, commit: str) -> None:
     status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
-    status.size, status.digest, status.applied_commit = installed.size, installed.digest, commit
+    # "" (a listing kept since a pull, which gave no digest) is recorded as unknown, as the pull did.
+    status.size, status.digest, status.applied_commit = installed.size, installed.digest or None, commit
     status.owned = status.owned or owned
     if status.last_pull_time is None and installed.modified_at:
         status.last_pull_time = _seconds_z(installed.modified_at)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetrig import FleetRig
+from waiting import eventually
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.ollama.inventory import FileProblem, Inventory, Snapshot
 from ollama_gitops.reconciler.state import PENDING, READY
@@ -91,7 +92,9 @@ def test_a_server_emptied_behind_its_back_is_filled_again_by_the_next_resync(fle
     report = fleet.cycle()
     assert report.ok and report.full and fleet.holding("llama3.2:1b") == set(LABELS)
     assert [type(a).__name__ for a in report.plans["gpu-3"].actions] == ["Pull"]
-    assert not report.plans["gpu-1"].actions and not report.plans["gpu-2"].actions
+    # on the others the resync only records the digest the listing gives (a pull's stream has none)
+    assert [(type(a).__name__, a.reason) for name in ("gpu-1", "gpu-2") for a in report.plans[name].actions] == \
+        [("MarkReady", "its digest, from the listing")] * 2
 
 
 def test_a_server_leaving_the_inventory_is_forgotten_and_nothing_is_deleted_on_it(fleet: FleetRig) -> None:
@@ -321,3 +324,37 @@ def test_an_inventory_that_cannot_be_read_forgets_no_server_until_it_can(fleet: 
     assert fleet.cycle().ok
     assert set(fleet.reconciler.store.record(key).servers) == {"gpu-1", "gpu-2"}
     assert all(ollama.delete_count == {} for ollama in fleet.ollamas.values())
+
+
+def test_listings_run_in_parallel_bounded_by_the_listing_threads(fleet: FleetRig, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ollama_gitops.reconciler.ollama.fleet import Fleet
+    from ollama_gitops.reconciler.ollama.inventory import FileInventory
+    from ollama_gitops.reconciler.ollama.server import OllamaServer
+    from ollama_gitops.reconciler.state import StateStore
+
+    servers = Fleet(FileInventory(fleet.servers_file), StateStore(tmp_path / "bounded"), listing_threads=2,
+                    client_factory=lambda server: OllamaServer(server.url, timeout=30))
+    gates = {name: ollama.hold_listings() for name, ollama in fleet.ollamas.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            listing = pool.submit(servers.list_servers, set(LABELS))
+            reached = lambda: {name for name, gate in gates.items() if gate.held}  # noqa: E731
+            eventually(lambda: len(reached()) == 2, timeout=60)
+            first = reached()
+            # both threads are held at a server: the third waits for one of them (no third thread)
+            assert sum(gate.held for gate in gates.values()) == 2
+            for name in first:
+                gates[name].release()
+            (last,) = set(LABELS) - first
+            assert gates[last].wait_for_listings(1, timeout=60)
+            gates[last].release()
+            result = listing.result(timeout=60)
+        assert {name: sorted(each.observed) for name, each in result.items()} == {name: [] for name in LABELS}
+        assert [sum(1 for request in ollama.requests if request == ("GET", "/api/tags"))
+                for ollama in fleet.ollamas.values()] == [1, 1, 1]
+    finally:
+        for gate in gates.values():
+            gate.release()
+        servers.shutdown()

@@ -10,6 +10,7 @@ import pytest
 
 from ollama_gitops.reconciler.models.naming import resource_name
 from ollama_gitops.reconciler.ollama.server import OllamaServer
+from ollama_gitops.reconciler.plan import MarkReady
 from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
 from ollama_gitops.reconciler.scheduler import CycleScheduler
 from ollama_gitops.reconciler.service import Service
@@ -29,11 +30,40 @@ def test_added_models_are_pulled_and_recorded_ready(rig: Rig) -> None:
     assert record is not None
     assert record.servers["default"].state == READY
     assert record.servers["default"].size == CATALOGUE["llama3.2:1b"]
-    assert record.servers["default"].digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record.servers["default"].digest is None  # the pull's stream does not give it: the next resync does
     assert record.servers["default"].last_pull_time == "2027-01-15T08:00:00Z"  # the rig's clock
     assert record.servers["default"].applied_commit == commit and record.servers["default"].error is None
     sync = rig.reconciler.store.sync
     assert (sync.last_fetched_commit, sync.last_applied_commit, sync.last_cycle_outcome) == (commit, commit, "Succeeded")
+
+
+def test_a_pull_ends_recorded_from_its_own_stream_without_a_listing_and_the_next_resync_gives_the_digest(
+        rig: Rig) -> None:
+    rig.ollama.install("gemma3:1b")  # the blobs of a model already there are streamed as one line each
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b", extra='refreshRequestedAt: "2026-11-25T14:00:00Z"\n')
+    rig.push()
+    reconciler = rig.start()
+    assert rig.cycle().ok  # the first cycle lists the server once; gemma3 is found there
+    rig.work.model("default", "gemma3", "1b", extra='refreshRequestedAt: "2026-11-26T14:00:00Z"\n')
+    rig.push("re-pull gemma3")
+    before = len(rig.ollama.requests)
+    assert rig.cycle().ok and rig.ollama.pull_count["gemma3:1b"] == 1  # a re-pull of blobs it holds
+    asked = rig.ollama.requests[before:]
+    assert asked == [("POST", "/api/pull")]  # exactly one pull, and no listing at its end
+    record = rig.record("default", "gemma3-1b").servers["default"]
+    assert (record.state, record.size, record.digest) == (READY, CATALOGUE["gemma3:1b"], None)  # the listing's size
+    assert reconciler.fleet.observed("default")["gemma3:1b"].size == CATALOGUE["gemma3:1b"]  # kept from the pull
+    report = rig.cycle()  # what the pull settled: nothing to ask Ollama, the digest still unknown
+    assert report.noop and len(rig.ollama.requests) == before + 1
+    rig.clock.advance(301)
+    report = rig.cycle()  # the resync's listing fills the digest in; nothing else changes
+    assert report.ok and report.full and rig.ollama.requests[before + 1:] == [("GET", "/api/tags")]
+    record = rig.record("default", "gemma3-1b").servers["default"]
+    assert (record.state, record.size, record.digest) == (READY, CATALOGUE["gemma3:1b"], rig.ollama.digest_of("gemma3:1b"))
+    assert rig.ollama.pull_count["gemma3:1b"] == 1
+    rig.clock.advance(301)
+    assert not any(isinstance(action, MarkReady) for action in rig.cycle().plan.actions)  # settled for good
 
 
 def test_model_already_in_ollama_becomes_ready_without_a_pull_even_after_restart(rig: Rig) -> None:
@@ -472,10 +502,13 @@ def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(rig: Rig) -
     rig.cycle()
     record = rig.record("default", "registry.ollama.ai-library-llama3.2-1b")
     assert record is not None and record.servers["default"].state == READY
-    assert record.servers["default"].size == CATALOGUE["llama3.2:1b"] and record.servers["default"].digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record.servers["default"].size == CATALOGUE["llama3.2:1b"]
     for _ in range(2):  # full cycles: Ollama listed, every model planned
         rig.clock.advance(301)
         assert rig.cycle().full
+    # the listing's digest, under the name Ollama shows, is this model's
+    assert rig.record("default", "registry.ollama.ai-library-llama3.2-1b").servers["default"].digest == \
+        rig.ollama.digest_of("llama3.2:1b")
     assert rig.ollama.pull_count["llama3.2:1b"] == 1
     rig.work.remove(path)
     rig.push("remove it")

@@ -39,8 +39,9 @@ class ModelServer(Protocol):
     def installed(self) -> dict[str, InstalledModel]:
         """The models on the server, keyed by normalised reference."""
 
-    def pull(self, reference: str, progress: ProgressCallback) -> None:
-        """Pull a model, reporting progress; returns when it is installed."""
+    def pull(self, reference: str, progress: ProgressCallback) -> InstalledModel:
+        """Pull a model, reporting progress; returns when it is installed, with what the pull itself
+        says of it (see `OllamaServer.pull`), no listing."""
 
     def delete(self, reference: str) -> bool:
         """Delete a model; False when the server did not have it (which counts as done)."""
@@ -86,7 +87,16 @@ class OllamaServer:
 
         return self._call(get)  # type: ignore[return-value]
 
-    def pull(self, reference: str, progress: ProgressCallback) -> None:
+    def pull(self, reference: str, progress: ProgressCallback) -> InstalledModel:
+        """Pull `reference`; the model as the stream leaves it, without listing the server.
+
+        Ollama streams progress per blob of the manifest, its layers and then its config, each line
+        with the blob's `digest` and `total` (a blob already on disk too, in one line of its whole
+        size; the transfer path of tensor models as one pseudo-blob of them all), so the sum of the
+        blobs' totals is the size `/api/tags` gives (`Manifest.Size`: layers plus config; a blob
+        listed twice in one manifest is counted once here, and the next listing corrects that). The
+        manifest's digest, which `/api/tags` shows, is in no line: it is `""`, unknown, until a
+        listing gives it. `modified_at` is unknown too."""
         layers: dict[str, tuple[int, int]] = {}
 
         def stream() -> None:
@@ -96,6 +106,7 @@ class OllamaServer:
                     progress(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
 
         self._call(stream)
+        return InstalledModel(reference, sum(total for _, total in layers.values()), "")
 
     def delete(self, reference: str) -> bool:
         try:

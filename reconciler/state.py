@@ -8,7 +8,8 @@ Kept in the state directory as a snapshot and a journal, the way databases keep 
 - `sync.json`, the reconciler as a whole, replaced atomically after each cycle.
 Loading reads the snapshot and replays the journal; a line torn by a crash mid-append is dropped
 (its edit had not been acknowledged). A lock file stops two processes from reconciling the same
-state directory.
+state directory. Start-up reads the files once: taking the lock after the load takes in only what
+was appended since (or everything again, if the snapshot was replaced meanwhile).
 
 Damage beyond that (a file cut short, emptied or overwritten, values of the wrong type) never stops
 start-up. The lock holder recovers what it can, says in a warning what was lost and what that means,
@@ -172,6 +173,9 @@ class StateStore:
         self._damage: list[str] = []  # what the last load could not read, said once by the lock holder
         self._sync_mtime = 0
         self._snapshot_mtime = 0
+        self._journal_behind: str | None = None  # the damage line saying the journal lost changes
+        self._sync_written: int | None = None  # the last change sequence number sync.json says was written
+        self.records_read = 0  # snapshot entries and journal lines decoded since this store was made
         self.version = 0  # bumped by every edit that changed a record
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
@@ -205,9 +209,16 @@ class StateStore:
             handle.close()
             raise StateLocked(f"another ollama-gitops process is reconciling {self.directory}") from None
         self._lock_file = handle
-        # Only the lock holder may mend the files (cut a journal line torn by a crash), and what
-        # was on disk before the lock was taken may have changed since: read it all again.
-        self._reload(truncate=True)
+        # Only the lock holder may mend the files (cut a journal line torn by a crash), and what was
+        # on disk before the lock was taken may have changed since (a process that held it wrote on):
+        # take in only that, unless the snapshot was replaced or the journal shrank (a compaction).
+        with self._lock:
+            journal = self.directory / JOURNAL
+            size = journal.stat().st_size if journal.exists() else 0
+            if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
+                self._reload(truncate=True)
+            else:
+                self._catch_up()
 
     def release_process_lock(self) -> None:
         if self._lock_file is not None:
@@ -378,30 +389,59 @@ class StateStore:
         only) also mends: cuts a torn journal line, and after damage says what was lost and writes
         clean files, keeping the damaged ones aside."""
         self._damage = []
+        self._journal_behind = None
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         snapshot_seq = self._load_snapshot()
         journal = self.directory / JOURNAL
         first_seq: list[int] = []
         if journal.exists():
             self._replay(journal, first_seq)
-            if truncate and self._journal_offset != journal.stat().st_size:
-                os.truncate(journal, self._journal_offset)
         if first_seq and first_seq[0] > snapshot_seq + 1:
             self._damage.append(
                 f"{self.directory / SNAPSHOT} is missing changes 1 to {first_seq[0] - 1} (the journal starts at "
                 f"change {first_seq[0]}): {_LOST_EFFECT.format(what='the models whose last change was among them')}")
-        for key, record in self._models.items():
+        self._settle_loaded(self._models)
+        self._finish_load(truncate, self._load_sync())
+
+    def _catch_up(self) -> None:
+        """The lock holder's start on a store loaded before the lock: the journal lines appended since
+        the load are replayed (the snapshot is the same), a torn last line is cut, the summary read
+        again if it changed, and what the whole load found damaged is mended. Nothing is read twice."""
+        journal = self.directory / JOURNAL
+        replayed: set[ModelKey] = set()
+        if journal.exists():
+            self._replay(journal, replayed=replayed)
+        self._settle_loaded({key: self._models[key] for key in replayed if key in self._models})
+        if _mtime(self.directory / SYNC) != self._sync_mtime:  # rewritten since: what the load said of it is old
+            self._damage = [line for line in self._damage if not line.startswith(str(self.directory / SYNC))]
+            self._finish_load(True, self._load_sync())
+        else:
+            self._finish_load(True, self._sync_written)
+
+    def _settle_loaded(self, records: Mapping[ModelKey, ModelRecord]) -> None:
+        """Index records just read; a pull they say is under way died with the process that ran it."""
+        for key, record in records.items():
             for status in record.servers.values():
                 if status.state == PULLING and not self._readonly:
                     status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
-        written = self._load_sync()
+
+    def _finish_load(self, truncate: bool, written: int | None) -> None:
+        """After the records are in: cut a torn journal line (`truncate`, the lock holder), note a
+        journal behind what `sync.json` says was `written`, and mend what is damaged (lock holder)."""
+        journal = self.directory / JOURNAL
+        if truncate and journal.exists() and self._journal_offset != journal.stat().st_size:
+            os.truncate(journal, self._journal_offset)
+        if self._journal_behind in self._damage:  # said again below if it still holds
+            self._damage.remove(self._journal_behind)
+        self._journal_behind = None
         snapshot_damaged = any(str(self.directory / SNAPSHOT) in line for line in self._damage)
         if written is not None and written > self._seq and not snapshot_damaged:
-            self._damage.append(
+            self._journal_behind = (
                 f"{self.directory / JOURNAL} ends at change {self._seq} but change {written} had been written: the "
                 f"last {written - self._seq} change(s) are lost (the journal was emptied or cut short), and which "
                 f"models they touched is unknown: {_LOST_EFFECT.format(what='a model pulled in that time')}")
+            self._damage.append(self._journal_behind)
         if truncate and self._damage:
             self._mend()
 
@@ -417,6 +457,7 @@ class StateStore:
             self._damage.append(
                 f"{path} is damaged ({error}): {len(items)} record(s) recovered, any others are lost: "
                 f"{_LOST_EFFECT.format(what='a model whose record is lost')}")
+        self.records_read += len(items)
         for index, item in enumerate(items):
             try:
                 key, record = _decode_change(item)
@@ -437,6 +478,7 @@ class StateStore:
                     break  # torn by a crash mid-append (or still being written): not acknowledged
                 offset += len(raw)
                 self._journal_line_number += 1
+                self.records_read += 1
                 try:
                     item = json.loads(raw)
                     key, record = _decode_change(item)
@@ -474,6 +516,7 @@ class StateStore:
         else:
             error = None
         if data is None and error is None:
+            self._sync_written = None
             return None
         self._sync_mtime = _mtime(path)
         written = None
@@ -482,6 +525,7 @@ class StateStore:
                 written, self.sync = _decode_sync(data)
             except ValueError as exc:
                 error = str(exc)
+        self._sync_written = written
         if error is not None:
             self._damage.append(f"{path} is unreadable ({error}): starting with a fresh sync summary (last "
                                 "cycle, commits and file problems are forgotten until the next cycle writes "

@@ -178,9 +178,13 @@ class Reconciler:
         now = self._clock()
         change = self.fleet.refresh()
         names = self.fleet.names
+        if (self.applied is None and not dry_run and not forced and not change.problems
+                and self._recorded_up_to_date(commit, now)):
+            self.fleet.adopt_seen(self.store.sync.servers)  # as the last cycle saw them: it asked them last
+            return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
         self._leaving |= set(change.removed)
         if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
-            self._leaving |= {name for record in self.store.records().values() for name in record.servers}
+            self._leaving |= self.store.servers_recorded()
         self._leaving -= set(names)
         # An inventory that could not be read as it is now (discovery refused by the API server, say)
         # is no news of a server leaving: what ollama-gitops pulled there is forgotten only once the
@@ -234,6 +238,7 @@ class Reconciler:
             if the_plan.refused:
                 first.setdefault(name, []).append(self._on(name, the_plan.refused))
         self.fleet.mark({*first, *failures})  # a server with a problem is listed again next cycle
+        self.store.sync = replace(self.store.sync, converged=False)  # until this cycle is known to have succeeded
         problems = [*change.problems, *(m for name in sorted(first) for m in first[name]), *cluster_problems,
                     *(m for name in sorted(failures) for m in failures[name])]
         self._converged = not cluster_problems
@@ -244,7 +249,8 @@ class Reconciler:
         self.applied = desired
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
-        self.store.sync = replace(self.store.sync, last_applied_commit=commit)
+        self.store.sync = replace(self.store.sync, last_applied_commit=commit,
+                                  converged=self._converged and not self._unpruned(desired))
         return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {summary}", plans, full=listed_all)
 
     def _view(self, name: str, observed: Mapping[str, InstalledModel] | None) -> ServerView:
@@ -267,6 +273,33 @@ class Reconciler:
         """Is every server to be listed (and every model planned) this cycle?"""
         last = self.store.sync.last_resync_at
         return not self._converged or self.applied is None or last is None or now - last >= self.resync_interval
+
+    def _recorded_up_to_date(self, commit: str, now: float) -> bool:
+        """Does the recorded state say there is nothing to do, for a process with nothing in memory
+        (`reconcile --once`, or a restart)? Yes when the fetched commit is the recorded last applied
+        one, the last cycle succeeded and left nothing to prune or retry (`converged`), its resync
+        is not due yet, the servers are those it kept (names, URLs and labels) and no record has
+        work left (a pull to start or to retry). Then the cycle ends after the fetch, as the running
+        loop's no-op does: no model file is read, no server asked. It is safe because it is exactly
+        what the loop would conclude: the next resync is still due at `last_resync_at` plus the
+        interval, and anything else (a commit, a failure, a server, a record) makes a full cycle.
+        The records are not read when `sync.json` says none had work left when it was saved and
+        nothing was written to them since (as `reconcile --once` leaves them): then, as after any
+        successful cycle, every record's servers are among those kept. Not in Kubernetes mode, whose
+        records are the resources (a change there is a reason to act)."""
+        sync = self.store.sync
+        if (self.cluster is not None or commit != sync.last_applied_commit or sync.last_cycle_outcome != SUCCEEDED
+                or not sync.converged or sync.last_resync_at is None
+                or now - sync.last_resync_at >= self.resync_interval):
+            return False
+        kept = [(s.name, s.url, dict(s.labels)) for s in sync.servers]
+        if kept != [(s.name, s.url, dict(s.labels)) for s in self.fleet.seen()]:
+            return False
+        if self.store.settled_on_disk():
+            return True
+        # Records lost to damage (said at their load) are found again only by planning every model.
+        return (not self.store.unsettled(now) and not self.store.mended
+                and self.store.servers_recorded() <= {s.name for s in sync.servers})
 
     def _forget_servers(self, names: tuple[str, ...]) -> None:
         """Servers that left the inventory (since the last cycle, or since the last run): their

@@ -148,6 +148,9 @@ class SyncStatus:
     last_cycle_outcome: str | None = None  # "Succeeded" or "Failed"
     last_cycle_message: str | None = None
     last_resync_at: float | None = None  # epoch seconds of the last full look at Ollama
+    # The last applied cycle left nothing to prune nor any other step to retry (what its pulls left
+    # is in the records): with the same commit and servers, a restarted process has nothing to do.
+    converged: bool = False
     problems: tuple[Problem, ...] = ()
     servers: tuple[ServerSeen, ...] = ()  # sorted by name
 
@@ -159,13 +162,16 @@ class StateLocked(RuntimeError):
 class StateStore:
     """Records of every model the reconciler manages, plus the sync summary. Thread-safe."""
 
-    def __init__(self, directory: Path, *, readonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, readonly: bool = False, lazy: bool = False) -> None:
+        """`lazy`: read only the sync summary now, and the records when first used (a process whose
+        cycle may end after the fetch, from the summary alone: see `settled_on_disk`)."""
         self.directory = directory
         self._readonly = readonly  # a follower of another process's store: never writes
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
         self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
         self._unsettled: set[ModelKey] = set()  # Pending or Failed on some server, and not suspended
+        self._pulling: set[ModelKey] = set()  # Pulling on some server
         self._journal_lines = 0
         self._journal_offset = 0  # bytes of the journal taken in
         self._journal_line_number = 0  # complete lines of the journal read (kept or skipped)
@@ -180,7 +186,15 @@ class StateStore:
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
         self._listeners: list[Callable[[frozenset[ModelKey] | None], None]] = []
-        self._load()
+        # The records' files as the last sync.json save saw them, and whether any record had work left.
+        self._records_saved: dict[str, Any] | None = None
+        self._loaded = False
+        self.mended = False  # a load found damage (records may be lost): what is recorded is not the whole
+        if lazy:
+            self._load_sync()
+        else:
+            self._load()
+            self._loaded = True  # (a subclass's own `_load` need not say so)
 
     def add_listener(self, listener: Callable[[frozenset[ModelKey] | None], None]) -> None:
         """Call `listener(keys)` after every committed edit, progress update or change taken in by
@@ -213,6 +227,8 @@ class StateStore:
         # on disk before the lock was taken may have changed since (a process that held it wrote on):
         # take in only that, unless the snapshot was replaced or the journal shrank (a compaction).
         with self._lock:
+            if not self._loaded:
+                return  # read when first used, by the lock holder
             journal = self.directory / JOURNAL
             size = journal.stat().st_size if journal.exists() else 0
             if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
@@ -226,24 +242,53 @@ class StateStore:
             self._lock_file = None
 
     # -- reading ----------------------------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        """Read the records now if that was put off (`lazy`), keeping the summary as it is in memory."""
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                sync = self.sync
+                self._load(truncate=self._lock_file is not None)
+                self._loaded = True
+                self.sync = sync
+
+    def settled_on_disk(self) -> bool:
+        """Without reading the records: the last save of `sync.json` found no record with work left
+        (Pending, Pulling or Failed, on any server), and nothing was written to them since (the
+        snapshot and the journal are as that save saw them). False once the records are read: ask
+        them then."""
+        with self._lock:
+            if self._loaded:
+                return False
+            saved = self._records_saved
+            journal = self.directory / JOURNAL
+            return (saved is not None and not saved.get("work_left", True)
+                    and saved.get("snapshot_mtime_ns") == _mtime(self.directory / SNAPSHOT)
+                    and saved.get("journal_size") == (journal.stat().st_size if journal.exists() else 0))
+
     def keys(self) -> frozenset[ModelKey]:
+        self._ensure_loaded()
         with self._lock:
             return frozenset(self._models)
 
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]:
         """Copies of the records of `keys` (all when None), safe to read while pulls update the store."""
+        self._ensure_loaded()
         with self._lock:
             if keys is None:
                 return {k: r.copy() for k, r in self._models.items()}
             return {k: self._models[k].copy() for k in keys if k in self._models}
 
     def record(self, key: ModelKey) -> ModelRecord | None:
+        self._ensure_loaded()
         with self._lock:
             found = self._models.get(key)
             return found.copy() if found is not None else None
 
     def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
         """`keys`, plus every recorded key that shares a reference with them or is for `references`."""
+        self._ensure_loaded()
         with self._lock:
             wanted = {normalize_reference(r) for r in references}
             wanted.update(normalize_reference(self._models[k].spec.reference) for k in keys if k in self._models)
@@ -252,9 +297,16 @@ class StateStore:
                 related.update(self._by_reference.get(reference, ()))
             return related
 
+    def servers_recorded(self) -> set[str]:
+        """The servers any record has an entry on."""
+        self._ensure_loaded()
+        with self._lock:
+            return {name for record in self._models.values() for name in record.servers}
+
     def unsettled(self, now: float) -> set[ModelKey]:
         """Models with work left on some server without a new commit: a pull to start, or a failed one
         due for retry."""
+        self._ensure_loaded()
         with self._lock:
             return {
                 key for key in self._unsettled
@@ -266,6 +318,7 @@ class StateStore:
     @contextmanager
     def editing(self) -> Iterator[_Edit]:
         """Change records under the lock; the files of the records touched are written at the end."""
+        self._ensure_loaded()
         edit = _Edit(self._models)
         try:
             with self._lock:
@@ -279,6 +332,7 @@ class StateStore:
 
     def update_progress(self, keys: Collection[ModelKey], server: str, completed: int, total: int) -> None:
         """Pull progress on `server`, kept in memory only: it is stale the moment the process dies anyway."""
+        self._ensure_loaded()
         with self._lock:
             for key in keys:
                 record = self._models.get(key)
@@ -321,7 +375,14 @@ class StateStore:
             payload["problems"] = [dataclasses.asdict(p) for p in sync.problems]
             payload["servers"] = [dataclasses.asdict(s) for s in sync.servers]
             # The last change written: a journal found behind it at start-up has lost lines.
-            payload["journal_seq"] = self._seq
+            payload["journal_seq"] = self._seq if self._loaded else (self._sync_written or 0)
+            if self._loaded:  # else nothing was written since the summary was read: it holds
+                journal = self.directory / JOURNAL
+                self._records_saved = {"snapshot_mtime_ns": _mtime(self.directory / SNAPSHOT),
+                                       "journal_size": journal.stat().st_size if journal.exists() else 0,
+                                       "work_left": bool(self._unsettled or self._pulling)}
+            if self._records_saved is not None:
+                payload["records"] = self._records_saved
             _write_json(self.directory / SYNC, {"version": FORMAT_VERSION, **payload}, durable=durable)
 
     # -- persistence --------------------------------------------------------------------------------
@@ -369,18 +430,24 @@ class StateStore:
     def _index(self, key: ModelKey, record: ModelRecord | None) -> None:
         if record is None:
             self._unsettled.discard(key)
+            self._pulling.discard(key)
             return
         self._by_reference[normalize_reference(record.spec.reference)].add(key)
         if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in record.servers.values()):
             self._unsettled.add(key)
         else:
             self._unsettled.discard(key)
+        if any(s.state == PULLING for s in record.servers.values()):
+            self._pulling.add(key)
+        else:
+            self._pulling.discard(key)
 
     def _reload(self, truncate: bool) -> None:
         with self._lock:
             self._models.clear()
             self._by_reference.clear()
             self._unsettled.clear()
+            self._pulling.clear()
             self._journal_offset = self._journal_lines = self._journal_line_number = self._seq = 0
             self._load(truncate)
 
@@ -388,6 +455,7 @@ class StateStore:
         """Read the snapshot, replay the journal and read the summary. `truncate` (the lock holder
         only) also mends: cuts a torn journal line, and after damage says what was lost and writes
         clean files, keeping the damaged ones aside."""
+        self._loaded = True
         self._damage = []
         self._journal_behind = None
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
@@ -497,6 +565,7 @@ class StateStore:
                 if record is None:
                     self._models.pop(key, None)
                     self._unsettled.discard(key)
+                    self._pulling.discard(key)
                 else:
                     self._models[key] = record
                     self._index(key, record)
@@ -516,13 +585,13 @@ class StateStore:
         else:
             error = None
         if data is None and error is None:
-            self._sync_written = None
+            self._sync_written = self._records_saved = None
             return None
         self._sync_mtime = _mtime(path)
-        written = None
+        written, self._records_saved = None, None
         if error is None:
             try:
-                written, self.sync = _decode_sync(data)
+                written, self.sync, self._records_saved = _decode_sync(data)
             except ValueError as exc:
                 error = str(exc)
         self._sync_written = written
@@ -545,6 +614,7 @@ class StateStore:
         where = f"; the damaged file(s) are kept as {', '.join(kept)} in {self.directory} for inspection" if kept else ""
         for line in self._damage:
             log.warning("action=state-damaged %s%s", line, where)
+        self.mended = True
         self._compact()
         self.save_sync(self.sync)
         self._damage = []
@@ -635,7 +705,7 @@ def _read_snapshot(text: str) -> tuple[list[Any], int, str | None]:
     return items, int(seq[1]) if seq else 0, error
 
 
-def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
+def _decode_sync(data: object) -> tuple[int | None, SyncStatus, dict[str, Any] | None]:
     if not isinstance(data, dict):
         raise ValueError(f"it must be an object, not {_type_name(data)}")
     data = dict(data)
@@ -643,6 +713,8 @@ def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
     written = data.pop("journal_seq", None)
     if written is not None and (not isinstance(written, int) or isinstance(written, bool)):
         raise ValueError("'journal_seq' must be an integer")
+    records = data.pop("records", None)  # only compared with the files: a wrong one is a mismatch
+    records = records if isinstance(records, dict) else None
     problems = data.pop("problems", [])
     if not isinstance(problems, list):
         raise ValueError("'problems' must be a list")
@@ -650,7 +722,7 @@ def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
     if not isinstance(servers, list):
         raise ValueError("'servers' must be a list")
     return written, _decode(SyncStatus, data, problems=tuple(_decode(Problem, p) for p in problems),
-                            servers=tuple(_decode(ServerSeen, s) for s in servers))
+                            servers=tuple(_decode(ServerSeen, s) for s in servers)), records
 
 
 def _decode(cls: type, data: object, **extra: Any) -> Any:

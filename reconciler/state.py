@@ -227,8 +227,10 @@ class StateStore:
         # on disk before the lock was taken may have changed since (a process that held it wrote on):
         # take in only that, unless the snapshot was replaced or the journal shrank (a compaction).
         with self._lock:
-            if not self._loaded:
-                return  # read when first used, by the lock holder
+            if not self._loaded:  # the records are read when first used, by the lock holder
+                if _mtime(self.directory / SYNC) != self._sync_mtime:
+                    self._load_sync()  # rewritten by the process that held the lock before
+                return
             journal = self.directory / JOURNAL
             size = journal.stat().st_size if journal.exists() else 0
             if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:

@@ -7,8 +7,9 @@ cycle later, change nothing), or one model's operation failed (Ollama's own mess
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -52,14 +53,40 @@ class OllamaServer:
 
     def __init__(self, url: str, *, timeout: float = 30.0, pull_read_timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
-        self._client = ollama.Client(host=self.url, timeout=timeout)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
-        # A pull streams for as long as the download takes; only a stall should time it out.
-        self._pull_client = ollama.Client(host=self.url, timeout=httpx.Timeout(timeout, read=pull_read_timeout))
+        self._timeout, self._pull_read_timeout = timeout, pull_read_timeout
+        # Made when first used: each costs a TLS context (a quarter of a second on a loaded machine),
+        # which a cycle that ends after the fetch (`reconcile --once`, nothing to do) never needs.
+        self._made: dict[str, ollama.Client | httpx.Client] = {}
+        self._making = threading.Lock()
+
+    def _connection(self, which: str) -> Any:
+        with self._making:
+            if which not in self._made:
+                if which == "http":
+                    self._made[which] = httpx.Client(base_url=self.url, timeout=self._timeout)
+                else:  # a pull streams for as long as the download takes; only a stall should time it out
+                    timeout = httpx.Timeout(self._timeout, read=self._pull_read_timeout) if which == "pull" \
+                        else self._timeout
+                    self._made[which] = ollama.Client(host=self.url, timeout=timeout)
+            return self._made[which]
+
+    @property
+    def _client(self) -> ollama.Client:
+        return self._connection("api")
+
+    @property
+    def _http(self) -> httpx.Client:
+        return self._connection("http")
+
+    @property
+    def _pull_client(self) -> ollama.Client:
+        return self._connection("pull")
 
     def close(self) -> None:
         """Close the connections to the server."""
-        for client in (self._client, self._http, self._pull_client):
+        with self._making:
+            made, self._made = list(self._made.values()), {}
+        for client in made:
             client.close()
 
     def installed(self) -> dict[str, InstalledModel]:

@@ -27,12 +27,12 @@ from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
-from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
 from .state import DEFAULT_SERVER, StateLocked, StateStore, utc_rfc3339
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
+    from .scheduler import CycleScheduler
     from .ollama.inventory import InventorySource
     from .cluster.connect import ClusterParts
     from .cluster.discovery import ServiceDiscovery
@@ -101,6 +101,8 @@ class Service:
     def _start_schedule(self) -> None:
         log.info("leading: reconciling")
         self._new_term = self.cluster is not None
+        from .scheduler import CycleScheduler  # APScheduler: not imported by a `reconcile --once`
+
         self.scheduler = CycleScheduler(self._cycle, self.settings.interval)
         self.scheduler.start()
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
-
-import httpx
-import ollama
 
 from ..models.naming import normalize_reference
 from ..plan import InstalledModel
+
+if TYPE_CHECKING:
+    import httpx
+    import ollama
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (completed bytes, total bytes) as a pull streams."""
@@ -60,6 +61,11 @@ class OllamaServer:
         self._making = threading.Lock()
 
     def _connection(self, which: str) -> Any:
+        # Imported here, with the first connection: the `ollama` client (and its pydantic models) is
+        # a third of what `reconcile` imports, and a cycle that ends after the fetch never needs it.
+        import httpx
+        import ollama
+
         with self._making:
             if which not in self._made:
                 if which == "http":
@@ -106,6 +112,8 @@ class OllamaServer:
 
     def _get(self, path: str) -> httpx.Response:
         """`GET path`, its errors as the other calls' (`ServerUnreachable`, `ModelOperationFailed`)."""
+        import ollama
+
         def get() -> httpx.Response:
             response = self._http.get(path)
             if response.status_code >= 400:
@@ -148,6 +156,8 @@ class OllamaServer:
         """Does the server hold the blob `digest` (`sha256:<64 hex>`)? Ollama's `HEAD /api/blobs/:digest`:
         200 yes, 404 no. An invalid digest (Ollama's 400) or any other answer is `ModelOperationFailed`;
         no connection is `ServerUnreachable`, as for the other calls."""
+        import ollama
+
         def head() -> bool:
             response = self._http.head(f"/api/blobs/{quote(digest, safe=':')}")
             if response.status_code == 200:
@@ -162,6 +172,9 @@ class OllamaServer:
         return bool(self._call(head))
 
     def _call(self, operation: Callable[[], object]) -> object:
+        import httpx
+        import ollama
+
         try:
             return operation()
         except ollama.ResponseError as exc:

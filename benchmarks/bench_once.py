@@ -10,8 +10,8 @@ remote for the baseline. Then `--rounds` rounds, each timing, in turn:
   (2)  --once    `ollama-gitops reconcile --once` as a subprocess: its cycle ends after the fetch,
                  from the recorded state (no model file read, no Ollama request: both checked, the
                  requests counted at the stand-in);
-  (3)  imports   the same interpreter importing what `reconcile --once` imports, and no more: the
-                 part of (2) that is the Python process itself, for reference;
+  (3)  imports   the same interpreter importing the modules `reconcile --once` runs from (the CLI,
+                 the service, the reconciler): the part of (2) that is the Python process itself;
   (4)  --full    `ollama-gitops reconcile --once --full`: every server listed, every model planned
                  (what every `--once` cost before), for reference.
 

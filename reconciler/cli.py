@@ -60,6 +60,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                help="run one cycle, wait for its pulls, and exit")
     add_option(reconcile, "--dry-run", action="store_true", default_text="off",
                help="with --once: print the plan and change nothing")
+    add_option(reconcile, "--full", action="store_true", default_text="off",
+               help="make the first cycle a full one (every server listed, every model planned) even when "
+                    "the recorded state says nothing changed; with --once, that one cycle")
     add_option(reconcile, "--health-listen", default=os.environ.get(ENV_PREFIX + "HEALTH_LISTEN") or None,
                metavar="HOST:PORT", default_text="off", env=("HEALTH_LISTEN",),
                help="serve /healthz, /readyz and /metrics here, for probes and Prometheus")
@@ -83,6 +86,7 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     except (service.ConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)
         return 2
+    running.full_first = args.full
     if not args.once:
         return service.run_forever(running, health)
     try:

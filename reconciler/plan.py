@@ -65,12 +65,15 @@ class MarkReady:
     """The model is in Ollama as wanted: record it Ready with what Ollama reports.
 
     `owned` passes ollama-gitops's ownership of the weights on to a new file for the same model.
+    `error` is what the model shows afterwards: None, or a broken file's error (its model stays at
+    its last good version, Ready, and keeps saying why its file is not read).
     """
 
     key: ModelKey
     installed: InstalledModel
     reason: str
     owned: bool = False
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,10 @@ def plan(
             kept.add(key)
             if key in records:
                 specs[key] = records[key].spec  # keep the last good version of a broken file's model
-    actions: list[Action] = [*_broken_file_errors(desired, kept, records)]
+    # What each kept model shows: why what stands for it cannot be read.
+    kept_errors = {key: desired.kept_reason(key, records[key].spec.path) for key in kept if key in records}
+    actions: list[Action] = [RecordError(key, message) for key, message in sorted(kept_errors.items())
+                             if records[key].status.error != message]
 
     removed = sorted(key for key in keys if key in records and key not in specs)
     refused = None
@@ -210,24 +216,12 @@ def plan(
 
     for reference, wanting in sorted(wanted_by_reference.items()):
         actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now,
-                                       reference in owned, kept))
+                                       reference in owned, kept_errors))
 
     if observed is not None:
         wanted = still_wanted | set(wanted_by_reference)
         actions.extend(_plan_removals(removed, records, owned, wanted, observed, in_flight, displaced))
     return Plan(tuple(actions), specs, refused)
-
-
-def _broken_file_errors(desired: DesiredState, kept: Set[ModelKey], records: Mapping[ModelKey, ServerRecord]) -> list[Action]:
-    actions: list[Action] = []
-    for key in sorted(kept):
-        record = records.get(key)
-        if record is None:
-            continue
-        message = desired.kept_reason(key, record.spec.path)
-        if record.status.error != message:
-            actions.append(RecordError(key, message))
-    return actions
 
 
 def _plan_reference(
@@ -239,10 +233,10 @@ def _plan_reference(
     in_flight: Set[str],
     now: float,
     owned: bool,
-    broken: Set[ModelKey],
+    kept_errors: Mapping[ModelKey, str],
 ) -> list[Action]:
     active = [k for k in keys if not specs[k].suspend]
-    actions: list[Action] = [_suspended(k, records.get(k), k in broken) for k in keys if specs[k].suspend]
+    actions: list[Action] = [_suspended(k, records.get(k), k in kept_errors) for k in keys if specs[k].suspend]
     if not active:
         return actions
     if reference in in_flight:
@@ -257,10 +251,15 @@ def _plan_reference(
         for key in active:
             status = records[key].status if key in records else None
             # A broken file's model shows the file's error while it stays Ready: not a reason to act.
-            stale_error = status is not None and bool(status.error) and key not in broken
+            error = kept_errors.get(key)
+            stale_error = status is not None and bool(status.error) and error is None
             if (status is None or status.state != READY or stale_error or status.owned != owned
-                    or status.digest != installed.digest or status.size != installed.size):
-                actions.append(MarkReady(key, installed, "already in Ollama", owned))
+                    or status.size != installed.size):
+                actions.append(MarkReady(key, installed, "already in Ollama", owned, error))
+            elif (status.digest or "") != installed.digest:
+                # A pull records no digest (its stream gives none) and the listing kept since has ""
+                # for it, which is the same; a real listing's digest is recorded when one gives it.
+                actions.append(MarkReady(key, installed, "its digest, from the listing", owned, error))
         return actions
 
     retry_at = min((records[k].status.next_retry_at or 0.0) for k in active if k in records) if len(new_keys) < len(active) else 0.0

@@ -198,9 +198,13 @@ class Reconciler:
         now = self._clock()
         change = self.fleet.refresh()
         names = self.fleet.names
+        if (self.applied is None and not dry_run and not forced and not change.problems
+                and self._recorded_up_to_date(commit, now)):
+            self.fleet.adopt_seen(self.store.sync.servers)  # as the last cycle saw them: it asked them last
+            return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
         self._leaving |= set(change.removed)
         if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
-            self._leaving |= {name for record in self.store.records().values() for name in record.servers}
+            self._leaving |= self.store.servers_recorded()
         self._leaving -= set(names)
         # An inventory that could not be read as it is now (discovery refused by the API server, say)
         # is no news of a server leaving: what ollama-gitops pulled there is forgotten only once the
@@ -266,6 +270,7 @@ class Reconciler:
             if the_plan.refused:
                 first.setdefault(name, []).append(self._on(name, the_plan.refused))
         self.fleet.mark({*first, *failures})  # a server with a problem is listed again next cycle
+        self.store.sync = replace(self.store.sync, converged=False)  # until this cycle is known to have succeeded
         problems = [*change.problems, *(m for name in sorted(first) for m in first[name]), *cluster_problems,
                     *(m for name in sorted(failures) for m in failures[name])]
         self._converged = not cluster_problems
@@ -277,7 +282,8 @@ class Reconciler:
         self.applied, self._since_applied = desired, set()
         if self.store.sync.last_applied_commit != commit:
             metrics.LAST_APPLIED.set(now)
-        self.store.sync = replace(self.store.sync, last_applied_commit=commit)
+        self.store.sync = replace(self.store.sync, last_applied_commit=commit,
+                                  converged=self._converged and not self._unpruned(desired))
         return CycleReport(SUCCEEDED, commit, f"applied {commit[:12]}: {summary}", plans, full=listed_all,
                            everything=planned_all)
 
@@ -327,6 +333,33 @@ class Reconciler:
             if references:
                 drift[name] = frozenset(self.store.related((), references))
         return drift
+
+    def _recorded_up_to_date(self, commit: str, now: float) -> bool:
+        """Does the recorded state say there is nothing to do, for a process with nothing in memory
+        (`reconcile --once`, or a restart)? Yes when the fetched commit is the recorded last applied
+        one, the last cycle succeeded and left nothing to prune or retry (`converged`), its resync
+        is not due yet, the servers are those it kept (names, URLs and labels) and no record has
+        work left (a pull to start or to retry). Then the cycle ends after the fetch, as the running
+        loop's no-op does: no model file is read, no server asked. It is safe because it is exactly
+        what the loop would conclude: the next resync is still due at `last_resync_at` plus the
+        interval, and anything else (a commit, a failure, a server, a record) makes a full cycle.
+        The records are not read when `sync.json` says none had work left when it was saved and
+        nothing was written to them since (as `reconcile --once` leaves them): then, as after any
+        successful cycle, every record's servers are among those kept. Not in Kubernetes mode, whose
+        records are the resources (a change there is a reason to act)."""
+        sync = self.store.sync
+        if (self.cluster is not None or commit != sync.last_applied_commit or sync.last_cycle_outcome != SUCCEEDED
+                or not sync.converged or sync.last_resync_at is None
+                or now - sync.last_resync_at >= self.resync_interval):
+            return False
+        kept = [(s.name, s.url, dict(s.labels)) for s in sync.servers]
+        if kept != [(s.name, s.url, dict(s.labels)) for s in self.fleet.seen()]:
+            return False
+        if self.store.settled_on_disk():
+            return True
+        # Records lost to damage (said at their load) are found again only by planning every model.
+        return (not self.store.unsettled(now) and not self.store.mended
+                and self.store.servers_recorded() <= {s.name for s in sync.servers})
 
     def _forget_servers(self, names: tuple[str, ...]) -> None:
         """Servers that left the inventory (since the last cycle, or since the last run): their
@@ -458,7 +491,7 @@ class Reconciler:
             if isinstance(action, MarkReady):
                 status = edit.status(action.key, name)
                 assert status is not None
-                _mark_ready(status, action.installed, action.owned, lines.commit)
+                _mark_ready(status, action, lines.commit)
                 lines.add("ready", action.key, action.installed.reference, action.reason)
             elif isinstance(action, RecordError):
                 status = edit.status(action.key, name)
@@ -548,10 +581,12 @@ def _references(desired: DesiredState, keys: set[ModelKey]) -> list[str]:
     return [desired.models[k].reference for k in keys if k in desired.models]
 
 
-def _mark_ready(status: ModelStatus, installed: InstalledModel, owned: bool, commit: str) -> None:
-    status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
-    status.size, status.digest, status.applied_commit = installed.size, installed.digest, commit
-    status.owned = status.owned or owned
+def _mark_ready(status: ModelStatus, action: MarkReady, commit: str) -> None:
+    installed = action.installed
+    status.state, status.error, status.failures, status.next_retry_at = READY, action.error, 0, None
+    # "" (a listing kept since a pull, which gave no digest) is recorded as unknown, as the pull did.
+    status.size, status.digest, status.applied_commit = installed.size, installed.digest or None, commit
+    status.owned = status.owned or action.owned
     if status.last_pull_time is None and installed.modified_at:
         status.last_pull_time = _seconds_z(installed.modified_at)
 

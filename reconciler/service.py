@@ -27,12 +27,12 @@ from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
-from .scheduler import CycleScheduler
 from .settings import Settings, kubernetes_configured
 from .state import DEFAULT_SERVER, StateLocked, StateStore, utc_rfc3339
 from .syncfile import SyncFileWatcher
 
 if TYPE_CHECKING:
+    from .scheduler import CycleScheduler
     from .ollama.inventory import InventorySource
     from .cluster.connect import ClusterParts
     from .cluster.discovery import ServiceDiscovery
@@ -61,6 +61,7 @@ class Service:
     history: History | None = None  # the last cycles, in the state directory
     discovery: ServiceDiscovery | None = None  # --ollama-service: the fleet's servers, an inventory source
     scratch: Path | None = None  # a dry run's own clone, removed at stop()
+    full_first: bool = False  # `--full`: the next cycle is a full one, whatever the recorded state says
     _stopping: bool = False
     _new_term: bool = False  # Kubernetes mode: leading again, the records not read again yet
 
@@ -100,6 +101,8 @@ class Service:
     def _start_schedule(self) -> None:
         log.info("leading: reconciling")
         self._new_term = self.cluster is not None
+        from .scheduler import CycleScheduler  # APScheduler: not imported by a `reconcile --once`
+
         self.scheduler = CycleScheduler(self._cycle, self.settings.interval)
         self.scheduler.start()
 
@@ -120,7 +123,8 @@ class Service:
         """One cycle, announced on the event bus and, unless it was a no-op, kept in the history."""
         self.events.publish(events.CYCLE_STARTED, {"time": utc_rfc3339(time.time())})
         started = time.monotonic()
-        report = self.reconciler.run_cycle()
+        full, self.full_first = self.full_first, False
+        report = self.reconciler.run_cycle(full=full)
         seconds = time.monotonic() - started
         ended = utc_rfc3339(time.time())
         if self.history is not None and not report.noop:
@@ -195,7 +199,8 @@ def build(settings: Settings, *, dry_run: bool = False) -> Service:
     elif settings.ollama_service:
         raise ConfigurationError("--ollama-service needs Kubernetes mode (--kubernetes on, or auto in a pod)")
     else:
-        service.store = StateStore(settings.state_dir)
+        # The records are read when first used: a cycle that ends after the fetch needs none of them.
+        service.store = StateStore(settings.state_dir, lazy=True)
     try:
         service.store.acquire_process_lock()
     except StateLocked:
@@ -386,7 +391,8 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
 def run_once(service: Service, out: TextIO, dry_run: bool = False, err: TextIO | None = None) -> int:
     """One cycle; with pulls started, wait for them and report how they ended. Exit code 0 when all went well.
     A dry run's caveats (`dry_run_caveats`) go to `err` (stderr), beside the plan on `out`."""
-    report = service.reconciler.run_cycle(dry_run=dry_run)
+    full, service.full_first = service.full_first, False
+    report = service.reconciler.run_cycle(dry_run=dry_run, full=full)
     print_report(report, out, dry_run)
     if dry_run:
         for line in dry_run_caveats(service):
@@ -395,6 +401,9 @@ def run_once(service: Service, out: TextIO, dry_run: bool = False, err: TextIO |
     pulls = [(name, pull) for name, plan in report.plans.items() for pull in plan.of(Pull)]
     if not dry_run and pulls:
         service.reconciler.pulls.wait()
+        # Saved again now that the pulls have ended, so that the next `--once` finds the records as
+        # the summary says and, if nothing changed, need not read them (`StateStore.settled_on_disk`).
+        service.store.save_sync(service.store.sync)
         named = set(report.plans) != {DEFAULT_SERVER}
         for name, pull in pulls:
             for key in pull.keys:

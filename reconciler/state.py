@@ -8,7 +8,8 @@ Kept in the state directory as a snapshot and a journal, the way databases keep 
 - `sync.json`, the reconciler as a whole, replaced atomically after each cycle.
 Loading reads the snapshot and replays the journal; a line torn by a crash mid-append is dropped
 (its edit had not been acknowledged). A lock file stops two processes from reconciling the same
-state directory.
+state directory. Start-up reads the files once: taking the lock after the load takes in only what
+was appended since (or everything again, if the snapshot was replaced meanwhile).
 
 Damage beyond that (a file cut short, emptied or overwritten, values of the wrong type) never stops
 start-up. The lock holder recovers what it can, says in a warning what was lost and what that means,
@@ -147,6 +148,9 @@ class SyncStatus:
     last_cycle_outcome: str | None = None  # "Succeeded" or "Failed"
     last_cycle_message: str | None = None
     last_resync_at: float | None = None  # epoch seconds of the last full look at Ollama
+    # The last applied cycle left nothing to prune nor any other step to retry (what its pulls left
+    # is in the records): with the same commit and servers, a restarted process has nothing to do.
+    converged: bool = False
     problems: tuple[Problem, ...] = ()
     servers: tuple[ServerSeen, ...] = ()  # sorted by name
 
@@ -166,13 +170,16 @@ class StateLocked(RuntimeError):
 class StateStore:
     """Records of every model the reconciler manages, plus the sync summary. Thread-safe."""
 
-    def __init__(self, directory: Path, *, readonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, readonly: bool = False, lazy: bool = False) -> None:
+        """`lazy`: read only the sync summary now, and the records when first used (a process whose
+        cycle may end after the fetch, from the summary alone: see `settled_on_disk`)."""
         self.directory = directory
         self._readonly = readonly  # a follower of another process's store: never writes
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
         self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
         self._unsettled: set[ModelKey] = set()  # Pending or Failed on some server, and not suspended
+        self._pulling: set[ModelKey] = set()  # Pulling on some server
         self._journal_lines = 0
         self._journal_offset = 0  # bytes of the journal taken in
         self._journal_line_number = 0  # complete lines of the journal read (kept or skipped)
@@ -180,12 +187,23 @@ class StateStore:
         self._damage: list[str] = []  # what the last load could not read, said once by the lock holder
         self._sync_mtime = 0
         self._snapshot_mtime = 0
+        self._journal_behind: str | None = None  # the damage line saying the journal lost changes
+        self._sync_written: int | None = None  # the last change sequence number sync.json says was written
+        self.records_read = 0  # snapshot entries and journal lines decoded since this store was made
         self.version = 0  # bumped by every edit that changed a record
         self.stats = StoreStats()
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
         self._listeners: list[Callable[[frozenset[ModelKey] | None], None]] = []
-        self._load()
+        # The records' files as the last sync.json save saw them, and whether any record had work left.
+        self._records_saved: dict[str, Any] | None = None
+        self._loaded = False
+        self.mended = False  # a load found damage (records may be lost): what is recorded is not the whole
+        if lazy:
+            self._load_sync()
+        else:
+            self._load()
+            self._loaded = True  # (a subclass's own `_load` need not say so)
 
     def add_listener(self, listener: Callable[[frozenset[ModelKey] | None], None]) -> None:
         """Call `listener(keys)` after every committed edit, progress update or change taken in by
@@ -214,9 +232,20 @@ class StateStore:
             handle.close()
             raise StateLocked(f"another ollama-gitops process is reconciling {self.directory}") from None
         self._lock_file = handle
-        # Only the lock holder may mend the files (cut a journal line torn by a crash), and what
-        # was on disk before the lock was taken may have changed since: read it all again.
-        self._reload(truncate=True)
+        # Only the lock holder may mend the files (cut a journal line torn by a crash), and what was
+        # on disk before the lock was taken may have changed since (a process that held it wrote on):
+        # take in only that, unless the snapshot was replaced or the journal shrank (a compaction).
+        with self._lock:
+            if not self._loaded:  # the records are read when first used, by the lock holder
+                if _mtime(self.directory / SYNC) != self._sync_mtime:
+                    self._load_sync()  # rewritten by the process that held the lock before
+                return
+            journal = self.directory / JOURNAL
+            size = journal.stat().st_size if journal.exists() else 0
+            if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
+                self._reload(truncate=True)
+            else:
+                self._catch_up()
 
     def release_process_lock(self) -> None:
         if self._lock_file is not None:
@@ -224,7 +253,33 @@ class StateStore:
             self._lock_file = None
 
     # -- reading ----------------------------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        """Read the records now if that was put off (`lazy`), keeping the summary as it is in memory."""
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                sync = self.sync
+                self._load(truncate=self._lock_file is not None)
+                self._loaded = True
+                self.sync = sync
+
+    def settled_on_disk(self) -> bool:
+        """Without reading the records: the last save of `sync.json` found no record with work left
+        (Pending, Pulling or Failed, on any server), and nothing was written to them since (the
+        snapshot and the journal are as that save saw them). False once the records are read: ask
+        them then."""
+        with self._lock:
+            if self._loaded:
+                return False
+            saved = self._records_saved
+            journal = self.directory / JOURNAL
+            return (saved is not None and not saved.get("work_left", True)
+                    and saved.get("snapshot_mtime_ns") == _mtime(self.directory / SNAPSHOT)
+                    and saved.get("journal_size") == (journal.stat().st_size if journal.exists() else 0))
+
     def keys(self) -> frozenset[ModelKey]:
+        self._ensure_loaded()
         with self._lock:
             return frozenset(self._models)
 
@@ -234,6 +289,7 @@ class StateStore:
 
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]:
         """Copies of the records of `keys` (all when None), safe to read while pulls update the store."""
+        self._ensure_loaded()
         with self._lock:
             if keys is None:
                 self.stats.copied += len(self._models)
@@ -243,6 +299,7 @@ class StateStore:
             return copies
 
     def record(self, key: ModelKey) -> ModelRecord | None:
+        self._ensure_loaded()
         with self._lock:
             found = self._models.get(key)
             self.stats.copied += found is not None
@@ -250,6 +307,7 @@ class StateStore:
 
     def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
         """`keys`, plus every recorded key that shares a reference with them or is for `references`."""
+        self._ensure_loaded()
         with self._lock:
             wanted = {normalize_reference(r) for r in references}
             wanted.update(normalize_reference(self._models[k].spec.reference) for k in keys if k in self._models)
@@ -258,9 +316,16 @@ class StateStore:
                 related.update(self._by_reference.get(reference, ()))
             return related
 
+    def servers_recorded(self) -> set[str]:
+        """The servers any record has an entry on."""
+        self._ensure_loaded()
+        with self._lock:
+            return {name for record in self._models.values() for name in record.servers}
+
     def unsettled(self, now: float) -> set[ModelKey]:
         """Models with work left on some server without a new commit: a pull to start, or a failed one
         due for retry."""
+        self._ensure_loaded()
         with self._lock:
             return {
                 key for key in self._unsettled
@@ -272,6 +337,7 @@ class StateStore:
     @contextmanager
     def editing(self) -> Iterator[_Edit]:
         """Change records under the lock; the files of the records touched are written at the end."""
+        self._ensure_loaded()
         edit = _Edit(self._models)
         try:
             with self._lock:
@@ -285,6 +351,7 @@ class StateStore:
 
     def update_progress(self, keys: Collection[ModelKey], server: str, completed: int, total: int) -> None:
         """Pull progress on `server`, kept in memory only: it is stale the moment the process dies anyway."""
+        self._ensure_loaded()
         with self._lock:
             for key in keys:
                 record = self._models.get(key)
@@ -327,7 +394,14 @@ class StateStore:
             payload["problems"] = [dataclasses.asdict(p) for p in sync.problems]
             payload["servers"] = [dataclasses.asdict(s) for s in sync.servers]
             # The last change written: a journal found behind it at start-up has lost lines.
-            payload["journal_seq"] = self._seq
+            payload["journal_seq"] = self._seq if self._loaded else (self._sync_written or 0)
+            if self._loaded:  # else nothing was written since the summary was read: it holds
+                journal = self.directory / JOURNAL
+                self._records_saved = {"snapshot_mtime_ns": _mtime(self.directory / SNAPSHOT),
+                                       "journal_size": journal.stat().st_size if journal.exists() else 0,
+                                       "work_left": bool(self._unsettled or self._pulling)}
+            if self._records_saved is not None:
+                payload["records"] = self._records_saved
             _write_json(self.directory / SYNC, {"version": FORMAT_VERSION, **payload}, durable=durable)
             self.stats.fsyncs += durable
 
@@ -378,18 +452,24 @@ class StateStore:
     def _index(self, key: ModelKey, record: ModelRecord | None) -> None:
         if record is None:
             self._unsettled.discard(key)
+            self._pulling.discard(key)
             return
         self._by_reference[normalize_reference(record.spec.reference)].add(key)
         if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in record.servers.values()):
             self._unsettled.add(key)
         else:
             self._unsettled.discard(key)
+        if any(s.state == PULLING for s in record.servers.values()):
+            self._pulling.add(key)
+        else:
+            self._pulling.discard(key)
 
     def _reload(self, truncate: bool) -> None:
         with self._lock:
             self._models.clear()
             self._by_reference.clear()
             self._unsettled.clear()
+            self._pulling.clear()
             self._journal_offset = self._journal_lines = self._journal_line_number = self._seq = 0
             self._load(truncate)
 
@@ -397,31 +477,61 @@ class StateStore:
         """Read the snapshot, replay the journal and read the summary. `truncate` (the lock holder
         only) also mends: cuts a torn journal line, and after damage says what was lost and writes
         clean files, keeping the damaged ones aside."""
+        self._loaded = True
         self._damage = []
+        self._journal_behind = None
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         snapshot_seq = self._load_snapshot()
         journal = self.directory / JOURNAL
         first_seq: list[int] = []
         if journal.exists():
             self._replay(journal, first_seq)
-            if truncate and self._journal_offset != journal.stat().st_size:
-                os.truncate(journal, self._journal_offset)
         if first_seq and first_seq[0] > snapshot_seq + 1:
             self._damage.append(
                 f"{self.directory / SNAPSHOT} is missing changes 1 to {first_seq[0] - 1} (the journal starts at "
                 f"change {first_seq[0]}): {_LOST_EFFECT.format(what='the models whose last change was among them')}")
-        for key, record in self._models.items():
+        self._settle_loaded(self._models)
+        self._finish_load(truncate, self._load_sync())
+
+    def _catch_up(self) -> None:
+        """The lock holder's start on a store loaded before the lock: the journal lines appended since
+        the load are replayed (the snapshot is the same), a torn last line is cut, the summary read
+        again if it changed, and what the whole load found damaged is mended. Nothing is read twice."""
+        journal = self.directory / JOURNAL
+        replayed: set[ModelKey] = set()
+        if journal.exists():
+            self._replay(journal, replayed=replayed)
+        self._settle_loaded({key: self._models[key] for key in replayed if key in self._models})
+        if _mtime(self.directory / SYNC) != self._sync_mtime:  # rewritten since: what the load said of it is old
+            self._damage = [line for line in self._damage if not line.startswith(str(self.directory / SYNC))]
+            self._finish_load(True, self._load_sync())
+        else:
+            self._finish_load(True, self._sync_written)
+
+    def _settle_loaded(self, records: Mapping[ModelKey, ModelRecord]) -> None:
+        """Index records just read; a pull they say is under way died with the process that ran it."""
+        for key, record in records.items():
             for status in record.servers.values():
                 if status.state == PULLING and not self._readonly:
                     status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
-        written = self._load_sync()
+
+    def _finish_load(self, truncate: bool, written: int | None) -> None:
+        """After the records are in: cut a torn journal line (`truncate`, the lock holder), note a
+        journal behind what `sync.json` says was `written`, and mend what is damaged (lock holder)."""
+        journal = self.directory / JOURNAL
+        if truncate and journal.exists() and self._journal_offset != journal.stat().st_size:
+            os.truncate(journal, self._journal_offset)
+        if self._journal_behind in self._damage:  # said again below if it still holds
+            self._damage.remove(self._journal_behind)
+        self._journal_behind = None
         snapshot_damaged = any(str(self.directory / SNAPSHOT) in line for line in self._damage)
         if written is not None and written > self._seq and not snapshot_damaged:
-            self._damage.append(
+            self._journal_behind = (
                 f"{self.directory / JOURNAL} ends at change {self._seq} but change {written} had been written: the "
                 f"last {written - self._seq} change(s) are lost (the journal was emptied or cut short), and which "
                 f"models they touched is unknown: {_LOST_EFFECT.format(what='a model pulled in that time')}")
+            self._damage.append(self._journal_behind)
         if truncate and self._damage:
             self._mend()
 
@@ -437,6 +547,7 @@ class StateStore:
             self._damage.append(
                 f"{path} is damaged ({error}): {len(items)} record(s) recovered, any others are lost: "
                 f"{_LOST_EFFECT.format(what='a model whose record is lost')}")
+        self.records_read += len(items)
         for index, item in enumerate(items):
             try:
                 key, record = _decode_change(item)
@@ -457,6 +568,7 @@ class StateStore:
                     break  # torn by a crash mid-append (or still being written): not acknowledged
                 offset += len(raw)
                 self._journal_line_number += 1
+                self.records_read += 1
                 try:
                     item = json.loads(raw)
                     key, record = _decode_change(item)
@@ -475,6 +587,7 @@ class StateStore:
                 if record is None:
                     self._models.pop(key, None)
                     self._unsettled.discard(key)
+                    self._pulling.discard(key)
                 else:
                     self._models[key] = record
                     self._index(key, record)
@@ -494,14 +607,16 @@ class StateStore:
         else:
             error = None
         if data is None and error is None:
+            self._sync_written = self._records_saved = None
             return None
         self._sync_mtime = _mtime(path)
-        written = None
+        written, self._records_saved = None, None
         if error is None:
             try:
-                written, self.sync = _decode_sync(data)
+                written, self.sync, self._records_saved = _decode_sync(data)
             except ValueError as exc:
                 error = str(exc)
+        self._sync_written = written
         if error is not None:
             self._damage.append(f"{path} is unreadable ({error}): starting with a fresh sync summary (last "
                                 "cycle, commits and file problems are forgotten until the next cycle writes "
@@ -521,6 +636,7 @@ class StateStore:
         where = f"; the damaged file(s) are kept as {', '.join(kept)} in {self.directory} for inspection" if kept else ""
         for line in self._damage:
             log.warning("action=state-damaged %s%s", line, where)
+        self.mended = True
         self._compact()
         self.save_sync(self.sync)
         self._damage = []
@@ -611,7 +727,7 @@ def _read_snapshot(text: str) -> tuple[list[Any], int, str | None]:
     return items, int(seq[1]) if seq else 0, error
 
 
-def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
+def _decode_sync(data: object) -> tuple[int | None, SyncStatus, dict[str, Any] | None]:
     if not isinstance(data, dict):
         raise ValueError(f"it must be an object, not {_type_name(data)}")
     data = dict(data)
@@ -619,6 +735,8 @@ def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
     written = data.pop("journal_seq", None)
     if written is not None and (not isinstance(written, int) or isinstance(written, bool)):
         raise ValueError("'journal_seq' must be an integer")
+    records = data.pop("records", None)  # only compared with the files: a wrong one is a mismatch
+    records = records if isinstance(records, dict) else None
     problems = data.pop("problems", [])
     if not isinstance(problems, list):
         raise ValueError("'problems' must be a list")
@@ -626,7 +744,7 @@ def _decode_sync(data: object) -> tuple[int | None, SyncStatus]:
     if not isinstance(servers, list):
         raise ValueError("'servers' must be a list")
     return written, _decode(SyncStatus, data, problems=tuple(_decode(Problem, p) for p in problems),
-                            servers=tuple(_decode(ServerSeen, s) for s in servers))
+                            servers=tuple(_decode(ServerSeen, s) for s in servers)), records
 
 
 def _decode(cls: type, data: object, **extra: Any) -> Any:

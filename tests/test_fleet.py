@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleetrig import FleetRig
+from waiting import eventually
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.ollama.inventory import FileProblem, Inventory, Snapshot
 from ollama_gitops.reconciler.state import PENDING, READY
@@ -91,7 +92,9 @@ def test_a_server_emptied_behind_its_back_is_filled_again_by_the_next_resync(fle
     report = fleet.cycle()
     assert report.ok and report.full and fleet.holding("llama3.2:1b") == set(LABELS)
     assert [type(a).__name__ for a in report.plans["gpu-3"].actions] == ["Pull"]
-    assert not report.plans["gpu-1"].actions and not report.plans["gpu-2"].actions
+    # on the others the resync only records the digest the listing gives (a pull's stream has none)
+    assert [(type(a).__name__, a.reason) for name in ("gpu-1", "gpu-2") for a in report.plans[name].actions] == \
+        [("MarkReady", "its digest, from the listing")] * 2
 
 
 def test_a_server_leaving_the_inventory_is_forgotten_and_nothing_is_deleted_on_it(fleet: FleetRig) -> None:
@@ -343,6 +346,11 @@ def test_a_resync_plans_only_what_the_listings_show_changed_and_finds_drift_made
         asked = {name: ollama.requests[before[name]:] for name, ollama in fleet.ollamas.items()}
         return report, asked
 
+    # The first resync after the pulls records their digests (a pull's stream does not give it, item 2),
+    # planning there only the models pulled; the next, with nothing changed, plans nothing at all.
+    report, asked = resync()
+    assert {(type(a).__name__, a.reason) for plan in report.plans.values() for a in plan.actions} == {
+        ("MarkReady", "its digest, from the listing")}
     report, asked = resync()
     assert all(requests == [("GET", "/api/tags")] for requests in asked.values()), asked  # one listing each
     assert {name: len(plan.specs) for name, plan in report.plans.items()} == {name: 0 for name in LABELS}
@@ -360,3 +368,37 @@ def test_a_resync_plans_only_what_the_listings_show_changed_and_finds_drift_made
     full = fleet.reconciler.run_cycle(full=True)  # every model planned on every server, whatever was kept
     assert full.ok and full.full and full.everything
     assert {name: len(plan.specs) for name, plan in full.plans.items()} == {"gpu-1": 2, "gpu-2": 3, "gpu-3": 3}
+
+
+def test_listings_run_in_parallel_bounded_by_the_listing_threads(fleet: FleetRig, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ollama_gitops.reconciler.ollama.fleet import Fleet
+    from ollama_gitops.reconciler.ollama.inventory import FileInventory
+    from ollama_gitops.reconciler.ollama.server import OllamaServer
+    from ollama_gitops.reconciler.state import StateStore
+
+    servers = Fleet(FileInventory(fleet.servers_file), StateStore(tmp_path / "bounded"), listing_threads=2,
+                    client_factory=lambda server: OllamaServer(server.url, timeout=30))
+    gates = {name: ollama.hold_listings() for name, ollama in fleet.ollamas.items()}
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            listing = pool.submit(servers.list_servers, set(LABELS))
+            reached = lambda: {name for name, gate in gates.items() if gate.held}  # noqa: E731
+            eventually(lambda: len(reached()) == 2, timeout=60)
+            first = reached()
+            # both threads are held at a server: the third waits for one of them (no third thread)
+            assert sum(gate.held for gate in gates.values()) == 2
+            for name in first:
+                gates[name].release()
+            (last,) = set(LABELS) - first
+            assert gates[last].wait_for_listings(1, timeout=60)
+            gates[last].release()
+            result = listing.result(timeout=60)
+        assert {name: sorted(each.observed) for name, each in result.items()} == {name: [] for name in LABELS}
+        assert [sum(1 for request in ollama.requests if request == ("GET", "/api/tags"))
+                for ollama in fleet.ollamas.values()] == [1, 1, 1]
+    finally:
+        for gate in gates.values():
+            gate.release()
+        servers.shutdown()

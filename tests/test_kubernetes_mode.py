@@ -63,6 +63,13 @@ class KubeRig:
         assert self.store.flush(15)
         return report
 
+    def resync(self):  # type: ignore[no-untyped-def]
+        """A full cycle and its status writes: the listing gives the digests pulls do not."""
+        report = self.reconciler.run_cycle(full=True)
+        assert report.ok and report.full, report.message
+        assert self.store.flush(15)
+        return report
+
     def settle(self) -> None:
         """Cycles until nothing changes, waiting for the watch between them."""
         for _ in range(8):
@@ -114,6 +121,8 @@ def test_models_become_resources_with_status_and_events(krig: KubeRig) -> None:
     krig.work.model("team-a", "gemma3", "1b")
     commit = krig.push()
     krig.settle()
+    assert "digest" not in krig.resource("default", "llama3.2-1b")["status"]  # a pull's stream does not say it
+    krig.resync()
     llama = krig.resource("default", "llama3.2-1b")
     assert llama["spec"] == {"name": "llama3.2", "tag": "1b"}
     assert llama["metadata"]["labels"] == {"team": "search", MANAGED_BY: "ollama-gitops"}
@@ -490,6 +499,7 @@ def test_resources_follow_the_rules_for_living_next_to_argo_cd(krig: KubeRig) ->
     assert "argocd.argoproj.io/tracking-id" not in meta["annotations"] and meta["annotations"]["owner"] == "me"
     assert meta["annotations"]["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
     assert "ownerReferences" not in meta  # nothing ties them to an object an Argo CD application tracks
+    krig.resync()  # the digest the pull did not give
     # No refresh storm: once settled, cycles (a full one included) write nothing, status included.
     krig.kube.clear_request_log()
     krig.reconciler.resync_interval = 0  # every cycle a full one: Ollama listed, every model planned
@@ -504,6 +514,7 @@ def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(krig: KubeR
     krig.work.model("default", "gemma3", "1b")
     krig.push()
     krig.settle()
+    krig.resync()
     status = krig.resource("default", "registry.ollama.ai-library-llama3.2-1b")["status"]
     assert status["state"] == "Ready" and status["size"] == 1815319791
     assert status["digest"] == krig.ollama.digest_of("llama3.2:1b")
@@ -575,6 +586,7 @@ def test_conditions_are_written_only_when_they_change(krig: KubeRig) -> None:
     krig.work.model("default", "llama3.2", "1b")
     krig.push()
     krig.settle()
+    krig.resync()  # the digest the pull did not give
     before = conditions_of(krig.resource("default", "llama3.2-1b"))
     krig.kube.clear_request_log()
     krig.reconciler.resync_interval = 0  # full cycles: every model planned, every status recomputed

@@ -153,6 +153,23 @@ def test_broken_file_keeps_the_last_good_version_and_shows_the_error() -> None:
     assert result.refused is None
 
 
+def test_a_broken_files_model_found_changed_in_ollama_keeps_its_files_error() -> None:
+    """A listing that gives a broken file's model another digest or size (a resync recording the
+    digest a pull's stream did not give, say) records what Ollama lists and keeps the file's error:
+    marking it Ready must not say the file is fine (it said so before this test)."""
+    llama = model("llama3.2")
+    problem = Problem(llama.path, 3, "YAML syntax error: oops")
+    message = "model file is invalid, keeping the last good version: YAML syntax error: oops"
+    state = desired(unreadable=(llama.key,), problems=(problem,))
+    listed = {"llama3.2:1b": installed("llama3.2:1b")}
+    unknown_digest = record(llama, owned=True, error=message, digest=None)
+    result = plan(state, listed, {llama.key: unknown_digest}, now=NOW)
+    assert result.actions == (MarkReady(llama.key, listed["llama3.2:1b"], "its digest, from the listing", True, message),)
+    other_size = record(llama, owned=True, size=5)
+    result = plan(state, listed, {llama.key: other_size}, now=NOW)
+    assert [(type(a), getattr(a, "error", None)) for a in result.actions] == [(RecordError, None), (MarkReady, message)]
+
+
 def test_pruning_everything_is_refused_without_allow_empty() -> None:
     llama = model("llama3.2")
     records = {llama.key: record(llama, owned=True)}

@@ -36,6 +36,9 @@ def service(tmp_path: Path) -> Iterator[tuple[ApiRig, OllamaStandin, RegistrySta
         rig.work.push()
         rig.start()
         rig.settle()
+        # A pull records no digest (its stream has none): a resync's listing gives them, which the
+        # moved-tag check compares with the registry's.
+        assert rig.running.service.reconciler.run_cycle(full=True).full
         try:
             yield rig, ollama, registry
         finally:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import time
+from dataclasses import replace
 
 import pytest
 
 from ollama_gitops.reconciler.models.naming import resource_name
 from ollama_gitops.reconciler.ollama.server import OllamaServer
-from ollama_gitops.reconciler.state import FAILED, READY, StateLocked, StateStore
+from ollama_gitops.reconciler.plan import MarkReady
+from ollama_gitops.reconciler.models.desired import ModelKey
+from ollama_gitops.reconciler.state import FAILED, PENDING, READY, ServerSeen, StateLocked, StateStore
 from ollama_gitops.reconciler.scheduler import CycleScheduler
 from ollama_gitops.reconciler.service import Service
 from rig import CATALOGUE, Rig
@@ -29,11 +33,154 @@ def test_added_models_are_pulled_and_recorded_ready(rig: Rig) -> None:
     assert record is not None
     assert record.servers["default"].state == READY
     assert record.servers["default"].size == CATALOGUE["llama3.2:1b"]
-    assert record.servers["default"].digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record.servers["default"].digest is None  # the pull's stream does not give it: the next resync does
     assert record.servers["default"].last_pull_time == "2027-01-15T08:00:00Z"  # the rig's clock
     assert record.servers["default"].applied_commit == commit and record.servers["default"].error is None
     sync = rig.reconciler.store.sync
     assert (sync.last_fetched_commit, sync.last_applied_commit, sync.last_cycle_outcome) == (commit, commit, "Succeeded")
+
+
+def test_a_pull_ends_recorded_from_its_own_stream_without_a_listing_and_the_next_resync_gives_the_digest(
+        rig: Rig) -> None:
+    rig.ollama.install("gemma3:1b")  # the blobs of a model already there are streamed as one line each
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b", extra='refreshRequestedAt: "2026-11-25T14:00:00Z"\n')
+    rig.push()
+    reconciler = rig.start()
+    assert rig.cycle().ok  # the first cycle lists the server once; gemma3 is found there
+    rig.work.model("default", "gemma3", "1b", extra='refreshRequestedAt: "2026-11-26T14:00:00Z"\n')
+    rig.push("re-pull gemma3")
+    before = len(rig.ollama.requests)
+    assert rig.cycle().ok and rig.ollama.pull_count["gemma3:1b"] == 1  # a re-pull of blobs it holds
+    asked = rig.ollama.requests[before:]
+    assert asked == [("POST", "/api/pull")]  # exactly one pull, and no listing at its end
+    record = rig.record("default", "gemma3-1b").servers["default"]
+    assert (record.state, record.size, record.digest) == (READY, CATALOGUE["gemma3:1b"], None)  # the listing's size
+    assert reconciler.fleet.observed("default")["gemma3:1b"].size == CATALOGUE["gemma3:1b"]  # kept from the pull
+    report = rig.cycle()  # what the pull settled: nothing to ask Ollama, the digest still unknown
+    assert report.noop and len(rig.ollama.requests) == before + 1
+    rig.clock.advance(301)
+    report = rig.cycle()  # the resync's listing fills the digest in; nothing else changes
+    assert report.ok and report.full and rig.ollama.requests[before + 1:] == [("GET", "/api/tags")]
+    record = rig.record("default", "gemma3-1b").servers["default"]
+    assert (record.state, record.size, record.digest) == (READY, CATALOGUE["gemma3:1b"], rig.ollama.digest_of("gemma3:1b"))
+    assert rig.ollama.pull_count["gemma3:1b"] == 1
+    rig.clock.advance(301)
+    assert not any(isinstance(action, MarkReady) for action in rig.cycle().plan.actions)  # settled for good
+
+
+def test_a_restarted_process_with_nothing_changed_stops_after_the_fetch_and_full_forces_a_full_cycle(
+        rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    commit = rig.push()
+    rig.start()
+    assert rig.cycle().ok and rig.reconciler.store.sync.converged  # as `reconcile --once` does, pulls waited for
+    seen = rig.reconciler.store.sync.servers
+    reconciler = rig.start()  # the next `reconcile --once`: a new process, nothing in memory
+    before = len(rig.ollama.requests)
+    report = rig.cycle()
+    assert report.ok and report.noop and report.message == f"up to date at {commit[:12]}"
+    assert len(rig.ollama.requests) == before  # Ollama asked nothing
+    assert reconciler.desired is None  # no model file read
+    assert reconciler.store.sync.servers == seen  # how the servers were last seen is kept, not blanked
+    report = reconciler.run_cycle(full=True)  # --once --full
+    assert report.ok and report.full and ("GET", "/api/tags") in rig.ollama.requests[before:]
+    assert {str(key) for plan in report.plans.values() for key in plan.specs} == {
+        "default/llama3.2-1b", "default/gemma3-1b"}  # every model planned
+    assert rig.ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1}
+
+
+def test_once_after_once_with_nothing_changed_reads_no_record_nor_model_file(rig: Rig, tmp_path) -> None:
+    from ollama_gitops.reconciler.service import build, run_once
+    from apirig import settings_for
+
+    rig.work.model("default", "llama3.2", "1b")
+    commit = rig.push()
+    settings = settings_for(rig.state_dir, str(rig.remote), rig.ollama.url)
+    runs = []
+    for _ in range(3):  # `reconcile --once` three times, as service.build and run_once make it
+        service = build(settings)
+        out = io.StringIO()
+        try:
+            before = len(rig.ollama.requests)
+            runs.append((run_once(service, out), out.getvalue(), len(rig.ollama.requests) - before,
+                         service.store.records_read, service.reconciler.desired is None))
+        finally:
+            service.stop()
+    assert runs[0][0] == 0 and runs[0][2] > 0 and "Ready    default/llama3.2-1b" in runs[0][1]
+    for code, printed, requests, records_read, no_model_read in runs[1:]:
+        assert (code, printed) == (0, f"Succeeded at {commit[:12]}: up to date at {commit[:12]}\n")
+        assert (requests, records_read, no_model_read) == (0, 0, True)  # no Ollama request, no record, no file
+    store = StateStore(rig.state_dir)  # a record changed since the summary was saved (a pull killed mid-way)
+    store.acquire_process_lock()
+    with store.editing() as edit:
+        edit.status(ModelKey("default", "llama3.2-1b"), "default").state = "Pulling"
+    store.release_process_lock()
+    service = build(settings)
+    try:
+        report = service.reconciler.run_cycle()  # the records read: one has work left, so a full cycle
+        assert report.full and service.store.records_read > 0
+        assert service.store.record(ModelKey("default", "llama3.2-1b")).servers["default"].state == READY  # found
+    finally:
+        service.reconciler.pulls.wait(timeout=30)
+        service.stop()
+
+
+def test_full_makes_the_first_cycle_of_a_long_run_a_full_one_and_only_that_one(rig: Rig) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    service = Service(None, rig.start().store, rig.reconciler, full_first=True)  # type: ignore[arg-type]
+    assert service.run_cycle().full  # `reconcile --full`: whatever the recorded state says
+    assert service.run_cycle().noop
+
+
+def _new_commit(rig: Rig, store: StateStore) -> None:
+    rig.work.model("default", "phi3", "mini")
+    rig.push("add phi3")
+
+
+def _failed_last_cycle(rig: Rig, store: StateStore) -> None:
+    store.save_sync(replace(store.sync, last_cycle_outcome="Failed"))
+
+
+def _resync_due(rig: Rig, store: StateStore) -> None:
+    rig.clock.advance(300)
+
+
+def _another_server(rig: Rig, store: StateStore) -> None:
+    store.save_sync(replace(store.sync, servers=(ServerSeen("default", "http://127.0.0.1:9"),)))
+
+
+def _left_something_to_prune(rig: Rig, store: StateStore) -> None:
+    store.save_sync(replace(store.sync, converged=False))
+
+
+def _unsettled(rig: Rig, store: StateStore) -> None:
+    with store.editing() as edit:
+        edit.status(ModelKey("default", "gemma3-1b"), "default").state = PENDING
+
+
+@pytest.mark.parametrize("behind", [_new_commit, _failed_last_cycle, _resync_due, _another_server,
+                                    _left_something_to_prune, _unsettled])
+def test_a_restarted_process_whose_recorded_state_is_behind_makes_a_full_cycle(rig: Rig, behind) -> None:
+    rig.work.model("default", "llama3.2", "1b")
+    rig.work.model("default", "gemma3", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    rig.stop()
+    store = StateStore(rig.state_dir)
+    store.acquire_process_lock()
+    behind(rig, store)
+    store.release_process_lock()
+    reconciler = rig.start()
+    before = len(rig.ollama.requests)
+    report = rig.cycle()
+    assert report.ok and report.full and not report.noop, report.message
+    assert ("GET", "/api/tags") in rig.ollama.requests[before:] and reconciler.desired is not None
 
 
 def test_model_already_in_ollama_becomes_ready_without_a_pull_even_after_restart(rig: Rig) -> None:
@@ -475,10 +622,13 @@ def test_a_reference_ollama_shortens_is_pulled_once_shown_and_pruned(rig: Rig) -
     rig.cycle()
     record = rig.record("default", "registry.ollama.ai-library-llama3.2-1b")
     assert record is not None and record.servers["default"].state == READY
-    assert record.servers["default"].size == CATALOGUE["llama3.2:1b"] and record.servers["default"].digest == rig.ollama.digest_of("llama3.2:1b")
+    assert record.servers["default"].size == CATALOGUE["llama3.2:1b"]
     for _ in range(2):  # full cycles: Ollama listed, every model planned
         rig.clock.advance(301)
         assert rig.cycle().full
+    # the listing's digest, under the name Ollama shows, is this model's
+    assert rig.record("default", "registry.ollama.ai-library-llama3.2-1b").servers["default"].digest == \
+        rig.ollama.digest_of("llama3.2:1b")
     assert rig.ollama.pull_count["llama3.2:1b"] == 1
     rig.work.remove(path)
     rig.push("remove it")

@@ -58,6 +58,16 @@ def test_first_run_with_no_settings_reconciles_the_embedded_example_repo(env: di
     assert set(ollama.installed()) == {"llama3.2:1b", "gemma3:1b"}
     assert statuses(tmp_path / "state") == {"default/llama3.2-1b": "Ready", "default/gemma3-1b": "Ready"}
     assert "action=pull models=default/gemma3-1b reference=gemma3:1b commit=" in result.stderr
+    # Nothing changed: the next run ends after the fetch, from the recorded state (issue 16)
+    before = len(ollama.requests)
+    again = run(children, ["reconcile", "--once"], env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("Succeeded at ") and ": up to date at " in again.stdout
+    assert ollama.requests[before:] == [] and "action=cycle" not in again.stderr  # no request, no cycle's work
+    full = run(children, ["reconcile", "--once", "--full"], env)
+    assert full.returncode == 0, full.stderr
+    assert ("GET", "/api/tags") in ollama.requests[before:] and "full=True" in full.stderr
+    assert ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1}  # nothing pulled again
     again = run(children, ["reconcile", "--once"], env)
     assert again.returncode == 0 and ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1}
 

@@ -19,7 +19,7 @@ import httpx
 import ollama
 import pytest
 
-from standins.ollama_server import OllamaStandin
+from standins.ollama_server import CONFIG_SIZE, OllamaStandin
 
 CATALOGUE = {
     "llama3.2:latest": 2_000_000,
@@ -91,7 +91,7 @@ def test_streaming_pull_reports_progress_in_order(standin: OllamaStandin, client
     assert statuses[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
     layer_parts = parts[1:-3]
     layer_digests = list(dict.fromkeys(p.digest for p in layer_parts))
-    assert len(layer_digests) == 2  # the default `layers`
+    assert layer_digests == standin.layer_digests("llama3.2")  # the default 2 layers, then the config blob
     totals = {}
     for digest in layer_digests:
         assert digest.startswith("sha256:") and HEX64.fullmatch(digest[7:])
@@ -121,9 +121,22 @@ def test_streaming_pull_wire_format(standin: OllamaStandin) -> None:
 def test_layers_parameter_splits_the_size() -> None:
     with OllamaStandin({"big:1b": 1_000_003}, layers=3).start() as server:
         lines = _pull_lines(server, "big:1b")
+        listed = httpx.get(server.url + "/api/tags", timeout=TIMEOUT).json()["models"]
     totals = {line["digest"]: line["total"] for line in lines if "digest" in line}
-    assert len(totals) == 3
-    assert sum(totals.values()) == 1_000_003
+    assert len(totals) == 4  # three layers and the config blob
+    assert totals[server.layer_digests("big:1b")[-1]] == CONFIG_SIZE
+    # /api/tags's size is the manifest's layers plus its config (Manifest.Size), as the stream's totals.
+    assert sum(totals.values()) == listed[0]["size"] == 1_000_003
+
+
+def test_a_blob_already_held_streams_one_line_of_its_whole_size(standin: OllamaStandin) -> None:
+    first = _pull_lines(standin, "llama3.2")
+    again = _pull_lines(standin, "llama3.2")
+    sizes = {line["digest"]: line["total"] for line in first if "digest" in line}
+    # download.go's downloadBlob: a blob on disk is one line, Total == Completed == its size.
+    assert [line for line in again if "digest" in line] == [
+        {"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": total}
+        for digest, total in sizes.items()]
 
 
 def test_non_streaming_pull(standin: OllamaStandin, client: ollama.Client) -> None:
@@ -266,12 +279,11 @@ def test_latest_normalisation_and_case_insensitive_lookup(
     assert standin.installed() == {}
 
 
-def test_repull_of_installed_model_reports_removing_unused_layers(standin: OllamaStandin) -> None:
+def test_repull_of_the_same_manifest_removes_no_layers(standin: OllamaStandin) -> None:
+    # PullModel says "removing unused layers" only for blobs of the old manifest the new one lacks.
     assert {"status": "removing unused layers"} not in _pull_lines(standin, "llama3.2")
-    assert _pull_lines(standin, "llama3.2")[-2:] == [
-        {"status": "removing unused layers"},
-        {"status": "success"},
-    ]
+    assert _pull_lines(standin, "llama3.2")[-3:] == [
+        {"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
 
 
 # --------------------------------------------------------------------------- fault injection

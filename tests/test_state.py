@@ -212,3 +212,43 @@ def test_each_server_has_its_own_status_and_work_left_on_any_server_is_unsettled
     store.save_sync(SyncStatus(servers=seen))
     store.release_process_lock()
     assert reopen(tmp_path).sync.servers == seen
+
+
+def test_start_up_reads_each_record_once_and_takes_in_what_was_written_before_the_lock(tmp_path: Path) -> None:
+    populate(tmp_path, compact=True)  # five records in the snapshot
+    holder = StateStore(tmp_path)
+    holder.acquire_process_lock()
+    with holder.editing() as edit:  # a journal line over the snapshot
+        edit.status(KEYS[0], "default").error = "one"
+    starting = StateStore(tmp_path)  # loads while the other process still holds the lock
+    assert starting.records_read == 6
+    with holder.editing() as edit:  # the other process goes on writing before it lets go
+        edit.status(KEYS[1], "default").error = "two"
+        edit.status(KEYS[2], "default").state = "Pulling"
+    holder.release_process_lock()
+    with open(tmp_path / JOURNAL, "ab") as journal:
+        journal.write(b'{"seq":99,"key":["default","m3-1"],"rec')  # torn by a crash mid-append
+    starting.acquire_process_lock()
+    assert starting.records_read == 8  # the two lines written since its load (a record each), only
+    records = starting.records()
+    assert [records[key].servers["default"].error for key in KEYS[:3]] == ["one", "two", None]
+    assert records[KEYS[2]].servers["default"].state == "Pending"  # its pull died with that process
+    assert (tmp_path / JOURNAL).read_bytes().endswith(b"\n")  # the torn line is cut
+    starting.release_process_lock()
+    assert reopen(tmp_path).records() == records
+
+
+def test_a_compaction_between_the_load_and_the_lock_reads_the_new_snapshot(tmp_path: Path) -> None:
+    populate(tmp_path)
+    starting = StateStore(tmp_path)
+    assert starting.records_read == 10  # two journal lines per model, no snapshot
+    holder = StateStore(tmp_path)
+    holder.acquire_process_lock()
+    with holder.editing() as edit:
+        edit.status(KEYS[4], "default").error = "compacted"
+    holder._compact()
+    holder.release_process_lock()
+    starting.acquire_process_lock()
+    assert starting.records_read == 10 + 5  # the new snapshot, read whole
+    assert starting.records()[KEYS[4]].servers["default"].error == "compacted"
+    starting.release_process_lock()

@@ -180,6 +180,15 @@ class Fleet:
         with self._lock:
             return tuple(member.seen for member in self._members.values())
 
+    def adopt_seen(self, recorded: Collection[ServerSeen]) -> None:
+        """Take how an earlier process last saw these servers (`sync.json`) for those of the same name
+        and URL, when this one has not asked them itself: what it says of them stays as it was."""
+        with self._lock:
+            for seen in recorded:
+                member = self._members.get(seen.name)
+                if member is not None and member.server.url == seen.url and member.seen.reachable is None:
+                    member.seen = replace(seen, labels=member.server.labels)
+
     def observed(self, name: str) -> Mapping[str, InstalledModel] | None:
         """A read-only view of the last listing of `name`, kept current (None: not listed, or it
         failed). Not a copy: pulls that end add to it meanwhile, so it is for looking models up, not

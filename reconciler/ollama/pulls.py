@@ -2,6 +2,14 @@
 
 A cycle hands pulls over and moves on; it never waits for a download. A reference whose pull is in
 flight is not pulled again until that pull has ended.
+
+A pull's end is recorded from the pull's own result (`ModelServer.pull`), never from a listing of
+the server (100,000 models take seconds to list): Ready, with the size `/api/tags` would give, the
+pull time, and no digest (None), as the stream does not carry the manifest's digest. The server's
+kept listing (`Fleet`) takes the same result, its digest "", which `plan()` takes as the same as
+None, so nothing is planned for the model meanwhile. Until the next resync the API shows it Ready
+with its size and lastPullTime and no digest (in Kubernetes mode the status has no `digest`); that
+resync's listing gives the digest and records it (a MarkReady "its digest, from the listing").
 """
 
 from __future__ import annotations
@@ -111,9 +119,10 @@ class PullPool:
         installed: InstalledModel | None = None
         retry_at: float | None = None
         try:
-            self._server.pull(pull.reference,
-                              lambda done, total: self._store.update_progress(pull.keys, self.name, done, total))
-            installed = self._server.installed().get(reference)
+            # The pull's own result, not a listing of every model on the server (100,000 of them at
+            # times): what it cannot say (the manifest's digest) the next resync's listing fills in.
+            installed = self._server.pull(
+                pull.reference, lambda done, total: self._store.update_progress(pull.keys, self.name, done, total))
         except ServerUnreachable as exc:
             with self._lock:
                 self._unreachable = str(exc)
@@ -139,8 +148,10 @@ class PullPool:
                 if status is None:  # the file went away during the pull; the next cycle prunes it
                     continue
                 status.state, status.error, status.failures, status.next_retry_at = READY, None, 0, None
+                # The digest stays None (unknown) until a listing gives it: `plan()` takes that as
+                # the same as the kept listing's "" for this model, and a resync's MarkReady fills it.
                 status.size = installed.size if installed else None
-                status.digest = installed.digest if installed else None
+                status.digest = (installed.digest or None) if installed else None
                 status.last_pull_time, status.applied_commit = now, commit
                 status.progress_completed = status.progress_total = None
                 if pull.refresh is not None:

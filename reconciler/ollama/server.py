@@ -7,15 +7,17 @@ cycle later, change nothing), or one model's operation failed (Ollama's own mess
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
-
-import httpx
-import ollama
 
 from ..models.naming import normalize_reference
 from ..plan import InstalledModel
+
+if TYPE_CHECKING:
+    import httpx
+    import ollama
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (completed bytes, total bytes) as a pull streams."""
@@ -39,8 +41,9 @@ class ModelServer(Protocol):
     def installed(self) -> dict[str, InstalledModel]:
         """The models on the server, keyed by normalised reference."""
 
-    def pull(self, reference: str, progress: ProgressCallback) -> None:
-        """Pull a model, reporting progress; returns when it is installed."""
+    def pull(self, reference: str, progress: ProgressCallback) -> InstalledModel:
+        """Pull a model, reporting progress; returns when it is installed, with what the pull itself
+        says of it (see `OllamaServer.pull`), no listing."""
 
     def delete(self, reference: str) -> bool:
         """Delete a model; False when the server did not have it (which counts as done)."""
@@ -51,14 +54,45 @@ class OllamaServer:
 
     def __init__(self, url: str, *, timeout: float = 30.0, pull_read_timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
-        self._client = ollama.Client(host=self.url, timeout=timeout)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
-        # A pull streams for as long as the download takes; only a stall should time it out.
-        self._pull_client = ollama.Client(host=self.url, timeout=httpx.Timeout(timeout, read=pull_read_timeout))
+        self._timeout, self._pull_read_timeout = timeout, pull_read_timeout
+        # Made when first used: each costs a TLS context (a quarter of a second on a loaded machine),
+        # which a cycle that ends after the fetch (`reconcile --once`, nothing to do) never needs.
+        self._made: dict[str, ollama.Client | httpx.Client] = {}
+        self._making = threading.Lock()
+
+    def _connection(self, which: str) -> Any:
+        # Imported here, with the first connection: the `ollama` client (and its pydantic models) is
+        # a third of what `reconcile` imports, and a cycle that ends after the fetch never needs it.
+        import httpx
+        import ollama
+
+        with self._making:
+            if which not in self._made:
+                if which == "http":
+                    self._made[which] = httpx.Client(base_url=self.url, timeout=self._timeout)
+                else:  # a pull streams for as long as the download takes; only a stall should time it out
+                    timeout = httpx.Timeout(self._timeout, read=self._pull_read_timeout) if which == "pull" \
+                        else self._timeout
+                    self._made[which] = ollama.Client(host=self.url, timeout=timeout)
+            return self._made[which]
+
+    @property
+    def _client(self) -> ollama.Client:
+        return self._connection("api")
+
+    @property
+    def _http(self) -> httpx.Client:
+        return self._connection("http")
+
+    @property
+    def _pull_client(self) -> ollama.Client:
+        return self._connection("pull")
 
     def close(self) -> None:
         """Close the connections to the server."""
-        for client in (self._client, self._http, self._pull_client):
+        with self._making:
+            made, self._made = list(self._made.values()), {}
+        for client in made:
             client.close()
 
     def installed(self) -> dict[str, InstalledModel]:
@@ -78,6 +112,8 @@ class OllamaServer:
 
     def _get(self, path: str) -> httpx.Response:
         """`GET path`, its errors as the other calls' (`ServerUnreachable`, `ModelOperationFailed`)."""
+        import ollama
+
         def get() -> httpx.Response:
             response = self._http.get(path)
             if response.status_code >= 400:
@@ -86,7 +122,16 @@ class OllamaServer:
 
         return self._call(get)  # type: ignore[return-value]
 
-    def pull(self, reference: str, progress: ProgressCallback) -> None:
+    def pull(self, reference: str, progress: ProgressCallback) -> InstalledModel:
+        """Pull `reference`; the model as the stream leaves it, without listing the server.
+
+        Ollama streams progress per blob of the manifest, its layers and then its config, each line
+        with the blob's `digest` and `total` (a blob already on disk too, in one line of its whole
+        size; the transfer path of tensor models as one pseudo-blob of them all), so the sum of the
+        blobs' totals is the size `/api/tags` gives (`Manifest.Size`: layers plus config; a blob
+        listed twice in one manifest is counted once here, and the next listing corrects that). The
+        manifest's digest, which `/api/tags` shows, is in no line: it is `""`, unknown, until a
+        listing gives it. `modified_at` is unknown too."""
         layers: dict[str, tuple[int, int]] = {}
 
         def stream() -> None:
@@ -96,6 +141,7 @@ class OllamaServer:
                     progress(sum(c for c, _ in layers.values()), sum(t for _, t in layers.values()))
 
         self._call(stream)
+        return InstalledModel(reference, sum(total for _, total in layers.values()), "")
 
     def delete(self, reference: str) -> bool:
         try:
@@ -110,6 +156,8 @@ class OllamaServer:
         """Does the server hold the blob `digest` (`sha256:<64 hex>`)? Ollama's `HEAD /api/blobs/:digest`:
         200 yes, 404 no. An invalid digest (Ollama's 400) or any other answer is `ModelOperationFailed`;
         no connection is `ServerUnreachable`, as for the other calls."""
+        import ollama
+
         def head() -> bool:
             response = self._http.head(f"/api/blobs/{quote(digest, safe=':')}")
             if response.status_code == 200:
@@ -124,6 +172,9 @@ class OllamaServer:
         return bool(self._call(head))
 
     def _call(self, operation: Callable[[], object]) -> object:
+        import httpx
+        import ollama
+
         try:
             return operation()
         except ollama.ResponseError as exc:

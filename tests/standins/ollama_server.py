@@ -59,7 +59,7 @@ from types import TracebackType
 from typing import Any, Callable, Generator
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["ListingGate", "OllamaStandin", "PullGate"]
+__all__ = ["CONFIG_SIZE", "ListingGate", "OllamaStandin", "PullGate"]
 
 # Error texts exactly as the real server words them.
 INVALID_NAME_ERROR = "invalid model name"
@@ -80,8 +80,10 @@ _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 # the total (a zero `completed` is left out, like Go's omitempty), then it grows.
 _PROGRESS_STEPS = (0, 1, 2, 3, 4)
 _PROGRESS_DIVISOR = 4
-# A pull scheduled to fail emits this many progress lines of its first layer first.
+# A pull scheduled to fail emits this many progress lines first.
 _LINES_BEFORE_FAILURE = 3
+# The size of a model's config blob (a small JSON document in real Ollama), counted in its size.
+CONFIG_SIZE = 487
 
 
 # The lines of one pull, produced lazily as the handler writes them.
@@ -554,7 +556,9 @@ class OllamaStandin:
     """An in-process Ollama server for tests (see the module docstring).
 
     ``catalogue`` maps pullable ``"name:tag"`` references to their total size in
-    bytes, split over ``layers`` layers.  Every model's digest is the sha256 of
+    bytes, as ``/api/tags`` shows it: the manifest's ``layers`` layers plus its
+    config blob (``CONFIG_SIZE`` bytes, less for a tiny model), as Ollama's
+    ``Manifest.Size`` adds them.  Every model's digest is the sha256 of
     its normalised, lower-cased ``"name:tag"`` (``digest_of``), so it is the
     same in every stand-in and tests can predict it.
 
@@ -597,6 +601,8 @@ class OllamaStandin:
         self.delete_count: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str]] = []
         self._extra_blobs: set[str] = set()  # "sha256:<hex>" held besides the installed models' layers
+        # "sha256:<hex>" -> how many installed models use it: a pull asks per blob, without a scan.
+        self._blob_users: collections.Counter[str] = collections.Counter()
         for ref, size in (catalogue or {}).items():
             self.add_to_catalogue(ref, size)
 
@@ -717,18 +723,24 @@ class OllamaStandin:
             self._extra_blobs.add(digest)
 
     def layer_digests(self, ref: str) -> list[str]:
-        """The ``sha256:<hex>`` digests a pull of ``ref`` streams (and, once installed, holds)."""
-        key = _key(ref)
-        return [f"sha256:{_sha256_hex(f'{key}#layer{index}')}" for index in range(self._layers)]
+        """The ``sha256:<hex>`` digests a pull of ``ref`` streams (and, once installed, holds), in
+        the order it streams them: the manifest's layers, then its config blob (Ollama's PullModel
+        pulls ``mf.Layers`` then ``mf.Config``)."""
+        return [f"sha256:{digest}" for digest, _ in self._blobs(_key(ref), 0)]
+
+    def _blobs(self, key: str, size: int) -> list[tuple[str, int]]:
+        """(hex digest, size) of each blob of the model ``key`` of ``size`` bytes, layers then config."""
+        config = min(CONFIG_SIZE, size // 2)
+        base, rest = divmod(size - config, self._layers)
+        sizes = [base] * (self._layers - 1) + [base + rest]
+        blobs = [(_sha256_hex(f"{key}#layer{index}"), total) for index, total in enumerate(sizes)]
+        return blobs + [(_sha256_hex(f"{key}#config"), config)]
 
     def _holds_blob(self, digest: str) -> bool:
         # Blob files are named sha256-<lowercase hex> on a case-sensitive disk, as Ollama writes them.
         wanted = "sha256:" + digest[len("sha256:"):]
         with self._lock:
-            keys = list(self._models)
-            if wanted in self._extra_blobs:
-                return True
-        return any(wanted in self.layer_digests(key) for key in keys)
+            return wanted in self._extra_blobs or self._blob_users[wanted] > 0
 
     def digest_of(self, ref: str) -> str:
         """The 64-hex digest ``/api/tags`` reports for ``ref`` (installed or not)."""
@@ -787,6 +799,7 @@ class OllamaStandin:
         parts = self._existing_name_locked(ref)
         self._forget_locked(key)
         self._models[key] = _Installed(parts=parts, size=size, digest=_sha256_hex(key), modified_ns=time.time_ns())
+        self._blob_users.update(self.layer_digests(key))
         for index, part in enumerate(parts):
             spellings = self._spellings[index].setdefault(part.lower(), {})
             spellings[part] = spellings.get(part, 0) + 1
@@ -795,6 +808,7 @@ class OllamaStandin:
         model = self._models.pop(key, None)
         if model is None:
             return False
+        self._blob_users.subtract(self.layer_digests(key))
         for index, part in enumerate(model.parts):
             spellings = self._spellings[index][part.lower()]
             spellings[part] -= 1
@@ -906,12 +920,12 @@ class OllamaStandin:
             return
 
         size = entry[1]
-        base, rest = divmod(size, self._layers)
-        layer_sizes = [base] * (self._layers - 1) + [base + rest]
         lines_sent = 0
-        for index, total in enumerate(layer_sizes):
-            digest = _sha256_hex(f"{key}#layer{index}")
-            for step in _PROGRESS_STEPS:
+        for index, (digest, total) in enumerate(self._blobs(key, size)):
+            # A blob already on disk (this model's, another's, or one left behind) is not
+            # downloaded: download.go's downloadBlob says so in one line, Total == Completed == its size.
+            steps = (_PROGRESS_DIVISOR,) if self._holds_blob(f"sha256:{digest}") else _PROGRESS_STEPS
+            for step in steps:
                 completed = total * step // _PROGRESS_DIVISOR
                 line: dict[str, Any] = {"status": f"pulling {digest[:12]}", "digest": f"sha256:{digest}"}
                 # Zero fields are left out, like Go's `omitempty`.
@@ -921,7 +935,7 @@ class OllamaStandin:
                     line["completed"] = completed
                 yield line
                 lines_sent += 1
-                if index == 0 and step == _PROGRESS_STEPS[0]:
+                if index == 0 and step == steps[0]:
                     with self._lock:
                         gate = self._gate
                     if gate is not None:
@@ -935,12 +949,10 @@ class OllamaStandin:
         self._pace(generation)
         with self._lock:
             self._check_alive(generation)  # under the lock: stop() cannot slip in
-            was_installed = key in self._models
             self._install_locked(key, ref, size)  # the manifest is written now
+        # Real Ollama says "removing unused layers" only when the manifest replaced held blobs the new
+        # one does not (its deleteMap); here a model's blobs never change, so a re-pull never does.
         yield {"status": "writing manifest"}
-        if was_installed:
-            # Real Ollama says this when a re-pull replaced an existing manifest.
-            yield {"status": "removing unused layers"}
         yield {"status": "success"}
 
 

@@ -1,0 +1,140 @@
+"""Benchmark: `ollama-gitops reconcile --once` when nothing changed, beside a bare `git fetch`.
+
+For each size (default 1,000, 10,000 and 100,000 model files in `models/default/`), set-up (not
+timed): a models repository made with `git fast-import` (`benchrepos.generate`) in a bare remote; the
+stand-in Ollama (in this process, on loopback) with every model installed; one `reconcile --once` on a
+fresh state directory (its full first cycle finds every model there: all Ready); a bare clone of the
+remote for the baseline. Then `--rounds` rounds, each timing, in turn:
+
+  (1)  bare      `git fetch origin` in that clone: nothing to fetch (the baseline);
+  (2)  --once    `ollama-gitops reconcile --once` as a subprocess: its cycle ends after the fetch,
+                 from the recorded state (no model file read, no Ollama request: both checked, the
+                 requests counted at the stand-in);
+  (3)  imports   the same interpreter importing the modules `reconcile --once` runs from (the CLI,
+                 the service, the reconciler): the part of (2) that is the Python process itself;
+  (4)  --full    `ollama-gitops reconcile --once --full`: every server listed, every model planned
+                 (what every `--once` cost before), for reference.
+
+Printed per size: the medians, (2)/(1) and (4)/(1), and (2) less (3) over (1); and the growth
+exponent of each fitted over the sizes (least squares of log time against log size). Numbers, not
+assertions: the suite smoke-runs this script (`--smoke`: 10 and 100 models, 1 round).
+
+    python benchmarks/bench_once.py                         # 1,000, 10,000 and 100,000; 5 rounds
+    python benchmarks/bench_once.py --sizes 1000,10000 --rounds 3
+    python benchmarks/bench_once.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for entry in (ROOT, ROOT / "tests", Path(__file__).resolve().parent):
+    if str(entry) not in sys.path:
+        sys.path.insert(0, str(entry))
+
+from bench_scale import exponent  # noqa: E402
+from benchrepos import GIT_ENV, generate, git  # noqa: E402
+
+MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
+COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
+IMPORTS = "import ollama_gitops.api.cli, ollama_gitops.reconciler.service, ollama_gitops.reconciler.reconcile"
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=3600)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{argv} exited {result.returncode}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return elapsed, result
+
+
+def bench(parent: Path, size: int, rounds: int) -> dict:
+    from standins.ollama_server import OllamaStandin
+
+    remote, _ = generate(parent, size, lambda i: f"models/default/model{i}-1b.yaml")
+    clone = parent / "bare-clone.git"
+    git("clone", "-q", "--bare", str(remote), str(clone))
+    ollama = OllamaStandin().start()
+    try:
+        for i in range(size):
+            ollama.install(f"model{i}:1b", MODEL_SIZE)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+        env.update(GIT_ENV)
+        env.update({"OLLAMA_GITOPS_REPO": str(remote), "OLLAMA_GITOPS_STATE_DIR": str(parent / "state"),
+                    "OLLAMA_GITOPS_OLLAMA_URL": ollama.url, "OLLAMA_GITOPS_KUBERNETES": "off",
+                    "OLLAMA_GITOPS_RESYNC_INTERVAL": "86400", "HOME": str(parent / "home")})
+        settle_s, first = timed([COMMAND, "reconcile", "--once"], env)
+        if f"{size} already in Ollama" not in first.stdout:
+            raise SystemExit(f"the first cycle did not find every model:\n{first.stdout[-2000:]}")
+        times: dict[str, list[float]] = {"bare": [], "once": [], "imports": [], "full": []}
+        requests_per_once: list[int] = []
+        for _ in range(rounds):
+            times["bare"].append(timed(["git", "fetch", "-q", "origin"], env, cwd=clone)[0])
+            before = len(ollama.requests)
+            seconds, once = timed([COMMAND, "reconcile", "--once"], env)
+            requests_per_once.append(len(ollama.requests) - before)
+            if ": up to date at " not in once.stdout or "action=cycle" in once.stderr:
+                raise SystemExit(f"--once did not stop after the fetch:\n{once.stdout[-2000:]}{once.stderr[-2000:]}")
+            times["once"].append(seconds)
+            times["imports"].append(timed([sys.executable, "-c", IMPORTS], env)[0])
+            seconds, full = timed([COMMAND, "reconcile", "--once", "--full"], env)
+            if "full=True" not in full.stderr:
+                raise SystemExit(f"--once --full was not a full cycle:\n{full.stderr[-2000:]}")
+            times["full"].append(seconds)
+    finally:
+        ollama.stop()
+    medians = {name: statistics.median(samples) for name, samples in times.items()}
+    return {"size": size, "settle_s": settle_s, "requests_per_once": max(requests_per_once), **medians}
+
+
+def report(results: list[dict], rounds: int) -> None:
+    print(f"python {platform.python_version()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+          f"{rounds} round(s), medians; every --once stopped after the fetch (up to date), with "
+          f"{max(r['requests_per_once'] for r in results)} Ollama requests")
+    head = ("models", "bare fetch ms", "--once ms", "--once/fetch", "imports ms", "(--once-imports)/fetch",
+            "--once --full ms", "--full/fetch")
+    rows = [(f"{r['size']:,}", f"{r['bare'] * 1000:,.1f}", f"{r['once'] * 1000:,.1f}", f"{r['once'] / r['bare']:.1f}x",
+             f"{r['imports'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['imports']) / r['bare']:.1f}x",
+             f"{r['full'] * 1000:,.1f}", f"{r['full'] / r['bare']:.1f}x") for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = "  ".join("{:>%d}" % w for w in widths)
+    print(line.format(*head))
+    for row in rows:
+        print(line.format(*row))
+    fits = {label: exponent([(r["size"], r[key]) for r in results])
+            for label, key in (("bare fetch", "bare"), ("--once", "once"), ("imports", "imports"),
+                               ("--once --full", "full"))}
+    print("Growth exponents (time ~ models^k, fitted over the sizes): "
+          + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in fits.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,100000", help="model files, comma-separated")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per size (default 5; --smoke: 1)")
+    parser.add_argument("--smoke", action="store_true", help="10 and 100 models, 1 round")
+    args = parser.parse_args(argv)
+    sizes = [10, 100] if args.smoke else [int(s) for s in args.sizes.split(",")]
+    rounds = args.rounds or (1 if args.smoke else 5)
+    results = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"bench-once-{size}-") as tmp:
+            results.append(bench(Path(tmp), size, rounds))
+        print(f"  {size:,} models done (first, full cycle {results[-1]['settle_s']:.1f}s)", file=sys.stderr)
+    report(results, rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -49,7 +48,7 @@ for entry in (ROOT, ROOT / "tests", Path(__file__).resolve().parent):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from benchrepos import GIT_ENV, generate, git  # noqa: E402
+from benchrepos import GIT_ENV, exponent, generate, git  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -196,15 +195,6 @@ def wait_quiet_in(client: httpx.Client, server: SubprocessServer, namespace: str
             return
         time.sleep(0.05)
     raise RuntimeError(f"serve did not settle on {name}:\n{server.log_tail()}")
-
-
-def exponent(points: list[tuple[float, float]]) -> float | None:
-    """The slope of log(value) against log(size), least squares; None below two sizes."""
-    points = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
-    if len(points) < 2:
-        return None
-    mx, my = statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
 
 
 def report(results: list[dict]) -> None:

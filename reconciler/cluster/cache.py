@@ -73,8 +73,9 @@ class LiveWatch:
                 return
             self._watch = w
         # timeout_seconds also keeps the client from retrying a 410 itself: it raises at once.
-        stream = w.stream(_untyped(method), *args, **kwargs, resource_version=resource_version, allow_watch_bookmarks=True,
-                          timeout_seconds=timeout, _request_timeout=(CONNECT_TIMEOUT, timeout + WATCH_READ_MARGIN))
+        stream = w.stream(_untyped(method), *args, **kwargs, resource_version=resource_version,
+                          allow_watch_bookmarks=True, timeout_seconds=timeout,
+                          _request_timeout=(CONNECT_TIMEOUT, timeout + WATCH_READ_MARGIN))
         try:
             for event in stream:
                 if self._stopping.is_set():

@@ -16,7 +16,9 @@ For each size (number of model files) a child process (so that peak RSS is per s
     `ClusterStateStore` with the process lock taken, `ClusterSync`, `Reconciler(..., cluster=sync)` with
     `resync_interval=3600`), then cycles run as the tests' `KubeRig.settle()` runs them: a cycle, the pulls
     waited for, the status writes flushed, the watch caught up with every write, until a cycle writes
-    nothing and every resource carries status Ready (at most 10 cycles). Afterwards (not timed) every
+    nothing and every resource carries status Ready (at most 10 cycles); --cold-repeat runs (default 3),
+    each on a fresh stand-in with a fresh state directory, the median run counts and the last one's
+    product goes on to the rounds below. Afterwards (not timed) every
     object in the stand-in is checked: managed-by label, finalizer, spec, status Ready with the size and
     digest Ollama reports; and no pull was made. (1a) is the part of (1) until the first cycle's server-side
     applies were all answered: every resource created (the status writes, which need the watch to have
@@ -67,7 +69,7 @@ CPU columns: `product CPU` is the benchmark process's CPU time (all its threads:
 Run from the repository root:
 
     python benchmarks/bench_kubernetes.py                          # sizes 10, 1000, 10000; 5 repeats
-    python benchmarks/bench_kubernetes.py --smoke                  # sizes 10, 100; 1 repeat
+    python benchmarks/bench_kubernetes.py --smoke                  # sizes 10, 100; 1 repeat, 1 run each
     python benchmarks/bench_kubernetes.py --json out.json --check
     python benchmarks/bench_kubernetes.py --sizes 10000 --repeat 1 --profile cold   # cProfile to stderr
 """
@@ -500,7 +502,8 @@ def _merge(into: dict[str, int], kinds: dict[str, int]) -> None:
 # One size, in its own process
 # ---------------------------------------------------------------------------------------------
 
-def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, bare_repeat: int = 3) -> dict:
+def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, bare_repeat: int = 3,
+               cold_repeat: int = 1) -> dict:
     os.environ.update(GIT_ENV)
     from kubernetes import client
 
@@ -551,53 +554,74 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
             url = standin.call("start")
             standin.call("take_log")
 
-            # -- (1) cold start: wiring, then cycles until settled -----------------------------------
-            cycles: list[dict] = []
-            cold_kinds: dict[str, int] = {}
-            gc.collect()
-            cpu_server = standin.call("cpu") if not in_process else 0.0
-            cpu_self = time.process_time()
-            profiling("cold", True)
-            started = time.perf_counter()
-            product = Product(url, remote, parent / "state", ollama.url)
-            wired_s = time.perf_counter() - started
-            ready_s = None
-            settled = False
-            for _ in range(MAX_COLD_CYCLES):
-                began = time.perf_counter()
-                report = product.cycle()
-                cycle_s = time.perf_counter() - began
-                product.catch_up(standin)
-                kinds = standin.call("take_log")["kinds"]
-                _merge(cold_kinds, kinds)
-                cycles.append({"report": report.message[:200], "ok": report.ok, "full": report.full,
-                               "noop": report.noop, "cycle_s": cycle_s,
-                               "with_catch_up_s": time.perf_counter() - began, "requests": kinds})
-                ready = product.all_ready(size)
-                if ready and ready_s is None:
-                    ready_s = time.perf_counter() - started
-                if report.ok and ready and _writes(kinds) == 0:
-                    settled = True
-                    break
-            cold_s = time.perf_counter() - started
-            created_s = product.applies_done[0] - started  # the first cycle applied every resource
-            profiling("cold", False)
-            cold_cpu_self = time.process_time() - cpu_self
-            cold_cpu_server = standin.call("cpu") - cpu_server if not in_process else None
-            if not settled:
-                snapshot = product.cache.snapshot()
-                not_ready = sorted(str(k) for k, r in snapshot.items() if r.status.get("state") != "Ready")
-                raise RuntimeError(
-                    f"the cold start did not settle in {MAX_COLD_CYCLES} cycles ({len(snapshot)} resources, "
-                    f"{len(not_ready)} without status Ready, e.g. {not_ready[:3]}; the last cycles: "
-                    f"{[(c['report'], c['requests']) for c in cycles[-3:]]})")
-            problems = standin.call("check_models", expected, digests)
-            if problems:
-                raise RuntimeError("after the cold start: " + "; ".join(problems))
-            if sum(ollama.pull_count.values()):
-                raise RuntimeError(f"the cold start pulled: {dict(ollama.pull_count)}")
-            cache_stats = dict(vars(product.cache.stats))
-            wakeups = product.wakeups[1:]  # the first is the first list's (always made, even when empty)
+            # -- (1) cold start: wiring, then cycles until settled; --cold-repeat runs, each on a fresh
+            # stand-in and state, the median counts and the last one's product goes on to the rounds ----
+            def cold_start(state: Path, profiled: bool) -> tuple[Product, dict]:
+                nonlocal product  # closed by the `finally` below if this raises
+                cycles: list[dict] = []
+                cold_kinds: dict[str, int] = {}
+                gc.collect()
+                cpu_server = standin.call("cpu") if not in_process else 0.0
+                cpu_self = time.process_time()
+                if profiled:
+                    profiling("cold", True)
+                started = time.perf_counter()
+                product = Product(url, remote, state, ollama.url)
+                wired_s = time.perf_counter() - started
+                ready_s = None
+                settled = False
+                for _ in range(MAX_COLD_CYCLES):
+                    began = time.perf_counter()
+                    report = product.cycle()
+                    cycle_s = time.perf_counter() - began
+                    product.catch_up(standin)
+                    kinds = standin.call("take_log")["kinds"]
+                    _merge(cold_kinds, kinds)
+                    cycles.append({"report": report.message[:200], "ok": report.ok, "full": report.full,
+                                   "noop": report.noop, "cycle_s": cycle_s,
+                                   "with_catch_up_s": time.perf_counter() - began, "requests": kinds})
+                    ready = product.all_ready(size)
+                    if ready and ready_s is None:
+                        ready_s = time.perf_counter() - started
+                    if report.ok and ready and _writes(kinds) == 0:
+                        settled = True
+                        break
+                cold_s = time.perf_counter() - started
+                created_s = product.applies_done[0] - started  # the first cycle applied every resource
+                if profiled:
+                    profiling("cold", False)
+                cold_cpu_self = time.process_time() - cpu_self
+                cold_cpu_server = standin.call("cpu") - cpu_server if not in_process else None
+                if not settled:
+                    snapshot = product.cache.snapshot()
+                    not_ready = sorted(str(k) for k, r in snapshot.items() if r.status.get("state") != "Ready")
+                    raise RuntimeError(
+                        f"the cold start did not settle in {MAX_COLD_CYCLES} cycles ({len(snapshot)} resources, "
+                        f"{len(not_ready)} without status Ready, e.g. {not_ready[:3]}; the last cycles: "
+                        f"{[(c['report'], c['requests']) for c in cycles[-3:]]})")
+                problems = standin.call("check_models", expected, digests)
+                if problems:
+                    raise RuntimeError("after the cold start: " + "; ".join(problems))
+                if sum(ollama.pull_count.values()):
+                    raise RuntimeError(f"the cold start pulled: {dict(ollama.pull_count)}")
+                cache_stats = dict(vars(product.cache.stats))
+                wakeups = product.wakeups[1:]  # the first is the first list's (always made, even when empty)
+                return product, {"cold_s": cold_s, "cold_wiring_s": wired_s, "cold_ready_s": ready_s,
+                                 "cold_created_s": created_s, "cold_cycles": cycles, "cold_requests": cold_kinds,
+                                 "cold_cpu_self_s": cold_cpu_self, "cold_cpu_server_s": cold_cpu_server,
+                                 "cache_stats_after_cold": cache_stats, "cold_wakeups": len(wakeups),
+                                 "cold_wakeup_keys": sum(len(w) for w in wakeups)}
+
+            cold_runs: list[dict] = []
+            for run in range(cold_repeat):
+                if run:
+                    url = standin.call("start")
+                    standin.call("take_log")
+                product, cold = cold_start(parent / f"state-{run}", profiled=run == cold_repeat - 1)
+                cold_runs.append(cold)
+                if run < cold_repeat - 1:
+                    product.close()
+                    product = None
 
             # -- rounds: warm-up (round 0, discarded) + `repeat` timed ones -----------------------
             changed = model_path(0)
@@ -717,9 +741,10 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
         return statistics.median(r[name] for r in rounds)
 
     # The median run of the bare creates (by time), with its CPU and requests.
-    def median_run(runs: list[dict]) -> dict:
-        return sorted(runs, key=lambda b: b["s"])[(len(runs) - 1) // 2]
+    def median_run(runs: list[dict], key: str = "s") -> dict:
+        return sorted(runs, key=lambda b: b[key])[(len(runs) - 1) // 2]
 
+    cold = median_run(cold_runs, "cold_s")
     bare_creates = median_run(bare["creates"])
     bare_create_status = median_run(bare["create_status"])
 
@@ -729,18 +754,9 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
         "repeat": repeat,
         "standin": "in-process" if in_process else "own process",
         "generate_s": generate_s,
-        "cold_s": cold_s,
-        "cold_wiring_s": wired_s,
-        "cold_ready_s": ready_s,
-        "cold_created_s": created_s,
-        "created_ratio": created_s / bare_creates["s"],
-        "cold_cycles": cycles,
-        "cold_requests": cold_kinds,
-        "cold_cpu_self_s": cold_cpu_self,
-        "cold_cpu_server_s": cold_cpu_server,
-        "cache_stats_after_cold": cache_stats,
-        "cold_wakeups": len(wakeups),
-        "cold_wakeup_keys": sum(len(w) for w in wakeups),
+        **cold,
+        "cold_samples_s": [c["cold_s"] for c in cold_runs],
+        "created_ratio": cold["cold_created_s"] / bare_creates["s"],
         "rounds": rounds,
         "noop_median_s": median("noop_s"),
         "change_median_s": median("change_s"),
@@ -749,8 +765,8 @@ def bench_size(size: int, repeat: int, profile: str | None, in_process: bool, ba
         "bare_apply_status": bare["apply_status"][0],
         "bare_create_status": bare_create_status,
         "bare_create_status_samples_s": [b["s"] for b in bare["create_status"]],
-        "cold_ratio": cold_s / bare_creates["s"],
-        "ready_ratio": cold_s / bare_create_status["s"],
+        "cold_ratio": cold["cold_s"] / bare_creates["s"],
+        "ready_ratio": cold["cold_s"] / bare_create_status["s"],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "other_cpu_s": _other_cpu(machine_before, ours_before),  # CPU time other processes used meanwhile
         "wall_s": time.perf_counter() - wall_before,
@@ -783,13 +799,14 @@ def _other_cpu(machine_before: float | None, ours_before: float) -> float | None
     return max(0.0, (machine - machine_before) - (_own_cpu() - ours_before))
 
 
-def run_child(size: int, repeat: int, profile: str | None, in_process: bool, bare_repeat: int) -> dict:
+def run_child(size: int, repeat: int, profile: str | None, in_process: bool, bare_repeat: int,
+              cold_repeat: int) -> dict:
     """Run one size in a fresh interpreter so that its peak RSS is its own."""
     with tempfile.NamedTemporaryFile(prefix="bench-kubernetes-", suffix=".json", delete=False) as out:
         out_path = Path(out.name)
     try:
         command = [sys.executable, str(Path(__file__).resolve()), "--child", str(size), "--repeat", str(repeat),
-                   "--bare-repeat", str(bare_repeat), "--child-out", str(out_path)]
+                   "--bare-repeat", str(bare_repeat), "--cold-repeat", str(cold_repeat), "--child-out", str(out_path)]
         if profile:
             command += ["--profile", profile]
         if in_process:
@@ -884,7 +901,7 @@ def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
         ))
     bare_runs = len(results[0]["bare_creates_samples_s"])
     print(f"\nKubernetes mode against the stand-in API server ({standin}); (2), (3): median of {repeat} rounds; "
-          f"(4), (5): median of {bare_runs} runs")
+          f"(1): median of {len(results[0]['cold_samples_s'])} runs; (4), (5): median of {bare_runs} runs")
     for line in _table(head, rows):
         print(line)
 
@@ -932,7 +949,8 @@ def print_table(results: list[dict], bars: list[dict], repeat: int) -> None:
         b, c = r["bare_creates"], r["bare_create_status"]
         if b["cpu_server_s"] is not None:
             a = r["bare_apply_status"]
-            print(f"  at {r['size']:,}: (4) runs {', '.join(f'{x:,.2f}' for x in r['bare_creates_samples_s'])} s, "
+            print(f"  at {r['size']:,}: (1) runs {', '.join(f'{x:,.2f}' for x in r['cold_samples_s'])} s, "
+                  f"(4) runs {', '.join(f'{x:,.2f}' for x in r['bare_creates_samples_s'])} s, "
                   f"(5) runs {', '.join(f'{x:,.2f}' for x in r['bare_create_status_samples_s'])} s; CPU of the median "
                   f"runs (this process / server): (4) {b['cpu_self_s']:,.2f} / {b['cpu_server_s']:,.2f} s, "
                   f"(5) {c['cpu_self_s']:,.2f} / {c['cpu_server_s']:,.2f} s, "
@@ -964,6 +982,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a bar fails")
     parser.add_argument("--bare-repeat", type=int, default=3,
                         help="runs of (4) per size, each on a fresh stand-in (the median counts)")
+    parser.add_argument("--cold-repeat", type=int, default=3,
+                        help="runs of (1) per size, each on a fresh stand-in and state (the median counts)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the stand-in API server in the benchmark process (as the tests do)")
     parser.add_argument("--profile", choices=("cold", "change", "noop"),
@@ -971,8 +991,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.bare_repeat < 1:
-        parser.error("--repeat and --bare-repeat must be at least 1")
+    if args.repeat < 1 or args.bare_repeat < 1 or args.cold_repeat < 1:
+        parser.error("--repeat, --bare-repeat and --cold-repeat must be at least 1")
     try:
         sizes = SMOKE_SIZES if args.smoke else tuple(int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip())
     except ValueError:
@@ -981,7 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sizes needs at least one size, each at least 1")
 
     if args.child is not None:
-        result = bench_size(args.child, args.repeat, args.profile, args.in_process, args.bare_repeat)
+        result = bench_size(args.child, args.repeat, args.profile, args.in_process, args.bare_repeat,
+                            args.cold_repeat)
         args.child_out.write_text(json.dumps(result))
         return 0
 
@@ -991,7 +1012,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         print(f"size {size:,}: generating, cold start, 1 warm-up + {repeat} rounds, bare creates...",
               file=sys.stderr, flush=True)
-        results.append(run_child(size, repeat, args.profile, args.in_process, bare_repeat))
+        results.append(run_child(size, repeat, args.profile, args.in_process, bare_repeat,
+                                 1 if args.smoke else args.cold_repeat))
     bars = evaluate(results)
     print_table(results, bars, repeat)
     if args.json:

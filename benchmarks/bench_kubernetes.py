@@ -62,6 +62,9 @@ Bars (printed as PASS/FAIL):
 Each ratio is printed beside its baseline in seconds, and where the sizes vary, the growth exponent of
 (1), (4) and (5) fitted over them (least squares of log time against log size).
 
+Peak RSS is the child process's for its size, every cold start of --cold-repeat included (the
+earlier ones' memory is not all given back).
+
 CPU columns: `product CPU` is the benchmark process's CPU time (all its threads: the product, and in
 `--in-process` mode the stand-in too) during the cold start; `server CPU` that of the stand-in's process
 (only when it runs apart), so a reader can see which side the time goes to.

@@ -255,6 +255,40 @@ def test_api_alone_shows_a_model_being_pulled_as_pulling(krig: KubeRig, tmp_path
     assert krig.reconciler.pulls.wait(timeout=30)
 
 
+def test_a_cold_start_costs_one_apply_and_one_status_write_a_model_and_nothing_after(krig: KubeRig) -> None:
+    # Issue 16 item 7: a cold start is O(change): per model the resource's apply and its status
+    # write, nothing read again or sent twice, no wake-up by the product's own writes; then nothing.
+    from ollama_gitops.reconciler.models.desired import ModelKey
+
+    namespaces = ("default", "team-a")
+    keys = set()
+    for i in range(24):
+        namespace = namespaces[i % 2]
+        krig.work.model(namespace, f"m{i}", "1b")
+        krig.ollama.install(f"m{i}:1b", 1000 + i)  # already there: adopted, Ready, no pull
+        keys.add(ModelKey(namespace, f"m{i}-1b"))
+    krig.push()
+    assert krig.wakeups == [set()]  # the first list's (made on an empty cluster)
+    krig.kube.clear_request_log()
+
+    report = krig.cycle()
+    assert report.ok and not report.noop, report.message
+    assert eventually(lambda: all((r := krig.cache.get(k)) is not None and r.status.get("state") == "Ready"
+                                  for k in keys))
+    log = [r for r in krig.kube.request_log if r.verb != "watch"]
+    applies = sorted(r.path for r in log if r.verb == "patch" and "apply-patch" in (r.content_type or ""))
+    paths = [f"/apis/{GROUP}/{VERSION}/namespaces/{k.namespace}/{PLURAL}/{k.name}" for k in keys]
+    assert applies == sorted(paths + [f"{p}/status" for p in paths])  # each model: its apply, its status
+    assert len(log) == len(applies), [(r.verb, r.path, r.subresource) for r in log]  # no get, list or other write
+    assert krig.wakeups == [set()]  # the watch's echoes of those writes woke nothing
+    assert krig.ollama.pull_count == {}
+
+    krig.kube.clear_request_log()
+    report = krig.cycle()
+    assert report.ok and report.noop, report.message
+    assert [r for r in krig.kube.request_log if r.verb != "watch"] == []
+
+
 def test_own_status_writes_do_not_wake_a_cycle_but_a_hand_edit_does(krig: KubeRig) -> None:
     # The service requests a cycle for every change the cache reports: the echoes of its own writes
     # must not count, or every burst of status writes costs a git fetch and a cycle.

@@ -250,14 +250,6 @@ class _Backoff:
         return self._next * random.uniform(0.75, 1.0)
 
 
-def _raw(method: Callable[..., Any]) -> Callable[..., Any]:
-    """`method` without its declared return type: `Watch.stream` then yields plain dicts (a typed
-    method's events are decoded into models, which is most of a watch's cost and gives nothing here)."""
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return method(*args, **kwargs)
-    return call
-
-
 class _Reflector:
     """One kind of object, listed then watched, kept as `project` makes it (key -> value)."""
 
@@ -325,7 +317,7 @@ class _Reflector:
 
     def _watch_once(self) -> None:
         self.stats.watches += 1
-        with closing(self._live.events(_raw(self._method), *self._args, **self._kwargs(),
+        with closing(self._live.events(self._method, *self._args, **self._kwargs(),
                                        resource_version=self._version, timeout=self._watch_timeout)) as events:
             for kind, obj in events:
                 self.stats.events += 1

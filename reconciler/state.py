@@ -26,12 +26,12 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
 from types import UnionType
 import typing
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,7 +56,9 @@ SNAPSHOT, JOURNAL, SYNC = "models.json", "models.journal", "sync.json"
 MIN_COMPACTION = 1000  # journal lines before a snapshot is considered at all
 
 
-@dataclass(frozen=True)
+# Slots on the records' classes: one of each per model (a status per model and server), kept for the
+# process's life.
+@dataclass(frozen=True, slots=True)
 class AppliedSpec:
     """The last good version of a model file that the reconciler acted on."""
 
@@ -67,7 +69,7 @@ class AppliedSpec:
     refresh_requested_at: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelStatus:
     """Live status of one model, in the seed operator's words (`state` is one of STATES)."""
 
@@ -88,7 +90,7 @@ class ModelStatus:
 _TRANSIENT = ("progress_completed", "progress_total")
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelRecord:
     """What the reconciler knows of one model: the spec it acted on and, per server of the fleet it
     was planned on, its status there (no entry: never planned there). The whole is read with
@@ -106,7 +108,7 @@ class ModelRecord:
         return ServerRecord(self.spec, status) if status is not None else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerRecord:
     """A model's record on one server: its spec and its status there (the status is the store's
     copy's, so changing it changes nothing recorded)."""
@@ -163,7 +165,9 @@ class StateStore:
         self._readonly = readonly  # a follower of another process's store: never writes
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
-        self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
+        # Per normalised reference, its one key or, shared by several models, a set of them (a set per
+        # model would cost more than the record itself).
+        self._by_reference: dict[str, ModelKey | set[ModelKey]] = {}
         self._unsettled: set[ModelKey] = set()  # Pending or Failed on some server, and not suspended
         self._journal_lines = 0
         self._journal_offset = 0  # bytes of the journal taken in
@@ -238,7 +242,11 @@ class StateStore:
             wanted.update(normalize_reference(self._models[k].spec.reference) for k in keys if k in self._models)
             related = set(keys)
             for reference in wanted:
-                related.update(self._by_reference.get(reference, ()))
+                found = self._by_reference.get(reference)
+                if isinstance(found, set):
+                    related.update(found)
+                elif found is not None:
+                    related.add(found)
             return related
 
     def unsettled(self, now: float) -> set[ModelKey]:
@@ -319,7 +327,7 @@ class StateStore:
         for key in sorted(touched):
             old_reference = before.get(key)
             if old_reference is not None:
-                self._by_reference[old_reference].discard(key)
+                self._unindex_reference(old_reference, key)
             record = self._models.get(key)
             self._index(key, record)
             changes.append((key, record))
@@ -359,11 +367,25 @@ class StateStore:
         if record is None:
             self._unsettled.discard(key)
             return
-        self._by_reference[normalize_reference(record.spec.reference)].add(key)
+        reference = sys.intern(normalize_reference(record.spec.reference))
+        found = self._by_reference.setdefault(reference, key)
+        if isinstance(found, set):
+            found.add(key)
+        elif found != key:
+            self._by_reference[reference] = {found, key}
         if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in record.servers.values()):
             self._unsettled.add(key)
         else:
             self._unsettled.discard(key)
+
+    def _unindex_reference(self, reference: str, key: ModelKey) -> None:
+        found = self._by_reference.get(reference)
+        if found == key:
+            del self._by_reference[reference]
+        elif isinstance(found, set):
+            found.discard(key)
+            if len(found) == 1:
+                self._by_reference[reference] = found.pop()
 
     def _reload(self, truncate: bool) -> None:
         with self._lock:

@@ -144,3 +144,21 @@ def test_every_namespaces_list_joins_the_namespaces_lists_bytes(lists: ApiRig) -
     names_now = [m["name"] for m in lists.client.get("/api/v1/models", params={"namespace": "*"}).json()["items"]]
     assert names_now == [m["name"] for m in default] + ["smollm2-135m", "tinyllama-1b"]
     assert stats.serialised - serialised == 1  # the new model only
+
+
+def test_serve_loads_each_commit_once_for_the_reconciler_and_the_api(lists: ApiRig) -> None:
+    """One loader in `serve`: the reconciler and the API count in one `LoadStats`; the start (the API's
+    fetch, then the cold cycle) parses each file once, and a write then the cycle that fetches it
+    parses the new file once; both sides hold the same desired state, not two copies of it."""
+    assert lists.running is not None and lists.running.service is not None
+    reconciler, repository = lists.running.service.reconciler, lists.running.repository
+    loads = repository.loader_stats
+    assert reconciler.shared_loader is not None and reconciler.shared_loader.stats is loads
+    lists.settle()
+    assert loads.parsed == 5  # the five seeded files, for both sides
+    assert reconciler.desired is repository.desired
+    assert lists.client.post("/api/v1/models", json={"name": "smollm2", "tag": "135m"}).status_code == 201
+    lists.settle()
+    assert loads.parsed == 6
+    assert reconciler.desired is repository.desired and reconciler.desired is not None
+    assert "smollm2-135m" in {key.name for key in reconciler.desired.models}

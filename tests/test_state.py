@@ -212,3 +212,27 @@ def test_each_server_has_its_own_status_and_work_left_on_any_server_is_unsettled
     store.save_sync(SyncStatus(servers=seen))
     store.release_process_lock()
     assert reopen(tmp_path).sync.servers == seen
+
+
+def test_models_that_share_a_reference_are_related_until_each_is_gone(tmp_path: Path) -> None:
+    """The index by reference holds one key, or a set once several models ask for the same one."""
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    a, b, c = ModelKey("default", "a-1"), ModelKey("team", "a-1"), ModelKey("default", "c-1")
+
+    def put(key: ModelKey, reference: str) -> None:
+        with store.editing() as edit:
+            edit.put(key, ModelRecord(AppliedSpec(reference, f"models/{key.namespace}/{key.name}.yaml"),
+                                      {"default": ModelStatus()}))
+
+    put(a, "a:1"), put(b, "A:1"), put(c, "c:1")
+    assert store.related({a}) == {a, b} and store.related(set(), ["a:1"]) == {a, b} and store.related({c}) == {c}
+    put(b, "c:1")  # b now asks for c's reference
+    assert store.related({a}) == {a} and store.related({c}) == {b, c}
+    with store.editing() as edit:
+        edit.forget(c)
+    assert store.related(set(), ["c:1"]) == {b} and store.related(set(), ["a:1"]) == {a}
+    with store.editing() as edit:
+        edit.forget(a)
+    assert store.related(set(), ["a:1"]) == set()
+    store.release_process_lock()

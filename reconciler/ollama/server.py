@@ -7,6 +7,8 @@ cycle later, change nothing), or one model's operation failed (Ollama's own mess
 
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import quote
@@ -67,8 +69,9 @@ class OllamaServer:
         response = self._get("/api/tags")
         models: dict[str, InstalledModel] = {}
         for model in response.json().get("models") or []:
-            reference = model.get("model") or model.get("name") or ""
-            models[normalize_reference(reference)] = InstalledModel(
+            # Interned: the same strings as the records' references, kept for as long as the listing is.
+            reference = sys.intern(model.get("model") or model.get("name") or "")
+            models[sys.intern(normalize_reference(reference))] = InstalledModel(
                 reference, int(model.get("size") or 0), model.get("digest") or "", model.get("modified_at"))
         return models
 

@@ -336,27 +336,39 @@ class StateStore:
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         """Make the changed records durable (called under the lock). Here: append to the journal."""
-        lines = []
-        for key, record in changes:
-            self._seq += 1
-            lines.append(json.dumps({"seq": self._seq, "key": list(key), "record": _to_json(record) if record else None},
-                                    separators=(",", ":")))
         self.directory.mkdir(parents=True, exist_ok=True)
-        payload = ("\n".join(lines) + "\n").encode("utf-8")
+        written = 0
         with open(self.directory / JOURNAL, "ab") as journal:
-            journal.write(payload)
+            # Piece by piece: a cold start's first write of every record never becomes one string.
+            for start in range(0, len(changes), _PIECE):
+                lines = []
+                for key, record in changes[start:start + _PIECE]:
+                    self._seq += 1
+                    lines.append(_ENCODE({"seq": self._seq, "key": list(key),
+                                          "record": _to_json(record) if record else None}))
+                payload = ("\n".join(lines) + "\n").encode("utf-8")
+                journal.write(payload)
+                written += len(payload)
             journal.flush()
             os.fsync(journal.fileno())
-        self._journal_lines += len(lines)
-        self._journal_offset += len(payload)
+        self._journal_lines += len(changes)
+        self._journal_offset += written
         if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
             self._compact()
 
     def _compact(self) -> None:
         # The snapshot holds every journal line's effect, so replaying a journal that a crash left
         # behind over it changes nothing: each key's last line equals its snapshot value.
-        models = [{"key": list(k), "record": _to_json(r)} for k, r in sorted(self._models.items())]
-        _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "seq": self._seq, "models": models}, durable=True)
+        keys = sorted(self._models)
+
+        def write(handle: TextIO) -> None:  # what json.dump writes, a piece at a time
+            handle.write(f'{{"version":{FORMAT_VERSION},"seq":{self._seq},"models":[')
+            for start in range(0, len(keys), _PIECE):
+                handle.write(("," if start else "") + ",".join(
+                    _ENCODE({"key": list(k), "record": _to_json(self._models[k])}) for k in keys[start:start + _PIECE]))
+            handle.write("]}")
+
+        _write_file(self.directory / SNAPSHOT, write, durable=True)
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
             journal.flush()
@@ -529,9 +541,18 @@ class StateStore:
 
 
 def _to_json(record: ModelRecord) -> dict[str, Any]:
-    servers = {name: {k: v for k, v in dataclasses.asdict(status).items() if k not in _TRANSIENT}
+    # What `dataclasses.asdict` gives (every value is a scalar), without its deep copies: a cold start
+    # writes every record.
+    spec = record.spec
+    servers = {name: {field: getattr(status, field) for field in _STATUS_FIELDS}
                for name, status in sorted(record.servers.items())}
-    return {"spec": dataclasses.asdict(record.spec), "servers": servers}
+    return {"spec": {field: getattr(spec, field) for field in _SPEC_FIELDS}, "servers": servers}
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(AppliedSpec))
+_STATUS_FIELDS = tuple(f.name for f in dataclasses.fields(ModelStatus) if f.name not in _TRANSIENT)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_PIECE = 1000  # records encoded and written at a time
 
 
 def _from_json(data: Mapping[str, Any]) -> ModelRecord:
@@ -734,11 +755,16 @@ def utc_rfc3339(epoch: float) -> str:
 
 
 def _write_json(path: Path, payload: Mapping[str, Any], durable: bool) -> None:
+    _write_file(path, lambda handle: json.dump(payload, handle, separators=(",", ":")), durable)
+
+
+def _write_file(path: Path, write: Callable[[TextIO], None], durable: bool) -> None:
+    """Replace `path` atomically with what `write` writes to a temporary file beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, separators=(",", ":"))
+            write(handle)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

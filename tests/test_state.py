@@ -236,3 +236,25 @@ def test_models_that_share_a_reference_are_related_until_each_is_gone(tmp_path: 
         edit.forget(a)
     assert store.related(set(), ["a:1"]) == set()
     store.release_process_lock()
+
+
+def test_records_written_piece_by_piece_are_the_whole_document_and_every_line(tmp_path: Path) -> None:
+    """More records than one piece (a cold start writes every record at once): the journal has a line
+    for each, the snapshot is what one `json.dump` of the whole writes, and both read back."""
+    from ollama_gitops.reconciler.state import _PIECE, _to_json
+
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 2 + 1)]
+    with store.editing() as edit:
+        for key in keys:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"),
+                                      {"default": ModelStatus(error="é")}))
+    lines = (tmp_path / JOURNAL).read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, len(keys) + 1))
+    store._compact()
+    records = store.records()
+    whole = {"version": 1, "seq": len(keys), "models": [{"key": list(k), "record": _to_json(records[k])} for k in sorted(keys)]}
+    assert (tmp_path / SNAPSHOT).read_text() == json.dumps(whole, separators=(",", ":"))
+    store.release_process_lock()
+    assert reopen(tmp_path).records() == records

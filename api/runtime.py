@@ -336,7 +336,7 @@ def _register_collector(status: StatusSource) -> None:
     for collector in _registered:
         REGISTRY.unregister(collector)  # type: ignore[arg-type]
     _registered.clear()
-    collector = reconciler_metrics.ModelsByState(status.records)
+    collector = reconciler_metrics.ModelsByState(status.records, getattr(status, "tally", None))  # the store's copies nothing
     REGISTRY.register(collector)
     _registered.append(collector)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .models.desired import DesiredState, ModelKey
 from .models.selector import LabelSelector
-from .state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen
+from .state import DEFAULT_SERVER, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, whole_state
 
 NO_SERVER_MATCHES = "no server matches the model's servers selector"
 
@@ -40,15 +40,7 @@ def overall(record: ModelRecord | None, selected: Sequence[str]) -> ModelStatus:
         return whole
     present = [(name, status) for name, status in entries if status is not None]
     whole = dataclasses.replace(present[0][1]) if present else ModelStatus()
-    states = {status.state for _, status in present}
-    if FAILED in states:
-        whole.state = FAILED
-    elif PULLING in states:
-        whole.state = PULLING
-    elif PENDING in states or len(present) < len(entries):
-        whole.state = PENDING
-    else:
-        whole.state = READY
+    whole.state = whole_state({status.state for _, status in present}, len(present) == len(entries))
 
     whole.error = "; ".join(f"{name}: {status.error}" for name, status in present if status.error) or None
 

@@ -32,6 +32,7 @@ import threading
 import time
 from types import UnionType
 import typing
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,17 @@ from .models.naming import normalize_reference
 
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
+
+
+def whole_state(states: Collection[str], every_server: bool) -> str:
+    """A model's state as a whole from its `states` on the servers it is asked of (`every_server`:
+    each has an entry): Failed if any failed, else Pulling if any pulls, else Pending if any is
+    pending or has no entry (or none is asked), else Ready."""
+    if FAILED in states:
+        return FAILED
+    if PULLING in states:
+        return PULLING
+    return PENDING if PENDING in states or not every_server or not states else READY
 
 log = logging.getLogger("ollama_gitops.state")
 
@@ -229,6 +241,16 @@ class StateStore:
             if keys is None:
                 return {k: r.copy() for k, r in self._models.items()}
             return {k: self._models[k].copy() for k in keys if k in self._models}
+
+    def tally(self) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+        """How many models are in each state as a whole (over the servers each is recorded on, as
+        `fleetstatus.overall_recorded` says), and on each server: for metrics, without a copy of every
+        record."""
+        with self._lock:
+            records = self._models.values()
+            whole = Counter(whole_state({s.state for s in r.servers.values()}, True) for r in records)
+            on = Counter((server, status.state) for r in records for server, status in r.servers.items())
+        return whole, on
 
     def record(self, key: ModelKey) -> ModelRecord | None:
         with self._lock:

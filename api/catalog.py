@@ -19,9 +19,10 @@ import gc
 import gzip
 import itertools
 import json
+import operator
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
@@ -522,30 +523,47 @@ def _name(key: ModelKey) -> str:
 def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
     """What a view is made from of a record, to compare with the last one, as one flat tuple of
     references (no copy): a mutable dataclass among its fields (the status, which the store copies
-    on every read) by its values, anything else (the frozen spec, a mapping of statuses) as it is."""
+    on every read) by its values, a mapping (the statuses by server) by its keys and their values,
+    anything else (the frozen spec) as it is. So a list keeps no copy of any record, only the values."""
     if record is None:
         return ()
     state: list[object] = []
     for value in _values(record):
-        kind = type(value)
-        flat = _FLAT.get(kind)
-        if flat is None:
-            flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
-        if flat:
-            state.append(kind)  # where its values start
-            state.extend(_values(value))
+        if isinstance(value, Mapping):
+            state.append(len(value))  # where its entries start, and how many
+            for name, entry in value.items():
+                state.append(name)
+                _flatten(entry, state)
         else:
-            state.append(value)
+            _flatten(value, state)
     return tuple(state)
 
 
+def _flatten(value: object, state: list[object]) -> None:
+    kind = type(value)
+    flat = _FLAT.get(kind)
+    if flat is None:
+        flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    if flat:
+        state.append(kind)  # where its values start
+        state.extend(_values(value))
+    else:
+        state.append(value)
+
+
 _FLAT: dict[type, bool] = {}  # by type: is it a mutable dataclass, whose values a state holds
+_GETTERS: dict[type, Callable[[object], tuple[object, ...]]] = {}
 
 
-def _values(instance: object) -> Iterable[object]:
+def _values(instance: object) -> tuple[object, ...]:
     """A dataclass instance's field values, in order."""
-    values = getattr(instance, "__dict__", None)
-    return values.values() if values is not None else [getattr(instance, f.name) for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
+    kind = type(instance)
+    getter = _GETTERS.get(kind)
+    if getter is None:
+        names = [f.name for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
+        getter = _GETTERS[kind] = operator.attrgetter(*names) if len(names) > 1 else (
+            lambda value, name=names[0]: (getattr(value, name),))
+    return getter(instance)
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:

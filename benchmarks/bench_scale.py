@@ -22,8 +22,8 @@ remote; the stand-in Ollama with every model installed; a real `ollama-gitops se
        the libraries `serve` imports (Flask, GitPython, the kubernetes client, APScheduler, ...) and
        the bare script does not, about 60 MiB that do not grow with the models. The bar is judged on
        the ratio of what the data costs: (3) less the peak RSS of the same `serve` on an empty
-       models repository (3e), against (3b) less the peak RSS of a bare Python that only imported
-       yaml (3i): ((3) - (3e)) / ((3b) - (3i)), "data ratio" below.
+       models repository beside an empty stand-in Ollama (3e), against (3b) less the peak RSS of a
+       bare Python that only imported yaml (3i): ((3) - (3e)) / ((3b) - (3i)), "data ratio" below.
   (4)  readiness: the seconds from starting `serve` to its status showing the head applied
        (`lastAppliedCommit`, what README calls ready for `serve`, which has no /readyz), next to
        (4b) the bare cold baseline: a bare `git clone --depth 1` of the remote, the bare parse of
@@ -173,18 +173,23 @@ def wait_applied(client: httpx.Client, server: SubprocessServer, head: str) -> N
         time.sleep(0.05)
 
 
-def empty_serve_peak_mib(parent: Path, layout: str, ollama_url: str) -> float:
-    """The peak RSS of `serve` on a models repository with no model file, settled on its head."""
+def empty_serve_peak_mib(parent: Path, layout: str) -> float:
+    """The peak RSS of `serve` on a models repository with no model file, settled on its head, beside
+    an Ollama with no model (what it holds of Ollama's listing is data too)."""
+    from standins.ollama_server import OllamaStandin
+
     where = parent / "empty"
     where.mkdir()
     remote, _ = generate(where, 0, path_of(layout))
-    server = SubprocessServer(where, remote, ollama_url, ("--namespace", api_namespace(layout)))
+    ollama = OllamaStandin().start()
+    server = SubprocessServer(where, remote, ollama.url, ("--namespace", api_namespace(layout)))
     try:
         with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY}, timeout=300) as client:
             wait_applied(client, server, git("--git-dir", str(remote), "rev-parse", "refs/heads/main").decode().strip())
         peak = server.peak_rss_mib()
     finally:
         server.stop()
+        ollama.stop()
     assert peak is not None
     return peak
 
@@ -205,7 +210,7 @@ def bench(parent: Path, layout: str, size: int, posts: int, profile: Path | None
         ollama.add_to_catalogue(f"{name}:1b", MODEL_SIZE)
     print(f"[{layout} {size:,}] bare cold baseline, serve on an empty repository...", file=sys.stderr, flush=True)
     bare_cold_s, bare_peak = bare_cold(parent, remote, ollama.url)
-    empty_peak = empty_serve_peak_mib(parent, layout, ollama.url)
+    empty_peak = empty_serve_peak_mib(parent, layout)
     print(f"[{layout} {size:,}] serve...", file=sys.stderr, flush=True)
     head = git("--git-dir", str(remote), "rev-parse", "refs/heads/main").decode().strip()
     env = {"BENCH_SCALE_PROFILE": str(profile / f"serve-{layout}-{size}.prof")} if profile else None

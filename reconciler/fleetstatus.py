@@ -7,7 +7,6 @@ old way) gives exactly that server's status, so a single server behaves as it al
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -34,12 +33,12 @@ def overall(record: ModelRecord | None, selected: Sequence[str]) -> ModelStatus:
     entries = [(name, record.servers.get(name) if record is not None else None) for name in selected]
     if len(entries) == 1:
         name, status = entries[0]
-        whole = dataclasses.replace(status) if status is not None else ModelStatus()
+        whole = status.copy() if status is not None else ModelStatus()
         if name != DEFAULT_SERVER and whole.error:
             whole.error = f"{name}: {whole.error}"
         return whole
     present = [(name, status) for name, status in entries if status is not None]
-    whole = dataclasses.replace(present[0][1]) if present else ModelStatus()
+    whole = present[0][1].copy() if present else ModelStatus()
     whole.state = whole_state({status.state for _, status in present}, len(present) == len(entries))
 
     whole.error = "; ".join(f"{name}: {status.error}" for name, status in present if status.error) or None

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from apirig import ApiRig
+from ollama_gitops.reconciler.models.desired import ModelKey
 
 PLAIN = {"Accept-Encoding": "identity"}  # httpx asks for gzip by default; the seed's clients may not
 
@@ -162,3 +163,22 @@ def test_serve_loads_each_commit_once_for_the_reconciler_and_the_api(lists: ApiR
     assert loads.parsed == 6
     assert reconciler.desired is repository.desired and reconciler.desired is not None
     assert "smollm2-135m" in {key.name for key in reconciler.desired.models}
+
+
+def test_a_list_after_a_status_change_serialises_the_models_whose_status_changed(lists: ApiRig) -> None:
+    """A list keeps each model's record as its values, not a copy of the record: a status that moved
+    (on the one server, or on a server of its own) is seen, and only its model is made again."""
+    assert lists.running is not None and lists.running.catalog is not None and lists.running.service is not None
+    stats, store = lists.running.catalog.stats, lists.running.service.store
+    lists.settle()
+    assert {m["state"] for m in lists.client.get("/api/v1/models").json()["items"]} == {"Ready"}
+    serialised = stats.serialised
+    with store.editing() as edit:
+        edit.status(ModelKey("default", "phi3-mini"), "default").error = "disk full"
+    after = lists.client.get("/api/v1/models").json()["items"]
+    assert [m.get("error") for m in after if m["name"] == "phi3-mini"] == ["disk full"]
+    assert stats.serialised - serialised == 1
+    with store.editing() as edit:  # a second server's entry: the same status values, one more server
+        edit.place(ModelKey("default", "gemma3-1b"), "gpu-2", store.record(ModelKey("default", "gemma3-1b")).servers["default"])
+    lists.client.get("/api/v1/models")
+    assert stats.serialised - serialised == 2

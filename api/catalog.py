@@ -22,7 +22,7 @@ import json
 import operator
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
@@ -266,13 +266,14 @@ class Catalog:
         previous: dict[ModelKey, int] = {}
         if old is not None:
             previous = {key: i for i, key in enumerate(old.keys)}
-        keys, states, makers = self._items(namespace, desired, fleet,
-                                           (old, previous) if same_status and old else None)
-        if old is not None and list(old.keys) == keys and list(old.states) == states:
-            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
         view = memoryview(old.body) if old is not None else None
+        keys: list[ModelKey] = []
+        states: list[object] = []
         parts: list[bytes | memoryview] = []
-        for key, state, make in zip(keys, states, makers):
+        # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
+        for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
+            keys.append(key)
+            states.append(state)
             i = previous.get(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
                 parts.append(view[old.start(i):old.ends[i]])  # type: ignore[index, union-attr]
@@ -280,6 +281,8 @@ class Catalog:
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
                 parts.append(_ENCODE(make()).encode())
+        if old is not None and list(old.keys) == keys and list(old.states) == states:
+            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
         ends, position = array.array("q"), len(_LIST_START) - 1
         for part in parts:
             position += len(part) + 1
@@ -359,42 +362,48 @@ class Catalog:
             self._follow()
 
     def _items(self, namespace: str, desired: DesiredState | None, fleet: _Fleet,
-               unchanged: tuple[ModelList, dict[ModelKey, int]] | None
-               ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]]:
-        """The namespace's models in name order: each one's state (its file's blob, its placement and
-        its record: what its view is made from) and how to make its view. `unchanged`: the last list
-        (and each key's place in it), made with the records as they still are."""
+               unchanged: tuple[ModelList, dict[ModelKey, int]] | None) -> Iterable[_Item]:
+        """The namespace's models in name order: each one's key, its state (its file's blob, its
+        placement and its record: what its view is made from) and how to make its view. `unchanged`:
+        the last list (and each key's place in it), made with the records as they still are."""
         if desired is None:
-            return [], [], []
+            return []
         models = desired.in_namespace(namespace)
         if unchanged is not None and not desired.any_unreadable and desired.models:
             reused = self._reused_items(models, fleet, *unchanged)
             if reused is not None:
                 return reused
+        kept_at_zero = {k: kept for k, kept in self._kept_at_zero_records(desired).items() if k.namespace == namespace}
         if desired.namespace_unreadable(namespace):  # every recorded model of it is kept
             records = {k: r for k, r in self._status.records().items() if k.namespace == namespace}
             broken = sorted(records)
         else:
             broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
+            if not broken and not kept_at_zero:  # the models alone, in name order: their records read a piece at a time
+                return self._streamed(models, fleet)
             records = self._status.records([m.key for m in models] + broken)
-        items: dict[ModelKey, tuple[object, Callable[[], dict[str, Any]]]] = {}
+        items: dict[ModelKey, _Item] = {}
         for m in models:
-            items[m.key] = _desired_item(m, records.get(m.key), fleet)
-        extra = False
+            items[m.key] = (m.key, *_desired_item(m, records.get(m.key), fleet))
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
-                items[key] = _kept_item(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet)
-                extra = True
-        for key, (record, why) in self._kept_at_zero_records(desired).items():
-            if key.namespace == namespace:
-                items[key] = _kept_item(key, record, why, fleet)
-                extra = True
-        keys = sorted(items) if extra else list(items)  # the models alone are in name order already
-        return keys, [items[k][0] for k in keys], [items[k][1] for k in keys]
+                items[key] = (key, *_kept_item(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet))
+        for key, (record, why) in kept_at_zero.items():
+            items[key] = (key, *_kept_item(key, record, why, fleet))
+        return [items[k] for k in sorted(items)]
+
+    def _streamed(self, models: list[DesiredModel], fleet: _Fleet) -> Iterator[_Item]:
+        # A list of a hundred thousand models never holds a copy of every record at once. Each piece's
+        # records are read together; a record that changes meanwhile moves the status version, so the
+        # next list looks again.
+        for start in range(0, len(models), _PIECE):
+            piece = models[start:start + _PIECE]
+            records = self._status.records([m.key for m in piece])
+            for m in piece:
+                yield (m.key, *_desired_item(m, records.get(m.key), fleet))
 
     def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList,
-                      previous: dict[ModelKey, int]
-                      ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]] | None:
+                      previous: dict[ModelKey, int]) -> list[_Item] | None:
         """`_items` of models whose records have not changed since `old` was made: a model whose file
         and placement are as they were keeps its state from `old`; only the records of models new to
         it, or whose file or placement changed, are read. None when `old` kept a model (whose view
@@ -410,16 +419,13 @@ class Catalog:
                 wanted.append(m.key)  # placed on other servers: its seed fields are over others
         records = self._status.records(wanted)
         read = set(wanted)
-        keys, states, makers = [], [], []
+        items: list[_Item] = []
         for m in models:
             if m.key in read:
-                state, make = _desired_item(m, records.get(m.key), fleet)
+                items.append((m.key, *_desired_item(m, records.get(m.key), fleet)))
             else:  # its state is the last list's: its bytes are reused, it is never made again
-                state, make = old.states[previous[m.key]], _unmade
-            keys.append(m.key)
-            states.append(state)
-            makers.append(make)
-        return keys, states, makers
+                items.append((m.key, old.states[previous[m.key]], _unmade))
+        return items
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
@@ -495,6 +501,10 @@ class _Fleet:
 def _desired_view(model: DesiredModel, record: ModelRecord | None, placement: Placement) -> dict[str, Any]:
     fields = model.fields
     return model_view(model.key, fields.name, fields.tag, record, fields.suspend, placement)
+
+
+_Item = tuple[ModelKey, object, Callable[[], dict[str, Any]]]  # a model's key, state and how to make its view
+_PIECE = 1000  # records read at a time for a list
 
 
 def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet

@@ -646,10 +646,12 @@ def _edit_namespace(name: str, old: _Namespace, changed: Mapping[str, str | None
 def _merge(commit: str | None, namespaces: list[_Namespace], problems: list[Problem],
            unreadable_namespaces: set[str], all_unreadable: bool) -> DesiredState:
     """Join namespaces (in name order, so models stay sorted) into one desired state."""
-    models: dict[ModelKey, DesiredModel] = {}
+    # One namespace: its models are the state's (neither is changed once made), not a copy of them.
+    models: dict[ModelKey, DesiredModel] = namespaces[0].models if len(namespaces) == 1 else {}
     unreadable: set[ModelKey] = set()
     for namespace in namespaces:
-        models.update(namespace.models)
+        if len(namespaces) > 1:
+            models.update(namespace.models)
         unreadable.update(namespace.unreadable)
         problems.extend(namespace.problems)
     return DesiredState(commit=commit, models=models, problems=tuple(sorted(problems)), unreadable=frozenset(unreadable),

@@ -8,6 +8,8 @@ a model file never does), non-string keys, and scalars that YAML silently retype
 
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -118,8 +120,9 @@ def parse(content: bytes) -> ParseResult:
 def fields_from_document(document: dict[str, Any]) -> ModelFields:
     """The fields of a document that passed `schema.validate` (a parsed file or an API body)."""
     return ModelFields(
-        name=document["name"],
-        tag=document["tag"],
+        # Interned: a tag ("latest", "1b") is shared by thousands of files, each kept for as long as it is.
+        name=sys.intern(document["name"]),
+        tag=sys.intern(document["tag"]),
         labels=document.get("labels") or NO_LABELS,
         annotations=document.get("annotations") or NO_LABELS,
         suspend=document.get("suspend", False),

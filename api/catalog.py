@@ -270,23 +270,37 @@ class Catalog:
         keys: list[ModelKey] = []
         states: list[object] = []
         parts: list[bytes | memoryview] = []
+        ends, position = array.array("q"), len(_LIST_START) - 1
+        run: list[int] = []  # the reused items in a row: [first's start, last's end, last's place] in the old body
         # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
+        # Items whose bytes are reused in a row are one slice of the old body, commas and all.
         for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
             keys.append(key)
             states.append(state)
             i = previous.get(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
-                parts.append(view[old.start(i):old.ends[i]])  # type: ignore[index, union-attr]
+                begin, end = old.start(i), old.ends[i]  # type: ignore[union-attr]
+                if run and run[2] == i - 1:
+                    run[1:] = end, i
+                else:
+                    if run:
+                        parts.append(view[run[0]:run[1]])  # type: ignore[index]
+                    run = [begin, end, i]
+                position += end - begin + 1
             else:
+                if run:
+                    parts.append(view[run[0]:run[1]])  # type: ignore[index]
+                    run = []
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
-                parts.append(_ENCODE(make()).encode())
+                part = _ENCODE(make()).encode()
+                parts.append(part)
+                position += len(part) + 1
+            ends.append(position)
+        if run:
+            parts.append(view[run[0]:run[1]])  # type: ignore[index]
         if old is not None and list(old.keys) == keys and list(old.states) == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
-        ends, position = array.array("q"), len(_LIST_START) - 1
-        for part in parts:
-            position += len(part) + 1
-            ends.append(position)
         body = _LIST_START + b",".join(parts) + _LIST_END
         return ModelList(tuple(keys), tuple(states), ends, body, f"{self._boot}-{next(self._generation)}")
 

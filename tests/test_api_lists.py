@@ -175,9 +175,16 @@ def test_a_list_after_a_status_change_serialises_the_models_whose_status_changed
     serialised = stats.serialised
     with store.editing() as edit:
         edit.status(ModelKey("default", "phi3-mini"), "default").error = "disk full"
-    after = lists.client.get("/api/v1/models").json()["items"]
+    response = lists.client.get("/api/v1/models", headers=PLAIN)
+    after = response.json()["items"]
     assert [m.get("error") for m in after if m["name"] == "phi3-mini"] == ["disk full"]
     assert stats.serialised - serialised == 1
+    # The models before and after it are the last list's bytes, each run of them one piece: the body is
+    # still the seed's JSON of every item, and its pages still cut between items.
+    assert response.content == (json.dumps({"items": after}, separators=(",", ":")) + "\n").encode()
+    first = lists.client.get("/api/v1/models", params={"limit": 2}).json()
+    second = lists.client.get("/api/v1/models", params={"limit": 2, "continue": first["metadata"]["continue"]}).json()
+    assert first["items"] + second["items"] == after[:4]
     with store.editing() as edit:  # a second server's entry: the same status values, one more server
         edit.place(ModelKey("default", "gemma3-1b"), "gpu-2", store.record(ModelKey("default", "gemma3-1b")).servers["default"])
     lists.client.get("/api/v1/models")

@@ -14,7 +14,6 @@ import gc
 import os
 import re
 import subprocess
-import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple, Protocol
-
 
 import git
 
@@ -389,9 +387,9 @@ class GitLoader:
             if entry.mode == _TREE_MODE:
                 files.extend(self._files(entry.binsha, f"{prefix}/{entry.name}"))
             elif entry.name.endswith(MODEL_SUFFIXES) or special_kind(entry.mode) is not None:
-                # Interned: `serve` has two loaders (the reconciler's, the API's) of the same files.
-                files.append(_Listed(sys.intern(f"{prefix}/{entry.name}"), sys.intern(entry.binsha.hex()), entry.binsha,
-                                     entry.mode))
+                # Not interned: one loader makes each string once, and everything else holds that one (an
+                # interned string costs a slot in the interpreter's table too).
+                files.append(_Listed(f"{prefix}/{entry.name}", entry.binsha.hex(), entry.binsha, entry.mode))
         return files
 
     def _parse(self, file: _SourceFile) -> ParseResult:
@@ -547,7 +545,7 @@ def _load_namespace(
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
             results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
             continue
-        claimed = ModelKey(namespace, sys.intern(name.rpartition(".")[0]))
+        claimed = ModelKey(namespace, name.rpartition(".")[0])
         if file.special is not None:
             plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
             problem = Problem(file.path, None, f"model files must be regular files, not {plural}")

@@ -120,9 +120,8 @@ def parse(content: bytes) -> ParseResult:
 def fields_from_document(document: dict[str, Any]) -> ModelFields:
     """The fields of a document that passed `schema.validate` (a parsed file or an API body)."""
     return ModelFields(
-        # Interned: a tag ("latest", "1b") is shared by thousands of files, each kept for as long as it is.
-        name=sys.intern(document["name"]),
-        tag=sys.intern(document["tag"]),
+        name=document["name"],
+        tag=sys.intern(document["tag"]),  # a tag ("latest", "1b") is shared by thousands of files
         labels=document.get("labels") or NO_LABELS,
         annotations=document.get("annotations") or NO_LABELS,
         suspend=document.get("suspend", False),

@@ -17,6 +17,7 @@ import bisect
 import dataclasses
 import gc
 import gzip
+import io
 import itertools
 import json
 import operator
@@ -269,7 +270,14 @@ class Catalog:
         view = memoryview(old.body) if old is not None else None
         keys: list[ModelKey] = []
         states: list[object] = []
-        parts: list[bytes | memoryview] = []
+        body = io.BytesIO()  # written as it is made: never a list of every item's bytes, then their join
+        body.write(_LIST_START)
+
+        def write(part: bytes | memoryview) -> None:
+            if body.tell() > len(_LIST_START):
+                body.write(b",")
+            body.write(part)
+
         ends, position = array.array("q"), len(_LIST_START) - 1
         run: list[int] = []  # the reused items in a row: [first's start, last's end, last's place] in the old body
         # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
@@ -284,25 +292,25 @@ class Catalog:
                     run[1:] = end, i
                 else:
                     if run:
-                        parts.append(view[run[0]:run[1]])  # type: ignore[index]
+                        write(view[run[0]:run[1]])  # type: ignore[index]
                     run = [begin, end, i]
                 position += end - begin + 1
             else:
                 if run:
-                    parts.append(view[run[0]:run[1]])  # type: ignore[index]
+                    write(view[run[0]:run[1]])  # type: ignore[index]
                     run = []
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
                 part = _ENCODE(make()).encode()
-                parts.append(part)
+                write(part)
                 position += len(part) + 1
             ends.append(position)
         if run:
-            parts.append(view[run[0]:run[1]])  # type: ignore[index]
+            write(view[run[0]:run[1]])  # type: ignore[index]
         if old is not None and list(old.keys) == keys and list(old.states) == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
-        body = _LIST_START + b",".join(parts) + _LIST_END
-        return ModelList(tuple(keys), tuple(states), ends, body, f"{self._boot}-{next(self._generation)}")
+        body.write(_LIST_END)
+        return ModelList(tuple(keys), tuple(states), ends, body.getvalue(), f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:
         """Every namespace with a model file or a record."""

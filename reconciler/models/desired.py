@@ -133,7 +133,8 @@ class DesiredState:
 
     def in_namespace(self, namespace: str) -> list[DesiredModel]:
         """The models of one namespace, ordered by name."""
-        return [m for k, m in sorted(self.models.items()) if k.namespace == namespace]
+        models = self.models  # the keys sorted, not (key, model) pairs made of every model
+        return [models[k] for k in sorted(k for k in models if k.namespace == namespace)]
 
 
 def changed_between(previous: DesiredState, desired: DesiredState) -> set[ModelKey]:

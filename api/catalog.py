@@ -17,11 +17,13 @@ import bisect
 import dataclasses
 import gc
 import gzip
+import io
 import itertools
 import json
+import operator
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
@@ -265,26 +267,50 @@ class Catalog:
         previous: dict[ModelKey, int] = {}
         if old is not None:
             previous = {key: i for i, key in enumerate(old.keys)}
-        keys, states, makers = self._items(namespace, desired, fleet,
-                                           (old, previous) if same_status and old else None)
-        if old is not None and list(old.keys) == keys and list(old.states) == states:
-            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
         view = memoryview(old.body) if old is not None else None
-        parts: list[bytes | memoryview] = []
-        for key, state, make in zip(keys, states, makers):
+        keys: list[ModelKey] = []
+        states: list[object] = []
+        body = io.BytesIO()  # written as it is made: never a list of every item's bytes, then their join
+        body.write(_LIST_START)
+
+        def write(part: bytes | memoryview) -> None:
+            if body.tell() > len(_LIST_START):
+                body.write(b",")
+            body.write(part)
+
+        ends, position = array.array("q"), len(_LIST_START) - 1
+        run: list[int] = []  # the reused items in a row: [first's start, last's end, last's place] in the old body
+        # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
+        # Items whose bytes are reused in a row are one slice of the old body, commas and all.
+        for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
+            keys.append(key)
+            states.append(state)
             i = previous.get(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
-                parts.append(view[old.start(i):old.ends[i]])  # type: ignore[index, union-attr]
+                begin, end = old.start(i), old.ends[i]  # type: ignore[union-attr]
+                if run and run[2] == i - 1:
+                    run[1:] = end, i
+                else:
+                    if run:
+                        write(view[run[0]:run[1]])  # type: ignore[index]
+                    run = [begin, end, i]
+                position += end - begin + 1
             else:
+                if run:
+                    write(view[run[0]:run[1]])  # type: ignore[index]
+                    run = []
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
-                parts.append(_ENCODE(make()).encode())
-        ends, position = array.array("q"), len(_LIST_START) - 1
-        for part in parts:
-            position += len(part) + 1
+                part = _ENCODE(make()).encode()
+                write(part)
+                position += len(part) + 1
             ends.append(position)
-        body = _LIST_START + b",".join(parts) + _LIST_END
-        return ModelList(tuple(keys), tuple(states), ends, body, f"{self._boot}-{next(self._generation)}")
+        if run:
+            write(view[run[0]:run[1]])  # type: ignore[index]
+        if old is not None and list(old.keys) == keys and list(old.states) == states:
+            return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
+        body.write(_LIST_END)
+        return ModelList(tuple(keys), tuple(states), ends, body.getvalue(), f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:
         """Every namespace with a model file or a record."""
@@ -358,42 +384,48 @@ class Catalog:
             self._follow()
 
     def _items(self, namespace: str, desired: DesiredState | None, fleet: _Fleet,
-               unchanged: tuple[ModelList, dict[ModelKey, int]] | None
-               ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]]:
-        """The namespace's models in name order: each one's state (its file's blob, its placement and
-        its record: what its view is made from) and how to make its view. `unchanged`: the last list
-        (and each key's place in it), made with the records as they still are."""
+               unchanged: tuple[ModelList, dict[ModelKey, int]] | None) -> Iterable[_Item]:
+        """The namespace's models in name order: each one's key, its state (its file's blob, its
+        placement and its record: what its view is made from) and how to make its view. `unchanged`:
+        the last list (and each key's place in it), made with the records as they still are."""
         if desired is None:
-            return [], [], []
+            return []
         models = desired.in_namespace(namespace)
         if unchanged is not None and not desired.any_unreadable and desired.models:
             reused = self._reused_items(models, fleet, *unchanged)
             if reused is not None:
                 return reused
+        kept_at_zero = {k: kept for k, kept in self._kept_at_zero_records(desired).items() if k.namespace == namespace}
         if desired.namespace_unreadable(namespace):  # every recorded model of it is kept
             records = {k: r for k, r in self._status.records().items() if k.namespace == namespace}
             broken = sorted(records)
         else:
             broken = sorted(k for k in desired.unreadable if k.namespace == namespace)
+            if not broken and not kept_at_zero:  # the models alone, in name order: their records read a piece at a time
+                return self._streamed(models, fleet)
             records = self._status.records([m.key for m in models] + broken)
-        items: dict[ModelKey, tuple[object, Callable[[], dict[str, Any]]]] = {}
+        items: dict[ModelKey, _Item] = {}
         for m in models:
-            items[m.key] = _desired_item(m, records.get(m.key), fleet)
-        extra = False
+            items[m.key] = (m.key, *_desired_item(m, records.get(m.key), fleet))
         for key in broken:  # a broken file's model is still managed, at its last good version
             if key in records:
-                items[key] = _kept_item(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet)
-                extra = True
-        for key, (record, why) in self._kept_at_zero_records(desired).items():
-            if key.namespace == namespace:
-                items[key] = _kept_item(key, record, why, fleet)
-                extra = True
-        keys = sorted(items) if extra else list(items)  # the models alone are in name order already
-        return keys, [items[k][0] for k in keys], [items[k][1] for k in keys]
+                items[key] = (key, *_kept_item(key, records[key], desired.kept_reason(key, records[key].spec.path), fleet))
+        for key, (record, why) in kept_at_zero.items():
+            items[key] = (key, *_kept_item(key, record, why, fleet))
+        return [items[k] for k in sorted(items)]
+
+    def _streamed(self, models: list[DesiredModel], fleet: _Fleet) -> Iterator[_Item]:
+        # A list of a hundred thousand models never holds a copy of every record at once. Each piece's
+        # records are read together; a record that changes meanwhile moves the status version, so the
+        # next list looks again.
+        for start in range(0, len(models), _PIECE):
+            piece = models[start:start + _PIECE]
+            records = self._status.records([m.key for m in piece])
+            for m in piece:
+                yield (m.key, *_desired_item(m, records.get(m.key), fleet))
 
     def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList,
-                      previous: dict[ModelKey, int]
-                      ) -> tuple[list[ModelKey], list[object], list[Callable[[], dict[str, Any]]]] | None:
+                      previous: dict[ModelKey, int]) -> list[_Item] | None:
         """`_items` of models whose records have not changed since `old` was made: a model whose file
         and placement are as they were keeps its state from `old`; only the records of models new to
         it, or whose file or placement changed, are read. None when `old` kept a model (whose view
@@ -409,16 +441,13 @@ class Catalog:
                 wanted.append(m.key)  # placed on other servers: its seed fields are over others
         records = self._status.records(wanted)
         read = set(wanted)
-        keys, states, makers = [], [], []
+        items: list[_Item] = []
         for m in models:
             if m.key in read:
-                state, make = _desired_item(m, records.get(m.key), fleet)
+                items.append((m.key, *_desired_item(m, records.get(m.key), fleet)))
             else:  # its state is the last list's: its bytes are reused, it is never made again
-                state, make = old.states[previous[m.key]], _unmade
-            keys.append(m.key)
-            states.append(state)
-            makers.append(make)
-        return keys, states, makers
+                items.append((m.key, old.states[previous[m.key]], _unmade))
+        return items
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
@@ -496,6 +525,10 @@ def _desired_view(model: DesiredModel, record: ModelRecord | None, placement: Pl
     return model_view(model.key, fields.name, fields.tag, record, fields.suspend, placement)
 
 
+_Item = tuple[ModelKey, object, Callable[[], dict[str, Any]]]  # a model's key, state and how to make its view
+_PIECE = 1000  # records read at a time for a list
+
+
 def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet
                   ) -> tuple[object, Callable[[], dict[str, Any]]]:
     """A model's state in a list (its file, where it is placed, its record) and how to make its view."""
@@ -522,30 +555,47 @@ def _name(key: ModelKey) -> str:
 def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
     """What a view is made from of a record, to compare with the last one, as one flat tuple of
     references (no copy): a mutable dataclass among its fields (the status, which the store copies
-    on every read) by its values, anything else (the frozen spec, a mapping of statuses) as it is."""
+    on every read) by its values, a mapping (the statuses by server) by its keys and their values,
+    anything else (the frozen spec) as it is. So a list keeps no copy of any record, only the values."""
     if record is None:
         return ()
     state: list[object] = []
     for value in _values(record):
-        kind = type(value)
-        flat = _FLAT.get(kind)
-        if flat is None:
-            flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
-        if flat:
-            state.append(kind)  # where its values start
-            state.extend(_values(value))
+        if isinstance(value, Mapping):
+            state.append(len(value))  # where its entries start, and how many
+            for name, entry in value.items():
+                state.append(name)
+                _flatten(entry, state)
         else:
-            state.append(value)
+            _flatten(value, state)
     return tuple(state)
 
 
+def _flatten(value: object, state: list[object]) -> None:
+    kind = type(value)
+    flat = _FLAT.get(kind)
+    if flat is None:
+        flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    if flat:
+        state.append(kind)  # where its values start
+        state.extend(_values(value))
+    else:
+        state.append(value)
+
+
 _FLAT: dict[type, bool] = {}  # by type: is it a mutable dataclass, whose values a state holds
+_GETTERS: dict[type, Callable[[object], tuple[object, ...]]] = {}
 
 
-def _values(instance: object) -> Iterable[object]:
+def _values(instance: object) -> tuple[object, ...]:
     """A dataclass instance's field values, in order."""
-    values = getattr(instance, "__dict__", None)
-    return values.values() if values is not None else [getattr(instance, f.name) for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
+    kind = type(instance)
+    getter = _GETTERS.get(kind)
+    if getter is None:
+        names = [f.name for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
+        getter = _GETTERS[kind] = operator.attrgetter(*names) if len(names) > 1 else (
+            lambda value, name=names[0]: (getattr(value, name),))
+    return getter(instance)
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:

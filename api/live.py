@@ -104,7 +104,9 @@ class LiveFeed:
         with self._wake:
             dirty, self._dirty = self._dirty, set()
             everything, self._everything = self._everything, False
-        if everything:
+        # With no page listening, a burst (a cold start changes every record) is one `reset` in the
+        # ring rather than a view of each model for nobody: a page that resumes reads everything again.
+        if everything or (len(dirty) > BATCH and not self.bus.subscribers):
             self.bus.publish(events.RESET, {})
         elif dirty:
             self._publish_models(dirty)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..reconciler.models.desired import DesiredState, GitLoader, LoadStats
+from ..reconciler.models.desired import DesiredState, GitLoader, LoadStats, SharedLoader
 from ..reconciler.git.repo import GitError, GitRepo
 from ..reconciler.git.writer import Change, ModelWriter, Written
 
@@ -16,12 +16,14 @@ log = logging.getLogger("ollama_gitops.api.repository")
 class ModelsRepository:
     """Desired state for reads, and writes that become commits."""
 
-    def __init__(self, repo: GitRepo, writer: ModelWriter) -> None:
+    def __init__(self, repo: GitRepo, writer: ModelWriter, loader: SharedLoader | None = None) -> None:
+        """`loader`: one shared with the reconciler (`serve`), which loads each commit once for both;
+        without it, a loader of this clone's own."""
         self.repo = repo
         self.writer = writer
-        self._loader = GitLoader(repo.repo)
+        self._loader: GitLoader | SharedLoader = loader if loader is not None else GitLoader(repo.repo)
         self._loader_generation = repo.generation
-        self._lock = threading.Lock()  # the loader is not thread-safe
+        self._lock = threading.Lock()  # `_desired` follows the head one load at a time
         self._desired: DesiredState | None = None
         self.last_error: str | None = None
 
@@ -72,7 +74,9 @@ class ModelsRepository:
                 return self._desired
             return self._current_loader().load(commit)
 
-    def _current_loader(self) -> GitLoader:
+    def _current_loader(self) -> GitLoader | SharedLoader:
+        if isinstance(self._loader, SharedLoader):  # it follows the clones' generations itself
+            return self._loader
         if self._loader_generation != self.repo.generation:  # the clone was set aside and made again
             self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation
         return self._loader

@@ -20,6 +20,7 @@ from ..reconciler import metrics as reconciler_metrics
 from ..reconciler import service as reconciler_service
 from ..reconciler.events import EventBus
 from ..reconciler.history import History
+from ..reconciler.models.desired import SharedLoader
 from ..reconciler.git.repo import GitRepo
 from ..reconciler.privatedir import make_private
 from ..reconciler.scheduler import CycleScheduler
@@ -205,7 +206,10 @@ def _start(settings: Settings, options: ApiOptions, server: ApiServer, app_slot:
         trigger = _sync_file(settings.state_dir)
     url = reconciler_service.repository_url(settings)
     repo = GitRepo(url, settings.branch, settings.state_dir / "api.git", settings.credentials)
-    repository = ModelsRepository(repo, ModelWriter(repo, author))
+    shared = None
+    if service is not None:  # one loader for both clones: each commit is parsed once, the models held once
+        shared = service.reconciler.shared_loader = SharedLoader(service.reconciler.repo, repo)
+    repository = ModelsRepository(repo, ModelWriter(repo, author), shared)
     catalog = Catalog(lambda: repository.desired, status, follow)
     refresher = CycleScheduler(repository.refresh, settings.interval)
     webhook = None
@@ -332,7 +336,7 @@ def _register_collector(status: StatusSource) -> None:
     for collector in _registered:
         REGISTRY.unregister(collector)  # type: ignore[arg-type]
     _registered.clear()
-    collector = reconciler_metrics.ModelsByState(status.records)
+    collector = reconciler_metrics.ModelsByState(status.records, getattr(status, "tally", None))  # the store's copies nothing
     REGISTRY.register(collector)
     _registered.append(collector)
 

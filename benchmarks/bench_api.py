@@ -179,17 +179,18 @@ class SubprocessServer:
 
     mode = "ollama-gitops serve subprocess"
 
-    def __init__(self, parent: Path, remote: Path, ollama_url: str, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, parent: Path, remote: Path, ollama_url: str, extra: tuple[str, ...] = (),
+                 site_hook: str = "", env: dict[str, str] | None = None) -> None:
         script = Path(sys.executable).with_name("ollama-gitops")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "ollama_gitops"]
         self.log_path = parent / "serve.log"
         self._log = open(self.log_path, "wb")
-        env = {**os.environ, **GIT_ENV, "OLLAMA_GITOPS_API_KEY": API_KEY}
+        env = {**os.environ, **GIT_ENV, "OLLAMA_GITOPS_API_KEY": API_KEY, **(env or {})}
         self.gc = GcLog()
         self._gc_path = parent / "gc.json"
         site = parent / "gc-hook"
         site.mkdir()
-        (site / "sitecustomize.py").write_text(GC_HOOK)
+        (site / "sitecustomize.py").write_text(GC_HOOK + site_hook)  # site_hook: more start-up code of the caller's
         env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
         env["BENCH_API_GC_LOG"] = str(self._gc_path)
         self.process = subprocess.Popen(

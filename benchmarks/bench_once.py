@@ -42,8 +42,7 @@ for entry in (ROOT, ROOT / "tests", Path(__file__).resolve().parent):
     if str(entry) not in sys.path:
         sys.path.insert(0, str(entry))
 
-from bench_scale import exponent  # noqa: E402
-from benchrepos import GIT_ENV, generate, git  # noqa: E402
+from benchrepos import GIT_ENV, exponent, generate, git  # noqa: E402
 
 MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"

@@ -82,12 +82,3 @@ def exponent(points: list[tuple[float, float]]) -> float | None:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
-
-
-def exponent(points: list[tuple[float, float]]) -> float | None:
-    """The slope of log(value) against log(size), least squares; None below two sizes."""
-    points = [(math.log(x), math.log(y)) for x, y in points if x > 0 and y > 0]
-    if len(points) < 2:
-        return None
-    mx, my = statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)

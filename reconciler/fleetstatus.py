@@ -7,13 +7,12 @@ old way) gives exactly that server's status, so a single server behaves as it al
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .models.desired import DesiredState, ModelKey
 from .models.selector import LabelSelector
-from .state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen
+from .state import DEFAULT_SERVER, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, whole_state
 
 NO_SERVER_MATCHES = "no server matches the model's servers selector"
 
@@ -34,21 +33,13 @@ def overall(record: ModelRecord | None, selected: Sequence[str]) -> ModelStatus:
     entries = [(name, record.servers.get(name) if record is not None else None) for name in selected]
     if len(entries) == 1:
         name, status = entries[0]
-        whole = dataclasses.replace(status) if status is not None else ModelStatus()
+        whole = status.copy() if status is not None else ModelStatus()
         if name != DEFAULT_SERVER and whole.error:
             whole.error = f"{name}: {whole.error}"
         return whole
     present = [(name, status) for name, status in entries if status is not None]
-    whole = dataclasses.replace(present[0][1]) if present else ModelStatus()
-    states = {status.state for _, status in present}
-    if FAILED in states:
-        whole.state = FAILED
-    elif PULLING in states:
-        whole.state = PULLING
-    elif PENDING in states or len(present) < len(entries):
-        whole.state = PENDING
-    else:
-        whole.state = READY
+    whole = present[0][1].copy() if present else ModelStatus()
+    whole.state = whole_state({status.state for _, status in present}, len(present) == len(entries))
 
     whole.error = "; ".join(f"{name}: {status.error}" for name, status in present if status.error) or None
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -28,24 +28,34 @@ BACKGROUND_ERRORS = Counter("ollama_gitops_background_errors_total",
 FILE_PROBLEMS = Gauge("ollama_gitops_model_file_problems", "Problems found in model files at the last loaded commit")
 
 
+Tallies = tuple[Tally[str], Tally[tuple[str, str]]]
+
+
 class ModelsByState(Collector):
     """`ollama_gitops_models{state}` (each model as a whole) and `ollama_gitops_server_models{server,
-    state}` (each model on each server it is planned on): counted at scrape time from the records."""
+    state}` (each model on each server it is planned on): counted at scrape time from the records,
+    or by `tally` (the state store's `tally`, which copies no record) when given."""
 
-    def __init__(self, records: Callable[[], dict[object, ModelRecord]]) -> None:
+    def __init__(self, records: Callable[[], dict[object, ModelRecord]],
+                 tally: Callable[[], Tallies] | None = None) -> None:
         self._records = records
+        self._tally = tally
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        records = self._records().values()
+        counts, on = self._tally() if self._tally is not None else _tally(self._records().values())
         family = GaugeMetricFamily("ollama_gitops_models", "Managed models, by state", labels=["state"])
-        counts = Tally(overall_recorded(r).state for r in records)
         for state in STATES:
             family.add_metric([state], counts.get(state, 0))
         yield family
         per_server = GaugeMetricFamily("ollama_gitops_server_models", "Managed models on each server, by state",
                                        labels=["server", "state"])
-        on = Tally((server, status.state) for r in records for server, status in r.servers.items())
         for server in sorted({server for server, _ in on}):
             for state in STATES:
                 per_server.add_metric([server, state], on.get((server, state), 0))
         yield per_server
+
+
+def _tally(records: Iterable[ModelRecord]) -> Tallies:
+    records = list(records)
+    return (Tally(overall_recorded(r).state for r in records),
+            Tally((server, status.state) for r in records for server, status in r.servers.items()))

@@ -13,6 +13,8 @@ Safety rules, in order of precedence:
 
 from __future__ import annotations
 
+import sys
+
 from collections import defaultdict
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from .models.naming import normalize_reference
 from .state import FAILED, READY, AppliedSpec, ServerRecord
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per model Ollama lists, kept between cycles
 class InstalledModel:
     """A model as Ollama lists it."""
 
@@ -151,7 +153,7 @@ def applied_spec(model: DesiredModel) -> AppliedSpec:
     """What the reconciler records of a desired model."""
     fields = model.fields
     return AppliedSpec(
-        reference=fields.reference,
+        reference=sys.intern(fields.reference),  # one string for every record and listing that names it
         path=model.path,
         prune=fields.prune,
         suspend=fields.suspend,

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 from datetime import datetime, timezone
 
 from . import metrics
-from .models.desired import DesiredState, GitLoader, ModelKey, changed_between
+from .models.desired import DesiredState, GitLoader, ModelKey, SharedLoader, changed_between
 from .fleetstatus import Placements
 from .git.repo import GitError, GitRepo
 from .ollama.fleet import ClientFactory, Fleet, Listing, Member
@@ -119,6 +119,7 @@ class Reconciler:
         self._clock = clock
         self._loader: GitLoader | None = None
         self._loader_generation = 0  # the clone's generation the loader reads
+        self.shared_loader: SharedLoader | None = None  # `serve`: one loader with the API, in place of its own
         self._cycle_lock = threading.Lock()
         self._converged = False  # did the last cycle leave nothing to retry (beyond a server's own)?
         self.applied: DesiredState | None = None  # the desired state of the last applied cycle
@@ -405,9 +406,12 @@ class Reconciler:
         return changed_between(self.applied, desired)
 
     def _load(self, commit: str) -> DesiredState:
-        if self._loader is None or self._loader_generation != self.repo.generation:
-            self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
-        previous, self.desired = self.desired, self._loader.load(commit)
+        loader: GitLoader | SharedLoader | None = self.shared_loader
+        if loader is None:
+            if self._loader is None or self._loader_generation != self.repo.generation:
+                self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
+            loader = self._loader
+        previous, self.desired = self.desired, loader.load(commit)
         if self.desired is not previous:
             self._follow_changes(previous, self.desired)
         # Every problem is logged once, when a commit brings it (status shows them all, always).

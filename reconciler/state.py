@@ -25,14 +25,16 @@ import dataclasses
 import fcntl
 import json
 import logging
+import operator
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
 from types import UnionType
 import typing
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +48,17 @@ from .models.naming import normalize_reference
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
 
+
+def whole_state(states: Collection[str], every_server: bool) -> str:
+    """A model's state as a whole from its `states` on the servers it is asked of (`every_server`:
+    each has an entry): Failed if any failed, else Pulling if any pulls, else Pending if any is
+    pending or has no entry (or none is asked), else Ready."""
+    if FAILED in states:
+        return FAILED
+    if PULLING in states:
+        return PULLING
+    return PENDING if PENDING in states or not every_server or not states else READY
+
 log = logging.getLogger("ollama_gitops.state")
 
 DEFAULT_SERVER = "default"
@@ -57,7 +70,9 @@ SNAPSHOT, JOURNAL, SYNC = "models.json", "models.journal", "sync.json"
 MIN_COMPACTION = 1000  # journal lines before a snapshot is considered at all
 
 
-@dataclass(frozen=True)
+# Slots on the records' classes: one of each per model (a status per model and server), kept for the
+# process's life.
+@dataclass(frozen=True, slots=True)
 class AppliedSpec:
     """The last good version of a model file that the reconciler acted on."""
 
@@ -68,7 +83,7 @@ class AppliedSpec:
     refresh_requested_at: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelStatus:
     """Live status of one model, in the seed operator's words (`state` is one of STATES)."""
 
@@ -85,11 +100,16 @@ class ModelStatus:
     progress_completed: int | None = None  # bytes, while Pulling; never persisted
     progress_total: int | None = None
 
+    def copy(self) -> ModelStatus:
+        """A copy (`dataclasses.replace` costs fifteen times more, and lists copy every record)."""
+        return ModelStatus(*_STATUS_VALUES(self))
+
 
 _TRANSIENT = ("progress_completed", "progress_total")
+_STATUS_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(ModelStatus)))
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelRecord:
     """What the reconciler knows of one model: the spec it acted on and, per server of the fleet it
     was planned on, its status there (no entry: never planned there). The whole is read with
@@ -99,7 +119,7 @@ class ModelRecord:
     servers: dict[str, ModelStatus] = field(default_factory=dict)
 
     def copy(self) -> ModelRecord:
-        return ModelRecord(self.spec, {name: dataclasses.replace(s) for name, s in self.servers.items()})
+        return ModelRecord(self.spec, {name: s.copy() for name, s in self.servers.items()})
 
     def on(self, server: str) -> ServerRecord | None:
         """The record as one server sees it (what `plan()` takes), None if never planned there."""
@@ -107,7 +127,7 @@ class ModelRecord:
         return ServerRecord(self.spec, status) if status is not None else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerRecord:
     """A model's record on one server: its spec and its status there (the status is the store's
     copy's, so changing it changes nothing recorded)."""
@@ -177,7 +197,9 @@ class StateStore:
         self._readonly = readonly  # a follower of another process's store: never writes
         self._lock = threading.RLock()
         self._models: dict[ModelKey, ModelRecord] = {}
-        self._by_reference: dict[str, set[ModelKey]] = defaultdict(set)
+        # Per normalised reference, its one key or, shared by several models, a set of them (a set per
+        # model would cost more than the record itself).
+        self._by_reference: dict[str, ModelKey | set[ModelKey]] = {}
         self._unsettled: set[ModelKey] = set()  # Pending or Failed on some server, and not suspended
         self._pulling: set[ModelKey] = set()  # Pulling on some server
         self._journal_lines = 0
@@ -285,6 +307,7 @@ class StateStore:
 
     def has(self, key: ModelKey) -> bool:
         """Is `key`'s model recorded?"""
+        self._ensure_loaded()
         return key in self._models  # one dict look-up: atomic, no lock needed
 
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]:
@@ -297,6 +320,17 @@ class StateStore:
             copies = {k: self._models[k].copy() for k in keys if k in self._models}
             self.stats.copied += len(copies)
             return copies
+
+    def tally(self) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+        """How many models are in each state as a whole (over the servers each is recorded on, as
+        `fleetstatus.overall_recorded` says), and on each server: for metrics, without a copy of every
+        record."""
+        self._ensure_loaded()
+        with self._lock:
+            records = self._models.values()
+            whole = Counter(whole_state({s.state for s in r.servers.values()}, True) for r in records)
+            on = Counter((server, status.state) for r in records for server, status in r.servers.items())
+        return whole, on
 
     def record(self, key: ModelKey) -> ModelRecord | None:
         self._ensure_loaded()
@@ -313,7 +347,11 @@ class StateStore:
             wanted.update(normalize_reference(self._models[k].spec.reference) for k in keys if k in self._models)
             related = set(keys)
             for reference in wanted:
-                related.update(self._by_reference.get(reference, ()))
+                found = self._by_reference.get(reference)
+                if isinstance(found, set):
+                    related.update(found)
+                elif found is not None:
+                    related.add(found)
             return related
 
     def servers_recorded(self) -> set[str]:
@@ -411,7 +449,7 @@ class StateStore:
         for key in sorted(touched):
             old_reference = before.get(key)
             if old_reference is not None:
-                self._by_reference[old_reference].discard(key)
+                self._unindex_reference(old_reference, key)
             record = self._models.get(key)
             self._index(key, record)
             changes.append((key, record))
@@ -420,28 +458,40 @@ class StateStore:
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         """Make the changed records durable (called under the lock). Here: append to the journal."""
-        lines = []
-        for key, record in changes:
-            self._seq += 1
-            lines.append(json.dumps({"seq": self._seq, "key": list(key), "record": _to_json(record) if record else None},
-                                    separators=(",", ":")))
         self.directory.mkdir(parents=True, exist_ok=True)
-        payload = ("\n".join(lines) + "\n").encode("utf-8")
+        written = 0
         with open(self.directory / JOURNAL, "ab") as journal:
-            journal.write(payload)
+            # Piece by piece: a cold start's first write of every record never becomes one string.
+            for start in range(0, len(changes), _PIECE):
+                lines = []
+                for key, record in changes[start:start + _PIECE]:
+                    self._seq += 1
+                    lines.append(_ENCODE({"seq": self._seq, "key": list(key),
+                                          "record": _to_json(record) if record else None}))
+                payload = ("\n".join(lines) + "\n").encode("utf-8")
+                journal.write(payload)
+                written += len(payload)
             journal.flush()
             os.fsync(journal.fileno())
         self.stats.fsyncs += 1
-        self._journal_lines += len(lines)
-        self._journal_offset += len(payload)
+        self._journal_lines += len(changes)
+        self._journal_offset += written
         if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
             self._compact()
 
     def _compact(self) -> None:
         # The snapshot holds every journal line's effect, so replaying a journal that a crash left
         # behind over it changes nothing: each key's last line equals its snapshot value.
-        models = [{"key": list(k), "record": _to_json(r)} for k, r in sorted(self._models.items())]
-        _write_json(self.directory / SNAPSHOT, {"version": FORMAT_VERSION, "seq": self._seq, "models": models}, durable=True)
+        keys = sorted(self._models)
+
+        def write(handle: TextIO) -> None:  # what json.dump writes, a piece at a time
+            handle.write(f'{{"version":{FORMAT_VERSION},"seq":{self._seq},"models":[')
+            for start in range(0, len(keys), _PIECE):
+                handle.write(("," if start else "") + ",".join(
+                    _ENCODE({"key": list(k), "record": _to_json(self._models[k])}) for k in keys[start:start + _PIECE]))
+            handle.write("]}")
+
+        _write_file(self.directory / SNAPSHOT, write, durable=True)
         self.stats.fsyncs += 2  # the snapshot, and the emptied journal
         self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
         with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
@@ -454,7 +504,12 @@ class StateStore:
             self._unsettled.discard(key)
             self._pulling.discard(key)
             return
-        self._by_reference[normalize_reference(record.spec.reference)].add(key)
+        reference = sys.intern(normalize_reference(record.spec.reference))
+        found = self._by_reference.setdefault(reference, key)
+        if isinstance(found, set):
+            found.add(key)
+        elif found != key:
+            self._by_reference[reference] = {found, key}
         if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in record.servers.values()):
             self._unsettled.add(key)
         else:
@@ -463,6 +518,15 @@ class StateStore:
             self._pulling.add(key)
         else:
             self._pulling.discard(key)
+
+    def _unindex_reference(self, reference: str, key: ModelKey) -> None:
+        found = self._by_reference.get(reference)
+        if found == key:
+            del self._by_reference[reference]
+        elif isinstance(found, set):
+            found.discard(key)
+            if len(found) == 1:
+                self._by_reference[reference] = found.pop()
 
     def _reload(self, truncate: bool) -> None:
         with self._lock:
@@ -643,9 +707,18 @@ class StateStore:
 
 
 def _to_json(record: ModelRecord) -> dict[str, Any]:
-    servers = {name: {k: v for k, v in dataclasses.asdict(status).items() if k not in _TRANSIENT}
+    # What `dataclasses.asdict` gives (every value is a scalar), without its deep copies: a cold start
+    # writes every record.
+    spec = record.spec
+    servers = {name: {field: getattr(status, field) for field in _STATUS_FIELDS}
                for name, status in sorted(record.servers.items())}
-    return {"spec": dataclasses.asdict(record.spec), "servers": servers}
+    return {"spec": {field: getattr(spec, field) for field in _SPEC_FIELDS}, "servers": servers}
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(AppliedSpec))
+_STATUS_FIELDS = tuple(f.name for f in dataclasses.fields(ModelStatus) if f.name not in _TRANSIENT)
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_PIECE = 1000  # records encoded and written at a time
 
 
 def _from_json(data: Mapping[str, Any]) -> ModelRecord:
@@ -850,11 +923,16 @@ def utc_rfc3339(epoch: float) -> str:
 
 
 def _write_json(path: Path, payload: Mapping[str, Any], durable: bool) -> None:
+    _write_file(path, lambda handle: json.dump(payload, handle, separators=(",", ":")), durable)
+
+
+def _write_file(path: Path, write: Callable[[TextIO], None], durable: bool) -> None:
+    """Replace `path` atomically with what `write` writes to a temporary file beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, separators=(",", ":"))
+            write(handle)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from apirig import ApiRig
+from ollama_gitops.reconciler.models.desired import ModelKey
 
 PLAIN = {"Accept-Encoding": "identity"}  # httpx asks for gzip by default; the seed's clients may not
 
@@ -144,3 +145,47 @@ def test_every_namespaces_list_joins_the_namespaces_lists_bytes(lists: ApiRig) -
     names_now = [m["name"] for m in lists.client.get("/api/v1/models", params={"namespace": "*"}).json()["items"]]
     assert names_now == [m["name"] for m in default] + ["smollm2-135m", "tinyllama-1b"]
     assert stats.serialised - serialised == 1  # the new model only
+
+
+def test_serve_loads_each_commit_once_for_the_reconciler_and_the_api(lists: ApiRig) -> None:
+    """One loader in `serve`: the reconciler and the API count in one `LoadStats`; the start (the API's
+    fetch, then the cold cycle) parses each file once, and a write then the cycle that fetches it
+    parses the new file once; both sides hold the same desired state, not two copies of it."""
+    assert lists.running is not None and lists.running.service is not None
+    reconciler, repository = lists.running.service.reconciler, lists.running.repository
+    loads = repository.loader_stats
+    assert reconciler.shared_loader is not None and reconciler.shared_loader.stats is loads
+    lists.settle()
+    assert loads.parsed == 5  # the five seeded files, for both sides
+    assert reconciler.desired is repository.desired
+    assert lists.client.post("/api/v1/models", json={"name": "smollm2", "tag": "135m"}).status_code == 201
+    lists.settle()
+    assert loads.parsed == 6
+    assert reconciler.desired is repository.desired and reconciler.desired is not None
+    assert "smollm2-135m" in {key.name for key in reconciler.desired.models}
+
+
+def test_a_list_after_a_status_change_serialises_the_models_whose_status_changed(lists: ApiRig) -> None:
+    """A list keeps each model's record as its values, not a copy of the record: a status that moved
+    (on the one server, or on a server of its own) is seen, and only its model is made again."""
+    assert lists.running is not None and lists.running.catalog is not None and lists.running.service is not None
+    stats, store = lists.running.catalog.stats, lists.running.service.store
+    lists.settle()
+    assert {m["state"] for m in lists.client.get("/api/v1/models").json()["items"]} == {"Ready"}
+    serialised = stats.serialised
+    with store.editing() as edit:
+        edit.status(ModelKey("default", "phi3-mini"), "default").error = "disk full"
+    response = lists.client.get("/api/v1/models", headers=PLAIN)
+    after = response.json()["items"]
+    assert [m.get("error") for m in after if m["name"] == "phi3-mini"] == ["disk full"]
+    assert stats.serialised - serialised == 1
+    # The models before and after it are the last list's bytes, each run of them one piece: the body is
+    # still the seed's JSON of every item, and its pages still cut between items.
+    assert response.content == (json.dumps({"items": after}, separators=(",", ":")) + "\n").encode()
+    first = lists.client.get("/api/v1/models", params={"limit": 2}).json()
+    second = lists.client.get("/api/v1/models", params={"limit": 2, "continue": first["metadata"]["continue"]}).json()
+    assert first["items"] + second["items"] == after[:4]
+    with store.editing() as edit:  # a second server's entry: the same status values, one more server
+        edit.place(ModelKey("default", "gemma3-1b"), "gpu-2", store.record(ModelKey("default", "gemma3-1b")).servers["default"])
+    lists.client.get("/api/v1/models")
+    assert stats.serialised - serialised == 2

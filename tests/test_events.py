@@ -364,3 +364,29 @@ def test_an_events_stream_is_never_shed_for_waiting_clients(live_api: ApiRig) ->
         assert not reader.ended.is_set() and reader.error is None
     finally:
         reader.close()
+
+
+def test_a_burst_of_changes_nobody_listens_to_is_one_reset_not_a_view_of_each(tmp_path: Path) -> None:
+    """A cold start changes every record; with no page listening the feed makes no view of them, and
+    puts one `reset` in the ring instead, so a page that resumes later reads everything again."""
+    from ollama_gitops.api.live import BATCH, LiveFeed
+
+    class Views:  # the catalog's part the feed uses
+        made = 0
+
+        def get(self, namespace: str, name: str) -> dict[str, str]:
+            Views.made += 1
+            return {"namespace": namespace, "name": name}
+
+    bus = EventBus()
+    last = bus.publish(events.STATUS, {}).id  # what a page saw before it went away
+    feed = LiveFeed(bus, Views(), lambda: {}, lambda: [])  # type: ignore[arg-type]
+    feed._last_status, feed._last_servers = {}, []
+    feed.changed({ModelKey("default", f"m{i}") for i in range(BATCH + 1)})
+    feed._turn()
+    assert Views.made == 0
+    resumed = bus.subscribe(last)
+    assert [e.type for e in iter(lambda: resumed.next(timeout=0.01), None)] == [events.RESET]
+    feed.changed({ModelKey("default", "one")})  # a few: each model's event, for a resume to replay
+    feed._turn()
+    assert Views.made == 1

@@ -249,6 +249,14 @@ def test_the_dry_run_and_the_metrics_are_per_server(fleet: FleetRig) -> None:
     ready = {s.labels["server"]: s.value for s in families["ollama_gitops_server_models"].samples
              if s.labels["state"] == READY}
     assert ready == {"gpu-1": 2, "gpu-2": 1, "gpu-3": 1}
+    store = fleet.reconciler.store
+    with store.editing() as edit:  # the wholes differ from each server's: one failed, one pulling
+        edit.status(ModelKey("default", "llama3.2-1b"), "gpu-1").state = "Failed"
+        edit.status(ModelKey("default", "mistral-7b"), "gpu-1").state = "Pulling"
+    samples = lambda collector: [(f.name, s.labels, s.value) for f in collector.collect() for s in f.samples]  # noqa: E731
+    # The store's own tally (no copy of every record) says what the records say.
+    assert samples(ModelsByState(store.records, store.tally)) == samples(ModelsByState(store.records))
+    assert ("ollama_gitops_models", {"state": "Failed"}, 1) in samples(ModelsByState(store.records, store.tally))
 
 
 def test_the_servers_are_listed_at_once_on_a_full_cycle(fleet: FleetRig) -> None:

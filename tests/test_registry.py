@@ -434,3 +434,21 @@ def test_standin_tags_move_and_share_layers(registry: RegistryStandin) -> None:
                                             "digest": f"sha256:{_sha256(b'weights')}", "size": 7}]
     with pytest.raises(ValueError, match="too small"):
         registry.add_model("x:1", 10)
+
+
+# --------------------------------------------------------------------------- GET /api/tags
+
+def test_the_listing_is_every_model_by_its_normalised_reference(ollama: OllamaStandin) -> None:
+    """Each `/api/tags` entry (with its `details` object) becomes an `InstalledModel` as it is decoded."""
+    from ollama_gitops.reconciler.plan import InstalledModel
+
+    ollama.add_to_catalogue("Qwen2.5:0.5b", 3_000)
+    ollama.install("llama3.2:1b")
+    ollama.install("Qwen2.5:0.5b")
+    installed = OllamaServer(ollama.url, timeout=TIMEOUT).installed()
+    raw = {m["model"]: m for m in httpx.get(f"{ollama.url}/api/tags", timeout=TIMEOUT).json()["models"]}
+    assert set(installed) == {"llama3.2:1b", "qwen2.5:0.5b"} and set(raw) == {"llama3.2:1b", "Qwen2.5:0.5b"}
+    assert all(isinstance(m, InstalledModel) for m in installed.values())
+    qwen = installed["qwen2.5:0.5b"]
+    assert (qwen.reference, qwen.size, qwen.digest, qwen.modified_at) == (
+        "Qwen2.5:0.5b", 3_000, raw["Qwen2.5:0.5b"]["digest"], raw["Qwen2.5:0.5b"]["modified_at"])

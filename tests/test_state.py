@@ -252,3 +252,49 @@ def test_a_compaction_between_the_load_and_the_lock_reads_the_new_snapshot(tmp_p
     assert starting.records_read == 10 + 5  # the new snapshot, read whole
     assert starting.records()[KEYS[4]].servers["default"].error == "compacted"
     starting.release_process_lock()
+
+
+def test_models_that_share_a_reference_are_related_until_each_is_gone(tmp_path: Path) -> None:
+    """The index by reference holds one key, or a set once several models ask for the same one."""
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    a, b, c = ModelKey("default", "a-1"), ModelKey("team", "a-1"), ModelKey("default", "c-1")
+
+    def put(key: ModelKey, reference: str) -> None:
+        with store.editing() as edit:
+            edit.put(key, ModelRecord(AppliedSpec(reference, f"models/{key.namespace}/{key.name}.yaml"),
+                                      {"default": ModelStatus()}))
+
+    put(a, "a:1"), put(b, "A:1"), put(c, "c:1")
+    assert store.related({a}) == {a, b} and store.related(set(), ["a:1"]) == {a, b} and store.related({c}) == {c}
+    put(b, "c:1")  # b now asks for c's reference
+    assert store.related({a}) == {a} and store.related({c}) == {b, c}
+    with store.editing() as edit:
+        edit.forget(c)
+    assert store.related(set(), ["c:1"]) == {b} and store.related(set(), ["a:1"]) == {a}
+    with store.editing() as edit:
+        edit.forget(a)
+    assert store.related(set(), ["a:1"]) == set()
+    store.release_process_lock()
+
+
+def test_records_written_piece_by_piece_are_the_whole_document_and_every_line(tmp_path: Path) -> None:
+    """More records than one piece (a cold start writes every record at once): the journal has a line
+    for each, the snapshot is what one `json.dump` of the whole writes, and both read back."""
+    from ollama_gitops.reconciler.state import _PIECE, _to_json
+
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 2 + 1)]
+    with store.editing() as edit:
+        for key in keys:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"),
+                                      {"default": ModelStatus(error="é")}))
+    lines = (tmp_path / JOURNAL).read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(1, len(keys) + 1))
+    store._compact()
+    records = store.records()
+    whole = {"version": 1, "seq": len(keys), "models": [{"key": list(k), "record": _to_json(records[k])} for k in sorted(keys)]}
+    assert (tmp_path / SNAPSHOT).read_text() == json.dumps(whole, separators=(",", ":"))
+    store.release_process_lock()
+    assert reopen(tmp_path).records() == records

@@ -16,13 +16,13 @@ import heapq
 import os
 import re
 import subprocess
-import sys
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import git
 
@@ -167,7 +167,8 @@ class DesiredState:
 
     def in_namespace(self, namespace: str) -> list[DesiredModel]:
         """The models of one namespace, ordered by name."""
-        return [m for k, m in sorted(self.models.items()) if k.namespace == namespace]
+        models = self.models  # the keys sorted, not (key, model) pairs made of every model
+        return [models[k] for k in sorted(k for k in models if k.namespace == namespace)]
 
 
 @dataclass(frozen=True)
@@ -365,11 +366,14 @@ class LoadStats:
 class GitLoader:
     """Loads desired state from commits of one repository, reusing work between commits.
 
-    Not thread-safe: one loader belongs to one reconciler or API process's refresh path.
+    With `more` repositories (clones of the same remote), a commit is read from the first that has
+    it: what is cached is named by content (blob and tree SHAs), so it serves every clone alike.
+    Not thread-safe: one loader belongs to one refresh path, or to a `SharedLoader`.
     """
 
-    def __init__(self, repo: git.Repo) -> None:
+    def __init__(self, repo: git.Repo, more: Sequence[git.Repo] = ()) -> None:
         self._repo = repo
+        self._repos = (repo, *more)
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
         self._prefetched: dict[str, bytes] = {}
@@ -565,15 +569,28 @@ class GitLoader:
 
     def _models_entries(self, commit: str) -> list[_Entry] | None:
         """The entries of `models/` at `commit`; None when it is not a folder."""
-        root = git.Commit(self._repo, bytes.fromhex(commit)).tree
+        root = self._commit(commit).tree
         entries = [e for e in self._entries(root.binsha) if e.name == MODELS_DIR]
         if not entries or not entries[0].is_tree:
             return None
         return self._entries(entries[0].binsha)
 
     def _commit(self, commit: str) -> git.Commit:
+        """`commit`, from the first repository that has it, which the rest of this load reads."""
+        for repo in self._repos[:-1]:
+            try:
+                if _FULL_SHA.match(commit):
+                    repo.odb.info(bytes.fromhex(commit))
+                else:
+                    repo.commit(commit)
+            except (ValueError, git.exc.ODBError):
+                continue
+            break
+        else:
+            repo = self._repos[-1]  # the last one, or the only one, says what is wrong if it has not either
+        self._repo = repo
         # A full SHA needs no lookup (`repo.commit` would ask git to resolve it first).
-        obj = git.Commit(self._repo, bytes.fromhex(commit)) if _FULL_SHA.match(commit) else self._repo.commit(commit)
+        obj = git.Commit(repo, bytes.fromhex(commit)) if _FULL_SHA.match(commit) else repo.commit(commit)
         self._last_commit = obj.hexsha
         return obj
 
@@ -588,9 +605,9 @@ class GitLoader:
             if entry.mode == _TREE_MODE:
                 files.extend(self._files(entry.binsha, f"{prefix}/{entry.name}"))
             elif entry.name.endswith(MODEL_SUFFIXES) or special_kind(entry.mode) is not None:
-                # Interned: `serve` has two loaders (the reconciler's, the API's) of the same files.
-                files.append(_Listed(sys.intern(f"{prefix}/{entry.name}"), sys.intern(entry.binsha.hex()), entry.binsha,
-                                     entry.mode))
+                # Not interned: one loader makes each string once, and everything else holds that one (an
+                # interned string costs a slot in the interpreter's table too).
+                files.append(_Listed(f"{prefix}/{entry.name}", entry.binsha.hex(), entry.binsha, entry.mode))
         return files
 
     def _parse(self, file: _SourceFile) -> ParseResult:
@@ -617,6 +634,54 @@ class GitLoader:
         if len(content) > modelfile.MAX_FILE_BYTES:
             raise modelfile.FileTooLarge(len(content))
         return content
+
+
+class Clone(Protocol):
+    """A clone a `SharedLoader` reads (`git.repo.GitRepo`): its repository, and a number that
+    changes when the clone is made again."""
+
+    @property
+    def repo(self) -> git.Repo: ...
+
+    generation: int
+
+
+class SharedLoader:
+    """One `GitLoader` over several clones of one remote (`serve`: the reconciler's and the API's),
+    so that each commit is listed and parsed once and both sides hold the same desired models.
+    Thread-safe: loads run one at a time, and a commit loaded last is handed out again as it is."""
+
+    def __init__(self, *clones: Clone) -> None:
+        self._clones = clones
+        self._lock = threading.Lock()
+        self.stats = LoadStats()
+        self._loader: GitLoader | None = None
+        self._generations: tuple[int, ...] = ()
+        self._last: DesiredState | None = None
+
+    def load(self, commit: str) -> DesiredState:
+        """The desired state at `commit` (see `GitLoader.load`)."""
+        with self._lock:
+            if self._last is not None and self._last.commit == commit:
+                return self._last
+            self._last = self._current().load(commit)
+            return self._last
+
+    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None]) -> DesiredState:
+        """The desired state at `commit`, `parent` with `edits` (see `GitLoader.load_edited`)."""
+        with self._lock:
+            if self._last is not None and self._last.commit == commit:
+                return self._last
+            self._last = self._current().load_edited(commit, parent, edits)
+            return self._last
+
+    def _current(self) -> GitLoader:
+        generations = tuple(clone.generation for clone in self._clones)
+        if self._loader is None or generations != self._generations:  # a clone was set aside and made again
+            repos = [clone.repo for clone in self._clones]
+            self._loader, self._generations, self._last = GitLoader(repos[0], repos[1:]), generations, None
+            self._loader.stats = self.stats
+        return self._loader
 
 
 def load_directory(root: str | os.PathLike[str]) -> DesiredState:
@@ -698,7 +763,7 @@ def _load_namespace(
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
             results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
             continue
-        claimed = ModelKey(namespace, sys.intern(name.rpartition(".")[0]))
+        claimed = ModelKey(namespace, name.rpartition(".")[0])
         if file.special is not None:
             plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
             problem = Problem(file.path, None, f"model files must be regular files, not {plural}")

@@ -8,6 +8,8 @@ a model file never does), non-string keys, and scalars that YAML silently retype
 
 from __future__ import annotations
 
+import sys
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -119,7 +121,7 @@ def fields_from_document(document: dict[str, Any]) -> ModelFields:
     """The fields of a document that passed `schema.validate` (a parsed file or an API body)."""
     return ModelFields(
         name=document["name"],
-        tag=document["tag"],
+        tag=sys.intern(document["tag"]),  # a tag ("latest", "1b") is shared by thousands of files
         labels=document.get("labels") or NO_LABELS,
         annotations=document.get("annotations") or NO_LABELS,
         suspend=document.get("suspend", False),

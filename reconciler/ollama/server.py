@@ -7,6 +7,8 @@ cycle later, change nothing), or one model's operation failed (Ollama's own mess
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -98,12 +100,14 @@ class OllamaServer:
     def installed(self) -> dict[str, InstalledModel]:
         # `/api/tags` is read directly rather than through `Client.list()`: the client validates a
         # pydantic model per entry, which costs 15 times the request itself with ten thousand models.
-        response = self._get("/api/tags")
+        # Each entry becomes an `InstalledModel` as soon as it is decoded, so that a listing of a
+        # hundred thousand models is never held as a hundred thousand dicts at once.
+        listing = json.loads(self._get("/api/tags").content, object_hook=_installed_or_object)
         models: dict[str, InstalledModel] = {}
-        for model in response.json().get("models") or []:
-            reference = model.get("model") or model.get("name") or ""
-            models[normalize_reference(reference)] = InstalledModel(
-                reference, int(model.get("size") or 0), model.get("digest") or "", model.get("modified_at"))
+        for model in listing.get("models") or []:
+            if not isinstance(model, InstalledModel):  # an entry that names no model
+                model = _installed(model)
+            models[sys.intern(normalize_reference(model.reference))] = model
         return models
 
     def version(self) -> str:
@@ -184,6 +188,19 @@ class OllamaServer:
         except httpx.HTTPError as exc:
             # The connection broke or stalled mid-operation (e.g. mid-pull): the model's operation failed.
             raise ModelOperationFailed(f"connection to Ollama at {self.url} failed: {_reason(exc)}") from None
+
+
+def _installed(entry: dict) -> InstalledModel:
+    """An `/api/tags` entry. Its reference is interned: the same string as the records', kept for as
+    long as the listing is."""
+    return InstalledModel(sys.intern(entry.get("model") or entry.get("name") or ""), int(entry.get("size") or 0),
+                          entry.get("digest") or "", entry.get("modified_at"))
+
+
+def _installed_or_object(entry: dict) -> object:
+    # Every JSON object of the listing, innermost first: an entry names its model; `details` and the
+    # top level do not.
+    return _installed(entry) if "model" in entry or "name" in entry else entry
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -361,7 +361,6 @@ def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | Non
     return None if installed is None else (installed.reference, installed.digest, installed.size)
 
 
-
 def _version(client: ModelServer) -> str | None:
     """Ollama's version (`GET /api/version`), None when the client cannot say or the server does not."""
     ask = getattr(client, "version", None)

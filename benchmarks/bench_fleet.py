@@ -36,7 +36,8 @@ cycle must find every model Ready on every server. Pulls run --concurrency at a 
 Bars (printed as PASS/FAIL):
   - no-op cycle at every fleet size <= 1.5x the no-op cycle at 1 server;
   - the one-change cycle makes requests only to the server the change selects (`s0`);
-  - a resync with nothing changed plans no model on any server;
+  - a resync with nothing changed plans no model on any server (but model0's digest on s0, which
+    the one-change cycle's re-pull left to the listing);
   - cold fill of --fill-servers servers <= 1.5x the cold fill of 1 server (every server busy at once).
 Printed beside them: the resync's and the full cycle's growth exponent against the rounds of
 listings, ceil(servers / LISTING_THREADS) (least squares of log time against log rounds: about 1
@@ -350,7 +351,8 @@ def report(steadies: list[dict], fill_one: dict, fill_many: dict, repeat: int) -
         bars.append({"bar": f"one-change cycle at {n} servers asks only the server the change selects (s0)",
                      "value": None, "limit": None,
                      "ok": all(x[0] > 0 and not any(x[1:]) for x in r["change_requests_per_server"])})
-    bars.append({"bar": "a resync with nothing changed plans no model (but the re-pulled model0's digest on s0)", "value": None, "limit": None,
+    bars.append({"bar": "a resync with nothing changed plans no model (but the re-pulled model0's digest on s0)",
+                 "value": None, "limit": None,
                  "ok": all(p == 0 for r in steadies for p in r["resync_models_planned"])})
     bars.append({"bar": f"cold fill of {n_fill} servers <= {FILL_BAR:g}x one server's", "value": ratio,
                  "limit": FILL_BAR, "ok": ratio <= FILL_BAR})

@@ -1,9 +1,12 @@
 """Benchmark: reconcile cycles of a fleet (issues 12 and 16), 1, 10 and 100 servers, against real Git
 and the stand-in Ollama servers (each its own HTTP server on loopback and its own port).
 
-For the steady state, every fleet size's stand-ins run in one child process (real Ollama servers are
-other machines: in the benchmark's own process their JSON would compete with the reconciler's for
-the GIL); the cold fill keeps them in this process (it measures pulls, which wait, not listings).
+For the steady state, every fleet size's stand-ins run in a few child processes (STANDIN_PROCESSES;
+real Ollama servers are other machines: in the benchmark's own process their JSON would compete with
+the reconciler's for the GIL, and in one child they would answer one listing at a time); each caches
+its `/api/tags` body until its models change (real Ollama is Go: building a hundred listings' JSON in
+Python is the stand-in's cost, not the reconciler's). The cold fill keeps them in this process (it
+measures pulls, which wait, not listings).
 
 Steady state, for each fleet size (--servers, 1 first), with the same models repository of
 --models files (`model<i>:1b`, every one on every server except `model0`, whose file says
@@ -18,7 +21,8 @@ Steady state, for each fleet size (--servers, 1 first), with the same models rep
       no-op cycle:       `run_cycle()` with nothing new; must be `report.noop`
       resync:            the clock moved past the resync interval, `run_cycle()` lists every server
                          (in parallel, LISTING_THREADS at a time) and compares each listing with the
-                         kept one: nothing changed, so nothing is planned; must be `report.full`
+                         kept one: nothing changed but model0's re-pull on s0 (whose digest the
+                         listing gives), so nothing else is planned; must be `report.full`
                          (also shown: the CPU time this process spent in it, its threads included,
                          which no listing concurrency divides on a machine of few cores)
       full cycle:        `run_cycle(full=True)`: every server listed and every model planned on
@@ -32,7 +36,8 @@ cycle must find every model Ready on every server. Pulls run --concurrency at a 
 Bars (printed as PASS/FAIL):
   - no-op cycle at every fleet size <= 1.5x the no-op cycle at 1 server;
   - the one-change cycle makes requests only to the server the change selects (`s0`);
-  - a resync with nothing changed plans no model on any server;
+  - a resync with nothing changed plans no model on any server (but model0's digest on s0, which
+    the one-change cycle's re-pull left to the listing);
   - cold fill of --fill-servers servers <= 1.5x the cold fill of 1 server (every server busy at once).
 Printed beside them: the resync's and the full cycle's growth exponent against the rounds of
 listings, ceil(servers / LISTING_THREADS) (least squares of log time against log rounds: about 1
@@ -104,28 +109,44 @@ def _fleet(servers: int, catalogue: Callable[[object], None]) -> list:
     return ollamas
 
 
+STANDIN_PROCESSES = 4  # child processes the steady state's stand-ins are spread over
+
+
 class _Standins:
-    """`servers` stand-in Ollamas in one child process (this script with --standins), each on its own
-    port with every model installed; asked for their request and pull counts over a pipe."""
+    """`servers` stand-in Ollamas spread over up to STANDIN_PROCESSES child processes (this script with
+    --standins), each on its own port with every model installed, so that listings are answered
+    concurrently as separate machines would (one process would answer them one at a time, its
+    threads sharing one GIL); asked for their request and pull counts over pipes."""
 
     def __init__(self, servers: int, models: int) -> None:
-        self._child = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--standins", str(servers), "--models", str(models)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self._child.stdout is not None
-        self.urls: list[str] = json.loads(self._child.stdout.readline())
+        shares = [servers // STANDIN_PROCESSES + (i < servers % STANDIN_PROCESSES)
+                  for i in range(min(servers, STANDIN_PROCESSES))]
+        self._children = [subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--standins", str(share), "--models", str(models)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for share in shares]
+        self.urls: list[str] = []
+        for child in self._children:
+            assert child.stdout is not None
+            self.urls.extend(json.loads(child.stdout.readline()))
 
     def counts(self) -> list[tuple[int, int]]:
         """Per server, (requests so far, pulls of model0)."""
-        assert self._child.stdin is not None and self._child.stdout is not None
-        self._child.stdin.write("counts\n")
-        self._child.stdin.flush()
-        return [tuple(pair) for pair in json.loads(self._child.stdout.readline())]
+        for child in self._children:
+            assert child.stdin is not None
+            child.stdin.write("counts\n")
+            child.stdin.flush()
+        counts: list[tuple[int, int]] = []
+        for child in self._children:
+            assert child.stdout is not None
+            counts.extend(tuple(pair) for pair in json.loads(child.stdout.readline()))
+        return counts
 
     def stop(self) -> None:
-        assert self._child.stdin is not None
-        self._child.stdin.close()
-        self._child.wait(timeout=60)
+        for child in self._children:
+            assert child.stdin is not None
+            child.stdin.close()
+        for child in self._children:
+            child.wait(timeout=60)
 
 
 def serve_standins(servers: int, models: int) -> None:
@@ -216,7 +237,10 @@ def steady(servers: int, models: int, repeat: int) -> dict:
                 resync_s, report = _timed(reconciler.run_cycle)
                 resync_cpu = time.process_time() - cpu
                 assert report.ok and report.full and not report.everything, report.message
-                planned = sum(len(plan.specs) for plan in report.plans.values())
+                # The one-change cycle's re-pull of model0 on s0 gave no digest (a pull's stream has none):
+                # the resync records it from s0's listing, the one change there is. Nothing else is planned.
+                planned = sum(len(plan.specs) for plan in report.plans.values()) - \
+                    sum(1 for key in report.plans["s0"].specs if key.name == "model0-1b")
                 listed = [a[0] - b[0] for a, b in zip(standins.counts(), after)]
                 full_s, report = _timed(lambda: reconciler.run_cycle(full=True))
                 assert report.ok and report.everything, report.message
@@ -302,7 +326,12 @@ def report(steadies: list[dict], fill_one: dict, fill_many: dict, repeat: int) -
         print(f"  {n} servers: one-change cycle's requests: s0 {'/'.join(map(str, on_s0))}, each of the {n - 1} "
               f"others {'/'.join(map(str, others))}; "
               f"resync: {'/'.join(map(str, listed))} request(s) per server, "
-              f"{'/'.join(map(str, sorted(set(r['resync_models_planned']))))} model(s) planned")
+              f"{'/'.join(map(str, sorted(set(r['resync_models_planned']))))} model(s) planned besides model0 on s0")
+    for r in steadies:
+        n, threads = r["servers"], r["listing_threads"]
+        print(f"  {n} server{'s' if n > 1 else ''}: resync {r['median_s']['resync'] / one['median_s']['resync']:.2f}x "
+              f"one server's, against servers / {threads} = {n / threads:.2f} and ceil(servers / {threads}) = "
+              f"{rounds(r)}; this process's CPU per listing {_ms(r['median_s']['resync_cpu'] / n)}")
     for against, x in ((f"servers / {one['listing_threads']} (the listing concurrency)", lambda r: r["servers"]),
                        (f"ceil(servers / {one['listing_threads']}), the rounds of listings", rounds)):
         fits = {name: exponent([(x(r), r["median_s"][name]) for r in steadies]) for name in ("resync", "full")}
@@ -322,7 +351,8 @@ def report(steadies: list[dict], fill_one: dict, fill_many: dict, repeat: int) -
         bars.append({"bar": f"one-change cycle at {n} servers asks only the server the change selects (s0)",
                      "value": None, "limit": None,
                      "ok": all(x[0] > 0 and not any(x[1:]) for x in r["change_requests_per_server"])})
-    bars.append({"bar": "a resync with nothing changed plans no model", "value": None, "limit": None,
+    bars.append({"bar": "a resync with nothing changed plans no model (but the re-pulled model0's digest on s0)",
+                 "value": None, "limit": None,
                  "ok": all(p == 0 for r in steadies for p in r["resync_models_planned"])})
     bars.append({"bar": f"cold fill of {n_fill} servers <= {FILL_BAR:g}x one server's", "value": ratio,
                  "limit": FILL_BAR, "ok": ratio <= FILL_BAR})

@@ -35,7 +35,7 @@ from . import metrics
 from .models.desired import DesiredState, GitLoader, ModelKey, SharedLoader, changed_between
 from .fleetstatus import Placements
 from .git.repo import GitError, GitRepo
-from .ollama.fleet import ClientFactory, Fleet, Listing, Member
+from .ollama.fleet import ClientFactory, Fleet, Listing, Member, listed_entry
 from .ollama.inventory import Inventory, InventorySource, Server, StaticInventory, normalize_url
 from .ollama.server import ModelOperationFailed, ModelServer, ServerUnreachable
 from .models.naming import normalize_reference
@@ -327,10 +327,17 @@ class Reconciler:
         otherwise: removed, added or changed behind the reconciler's back."""
         drift = {}
         for name in names:
-            before, after = kept.get(name), listings[name].observed if name in listings else None
-            if before is None or after is None or before == after:
+            listing = listings.get(name)
+            before, after = kept.get(name), listing.observed if listing is not None else None
+            if before is None or after is None:
                 continue
-            references = {ref for ref in before.keys() | after.keys() if _entry(before.get(ref)) != _entry(after.get(ref))}
+            if listing is not None and listing.unchanged:  # the fleet knows which entries differ, unread
+                references: frozenset[str] | set[str] = listing.drifted
+            elif before == after:
+                continue
+            else:
+                references = {ref for ref in before.keys() | after.keys()
+                              if listed_entry(before.get(ref)) != listed_entry(after.get(ref))}
             if references:
                 drift[name] = frozenset(self.store.related((), references))
         return drift
@@ -574,11 +581,6 @@ def _set_error(edit: _Edit, *, keys: tuple[ModelKey, ...], server: str, message:
 def _drop(edit: _Edit, *, keys: tuple[ModelKey, ...], server: str) -> None:
     for key in keys:
         edit.drop(key, server)
-
-
-def _entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:
-    """What the plan reads of a listing's entry (not when Ollama says it was modified)."""
-    return None if installed is None else (installed.reference, installed.digest, installed.size)
 
 
 def _references(desired: DesiredState, keys: set[ModelKey]) -> list[str]:

@@ -11,6 +11,7 @@ from fleetrig import FleetRig
 from waiting import eventually
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.ollama.inventory import FileProblem, Inventory, Snapshot
+from ollama_gitops.reconciler.ollama.server import OllamaServer, Tags
 from ollama_gitops.reconciler.state import PENDING, READY
 
 LABELS = {"gpu-1": {"gpu": "a100", "zone": "eu"}, "gpu-2": {"gpu": "l4", "zone": "eu"},
@@ -376,6 +377,61 @@ def test_a_resync_plans_only_what_the_listings_show_changed_and_finds_drift_made
     full = fleet.reconciler.run_cycle(full=True)  # every model planned on every server, whatever was kept
     assert full.ok and full.full and full.everything
     assert {name: len(plan.specs) for name, plan in full.plans.items()} == {"gpu-1": 2, "gpu-2": 3, "gpu-3": 3}
+
+
+class _Decodes(OllamaServer):
+    """The real Ollama edge, noting per listing whether it decoded the body or found it byte-identical
+    to the last one the fleet kept."""
+
+    def __init__(self, url: str, said: list[str]) -> None:
+        super().__init__(url, timeout=30)
+        self.said = said
+
+    def tags(self, unless: str | None = None) -> Tags:
+        tags = super().tags(unless)
+        self.said.append("decoded" if tags.models is not None else "unchanged")
+        return tags
+
+
+def test_a_resync_decodes_only_listings_whose_bytes_changed_and_still_finds_a_pull_undone_by_hand(
+        fleet: FleetRig) -> None:
+    """Issue 16 item 8: at a resync, a server whose `/api/tags` body is byte-identical to its last
+    listing is not decoded and nothing is planned there; a changed byte is decoded and planned. The
+    kept listing carries the reconciler's own pulls since, so a pull undone by hand (the body the same
+    as before the pull) is drift all the same, found and mended."""
+    said: dict[str, list[str]] = {name: [] for name in LABELS}
+    urls = {ollama.url: name for name, ollama in fleet.ollamas.items()}
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.work.model("default", "gemma3", "1b")
+    fleet.push()
+    fleet.start(client_factory=lambda server: _Decodes(server.url, said[urls[server.url]]))
+    assert fleet.cycle().everything
+    llama, phi3 = ModelKey("default", "llama3.2-1b"), ModelKey("default", "phi3-mini")
+
+    def resync() -> tuple[dict[str, set[ModelKey]], dict[str, list[str]]]:
+        before = {name: len(listings) for name, listings in said.items()}
+        fleet.clock.advance(301)
+        report = fleet.cycle()
+        assert report.ok and report.full and not report.everything, report.message
+        return ({name: set(plan.specs) for name, plan in report.plans.items()},
+                {name: listings[before[name]:] for name, listings in said.items()})
+
+    assert resync()[1] == {name: ["decoded"] for name in LABELS}  # the pulls changed every server
+    assert resync() == ({name: set() for name in LABELS}, {name: ["unchanged"] for name in LABELS})
+
+    fleet.ollamas["gpu-2"].install("llama3.2:1b", 1234)  # pulled again by hand: another size
+    assert resync() == ({"gpu-1": set(), "gpu-2": {llama}, "gpu-3": set()},
+                        {"gpu-1": ["unchanged"], "gpu-2": ["decoded"], "gpu-3": ["unchanged"]})
+
+    fleet.work.model("default", "phi3", "mini", 'servers: {matchLabels: {gpu: "l4"}}\n')
+    fleet.push("phi3 on the l4 servers")
+    fleet.clock.advance(1)
+    assert fleet.cycle().ok and fleet.holding("phi3:mini") == {"gpu-2", "gpu-3"}
+    fleet.ollamas["gpu-3"].remove("phi3:mini")  # gpu-3 lists byte for byte what it listed before the pull
+    planned, listings = resync()
+    assert listings == {"gpu-1": ["unchanged"], "gpu-2": ["decoded"], "gpu-3": ["unchanged"]}
+    assert planned == {"gpu-1": set(), "gpu-2": {phi3}, "gpu-3": {phi3}}
+    assert fleet.holding("phi3:mini") == {"gpu-2", "gpu-3"} and fleet.ollamas["gpu-3"].pull_count["phi3:mini"] == 2
 
 
 def test_listings_run_in_parallel_bounded_by_the_listing_threads(fleet: FleetRig, tmp_path: Path) -> None:

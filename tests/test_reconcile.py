@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from ollama_gitops.reconciler.models.naming import resource_name
-from ollama_gitops.reconciler.ollama.server import OllamaServer
+from ollama_gitops.reconciler.ollama.server import OllamaServer, Tags
 from ollama_gitops.reconciler.plan import MarkReady
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.state import FAILED, PENDING, READY, ServerSeen, StateLocked, StateStore
@@ -658,7 +658,7 @@ def test_a_deeply_nested_file_keeps_its_model_and_later_commits_apply(rig: Rig, 
 class _ListingBug(OllamaServer):
     """An Ollama edge with a bug: reading the listing fails with an error no one planned for."""
 
-    def installed(self) -> dict:
+    def tags(self, unless: str | None = None) -> Tags:
         raise KeyError("models")
 
 

@@ -21,7 +21,7 @@ from ..plan import InstalledModel
 from ..state import DEFAULT_SERVER, ServerSeen, StateStore, utc_rfc3339
 from .inventory import FileProblem, Inventory, InventorySource, Server
 from .pulls import BACKOFF_BASE, PullPool
-from .server import ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable
+from .server import ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable, Tags
 
 log = logging.getLogger("ollama_gitops.fleet")
 
@@ -41,6 +41,10 @@ class Member:
     pulls: PullPool
     observed: dict[str, InstalledModel] | None = None  # the last listing, kept current by pulls and deletes
     must_list: bool = True  # new, its last listing failed, or a problem there: list it next cycle
+    listed_digest: str | None = None  # the digest of the body `observed` was decoded from (`Tags.digest`)
+    # Per reference the reconciler's own pulls and deletes changed in `observed` since that listing,
+    # what the listing said of it (None: not there): `observed` is that listing again once they are put back.
+    since_listed: dict[str, InstalledModel | None] = field(default_factory=dict)
     seen: ServerSeen = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -56,9 +60,13 @@ class Member:
 class Listing:
     """What listing one server gave: its models, or why it could not be listed."""
 
-    observed: dict[str, InstalledModel] | None
+    observed: Mapping[str, InstalledModel] | None
     error: str | None = None
     unreachable: bool = False  # the error is that the server could not be reached at all
+    # The server's body was byte-identical to its last listing's: nothing was decoded, and `drifted` are
+    # the references whose entries differ from the kept listing (see `Fleet._list`); else compare them.
+    unchanged: bool = False
+    drifted: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -213,21 +221,30 @@ class Fleet:
 
     def _list(self, member: Member) -> Listing:
         try:
-            observed = member.client.installed()
+            tags = _tags(member.client, member.listed_digest)
         except ServerUnreachable as exc:
-            listing = Listing(None, str(exc), unreachable=True)
+            tags, listing = None, Listing(None, str(exc), unreachable=True)
         except ModelOperationFailed as exc:
-            listing = Listing(None, str(exc))
+            tags, listing = None, Listing(None, str(exc))
         else:
-            listing = Listing(observed)
+            listing = Listing(tags.models)
+        reachable = tags is not None
         version = member.seen.version
-        if listing.observed is not None and member.seen.reachable is not True:
+        if reachable and member.seen.reachable is not True:
             version = _version(member.client)  # asked when it is first seen, and when it is back
         with self._lock:
-            member.observed = dict(listing.observed) if listing.observed is not None else None
+            if tags is not None and tags.models is None and member.observed is not None:
+                listing = self._unchanged(member)
+            elif tags is not None and tags.models is not None:
+                member.observed, member.listed_digest = dict(tags.models), tags.digest
+                member.since_listed = {}
+            else:  # failed; or (a listing forgotten meanwhile) unchanged with nothing kept: list in full next
+                member.observed, member.listed_digest, member.since_listed = None, None, {}
+                if tags is not None:
+                    listing = Listing(None, "the listing was forgotten while it was read; listed again next cycle")
             member.must_list = listing.observed is None
-            if listing.observed is not None:
-                member.seen = replace(member.seen, reachable=True, version=version, error=None,
+            if reachable:
+                member.seen = replace(member.seen, reachable=True, version=version, error=listing.error,
                                       last_seen=utc_rfc3339(self._clock()))
             elif listing.unreachable:
                 member.seen = replace(member.seen, reachable=False, error=listing.error)
@@ -235,6 +252,28 @@ class Fleet:
                 member.seen = replace(member.seen, reachable=True, error=listing.error,
                                       last_seen=utc_rfc3339(self._clock()))
         return listing
+
+    @staticmethod
+    def _unchanged(member: Member) -> Listing:
+        """The server said byte for byte what it said at the listing `member.observed` was decoded
+        from, so it holds just what that listing says. The kept listing is that one with the
+        reconciler's own pulls and deletes since applied (`since_listed`), and only there can it
+        differ from what the server holds now: a pull or delete undone behind its back (a model pulled
+        and then removed by hand), or one whose end the server does not show (yet). So those entries
+        are put back as the server says them, and the ones that differed are the drift; every other
+        entry is the same in both without being looked at. (Comparing with the kept listing instead
+        of the server's last word would miss exactly those.) Called with the fleet's lock held."""
+        assert member.observed is not None
+        drifted = []
+        for reference, said in member.since_listed.items():
+            if listed_entry(member.observed.get(reference)) != listed_entry(said):
+                drifted.append(reference)
+            if said is None:
+                member.observed.pop(reference, None)
+            else:
+                member.observed[reference] = said
+        member.since_listed = {}
+        return Listing(MappingProxyType(member.observed), unchanged=True, drifted=frozenset(drifted))
 
     def due(self) -> set[str]:
         """The servers to list before the next plan: new ones, those whose last listing failed or
@@ -260,13 +299,14 @@ class Fleet:
         """Every server is listed again next cycle."""
         with self._lock:
             for member in self._members.values():
-                member.observed, member.must_list = None, True
+                member.observed, member.must_list, member.listed_digest, member.since_listed = None, True, None, {}
 
     def deleted(self, name: str, reference: str) -> None:
         """`reference` was deleted from `name`: the kept listing no longer has it."""
         with self._lock:
             member = self._members.get(name)
             if member is not None and member.observed is not None:
+                member.since_listed.setdefault(reference, member.observed.get(reference))
                 member.observed.pop(reference, None)
 
     # -- pulls -------------------------------------------------------------------------------------------
@@ -292,6 +332,7 @@ class Fleet:
             member = self._members.get(name)
             if member is not None and installed is not None:
                 if member.observed is not None:
+                    member.since_listed.setdefault(reference, member.observed.get(reference))
                     member.observed[reference] = installed
                 member.seen = replace(member.seen, reachable=True, error=None, last_seen=utc_rfc3339(self._clock()))
             for gone in [m for m in self._gone if not m.pulls.in_flight()]:
@@ -306,6 +347,18 @@ class Fleet:
             member.pulls.shutdown(wait=False)
             if not member.pulls.in_flight():
                 _close(member.client)
+
+
+def _tags(client: ModelServer, unless: str | None) -> Tags:
+    """`client`'s listing, not decoded when its body's digest is `unless` (a client without `tags()`,
+    as tests' fakes are, is decoded every time: its digest is never the same)."""
+    tags = getattr(client, "tags", None)
+    return tags(unless) if tags is not None else Tags("", client.installed())
+
+
+def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:
+    """What the plan reads of a listing's entry (not when Ollama says it was modified)."""
+    return None if installed is None else (installed.reference, installed.digest, installed.size)
 
 
 def _version(client: ModelServer) -> str | None:

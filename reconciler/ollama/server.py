@@ -7,10 +7,12 @@ cycle later, change nothing), or one model's operation failed (Ollama's own mess
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -35,6 +37,15 @@ class ModelOperationFailed(Exception):
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+@dataclass(frozen=True)
+class Tags:
+    """One `GET /api/tags`: a digest of its body, and its models (None when the body was byte-identical
+    to the one the caller named: nothing was decoded)."""
+
+    digest: str
+    models: dict[str, InstalledModel] | None
 
 
 class ModelServer(Protocol):
@@ -98,17 +109,31 @@ class OllamaServer:
             client.close()
 
     def installed(self) -> dict[str, InstalledModel]:
-        # `/api/tags` is read directly rather than through `Client.list()`: the client validates a
-        # pydantic model per entry, which costs 15 times the request itself with ten thousand models.
-        # Each entry becomes an `InstalledModel` as soon as it is decoded, so that a listing of a
-        # hundred thousand models is never held as a hundred thousand dicts at once.
-        listing = json.loads(self._get("/api/tags").content, object_hook=_installed_or_object)
+        """The models on the server, keyed by normalised reference."""
+        models = self.tags().models
+        assert models is not None
+        return models
+
+    def tags(self, unless: str | None = None) -> Tags:
+        """`GET /api/tags`, decoded unless its body's digest is `unless` (a resync of a server where
+        nothing changed then costs the request and a hash, not a decode: Ollama has no ETag there).
+
+        The digest is the caller's to keep: this client stays stateless, as others (the plan preview)
+        list through it too. `/api/tags` is read directly rather than through `Client.list()`: the
+        client validates a pydantic model per entry, which costs 15 times the request itself with ten
+        thousand models. Each entry becomes an `InstalledModel` as soon as it is decoded, so that a
+        listing of a hundred thousand models is never held as a hundred thousand dicts at once."""
+        body = self._get("/api/tags").content
+        digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+        if digest == unless:
+            return Tags(digest, None)
+        listing = json.loads(body, object_hook=_installed_or_object)
         models: dict[str, InstalledModel] = {}
         for model in listing.get("models") or []:
             if not isinstance(model, InstalledModel):  # an entry that names no model
                 model = _installed(model)
             models[sys.intern(normalize_reference(model.reference))] = model
-        return models
+        return Tags(digest, models)
 
     def version(self) -> str:
         """Ollama's version (`GET /api/version`)."""

@@ -454,7 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
             gate = standin._listing_gate
         if gate is not None:
             gate._hold()
-        self._send_json(200, {"models": standin._tags_payload()})
+        self._send_bytes(200, "application/json; charset=utf-8", standin._tags_body())
 
     def _show(self, body: bytes) -> None:
         ref = self._model_field(body)
@@ -600,6 +600,8 @@ class OllamaStandin:
         self.pull_count: collections.Counter[str] = collections.Counter()
         self.delete_count: collections.Counter[str] = collections.Counter()
         self.requests: list[tuple[str, str]] = []
+        self._models_version = 0  # bumped whenever `_models` changes: the cached `/api/tags` body is stale
+        self._tags_cache: tuple[int, bytes] | None = None  # (models version, body)
         self._extra_blobs: set[str] = set()  # "sha256:<hex>" held besides the installed models' layers
         # "sha256:<hex>" -> how many installed models use it: a pull asks per blob, without a scan.
         self._blob_users: collections.Counter[str] = collections.Counter()
@@ -799,6 +801,7 @@ class OllamaStandin:
         parts = self._existing_name_locked(ref)
         self._forget_locked(key)
         self._models[key] = _Installed(parts=parts, size=size, digest=_sha256_hex(key), modified_ns=time.time_ns())
+        self._models_version += 1
         self._blob_users.update(self.layer_digests(key))
         for index, part in enumerate(parts):
             spellings = self._spellings[index].setdefault(part.lower(), {})
@@ -808,6 +811,7 @@ class OllamaStandin:
         model = self._models.pop(key, None)
         if model is None:
             return False
+        self._models_version += 1
         self._blob_users.subtract(self.layer_digests(key))
         for index, part in enumerate(model.parts):
             spellings = self._spellings[index][part.lower()]
@@ -831,9 +835,23 @@ class OllamaStandin:
                 canonical[index] = next(reversed(spellings))
         return (canonical[0], canonical[1], canonical[2], canonical[3])
 
-    def _tags_payload(self) -> list[dict[str, Any]]:
+    def _tags_body(self) -> bytes:
+        """``/api/tags``'s body, built again only once the models changed. Real Ollama is Go on
+        another machine: building a hundred servers' JSON in Python, one after another, would time
+        the stand-in, not the reconciler (the bytes are the same either way)."""
         with self._lock:
+            version, cached = self._models_version, self._tags_cache
+            if cached is not None and cached[0] == version:
+                return cached[1]
             models = sorted(self._models.values(), key=lambda m: m.modified_ns, reverse=True)
+        body = json.dumps({"models": self._tags_payload(models)}, separators=(",", ":")).encode("utf-8")
+        with self._lock:
+            if self._models_version == version:  # else it changed meanwhile: a later listing builds anew
+                self._tags_cache = (version, body)
+        return body
+
+    @staticmethod
+    def _tags_payload(models: list[_Installed]) -> list[dict[str, Any]]:
         return [
             {
                 "name": m.name,

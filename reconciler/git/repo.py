@@ -204,6 +204,7 @@ class GitRepo:
             if self._repo is not None:
                 self._repo.close()
                 self._repo = None
+            self._prepared = False  # opened again, it is checked again (git may not open it by then)
 
     @property
     def tracking_ref(self) -> str:

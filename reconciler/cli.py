@@ -72,7 +72,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
-    from . import service
+    from . import metrics, service
     from .state import StateLocked
 
     configure_logging(args.log_level)
@@ -90,7 +90,8 @@ def _run_reconcile(args: argparse.Namespace) -> int:
     if not args.once:
         return service.run_forever(running, health)
     try:
-        return service.run_once(running, sys.stdout, dry_run=args.dry_run)
+        with metrics.unrecorded():  # one cycle, no /metrics to serve it on: no metrics library to import
+            return service.run_once(running, sys.stdout, dry_run=args.dry_run)
     finally:
         running.stop()
 

@@ -1,6 +1,7 @@
 """The quick commands import only what they need (issue 15): `--help`, `status`, `plan` and `validate`
-answer without loading the reconciler's service, the Kubernetes or Ollama clients, Flask or
-waitress. Asserted on the modules loaded, not on time (benchmarks/bench_cli.py has the times)."""
+answer without loading the reconciler's service, the Kubernetes or Ollama clients, Flask,
+waitress, GitPython, jsonschema or prometheus_client; nor does a `reconcile --once` that has nothing
+to do (issue 16). Asserted on the modules loaded, not on time (benchmarks/bench_cli.py has the times)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import sys
 from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "models-repo"
-HEAVY = ("kubernetes", "flask", "waitress", "apscheduler", "ollama", "httpx", "prometheus_client",
-         "ollama_gitops.reconciler.service")
+HEAVY = ("kubernetes", "flask", "waitress", "apscheduler", "ollama", "httpx", "prometheus_client", "http.server",
+         "git", "jsonschema", "ollama_gitops.reconciler.service")
 
 # One fresh interpreter runs each command in turn and reports what each one added to sys.modules.
 PROBE = """
@@ -45,3 +46,34 @@ def test_help_status_and_validate_import_none_of_the_heavy_modules(tmp_path: Pat
     seen = json.loads(result.stdout)
     assert {argv: entry["heavy"] for argv, entry in seen.items()} == {" ".join(argv): [] for argv in commands}
     assert [entry["code"] for entry in seen.values()] == [0, 0, 0, 0, 2, 0, 0, 2]  # status and plan exit 2: the API is down
+
+
+# What `reconcile --once` needs only once a commit is read, a cycle applied or metrics served (issue 16):
+# a run that ends after the fetch, from the recorded state, imports none of them (it runs the service).
+DEFERRED = tuple(m for m in HEAVY if m != "ollama_gitops.reconciler.service")
+ONCE_PROBE = """
+import contextlib, io, json, sys
+from ollama_gitops.api.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = main(["reconcile", "--once"])
+print(json.dumps({{"code": code, "out": out.getvalue(), "loaded": [m for m in {deferred!r} if m in sys.modules]}}))
+"""
+
+
+def test_reconcile_once_with_nothing_to_do_imports_none_of_the_deferred_modules(tmp_path: Path, ollama,
+                                                                                 children) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "OLLAMA_GITOPS_STATE_DIR": str(tmp_path / "state"),
+           "OLLAMA_GITOPS_OLLAMA_URL": ollama.url, "OLLAMA_GITOPS_KUBERNETES": "off"}
+    first = children.run("first", [sys.executable, "-c", ONCE_PROBE.format(deferred=DEFERRED)], env=env)
+    assert first.returncode == 0, first.stderr
+    applied = json.loads(first.stdout)
+    assert applied["code"] == 0 and "Succeeded at" in applied["out"], applied
+    assert {"git", "ollama"} <= set(applied["loaded"])  # the probe sees what a cycle that works imports
+    before = len(ollama.requests)
+    again = children.run("again", [sys.executable, "-c", ONCE_PROBE.format(deferred=DEFERRED)], env=env)
+    assert again.returncode == 0, again.stderr
+    noop = json.loads(again.stdout)
+    assert noop["code"] == 0 and ": up to date at " in noop["out"], noop
+    assert ollama.requests[before:] == []
+    assert noop["loaded"] == []

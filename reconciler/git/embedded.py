@@ -12,11 +12,9 @@ import tempfile
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-import git
-
 from .. import data_files
 
-SEED_AUTHOR = git.Actor("ollama-gitops", "ollama-gitops@localhost")
+SEED_AUTHOR = ("ollama-gitops", "ollama-gitops@localhost")  # name, email
 
 
 def ensure_default_repo(state_dir: Path, branch: str = "main") -> Path:
@@ -24,12 +22,15 @@ def ensure_default_repo(state_dir: Path, branch: str = "main") -> Path:
     bare = state_dir / "models.git"
     if (bare / "HEAD").exists():
         return bare
+    import git  # GitPython (~70 ms) only when there is a repository to create: not on every start
+
+    author = git.Actor(*SEED_AUTHOR)
     staging = Path(tempfile.mkdtemp(prefix=".seed-", dir=state_dir))
     try:
         work = git.Repo.init(str(staging / "work"), initial_branch=branch)
         _copy_tree(data_files().joinpath("models-repo"), Path(work.working_dir))
         work.git.add("-A")
-        work.index.commit("Seed models repository from ollama-gitops examples", author=SEED_AUTHOR, committer=SEED_AUTHOR)
+        work.index.commit("Seed models repository from ollama-gitops examples", author=author, committer=author)
         # Build the bare repository aside and rename it into place, so that a crash never leaves a
         # half-made repository that would be taken for the real one.
         git.Repo.init(str(staging / "models.git"), bare=True, initial_branch=branch)

@@ -14,11 +14,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-
-import git
+from typing import TYPE_CHECKING
 
 from .credentials import GitCredentials
 from .remote import checked_out_fix, explain_git_output, local_path
+
+if TYPE_CHECKING:
+    # GitPython costs ~70 ms to import; fetching, reading the head and running git commands need only
+    # git's command line, so a cycle that ends after the fetch (`reconcile --once` with nothing to do)
+    # never imports it. It is imported where a commit or the object database is read (`repo`).
+    import git
 
 log = logging.getLogger("ollama_gitops.git")
 
@@ -97,6 +102,7 @@ class GitRepo:
         self.branch = branch
         self.path = path
         self._repo: git.Repo | None = None
+        self._prepared = False  # the directory is a bare repository with its origin set (`_prepare`)
         self.generation = 0  # bumped each time a broken clone is set aside and started again
         # Fetches and pushes both move the tracking ref; git refuses concurrent ref updates.
         self.lock = threading.RLock()
@@ -110,20 +116,46 @@ class GitRepo:
         if self._repo is None:
             with self.lock:
                 if self._repo is None:
-                    self._repo = self._open()
+                    import git
+
+                    self._repo = git.Repo(str(self._prepare()))
         return self._repo
 
-    def _open(self) -> git.Repo:
-        if self.path.exists() and any(self.path.iterdir()):
-            problem = self._problem()
-            if problem is not None:
-                self._set_aside(problem)
-        if not (self.path / "HEAD").exists():
-            self.path.mkdir(parents=True, exist_ok=True)
-            git.Repo.init(str(self.path), bare=True)
-        repo = git.Repo(str(self.path))
-        _set_origin(repo, self.url)
-        return repo
+    def _prepare(self) -> Path:
+        """The clone's directory, made a bare repository with `origin` at the URL if it is not one yet
+        (set aside and started again if git cannot open it), with git's command line alone."""
+        if not self._prepared:
+            with self.lock:
+                if not self._prepared:
+                    if self.path.exists() and any(self.path.iterdir()):
+                        problem = self._problem()
+                        if problem is not None:
+                            self._set_aside(problem)
+                    if not (self.path / "HEAD").exists():
+                        self.path.mkdir(parents=True, exist_ok=True)
+                        self._local("init", "--quiet", "--bare")
+                    origin = self._local("config", "--get", "remote.origin.url", check=False)
+                    if origin is None:
+                        self._local("remote", "add", "origin", self.url)
+                    elif origin != self.url:
+                        self._local("remote", "set-url", "origin", self.url)
+                    self._prepared = True
+        return self.path
+
+    def _local(self, *args: str, check: bool = True) -> str | None:
+        """Run a git command on the clone that reaches no remote (no credentials); its output, or
+        None when it failed and `check` is false. Raises GitError when it failed and `check` is true."""
+        try:
+            result = subprocess.run(["git", "--git-dir", str(self.path), *args], capture_output=True,
+                                    timeout=GIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise GitError(f"git {args[0]} in {self.path} timed out after {GIT_TIMEOUT:.0f}s") from None
+        if result.returncode != 0:
+            if not check:
+                return None
+            output = result.stderr.decode("utf-8", "replace").strip() or f"exit code {result.returncode}"
+            raise GitError(redact(f"git {args[0]} in {self.path} failed: {output}", self.credentials.secrets()))
+        return result.stdout.decode("utf-8", "replace").strip()
 
     def _problem(self) -> str | None:
         """Why git cannot open the clone (a damaged HEAD or config, say), or None when it can."""
@@ -153,6 +185,7 @@ class GitRepo:
         if self._repo is not None:
             self._repo.close()  # its cat-file processes still read the old directory
             self._repo = None
+        self._prepared = False
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
         suffix = 1
@@ -171,6 +204,7 @@ class GitRepo:
             if self._repo is not None:
                 self._repo.close()
                 self._repo = None
+            self._prepared = False  # opened again, it is checked again (git may not open it by then)
 
     @property
     def tracking_ref(self) -> str:
@@ -254,6 +288,8 @@ class GitRepo:
     def _drop(self, ref: str) -> None:
         """Remove a preview ref once fetched: its objects stay (git prunes unreachable objects only
         after two weeks), and refs left by every pull request ever planned would slow each fetch."""
+        import git
+
         try:
             git.Reference.delete(self.repo, ref)
         except (OSError, ValueError) as exc:
@@ -269,6 +305,8 @@ class GitRepo:
     def _local_commit(self, revision: str) -> str | None:
         """The full SHA of the commit `revision` names in the clone, or None (a tag is peeled)."""
         if len(revision) == 40:
+            import git
+
             try:  # in-process through GitPython's running cat-file: no git command to start
                 if self.repo.odb.info(bytes.fromhex(revision)).type == b"commit":
                     return revision.lower()
@@ -316,6 +354,8 @@ class GitRepo:
                 if _REJECTED.search(str(exc)):
                     return False
                 raise
+            import git
+
             try:
                 self.repo.git.update_ref(self.tracking_ref, commit)
             except git.GitCommandError as exc:
@@ -334,8 +374,19 @@ class GitRepo:
         return f"it has: {', '.join(sorted(heads))}" if heads else "it has no branch yet"
 
     def head(self) -> str:
-        """The last fetched (or pushed) head commit of the branch (read in-process, no git command)."""
-        return git.SymbolicReference.dereference_recursive(self.repo, self.tracking_ref)
+        """The last fetched (or pushed) head commit of the branch. Raises ValueError when there is none.
+
+        Read in-process once GitPython has the clone open (a load or a write did); until then with
+        `git rev-parse`, rather than importing GitPython for one ref."""
+        if self._repo is not None:
+            import git
+
+            return git.SymbolicReference.dereference_recursive(self._repo, self.tracking_ref)
+        self._prepare()
+        commit = self._local("rev-parse", "--verify", "--quiet", f"{self.tracking_ref}^{{commit}}", check=False)
+        if not commit:
+            raise ValueError(f"no {self.tracking_ref} in {self.path}")
+        return commit
 
     def has_fetched(self) -> bool:
         try:
@@ -346,7 +397,7 @@ class GitRepo:
 
     def run(self, *args: str, action: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> str:
         """Run a git command in the clone with the credentials; errors become a safe GitError."""
-        git_dir = self.repo.git_dir  # creates the clone on first use
+        git_dir = self._prepare()  # creates the clone on first use
         # The clone's directory is this process's own: where a key file that ssh would refuse is copied.
         full_env = {**os.environ, **self.credentials.environment(os.environ, private_dir=Path(git_dir)), **(env or {})}
         try:
@@ -362,11 +413,3 @@ class GitRepo:
                 detail = f"{hint}; git said: {detail}"
             raise GitError(redact(f"could not {action}: {detail}", self.credentials.secrets()))
         return result.stdout.decode("utf-8", "replace").strip()
-
-
-def _set_origin(repo: git.Repo, url: str) -> None:
-    names = [r.name for r in repo.remotes]
-    if "origin" not in names:
-        repo.create_remote("origin", url)
-    elif repo.remotes.origin.url != url:
-        repo.remotes.origin.set_url(url)

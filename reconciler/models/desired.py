@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import git
+if TYPE_CHECKING:  # GitPython costs ~70 ms to import: imported where a commit is first read (see _commit)
+    import git
 
 from . import modelfile, naming
 from .modelfile import ModelFields, ParseResult
@@ -310,6 +311,7 @@ def special_kind(mode: int) -> str | None:
         return None
     return _SPECIAL_KINDS.get(mode, (f"an entry of mode {mode:o}",))[0]
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_NULL_HEX_SHA = "0" * 40  # git.Blob.NULL_HEX_SHA: a file read from disk, not from a commit
 
 
 class _Listed(NamedTuple):
@@ -577,6 +579,8 @@ class GitLoader:
 
     def _commit(self, commit: str) -> git.Commit:
         """`commit`, from the first repository that has it, which the rest of this load reads."""
+        import git  # here, not at the top: a process whose cycles stop after the fetch never reads a commit
+
         for repo in self._repos[:-1]:
             try:
                 if _FULL_SHA.match(commit):
@@ -737,7 +741,7 @@ def _directory_files(root: Path, namespace_dir: Path) -> Iterator[_SourceFile]:
                 continue
             yield _SourceFile(
                 path=path.relative_to(root).as_posix(),
-                blob=git.Blob.NULL_HEX_SHA,
+                blob=_NULL_HEX_SHA,
                 read=_file_reader(path),
                 special=kind,
             )

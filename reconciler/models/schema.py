@@ -14,9 +14,10 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
+if TYPE_CHECKING:  # jsonschema (~50-110 ms to import) is needed only for a document the quick check does not pass
+    import jsonschema
 
 from .. import data_files
 from . import selector
@@ -46,6 +47,8 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 
 def _strict_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[jsonschema.ValidationError]:
+    import jsonschema  # already imported: only `_validator`'s validators call this
+
     if isinstance(instance, str) and not pattern_matches(pattern, instance):
         yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
 
@@ -72,6 +75,8 @@ _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+
 
 @functools.cache
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema  # here: valid documents pass `_quick_check` alone, and most processes read no invalid one
+
     schema = model_schema()
     base = jsonschema.validators.validator_for(schema)
     base.check_schema(schema)

@@ -22,12 +22,11 @@ plan, the records copied and the state store's writes cover only those and the m
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Protocol
 from datetime import datetime, timezone
 
@@ -496,7 +495,9 @@ class Reconciler:
                 status = edit.status(action.key, name)
                 assert status is not None
                 _mark_ready(status, action, lines.commit)
-                lines.add("ready", action.key, action.installed.reference, action.reason)
+                # Ollama is not changed: at INFO, a cold start over N models found in Ollama would log
+                # N lines. The cycle's line counts them ("N already in Ollama").
+                lines.add("ready", action.key, action.installed.reference, action.reason, level=logging.DEBUG)
             elif isinstance(action, RecordError):
                 status = edit.status(action.key, name)
                 if status is not None:
@@ -595,12 +596,20 @@ def _mark_ready(status: ModelStatus, action: MarkReady, commit: str) -> None:
         status.last_pull_time = _seconds_z(installed.modified_at)
 
 
+@lru_cache(maxsize=4096)  # a cold start marks every model Ready; a listing repeats timestamps often
 def _seconds_z(timestamp: str) -> str | None:
     """Ollama's `modified_at` (nanoseconds, any offset) as the seed writes times; None if unreadable."""
-    # Python 3.10's fromisoformat takes neither `Z` nor more than six fractional digits.
-    cleaned = re.sub(r"(\.\d{1,6})\d*", r"\1", timestamp.replace("Z", "+00:00"))
+    # Python 3.10's fromisoformat takes neither `Z` nor more than six fractional digits: cut the
+    # fraction to six (string slicing, no regex per model; it is dropped from the result anyway).
+    text = timestamp.replace("Z", "+00:00")
+    dot = text.find(".", 19)
+    if dot != -1:
+        end = dot + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        text = text[:min(end, dot + 7)] + text[end:]
     try:
-        parsed = datetime.fromisoformat(cleaned)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
     return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

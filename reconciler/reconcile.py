@@ -596,18 +596,25 @@ def _mark_ready(status: ModelStatus, action: MarkReady, commit: str) -> None:
         status.last_pull_time = _seconds_z(installed.modified_at)
 
 
-@lru_cache(maxsize=4096)  # a cold start marks every model Ready; a listing repeats timestamps often
 def _seconds_z(timestamp: str) -> str | None:
     """Ollama's `modified_at` (nanoseconds, any offset) as the seed writes times; None if unreadable."""
-    # Python 3.10's fromisoformat takes neither `Z` nor more than six fractional digits: cut the
-    # fraction to six (string slicing, no regex per model; it is dropped from the result anyway).
+    # The fraction is dropped (the seed writes whole seconds; it never carries into them), by string
+    # slicing rather than a regex per model, and Python 3.10's fromisoformat takes neither `Z` nor
+    # more than six fractional digits. What is left is the same for every model pulled in the same
+    # second: cached, as a cold start marks every model Ready.
     text = timestamp.replace("Z", "+00:00")
-    dot = text.find(".", 19)
-    if dot != -1:
-        end = dot + 1
+    end = 19
+    if text[19:20] == ".":
+        end = 20
         while end < len(text) and text[end].isdigit():
             end += 1
-        text = text[:min(end, dot + 7)] + text[end:]
+        if end == 20:  # a dot without digits: left for fromisoformat to refuse
+            end = 19
+    return _utc_seconds(text[:19] + text[end:])
+
+
+@lru_cache(maxsize=4096)
+def _utc_seconds(text: str) -> str | None:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -638,6 +645,8 @@ class _Log:
 
     def add(self, action: str, keys: ModelKey | tuple[ModelKey, ...], reference: str | None, reason: str,
             level: int = logging.INFO) -> None:
+        if not log.isEnabledFor(level):  # a cold start adds a DEBUG line per model: not even formatted
+            return
         # A ModelKey is a tuple too: joining its fields would name it `default,gemma3-1b`.
         shown = str(keys) if isinstance(keys, ModelKey) else model_names(keys)
         log.log(level, "action=%s models=%s reference=%s commit=%s server=%s reason=%r", action, shown,

@@ -459,6 +459,13 @@ class StateStore:
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
         """Make the changed records durable (called under the lock). Here: append to the journal."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self._journal_lines + len(changes) >= max(MIN_COMPACTION, len(self._models)):
+            # The journal would be as long as the store (a cold start's first edit writes every
+            # record): write the snapshot in its place, which is as durable, rather than encoding
+            # every record into the journal and again into the snapshot at the next edit.
+            self._seq += len(changes)
+            self._compact()
+            return
         written = 0
         with open(self.directory / JOURNAL, "ab") as journal:
             # Piece by piece: a cold start's first write of every record never becomes one string.
@@ -476,8 +483,6 @@ class StateStore:
         self.stats.fsyncs += 1
         self._journal_lines += len(changes)
         self._journal_offset += written
-        if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
-            self._compact()
 
     def _compact(self) -> None:
         # The snapshot holds every journal line's effect, so replaying a journal that a crash left

@@ -832,3 +832,14 @@ def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(ri
     rig.clock.advance(60)
     rig.cycle()
     assert rig.state("default", "gemma3-1b") == READY
+
+
+def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fraction_and_offset() -> None:
+    from ollama_gitops.reconciler.reconcile import _seconds_z
+
+    assert _seconds_z("2024-05-01T12:34:56.123456789-07:00") == "2024-05-01T19:34:56Z"  # Ollama's nanoseconds
+    assert _seconds_z("2024-12-31T23:59:59.999999999-01:00") == "2025-01-01T00:59:59Z"  # never rounded up
+    assert _seconds_z("2024-05-01T12:34:56.5Z") == "2024-05-01T12:34:56Z"
+    assert _seconds_z("2024-05-01T12:34:56+02:00") == "2024-05-01T10:34:56Z"
+    assert _seconds_z("2024-05-01T12:34:56.123+02:00") == _seconds_z("2024-05-01T12:34:56.987654321+02:00")
+    assert _seconds_z("not a time") is None and _seconds_z("2024-05-01T12:34:56.x+02:00") is None

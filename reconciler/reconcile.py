@@ -603,14 +603,11 @@ def _seconds_z(timestamp: str) -> str | None:
     # more than six fractional digits. What is left is the same for every model pulled in the same
     # second: cached, as a cold start marks every model Ready.
     text = timestamp.replace("Z", "+00:00")
-    end = 19
     if text[19:20] == ".":
-        end = 20
-        while end < len(text) and text[end].isdigit():
-            end += 1
-        if end == 20:  # a dot without digits: left for fromisoformat to refuse
-            end = 19
-    return _utc_seconds(text[:19] + text[end:])
+        offset = text[20:].lstrip("0123456789")
+        if len(offset) < len(text) - 20:  # a dot without digits is left for fromisoformat to refuse
+            text = text[:19] + offset
+    return _utc_seconds(text)
 
 
 @lru_cache(maxsize=4096)

@@ -457,12 +457,14 @@ class StateStore:
         self._persist(changes)
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
-        """Make the changed records durable (called under the lock). Here: append to the journal."""
+        """Make the changed records durable (called under the lock). Here: append to the journal, or
+        write the snapshot when the edit is of as many records as the store holds."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self._journal_lines + len(changes) >= max(MIN_COMPACTION, len(self._models)):
-            # The journal would be as long as the store (a cold start's first edit writes every
-            # record): write the snapshot in its place, which is as durable, rather than encoding
-            # every record into the journal and again into the snapshot at the next edit.
+        if not self._journal_lines and len(changes) >= max(MIN_COMPACTION, len(self._models)):
+            # An edit of every record (a cold start's first): the snapshot in place of the journal,
+            # as durable, each record encoded once rather than into the journal and again at the
+            # compaction the next edit makes. Only over an empty journal: a crash between the
+            # snapshot and emptying the journal would replay older lines over this edit's records.
             self._seq += len(changes)
             self._compact()
             return
@@ -483,6 +485,8 @@ class StateStore:
         self.stats.fsyncs += 1
         self._journal_lines += len(changes)
         self._journal_offset += written
+        if self._journal_lines > max(MIN_COMPACTION, len(self._models)):
+            self._compact()
 
     def _compact(self) -> None:
         # The snapshot holds every journal line's effect, so replaying a journal that a crash left

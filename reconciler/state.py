@@ -457,8 +457,17 @@ class StateStore:
         self._persist(changes)
 
     def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
-        """Make the changed records durable (called under the lock). Here: append to the journal."""
+        """Make the changed records durable (called under the lock). Here: append to the journal, or
+        write the snapshot when the edit is of as many records as the store holds."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if not self._journal_lines and len(changes) >= max(MIN_COMPACTION, len(self._models)):
+            # An edit of every record (a cold start's first): the snapshot in place of the journal,
+            # as durable, each record encoded once rather than into the journal and again at the
+            # compaction the next edit makes. Only over an empty journal: a crash between the
+            # snapshot and emptying the journal would replay older lines over this edit's records.
+            self._seq += len(changes)
+            self._compact()
+            return
         written = 0
         with open(self.directory / JOURNAL, "ab") as journal:
             # Piece by piece: a cold start's first write of every record never becomes one string.

@@ -305,10 +305,11 @@ def test_logs_name_models_one_way_and_ollama_down_is_one_line_per_cycle(
     rig.work.model("team-a", "llama3.2", "1b")
     rig.push()
     rig.start()
-    with caplog.at_level(logging.INFO, logger="ollama_gitops"):
+    with caplog.at_level(logging.DEBUG, logger="ollama_gitops"):
         rig.cycle()
     lines = [r.getMessage() for r in caplog.records]
-    assert any(line.startswith("action=ready models=default/gemma3-1b ") for line in lines), lines
+    ready = [r for r in caplog.records if r.getMessage().startswith("action=ready models=default/gemma3-1b ")]
+    assert [r.levelno for r in ready] == [logging.DEBUG], lines  # Ollama unchanged: counted in the cycle's line
     assert any("action=pull models=default/llama3.2-1b,team-a/llama3.2-1b " in line for line in lines), lines
     assert any("action=pulled reference=llama3.2:1b models=default/llama3.2-1b,team-a/llama3.2-1b " in line
                for line in lines), lines
@@ -322,6 +323,27 @@ def test_logs_name_models_one_way_and_ollama_down_is_one_line_per_cycle(
             rig.cycle()
         said = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
         assert len(said) == 1 and said[0].startswith("action=cycle outcome=Failed"), said
+
+
+def test_a_cold_cycle_over_models_found_in_ollama_logs_a_few_info_lines_whatever_their_number(
+        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    count = 25
+    for i in range(count):
+        rig.ollama.install(f"found{i}:1b", size=1000 + i)
+        rig.work.model("default", f"found{i}", "1b")
+    rig.work.model("default", "llama3.2", "1b")  # one that changes Ollama: its lines stay at INFO
+    rig.push()
+    rig.start()
+    with caplog.at_level(logging.DEBUG, logger="ollama_gitops"):
+        assert rig.cycle().ok
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    debug_ready = [r for r in caplog.records if r.levelno == logging.DEBUG and r.getMessage().startswith("action=ready ")]
+    assert len(debug_ready) == count  # each model found is still said, at DEBUG
+    assert not any(line.startswith("action=ready ") for line in info), info
+    assert any(line.startswith("action=pull models=default/llama3.2-1b ") for line in info), info
+    cycle = [line for line in info if line.startswith("action=cycle ")]
+    assert len(cycle) == 1 and f"1 pull, 0 deletes, {count} already in Ollama" in cycle[0], info
+    assert len(info) <= 5, info  # the pull, its end, the cycle: not one per model
 
 
 def test_failed_pull_shows_ollamas_error_and_is_retried_with_backoff(rig: Rig) -> None:
@@ -810,3 +832,14 @@ def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(ri
     rig.clock.advance(60)
     rig.cycle()
     assert rig.state("default", "gemma3-1b") == READY
+
+
+def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fraction_and_offset() -> None:
+    from ollama_gitops.reconciler.reconcile import _seconds_z
+
+    assert _seconds_z("2024-05-01T12:34:56.123456789-07:00") == "2024-05-01T19:34:56Z"  # Ollama's nanoseconds
+    assert _seconds_z("2024-12-31T23:59:59.999999999-01:00") == "2025-01-01T00:59:59Z"  # never rounded up
+    assert _seconds_z("2024-05-01T12:34:56.5Z") == "2024-05-01T12:34:56Z"
+    assert _seconds_z("2024-05-01T12:34:56+02:00") == "2024-05-01T10:34:56Z"
+    assert _seconds_z("2024-05-01T12:34:56.123+02:00") == _seconds_z("2024-05-01T12:34:56.987654321+02:00")
+    assert _seconds_z("not a time") is None and _seconds_z("2024-05-01T12:34:56.x+02:00") is None

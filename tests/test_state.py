@@ -279,22 +279,39 @@ def test_models_that_share_a_reference_are_related_until_each_is_gone(tmp_path: 
 
 
 def test_records_written_piece_by_piece_are_the_whole_document_and_every_line(tmp_path: Path) -> None:
-    """More records than one piece (a cold start writes every record at once): the journal has a line
-    for each, the snapshot is what one `json.dump` of the whole writes, and both read back."""
+    """More records than one piece: an edit of every record (a cold start's) is written once, as the
+    snapshot, which is what one `json.dump` of the whole writes; a later edit of fewer records than
+    the store holds has a journal line for each; both read back."""
     from ollama_gitops.reconciler.state import _PIECE, _to_json
 
     store = StateStore(tmp_path)
     store.acquire_process_lock()
-    keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 2 + 1)]
+    keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 4 + 3)]
     with store.editing() as edit:
         for key in keys:
             edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"),
                                       {"default": ModelStatus(error="é")}))
-    lines = (tmp_path / JOURNAL).read_bytes().splitlines()
-    assert [json.loads(line)["seq"] for line in lines] == list(range(1, len(keys) + 1))
-    store._compact()
+    assert (tmp_path / JOURNAL).read_bytes() == b""  # not in the journal as well: every record encoded once
     records = store.records()
     whole = {"version": 1, "seq": len(keys), "models": [{"key": list(k), "record": _to_json(records[k])} for k in sorted(keys)]}
     assert (tmp_path / SNAPSHOT).read_text() == json.dumps(whole, separators=(",", ":"))
+    assert reopen_following(tmp_path).records() == records
+    edited = keys[:_PIECE * 2 + 1]
+    with store.editing() as edit:
+        for key in edited:
+            edit.status(key, "default").state = READY
+    lines = (tmp_path / JOURNAL).read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == list(range(len(keys) + 1, len(keys) + len(edited) + 1))
+    records = store.records()
+    assert reopen_following(tmp_path).records() == records  # the snapshot, then the journal over it
+    store._compact()
+    whole = {"version": 1, "seq": len(keys) + len(edited),
+             "models": [{"key": list(k), "record": _to_json(records[k])} for k in sorted(keys)]}
+    assert (tmp_path / SNAPSHOT).read_text() == json.dumps(whole, separators=(",", ":"))
     store.release_process_lock()
     assert reopen(tmp_path).records() == records
+
+
+def reopen_following(directory: Path) -> StateStore:
+    """What a reader beside the lock holder reads (it takes no lock)."""
+    return StateStore(directory, readonly=True)

@@ -130,6 +130,8 @@ def _compile(schema: Mapping[str, Any], delegated: Mapping[str, Callable[[Any], 
                                              "propertyNames", "pattern", "minLength", "maxLength", "format"}
     if unknown or schema.get("format", "date-time") != "date-time" or schema.get("type", "object") not in _TYPES:
         raise _Unsupported(unknown)
+    if schema.get("type") == "string" and not {"required", "properties", "additionalProperties", "propertyNames"} & set(schema):
+        return _string_check(schema)
     checks: list[Callable[[Any], bool]] = []
     if "type" in schema:
         checks.append(_TYPES[schema["type"]])
@@ -165,7 +167,35 @@ def _compile(schema: Mapping[str, Any], delegated: Mapping[str, Callable[[Any], 
             return True
 
         checks.append(members)
-    return lambda value: all(check(value) for check in checks)
+    if len(checks) == 1:
+        return checks[0]
+
+    def every(value: Any) -> bool:
+        for check in checks:
+            if not check(value):
+                return False
+        return True
+
+    return every
+
+
+def _string_check(schema: Mapping[str, Any]) -> Callable[[Any], bool]:
+    """`_compile`'s check of a string's schema (`type`, `pattern`, `minLength`, `maxLength`, `format`)
+    as one function: a model file is mostly strings, each checked by each keyword."""
+    pattern = schema.get("pattern")
+    regex = _compiled(pattern) if pattern is not None else None
+    anchored = pattern is not None and pattern.endswith("$")  # as `pattern_matches` reads `$`
+    low, high = schema.get("minLength", 0), schema.get("maxLength", float("inf"))
+    dated = "format" in schema
+
+    def string(value: Any) -> bool:
+        if not isinstance(value, str) or not low <= len(value) <= high:
+            return False
+        if regex is not None and ((anchored and value.endswith("\n")) or regex.search(value) is None):
+            return False
+        return not dated or is_rfc3339(value)
+
+    return string
 
 
 def field_names() -> tuple[str, ...]:

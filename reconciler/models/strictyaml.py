@@ -77,7 +77,8 @@ def load(text: str, wording: Wording, *, timestamps_as_text: bool = False) -> Do
             raise
         if node is None:
             raise Rejected(wording.empty, None)
-        builder = _Builder(loader, wording, timestamps_as_text)
+        # An alias is written `*name`: a text without `*` has none, and the alias check is skipped.
+        builder = _Builder(loader, wording, timestamps_as_text, aliases_possible="*" in text)
         value = builder.build(node, ())
         return Document(value, builder.lines, builder.raw_scalars)
     except yaml.MarkedYAMLError as exc:
@@ -126,28 +127,36 @@ def _too_deep(mark: Any, wording: Wording) -> Rejected:
 class _Builder:
     """Turns a composed YAML node tree into Python values, recording the line of every value."""
 
-    def __init__(self, loader: yaml.SafeLoader, wording: Wording, timestamps_as_text: bool) -> None:
+    def __init__(self, loader: yaml.SafeLoader, wording: Wording, timestamps_as_text: bool, *,
+                 aliases_possible: bool = True) -> None:
         self._loader = loader
         self._wording = wording
         self._timestamps_as_text = timestamps_as_text
-        self._seen: set[int] = set()
+        self._seen: set[int] | None = set() if aliases_possible else None
         self.lines: dict[Path, int] = {}
         self.raw_scalars: dict[Path, str] = {}
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         # The composer hands out the very same node object for every alias of an anchor, so a node
         # seen twice is an alias. Refusing it here stops alias bombs before anything expands.
-        if id(node) in self._seen:
-            line = _mark_line(node.start_mark)
-            raise Rejected(f"YAML anchors and aliases ('&', '*') are not allowed in {self._wording.files} "
-                           f"(anchor at line {line})", line)
-        self._seen.add(id(node))
-        self.lines[path] = _mark_line(node.start_mark) or 0
+        seen = self._seen
+        if seen is not None:
+            if id(node) in seen:
+                line = _mark_line(node.start_mark)
+                raise Rejected(f"YAML anchors and aliases ('&', '*') are not allowed in {self._wording.files} "
+                               f"(anchor at line {line})", line)
+            seen.add(id(node))
+        self.lines[path] = node.start_mark.line + 1
+        tag = node.tag
+        if tag == _STR_TAG and type(node) is yaml.ScalarNode:
+            # What SafeConstructor makes of a string scalar is its text: the same value without
+            # construct_object's per-node bookkeeping (most values of a model file are strings).
+            return node.value
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
-        if node.tag == _TIMESTAMP_TAG and self._timestamps_as_text:
+        if tag == _TIMESTAMP_TAG and self._timestamps_as_text:
             return node.value
         value = self._loader.construct_object(node)
         if not isinstance(value, str) and not node.style:  # plain: None (PyYAML) or "" (libyaml)

@@ -89,9 +89,12 @@ class ModelsRepository:
             if self._desired is not None and self._desired.commit == head:
                 return
             loader = self._current_loader()
+            # With serve's shared loader, read from this clone: the reconciler's may be fetching the
+            # same commit right now, and have it before its trees.
+            source = {"source": self.repo} if isinstance(loader, SharedLoader) else {}
             if written is not None and written.commit == head and written.parent is not None and \
                     self._desired is not None and self._desired.commit == written.parent:
                 # Our own write on the state we hold: check its files, not the namespace's every one.
-                self._desired = loader.load_edited(head, written.parent, written.changes)
+                self._desired = loader.load_edited(head, written.parent, written.changes, **source)
             else:
-                self._desired = loader.load(head)
+                self._desired = loader.load(head, **source)

@@ -412,12 +412,13 @@ class Reconciler:
         return changed_between(self.applied, desired)
 
     def _load(self, commit: str) -> DesiredState:
-        loader: GitLoader | SharedLoader | None = self.shared_loader
-        if loader is None:
+        previous = self.desired
+        if self.shared_loader is not None:
+            self.desired = self.shared_loader.load(commit, source=self.repo)  # fetched into this clone
+        else:
             if self._loader is None or self._loader_generation != self.repo.generation:
                 self._loader, self._loader_generation = GitLoader(self.repo.repo), self.repo.generation  # a new clone
-            loader = self._loader
-        previous, self.desired = self.desired, loader.load(commit)
+            self.desired = self._loader.load(commit)
         if self.desired is not previous:
             self._follow_changes(previous, self.desired)
         # Every problem is logged once, when a commit brings it (status shows them all, always).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import git
 import pytest
@@ -375,3 +376,34 @@ def test_a_load_from_a_writes_edits_equals_a_full_load(work_repo: WorkRepo, step
             0 if step.startswith("delete") else 1, 0)
     again = loader.load(commit)  # and the caches it left serve the next full load as well
     assert again == full and loader.stats.namespaces_listed - before[1] <= 1
+
+
+def test_a_shared_loader_reads_a_commit_from_the_clone_it_was_fetched_into(work_repo: WorkRepo, tmp_path: Path) -> None:
+    """serve's one loader over two clones: the reconciler's may hold a commit it is still fetching
+    (a small fetch unpacks the commit before its trees), so a load reads from the clone the caller
+    fetched the commit into, not from the first clone that has the commit object (which failed: the
+    namespace's tree was 'missing')."""
+    import subprocess
+    from dataclasses import dataclass
+
+    from ollama_gitops.reconciler.models.desired import SharedLoader
+
+    work_repo.model("default", "llama3.2", "1b")
+    commit = work_repo.commit("one model")
+    fetching = git.Repo.init(tmp_path / "fetching.git", bare=True)
+    raw = subprocess.run(["git", "-C", str(work_repo.path), "cat-file", "commit", commit], capture_output=True,
+                         check=True).stdout
+    written = subprocess.run(["git", "--git-dir", fetching.git_dir, "hash-object", "-t", "commit", "-w", "--stdin"],
+                             input=raw, capture_output=True, check=True).stdout.decode().strip()
+    assert written == commit  # the commit object alone: its trees have not arrived
+
+    @dataclass
+    class Clone:
+        repo: git.Repo
+        generation: int = 0
+
+    complete = Clone(git.Repo(work_repo.path))
+    assert list(SharedLoader(Clone(fetching), complete).load(commit, source=complete).models) == [
+        ModelKey("default", "llama3.2-1b")]
+    with pytest.raises(ValueError, match="missing"):  # without saying where it came from: the first clone
+        SharedLoader(Clone(fetching), complete).load(commit)

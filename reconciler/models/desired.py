@@ -376,6 +376,7 @@ class GitLoader:
     def __init__(self, repo: git.Repo, more: Sequence[git.Repo] = ()) -> None:
         self._repo = repo
         self._repos = (repo, *more)
+        self._source: git.Repo | None = None  # the clone the commit being loaded was fetched into
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
         self._prefetched: dict[str, bytes] = {}
@@ -383,14 +384,16 @@ class GitLoader:
         self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
         self.stats = LoadStats()
 
-    def load(self, commit: str) -> DesiredState:
-        """The desired state at `commit` (a full SHA, or any revision GitPython resolves).
+    def load(self, commit: str, source: git.Repo | None = None) -> DesiredState:
+        """The desired state at `commit` (a full SHA, or any revision GitPython resolves), read from
+        `source` when given (the clone it was fetched into: see `_commit`).
 
         From the last state loaded when it can: `git diff-tree` names the files that changed (at
         git's speed, however large the namespace) and only those are checked again. Anything
         unusual (a namespace folder added or removed, an entry that is not a regular file, a file
         too deep or misplaced, a duplicate, more than 1/INCREMENTAL_SHARE of the files changed) is
         a full load, with the same result."""
+        self._source = source
         last = self._last
         if last is not None and _FULL_SHA.match(commit):
             if commit == last[0].commit:
@@ -459,7 +462,8 @@ class GitLoader:
         gc.freeze()
         return state
 
-    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None]) -> DesiredState:
+    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None],
+                    source: git.Repo | None = None) -> DesiredState:
         """The desired state at `commit`, which is `parent` with only the files `edits` changed (path ->
         its new blob SHA, or None when removed), as a write made it.
 
@@ -468,6 +472,7 @@ class GitLoader:
         again: a write costs its own files, not the hundred thousand others of its namespace. Anything
         else (a new namespace, a duplicate, a commit that changed more) is a full load, with the
         same result."""
+        self._source = source
         last = self._last
         if last is None or last[0].commit != parent or not _FULL_SHA.match(commit):
             return self._load_full(commit)
@@ -482,7 +487,7 @@ class GitLoader:
         the model files (path -> new blob, None: removed) and the entries of models/ changed only in
         files a load ignores; None when a full load is needed."""
         try:
-            output = subprocess.run(["git", "--git-dir", os.fspath(self._repo.git_dir), "diff-tree", "-r", "-z",
+            output = subprocess.run(["git", "--git-dir", os.fspath((self._source or self._repo).git_dir), "diff-tree", "-r", "-z",
                                      "--no-renames", last.commit, commit, "--", MODELS_DIR],
                                     capture_output=True, check=True).stdout
         except (OSError, subprocess.CalledProcessError):
@@ -578,10 +583,15 @@ class GitLoader:
         return self._entries(entries[0].binsha)
 
     def _commit(self, commit: str) -> git.Commit:
-        """`commit`, from the first repository that has it, which the rest of this load reads."""
+        """`commit`, from the load's source, else the first repository that has it; the rest of this
+        load reads that one. The source comes first because another clone may be fetching the same
+        commit right now: a small fetch unpacks its objects one by one, the commit before its trees,
+        so a clone that has the commit may not have its trees yet (the ref moves only at the end)."""
         import git  # here, not at the top: a process whose cycles stop after the fetch never reads a commit
 
-        for repo in self._repos[:-1]:
+        source = self._source
+        order = self._repos if source is None else (source, *(r for r in self._repos if r is not source))
+        for repo in order[:-1]:
             try:
                 if _FULL_SHA.match(commit):
                     repo.odb.info(bytes.fromhex(commit))
@@ -591,7 +601,7 @@ class GitLoader:
                 continue
             break
         else:
-            repo = self._repos[-1]  # the last one, or the only one, says what is wrong if it has not either
+            repo = order[-1]  # the last one, or the only one, says what is wrong if it has not either
         self._repo = repo
         # A full SHA needs no lookup (`repo.commit` would ask git to resolve it first).
         obj = git.Commit(repo, bytes.fromhex(commit)) if _FULL_SHA.match(commit) else repo.commit(commit)
@@ -663,20 +673,22 @@ class SharedLoader:
         self._generations: tuple[int, ...] = ()
         self._last: DesiredState | None = None
 
-    def load(self, commit: str) -> DesiredState:
-        """The desired state at `commit` (see `GitLoader.load`)."""
+    def load(self, commit: str, source: Clone | None = None) -> DesiredState:
+        """The desired state at `commit`, read from `source`, the clone it was fetched into, when
+        given (see `GitLoader.load`)."""
         with self._lock:
             if self._last is not None and self._last.commit == commit:
                 return self._last
-            self._last = self._current().load(commit)
+            self._last = self._current().load(commit, source.repo if source is not None else None)
             return self._last
 
-    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None]) -> DesiredState:
+    def load_edited(self, commit: str, parent: str, edits: Mapping[str, str | None],
+                    source: Clone | None = None) -> DesiredState:
         """The desired state at `commit`, `parent` with `edits` (see `GitLoader.load_edited`)."""
         with self._lock:
             if self._last is not None and self._last.commit == commit:
                 return self._last
-            self._last = self._current().load_edited(commit, parent, edits)
+            self._last = self._current().load_edited(commit, parent, edits, source.repo if source is not None else None)
             return self._last
 
     def _current(self) -> GitLoader:

@@ -374,7 +374,7 @@ def run_forever(service: Service, health_listen: tuple[str, int] | None = None) 
         from .health import Health, HealthServer
         from .metrics import ModelsByState
 
-        REGISTRY.register(ModelsByState(service.store.records, getattr(service.store, "tally", None)))
+        REGISTRY.register(ModelsByState(service.store.records, service.store.tally))  # a StateStore: it copies no record
         health = Health(lambda: service.scheduler, service.settings.interval, lambda: service.reconciler.leading())
         probes = HealthServer(health, *health_listen).start()
     service.start()

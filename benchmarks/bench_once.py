@@ -10,12 +10,14 @@ remote for the baseline. Then `--rounds` rounds, each timing, in turn:
   (2)  --once    `ollama-gitops reconcile --once` as a subprocess: its cycle ends after the fetch,
                  from the recorded state (no model file read, no Ollama request: both checked, the
                  requests counted at the stand-in);
-  (3)  imports   the same interpreter importing the modules `reconcile --once` runs from (the CLI,
-                 the service, the reconciler): the part of (2) that is the Python process itself;
+  (3)  interpreter  the same interpreter started with nothing to run (`python -c pass`): the part of (2)
+                 no Python program can avoid;
+  (3b) imports   the same interpreter importing the modules a no-op `reconcile --once` runs from (the
+                 CLI and `uptodate`, which decides before the reconciler is imported);
   (4)  --full    `ollama-gitops reconcile --once --full`: every server listed, every model planned
                  (what every `--once` cost before), for reference.
 
-Printed per size: the medians, (2)/(1) and (4)/(1), and (2) less (3) over (1); and the growth
+Printed per size: the medians, (2)/(1) and (4)/(1), and (2) less (3), and less (3b), over (1); and the growth
 exponent of each fitted over the sizes (least squares of log time against log size). Numbers, not
 assertions: the suite smoke-runs this script (`--smoke`: 10 and 100 models, 1 round).
 
@@ -46,7 +48,7 @@ from benchrepos import GIT_ENV, exponent, generate, git  # noqa: E402
 
 MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
-IMPORTS = "import ollama_gitops.api.cli, ollama_gitops.reconciler.service, ollama_gitops.reconciler.reconcile"
+IMPORTS = "import ollama_gitops.api.cli, ollama_gitops.reconciler.uptodate"  # what a no-op --once runs from
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -68,7 +70,9 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
     try:
         for i in range(size):
             ollama.install(f"model{i}:1b", MODEL_SIZE)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "KUBERNETES_"))}
+        # Children write their bytecode: a stale one left by PYTHONDONTWRITEBYTECODE is compiled every time.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("OLLAMA_", "KUBERNETES_")) and k != "PYTHONDONTWRITEBYTECODE"}
         env.update(GIT_ENV)
         env.update({"OLLAMA_GITOPS_REPO": str(remote), "OLLAMA_GITOPS_STATE_DIR": str(parent / "state"),
                     "OLLAMA_GITOPS_OLLAMA_URL": ollama.url, "OLLAMA_GITOPS_KUBERNETES": "off",
@@ -76,7 +80,7 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
         settle_s, first = timed([COMMAND, "reconcile", "--once"], env)
         if f"{size} already in Ollama" not in first.stdout:
             raise SystemExit(f"the first cycle did not find every model:\n{first.stdout[-2000:]}")
-        times: dict[str, list[float]] = {"bare": [], "once": [], "imports": [], "full": []}
+        times: dict[str, list[float]] = {"bare": [], "once": [], "interpreter": [], "imports": [], "full": []}
         requests_per_once: list[int] = []
         for _ in range(rounds):
             times["bare"].append(timed(["git", "fetch", "-q", "origin"], env, cwd=clone)[0])
@@ -86,6 +90,7 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
             if ": up to date at " not in once.stdout or "action=cycle" in once.stderr:
                 raise SystemExit(f"--once did not stop after the fetch:\n{once.stdout[-2000:]}{once.stderr[-2000:]}")
             times["once"].append(seconds)
+            times["interpreter"].append(timed([sys.executable, "-c", "pass"], env)[0])
             times["imports"].append(timed([sys.executable, "-c", IMPORTS], env)[0])
             seconds, full = timed([COMMAND, "reconcile", "--once", "--full"], env)
             if "full=True" not in full.stderr:
@@ -101,9 +106,10 @@ def report(results: list[dict], rounds: int) -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
           f"{rounds} round(s), medians; every --once stopped after the fetch (up to date), with "
           f"{max(r['requests_per_once'] for r in results)} Ollama requests")
-    head = ("models", "bare fetch ms", "--once ms", "--once/fetch", "imports ms", "(--once-imports)/fetch",
-            "--once --full ms", "--full/fetch")
+    head = ("models", "bare fetch ms", "--once ms", "--once/fetch", "interpreter ms", "(--once-interpreter)/fetch",
+            "imports ms", "(--once-imports)/fetch", "--once --full ms", "--full/fetch")
     rows = [(f"{r['size']:,}", f"{r['bare'] * 1000:,.1f}", f"{r['once'] * 1000:,.1f}", f"{r['once'] / r['bare']:.1f}x",
+             f"{r['interpreter'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['interpreter']) / r['bare']:.1f}x",
              f"{r['imports'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['imports']) / r['bare']:.1f}x",
              f"{r['full'] * 1000:,.1f}", f"{r['full'] / r['bare']:.1f}x") for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
@@ -112,7 +118,8 @@ def report(results: list[dict], rounds: int) -> None:
     for row in rows:
         print(line.format(*row))
     fits = {label: exponent([(r["size"], r[key]) for r in results])
-            for label, key in (("bare fetch", "bare"), ("--once", "once"), ("imports", "imports"),
+            for label, key in (("bare fetch", "bare"), ("--once", "once"), ("interpreter", "interpreter"),
+                               ("imports", "imports"),
                                ("--once --full", "full"))}
     print("Growth exponents (time ~ models^k, fitted over the sizes): "
           + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in fits.items()))

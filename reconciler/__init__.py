@@ -7,10 +7,14 @@ edges `git/`, `ollama/` and `cluster/`, the core (`plan`, `reconcile`, `state`),
 
 from __future__ import annotations
 
-from importlib import resources
-from importlib.resources.abc import Traversable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
 def data_files() -> Traversable:
     """The files shipped inside the package: the schema and the example models repository."""
+    from importlib import resources  # ~10 ms to import: only for what reads the shipped files
+
     return resources.files(__name__).joinpath("data")

@@ -72,7 +72,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:
-    from . import metrics, service
+    from .settings import ConfigurationError
     from .state import StateLocked
 
     configure_logging(args.log_level)
@@ -82,8 +82,17 @@ def _run_reconcile(args: argparse.Namespace) -> int:
         return 2
     try:
         health = parse_listen(args.health_listen, "--health-listen") if args.health_listen and not args.once else None
-        running = service.build(Settings.from_args(args), dry_run=args.dry_run and args.once)
-    except (service.ConfigurationError, StateLocked, OSError, ValueError) as exc:
+        settings = Settings.from_args(args)
+        if args.once and not args.dry_run and not args.full:
+            from .uptodate import run_once_if_up_to_date
+
+            code = run_once_if_up_to_date(settings, sys.stdout)  # before importing the reconciler
+            if code is not None:
+                return code
+        from . import metrics, service
+
+        running = service.build(settings, dry_run=args.dry_run and args.once)
+    except (ConfigurationError, StateLocked, OSError, ValueError) as exc:
         print(f"ollama-gitops: {exc}", file=sys.stderr)
         return 2
     running.full_first = args.full

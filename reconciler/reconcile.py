@@ -41,14 +41,14 @@ from .models.naming import normalize_reference
 from .placement import ServerView, plan_servers
 from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, merge_plans
 from .ollama.pulls import BACKOFF_BASE, model_names
-from .state import DEFAULT_SERVER, FAILED, PENDING, READY, ModelRecord, ModelStatus, StateStore, utc_rfc3339
+from .state import (DEFAULT_SERVER, FAILED, FAILED_OUTCOME, PENDING, READY, SUCCEEDED, ModelRecord, ModelStatus,
+                    StateStore, utc_rfc3339)
+from .uptodate import recorded_up_to_date, up_to_date_message
 
 if TYPE_CHECKING:
     from .state import _Edit
 
 log = logging.getLogger("ollama_gitops.reconcile")
-
-SUCCEEDED, FAILED_OUTCOME = "Succeeded", "Failed"
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ class Reconciler:
         if (self.applied is None and not dry_run and not forced and not change.problems
                 and self._recorded_up_to_date(commit, now)):
             self.fleet.adopt_seen(self.store.sync.servers)  # as the last cycle saw them: it asked them last
-            return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
+            return CycleReport(SUCCEEDED, commit, up_to_date_message(commit), noop=True)
         self._leaving |= set(change.removed)
         if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
             self._leaving |= self.store.servers_recorded()
@@ -221,7 +221,7 @@ class Reconciler:
         touched_in_cluster = self.cluster.changed() if self.cluster is not None and not dry_run else set()
         if (not resync and not due and commit == self.store.sync.last_applied_commit and not touched_in_cluster
                 and not change.problems and not self._work_left(now)):
-            return CycleReport(SUCCEEDED, commit, f"up to date at {commit[:12]}", noop=True)
+            return CycleReport(SUCCEEDED, commit, up_to_date_message(commit), noop=True)
 
         desired = self._load(commit)
         kept = {name: self.fleet.observed(name) for name in listed - due}  # what each new listing is compared with
@@ -355,12 +355,8 @@ class Reconciler:
         successful cycle, every record's servers are among those kept. Not in Kubernetes mode, whose
         records are the resources (a change there is a reason to act)."""
         sync = self.store.sync
-        if (self.cluster is not None or commit != sync.last_applied_commit or sync.last_cycle_outcome != SUCCEEDED
-                or not sync.converged or sync.last_resync_at is None
-                or now - sync.last_resync_at >= self.resync_interval):
-            return False
-        kept = [(s.name, s.url, dict(s.labels)) for s in sync.servers]
-        if kept != [(s.name, s.url, dict(s.labels)) for s in self.fleet.seen()]:
+        if self.cluster is not None or not recorded_up_to_date(sync, commit, now, self.resync_interval,
+                                                               self.fleet.seen()):
             return False
         if self.store.settled_on_disk():
             return True

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import events
 from .events import EventBus
-from .git.embedded import ensure_default_repo
-from .git.remote import check_remote
 from .git.repo import GitRepo
 from .history import History
 from .history import entry as history_entry
@@ -27,7 +25,8 @@ from .ollama.server import OllamaServer
 from .plan import Delete, Forget, MarkReady, Plan, Pull, RecordError, Skip, Suspend
 from .privatedir import make_private
 from .reconcile import CycleReport, Reconciler
-from .settings import Settings, kubernetes_configured
+from .repository import check_repository, repository_url
+from .settings import ConfigurationError, Settings, kubernetes_mode
 from .state import DEFAULT_SERVER, StateLocked, StateStore, utc_rfc3339
 from .syncfile import SyncFileWatcher
 
@@ -40,10 +39,6 @@ if TYPE_CHECKING:
     from .cluster.syncrequest import SyncRequestWatcher
 
 log = logging.getLogger("ollama_gitops")
-
-
-class ConfigurationError(Exception):
-    """The settings cannot work; the message says why."""
 
 
 @dataclass
@@ -304,36 +299,9 @@ def dry_run_caveats(service: Service) -> list[str]:
     return lines
 
 
-def check_repository(settings: Settings, *, serves_writes: bool) -> None:
-    """Refuse, before anything is made, a `--repo` that cannot work (ConfigurationError, one line);
-    warn about one that only writes would trip on when this command makes no writes."""
-    if settings.repo is None:
-        return  # the embedded repository: made here, bare
-    problem = check_remote(settings.repo, settings.branch)
-    if problem is None:
-        return
-    if problem.warning:
-        log.warning("%s", problem.message)
-        return
-    if problem.writes_only and not serves_writes:
-        log.warning("%s (this command only reads it)", problem.message)
-        return
-    raise ConfigurationError(problem.message)
-
-
 def _identity() -> str:
     """Who holds the Lease: the pod (its hostname) and the process."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def kubernetes_mode(settings: Settings) -> bool:
-    """`on`, or `auto` when in a pod or a kubeconfig is found."""
-    return settings.kubernetes == "on" or (settings.kubernetes == "auto" and kubernetes_configured())
-
-
-def repository_url(settings: Settings) -> str:
-    """`--repo`, or the embedded default repository (created on first use)."""
-    return settings.repo or str(ensure_default_repo(settings.state_dir, settings.branch))
 
 
 class StopSignals:

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import platformdirs
-
 from .git.repo import GitCredentials
 
 if TYPE_CHECKING:
@@ -76,7 +74,7 @@ class Settings:
             branch=args.branch,
             interval=float(args.interval),
             resync_interval=float(getattr(args, "resync_interval", RECONCILING_DEFAULTS["resync-interval"])),
-            state_dir=Path(args.state_dir).expanduser(),
+            state_dir=Path(args.state_dir or default_state_dir()).expanduser(),
             # `api` has no options about Ollama, pulls or the Lease (it uses none): their defaults.
             ollama_urls=urls,
             ollama_urls_source=urls_source,
@@ -175,7 +173,7 @@ def add_reconciler_options(parser: argparse.ArgumentParser, *, reconciles: bool 
     option("interval", "60", "60", "seconds between cycles (for `api`: between fetches of the repository)",
            type=float, metavar="SECONDS")
     reconciling("resync-interval", "seconds between listings of Ollama to find drift", type=float, metavar="SECONDS")
-    option("state-dir", platformdirs.user_state_dir("ollama-gitops"),
+    option("state-dir", None,
            "the per-user state directory (~/.local/state/ollama-gitops on Linux)",
            "where the private clone, the state and the embedded default repository live")
     if reconciles:
@@ -217,6 +215,22 @@ def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
         raise ValueError(f"{option} must be HOST:PORT, got {text!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+def default_state_dir() -> str:
+    """The per-user state directory, when `--state-dir` is not given."""
+    import platformdirs  # ~7 ms to import (tempfile, shutil, random): only when it is needed
+
+    return platformdirs.user_state_dir("ollama-gitops")
+
+
+class ConfigurationError(Exception):
+    """The settings cannot work; the message says why."""
+
+
+def kubernetes_mode(settings: Settings) -> bool:
+    """`on`, or `auto` when in a pod or a kubeconfig is found."""
+    return settings.kubernetes == "on" or (settings.kubernetes == "auto" and kubernetes_configured())
 
 
 def kubernetes_configured() -> bool:

@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from .models.desired import ModelKey, Problem
+from .models.key import ModelKey, Problem
 from .models.naming import normalize_reference
 
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
@@ -139,6 +139,9 @@ class ServerRecord:
 def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> dict[ModelKey, ServerRecord]:
     """`records` as `server` sees them: only the models planned there."""
     return {key: entry for key, record in records.items() if (entry := record.on(server)) is not None}
+
+
+SUCCEEDED, FAILED_OUTCOME = "Succeeded", "Failed"  # how a cycle ended (`SyncStatus.last_cycle_outcome`)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ to do (issue 16). Asserted on the modules loaded, not on time (benchmarks/bench_
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -49,8 +50,16 @@ def test_help_status_and_validate_import_none_of_the_heavy_modules(tmp_path: Pat
 
 
 # What `reconcile --once` needs only once a commit is read, a cycle applied or metrics served (issue 16):
-# a run that ends after the fetch, from the recorded state, imports none of them (it runs the service).
-DEFERRED = tuple(m for m in HEAVY if m != "ollama_gitops.reconciler.service")
+# a run that ends after the fetch, from the recorded state, imports none of them, nor the reconciler
+# itself, the model-file format (PyYAML) or the plan: it is decided before they are (`uptodate`).
+DEFERRED = (*HEAVY, "yaml", "ollama_gitops.reconciler.models.desired", "ollama_gitops.reconciler.plan",
+            "ollama_gitops.reconciler.reconcile", "ollama_gitops.reconciler.ollama.fleet",
+            "ollama_gitops.reconciler.ollama.server", "ollama_gitops.reconciler.metrics")
+# A `git` first on PATH that notes each command it runs, then runs the real one.
+GIT_SHIM = """#!/bin/sh
+echo "$1 $2 $3" >> "$GIT_SHIM_LOG"
+exec {git} "$@"
+"""
 ONCE_PROBE = """
 import contextlib, io, json, sys
 from ollama_gitops.api.cli import main
@@ -63,17 +72,31 @@ print(json.dumps({{"code": code, "out": out.getvalue(), "loaded": [m for m in {d
 
 def test_reconcile_once_with_nothing_to_do_imports_none_of_the_deferred_modules(tmp_path: Path, ollama,
                                                                                  children) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "OLLAMA_GITOPS_STATE_DIR": str(tmp_path / "state"),
-           "OLLAMA_GITOPS_OLLAMA_URL": ollama.url, "OLLAMA_GITOPS_KUBERNETES": "off"}
+    shim, log = tmp_path / "shim", tmp_path / "git.log"
+    shim.mkdir()
+    (shim / "git").write_text(GIT_SHIM.format(git=shutil.which("git")))
+    (shim / "git").chmod(0o755)
+    env = {"PATH": f"{shim}:/usr/bin:/bin", "HOME": str(tmp_path / "home"),
+           "OLLAMA_GITOPS_STATE_DIR": str(tmp_path / "state"), "OLLAMA_GITOPS_OLLAMA_URL": ollama.url,
+           "OLLAMA_GITOPS_KUBERNETES": "off", "GIT_SHIM_LOG": str(log)}
     first = children.run("first", [sys.executable, "-c", ONCE_PROBE.format(deferred=DEFERRED)], env=env)
     assert first.returncode == 0, first.stderr
     applied = json.loads(first.stdout)
     assert applied["code"] == 0 and "Succeeded at" in applied["out"], applied
     assert {"git", "ollama"} <= set(applied["loaded"])  # the probe sees what a cycle that works imports
-    before = len(ollama.requests)
+    before, log_before = len(ollama.requests), log.read_text().splitlines()
+    summary_before = json.loads((tmp_path / "state" / "sync.json").read_text())
     again = children.run("again", [sys.executable, "-c", ONCE_PROBE.format(deferred=DEFERRED)], env=env)
     assert again.returncode == 0, again.stderr
     noop = json.loads(again.stdout)
     assert noop["code"] == 0 and ": up to date at " in noop["out"], noop
     assert ollama.requests[before:] == []
     assert noop["loaded"] == []
+    # Git: the clone checked (reading its tracking ref), its origin, the fetch and the head fetched.
+    ran = [line.split()[2] for line in log.read_text().splitlines()[len(log_before):]]
+    assert ran == ["for-each-ref", "config", "fetch", "rev-parse"], ran
+    summary = json.loads((tmp_path / "state" / "sync.json").read_text())  # the no-op cycle is recorded
+    assert summary["last_cycle_message"].startswith("up to date at ") and summary["last_cycle_outcome"] == "Succeeded"
+    assert summary["last_cycle_at"] >= summary_before["last_cycle_at"]
+    assert {k: v for k, v in summary.items() if not k.startswith("last_cycle")} == \
+        {k: v for k, v in summary_before.items() if not k.startswith("last_cycle")}

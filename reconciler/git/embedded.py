@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import data_files
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 SEED_AUTHOR = ("ollama-gitops", "ollama-gitops@localhost")  # name, email
 

@@ -102,9 +102,10 @@ def check_remote(url: str, branch: str) -> RemoteProblem | None:
         return None
     if not path.exists():
         return RemoteProblem(f"--repo {url}: no such directory")
-    if _git(path, "rev-parse", "--git-dir") is None:
+    worktrees = _git(path, "worktree", "list", "--porcelain")
+    if worktrees is None:
         return RemoteProblem(f"--repo {url}: not a Git repository")
-    if _branch_checked_out(path, branch):
+    if _branch_checked_out(path, branch, worktrees):
         return RemoteProblem(
             f"--repo {url} is a working repository with branch {branch!r} checked out, and git refuses "
             f"to push to a checked-out branch, so every write would fail; {checked_out_fix(path)}",
@@ -117,19 +118,14 @@ def check_remote(url: str, branch: str) -> RemoteProblem | None:
     return None
 
 
-def _branch_checked_out(path: Path, branch: str) -> bool:
-    """Is `branch` checked out in a work tree of the repository at `path`, where a push to it is
-    refused (`receive.denyCurrentBranch` at its default)?"""
-    deny = (_git(path, "config", "--get", "receive.denyCurrentBranch") or "refuse").strip().lower()
-    if deny not in ("refuse", "true"):
-        return False  # updateInstead, warn, ignore: git takes the push
-    listing = _git(path, "worktree", "list", "--porcelain")
-    if listing is None:
-        return False
-    for entry in listing.split("\n\n"):
+def _branch_checked_out(path: Path, branch: str, worktrees: str) -> bool:
+    """Is `branch` checked out in one of the `worktrees` (`git worktree list --porcelain`) of the
+    repository at `path`, where a push to it is refused (`receive.denyCurrentBranch` at its default)?"""
+    for entry in worktrees.split("\n\n"):
         lines = entry.splitlines()
         if "bare" not in lines and f"branch refs/heads/{branch}" in lines:
-            return True
+            deny = (_git(path, "config", "--get", "receive.denyCurrentBranch") or "refuse").strip().lower()
+            return deny in ("refuse", "true")  # not for updateInstead, warn, ignore: git takes the push
     return False
 
 

@@ -103,6 +103,7 @@ class GitRepo:
         self.path = path
         self._repo: git.Repo | None = None
         self._prepared = False  # the directory is a bare repository with its origin set (`_prepare`)
+        self._fetched = False  # the tracking ref is known to be there (a fetch or a push set it)
         self.generation = 0  # bumped each time a broken clone is set aside and started again
         # Fetches and pushes both move the tracking ref; git refuses concurrent ref updates.
         self.lock = threading.RLock()
@@ -158,13 +159,17 @@ class GitRepo:
         return result.stdout.decode("utf-8", "replace").strip()
 
     def _problem(self) -> str | None:
-        """Why git cannot open the clone (a damaged HEAD or config, say), or None when it can."""
+        """Why git cannot open the clone (a damaged HEAD or config, say), or None when it can.
+
+        Asked by reading the tracking ref, which says on the way whether a fetch was made: a cycle
+        that fetches into an existing clone needs no other command before its fetch."""
         try:
-            result = subprocess.run(["git", "--git-dir", str(self.path), "rev-parse", "--is-bare-repository"],
-                                    capture_output=True, timeout=GIT_TIMEOUT)
+            result = subprocess.run(["git", "--git-dir", str(self.path), "for-each-ref", "--format=%(objectname)",
+                                     self.tracking_ref], capture_output=True, timeout=GIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             return None  # slow, not broken: leave it to the command that needs it
         if result.returncode == 0:
+            self._fetched |= bool(result.stdout.strip())
             return None
         output = result.stderr.decode("utf-8", "replace").strip() or f"exit code {result.returncode}"
         return redact(output, self.credentials.secrets())
@@ -185,7 +190,7 @@ class GitRepo:
         if self._repo is not None:
             self._repo.close()  # its cat-file processes still read the old directory
             self._repo = None
-        self._prepared = False
+        self._prepared = self._fetched = False
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.broken-{stamp}")
         suffix = 1
@@ -389,10 +394,13 @@ class GitRepo:
         return commit
 
     def has_fetched(self) -> bool:
-        try:
-            self.head()
-        except ValueError:
-            return False
+        self._prepare()  # which checks an existing clone by reading the tracking ref
+        if not self._fetched:
+            try:
+                self.head()
+            except ValueError:
+                return False
+            self._fetched = True  # the ref stays: fetches and pushes only move it
         return True
 
     def run(self, *args: str, action: str, env: dict[str, str] | None = None, stdin: bytes | None = None) -> str:

@@ -28,39 +28,13 @@ if TYPE_CHECKING:  # GitPython costs ~70 ms to import: imported where a commit i
     import git
 
 from . import modelfile, naming
+from .key import ModelKey, Problem
 from .modelfile import ModelFields, ParseResult
 
 MODELS_DIR = "models"
 MODEL_SUFFIXES = (".yaml", ".yml")
 PREFETCH_THRESHOLD = 64  # below this many unparsed blobs, one-by-one reads beat starting a process
 INCREMENTAL_SHARE = 4  # a commit changing more than 1/4 of the files is loaded in full
-
-
-class ModelKey(NamedTuple):
-    """A model's identity: the namespace directory and the resource name (the file's stem).
-
-    A named tuple rather than a dataclass: keys are hashed and compared by the ten thousand on
-    every load, and tuples do that in C.
-    """
-
-    namespace: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Problem:
-    """Why a file is not (or not entirely) part of the desired state."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else self.path
-        return f"{where}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,6 @@ from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from ..models import strictyaml
 from ..models.naming import dns1123_label_error
 from ..models.selector import (
     LabelSelector,
@@ -283,8 +282,10 @@ def parse_servers_file(content: bytes) -> ParseResult:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         return (FileProblem(f"the file is not valid UTF-8 (byte {exc.start})"),)
+    from ..models import strictyaml  # PyYAML, ~20 ms to import: only when there is a servers file to read
+
     try:
-        loaded = strictyaml.load(text, _WORDING)
+        loaded = strictyaml.load(text, strictyaml.Wording(**_WORDING))
     except strictyaml.Rejected as rejected:
         return (FileProblem(rejected.message, rejected.line),)
     document, lines, raw = loaded.value, loaded.lines, loaded.raw_scalars
@@ -399,7 +400,7 @@ def _unknown_fields(document: dict[str, Any], allowed: tuple[str, ...], path: tu
     return unknown
 
 
-_WORDING = strictyaml.Wording(
+_WORDING = dict(  # strictyaml.Wording's
     files="a servers file",
     several="more than one YAML document ('---') in the servers file",
     empty="the servers file is empty; it needs 'servers:' and at least one server",

@@ -16,7 +16,7 @@ from typing import Protocol, TextIO
 
 from .git.repo import GitError, GitRepo
 from .privatedir import make_private
-from .repository import check_repository, repository_url
+from .repository import repository_url
 from .settings import Settings, kubernetes_mode
 from .state import SUCCEEDED, StateStore, SyncStatus, utc_rfc3339
 
@@ -53,10 +53,12 @@ def run_once_if_up_to_date(settings: Settings, out: TextIO) -> int | None:
     None when this cannot tell, having changed nothing but the clone's fetched branch: Kubernetes
     mode (the records are the resources), servers from a file or a Service, a fetch that failed, or
     anything not up to date. The whole reconciler then runs and says why (its fetch, again, costs a
-    no-op fetch). Raises what building the reconciler would: ConfigurationError, StateLocked."""
+    no-op fetch). Raises what building the reconciler would: StateLocked, and ValueError
+    for credentials that cannot be used."""
     if kubernetes_mode(settings) or settings.ollama_service or settings.servers_file is not None:
         return None
-    check_repository(settings, serves_writes=False)
+    # No `check_repository`: what it refuses, the fetch fails on (and the whole reconciler then says
+    # it), and what it only warns of concerns writes, which `reconcile` never makes.
     servers = sorted(settings.inventory(), key=lambda server: server.name)
     make_private(settings.state_dir)
     store = StateStore(settings.state_dir, lazy=True)

@@ -86,6 +86,8 @@ def test_reconcile_once_with_nothing_to_do_imports_none_of_the_deferred_modules(
     assert {"git", "ollama"} <= set(applied["loaded"])  # the probe sees what a cycle that works imports
     before, log_before = len(ollama.requests), log.read_text().splitlines()
     summary_before = json.loads((tmp_path / "state" / "sync.json").read_text())
+    # The same repository named with --repo, as a path: no check of it either (the fetch is one).
+    env["OLLAMA_GITOPS_REPO"] = str(tmp_path / "state" / "models.git")
     again = children.run("again", [sys.executable, "-c", ONCE_PROBE.format(deferred=DEFERRED)], env=env)
     assert again.returncode == 0, again.stderr
     noop = json.loads(again.stdout)

@@ -379,7 +379,7 @@ class GitLoader:
         self._source: git.Repo | None = None  # the clone the commit being loaded was fetched into
         self._parsed: dict[str, ParseResult] = {}
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
-        self._prefetched: dict[str, bytes] = {}
+        self._stream: BlobStream | None = None  # the blobs of the load in progress, read ahead
         self._last_commit = ""
         self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
         self.stats = LoadStats()
@@ -441,19 +441,21 @@ class GitLoader:
         checked = {k: before.get(k[0], {}) for k in listed}
         fresh = {k: [f.source(self) for f in files if getattr(checked[k].get(f.path), "blob", None) != f.blob]
                  for k, files in listed.items()}
-        # One pipelined read for every new blob of every changed namespace.
+        # One pipelined read for every new blob of every changed namespace, in the order they are parsed.
         self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed and not f.special])
-        for cache_key, files in listed.items():
-            results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
-            by_path = {r.path: r for r in results}
-            ordered = [by_path.get(f.path) or checked[cache_key][f.path] for f in files]
-            used[cache_key] = _assemble_namespace(ordered)
+        try:
+            for cache_key, files in listed.items():
+                results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
+                by_path = {r.path: r for r in results}
+                ordered = [by_path.get(f.path) or checked[cache_key][f.path] for f in files]
+                used[cache_key] = _assemble_namespace(ordered)
+        finally:
+            self._end_prefetch()
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
         self._last = None
         live_blobs = {r.blob for n in used.values() for r in n.files.values()}
         self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
-        self._prefetched.clear()
         state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
         self._last = (state, self._entries(models_tree)) if models_tree else None
         # What was just loaded lives until the next commit. Moving it out of the cyclic garbage
@@ -533,16 +535,18 @@ class GitLoader:
             return None
         self._prefetch([blob for blob in edits.values() if blob is not None and blob not in self._parsed])
         checked = []
-        for name in changed_names:
-            namespace = self._namespaces.get((name, old_trees[name].binsha.hex())) if old_trees[name].is_tree else None
-            if namespace is None and name in by_namespace:
-                return None
-            if namespace is not None:
-                results = _check_edits(name, namespace, by_namespace.get(name, {}), self)
-                if results is None:
+        try:
+            for name in changed_names:
+                namespace = self._namespaces.get((name, old_trees[name].binsha.hex())) if old_trees[name].is_tree else None
+                if namespace is None and name in by_namespace:
                     return None
-                checked.append((name, namespace, by_namespace.get(name, {}), *results))
-        self._prefetched.clear()
+                if namespace is not None:
+                    results = _check_edits(name, namespace, by_namespace.get(name, {}), self)
+                    if results is None:
+                        return None
+                    checked.append((name, namespace, by_namespace.get(name, {}), *results))
+        finally:
+            self._end_prefetch()
         # Nothing can fail from here on: the namespaces are edited in place.
         changes: dict[ModelKey, DesiredModel | None] = {}
         unreadable, selective = set(), set()
@@ -632,17 +636,21 @@ class GitLoader:
         return cached
 
     def _prefetch(self, blobs: list[str]) -> None:
-        """Read many blobs in one pipelined `git cat-file --batch`.
+        """Start reading many blobs in one pipelined `git cat-file --batch` (`BlobStream`).
 
         GitPython's shared cat-file process answers one object per round trip; for a whole
         repository the round trips cost more than the parsing, so large reads go in one batch.
         """
-        if len(blobs) < PREFETCH_THRESHOLD:
-            return
-        self._prefetched.update(read_blobs(self._repo.git_dir, blobs))
+        if len(blobs) >= PREFETCH_THRESHOLD:
+            self._stream = BlobStream(self._repo.git_dir, blobs)
+
+    def _end_prefetch(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def _read_blob(self, hexsha: str, binsha: bytes) -> bytes:
-        content = self._prefetched.pop(hexsha, None)
+        content = self._stream.take(hexsha) if self._stream is not None else None
         if content is None:
             return _read_blob(self._repo, binsha)
         if len(content) > modelfile.MAX_FILE_BYTES:
@@ -915,23 +923,75 @@ def _read_and_parse(file: _SourceFile) -> ParseResult:
         return exc.errors
 
 
-def read_blobs(git_dir: str | os.PathLike[str], blobs: list[str]) -> dict[str, bytes]:
-    """The contents of many blobs, read in one `git cat-file --batch` call."""
-    request = "".join(f"{sha}\n" for sha in blobs).encode()
-    output = subprocess.run(["git", "--git-dir", os.fspath(git_dir), "cat-file", "--batch"],
-                            input=request, capture_output=True, check=True).stdout
-    contents: dict[str, bytes] = {}
-    position = 0
-    for _ in blobs:
-        end = output.index(b"\n", position)
-        header = output[position:end].split()
-        position = end + 1
-        if len(header) != 3:  # "<sha> missing": leave it to the one-by-one reader to report
-            continue
-        size = int(header[2])
-        contents[header[0].decode()] = output[position:position + size]
-        position += size + 1
-    return contents
+class BlobStream:
+    """Many blobs read in one `git cat-file --batch --buffer`, handed out as git writes them.
+
+    The blobs are taken in the order they were asked for, so the caller parses each one while git
+    reads the next ones (on another core) instead of waiting for all of them first; `--buffer`
+    makes git write in large blocks rather than flush after each blob. A blob taken out of order
+    is found all the same (those before it are kept until taken). Close it once done (or use it as
+    a context manager): what was not taken is discarded and the process ended."""
+
+    def __init__(self, git_dir: str | os.PathLike[str], blobs: Iterable[str]) -> None:
+        wanted = list(dict.fromkeys(blobs))
+        self._left = len(wanted)
+        self._early: dict[str, bytes] = {}
+        self._process = subprocess.Popen(["git", "--git-dir", os.fspath(git_dir), "cat-file", "--batch", "--buffer"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        request = "".join(f"{sha}\n" for sha in wanted).encode()
+        # Written from a thread: git answers while it reads, and would block on a full pipe otherwise.
+        self._writer = threading.Thread(target=self._write, args=(request,), name="blob-stream", daemon=True)
+        self._writer.start()
+
+    def _write(self, request: bytes) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(request)
+            stdin.close()
+        except OSError:  # git stopped early (closed, or failed): what it wrote is all there is
+            pass
+
+    def take(self, sha: str) -> bytes | None:
+        """The content of blob `sha` (asked for at the start), or None when git has no such blob."""
+        content = self._early.pop(sha, None)
+        if content is not None:
+            return content
+        stdout = self._process.stdout
+        assert stdout is not None
+        while self._left:
+            self._left -= 1
+            header = stdout.readline().split()
+            if not header:  # git ended early: leave the rest to the one-by-one reader, which says why
+                self._left = 0
+                break
+            if len(header) != 3:  # "<sha> missing"
+                continue
+            data = stdout.read(int(header[2]))
+            stdout.read(1)  # the newline after each object
+            if header[0] == sha.encode():
+                return data
+            self._early[header[0].decode()] = data
+        return None
+
+    def close(self) -> None:
+        """End git (if blobs were left untaken) and free what was read ahead."""
+        self._early.clear()
+        if self._process.poll() is None:
+            self._process.kill()
+        self._writer.join()
+        for pipe in (self._process.stdin, self._process.stdout):
+            try:
+                pipe.close()  # type: ignore[union-attr]
+            except OSError:  # stdin's last bytes could not be flushed to a git that had ended
+                pass
+        self._process.wait()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _read_blob(repo: git.Repo, binsha: bytes) -> bytes:

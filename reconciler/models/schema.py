@@ -211,6 +211,12 @@ class SchemaError:
     message: str
 
 
+def quick_valid(document: Any) -> bool:
+    """Does the schema's quick check alone find `document` valid? (False: not known; `validate` says.)"""
+    quick = _quick_check()
+    return quick is not None and quick(document)
+
+
 def validate(document: Any, raw_scalars: Mapping[tuple[str | int, ...], str] | None = None) -> list[SchemaError]:
     """Check `document` against the model schema; an empty list means valid.
 

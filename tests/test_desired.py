@@ -426,3 +426,21 @@ def test_a_blob_stream_hands_out_blobs_in_any_order_and_ends_git_when_closed(wor
     assert stream._process.returncode is not None  # ended, with shas[1] never taken
     with BlobStream(work_repo.repo.git_dir, shas) as stream:
         assert [stream.take(sha) for sha in shas] == [f"name: m{i}\ntag: \"1b\"\n".encode() for i in range(3)]
+
+
+def test_a_load_keeps_one_object_a_valid_file_and_no_parse_beside_its_model(work_repo: WorkRepo) -> None:
+    for i in range(70):  # over the batch threshold: read through the blob stream
+        work_repo.model("default" if i % 2 else "other", f"m{i}", "1b")
+    work_repo.write("models/default/broken-1.yaml", "name: [\n")
+    work_repo.commit()
+    state, loader = load(work_repo)
+    assert loader._parsed == {}  # the fields live in the models alone
+    kept = {path: result for namespace in loader._namespaces.values() for path, result in namespace.files.items()}
+    assert len(kept) == 71
+    for model in state.models.values():
+        assert kept[model.path] is model  # a valid file's result is its model: no wrapper beside it
+    assert type(kept["models/default/broken-1.yaml"]).__name__ == "_FileResult"
+    work_repo.model("default", "m1", "1b", extra="suspend: true\n")
+    state = loader.load(work_repo.commit())  # an incremental load keeps nothing parsed either
+    assert loader.stats.incremental == 1 and loader._parsed == {}
+    assert state.models[ModelKey("default", "m1-1b")].fields.suspend is True

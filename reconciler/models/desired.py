@@ -328,11 +328,28 @@ class _Listed(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class _FileResult:
+    """A file that gives no model (broken, misplaced, or not a regular file): what stops it."""
+
     path: str
     blob: str
-    model: DesiredModel | None
     claimed: ModelKey | None  # the model this file stands for, known from its path even when broken
     problems: tuple[Problem, ...]
+
+
+_Checked = DesiredModel | _FileResult
+"""A file checked: its model (a valid file's result is its model, nothing more is kept), or what
+stops it."""
+
+
+def _claim(result: _Checked) -> ModelKey | None:
+    """The model a checked file stands for (None: none, e.g. a file too deep)."""
+    return result.key if type(result) is DesiredModel else result.claimed  # type: ignore[union-attr]
+
+
+def _problems(result: _Checked) -> tuple[Problem, ...]:
+    return () if type(result) is DesiredModel else result.problems  # type: ignore[union-attr]
+
+
 
 
 @dataclass
@@ -343,7 +360,7 @@ class _Namespace:
     models: dict[ModelKey, DesiredModel]  # in name order, but for new ones at the end while `appended`
     problems: tuple[Problem, ...]
     unreadable: frozenset[ModelKey]
-    files: dict[str, _FileResult]  # by path: a file whose path and blob are unchanged keeps its result
+    files: dict[str, _Checked]  # by path: a file whose path and blob are unchanged keeps its result
     selective: frozenset[ModelKey]  # its models with a `servers:` selector
     appended: bool = False
 
@@ -377,7 +394,7 @@ class GitLoader:
         self._repo = repo
         self._repos = (repo, *more)
         self._source: git.Repo | None = None  # the clone the commit being loaded was fetched into
-        self._parsed: dict[str, ParseResult] = {}
+        self._parsed: dict[str, ParseResult] = {}  # by blob, during one load: a content in several files is parsed once
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
         self._stream: BlobStream | None = None  # the blobs of the load in progress, read ahead
         self._last_commit = ""
@@ -454,8 +471,7 @@ class GitLoader:
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
         self._last = None
-        live_blobs = {r.blob for n in used.values() for r in n.files.values()}
-        self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
+        self._parsed.clear()  # a file's fields live on in its model: kept twice, they would cost a dict entry a model
         state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
         self._last = (state, self._entries(models_tree)) if models_tree else None
         # What was just loaded lives until the next commit. Moving it out of the cyclic garbage
@@ -557,11 +573,8 @@ class GitLoader:
             changes.update((key, namespace.models.get(key)) for key in keys)
             unreadable.update(keys & namespace.unreadable)
             selective.update(keys & namespace.selective)
-            live = {r.blob for r in after}
-            for result in before:  # a parse no file uses any more (unless another file has that blob: read again then)
-                if result.blob not in live:
-                    self._parsed.pop(result.blob, None)
             self.stats.files_checked += len(changed)
+        self._parsed.clear()  # as after a full load: the models keep what was parsed
         self.stats.loads += 1
         self.stats.incremental += 1
         self._last_commit = commit
@@ -769,7 +782,7 @@ def _directory_files(root: Path, namespace_dir: Path) -> Iterator[_SourceFile]:
 
 def _load_namespace(
     namespace: str, files: Iterable[_SourceFile], parse: Callable[[_SourceFile], ParseResult]
-) -> tuple[_FileResult, ...]:
+) -> tuple[_Checked, ...]:
     """Check and parse the model files under one namespace directory."""
     namespace_error = naming.dns1123_label_error(namespace)
     results = []
@@ -778,34 +791,34 @@ def _load_namespace(
         if file.special is not None and (file.path.count("/") != 2 or not _is_model_file(name)):
             problem = Problem(file.path, None, f"{file.special} is not allowed under {MODELS_DIR}/: only model files "
                                                "and namespace folders belong there; remove it")
-            results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
+            results.append(_FileResult(file.path, file.blob, None, (problem,)))
             continue
         if file.path.count("/") != 2:
-            results.append(_FileResult(file.path, file.blob, None, None, (_too_deep(file.path),)))
+            results.append(_FileResult(file.path, file.blob, None, (_too_deep(file.path),)))
             continue
         if namespace_error:
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
-            results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
+            results.append(_FileResult(file.path, file.blob, None, (problem,)))
             continue
         claimed = ModelKey(namespace, name.rpartition(".")[0])
         if file.special is not None:
             plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
             problem = Problem(file.path, None, f"model files must be regular files, not {plural}")
-            results.append(_FileResult(file.path, file.blob, None, claimed, (problem,)))
+            results.append(_FileResult(file.path, file.blob, claimed, (problem,)))
             continue
         results.append(_check_file(file, claimed, parse(file)))
     return tuple(results)
 
 
-def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _FileResult:
+def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _Checked:
     if not isinstance(parsed, ModelFields):
         problems = tuple(Problem(file.path, e.line, e.message) for e in parsed)
-        return _FileResult(file.path, file.blob, None, claimed, problems)
+        return _FileResult(file.path, file.blob, claimed, problems)
     name = naming.resource_name(parsed.name, parsed.tag)
     name_error = naming.dns1123_subdomain_error(name)
     if name_error:
         message = f"model {parsed.reference} gives the resource name '{name}', which {name_error}"
-        return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
+        return _FileResult(file.path, file.blob, claimed, (Problem(file.path, None, message),))
     if name != claimed.name:
         suffix = file.path[file.path.rindex("."):]
         message = (
@@ -813,20 +826,20 @@ def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _F
             f"'{claimed.namespace}/{name}{suffix}' (the name is <name>-<tag>, lowercased, "
             "with characters outside [a-z0-9.-] replaced by '-')"
         )
-        return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
-    model = DesiredModel(key=claimed, fields=parsed, path=file.path, blob=file.blob)
-    return _FileResult(file.path, file.blob, model, claimed, ())
+        return _FileResult(file.path, file.blob, claimed, (Problem(file.path, None, message),))
+    return DesiredModel(claimed, parsed, file.path, file.blob)
 
 
-def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
+def _assemble_namespace(results: Iterable[_Checked]) -> _Namespace:
     """The models of one namespace directory; files that claim the same model are all refused."""
     results = tuple(results)
     problems: list[Problem] = []
-    by_key: dict[ModelKey, list[_FileResult]] = defaultdict(list)
+    by_key: dict[ModelKey, list[_Checked]] = defaultdict(list)
     for result in results:
-        problems.extend(result.problems)
-        if result.claimed is not None:
-            by_key[result.claimed].append(result)
+        problems.extend(_problems(result))
+        claimed = _claim(result)
+        if claimed is not None:
+            by_key[claimed].append(result)
     models: dict[ModelKey, DesiredModel] = {}
     unreadable: set[ModelKey] = set()
     for key in sorted(by_key):
@@ -837,8 +850,8 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
                 others = ", ".join(p for p in paths if p != path)
                 problems.append(Problem(path, None, f"model {key} is defined more than once (also in {others})"))
             unreadable.add(key)
-        elif claims[0].model is not None:
-            models[key] = claims[0].model
+        elif type(claims[0]) is DesiredModel:
+            models[key] = claims[0]
         else:
             unreadable.add(key)
     selective = frozenset(key for key, model in models.items() if model.fields.servers is not None)
@@ -846,27 +859,27 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
 
 
 def _check_edits(name: str, namespace: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
-                 ) -> tuple[tuple[_FileResult, ...], tuple[_FileResult, ...]] | None:
+                 ) -> tuple[tuple[_Checked, ...], tuple[_Checked, ...]] | None:
     """The results the files `changed` (path -> blob SHA, None: removed) had and have now; None when a
     model they claim is claimed by another file too (a full assembly sorts that out)."""
     before = tuple(namespace.files[path] for path in changed if path in namespace.files)
     fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
     after = _load_namespace(name, fresh, loader._parse)
     prefix = f"{MODELS_DIR}/{name}/"
-    for key in {r.claimed for r in (*before, *after) if r.claimed is not None}:
+    for key in {claimed for r in (*before, *after) if (claimed := _claim(r)) is not None}:
         # Only a file directly in the folder, named for the model, claims it: two paths to look at.
         claimed_elsewhere = any((path := f"{prefix}{key.name}{suffix}") not in changed and path in namespace.files
                                 for suffix in MODEL_SUFFIXES)
-        if claimed_elsewhere or sum(1 for r in after if r.claimed == key) > 1:
+        if claimed_elsewhere or sum(1 for r in after if _claim(r) == key) > 1:
             return None
     return before, after
 
 
-def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], before: tuple[_FileResult, ...],
-                    after: tuple[_FileResult, ...]) -> set[ModelKey]:
+def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], before: tuple[_Checked, ...],
+                    after: tuple[_Checked, ...]) -> set[ModelKey]:
     """Put the files' new results (`_check_edits`) in `namespace`; returns the models they claim(ed)."""
-    keys = {r.claimed for r in (*before, *after) if r.claimed is not None}
-    found = {r.model.key: r.model for r in after if r.model is not None}
+    keys = {claimed for r in (*before, *after) if (claimed := _claim(r)) is not None}
+    found = {r.key: r for r in after if type(r) is DesiredModel}
     for result in before:
         del namespace.files[result.path]
     namespace.files.update((r.path, r) for r in after)
@@ -878,11 +891,11 @@ def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], be
             if key not in namespace.models:
                 namespace.appended = True  # put in name order when a full load next uses it
             namespace.models[key] = model
-    broken = {r.claimed for r in after if r.model is None and r.claimed is not None}
+    broken = {r.claimed for r in after if type(r) is _FileResult and r.claimed is not None}
     namespace.unreadable = frozenset((namespace.unreadable - keys) | broken)
     namespace.selective = frozenset((namespace.selective - keys) | {k for k, m in found.items() if m.fields.servers is not None})
     namespace.problems = tuple(p for p in namespace.problems if p.path not in changed) + tuple(
-        p for r in after for p in r.problems)
+        p for r in after for p in _problems(r))
     return keys
 
 

@@ -282,8 +282,7 @@ def changed_between(previous: DesiredState, desired: DesiredState) -> set[ModelK
     return changed
 
 
-@dataclass(frozen=True)
-class _SourceFile:
+class _SourceFile(NamedTuple):  # a named tuple: one is made for every file a load reads
     path: str  # relative to the repository root, with '/'
     blob: str
     read: Callable[[], bytes]

@@ -144,8 +144,8 @@ def _compile(schema: Mapping[str, Any], delegated: Mapping[str, Callable[[Any], 
     if "format" in schema:
         checks.append(is_rfc3339)
     if "required" in schema:
-        required = tuple(schema["required"])
-        checks.append(lambda v: not isinstance(v, dict) or all(name in v for name in required))
+        required = frozenset(schema["required"])
+        checks.append(lambda v: not isinstance(v, dict) or v.keys() >= required)
     if {"properties", "additionalProperties", "propertyNames"} & set(schema):
         properties = {name: delegated.get(name) or _compile(sub) for name, sub in schema.get("properties", {}).items()}
         extra = schema.get("additionalProperties", True)

@@ -10,6 +10,7 @@ string, so that a caller can say `YAML reads 1.10 as 1.1`.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,7 @@ def load(text: str, wording: Wording, *, timestamps_as_text: bool = False) -> Do
 _SIMPLE_LINE = re.compile(
     r'(?P<indent> *)(?P<key>[A-Za-z0-9][A-Za-z0-9._/-]*):'
     r'(?: (?:"(?P<double>[ !#-\[\]-~]*)"|\'(?P<single>[ -&(-~]*)\'|(?P<plain>[A-Za-z0-9][A-Za-z0-9._/-]*)))?'
-    r'|(?P<skip>(?:#[ -~]*)?)')
+    r'|(?:#[ -~]*)?')
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 
 
@@ -118,48 +119,52 @@ def load_simple(text: str) -> dict[str, Any] | None:
         match = _SIMPLE_LINE.fullmatch(line)
         if match is None:
             return None
-        key = match["key"]
+        spaces, key, double, single, plain = match.groups()
         if key is None:  # blank, or a comment
             continue
-        if match["indent"]:
-            if nested is None or (indent and match["indent"] != indent):
+        if spaces:
+            if nested is None or (indent and spaces != indent):
                 return None
-            indent, target = match["indent"], nested
+            indent, target = spaces, nested
         else:
             if nested is not None and not nested:  # `key:` with nothing under it: null, `load`'s to read
                 return None
             nested, indent, target = None, "", document
-        if key in target or _plain_tag(key) != _STR_TAG:
+        if key in target or _key_tag(key) != _STR_TAG:
             return None
-        value: Any = match["double"]
-        if value is None:
-            value = match["single"]
-        if value is None:
-            plain = match["plain"]
-            if plain is None:
-                if target is not document:
-                    return None  # a nested mapping's key without a value
-                nested = target[key] = {}
-                continue
+        if double is not None:
+            target[key] = double
+        elif single is not None:
+            target[key] = single
+        elif plain is None:
+            if target is not document:
+                return None  # a nested mapping's key without a value
+            nested = target[key] = {}
+        else:
             tag = _plain_tag(plain)
-            if tag == _BOOL_TAG:
-                value = _Loader.bool_values[plain.lower()]
-            elif tag == _STR_TAG:
-                value = plain
+            if tag == _STR_TAG:
+                target[key] = plain
+            elif tag == _BOOL_TAG:
+                target[key] = _Loader.bool_values[plain.lower()]
             else:
                 return None
-        target[key] = value
     if not document or (nested is not None and not nested):
         return None
     return document
 
 
+@functools.lru_cache(maxsize=256)  # keys are the same few in every file
+def _key_tag(key: str) -> str:
+    return _plain_tag(key)
+
+
 def _plain_tag(value: str) -> str:
     """The tag the loader resolves a plain scalar `value` (not empty) to, as `Resolver.resolve` does."""
     resolvers = _Loader.yaml_implicit_resolvers
-    for tag, regexp in (*resolvers.get(value[0], ()), *resolvers.get(None, ())):
-        if regexp.match(value):
-            return tag
+    for candidates in (resolvers.get(value[0]), resolvers.get(None)):
+        for tag, regexp in candidates or ():
+            if regexp.match(value):
+                return tag
     return _STR_TAG
 
 

@@ -435,11 +435,11 @@ def test_a_load_keeps_one_object_a_valid_file_and_no_parse_beside_its_model(work
     work_repo.commit()
     state, loader = load(work_repo)
     assert loader._parsed == {}  # the fields live in the models alone
-    kept = {path: result for namespace in loader._namespaces.values() for path, result in namespace.files.items()}
-    assert len(kept) == 71
-    for model in state.models.values():
-        assert kept[model.path] is model  # a valid file's result is its model: no wrapper beside it
-    assert type(kept["models/default/broken-1.yaml"]).__name__ == "_FileResult"
+    namespaces = {name: namespace for (name, _), namespace in loader._namespaces.items()}
+    for model in state.models.values():  # a valid file's result is its model: no wrapper, no index by path
+        assert namespaces[model.key.namespace].result(model.path) is model
+    assert [list(n.others) for n in namespaces.values()] == [["models/default/broken-1.yaml"], []]
+    assert type(namespaces["default"].result("models/default/broken-1.yaml")).__name__ == "_FileResult"
     work_repo.model("default", "m1", "1b", extra="suspend: true\n")
     state = loader.load(work_repo.commit())  # an incremental load keeps nothing parsed either
     assert loader.stats.incremental == 1 and loader._parsed == {}

@@ -359,9 +359,22 @@ class _Namespace:
     models: dict[ModelKey, DesiredModel]  # in name order, but for new ones at the end while `appended`
     problems: tuple[Problem, ...]
     unreadable: frozenset[ModelKey]
-    files: dict[str, _Checked]  # by path: a file whose path and blob are unchanged keeps its result
+    # By path, the checked files that are not their model in `models` (broken, misplaced, duplicates):
+    # with `models`, every file's result, so that a file whose path and blob are unchanged keeps it.
+    others: dict[str, _Checked]
     selective: frozenset[ModelKey]  # its models with a `servers:` selector
     appended: bool = False
+
+    def result(self, path: str) -> _Checked | None:
+        """The result of the file at `path` when it was last checked (None: no such file)."""
+        found = self.others.get(path)
+        if found is None:
+            parts = path.split("/")
+            if len(parts) == 3:  # only a file directly in the folder is a namespace's model
+                model = self.models.get(ModelKey(parts[1], parts[2].rpartition(".")[0]))
+                if model is not None and model.path == path:
+                    return model
+        return found
 
     def in_order(self) -> dict[ModelKey, DesiredModel]:
         """The models, in name order."""
@@ -453,8 +466,8 @@ class GitLoader:
                 problems.append(_misplaced(f"{MODELS_DIR}/{entry.name}"))
         # Within a changed namespace, a file whose path and blob are unchanged keeps its result, so
         # one edited file in a directory of ten thousand checks one file.
-        before = {name: namespace.files for (name, _), namespace in self._namespaces.items()}
-        checked = {k: before.get(k[0], {}) for k in listed}
+        before = {name: namespace for (name, _), namespace in self._namespaces.items()}
+        checked = {k: _results_of(before.get(k[0]), files) for k, files in listed.items()}
         fresh = {k: [f.source(self) for f in files if getattr(checked[k].get(f.path), "blob", None) != f.blob]
                  for k, files in listed.items()}
         # One pipelined read for every new blob of every changed namespace, in the order they are parsed.
@@ -829,6 +842,13 @@ def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _C
     return DesiredModel(claimed, parsed, file.path, file.blob)
 
 
+def _results_of(namespace: _Namespace | None, files: list[_Listed]) -> dict[str, _Checked]:
+    """The results `namespace` has for these files, by path (none for a namespace not loaded before)."""
+    if namespace is None:
+        return {}
+    return {f.path: result for f in files if (result := namespace.result(f.path)) is not None}
+
+
 def _assemble_namespace(results: Iterable[_Checked]) -> _Namespace:
     """The models of one namespace directory; files that claim the same model are all refused."""
     results = tuple(results)
@@ -854,21 +874,22 @@ def _assemble_namespace(results: Iterable[_Checked]) -> _Namespace:
         else:
             unreadable.add(key)
     selective = frozenset(key for key, model in models.items() if model.fields.servers is not None)
-    return _Namespace(models, tuple(problems), frozenset(unreadable), {r.path: r for r in results}, selective)
+    others = {r.path: r for r in results if type(r) is not DesiredModel or models.get(r.key) is not r}
+    return _Namespace(models, tuple(problems), frozenset(unreadable), others, selective)
 
 
 def _check_edits(name: str, namespace: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
                  ) -> tuple[tuple[_Checked, ...], tuple[_Checked, ...]] | None:
     """The results the files `changed` (path -> blob SHA, None: removed) had and have now; None when a
     model they claim is claimed by another file too (a full assembly sorts that out)."""
-    before = tuple(namespace.files[path] for path in changed if path in namespace.files)
+    before = tuple(result for path in changed if (result := namespace.result(path)) is not None)
     fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
     after = _load_namespace(name, fresh, loader._parse)
     prefix = f"{MODELS_DIR}/{name}/"
     for key in {claimed for r in (*before, *after) if (claimed := _claim(r)) is not None}:
         # Only a file directly in the folder, named for the model, claims it: two paths to look at.
-        claimed_elsewhere = any((path := f"{prefix}{key.name}{suffix}") not in changed and path in namespace.files
-                                for suffix in MODEL_SUFFIXES)
+        claimed_elsewhere = any((path := f"{prefix}{key.name}{suffix}") not in changed
+                                and namespace.result(path) is not None for suffix in MODEL_SUFFIXES)
         if claimed_elsewhere or sum(1 for r in after if _claim(r) == key) > 1:
             return None
     return before, after
@@ -880,8 +901,9 @@ def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], be
     keys = {claimed for r in (*before, *after) if (claimed := _claim(r)) is not None}
     found = {r.key: r for r in after if type(r) is DesiredModel}
     for result in before:
-        del namespace.files[result.path]
-    namespace.files.update((r.path, r) for r in after)
+        namespace.others.pop(result.path, None)
+    # `_check_edits` made sure no two files claim one model: each model found is its model's file.
+    namespace.others.update((r.path, r) for r in after if type(r) is not DesiredModel)
     for key in keys:
         model = found.get(key)
         if model is None:

@@ -182,10 +182,18 @@ def plan(
     models whose files are still there but that are no longer placed on this server: removed here
     like a removed file, with reasons that say so.
     """
-    keys = set(desired.models) | set(desired.unreadable) | set(records) if scope is None else set(scope)
+    if scope is None:
+        keys = dict.fromkeys(desired.models)  # in key order, as a load gives them
+        keys.update(dict.fromkeys(desired.unreadable))
+        keys.update(dict.fromkeys(records))
+    else:
+        keys = dict.fromkeys(scope)
+    # Sorted once: a full plan's keys come nearly in order (a linear sort), and everything made
+    # from them below is then in order too, so its sorts cost little more than a look at each.
+    ordered = sorted(keys)
     specs: dict[ModelKey, AppliedSpec] = {}
     kept: set[ModelKey] = set()  # models whose file (or namespace folder, or models/) cannot be read
-    for key in keys:
+    for key in ordered:
         model = desired.models.get(key)
         if model is not None:
             specs[key] = applied_spec(model)
@@ -198,7 +206,7 @@ def plan(
     actions: list[Action] = [RecordError(key, message) for key, message in sorted(kept_errors.items())
                              if records[key].status.error != message]
 
-    removed = sorted(key for key in keys if key in records and key not in specs)
+    removed = [key for key in ordered if key in records and key not in specs]
     refused = None
     if (removed and not allow_empty and not desired.models
             and not any(desired.is_unreadable(k) for k in records)):

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Protocol
@@ -223,9 +224,16 @@ class Reconciler:
                 and not change.problems and not self._work_left(now)):
             return CycleReport(SUCCEEDED, commit, up_to_date_message(commit), noop=True)
 
-        desired = self._load(commit)
         kept = {name: self.fleet.observed(name) for name in listed - due}  # what each new listing is compared with
-        listings = self.fleet.list_servers(listed)
+        if listed:
+            # The servers are listed while the commit loads: their answers (the servers' time) and
+            # git's reading of the blobs overlap the parsing, which a cold start is mostly made of.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="listing-ahead") as ahead:
+                listed_ahead = ahead.submit(self.fleet.list_servers, listed)
+                desired = self._load(commit)
+                listings = listed_ahead.result()
+        else:
+            desired, listings = self._load(commit), {}
         due |= {name for name, before in kept.items() if before is None or listings[name].observed is None}
         incremental = [name for name in names if name not in due]
         scope = None

@@ -10,7 +10,7 @@ import pytest
 
 from gitrepos import WorkRepo
 from ollama_gitops.reconciler.models import modelfile
-from ollama_gitops.reconciler.models.desired import GitLoader, ModelKey, load_directory
+from ollama_gitops.reconciler.models.desired import BlobStream, GitLoader, ModelKey, load_directory
 
 
 def load(work: WorkRepo, commit: str | None = None) -> tuple:
@@ -407,3 +407,40 @@ def test_a_shared_loader_reads_a_commit_from_the_clone_it_was_fetched_into(work_
         ModelKey("default", "llama3.2-1b")]
     with pytest.raises(ValueError, match="missing"):  # without saying where it came from: the first clone
         SharedLoader(Clone(fetching), complete).load(commit)
+
+
+def test_a_blob_stream_hands_out_blobs_in_any_order_and_ends_git_when_closed(work_repo: WorkRepo) -> None:
+    for i in range(3):
+        work_repo.model("default", f"m{i}", "1b")
+    work_repo.commit()
+    tree = work_repo.repo.head.commit.tree
+    shas = [tree[f"models/default/m{i}-1b.yaml"].hexsha for i in range(3)]
+    missing = "0" * 39 + "1"
+    stream = BlobStream(work_repo.repo.git_dir, [shas[0], missing, shas[1], shas[0], shas[2]])
+    try:
+        assert stream.take(shas[2]) == b"name: m2\ntag: \"1b\"\n"  # read past the others, kept for later
+        assert stream.take(missing) is None
+        assert stream.take(shas[0]) == b"name: m0\ntag: \"1b\"\n"
+    finally:
+        stream.close()
+    assert stream._process.returncode is not None  # ended, with shas[1] never taken
+    with BlobStream(work_repo.repo.git_dir, shas) as stream:
+        assert [stream.take(sha) for sha in shas] == [f"name: m{i}\ntag: \"1b\"\n".encode() for i in range(3)]
+
+
+def test_a_load_keeps_one_object_a_valid_file_and_no_parse_beside_its_model(work_repo: WorkRepo) -> None:
+    for i in range(70):  # over the batch threshold: read through the blob stream
+        work_repo.model("default" if i % 2 else "other", f"m{i}", "1b")
+    work_repo.write("models/default/broken-1.yaml", "name: [\n")
+    work_repo.commit()
+    state, loader = load(work_repo)
+    assert loader._parsed == {}  # the fields live in the models alone
+    namespaces = {name: namespace for (name, _), namespace in loader._namespaces.items()}
+    for model in state.models.values():  # a valid file's result is its model: no wrapper, no index by path
+        assert namespaces[model.key.namespace].result(model.path) is model
+    assert [list(n.others) for n in namespaces.values()] == [["models/default/broken-1.yaml"], []]
+    assert type(namespaces["default"].result("models/default/broken-1.yaml")).__name__ == "_FileResult"
+    work_repo.model("default", "m1", "1b", extra="suspend: true\n")
+    state = loader.load(work_repo.commit())  # an incremental load keeps nothing parsed either
+    assert loader.stats.incremental == 1 and loader._parsed == {}
+    assert state.models[ModelKey("default", "m1-1b")].fields.suspend is True

@@ -5,6 +5,8 @@ ParseName fills the default host `registry.ollama.ai`, namespace `library` and t
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ollama_gitops.reconciler.models.naming import normalize_reference, parse_name
 
@@ -44,3 +46,18 @@ def test_parse_name_fills_ollamas_defaults() -> None:
     name = parse_name("https://myhost:5000/ns/m:t")
     assert (name.host, name.namespace, name.model, name.tag) == ("myhost:5000", "ns", "m", "t")
     assert name.display_shortest() == "myhost:5000/ns/m:t"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="aZ9.:-_/", max_size=12))
+def test_a_reference_is_keyed_as_parse_name_reads_it(reference: str) -> None:
+    assert normalize_reference(reference) == parse_name(reference).display_shortest().lower()
+
+
+def test_bare_references_are_keyed_without_a_cache_that_a_hundred_thousand_would_overflow() -> None:
+    from ollama_gitops.reconciler.models import naming
+
+    before = naming._normalize_path_reference.cache_info()
+    assert [normalize_reference(f"Model{i}:1B") for i in range(3)] == ["model0:1b", "model1:1b", "model2:1b"]
+    assert normalize_reference("llama3.2") == "llama3.2:latest" and normalize_reference("a:") == "a:!missing!"
+    assert naming._normalize_path_reference.cache_info() == before  # neither looked up nor stored there

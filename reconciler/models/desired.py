@@ -256,8 +256,7 @@ def changed_between(previous: DesiredState, desired: DesiredState) -> set[ModelK
     return changed
 
 
-@dataclass(frozen=True)
-class _SourceFile:
+class _SourceFile(NamedTuple):  # a named tuple: one is made for every file a load reads
     path: str  # relative to the repository root, with '/'
     blob: str
     read: Callable[[], bytes]
@@ -302,11 +301,28 @@ class _Listed(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class _FileResult:
+    """A file that gives no model (broken, misplaced, or not a regular file): what stops it."""
+
     path: str
     blob: str
-    model: DesiredModel | None
     claimed: ModelKey | None  # the model this file stands for, known from its path even when broken
     problems: tuple[Problem, ...]
+
+
+_Checked = DesiredModel | _FileResult
+"""A file checked: its model (a valid file's result is its model, nothing more is kept), or what
+stops it."""
+
+
+def _claim(result: _Checked) -> ModelKey | None:
+    """The model a checked file stands for (None: none, e.g. a file too deep)."""
+    return result.key if type(result) is DesiredModel else result.claimed  # type: ignore[union-attr]
+
+
+def _problems(result: _Checked) -> tuple[Problem, ...]:
+    return () if type(result) is DesiredModel else result.problems  # type: ignore[union-attr]
+
+
 
 
 @dataclass
@@ -317,9 +333,22 @@ class _Namespace:
     models: dict[ModelKey, DesiredModel]  # in name order, but for new ones at the end while `appended`
     problems: tuple[Problem, ...]
     unreadable: frozenset[ModelKey]
-    files: dict[str, _FileResult]  # by path: a file whose path and blob are unchanged keeps its result
+    # By path, the checked files that are not their model in `models` (broken, misplaced, duplicates):
+    # with `models`, every file's result, so that a file whose path and blob are unchanged keeps it.
+    others: dict[str, _Checked]
     selective: frozenset[ModelKey]  # its models with a `servers:` selector
     appended: bool = False
+
+    def result(self, path: str) -> _Checked | None:
+        """The result of the file at `path` when it was last checked (None: no such file)."""
+        found = self.others.get(path)
+        if found is None:
+            parts = path.split("/")
+            if len(parts) == 3:  # only a file directly in the folder is a namespace's model
+                model = self.models.get(ModelKey(parts[1], parts[2].rpartition(".")[0]))
+                if model is not None and model.path == path:
+                    return model
+        return found
 
     def in_order(self) -> dict[ModelKey, DesiredModel]:
         """The models, in name order."""
@@ -351,9 +380,9 @@ class GitLoader:
         self._repo = repo
         self._repos = (repo, *more)
         self._source: git.Repo | None = None  # the clone the commit being loaded was fetched into
-        self._parsed: dict[str, ParseResult] = {}
+        self._parsed: dict[str, ParseResult] = {}  # by blob, during one load: a content in several files is parsed once
         self._namespaces: dict[tuple[str, str], _Namespace] = {}
-        self._prefetched: dict[str, bytes] = {}
+        self._stream: BlobStream | None = None  # the blobs of the load in progress, read ahead
         self._last_commit = ""
         self._last: tuple[DesiredState, list[_Entry]] | None = None  # the last state loaded, and its models/ entries
         self.stats = LoadStats()
@@ -411,23 +440,24 @@ class GitLoader:
                 problems.append(_misplaced(f"{MODELS_DIR}/{entry.name}"))
         # Within a changed namespace, a file whose path and blob are unchanged keeps its result, so
         # one edited file in a directory of ten thousand checks one file.
-        before = {name: namespace.files for (name, _), namespace in self._namespaces.items()}
-        checked = {k: before.get(k[0], {}) for k in listed}
+        before = {name: namespace for (name, _), namespace in self._namespaces.items()}
+        checked = {k: _results_of(before.get(k[0]), files) for k, files in listed.items()}
         fresh = {k: [f.source(self) for f in files if getattr(checked[k].get(f.path), "blob", None) != f.blob]
                  for k, files in listed.items()}
-        # One pipelined read for every new blob of every changed namespace.
+        # One pipelined read for every new blob of every changed namespace, in the order they are parsed.
         self._prefetch([f.blob for files in fresh.values() for f in files if f.blob not in self._parsed and not f.special])
-        for cache_key, files in listed.items():
-            results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
-            by_path = {r.path: r for r in results}
-            ordered = [by_path.get(f.path) or checked[cache_key][f.path] for f in files]
-            used[cache_key] = _assemble_namespace(ordered)
+        try:
+            for cache_key, files in listed.items():
+                results = _load_namespace(cache_key[0], fresh[cache_key], self._parse)
+                by_path = {r.path: r for r in results}
+                ordered = [by_path.get(f.path) or checked[cache_key][f.path] for f in files]
+                used[cache_key] = _assemble_namespace(ordered)
+        finally:
+            self._end_prefetch()
         # Keep only what the newest commit uses, so the caches never outgrow one repository.
         self._namespaces = used
         self._last = None
-        live_blobs = {r.blob for n in used.values() for r in n.files.values()}
-        self._parsed = {sha: parsed for sha, parsed in self._parsed.items() if sha in live_blobs}
-        self._prefetched.clear()
+        self._parsed.clear()  # a file's fields live on in its model: kept twice, they would cost a dict entry a model
         state = _merge(self._last_commit, [used[k] for k in sorted(used)], problems, unreadable_namespaces, all_unreadable)
         self._last = (state, self._entries(models_tree)) if models_tree else None
         # What was just loaded lives until the next commit. Moving it out of the cyclic garbage
@@ -507,16 +537,18 @@ class GitLoader:
             return None
         self._prefetch([blob for blob in edits.values() if blob is not None and blob not in self._parsed])
         checked = []
-        for name in changed_names:
-            namespace = self._namespaces.get((name, old_trees[name].binsha.hex())) if old_trees[name].is_tree else None
-            if namespace is None and name in by_namespace:
-                return None
-            if namespace is not None:
-                results = _check_edits(name, namespace, by_namespace.get(name, {}), self)
-                if results is None:
+        try:
+            for name in changed_names:
+                namespace = self._namespaces.get((name, old_trees[name].binsha.hex())) if old_trees[name].is_tree else None
+                if namespace is None and name in by_namespace:
                     return None
-                checked.append((name, namespace, by_namespace.get(name, {}), *results))
-        self._prefetched.clear()
+                if namespace is not None:
+                    results = _check_edits(name, namespace, by_namespace.get(name, {}), self)
+                    if results is None:
+                        return None
+                    checked.append((name, namespace, by_namespace.get(name, {}), *results))
+        finally:
+            self._end_prefetch()
         # Nothing can fail from here on: the namespaces are edited in place.
         changes: dict[ModelKey, DesiredModel | None] = {}
         unreadable, selective = set(), set()
@@ -527,11 +559,8 @@ class GitLoader:
             changes.update((key, namespace.models.get(key)) for key in keys)
             unreadable.update(keys & namespace.unreadable)
             selective.update(keys & namespace.selective)
-            live = {r.blob for r in after}
-            for result in before:  # a parse no file uses any more (unless another file has that blob: read again then)
-                if result.blob not in live:
-                    self._parsed.pop(result.blob, None)
             self.stats.files_checked += len(changed)
+        self._parsed.clear()  # as after a full load: the models keep what was parsed
         self.stats.loads += 1
         self.stats.incremental += 1
         self._last_commit = commit
@@ -606,17 +635,21 @@ class GitLoader:
         return cached
 
     def _prefetch(self, blobs: list[str]) -> None:
-        """Read many blobs in one pipelined `git cat-file --batch`.
+        """Start reading many blobs in one pipelined `git cat-file --batch` (`BlobStream`).
 
         GitPython's shared cat-file process answers one object per round trip; for a whole
         repository the round trips cost more than the parsing, so large reads go in one batch.
         """
-        if len(blobs) < PREFETCH_THRESHOLD:
-            return
-        self._prefetched.update(read_blobs(self._repo.git_dir, blobs))
+        if len(blobs) >= PREFETCH_THRESHOLD:
+            self._stream = BlobStream(self._repo.git_dir, blobs)
+
+    def _end_prefetch(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def _read_blob(self, hexsha: str, binsha: bytes) -> bytes:
-        content = self._prefetched.pop(hexsha, None)
+        content = self._stream.take(hexsha) if self._stream is not None else None
         if content is None:
             return _read_blob(self._repo, binsha)
         if len(content) > modelfile.MAX_FILE_BYTES:
@@ -735,7 +768,7 @@ def _directory_files(root: Path, namespace_dir: Path) -> Iterator[_SourceFile]:
 
 def _load_namespace(
     namespace: str, files: Iterable[_SourceFile], parse: Callable[[_SourceFile], ParseResult]
-) -> tuple[_FileResult, ...]:
+) -> tuple[_Checked, ...]:
     """Check and parse the model files under one namespace directory."""
     namespace_error = naming.dns1123_label_error(namespace)
     results = []
@@ -744,34 +777,34 @@ def _load_namespace(
         if file.special is not None and (file.path.count("/") != 2 or not _is_model_file(name)):
             problem = Problem(file.path, None, f"{file.special} is not allowed under {MODELS_DIR}/: only model files "
                                                "and namespace folders belong there; remove it")
-            results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
+            results.append(_FileResult(file.path, file.blob, None, (problem,)))
             continue
         if file.path.count("/") != 2:
-            results.append(_FileResult(file.path, file.blob, None, None, (_too_deep(file.path),)))
+            results.append(_FileResult(file.path, file.blob, None, (_too_deep(file.path),)))
             continue
         if namespace_error:
             problem = Problem(file.path, None, f"namespace directory '{namespace}' is not a valid namespace name: {namespace_error}")
-            results.append(_FileResult(file.path, file.blob, None, None, (problem,)))
+            results.append(_FileResult(file.path, file.blob, None, (problem,)))
             continue
         claimed = ModelKey(namespace, name.rpartition(".")[0])
         if file.special is not None:
             plural = {kind: many for kind, many in _SPECIAL_KINDS.values()}.get(file.special, file.special)
             problem = Problem(file.path, None, f"model files must be regular files, not {plural}")
-            results.append(_FileResult(file.path, file.blob, None, claimed, (problem,)))
+            results.append(_FileResult(file.path, file.blob, claimed, (problem,)))
             continue
         results.append(_check_file(file, claimed, parse(file)))
     return tuple(results)
 
 
-def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _FileResult:
+def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _Checked:
     if not isinstance(parsed, ModelFields):
         problems = tuple(Problem(file.path, e.line, e.message) for e in parsed)
-        return _FileResult(file.path, file.blob, None, claimed, problems)
+        return _FileResult(file.path, file.blob, claimed, problems)
     name = naming.resource_name(parsed.name, parsed.tag)
     name_error = naming.dns1123_subdomain_error(name)
     if name_error:
         message = f"model {parsed.reference} gives the resource name '{name}', which {name_error}"
-        return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
+        return _FileResult(file.path, file.blob, claimed, (Problem(file.path, None, message),))
     if name != claimed.name:
         suffix = file.path[file.path.rindex("."):]
         message = (
@@ -779,20 +812,27 @@ def _check_file(file: _SourceFile, claimed: ModelKey, parsed: ParseResult) -> _F
             f"'{claimed.namespace}/{name}{suffix}' (the name is <name>-<tag>, lowercased, "
             "with characters outside [a-z0-9.-] replaced by '-')"
         )
-        return _FileResult(file.path, file.blob, None, claimed, (Problem(file.path, None, message),))
-    model = DesiredModel(key=claimed, fields=parsed, path=file.path, blob=file.blob)
-    return _FileResult(file.path, file.blob, model, claimed, ())
+        return _FileResult(file.path, file.blob, claimed, (Problem(file.path, None, message),))
+    return DesiredModel(claimed, parsed, file.path, file.blob)
 
 
-def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
+def _results_of(namespace: _Namespace | None, files: list[_Listed]) -> dict[str, _Checked]:
+    """The results `namespace` has for these files, by path (none for a namespace not loaded before)."""
+    if namespace is None:
+        return {}
+    return {f.path: result for f in files if (result := namespace.result(f.path)) is not None}
+
+
+def _assemble_namespace(results: Iterable[_Checked]) -> _Namespace:
     """The models of one namespace directory; files that claim the same model are all refused."""
     results = tuple(results)
     problems: list[Problem] = []
-    by_key: dict[ModelKey, list[_FileResult]] = defaultdict(list)
+    by_key: dict[ModelKey, list[_Checked]] = defaultdict(list)
     for result in results:
-        problems.extend(result.problems)
-        if result.claimed is not None:
-            by_key[result.claimed].append(result)
+        problems.extend(_problems(result))
+        claimed = _claim(result)
+        if claimed is not None:
+            by_key[claimed].append(result)
     models: dict[ModelKey, DesiredModel] = {}
     unreadable: set[ModelKey] = set()
     for key in sorted(by_key):
@@ -803,39 +843,41 @@ def _assemble_namespace(results: Iterable[_FileResult]) -> _Namespace:
                 others = ", ".join(p for p in paths if p != path)
                 problems.append(Problem(path, None, f"model {key} is defined more than once (also in {others})"))
             unreadable.add(key)
-        elif claims[0].model is not None:
-            models[key] = claims[0].model
+        elif type(claims[0]) is DesiredModel:
+            models[key] = claims[0]
         else:
             unreadable.add(key)
     selective = frozenset(key for key, model in models.items() if model.fields.servers is not None)
-    return _Namespace(models, tuple(problems), frozenset(unreadable), {r.path: r for r in results}, selective)
+    others = {r.path: r for r in results if type(r) is not DesiredModel or models.get(r.key) is not r}
+    return _Namespace(models, tuple(problems), frozenset(unreadable), others, selective)
 
 
 def _check_edits(name: str, namespace: _Namespace, changed: Mapping[str, str | None], loader: GitLoader
-                 ) -> tuple[tuple[_FileResult, ...], tuple[_FileResult, ...]] | None:
+                 ) -> tuple[tuple[_Checked, ...], tuple[_Checked, ...]] | None:
     """The results the files `changed` (path -> blob SHA, None: removed) had and have now; None when a
     model they claim is claimed by another file too (a full assembly sorts that out)."""
-    before = tuple(namespace.files[path] for path in changed if path in namespace.files)
+    before = tuple(result for path in changed if (result := namespace.result(path)) is not None)
     fresh = [_Listed(path, blob, bytes.fromhex(blob), 0o100644).source(loader) for path, blob in changed.items() if blob]
     after = _load_namespace(name, fresh, loader._parse)
     prefix = f"{MODELS_DIR}/{name}/"
-    for key in {r.claimed for r in (*before, *after) if r.claimed is not None}:
+    for key in {claimed for r in (*before, *after) if (claimed := _claim(r)) is not None}:
         # Only a file directly in the folder, named for the model, claims it: two paths to look at.
-        claimed_elsewhere = any((path := f"{prefix}{key.name}{suffix}") not in changed and path in namespace.files
-                                for suffix in MODEL_SUFFIXES)
-        if claimed_elsewhere or sum(1 for r in after if r.claimed == key) > 1:
+        claimed_elsewhere = any((path := f"{prefix}{key.name}{suffix}") not in changed
+                                and namespace.result(path) is not None for suffix in MODEL_SUFFIXES)
+        if claimed_elsewhere or sum(1 for r in after if _claim(r) == key) > 1:
             return None
     return before, after
 
 
-def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], before: tuple[_FileResult, ...],
-                    after: tuple[_FileResult, ...]) -> set[ModelKey]:
+def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], before: tuple[_Checked, ...],
+                    after: tuple[_Checked, ...]) -> set[ModelKey]:
     """Put the files' new results (`_check_edits`) in `namespace`; returns the models they claim(ed)."""
-    keys = {r.claimed for r in (*before, *after) if r.claimed is not None}
-    found = {r.model.key: r.model for r in after if r.model is not None}
+    keys = {claimed for r in (*before, *after) if (claimed := _claim(r)) is not None}
+    found = {r.key: r for r in after if type(r) is DesiredModel}
     for result in before:
-        del namespace.files[result.path]
-    namespace.files.update((r.path, r) for r in after)
+        namespace.others.pop(result.path, None)
+    # `_check_edits` made sure no two files claim one model: each model found is its model's file.
+    namespace.others.update((r.path, r) for r in after if type(r) is not DesiredModel)
     for key in keys:
         model = found.get(key)
         if model is None:
@@ -844,11 +886,11 @@ def _edit_namespace(namespace: _Namespace, changed: Mapping[str, str | None], be
             if key not in namespace.models:
                 namespace.appended = True  # put in name order when a full load next uses it
             namespace.models[key] = model
-    broken = {r.claimed for r in after if r.model is None and r.claimed is not None}
+    broken = {r.claimed for r in after if type(r) is _FileResult and r.claimed is not None}
     namespace.unreadable = frozenset((namespace.unreadable - keys) | broken)
     namespace.selective = frozenset((namespace.selective - keys) | {k for k, m in found.items() if m.fields.servers is not None})
     namespace.problems = tuple(p for p in namespace.problems if p.path not in changed) + tuple(
-        p for r in after for p in r.problems)
+        p for r in after for p in _problems(r))
     return keys
 
 
@@ -889,23 +931,75 @@ def _read_and_parse(file: _SourceFile) -> ParseResult:
         return exc.errors
 
 
-def read_blobs(git_dir: str | os.PathLike[str], blobs: list[str]) -> dict[str, bytes]:
-    """The contents of many blobs, read in one `git cat-file --batch` call."""
-    request = "".join(f"{sha}\n" for sha in blobs).encode()
-    output = subprocess.run(["git", "--git-dir", os.fspath(git_dir), "cat-file", "--batch"],
-                            input=request, capture_output=True, check=True).stdout
-    contents: dict[str, bytes] = {}
-    position = 0
-    for _ in blobs:
-        end = output.index(b"\n", position)
-        header = output[position:end].split()
-        position = end + 1
-        if len(header) != 3:  # "<sha> missing": leave it to the one-by-one reader to report
-            continue
-        size = int(header[2])
-        contents[header[0].decode()] = output[position:position + size]
-        position += size + 1
-    return contents
+class BlobStream:
+    """Many blobs read in one `git cat-file --batch --buffer`, handed out as git writes them.
+
+    The blobs are taken in the order they were asked for, so the caller parses each one while git
+    reads the next ones (on another core) instead of waiting for all of them first; `--buffer`
+    makes git write in large blocks rather than flush after each blob. A blob taken out of order
+    is found all the same (those before it are kept until taken). Close it once done (or use it as
+    a context manager): what was not taken is discarded and the process ended."""
+
+    def __init__(self, git_dir: str | os.PathLike[str], blobs: Iterable[str]) -> None:
+        wanted = list(dict.fromkeys(blobs))
+        self._left = len(wanted)
+        self._early: dict[str, bytes] = {}
+        self._process = subprocess.Popen(["git", "--git-dir", os.fspath(git_dir), "cat-file", "--batch", "--buffer"],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        request = "".join(f"{sha}\n" for sha in wanted).encode()
+        # Written from a thread: git answers while it reads, and would block on a full pipe otherwise.
+        self._writer = threading.Thread(target=self._write, args=(request,), name="blob-stream", daemon=True)
+        self._writer.start()
+
+    def _write(self, request: bytes) -> None:
+        stdin = self._process.stdin
+        assert stdin is not None
+        try:
+            stdin.write(request)
+            stdin.close()
+        except OSError:  # git stopped early (closed, or failed): what it wrote is all there is
+            pass
+
+    def take(self, sha: str) -> bytes | None:
+        """The content of blob `sha` (asked for at the start), or None when git has no such blob."""
+        content = self._early.pop(sha, None)
+        if content is not None:
+            return content
+        stdout = self._process.stdout
+        assert stdout is not None
+        while self._left:
+            self._left -= 1
+            header = stdout.readline().split()
+            if not header:  # git ended early: leave the rest to the one-by-one reader, which says why
+                self._left = 0
+                break
+            if len(header) != 3:  # "<sha> missing"
+                continue
+            data = stdout.read(int(header[2]))
+            stdout.read(1)  # the newline after each object
+            if header[0] == sha.encode():
+                return data
+            self._early[header[0].decode()] = data
+        return None
+
+    def close(self) -> None:
+        """End git (if blobs were left untaken) and free what was read ahead."""
+        self._early.clear()
+        if self._process.poll() is None:
+            self._process.kill()
+        self._writer.join()
+        for pipe in (self._process.stdin, self._process.stdout):
+            try:
+                pipe.close()  # type: ignore[union-attr]
+            except OSError:  # stdin's last bytes could not be flushed to a git that had ended
+                pass
+        self._process.wait()
+
+    def __enter__(self) -> BlobStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _read_blob(repo: git.Repo, binsha: bytes) -> bytes:

@@ -107,6 +107,17 @@ def parse(content: bytes) -> ParseResult:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
         return (FileError(f"file is not valid UTF-8 (byte {exc.start})"),)
+    # Nearly every file is a few `key: value` lines: read in one pass, and when the schema's quick
+    # check passes it too, that is the answer. Anything else, valid or not, takes the full reader and
+    # the schema's full check, which say what is wrong and where.
+    simple = strictyaml.load_simple(text)
+    if simple is not None and schema.quick_valid(simple):
+        return fields_from_document(simple)
+    return _parse_strictly(text)
+
+
+def _parse_strictly(text: str) -> ParseResult:
+    """`parse` of a decoded text by the full strict reader and the schema's full check."""
     try:
         loaded = strictyaml.load(text, _WORDING, timestamps_as_text=True)  # the schema checks their form
     except strictyaml.Rejected as rejected:

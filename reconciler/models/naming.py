@@ -101,10 +101,22 @@ def _cut_promised(value: str, separator: str) -> tuple[str, str]:
     return before or MISSING_PART, after or MISSING_PART
 
 
-@lru_cache(maxsize=65536)  # every cycle keys every recorded model: the same few strings again
 def normalize_reference(reference: str) -> str:
     """Ollama's identity for a reference, the key every comparison of models uses: the shortest form
     Ollama lists it by (`registry.ollama.ai/library/llama3.2` and `llama3.2:latest` are both
     `llama3.2:latest`; `hf.co/x/y:q4` keeps its host), lowercased, as Ollama matches names with
     `EqualFold`."""
+    if "/" not in reference:
+        # A bare `model[:tag]` (most references) has only the default host and namespace to leave
+        # out: what `parse_name` and `display_shortest` make of it, without them or a cache (at
+        # 100,000 distinct references, every lookup of a bounded cache missed).
+        model, colon, tag = reference.rpartition(":")
+        if not colon:
+            return f"{reference}:{DEFAULT_TAG}".lower()
+        return f"{model or MISSING_PART}:{tag or MISSING_PART}".lower()
+    return _normalize_path_reference(reference)
+
+
+@lru_cache(maxsize=65536)  # every cycle keys every recorded model: the same few strings again
+def _normalize_path_reference(reference: str) -> str:
     return parse_name(reference).display_shortest().lower()

@@ -144,8 +144,8 @@ def _compile(schema: Mapping[str, Any], delegated: Mapping[str, Callable[[Any], 
     if "format" in schema:
         checks.append(is_rfc3339)
     if "required" in schema:
-        required = tuple(schema["required"])
-        checks.append(lambda v: not isinstance(v, dict) or all(name in v for name in required))
+        required = frozenset(schema["required"])
+        checks.append(lambda v: not isinstance(v, dict) or v.keys() >= required)
     if {"properties", "additionalProperties", "propertyNames"} & set(schema):
         properties = {name: delegated.get(name) or _compile(sub) for name, sub in schema.get("properties", {}).items()}
         extra = schema.get("additionalProperties", True)
@@ -209,6 +209,12 @@ class SchemaError:
 
     path: tuple[str | int, ...]
     message: str
+
+
+def quick_valid(document: Any) -> bool:
+    """Does the schema's quick check alone find `document` valid? (False: not known; `validate` says.)"""
+    quick = _quick_check()
+    return quick is not None and quick(document)
 
 
 def validate(document: Any, raw_scalars: Mapping[tuple[str | int, ...], str] | None = None) -> list[SchemaError]:

@@ -10,6 +10,8 @@ string, so that a caller can say `YAML reads 1.10 as 1.1`.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +91,81 @@ def load(text: str, wording: Wording, *, timestamps_as_text: bool = False) -> Do
         raise Rejected(f"YAML error: {exc}", None) from None
     finally:
         loader.dispose()
+
+
+# The plain subset `load_simple` reads: printable ASCII lines, each a comment at the start of the line,
+# blank, or `key: value` (at the start of the line, or indented under a `key:` that opens a nested
+# mapping), the value a single-line quoted scalar or a plain one of characters that never start or
+# end anything in YAML. Anything else is for `load`.
+_SIMPLE_LINE = re.compile(
+    r'(?P<indent> *)(?P<key>[A-Za-z0-9][A-Za-z0-9._/-]*):'
+    r'(?: (?:"(?P<double>[ !#-\[\]-~]*)"|\'(?P<single>[ -&(-~]*)\'|(?P<plain>[A-Za-z0-9][A-Za-z0-9._/-]*)))?'
+    r'|(?:#[ -~]*)?')
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def load_simple(text: str) -> dict[str, Any] | None:
+    """The document of `text` when it is in the plain subset of YAML that nearly every model file
+    is written in (`key: value` lines, one level of nested mapping, whole-line comments), read in
+    one pass without composing nodes; None for anything else, which `load` then reads (and
+    refuses, where it must, with its line). Where it gives a value, that value is exactly what
+    `load` gives: scalars are typed by the loader's own resolvers, and anything it would refuse
+    (a duplicate key, a key that is not a string) or read otherwise (numbers, dates, nulls) is
+    left to it."""
+    document: dict[str, Any] = {}
+    nested: dict[str, Any] | None = None  # the mapping indented lines go in, under the last `key:`
+    indent = ""  # the nested mapping's indentation, once its first line set it
+    for line in text.split("\n"):
+        match = _SIMPLE_LINE.fullmatch(line)
+        if match is None:
+            return None
+        spaces, key, double, single, plain = match.groups()
+        if key is None:  # blank, or a comment
+            continue
+        if spaces:
+            if nested is None or (indent and spaces != indent):
+                return None
+            indent, target = spaces, nested
+        else:
+            if nested is not None and not nested:  # `key:` with nothing under it: null, `load`'s to read
+                return None
+            nested, indent, target = None, "", document
+        if key in target or _key_tag(key) != _STR_TAG:
+            return None
+        if double is not None:
+            target[key] = double
+        elif single is not None:
+            target[key] = single
+        elif plain is None:
+            if target is not document:
+                return None  # a nested mapping's key without a value
+            nested = target[key] = {}
+        else:
+            tag = _plain_tag(plain)
+            if tag == _STR_TAG:
+                target[key] = plain
+            elif tag == _BOOL_TAG:
+                target[key] = _Loader.bool_values[plain.lower()]
+            else:
+                return None
+    if not document or (nested is not None and not nested):
+        return None
+    return document
+
+
+@functools.lru_cache(maxsize=256)  # keys are the same few in every file
+def _key_tag(key: str) -> str:
+    return _plain_tag(key)
+
+
+def _plain_tag(value: str) -> str:
+    """The tag the loader resolves a plain scalar `value` (not empty) to, as `Resolver.resolve` does."""
+    resolvers = _Loader.yaml_implicit_resolvers
+    for candidates in (resolvers.get(value[0]), resolvers.get(None)):
+        for tag, regexp in candidates or ():
+            if regexp.match(value):
+                return tag
+    return _STR_TAG
 
 
 def line_for(path: Path, lines: dict[Path, int]) -> int | None:

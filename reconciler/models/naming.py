@@ -101,10 +101,28 @@ def _cut_promised(value: str, separator: str) -> tuple[str, str]:
     return before or MISSING_PART, after or MISSING_PART
 
 
-@lru_cache(maxsize=65536)  # every cycle keys every recorded model: the same few strings again
 def normalize_reference(reference: str) -> str:
     """Ollama's identity for a reference, the key every comparison of models uses: the shortest form
     Ollama lists it by (`registry.ollama.ai/library/llama3.2` and `llama3.2:latest` are both
     `llama3.2:latest`; `hf.co/x/y:q4` keeps its host), lowercased, as Ollama matches names with
-    `EqualFold`."""
+    `EqualFold`.
+
+    A reference already in that form (`model:tag`, lower case, no `/`: what most model files give)
+    is returned itself, the same string, so that nothing is made or kept for it; the others are
+    parsed, with a small cache (a cache as large as the models would be their memory, not a cache)."""
+    if "/" not in reference:
+        colon = reference.rfind(":")
+        if 0 < colon < len(reference) - 1:  # a model and a tag, the defaults for the rest
+            lowered = reference.lower()
+            return reference if lowered == reference else lowered
+    return _parsed_reference(reference)
+
+
+NORMALIZED_CACHE = 4096
+"""References (not already in normal form) whose normal form is kept: a repository's few hosts and
+namespaces' models fit; beyond that, a reference is parsed again (microseconds)."""
+
+
+@lru_cache(maxsize=NORMALIZED_CACHE)
+def _parsed_reference(reference: str) -> str:
     return parse_name(reference).display_shortest().lower()

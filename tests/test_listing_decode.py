@@ -82,3 +82,21 @@ def test_the_stand_ins_listing_over_http_is_decoded_in_pieces_as_a_whole() -> No
         client.close()
     finally:
         ollama.stop()
+
+
+def test_a_first_listing_is_decoded_as_it_is_read_and_a_later_one_only_if_its_bytes_changed() -> None:
+    ollama = OllamaStandin().start()
+    try:
+        for i in range(2000):
+            ollama.install(f"model{i}:1b", 1000 + i)
+        client = OllamaServer(ollama.url)
+        first = client.tags()  # streamed: nothing to compare with
+        again = client.tags(first.digest)
+        assert again.models is None and again.digest == first.digest
+        ollama.install("one-more:1b", 5)
+        changed = client.tags(first.digest)
+        assert changed.models is not None and set(changed.models) == set(first.models) | {"one-more:1b"}
+        assert client.tags().digest == changed.digest  # the same digest however it was read
+        client.close()
+    finally:
+        ollama.stop()

@@ -126,16 +126,42 @@ class OllamaServer:
         client validates a pydantic model per entry, which costs 15 times the request itself with ten
         thousand models. Each entry becomes an `InstalledModel` as soon as it is decoded, so that a
         listing of a hundred thousand models is never held as a hundred thousand dicts at once; and
-        the body is kept as the pieces it came in and decoded piece by piece (`decode_listing`), never
-        joined into one string of every entry (nor decoded into a second, as `json.loads` would)."""
+        the body is decoded piece by piece (`decode_listing`), never made into one string of every
+        entry (as `json.loads` would). With no digest to compare with (a first listing: a cold
+        start's), each piece is decoded as it is read and not kept; else the pieces are kept until
+        the digest says whether to decode them."""
+        if unless is None:
+            streamed = self._streamed_tags()
+            if streamed is not None:
+                return streamed
         pieces = self._get_pieces("/api/tags")
-        hasher = hashlib.blake2b(digest_size=16)
-        for piece in pieces:
-            hasher.update(piece)
-        digest = hasher.hexdigest()
+        digest = _digest(pieces)
         if digest == unless:
             return Tags(digest, None)
         return Tags(digest, decode_listing(pieces))
+
+    def _streamed_tags(self) -> Tags | None:
+        """`GET /api/tags` decoded as it is read; None for a body of another shape than Ollama's
+        (to be read again and decoded whole)."""
+        import ollama
+
+        hasher = hashlib.blake2b(digest_size=16)
+
+        def get() -> dict[str, InstalledModel]:
+            with self._http.stream("GET", "/api/tags") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ollama.ResponseError(_error_text(response), response.status_code)
+                models: dict[str, InstalledModel] = {}
+                for model in _entries(_hashed(response.iter_bytes(), hasher)):
+                    models[normalize_reference(model.reference)] = model
+                return models
+
+        try:
+            models = self._call(get)
+        except _Unusual:
+            return None
+        return Tags(hasher.hexdigest(), models)  # type: ignore[arg-type]
 
     def version(self) -> str:
         """Ollama's version (`GET /api/version`)."""
@@ -228,6 +254,20 @@ class OllamaServer:
         except httpx.HTTPError as exc:
             # The connection broke or stalled mid-operation (e.g. mid-pull): the model's operation failed.
             raise ModelOperationFailed(f"connection to Ollama at {self.url} failed: {_reason(exc)}") from None
+
+
+def _digest(pieces: Iterable[bytes]) -> str:
+    """The digest of a body given in pieces (what `Tags.digest` is)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for piece in pieces:
+        hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def _hashed(pieces: Iterable[bytes], hasher: Any) -> Iterator[bytes]:
+    for piece in pieces:
+        hasher.update(piece)
+        yield piece
 
 
 def _installed(entry: dict) -> InstalledModel:

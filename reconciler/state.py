@@ -35,7 +35,8 @@ import time
 from types import MappingProxyType, UnionType
 import typing
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -308,7 +309,7 @@ class StateStore:
         self.stats = StoreStats()
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
-        self._listeners: list[Callable[[frozenset[ModelKey] | None], None]] = []
+        self._listeners: list[Callable[[AbstractSet[ModelKey] | None], None]] = []
         # The records' files as the last sync.json save saw them, and whether any record had work left.
         self._records_saved: dict[str, Any] | None = None
         self._loaded = False
@@ -319,16 +320,18 @@ class StateStore:
             self._load()
             self._loaded = True  # (a subclass's own `_load` need not say so)
 
-    def add_listener(self, listener: Callable[[frozenset[ModelKey] | None], None]) -> None:
+    def add_listener(self, listener: Callable[[AbstractSet[ModelKey] | None], None]) -> None:
         """Call `listener(keys)` after every committed edit, progress update or change taken in by
-        `follow()`, with the keys whose records changed (None: any may have, after a reload). It runs
-        outside the store's lock, on the thread that made the change: it must be quick and not block."""
+        `follow()`, with the keys whose records changed (None: any may have, after a reload), a set
+        the listener reads and does not keep (not a copy: a cold start's edit is of every record).
+        It runs outside the store's lock, on the thread that made the change: it must be quick and
+        not block."""
         self._listeners.append(listener)
 
     def _notify(self, keys: Collection[ModelKey] | None) -> None:
         if keys is not None and not keys:
             return
-        changed = None if keys is None else frozenset(keys)
+        changed = None if keys is None else keys if isinstance(keys, AbstractSet) else frozenset(keys)
         for listener in self._listeners:
             try:
                 listener(changed)
@@ -544,19 +547,17 @@ class StateStore:
             self.stats.fsyncs += durable
 
     # -- persistence --------------------------------------------------------------------------------
-    def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
-        changes = []
-        for key in sorted(touched):
+    def _commit(self, touched: AbstractSet[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
+        keys = sorted(touched)
+        for key in keys:
             old_reference = before.get(key)
             if old_reference is not None:
                 self._unindex_reference(old_reference, key)
-            record = self._models.get(key)
-            self._index(key, record)
-            changes.append((key, record))
+            self._index(key, self._models.get(key))
         self.version += 1
-        self._persist(changes)
+        self._persist(_Changes(keys, self._models))
 
-    def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
+    def _persist(self, changes: Sequence[tuple[ModelKey, ModelRecord | None]]) -> None:
         """Make the changed records durable (called under the lock). Here: append to the journal, or
         write the snapshot when the edit is of as many records as the store holds."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -984,6 +985,27 @@ def _type_name(value: object) -> str:
         type(value), type(value).__name__)
 
 
+class _Changes(Sequence[tuple[ModelKey, "ModelRecord | None"]]):
+    """An edit's changes, `(key, record or None)` in key order, read from the records as they are
+    when asked for (under the store's lock): no list of a pair per record touched."""
+
+    def __init__(self, keys: list[ModelKey], models: Mapping[ModelKey, ModelRecord]) -> None:
+        self._keys, self._models = keys, models
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice):
+            return [(key, self._models.get(key)) for key in self._keys[index]]
+        key = self._keys[index]
+        return key, self._models.get(key)
+
+    def __iter__(self) -> Iterator[tuple[ModelKey, ModelRecord | None]]:
+        models = self._models
+        return ((key, models.get(key)) for key in self._keys)
+
+
 class _Edit:
     """The mutable view handed out by StateStore.editing(); remembers what it touched.
 
@@ -993,17 +1015,26 @@ class _Edit:
 
     def __init__(self, models: dict[ModelKey, ModelRecord]) -> None:
         self._models = models
-        self.touched: set[ModelKey] = set()
+        # Per key touched, its record's normalised reference before the edit (None: it had none).
         self.before: dict[ModelKey, str | None] = {}
         # The statuses made or copied in this edit, by id (kept, so that no id is reused meanwhile):
         # the edit's own, changed in place.
         self._own: dict[int, ModelStatus] = {}
 
+    @property
+    def touched(self) -> AbstractSet[ModelKey]:
+        """The keys this edit touched (no set of its own: a cold start's edit is of every record)."""
+        return self.before.keys()
+
     def _touch(self, key: ModelKey) -> None:
-        if key not in self.touched:
-            self.touched.add(key)
+        if key not in self.before:
             record = self._models.get(key)
             self.before[key] = normalize_reference(record.spec.reference) if record else None
+
+    def _is_own(self, key: ModelKey, status: ModelStatus) -> bool:
+        """Was `status` made in this edit (so nothing handed out has it)? Every status of a model
+        that had no record before the edit is (a cold start's are all), and those copied or placed."""
+        return id(status) in self._own or key in self.before and self.before[key] is None
 
     def get(self, key: ModelKey) -> ModelRecord | None:
         """The record of `key` (read-only: change it through the edit's other methods)."""
@@ -1016,9 +1047,10 @@ class _Edit:
     def put(self, key: ModelKey, record: ModelRecord) -> None:
         self._touch(key)
         old = self._models.get(key)
-        kept = {id(s) for s in old.statuses()} if old is not None else set()
-        # A status new with this record is this edit's own; one kept from the old record is not.
-        self._own.update((id(s), s) for s in record.statuses() if id(s) not in kept)
+        if old is not None:  # (for a model new in this edit, every status is the edit's own anyway)
+            kept = {id(s) for s in old.statuses()}
+            # A status new with this record is this edit's own; one kept from the old record is not.
+            self._own.update((id(s), s) for s in record.statuses() if id(s) not in kept)
         self._models[key] = record
 
     def status(self, key: ModelKey, server: str) -> ModelStatus | None:
@@ -1029,7 +1061,7 @@ class _Edit:
         if status is None:
             return None
         self._touch(key)
-        if id(status) not in self._own:
+        if not self._is_own(key, status):
             status = status.copy()
             self._own[id(status)] = status
             self._models[key] = record.with_status(server, status)  # type: ignore[union-attr]
@@ -1038,7 +1070,8 @@ class _Edit:
     def place(self, key: ModelKey, server: str, status: ModelStatus) -> None:
         """Give a recorded model an entry on `server` (it is now planned there)."""
         self._touch(key)
-        self._own[id(status)] = status
+        if not self._is_own(key, status):
+            self._own[id(status)] = status
         self._models[key] = self._models[key].with_status(server, status)
 
     def drop(self, key: ModelKey, server: str) -> None:

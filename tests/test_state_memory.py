@@ -73,3 +73,33 @@ def test_records_handed_out_are_the_stores_own_and_stay_as_they_were_while_edits
     read = StateStore(tmp_path, readonly=True).records()
     assert read[KEYS[1]] == after[KEYS[1]] and set(read[KEYS[3]].servers) == {"default", "gpu-1"}
     assert KEYS[4] not in read
+
+
+def test_a_cold_starts_edit_copies_no_status_and_hands_its_listeners_its_own_keys(tmp_path: Path) -> None:
+    """An edit that records every model (a cold start's) and then marks each found: the statuses it
+    put are changed in place (no copy of each), and listeners get the edit's keys, not a copy."""
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    heard: list[object] = []
+    store.add_listener(heard.append)
+    with store.editing() as edit:
+        put = {}
+        for key in KEYS:
+            put[key] = ModelStatus()
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"), {"default": put[key]}))
+        for key in KEYS:
+            status = edit.status(key, "default")
+            assert status is put[key]  # the edit's own: not copied
+            status.state = READY
+        assert not edit._own  # nothing kept per status either
+        keys = edit.touched
+    assert heard == [keys] and heard[0] is not None and len(heard[0]) == len(KEYS)  # type: ignore[arg-type]
+    assert not isinstance(heard[0], frozenset)  # the edit's own keys, not a copy of them
+    # An edit of records that were there copies each status it changes, once.
+    before = store.records()
+    with store.editing() as edit:
+        for key in KEYS[:3]:
+            first = edit.status(key, "default")
+            assert first is not before[key].servers["default"] and edit.status(key, "default") is first
+        assert len(edit._own) == 3
+    store.release_process_lock()

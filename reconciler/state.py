@@ -32,10 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-from types import UnionType
+from types import MappingProxyType, UnionType
 import typing
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -109,22 +110,114 @@ _TRANSIENT = ("progress_completed", "progress_total")
 _STATUS_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(ModelStatus)))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ModelRecord:
     """What the reconciler knows of one model: the spec it acted on and, per server of the fleet it
     was planned on, its status there (no entry: never planned there). The whole is read with
-    `fleetstatus.overall()`, never stored, so nothing can change an aggregate by mistake."""
+    `fleetstatus.overall()`, never stored, so nothing can change an aggregate by mistake.
+
+    `servers` is read-only: the store changes a record only by replacing it (see `StateStore.records`).
+    There is one record per model, kept for the process's life, and most models are on one server:
+    the servers of a record with one are a `OneServer`, its name and status, rather than a dict of
+    one entry (which would cost more than the rest of the record)."""
 
     spec: AppliedSpec
-    servers: dict[str, ModelStatus] = field(default_factory=dict)
+    servers: Mapping[str, ModelStatus] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.servers = _frozen_servers(self.servers)
+
+    def statuses(self) -> Collection[ModelStatus]:
+        """The statuses on every server."""
+        return self.servers.values()
+
+    def status_on(self, server: str) -> ModelStatus | None:
+        """The status on `server`, None if never planned there."""
+        return self.servers.get(server)
+
+    def with_status(self, server: str, status: ModelStatus) -> ModelRecord:
+        """A new record: this one with `status` on `server` (this one is not changed)."""
+        if server in self.servers or not self.servers:
+            if len(self.servers) <= 1:
+                return ModelRecord(self.spec, OneServer(server, status))
+        return ModelRecord(self.spec, {**self.servers, server: status})
+
+    def without(self, server: str) -> ModelRecord:
+        """A new record: this one with no entry on `server`."""
+        return ModelRecord(self.spec, {name: s for name, s in self.servers.items() if name != server})
 
     def copy(self) -> ModelRecord:
+        """A deep copy (its statuses copied too), for a caller that changes them."""
         return ModelRecord(self.spec, {name: s.copy() for name, s in self.servers.items()})
 
     def on(self, server: str) -> ServerRecord | None:
         """The record as one server sees it (what `plan()` takes), None if never planned there."""
         status = self.servers.get(server)
         return ServerRecord(self.spec, status) if status is not None else None
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ModelRecord):
+            return NotImplemented
+        return self.spec == other.spec and self.servers == other.servers
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class OneServer(Mapping[str, ModelStatus]):
+    """The servers of a record with one server, as a read-only mapping (made when asked for)."""
+
+    __slots__ = ("_name", "_status")
+
+    def __init__(self, name: str, status: ModelStatus) -> None:
+        self._name, self._status = name, status
+
+    def __getitem__(self, name: str) -> ModelStatus:
+        if name == self._name:
+            return self._status
+        raise KeyError(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._status if name == self._name else default
+
+    def __contains__(self, name: object) -> bool:
+        return name == self._name
+
+    def __iter__(self) -> Iterator[str]:
+        yield self._name
+
+    def __len__(self) -> int:
+        return 1
+
+    def items(self) -> tuple[tuple[str, ModelStatus]]:  # type: ignore[override]
+        return ((self._name, self._status),)
+
+    def values(self) -> tuple[ModelStatus]:  # type: ignore[override]
+        return (self._status,)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OneServer):
+            return self._name == other._name and self._status == other._status
+        return Mapping.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{{{self._name!r}: {self._status!r}}}"
+
+
+_NO_SERVERS: Mapping[str, ModelStatus] = MappingProxyType({})
+
+
+def _frozen_servers(servers: Mapping[str, ModelStatus]) -> Mapping[str, ModelStatus]:
+    """`servers` as a record keeps them: read-only, and with one server no dict."""
+    if isinstance(servers, OneServer):
+        return servers
+    if len(servers) == 1:
+        (name, status), = servers.items()
+        return OneServer(name, status)
+    return MappingProxyType(dict(servers)) if servers else _NO_SERVERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +312,7 @@ class StateStore:
         self.stats = StoreStats()
         self.sync = SyncStatus()
         self._lock_file: TextIO | None = None
-        self._listeners: list[Callable[[frozenset[ModelKey] | None], None]] = []
+        self._listeners: list[Callable[[AbstractSet[ModelKey] | None], None]] = []
         # The records' files as the last sync.json save saw them, and whether any record had work left.
         self._records_saved: dict[str, Any] | None = None
         self._loaded = False
@@ -230,16 +323,18 @@ class StateStore:
             self._load()
             self._loaded = True  # (a subclass's own `_load` need not say so)
 
-    def add_listener(self, listener: Callable[[frozenset[ModelKey] | None], None]) -> None:
+    def add_listener(self, listener: Callable[[AbstractSet[ModelKey] | None], None]) -> None:
         """Call `listener(keys)` after every committed edit, progress update or change taken in by
-        `follow()`, with the keys whose records changed (None: any may have, after a reload). It runs
-        outside the store's lock, on the thread that made the change: it must be quick and not block."""
+        `follow()`, with the keys whose records changed (None: any may have, after a reload), a set
+        the listener reads and does not keep (not a copy: a cold start's edit is of every record).
+        It runs outside the store's lock, on the thread that made the change: it must be quick and
+        not block."""
         self._listeners.append(listener)
 
     def _notify(self, keys: Collection[ModelKey] | None) -> None:
         if keys is not None and not keys:
             return
-        changed = None if keys is None else frozenset(keys)
+        changed = None if keys is None else keys if isinstance(keys, AbstractSet) else frozenset(keys)
         for listener in self._listeners:
             try:
                 listener(changed)
@@ -314,15 +409,19 @@ class StateStore:
         return key in self._models  # one dict look-up: atomic, no lock needed
 
     def records(self, keys: Collection[ModelKey] | None = None) -> dict[ModelKey, ModelRecord]:
-        """Copies of the records of `keys` (all when None), safe to read while pulls update the store."""
+        """The records of `keys` (all when None) as they are now, safe to read while pulls update the
+        store: an edit never changes a record, it replaces it (copy on write), so what this hands out
+        stays as it was. Not to be changed (`ModelRecord.copy()` for a record to change); a dict of
+        the records themselves, not of copies of them: no second copy of every record at once."""
         self._ensure_loaded()
         with self._lock:
             if keys is None:
                 self.stats.copied += len(self._models)
-                return {k: r.copy() for k, r in self._models.items()}
-            copies = {k: self._models[k].copy() for k in keys if k in self._models}
-            self.stats.copied += len(copies)
-            return copies
+                return dict(self._models)
+            models = self._models
+            found = {k: models[k] for k in keys if k in models}
+            self.stats.copied += len(found)
+            return found
 
     def tally(self) -> tuple[Counter[str], Counter[tuple[str, str]]]:
         """How many models are in each state as a whole (over the servers each is recorded on, as
@@ -331,7 +430,7 @@ class StateStore:
         self._ensure_loaded()
         with self._lock:
             records = self._models.values()
-            whole = Counter(whole_state({s.state for s in r.servers.values()}, True) for r in records)
+            whole = Counter(whole_state({s.state for s in r.statuses()}, True) for r in records)
             on = Counter((server, status.state) for r in records for server, status in r.servers.items())
         return whole, on
 
@@ -340,7 +439,7 @@ class StateStore:
         with self._lock:
             found = self._models.get(key)
             self.stats.copied += found is not None
-            return found.copy() if found is not None else None
+            return found  # never changed: see `records`
 
     def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
         """`keys`, plus every recorded key that shares a reference with them or is for `references`."""
@@ -371,7 +470,7 @@ class StateStore:
             return {
                 key for key in self._unsettled
                 if any(s.state == PENDING or (s.state == FAILED and (s.next_retry_at or 0) <= now)
-                       for s in self._models[key].servers.values())
+                       for s in self._models[key].statuses())
             }
 
     # -- writing ----------------------------------------------------------------------------------
@@ -396,9 +495,11 @@ class StateStore:
         with self._lock:
             for key in keys:
                 record = self._models.get(key)
-                status = record.servers.get(server) if record is not None else None
-                if status is not None:
+                status = record.status_on(server) if record is not None else None
+                if status is not None:  # replaced, not changed: records handed out stay as they were
+                    status = status.copy()
                     status.progress_completed, status.progress_total = completed, total
+                    self._models[key] = record.with_status(server, status)  # type: ignore[union-attr]
             self.version += 1
         self._notify(keys)
 
@@ -449,19 +550,17 @@ class StateStore:
             self.stats.fsyncs += durable
 
     # -- persistence --------------------------------------------------------------------------------
-    def _commit(self, touched: set[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
-        changes = []
-        for key in sorted(touched):
+    def _commit(self, touched: AbstractSet[ModelKey], before: Mapping[ModelKey, str | None]) -> None:
+        keys = sorted(touched)
+        for key in keys:
             old_reference = before.get(key)
             if old_reference is not None:
                 self._unindex_reference(old_reference, key)
-            record = self._models.get(key)
-            self._index(key, record)
-            changes.append((key, record))
+            self._index(key, self._models.get(key))
         self.version += 1
-        self._persist(changes)
+        self._persist(_Changes(keys, self._models))
 
-    def _persist(self, changes: list[tuple[ModelKey, ModelRecord | None]]) -> None:
+    def _persist(self, changes: Sequence[tuple[ModelKey, ModelRecord | None]]) -> None:
         """Make the changed records durable (called under the lock). Here: append to the journal, or
         write the snapshot when the edit is of as many records as the store holds."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -524,11 +623,12 @@ class StateStore:
             found.add(key)
         elif found != key:
             self._by_reference[reference] = {found, key}
-        if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in record.servers.values()):
+        statuses = record.statuses()
+        if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in statuses):
             self._unsettled.add(key)
         else:
             self._unsettled.discard(key)
-        if any(s.state == PULLING for s in record.servers.values()):
+        if any(s.state == PULLING for s in statuses):
             self._pulling.add(key)
         else:
             self._pulling.discard(key)
@@ -589,7 +689,7 @@ class StateStore:
     def _settle_loaded(self, records: Mapping[ModelKey, ModelRecord]) -> None:
         """Index records just read; a pull they say is under way died with the process that ran it."""
         for key, record in records.items():
-            for status in record.servers.values():
+            for status in record.statuses():  # (not handed out yet: changed in place)
                 if status.state == PULLING and not self._readonly:
                     status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
@@ -888,21 +988,59 @@ def _type_name(value: object) -> str:
         type(value), type(value).__name__)
 
 
+class _Changes(Sequence[tuple[ModelKey, "ModelRecord | None"]]):
+    """An edit's changes, `(key, record or None)` in key order, read from the records as they are
+    when asked for (under the store's lock): no list of a pair per record touched."""
+
+    def __init__(self, keys: list[ModelKey], models: Mapping[ModelKey, ModelRecord]) -> None:
+        self._keys, self._models = keys, models
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice):
+            return [(key, self._models.get(key)) for key in self._keys[index]]
+        key = self._keys[index]
+        return key, self._models.get(key)
+
+    def __iter__(self) -> Iterator[tuple[ModelKey, ModelRecord | None]]:
+        models = self._models
+        return ((key, models.get(key)) for key in self._keys)
+
+
 class _Edit:
-    """The mutable view handed out by StateStore.editing(); remembers what it touched."""
+    """The mutable view handed out by StateStore.editing(); remembers what it touched.
+
+    Copy on write: a record is never changed, it is replaced, so the records `records()` handed out
+    stay as they were. `status()` gives a copy of the status to change (the same one for the rest of
+    the edit), in a new record put in place of the old one."""
 
     def __init__(self, models: dict[ModelKey, ModelRecord]) -> None:
         self._models = models
-        self.touched: set[ModelKey] = set()
+        # Per key touched, its record's normalised reference before the edit (None: it had none).
         self.before: dict[ModelKey, str | None] = {}
+        # The statuses made or copied in this edit, by id (kept, so that no id is reused meanwhile):
+        # the edit's own, changed in place.
+        self._own: dict[int, ModelStatus] = {}
+
+    @property
+    def touched(self) -> AbstractSet[ModelKey]:
+        """The keys this edit touched (no set of its own: a cold start's edit is of every record)."""
+        return self.before.keys()
 
     def _touch(self, key: ModelKey) -> None:
-        if key not in self.touched:
-            self.touched.add(key)
+        if key not in self.before:
             record = self._models.get(key)
             self.before[key] = normalize_reference(record.spec.reference) if record else None
 
+    def _is_own(self, key: ModelKey, status: ModelStatus) -> bool:
+        """Was `status` made in this edit (so nothing handed out has it)? Every status of a model
+        that had no record before the edit is (a cold start's are all), and those copied or placed."""
+        return id(status) in self._own or key in self.before and self.before[key] is None
+
     def get(self, key: ModelKey) -> ModelRecord | None:
+        """The record of `key` (read-only: change it through the edit's other methods)."""
         return self._models.get(key)
 
     def keys(self) -> list[ModelKey]:
@@ -911,31 +1049,45 @@ class _Edit:
 
     def put(self, key: ModelKey, record: ModelRecord) -> None:
         self._touch(key)
+        old = self._models.get(key)
+        if old is not None:  # (for a model new in this edit, every status is the edit's own anyway)
+            kept = {id(s) for s in old.statuses()}
+            # A status new with this record is this edit's own; one kept from the old record is not.
+            self._own.update((id(s), s) for s in record.statuses() if id(s) not in kept)
         self._models[key] = record
 
     def status(self, key: ModelKey, server: str) -> ModelStatus | None:
-        """The live status on `server` to change in place (the record is written at the end of the
-        edit); None if the model has no record or was never planned there."""
+        """The status on `server` to change in place (the record is written at the end of the edit);
+        None if the model has no record or was never planned there."""
         record = self._models.get(key)
-        if record is None or server not in record.servers:
+        status = record.status_on(server) if record is not None else None
+        if status is None:
             return None
         self._touch(key)
-        return record.servers[server]
+        if not self._is_own(key, status):
+            status = status.copy()
+            self._own[id(status)] = status
+            self._models[key] = record.with_status(server, status)  # type: ignore[union-attr]
+        return status
 
     def place(self, key: ModelKey, server: str, status: ModelStatus) -> None:
         """Give a recorded model an entry on `server` (it is now planned there)."""
         self._touch(key)
-        self._models[key].servers[server] = status
+        if not self._is_own(key, status):
+            self._own[id(status)] = status
+        self._models[key] = self._models[key].with_status(server, status)
 
     def drop(self, key: ModelKey, server: str) -> None:
         """Forget a model's entry on `server` (and so ollama-gitops's ownership of the weights there);
         a record left with no server is forgotten entirely."""
         record = self._models.get(key)
-        if record is None or server not in record.servers:
+        if record is None or record.status_on(server) is None:
             return
         self._touch(key)
-        del record.servers[server]
-        if not record.servers:
+        rest = record.without(server)
+        if rest.servers:
+            self._models[key] = rest
+        else:
             del self._models[key]
 
     def forget(self, key: ModelKey) -> None:

@@ -57,7 +57,29 @@ def test_a_reference_is_keyed_as_parse_name_reads_it(reference: str) -> None:
 def test_bare_references_are_keyed_without_a_cache_that_a_hundred_thousand_would_overflow() -> None:
     from ollama_gitops.reconciler.models import naming
 
-    before = naming._normalize_path_reference.cache_info()
+    before = naming._parsed_reference.cache_info()
     assert [normalize_reference(f"Model{i}:1B") for i in range(3)] == ["model0:1b", "model1:1b", "model2:1b"]
     assert normalize_reference("llama3.2") == "llama3.2:latest" and normalize_reference("a:") == "a:!missing!"
-    assert naming._normalize_path_reference.cache_info() == before  # neither looked up nor stored there
+    assert naming._parsed_reference.cache_info() == before  # neither looked up nor stored there
+
+
+@pytest.mark.parametrize("reference", [
+    "model1:1b", "Model1:1B", "llama3.2:latest", "a:b:c", "x:", ":y", ":", "", "noTag", "ns/m:t", "ünï:CÖDE",
+    "m:t/x", "123:456", "model:Q4_K_M", "host:5000/m",
+])
+def test_the_quick_form_of_a_reference_is_what_parsing_it_gives(reference: str) -> None:
+    # The one-part references skip the parse: they must come out as parsing them does.
+    assert normalize_reference(reference) == parse_name(reference).display_shortest().lower()
+
+
+def test_a_reference_in_normal_form_is_its_own_key_and_nothing_is_kept_for_it() -> None:
+    from ollama_gitops.reconciler.models import naming
+
+    naming._parsed_reference.cache_clear()
+    references = [f"model{i}:1b" for i in range(20_000)]
+    assert all(normalize_reference(r) is r for r in references)
+    assert naming._parsed_reference.cache_info().currsize == 0
+    # The others are cached, at most NORMALIZED_CACHE of them however many there are.
+    for i in range(naming.NORMALIZED_CACHE + 500):
+        assert normalize_reference(f"hf.co/x/m{i}") == f"hf.co/x/m{i}:latest"
+    assert naming._parsed_reference.cache_info().currsize == naming.NORMALIZED_CACHE

@@ -105,18 +105,29 @@ def normalize_reference(reference: str) -> str:
     """Ollama's identity for a reference, the key every comparison of models uses: the shortest form
     Ollama lists it by (`registry.ollama.ai/library/llama3.2` and `llama3.2:latest` are both
     `llama3.2:latest`; `hf.co/x/y:q4` keeps its host), lowercased, as Ollama matches names with
-    `EqualFold`."""
+    `EqualFold`.
+
+    A bare `model[:tag]` (what most model files give) has only the default host and namespace to leave
+    out: it is keyed as `parse_name` and `display_shortest` would, without them or a cache (at 100,000
+    distinct references every lookup of a bounded cache missed), and one already in that form (lower
+    case, a model and a tag) is returned itself, so that nothing is made or kept for it. The others
+    are parsed, with a small cache (a cache as large as the models would be their memory)."""
     if "/" not in reference:
-        # A bare `model[:tag]` (most references) has only the default host and namespace to leave
-        # out: what `parse_name` and `display_shortest` make of it, without them or a cache (at
-        # 100,000 distinct references, every lookup of a bounded cache missed).
         model, colon, tag = reference.rpartition(":")
         if not colon:
             return f"{reference}:{DEFAULT_TAG}".lower()
+        if model and tag:
+            lowered = reference.lower()
+            return reference if lowered == reference else lowered
         return f"{model or MISSING_PART}:{tag or MISSING_PART}".lower()
-    return _normalize_path_reference(reference)
+    return _parsed_reference(reference)
 
 
-@lru_cache(maxsize=65536)  # every cycle keys every recorded model: the same few strings again
-def _normalize_path_reference(reference: str) -> str:
+NORMALIZED_CACHE = 4096
+"""References with a path whose normal form is kept: a repository's few hosts and namespaces'
+models fit; beyond that, a reference is parsed again (microseconds)."""
+
+
+@lru_cache(maxsize=NORMALIZED_CACHE)
+def _parsed_reference(reference: str) -> str:
     return parse_name(reference).display_shortest().lower()

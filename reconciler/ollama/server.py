@@ -7,11 +7,14 @@ cycle later, change nothing), or one model's operation failed (Ollama's own mess
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import itertools
 import json
+import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -122,22 +125,60 @@ class OllamaServer:
         list through it too. `/api/tags` is read directly rather than through `Client.list()`: the
         client validates a pydantic model per entry, which costs 15 times the request itself with ten
         thousand models. Each entry becomes an `InstalledModel` as soon as it is decoded, so that a
-        listing of a hundred thousand models is never held as a hundred thousand dicts at once."""
-        body = self._get("/api/tags").content
-        digest = hashlib.blake2b(body, digest_size=16).hexdigest()
+        listing of a hundred thousand models is never held as a hundred thousand dicts at once; and
+        the body is decoded piece by piece (`decode_listing`), never made into one string of every
+        entry (as `json.loads` would). With no digest to compare with (a first listing: a cold
+        start's), each piece is decoded as it is read and not kept; else the pieces are kept until
+        the digest says whether to decode them."""
+        if unless is None:
+            streamed = self._streamed_tags()
+            if streamed is not None:
+                return streamed
+        pieces = self._get_pieces("/api/tags")
+        digest = _digest(pieces)
         if digest == unless:
             return Tags(digest, None)
-        listing = json.loads(body, object_hook=_installed_or_object)
-        models: dict[str, InstalledModel] = {}
-        for model in listing.get("models") or []:
-            if not isinstance(model, InstalledModel):  # an entry that names no model
-                model = _installed(model)
-            models[sys.intern(normalize_reference(model.reference))] = model
-        return Tags(digest, models)
+        return Tags(digest, decode_listing(pieces))
+
+    def _streamed_tags(self) -> Tags | None:
+        """`GET /api/tags` decoded as it is read; None for a body of another shape than Ollama's
+        (to be read again and decoded whole)."""
+        import ollama
+
+        hasher = hashlib.blake2b(digest_size=16)
+
+        def get() -> dict[str, InstalledModel]:
+            with self._http.stream("GET", "/api/tags") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ollama.ResponseError(_error_text(response), response.status_code)
+                models: dict[str, InstalledModel] = {}
+                for model in _entries(_hashed(response.iter_bytes(), hasher)):
+                    models[normalize_reference(model.reference)] = model
+                return models
+
+        try:
+            models = self._call(get)
+        except _Unusual:
+            return None
+        return Tags(hasher.hexdigest(), models)  # type: ignore[arg-type]
 
     def version(self) -> str:
         """Ollama's version (`GET /api/version`)."""
         return str(self._get("/api/version").json().get("version") or "")
+
+    def _get_pieces(self, path: str) -> list[bytes]:
+        """`GET path`'s body, as the pieces it was read in; errors as `_get`'s."""
+        import ollama
+
+        def get() -> list[bytes]:
+            with self._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ollama.ResponseError(_error_text(response), response.status_code)
+                return list(response.iter_bytes())
+
+        return self._call(get)  # type: ignore[return-value]
 
     def _get(self, path: str) -> httpx.Response:
         """`GET path`, its errors as the other calls' (`ServerUnreachable`, `ModelOperationFailed`)."""
@@ -215,9 +256,23 @@ class OllamaServer:
             raise ModelOperationFailed(f"connection to Ollama at {self.url} failed: {_reason(exc)}") from None
 
 
+def _digest(pieces: Iterable[bytes]) -> str:
+    """The digest of a body given in pieces (what `Tags.digest` is)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for piece in pieces:
+        hasher.update(piece)
+    return hasher.hexdigest()
+
+
+def _hashed(pieces: Iterable[bytes], hasher: Any) -> Iterator[bytes]:
+    for piece in pieces:
+        hasher.update(piece)
+        yield piece
+
+
 def _installed(entry: dict) -> InstalledModel:
-    """An `/api/tags` entry. Its reference is interned: the same string as the records', kept for as
-    long as the listing is."""
+    """An `/api/tags` entry. Its reference is interned: the records' spec is too (`plan.applied_spec`),
+    so a listing decoded after the records shares their string, and the records one decoded before."""
     return InstalledModel(sys.intern(entry.get("model") or entry.get("name") or ""), int(entry.get("size") or 0),
                           entry.get("digest") or "", entry.get("modified_at"))
 
@@ -226,6 +281,81 @@ def _installed_or_object(entry: dict) -> object:
     # Every JSON object of the listing, innermost first: an entry names its model; `details` and the
     # top level do not.
     return _installed(entry) if "model" in entry or "name" in entry else entry
+
+
+class _Unusual(Exception):
+    """A body that is not Ollama's `{"models": [entry, ...]}`: decoded whole instead."""
+
+
+_LISTING_START = re.compile(r'\s*\{\s*"models"\s*:\s*\[')
+_GAP = re.compile(r"\s*(,?)\s*")  # between entries: a comma (none before the first), spaces
+_LISTING_END = re.compile(r"\s*\}\s*")  # after the list's `]`
+_ENTRY = json.JSONDecoder(object_hook=_installed_or_object)
+
+
+def decode_listing(pieces: Sequence[bytes]) -> dict[str, InstalledModel]:
+    """The models of an `/api/tags` body given as the pieces it was read in, keyed by normalised
+    reference. Each entry is decoded as soon as its text is in, so what is held besides the pieces
+    is an entry's text, not the whole body as a string (`json.loads` makes one). A body of another
+    shape (other fields, say) is decoded whole, as before; one that is not JSON is a ValueError."""
+    models: dict[str, InstalledModel] = {}
+    try:
+        for model in _entries(pieces):
+            models[normalize_reference(model.reference)] = model
+        return models
+    except _Unusual:
+        pass
+    models = {}
+    listing = json.loads(b"".join(pieces), object_hook=_installed_or_object)
+    for model in (listing.get("models") if isinstance(listing, dict) else None) or []:
+        if not isinstance(model, InstalledModel):  # an entry that names no model
+            model = _installed(model)
+        models[normalize_reference(model.reference)] = model
+    return models
+
+
+def _entries(pieces: Iterable[bytes]) -> Iterator[InstalledModel]:
+    """The entries of a `{"models": [...]}` body, each as soon as its text is in; `_Unusual` for a
+    body of another shape (nothing is decoded whole here)."""
+    text_of = codecs.getincrementaldecoder("utf-8")()
+    buffer, position, started, ended, first = "", 0, False, False, True
+    for piece in itertools.chain(pieces, (None,)):
+        final = piece is None
+        try:
+            buffer = buffer[position:] + text_of.decode(piece or b"", final=final)
+        except UnicodeDecodeError:
+            raise _Unusual from None
+        position = 0
+        if not started:
+            match = _LISTING_START.match(buffer)
+            if match is None:
+                if final or not '{"models":['.startswith("".join(buffer.split())):
+                    raise _Unusual
+                continue  # the start may still be coming
+            position, started = match.end(), True
+        while not ended:
+            gap = _GAP.match(buffer, position)
+            assert gap is not None  # (it matches the empty string)
+            at = gap.end()
+            if at == len(buffer):
+                break  # more to come
+            if buffer[at] == "]":
+                if gap.group(1):
+                    raise _Unusual  # a comma before the end
+                position, ended = at + 1, True
+                break
+            if buffer[at] != "{" or bool(gap.group(1)) == first:
+                raise _Unusual  # not an object, a comma before the first entry or none between two
+            try:
+                entry, end = _ENTRY.raw_decode(buffer, at)
+            except ValueError:
+                if final:
+                    raise _Unusual from None
+                break  # the rest of this entry is in the next piece
+            position, first = end, False
+            yield entry if isinstance(entry, InstalledModel) else _installed(entry)  # (one that names no model)
+    if not ended or not _LISTING_END.fullmatch(buffer, position):
+        raise _Unusual
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -1,0 +1,102 @@
+"""An Ollama listing (`GET /api/tags`) decoded piece by piece: each entry as soon as its text is in,
+the body never made into one string, and what it gives the same as decoding the whole body."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ollama_gitops.reconciler.models.naming import normalize_reference
+from ollama_gitops.reconciler.ollama.server import OllamaServer, _entries, decode_listing
+from ollama_gitops.reconciler.plan import InstalledModel
+from standins.ollama_server import OllamaStandin
+
+
+def body_of(count: int) -> bytes:
+    entries = [{"name": f"Model{i}:1b", "model": f"Model{i}:1b", "modified_at": "2026-01-01T00:00:00.5+02:00",
+                "size": 1000 + i, "digest": f"{i:064x}", "details": {"family": "é", "families": ["x"]}}
+               for i in range(count)]
+    return json.dumps({"models": entries}, ensure_ascii=False).encode()
+
+
+def whole(body: bytes) -> dict[str, InstalledModel]:
+    """What decoding the whole body gives (as the listing was decoded before)."""
+    out = {}
+    for entry in json.loads(body).get("models") or []:
+        model = InstalledModel(entry.get("model") or entry.get("name") or "", int(entry.get("size") or 0),
+                               entry.get("digest") or "", entry.get("modified_at"))
+        out[normalize_reference(model.reference)] = model
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 3, 64, 1000, 10**6])
+def test_a_listing_in_pieces_of_any_size_decodes_as_the_whole_body(step: int) -> None:
+    body = body_of(40)
+    pieces = [body[i:i + step] for i in range(0, len(body), step)]  # cuts inside characters too (é)
+    assert decode_listing(pieces) == whole(body)
+
+
+def test_each_entry_is_decoded_as_soon_as_its_text_is_in() -> None:
+    body = body_of(200)
+    pieces = [body[i:i + 500] for i in range(0, len(body), 500)]
+    read = 0
+
+    def given():  # type: ignore[no-untyped-def]
+        nonlocal read
+        for piece in pieces:
+            read += 1
+            yield piece
+
+    read_when_decoded = [read for _ in _entries(given())]
+    # Entry i comes out once the piece its last byte is in has been read, and no later.
+    ends = [body.index(b"}}", body.index(f'"{i:064x}"'.encode())) + 2 for i in range(200)]
+    assert read_when_decoded == [(end - 1) // 500 + 1 for end in ends]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"models":[],"other":1}', b'{"other":1,"models":[{"model":"a:b","size":2}]}', b'{"models":null}', b"{}",
+    b' {"models" : [ {"model":"a:b","size":1} , {"name":"c:d"} ] } \n', b'{"models":[{"size":1}]}',
+])
+def test_a_body_of_another_shape_decodes_as_the_whole_body(body: bytes) -> None:
+    assert decode_listing([body[:4], body[4:]]) == whole(body)
+
+
+@pytest.mark.parametrize("body", [b'{"models":[{"model":"a:b"},]}', b'{"models":[{"model":"a', b"not json", b""])
+def test_a_body_that_is_not_json_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_listing([body[:3], body[3:]])
+
+
+def test_the_stand_ins_listing_over_http_is_decoded_in_pieces_as_a_whole() -> None:
+    ollama = OllamaStandin().start()
+    try:
+        for i in range(3000):  # a body of several network reads
+            ollama.install(f"model{i}:1b", 1000 + i)
+        client = OllamaServer(ollama.url)
+        pieces = client._get_pieces("/api/tags")
+        assert len(pieces) > 1
+        tags = client.tags()
+        assert tags.models == whole(b"".join(pieces)) and len(tags.models) == 3000
+        assert client.tags(tags.digest).models is None  # the same bytes: not decoded
+        client.close()
+    finally:
+        ollama.stop()
+
+
+def test_a_first_listing_is_decoded_as_it_is_read_and_a_later_one_only_if_its_bytes_changed() -> None:
+    ollama = OllamaStandin().start()
+    try:
+        for i in range(2000):
+            ollama.install(f"model{i}:1b", 1000 + i)
+        client = OllamaServer(ollama.url)
+        first = client.tags()  # streamed: nothing to compare with
+        again = client.tags(first.digest)
+        assert again.models is None and again.digest == first.digest
+        ollama.install("one-more:1b", 5)
+        changed = client.tags(first.digest)
+        assert changed.models is not None and set(changed.models) == set(first.models) | {"one-more:1b"}
+        assert client.tags().digest == changed.digest  # the same digest however it was read
+        client.close()
+    finally:
+        ollama.stop()

@@ -1,0 +1,105 @@
+"""What the state store keeps per model and hands out, counted (never RSS): a record on one server
+holds no dict, the records handed out are the store's own (never a copy of every record), and an
+edit replaces a record rather than changing it, so what was handed out stays as it was."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+
+from ollama_gitops.reconciler.models.desired import ModelKey
+from ollama_gitops.reconciler.state import (PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, OneServer,
+                                            StateStore)
+
+KEYS = [ModelKey("default", f"m{i}-1") for i in range(50)]
+
+
+def filled(directory: Path) -> StateStore:
+    store = StateStore(directory)
+    store.acquire_process_lock()
+    with store.editing() as edit:
+        for key in KEYS:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"),
+                                      {"default": ModelStatus()}))
+    return store
+
+
+def test_a_record_on_one_server_holds_no_dict_and_one_on_two_a_read_only_mapping(tmp_path: Path) -> None:
+    store = filled(tmp_path)
+    for record in [*store.records().values(), *StateStore(tmp_path, readonly=True).records().values()]:
+        assert isinstance(record.servers, OneServer)
+        held = [*gc.get_referents(record), *gc.get_referents(record.servers)]
+        assert not any(isinstance(thing, dict) for thing in held)
+        assert not hasattr(record, "__dict__") and not hasattr(record.servers, "__dict__")
+    with store.editing() as edit:
+        edit.place(KEYS[0], "gpu-1", ModelStatus())
+    two = store.record(KEYS[0])
+    assert two is not None and set(two.servers) == {"default", "gpu-1"}
+    try:
+        two.servers["x"] = ModelStatus()  # type: ignore[index]
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("a record's servers can be changed in place")
+    with store.editing() as edit:
+        edit.drop(KEYS[0], "gpu-1")
+    assert isinstance(store.record(KEYS[0]).servers, OneServer)  # type: ignore[union-attr]
+    store.release_process_lock()
+
+
+def test_records_handed_out_are_the_stores_own_and_stay_as_they_were_while_edits_change_it(tmp_path: Path) -> None:
+    store = filled(tmp_path)
+    before = store.records()
+    again = store.records()
+    assert all(again[key] is before[key] for key in KEYS)  # no copy of any record
+    assert store.record(KEYS[1]) is before[KEYS[1]]
+    with store.editing() as edit:
+        status = edit.status(KEYS[1], "default")
+        assert status is not None and edit.status(KEYS[1], "default") is status  # one copy for the edit
+        status.state, status.size = READY, 7
+    store.update_progress([KEYS[2]], "default", 5, 10)
+    with store.editing() as edit:
+        edit.place(KEYS[3], "gpu-1", ModelStatus(PULLING))
+        edit.drop(KEYS[4], "default")
+    # What was handed out is as it was; the store has the changes (and its files, read again).
+    assert all(before[key].servers["default"] == ModelStatus() for key in KEYS)
+    assert set(before[KEYS[3]].servers) == {"default"} and KEYS[4] in before
+    after = store.records()
+    assert after[KEYS[1]].servers["default"].state == READY and after[KEYS[1]].servers["default"].size == 7
+    assert after[KEYS[2]].servers["default"].progress_completed == 5
+    assert set(after[KEYS[3]].servers) == {"default", "gpu-1"} and KEYS[4] not in after
+    assert all(after[key] is before[key] for key in KEYS[5:])  # untouched records are not replaced
+    store.release_process_lock()
+    read = StateStore(tmp_path, readonly=True).records()
+    assert read[KEYS[1]] == after[KEYS[1]] and set(read[KEYS[3]].servers) == {"default", "gpu-1"}
+    assert KEYS[4] not in read
+
+
+def test_a_cold_starts_edit_copies_no_status_and_hands_its_listeners_its_own_keys(tmp_path: Path) -> None:
+    """An edit that records every model (a cold start's) and then marks each found: the statuses it
+    put are changed in place (no copy of each), and listeners get the edit's keys, not a copy."""
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    heard: list[object] = []
+    store.add_listener(heard.append)
+    with store.editing() as edit:
+        put = {}
+        for key in KEYS:
+            put[key] = ModelStatus()
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"), {"default": put[key]}))
+        for key in KEYS:
+            status = edit.status(key, "default")
+            assert status is put[key]  # the edit's own: not copied
+            status.state = READY
+        assert not edit._own  # nothing kept per status either
+        keys = edit.touched
+    assert heard == [keys] and heard[0] is not None and len(heard[0]) == len(KEYS)  # type: ignore[arg-type]
+    assert not isinstance(heard[0], frozenset)  # the edit's own keys, not a copy of them
+    # An edit of records that were there copies each status it changes, once.
+    before = store.records()
+    with store.editing() as edit:
+        for key in KEYS[:3]:
+            first = edit.status(key, "default")
+            assert first is not before[key].servers["default"] and edit.status(key, "default") is first
+        assert len(edit._own) == 3
+    store.release_process_lock()

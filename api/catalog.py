@@ -16,8 +16,6 @@ import array
 import bisect
 import dataclasses
 import gc
-import gzip
-import io
 import itertools
 import json
 import operator
@@ -35,6 +33,7 @@ from ..reconciler.models.sizes import format_size
 from ..reconciler.state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, SyncStatus
 
 from . import metrics
+from .pieces import PIECE_BYTES, Pieces
 
 GZIP_LEVEL = 5  # a list of 100,000 models (25 MiB) compresses 12x in a quarter of a second, once per change
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
@@ -152,14 +151,17 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
 
 @dataclasses.dataclass(frozen=True)
 class ModelList:
-    """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, and item `i`
-    (the model `keys[i]`, in name order) ends at `ends[i]`, after a comma or the list's start. `tag`
-    changes whenever the body does (the list's ETag)."""
+    """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, kept in pieces
+    (`Pieces`): its parts are the list's start, then pieces of whole items with a comma between two,
+    then its end. Item `i` (the model `keys[i]`, in name order) ends at `ends[i]` in the body, after a
+    comma or the list's start; piece `k` begins with item `firsts[k]`. `tag` changes whenever the body
+    does (the list's ETag)."""
 
     keys: Sequence[ModelKey]
     states: Sequence[object]  # what each item was made from: a model is serialised again only when it differs
     ends: array.array
-    body: bytes
+    body: Pieces
+    firsts: array.array
     tag: str
     _gzipped: list[bytes] = dataclasses.field(default_factory=list, repr=False, compare=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
@@ -168,8 +170,13 @@ class ModelList:
         """The body gzip-compressed, made once (mtime 0, so the same list compresses to the same bytes)."""
         with self._lock:
             if not self._gzipped:
-                self._gzipped.append(gzip.compress(self.body, GZIP_LEVEL, mtime=0))
+                self._gzipped.append(self.body.gzipped(GZIP_LEVEL))
             return self._gzipped[0]
+
+    @property
+    def items(self) -> tuple[bytes, ...]:
+        """The pieces of items, in order (the body's parts between its start and its end, less the commas)."""
+        return self.body.parts[1:-1:2]
 
     def start(self, i: int) -> int:
         """Where item `i` begins in `body`."""
@@ -180,9 +187,104 @@ class ModelList:
         last one when more follow (else None) and how many follow."""
         start = bisect.bisect_right(self.keys, after, key=_name) if after is not None else 0
         end = min(len(self.keys), start + limit)
-        items = self.body[self.start(start):self.ends[end - 1]] if end > start else b""
+        items = self.body.slice(self.start(start), self.ends[end - 1]) if end > start else b""
         remaining = len(self.keys) - end
         return items, (self.keys[end - 1].name if remaining and end > start else None), remaining
+
+
+def _body(pieces: Sequence[bytes]) -> Pieces:
+    """A list's body from its pieces of items: the list's start, the pieces with a comma between two, its end."""
+    parts: list[bytes] = [_LIST_START]
+    for piece in pieces:
+        if len(parts) > 1:
+            parts.append(b",")
+        parts.append(piece)
+    parts.append(_LIST_END)
+    return Pieces(parts)
+
+
+class _ListBuilder:
+    """Lays out a rebuilt list's items in pieces: runs of items whose bytes are the last list's reuse
+    its pieces whole where they can (shared, not copied), and the rest (new items, and the parts of
+    the last list's pieces around them) are joined into new pieces of about `PIECE_BYTES`. A piece
+    under half that is never reused whole but joined with its neighbours, so that changes made one at
+    a time do not leave a list of ever more, ever smaller pieces."""
+
+    def __init__(self, old: ModelList | None) -> None:
+        self._old = old
+        self.ends = array.array("q")
+        self._position = len(_LIST_START) - 1  # where the last item ended (before the first: the comma it lacks)
+        self._pieces: list[bytes] = []
+        self._firsts = array.array("q")
+        self._pending: list[bytes | memoryview] = []
+        self._pending_size = 0
+        self._placed = 0  # items laid out in pieces or pending
+        self._run: list[int] | None = None  # the last list's items reused in a row: [first, last]
+
+    def reuse(self, i: int) -> None:
+        """The next item is item `i` of the last list, as it was."""
+        old = self._old
+        assert old is not None
+        if self._run is not None and self._run[1] == i - 1:
+            self._run[1] = i
+        else:
+            self._lay_out_run()
+            self._run = [i, i]
+        self._ended(old.ends[i] - old.start(i))
+
+    def add(self, item: bytes) -> None:
+        """The next item is `item`, just serialised."""
+        self._lay_out_run()
+        self._pend(item, 1)
+        self._ended(len(item))
+
+    def finish(self) -> tuple[Pieces, array.array]:
+        """The body and where each of its pieces begins (`ModelList.body`, `ModelList.firsts`)."""
+        self._lay_out_run()
+        self._flush()
+        return _body(self._pieces), self._firsts
+
+    def _ended(self, length: int) -> None:
+        self._position += length + 1
+        self.ends.append(self._position)
+
+    def _pend(self, part: bytes | memoryview, items: int) -> None:
+        if not self._pending:
+            self._pending_first = self._placed
+        self._pending.append(part)
+        self._pending_size += len(part)
+        self._placed += items
+        if self._pending_size >= PIECE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pieces.append(b",".join(self._pending))
+            self._firsts.append(self._pending_first)
+            self._pending.clear()
+            self._pending_size = 0
+
+    def _lay_out_run(self) -> None:
+        if self._run is None:
+            return
+        old, (first, last), self._run = self._old, self._run, None
+        assert old is not None
+        items = old.items
+        k = bisect.bisect_right(old.firsts, first) - 1
+        while first <= last:
+            begins = old.firsts[k]
+            ends = old.firsts[k + 1] if k + 1 < len(old.firsts) else len(old.keys)
+            through = min(last + 1, ends)
+            piece = items[k]
+            if first == begins and through == ends and len(piece) >= PIECE_BYTES // 2:
+                self._flush()
+                self._pieces.append(piece)
+                self._firsts.append(self._placed)
+                self._placed += through - first
+            else:
+                base = old.start(begins)
+                self._pend(memoryview(piece)[old.start(first) - base:old.ends[through - 1] - base], through - first)
+            first, k = through, k + 1
 
 
 @dataclasses.dataclass
@@ -204,18 +306,15 @@ class Catalog:
         self._lock = threading.Lock()  # one rebuild at a time: the others wait and take its result
         self._lists: dict[str, tuple[tuple[object, ...], ModelList]] = {}
         self._servers: tuple[tuple[object, ...], bytes] | None = None
-        self._all: tuple[tuple[object, ...], bytes] | None = None  # every namespace's list (list_all_json)
+        self._all: tuple[tuple[object, ...], Pieces] | None = None  # every namespace's list (list_all)
         self._generation = itertools.count(1)
         self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
         self.stats = CatalogStats()
 
-    def list_json(self, namespace: str) -> bytes:
-        """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
-        return self.model_list(namespace).body
-
-    def list_all_json(self) -> bytes:
+    def list_all(self) -> Pieces:
         """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list):
-        the namespaces' lists joined, so it reuses their bytes and is rebuilt only when one is."""
+        the namespaces' lists' pieces, shared, so it copies none of their bytes and is remade only when
+        one of them is."""
         self._refresh()
         desired = self._desired()
         stamp = (desired.commit if desired else None, self._status.version, _Fleet(self._status.sync.servers).stamp)
@@ -223,7 +322,7 @@ class Catalog:
             if self._all is not None and self._all[0] == stamp:
                 return self._all[1]
         lists = [self.model_list(namespace) for namespace in self.namespaces(desired)]
-        body = _LIST_START + b",".join(l.body[len(_LIST_START):-len(_LIST_END)] for l in lists if l.keys) + _LIST_END
+        body = _body([piece for l in lists for piece in l.items])
         with self._lock:
             self._all = (stamp, body)
         return body
@@ -267,50 +366,24 @@ class Catalog:
         previous: dict[ModelKey, int] = {}
         if old is not None:
             previous = {key: i for i, key in enumerate(old.keys)}
-        view = memoryview(old.body) if old is not None else None
         keys: list[ModelKey] = []
         states: list[object] = []
-        body = io.BytesIO()  # written as it is made: never a list of every item's bytes, then their join
-        body.write(_LIST_START)
-
-        def write(part: bytes | memoryview) -> None:
-            if body.tell() > len(_LIST_START):
-                body.write(b",")
-            body.write(part)
-
-        ends, position = array.array("q"), len(_LIST_START) - 1
-        run: list[int] = []  # the reused items in a row: [first's start, last's end, last's place] in the old body
+        built = _ListBuilder(old)
         # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
-        # Items whose bytes are reused in a row are one slice of the old body, commas and all.
         for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
             keys.append(key)
             states.append(state)
             i = previous.get(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
-                begin, end = old.start(i), old.ends[i]  # type: ignore[union-attr]
-                if run and run[2] == i - 1:
-                    run[1:] = end, i
-                else:
-                    if run:
-                        write(view[run[0]:run[1]])  # type: ignore[index]
-                    run = [begin, end, i]
-                position += end - begin + 1
+                built.reuse(i)
             else:
-                if run:
-                    write(view[run[0]:run[1]])  # type: ignore[index]
-                    run = []
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
-                part = _ENCODE(make()).encode()
-                write(part)
-                position += len(part) + 1
-            ends.append(position)
-        if run:
-            write(view[run[0]:run[1]])  # type: ignore[index]
+                built.add(_ENCODE(make()).encode())
         if old is not None and list(old.keys) == keys and list(old.states) == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
-        body.write(_LIST_END)
-        return ModelList(tuple(keys), tuple(states), ends, body.getvalue(), f"{self._boot}-{next(self._generation)}")
+        body, firsts = built.finish()
+        return ModelList(tuple(keys), tuple(states), built.ends, body, firsts, f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:
         """Every namespace with a model file or a record."""

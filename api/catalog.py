@@ -206,18 +206,23 @@ def _body(pieces: Sequence[bytes]) -> Pieces:
 class _ListBuilder:
     """Lays out a rebuilt list's items in pieces: runs of items whose bytes are the last list's reuse
     its pieces whole where they can (shared, not copied), and the rest (new items, and the parts of
-    the last list's pieces around them) are joined into new pieces of about `PIECE_BYTES`. A piece
-    under half that is never reused whole but joined with its neighbours, so that changes made one at
-    a time do not leave a list of ever more, ever smaller pieces."""
+    the last list's pieces around them) are joined into new pieces of about `piece_bytes`. A piece
+    under half that is joined with a neighbour whenever it can be (new bytes beside it, or another
+    small piece), so that no two small pieces are side by side: changes made one at a time do not
+    leave a list of ever more, ever smaller pieces."""
 
-    def __init__(self, old: ModelList | None) -> None:
+    def __init__(self, old: ModelList | None, piece_bytes: int = PIECE_BYTES) -> None:
         self._old = old
+        self._small = piece_bytes // 2
+        self._piece_bytes = piece_bytes
+        self.joined = 0  # new pieces made (each one join)
         self.ends = array.array("q")
         self._position = len(_LIST_START) - 1  # where the last item ended (before the first: the comma it lacks)
         self._pieces: list[bytes] = []
         self._firsts = array.array("q")
         self._pending: list[bytes | memoryview] = []
         self._pending_size = 0
+        self._pending_first = 0
         self._placed = 0  # items laid out in pieces or pending
         self._run: list[int] | None = None  # the last list's items reused in a row: [first, last]
 
@@ -248,18 +253,37 @@ class _ListBuilder:
         self._position += length + 1
         self.ends.append(self._position)
 
+    def _last_is_small(self) -> bool:
+        return bool(self._pieces) and len(self._pieces[-1]) < self._small
+
+    def _whole(self, piece: bytes, items: int) -> None:
+        """A piece of the last list, all of whose items come next as they were."""
+        if len(piece) < self._small and (self._pending or self._last_is_small()):
+            self._pend(piece, items)
+            return
+        self._flush()
+        self._pieces.append(piece)
+        self._firsts.append(self._placed)
+        self._placed += items
+
     def _pend(self, part: bytes | memoryview, items: int) -> None:
         if not self._pending:
-            self._pending_first = self._placed
+            if self._last_is_small():  # joined with the small piece before it
+                self._pending.append(self._pieces.pop())
+                self._pending_size = len(self._pending[0])
+                self._pending_first = self._firsts.pop()
+            else:
+                self._pending_first = self._placed
         self._pending.append(part)
         self._pending_size += len(part)
         self._placed += items
-        if self._pending_size >= PIECE_BYTES:
+        if self._pending_size >= self._piece_bytes:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
             self._pieces.append(b",".join(self._pending))
+            self.joined += 1
             self._firsts.append(self._pending_first)
             self._pending.clear()
             self._pending_size = 0
@@ -275,15 +299,11 @@ class _ListBuilder:
             begins = old.firsts[k]
             ends = old.firsts[k + 1] if k + 1 < len(old.firsts) else len(old.keys)
             through = min(last + 1, ends)
-            piece = items[k]
-            if first == begins and through == ends and len(piece) >= PIECE_BYTES // 2:
-                self._flush()
-                self._pieces.append(piece)
-                self._firsts.append(self._placed)
-                self._placed += through - first
+            if first == begins and through == ends:
+                self._whole(items[k], through - first)
             else:
                 base = old.start(begins)
-                self._pend(memoryview(piece)[old.start(first) - base:old.ends[through - 1] - base], through - first)
+                self._pend(memoryview(items[k])[old.start(first) - base:old.ends[through - 1] - base], through - first)
             first, k = through, k + 1
 
 
@@ -293,6 +313,7 @@ class CatalogStats:
 
     lists_built: int = 0  # lists rebuilt because the commit or the status moved
     serialised: int = 0  # models serialised into them
+    pieces_joined: int = 0  # new pieces of their bodies (the rest are the last list's, shared)
 
 
 class Catalog:
@@ -380,9 +401,10 @@ class Catalog:
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
                 built.add(_ENCODE(make()).encode())
+        body, firsts = built.finish()
+        self.stats.pieces_joined += built.joined
         if old is not None and list(old.keys) == keys and list(old.states) == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
-        body, firsts = built.finish()
         return ModelList(tuple(keys), tuple(states), built.ends, body, firsts, f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:

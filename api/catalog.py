@@ -21,7 +21,7 @@ import json
 import operator
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
@@ -158,7 +158,7 @@ class ModelList:
     does (the list's ETag)."""
 
     keys: Sequence[ModelKey]
-    states: Sequence[object]  # what each item was made from: a model is serialised again only when it differs
+    states: _States  # what each item was made from: a model is serialised again only when it differs
     ends: array.array
     body: Pieces
     firsts: array.array
@@ -332,6 +332,11 @@ class Catalog:
         self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
         self.stats = CatalogStats()
 
+    def list_json(self, namespace: str) -> bytes:
+        """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes (joined: the API itself
+        answers from the pieces, `model_list(namespace).body`)."""
+        return bytes(self.model_list(namespace).body)
+
     def list_all(self) -> Pieces:
         """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list):
         the namespaces' lists' pieces, shared, so it copies none of their bytes and is remade only when
@@ -388,7 +393,7 @@ class Catalog:
         if old is not None:
             previous = {key: i for i, key in enumerate(old.keys)}
         keys: list[ModelKey] = []
-        states: list[object] = []
+        states = _States()
         built = _ListBuilder(old)
         # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
         for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
@@ -403,9 +408,9 @@ class Catalog:
                 built.add(_ENCODE(make()).encode())
         body, firsts = built.finish()
         self.stats.pieces_joined += built.joined
-        if old is not None and list(old.keys) == keys and list(old.states) == states:
+        if old is not None and list(old.keys) == keys and old.states == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
-        return ModelList(tuple(keys), tuple(states), built.ends, body, firsts, f"{self._boot}-{next(self._generation)}")
+        return ModelList(tuple(keys), states, built.ends, body, firsts, f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:
         """Every namespace with a model file or a record."""
@@ -525,14 +530,18 @@ class Catalog:
         and placement are as they were keeps its state from `old`; only the records of models new to
         it, or whose file or placement changed, are read. None when `old` kept a model (whose view
         depends on more than its record)."""
-        if any(state[0] == "kept" for state in old.states):  # type: ignore[index]
+        if old.states.kept:
             return None
         wanted: list[ModelKey] = []
         for m in models:
             i = previous.get(m.key)
-            if i is None or old.states[i][0] != m.blob or old.states[i][1] is not m.fields:  # type: ignore[index]
+            if i is None:
                 wanted.append(m.key)
-            elif fleet.known and fleet.placement(m.fields.servers, None) != old.states[i][2]:  # type: ignore[index]
+                continue
+            fields, placement = old.states.first(i, 2)
+            if fields is not m.fields:
+                wanted.append(m.key)
+            elif fleet.known and fleet.placement(m.fields.servers, None) != placement:
                 wanted.append(m.key)  # placed on other servers: its seed fields are over others
         records = self._status.records(wanted)
         read = set(wanted)
@@ -625,18 +634,24 @@ _PIECE = 1000  # records read at a time for a list
 
 
 def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet
-                  ) -> tuple[object, Callable[[], dict[str, Any]]]:
-    """A model's state in a list (its file, where it is placed, its record) and how to make its view."""
+                  ) -> tuple[list[object], Callable[[], dict[str, Any]]]:
+    """A model's state in a list (its file's fields, where it is placed, its record) and how to make its view."""
     placement = fleet.placement(model.fields.servers, record)
-    return ((model.blob, model.fields, placement, *_state_of(record)),
-            lambda: _desired_view(model, record, placement))
+    state: list[object] = [model.fields, placement]
+    _add_record(record, state)
+    return state, lambda: _desired_view(model, record, placement)
+
+
+_KEPT = "kept"  # the first value of a kept model's state (a model file's is its fields)
 
 
 def _kept_item(key: ModelKey, record: ModelRecord, why: str, fleet: _Fleet
-               ) -> tuple[object, Callable[[], dict[str, Any]]]:
+               ) -> tuple[list[object], Callable[[], dict[str, Any]]]:
     """A model kept at its last good version: its state in a list and how to make its view."""
     placement = fleet.recorded(record)
-    return (("kept", why, placement, *_state_of(record)), lambda: _last_good_view(key, record, why, placement))
+    state: list[object] = [_KEPT, why, placement, record.spec]
+    _add_record(record, state)
+    return state, lambda: _last_good_view(key, record, why, placement)
 
 
 def _unmade() -> dict[str, Any]:
@@ -647,50 +662,51 @@ def _name(key: ModelKey) -> str:
     return key.name
 
 
-def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
-    """What a view is made from of a record, to compare with the last one, as one flat tuple of
-    references (no copy): a mutable dataclass among its fields (the status, which the store copies
-    on every read) by its values, a mapping (the statuses by server) by its keys and their values,
-    anything else (the frozen spec) as it is. So a list keeps no copy of any record, only the values."""
+# What the views show of a server's status (`model_view`, `_server_entry`): a list compares these only.
+_SHOWN = operator.attrgetter("state", "size", "digest", "last_pull_time", "error", "progress_completed", "progress_total")
+
+
+def _add_record(record: ModelRecord | None, state: list[object]) -> None:
+    """Add what a view shows of `record` to `state`, to compare with the last list's, as references
+    to its values (no copy of the record, which the store copies on every read): for each server,
+    its name and the values of its status that a view shows."""
     if record is None:
-        return ()
-    state: list[object] = []
-    for value in _values(record):
-        if isinstance(value, Mapping):
-            state.append(len(value))  # where its entries start, and how many
-            for name, entry in value.items():
-                state.append(name)
-                _flatten(entry, state)
-        else:
-            _flatten(value, state)
-    return tuple(state)
+        return
+    state.append(len(record.servers))  # where the servers start, and how many
+    for name, status in record.servers.items():
+        state.append(name)
+        state.extend(_SHOWN(status))
 
 
-def _flatten(value: object, state: list[object]) -> None:
-    kind = type(value)
-    flat = _FLAT.get(kind)
-    if flat is None:
-        flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
-    if flat:
-        state.append(kind)  # where its values start
-        state.extend(_values(value))
-    else:
-        state.append(value)
+class _States:
+    """What each item of a list was made from (`_desired_item`, `_kept_item`), every item's values in
+    one flat list of references: a list of a hundred thousand models holds no object per model."""
 
+    __slots__ = ("_values", "_ends", "kept")
 
-_FLAT: dict[type, bool] = {}  # by type: is it a mutable dataclass, whose values a state holds
-_GETTERS: dict[type, Callable[[object], tuple[object, ...]]] = {}
+    def __init__(self) -> None:
+        self._values: list[object] = []
+        self._ends = array.array("q")
+        self.kept = False  # is any item a model kept at its last good version?
 
+    def append(self, state: list[object]) -> None:
+        self._values.extend(state)
+        self._ends.append(len(self._values))
+        self.kept = self.kept or state[0] is _KEPT
 
-def _values(instance: object) -> tuple[object, ...]:
-    """A dataclass instance's field values, in order."""
-    kind = type(instance)
-    getter = _GETTERS.get(kind)
-    if getter is None:
-        names = [f.name for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
-        getter = _GETTERS[kind] = operator.attrgetter(*names) if len(names) > 1 else (
-            lambda value, name=names[0]: (getattr(value, name),))
-    return getter(instance)
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> list[object]:
+        return self._values[self._ends[i - 1] if i else 0:self._ends[i]]
+
+    def first(self, i: int, n: int) -> list[object]:
+        """The first `n` values of item `i`'s state."""
+        begin = self._ends[i - 1] if i else 0
+        return self._values[begin:min(begin + n, self._ends[i])]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _States) and self._ends == other._ends and self._values == other._values
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:

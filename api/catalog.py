@@ -4,10 +4,11 @@ A model's seed fields are the whole over the servers its `servers:` selector pic
 inventory (the servers the last cycle recorded, `SyncStatus.servers`); in a fleet its view adds the
 model on each of them.
 
-Reads are served from memory. A namespace's list is kept serialised, one slice of its body per model,
-and rebuilt when the commit, the status or the servers' names and labels move: a model whose file
-(blob), record and placement (the servers it is shown on) are as they were keeps its bytes, so the
-list after a write serialises the models that changed, not all of them.
+Reads are served from memory. A namespace's list is kept serialised, its body in pieces of many items
+(`pieces.Pieces`, sent as they are kept), and rebuilt when the commit, the status or the servers' names
+and labels move: a model whose file's fields, record and placement (the servers it is shown on) are
+as they were keeps its bytes, so the list after a write serialises the models that changed, not all
+of them, and shares the last list's pieces around them.
 """
 
 from __future__ import annotations

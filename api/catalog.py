@@ -390,17 +390,15 @@ class Catalog:
     def _build(self, namespace: str, desired: DesiredState | None, fleet: _Fleet, old: ModelList | None,
                same_status: bool) -> ModelList:
         self.stats.lists_built += 1
-        previous: dict[ModelKey, int] = {}
-        if old is not None:
-            previous = {key: i for i, key in enumerate(old.keys)}
+        places = _Places(old.keys if old is not None else ())
         keys: list[ModelKey] = []
         states = _States()
         built = _ListBuilder(old)
         # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
-        for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
+        for key, state, make in self._items(namespace, desired, fleet, old if same_status else None):
             keys.append(key)
             states.append(state)
-            i = previous.get(key)
+            i = places.find(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
                 built.reuse(i)
             else:
@@ -485,15 +483,15 @@ class Catalog:
             self._follow()
 
     def _items(self, namespace: str, desired: DesiredState | None, fleet: _Fleet,
-               unchanged: tuple[ModelList, dict[ModelKey, int]] | None) -> Iterable[_Item]:
-        """The namespace's models in name order: each one's key, its state (its file's blob, its
+               unchanged: ModelList | None) -> Iterable[_Item]:
+        """The namespace's models in name order: each one's key, its state (its file's fields, its
         placement and its record: what its view is made from) and how to make its view. `unchanged`:
-        the last list (and each key's place in it), made with the records as they still are."""
+        the last list, made with the records as they still are."""
         if desired is None:
             return []
         models = desired.in_namespace(namespace)
         if unchanged is not None and not desired.any_unreadable and desired.models:
-            reused = self._reused_items(models, fleet, *unchanged)
+            reused = self._reused_items(models, fleet, unchanged)
             if reused is not None:
                 return reused
         kept_at_zero = {k: kept for k, kept in self._kept_at_zero_records(desired).items() if k.namespace == namespace}
@@ -525,34 +523,36 @@ class Catalog:
             for m in piece:
                 yield (m.key, *_desired_item(m, records.get(m.key), fleet))
 
-    def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList,
-                      previous: dict[ModelKey, int]) -> list[_Item] | None:
+    def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList) -> Iterator[_Item] | None:
         """`_items` of models whose records have not changed since `old` was made: a model whose file
         and placement are as they were keeps its state from `old`; only the records of models new to
         it, or whose file or placement changed, are read. None when `old` kept a model (whose view
         depends on more than its record)."""
         if old.states.kept:
             return None
+        places = _Places(old.keys)
+        where = array.array("q")  # each model's place in `old`, or -1: its record is read
         wanted: list[ModelKey] = []
         for m in models:
-            i = previous.get(m.key)
-            if i is None:
-                wanted.append(m.key)
-                continue
-            fields, placement = old.states.first(i, 2)
-            if fields is not m.fields:
-                wanted.append(m.key)
-            elif fleet.known and fleet.placement(m.fields.servers, None) != placement:
-                wanted.append(m.key)  # placed on other servers: its seed fields are over others
-        records = self._status.records(wanted)
-        read = set(wanted)
-        items: list[_Item] = []
-        for m in models:
-            if m.key in read:
-                items.append((m.key, *_desired_item(m, records.get(m.key), fleet)))
+            i = places.find(m.key)
+            if i is not None:
+                fields, placement = old.states.first(i, 2)
+                # Placed on other servers, its seed fields are over others.
+                if fields is m.fields and not (fleet.known and fleet.placement(m.fields.servers, None) != placement):
+                    where.append(i)
+                    continue
+            where.append(-1)
+            wanted.append(m.key)
+        return self._reused(models, fleet, old, where, self._status.records(wanted))
+
+    @staticmethod
+    def _reused(models: list[DesiredModel], fleet: _Fleet, old: ModelList, where: array.array,
+                records: dict[ModelKey, ModelRecord]) -> Iterator[_Item]:
+        for m, i in zip(models, where):
+            if i < 0:
+                yield (m.key, *_desired_item(m, records.get(m.key), fleet))
             else:  # its state is the last list's: its bytes are reused, it is never made again
-                items.append((m.key, old.states[previous[m.key]], _unmade))
-        return items
+                yield (m.key, old.states[i], _unmade)
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
@@ -677,6 +677,25 @@ def _add_record(record: ModelRecord | None, state: list[object]) -> None:
     for name, status in record.servers.items():
         state.append(name)
         state.extend(_SHOWN(status))
+
+
+class _Places:
+    """Where keys that come in name order were in a list whose keys are in name order too: one walk
+    along it, rather than a dict of its every key (a list of 100,000 models is rebuilt beside the last)."""
+
+    __slots__ = ("_keys", "_at")
+
+    def __init__(self, keys: Sequence[ModelKey]) -> None:
+        self._keys = keys
+        self._at = 0
+
+    def find(self, key: ModelKey) -> int | None:
+        """`key`'s place, or None; a key out of order is not found (and so is made again)."""
+        keys, at = self._keys, self._at
+        while at < len(keys) and keys[at] < key:
+            at += 1
+        self._at = at
+        return at if at < len(keys) and keys[at] == key else None
 
 
 class _States:

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 PIECE_BYTES = 64 * 1024  # what a list's pieces are made up to: a few hundred for 100,000 models
 # The most a read returns. Waitress asks for its socket's send buffer, which on loopback is several
 # megabytes: each of those reads would be a copy that large, made and freed for every few sends.
-READ_BYTES = 256 * 1024
+# Under the allocator's mmap threshold (malloc.py), so that reads reuse the heap's blocks.
+READ_BYTES = 64 * 1024
 
 
 class Pieces:

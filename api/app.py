@@ -174,7 +174,7 @@ def create_app(
     @app.get("/api/v1/models")
     def list_models() -> Response:
         if request.args.get("namespace") == ALL_NAMESPACES:  # every namespace (additive: the dashboard's list)
-            return Response(catalog.list_all_json(), 200, mimetype="application/json")
+            return listing.kept_body(catalog.list_all(), request)
         namespace = _namespace()
         try:
             query = listing.parse_query(request.args, namespace)

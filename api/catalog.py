@@ -4,10 +4,11 @@ A model's seed fields are the whole over the servers its `servers:` selector pic
 inventory (the servers the last cycle recorded, `SyncStatus.servers`); in a fleet its view adds the
 model on each of them.
 
-Reads are served from memory. A namespace's list is kept serialised, one slice of its body per model,
-and rebuilt when the commit, the status or the servers' names and labels move: a model whose file
-(blob), record and placement (the servers it is shown on) are as they were keeps its bytes, so the
-list after a write serialises the models that changed, not all of them.
+Reads are served from memory. A namespace's list is kept serialised, its body in pieces of many items
+(`pieces.Pieces`, sent as they are kept), and rebuilt when the commit, the status or the servers' names
+and labels move: a model whose file's fields, record and placement (the servers it is shown on) are
+as they were keeps its bytes, so the list after a write serialises the models that changed, not all
+of them, and shares the last list's pieces around them.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ import array
 import bisect
 import dataclasses
 import gc
-import gzip
-import io
 import itertools
 import json
 import operator
 import os
 import threading
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..reconciler.fleetstatus import overall
@@ -35,6 +34,7 @@ from ..reconciler.models.sizes import format_size
 from ..reconciler.state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, SyncStatus
 
 from . import metrics
+from .pieces import PIECE_BYTES, Pieces
 
 GZIP_LEVEL = 5  # a list of 100,000 models (25 MiB) compresses 12x in a quarter of a second, once per change
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
@@ -152,14 +152,17 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
 
 @dataclasses.dataclass(frozen=True)
 class ModelList:
-    """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, and item `i`
-    (the model `keys[i]`, in name order) ends at `ends[i]`, after a comma or the list's start. `tag`
-    changes whenever the body does (the list's ETag)."""
+    """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, kept in pieces
+    (`Pieces`): its parts are the list's start, then pieces of whole items with a comma between two,
+    then its end. Item `i` (the model `keys[i]`, in name order) ends at `ends[i]` in the body, after a
+    comma or the list's start; piece `k` begins with item `firsts[k]`. `tag` changes whenever the body
+    does (the list's ETag)."""
 
     keys: Sequence[ModelKey]
-    states: Sequence[object]  # what each item was made from: a model is serialised again only when it differs
+    states: _States  # what each item was made from: a model is serialised again only when it differs
     ends: array.array
-    body: bytes
+    body: Pieces
+    firsts: array.array
     tag: str
     _gzipped: list[bytes] = dataclasses.field(default_factory=list, repr=False, compare=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
@@ -168,8 +171,13 @@ class ModelList:
         """The body gzip-compressed, made once (mtime 0, so the same list compresses to the same bytes)."""
         with self._lock:
             if not self._gzipped:
-                self._gzipped.append(gzip.compress(self.body, GZIP_LEVEL, mtime=0))
+                self._gzipped.append(self.body.gzipped(GZIP_LEVEL))
             return self._gzipped[0]
+
+    @property
+    def items(self) -> tuple[bytes, ...]:
+        """The pieces of items, in order (the body's parts between its start and its end, less the commas)."""
+        return self.body.parts[1:-1:2]
 
     def start(self, i: int) -> int:
         """Where item `i` begins in `body`."""
@@ -180,9 +188,124 @@ class ModelList:
         last one when more follow (else None) and how many follow."""
         start = bisect.bisect_right(self.keys, after, key=_name) if after is not None else 0
         end = min(len(self.keys), start + limit)
-        items = self.body[self.start(start):self.ends[end - 1]] if end > start else b""
+        items = self.body.slice(self.start(start), self.ends[end - 1]) if end > start else b""
         remaining = len(self.keys) - end
         return items, (self.keys[end - 1].name if remaining and end > start else None), remaining
+
+
+def _body(pieces: Sequence[bytes]) -> Pieces:
+    """A list's body from its pieces of items: the list's start, the pieces with a comma between two, its end."""
+    parts: list[bytes] = [_LIST_START]
+    for piece in pieces:
+        if len(parts) > 1:
+            parts.append(b",")
+        parts.append(piece)
+    parts.append(_LIST_END)
+    return Pieces(parts)
+
+
+class _ListBuilder:
+    """Lays out a rebuilt list's items in pieces: runs of items whose bytes are the last list's reuse
+    its pieces whole where they can (shared, not copied), and the rest (new items, and the parts of
+    the last list's pieces around them) are joined into new pieces of about `piece_bytes`. A piece
+    under half that is joined with a neighbour whenever it can be (new bytes beside it, or another
+    small piece), so that no two small pieces are side by side: changes made one at a time do not
+    leave a list of ever more, ever smaller pieces."""
+
+    def __init__(self, old: ModelList | None, piece_bytes: int = PIECE_BYTES) -> None:
+        self._old = old
+        self._small = piece_bytes // 2
+        self._piece_bytes = piece_bytes
+        self.joined = 0  # new pieces made (each one join)
+        self.ends = array.array("q")
+        self._position = len(_LIST_START) - 1  # where the last item ended (before the first: the comma it lacks)
+        self._pieces: list[bytes] = []
+        self._firsts = array.array("q")
+        self._pending: list[bytes | memoryview] = []
+        self._pending_size = 0
+        self._pending_first = 0
+        self._placed = 0  # items laid out in pieces or pending
+        self._run: list[int] | None = None  # the last list's items reused in a row: [first, last]
+
+    def reuse(self, i: int) -> None:
+        """The next item is item `i` of the last list, as it was."""
+        old = self._old
+        assert old is not None
+        if self._run is not None and self._run[1] == i - 1:
+            self._run[1] = i
+        else:
+            self._lay_out_run()
+            self._run = [i, i]
+        self._ended(old.ends[i] - old.start(i))
+
+    def add(self, item: bytes) -> None:
+        """The next item is `item`, just serialised."""
+        self._lay_out_run()
+        self._pend(item, 1)
+        self._ended(len(item))
+
+    def finish(self) -> tuple[Pieces, array.array]:
+        """The body and where each of its pieces begins (`ModelList.body`, `ModelList.firsts`)."""
+        self._lay_out_run()
+        self._flush()
+        return _body(self._pieces), self._firsts
+
+    def _ended(self, length: int) -> None:
+        self._position += length + 1
+        self.ends.append(self._position)
+
+    def _last_is_small(self) -> bool:
+        return bool(self._pieces) and len(self._pieces[-1]) < self._small
+
+    def _whole(self, piece: bytes, items: int) -> None:
+        """A piece of the last list, all of whose items come next as they were."""
+        if len(piece) < self._small and (self._pending or self._last_is_small()):
+            self._pend(piece, items)
+            return
+        self._flush()
+        self._pieces.append(piece)
+        self._firsts.append(self._placed)
+        self._placed += items
+
+    def _pend(self, part: bytes | memoryview, items: int) -> None:
+        if not self._pending:
+            if self._last_is_small():  # joined with the small piece before it
+                self._pending.append(self._pieces.pop())
+                self._pending_size = len(self._pending[0])
+                self._pending_first = self._firsts.pop()
+            else:
+                self._pending_first = self._placed
+        self._pending.append(part)
+        self._pending_size += len(part)
+        self._placed += items
+        if self._pending_size >= self._piece_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pieces.append(b",".join(self._pending))
+            self.joined += 1
+            self._firsts.append(self._pending_first)
+            self._pending.clear()
+            self._pending_size = 0
+
+    def _lay_out_run(self) -> None:
+        if self._run is None:
+            return
+        old, (first, last), self._run = self._old, self._run, None
+        assert old is not None
+        items = old.items
+        k = bisect.bisect_right(old.firsts, first) - 1
+        while first <= last:
+            begins = old.firsts[k]
+            ends = old.firsts[k + 1] if k + 1 < len(old.firsts) else len(old.keys)
+            through = min(last + 1, ends)
+            if first == begins and through == ends:
+                self._whole(items[k], through - first)
+            else:
+                base = old.start(begins)
+                self._pend(memoryview(items[k])[old.start(first) - base:old.ends[through - 1] - base], through - first)
+            first, k = through, k + 1
 
 
 @dataclasses.dataclass
@@ -191,6 +314,7 @@ class CatalogStats:
 
     lists_built: int = 0  # lists rebuilt because the commit or the status moved
     serialised: int = 0  # models serialised into them
+    pieces_joined: int = 0  # new pieces of their bodies (the rest are the last list's, shared)
 
 
 class Catalog:
@@ -204,18 +328,20 @@ class Catalog:
         self._lock = threading.Lock()  # one rebuild at a time: the others wait and take its result
         self._lists: dict[str, tuple[tuple[object, ...], ModelList]] = {}
         self._servers: tuple[tuple[object, ...], bytes] | None = None
-        self._all: tuple[tuple[object, ...], bytes] | None = None  # every namespace's list (list_all_json)
+        self._all: tuple[tuple[object, ...], Pieces] | None = None  # every namespace's list (list_all)
         self._generation = itertools.count(1)
         self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
         self.stats = CatalogStats()
 
     def list_json(self, namespace: str) -> bytes:
-        """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes."""
-        return self.model_list(namespace).body
+        """`{"items": [...]}` for a namespace, ordered by name, as JSON bytes (joined: the API itself
+        answers from the pieces, `model_list(namespace).body`)."""
+        return bytes(self.model_list(namespace).body)
 
-    def list_all_json(self) -> bytes:
+    def list_all(self) -> Pieces:
         """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list):
-        the namespaces' lists joined, so it reuses their bytes and is rebuilt only when one is."""
+        the namespaces' lists' pieces, shared, so it copies none of their bytes and is remade only when
+        one of them is."""
         self._refresh()
         desired = self._desired()
         stamp = (desired.commit if desired else None, self._status.version, _Fleet(self._status.sync.servers).stamp)
@@ -223,7 +349,7 @@ class Catalog:
             if self._all is not None and self._all[0] == stamp:
                 return self._all[1]
         lists = [self.model_list(namespace) for namespace in self.namespaces(desired)]
-        body = _LIST_START + b",".join(l.body[len(_LIST_START):-len(_LIST_END)] for l in lists if l.keys) + _LIST_END
+        body = _body([piece for l in lists for piece in l.items])
         with self._lock:
             self._all = (stamp, body)
         return body
@@ -264,53 +390,26 @@ class Catalog:
     def _build(self, namespace: str, desired: DesiredState | None, fleet: _Fleet, old: ModelList | None,
                same_status: bool) -> ModelList:
         self.stats.lists_built += 1
-        previous: dict[ModelKey, int] = {}
-        if old is not None:
-            previous = {key: i for i, key in enumerate(old.keys)}
-        view = memoryview(old.body) if old is not None else None
+        places = _Places(old.keys if old is not None else ())
         keys: list[ModelKey] = []
-        states: list[object] = []
-        body = io.BytesIO()  # written as it is made: never a list of every item's bytes, then their join
-        body.write(_LIST_START)
-
-        def write(part: bytes | memoryview) -> None:
-            if body.tell() > len(_LIST_START):
-                body.write(b",")
-            body.write(part)
-
-        ends, position = array.array("q"), len(_LIST_START) - 1
-        run: list[int] = []  # the reused items in a row: [first's start, last's end, last's place] in the old body
+        states = _States()
+        built = _ListBuilder(old)
         # Each item is serialised as it comes: no view, and no copy of a record, outlives its own item.
-        # Items whose bytes are reused in a row are one slice of the old body, commas and all.
-        for key, state, make in self._items(namespace, desired, fleet, (old, previous) if same_status and old else None):
+        for key, state, make in self._items(namespace, desired, fleet, old if same_status else None):
             keys.append(key)
             states.append(state)
-            i = previous.get(key)
+            i = places.find(key)
             if i is not None and old.states[i] == state:  # type: ignore[union-attr]
-                begin, end = old.start(i), old.ends[i]  # type: ignore[union-attr]
-                if run and run[2] == i - 1:
-                    run[1:] = end, i
-                else:
-                    if run:
-                        write(view[run[0]:run[1]])  # type: ignore[index]
-                    run = [begin, end, i]
-                position += end - begin + 1
+                built.reuse(i)
             else:
-                if run:
-                    write(view[run[0]:run[1]])  # type: ignore[index]
-                    run = []
                 self.stats.serialised += 1
                 metrics.LIST_ITEMS_SERIALISED.inc()
-                part = _ENCODE(make()).encode()
-                write(part)
-                position += len(part) + 1
-            ends.append(position)
-        if run:
-            write(view[run[0]:run[1]])  # type: ignore[index]
-        if old is not None and list(old.keys) == keys and list(old.states) == states:
+                built.add(_ENCODE(make()).encode())
+        body, firsts = built.finish()
+        self.stats.pieces_joined += built.joined
+        if old is not None and list(old.keys) == keys and old.states == states:
             return old  # nothing shown changed (a record changed in what no view shows): same body, same tag
-        body.write(_LIST_END)
-        return ModelList(tuple(keys), tuple(states), ends, body.getvalue(), f"{self._boot}-{next(self._generation)}")
+        return ModelList(tuple(keys), states, built.ends, body, firsts, f"{self._boot}-{next(self._generation)}")
 
     def namespaces(self, desired: DesiredState | None) -> list[str]:
         """Every namespace with a model file or a record."""
@@ -384,15 +483,15 @@ class Catalog:
             self._follow()
 
     def _items(self, namespace: str, desired: DesiredState | None, fleet: _Fleet,
-               unchanged: tuple[ModelList, dict[ModelKey, int]] | None) -> Iterable[_Item]:
-        """The namespace's models in name order: each one's key, its state (its file's blob, its
+               unchanged: ModelList | None) -> Iterable[_Item]:
+        """The namespace's models in name order: each one's key, its state (its file's fields, its
         placement and its record: what its view is made from) and how to make its view. `unchanged`:
-        the last list (and each key's place in it), made with the records as they still are."""
+        the last list, made with the records as they still are."""
         if desired is None:
             return []
         models = desired.in_namespace(namespace)
         if unchanged is not None and not desired.any_unreadable and desired.models:
-            reused = self._reused_items(models, fleet, *unchanged)
+            reused = self._reused_items(models, fleet, unchanged)
             if reused is not None:
                 return reused
         kept_at_zero = {k: kept for k, kept in self._kept_at_zero_records(desired).items() if k.namespace == namespace}
@@ -424,30 +523,36 @@ class Catalog:
             for m in piece:
                 yield (m.key, *_desired_item(m, records.get(m.key), fleet))
 
-    def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList,
-                      previous: dict[ModelKey, int]) -> list[_Item] | None:
+    def _reused_items(self, models: list[DesiredModel], fleet: _Fleet, old: ModelList) -> Iterator[_Item] | None:
         """`_items` of models whose records have not changed since `old` was made: a model whose file
         and placement are as they were keeps its state from `old`; only the records of models new to
         it, or whose file or placement changed, are read. None when `old` kept a model (whose view
         depends on more than its record)."""
-        if any(state[0] == "kept" for state in old.states):  # type: ignore[index]
+        if old.states.kept:
             return None
+        places = _Places(old.keys)
+        where = array.array("q")  # each model's place in `old`, or -1: its record is read
         wanted: list[ModelKey] = []
         for m in models:
-            i = previous.get(m.key)
-            if i is None or old.states[i][0] != m.blob or old.states[i][1] is not m.fields:  # type: ignore[index]
-                wanted.append(m.key)
-            elif fleet.known and fleet.placement(m.fields.servers, None) != old.states[i][2]:  # type: ignore[index]
-                wanted.append(m.key)  # placed on other servers: its seed fields are over others
-        records = self._status.records(wanted)
-        read = set(wanted)
-        items: list[_Item] = []
-        for m in models:
-            if m.key in read:
-                items.append((m.key, *_desired_item(m, records.get(m.key), fleet)))
+            i = places.find(m.key)
+            if i is not None:
+                fields, placement = old.states.first(i, 2)
+                # Placed on other servers, its seed fields are over others.
+                if fields is m.fields and not (fleet.known and fleet.placement(m.fields.servers, None) != placement):
+                    where.append(i)
+                    continue
+            where.append(-1)
+            wanted.append(m.key)
+        return self._reused(models, fleet, old, where, self._status.records(wanted))
+
+    @staticmethod
+    def _reused(models: list[DesiredModel], fleet: _Fleet, old: ModelList, where: array.array,
+                records: dict[ModelKey, ModelRecord]) -> Iterator[_Item]:
+        for m, i in zip(models, where):
+            if i < 0:
+                yield (m.key, *_desired_item(m, records.get(m.key), fleet))
             else:  # its state is the last list's: its bytes are reused, it is never made again
-                items.append((m.key, old.states[previous[m.key]], _unmade))
-        return items
+                yield (m.key, old.states[i], _unmade)
 
     def kept_at_zero(self, namespace: str, name: str) -> str | None:
         """Why a model whose file is gone is still kept (a refused prune to zero), or None."""
@@ -530,18 +635,24 @@ _PIECE = 1000  # records read at a time for a list
 
 
 def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet
-                  ) -> tuple[object, Callable[[], dict[str, Any]]]:
-    """A model's state in a list (its file, where it is placed, its record) and how to make its view."""
+                  ) -> tuple[list[object], Callable[[], dict[str, Any]]]:
+    """A model's state in a list (its file's fields, where it is placed, its record) and how to make its view."""
     placement = fleet.placement(model.fields.servers, record)
-    return ((model.blob, model.fields, placement, *_state_of(record)),
-            lambda: _desired_view(model, record, placement))
+    state: list[object] = [model.fields, placement]
+    _add_record(record, state)
+    return state, lambda: _desired_view(model, record, placement)
+
+
+_KEPT = "kept"  # the first value of a kept model's state (a model file's is its fields)
 
 
 def _kept_item(key: ModelKey, record: ModelRecord, why: str, fleet: _Fleet
-               ) -> tuple[object, Callable[[], dict[str, Any]]]:
+               ) -> tuple[list[object], Callable[[], dict[str, Any]]]:
     """A model kept at its last good version: its state in a list and how to make its view."""
     placement = fleet.recorded(record)
-    return (("kept", why, placement, *_state_of(record)), lambda: _last_good_view(key, record, why, placement))
+    state: list[object] = [_KEPT, why, placement, record.spec]
+    _add_record(record, state)
+    return state, lambda: _last_good_view(key, record, why, placement)
 
 
 def _unmade() -> dict[str, Any]:
@@ -552,50 +663,70 @@ def _name(key: ModelKey) -> str:
     return key.name
 
 
-def _state_of(record: ModelRecord | None) -> tuple[object, ...]:
-    """What a view is made from of a record, to compare with the last one, as one flat tuple of
-    references (no copy): a mutable dataclass among its fields (the status, which the store copies
-    on every read) by its values, a mapping (the statuses by server) by its keys and their values,
-    anything else (the frozen spec) as it is. So a list keeps no copy of any record, only the values."""
+# What the views show of a server's status (`model_view`, `_server_entry`): a list compares these only.
+_SHOWN = operator.attrgetter("state", "size", "digest", "last_pull_time", "error", "progress_completed", "progress_total")
+
+
+def _add_record(record: ModelRecord | None, state: list[object]) -> None:
+    """Add what a view shows of `record` to `state`, to compare with the last list's, as references
+    to its values (no copy of the record, which the store copies on every read): for each server,
+    its name and the values of its status that a view shows."""
     if record is None:
-        return ()
-    state: list[object] = []
-    for value in _values(record):
-        if isinstance(value, Mapping):
-            state.append(len(value))  # where its entries start, and how many
-            for name, entry in value.items():
-                state.append(name)
-                _flatten(entry, state)
-        else:
-            _flatten(value, state)
-    return tuple(state)
+        return
+    state.append(len(record.servers))  # where the servers start, and how many
+    for name, status in record.servers.items():
+        state.append(name)
+        state.extend(_SHOWN(status))
 
 
-def _flatten(value: object, state: list[object]) -> None:
-    kind = type(value)
-    flat = _FLAT.get(kind)
-    if flat is None:
-        flat = _FLAT[kind] = dataclasses.is_dataclass(value) and not kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
-    if flat:
-        state.append(kind)  # where its values start
-        state.extend(_values(value))
-    else:
-        state.append(value)
+class _Places:
+    """Where keys that come in name order were in a list whose keys are in name order too: one walk
+    along it, rather than a dict of its every key (a list of 100,000 models is rebuilt beside the last)."""
+
+    __slots__ = ("_keys", "_at")
+
+    def __init__(self, keys: Sequence[ModelKey]) -> None:
+        self._keys = keys
+        self._at = 0
+
+    def find(self, key: ModelKey) -> int | None:
+        """`key`'s place, or None; a key out of order is not found (and so is made again)."""
+        keys, at = self._keys, self._at
+        while at < len(keys) and keys[at] < key:
+            at += 1
+        self._at = at
+        return at if at < len(keys) and keys[at] == key else None
 
 
-_FLAT: dict[type, bool] = {}  # by type: is it a mutable dataclass, whose values a state holds
-_GETTERS: dict[type, Callable[[object], tuple[object, ...]]] = {}
+class _States:
+    """What each item of a list was made from (`_desired_item`, `_kept_item`), every item's values in
+    one flat list of references: a list of a hundred thousand models holds no object per model."""
 
+    __slots__ = ("_values", "_ends", "kept")
 
-def _values(instance: object) -> tuple[object, ...]:
-    """A dataclass instance's field values, in order."""
-    kind = type(instance)
-    getter = _GETTERS.get(kind)
-    if getter is None:
-        names = [f.name for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
-        getter = _GETTERS[kind] = operator.attrgetter(*names) if len(names) > 1 else (
-            lambda value, name=names[0]: (getattr(value, name),))
-    return getter(instance)
+    def __init__(self) -> None:
+        self._values: list[object] = []
+        self._ends = array.array("q")
+        self.kept = False  # is any item a model kept at its last good version?
+
+    def append(self, state: list[object]) -> None:
+        self._values.extend(state)
+        self._ends.append(len(self._values))
+        self.kept = self.kept or state[0] is _KEPT
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> list[object]:
+        return self._values[self._ends[i - 1] if i else 0:self._ends[i]]
+
+    def first(self, i: int, n: int) -> list[object]:
+        """The first `n` values of item `i`'s state."""
+        begin = self._ends[i - 1] if i else 0
+        return self._values[begin:min(begin + n, self._ends[i])]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _States) and self._ends == other._ends and self._values == other._values
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..reconciler.settings import Settings
 from ..reconciler.state import StateLocked, StateStore
 from ..reconciler.git.writer import ModelWriter, parse_author
 
-from . import dashboard
+from . import dashboard, malloc
 from .app import ApiSettings, create_app, status_view
 from .catalog import Catalog, StatusSource
 from .live import LiveFeed
@@ -117,6 +117,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
 
     `schedules=False` serves requests but runs no cycle or fetch on its own (tests drive them).
     """
+    malloc.give_back_large_blocks()  # a long-running process of large transients (see malloc.py)
     host, port = listen_address(options)
     hosts = host_check(options)
     try:

@@ -3,8 +3,13 @@ gzip; and a list after a write serialises only the models that changed."""
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import gzip
+import http.client
 import json
+import tracemalloc
+import urllib.parse
 
 import httpx
 import pytest
@@ -189,3 +194,46 @@ def test_a_list_after_a_status_change_serialises_the_models_whose_status_changed
         edit.place(ModelKey("default", "gemma3-1b"), "gpu-2", store.record(ModelKey("default", "gemma3-1b")).servers["default"])
     lists.client.get("/api/v1/models")
     assert stats.serialised - serialised == 2
+
+
+def _get_streamed(rig: ApiRig, encoding: str) -> int:
+    """GET the list with a plain client that reads it 64 KiB at a time (so that what the test process
+    allocates is the server's); the bytes read."""
+    url = urllib.parse.urlsplit(rig.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        connection.request("GET", "/api/v1/models", headers={"X-API-Key": rig.api_key or "", "Accept-Encoding": encoding})
+        response = connection.getresponse()
+        assert response.status == 200
+        return sum(len(chunk) for chunk in iter(lambda: response.read(64 * 1024), b""))
+    finally:
+        connection.close()
+
+
+def test_cached_gets_make_nothing_and_send_the_kept_body_without_copying_it(lists: ApiRig) -> None:
+    """A cached GET serialises nothing, joins no piece, keeps nothing more and copies no more than a
+    read's worth of the body at a time, whatever encodings are asked; gzip is made once per list."""
+    assert lists.running is not None and lists.running.catalog is not None and lists.running.service is not None
+    catalog, store = lists.running.catalog, lists.running.service.store
+    lists.settle()
+    with store.editing() as edit:  # a body of megabytes from five models: each shows a long error
+        for name in ("llama3.2-1b", "gemma3-1b", "phi3-mini", "qwen2.5-0.5b", "mistral-7b"):
+            edit.status(ModelKey("default", name), "default").error = name * 100_000
+    assert _get_streamed(lists, "identity") > 3_000_000 and _get_streamed(lists, "gzip") > 0
+    kept = catalog.model_list("default")
+    gzipped, size = kept.gzipped(), len(kept.body)
+    stats = dataclasses.replace(catalog.stats)
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        for encoding in ("identity", "gzip", "identity", "identity", "gzip"):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            assert _get_streamed(lists, encoding) == (size if encoding == "identity" else len(gzipped))
+            assert tracemalloc.get_traced_memory()[1] - before < size / 4, encoding  # never a copy of the body
+        gc.collect()
+        assert tracemalloc.get_traced_memory()[0] - held < 256 * 1024  # nothing kept per GET
+    finally:
+        tracemalloc.stop()
+    assert catalog.stats == stats  # no list built, no model serialised, no piece joined
+    assert catalog.model_list("default") is kept and kept.gzipped() is gzipped

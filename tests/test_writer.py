@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -256,3 +257,32 @@ def test_a_write_under_a_file_where_a_folder_belongs_is_refused(writer: ModelWri
         writer.write(CreateModel("notes", ModelFields("phi3", "mini")))
     assert rejected.value.status == 409 and "models/notes is a file, not a folder" in rejected.value.message
     assert git.Repo(remote).commit("main").hexsha == before and "models/notes" in remote_files(remote)
+
+
+def test_a_write_into_a_large_folder_holds_its_listing_at_most_twice(remote: Path, tmp_path: Path) -> None:
+    # A folder of 20,000 files (one blob under every name), made with git's plumbing.
+    def plumbing(*args: str, stdin: bytes = b"") -> str:
+        return subprocess.run(["git", "--git-dir", str(remote), *args], input=stdin, capture_output=True,
+                              check=True).stdout.decode().strip()
+
+    blob = plumbing("hash-object", "-w", "--stdin", stdin=b"name: m\ntag: 1b\n")
+    listing = b"".join(f"100644 blob {blob}\tm{i}-1b.yaml\0".encode() for i in range(20_000))
+    folder = plumbing("mktree", "-z", stdin=listing)
+    models = plumbing("mktree", "-z", stdin=f"040000 tree {folder}\tdefault\0".encode())
+    root = plumbing("mktree", "-z", stdin=f"040000 tree {models}\tmodels\0".encode())
+    plumbing("update-ref", "refs/heads/main", plumbing("commit-tree", root, "-m", "many"))
+    writer = ModelWriter(GitRepo(str(remote), "main", tmp_path / "writer.git"), AUTHOR)
+    try:
+        writer.write(CreateModel("default", ModelFields("warm", "up")))  # the clone fetched, outside the count
+        tracemalloc.start()
+        try:
+            written = writer.write(CreateModel("default", ModelFields("phi3", "mini")))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        writer.close()
+    assert written.path == "models/default/phi3-mini.yaml"
+    assert len(plumbing("ls-tree", "main:models/default").splitlines()) == 20_002
+    # The listing as git wrote it and the new one, spliced in one copy: never a decoded copy beside them.
+    assert peak < 2.5 * len(listing), (peak, len(listing))

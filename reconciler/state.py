@@ -727,15 +727,19 @@ class StateStore:
                 f"{_LOST_EFFECT.format(what='a model whose record is lost')}")
         self.records_read += len(items)
         for index, item in enumerate(items):
-            try:
-                key, record = _decode_change(item)
-            except ValueError as exc:
-                self._damage.append(f"{path} entry {index + 1} is unreadable ({exc}): {_lost(item)}")
-                continue
-            if record is not None:
-                self._models[key] = record
+            self._take_entry(path, index + 1, item)
         self._seq = max(self._seq, seq)
         return seq
+
+    def _take_entry(self, path: Path, number: int, item: object) -> None:
+        """Take in the snapshot's entry `number` (1-based), or note it as unreadable."""
+        try:
+            key, record = _decode_change(item)
+        except ValueError as exc:
+            self._damage.append(f"{path} entry {number} is unreadable ({exc}): {_lost(item)}")
+            return
+        if record is not None:
+            self._models[key] = record
 
     def _stream_snapshot(self, path: Path, raw: str) -> int | None:
         """Take in a snapshot as `_compact` writes it, one entry decoded at a time (decoding the
@@ -755,13 +759,7 @@ class StateStore:
                 self.records_read += 1
                 more = raw.startswith(",", position)
                 position += more
-                try:
-                    key, record = _decode_change(item)
-                except ValueError as exc:
-                    self._damage.append(f"{path} entry {index} is unreadable ({exc}): {_lost(item)}")
-                    continue
-                if record is not None:
-                    self._models[key] = record
+                self._take_entry(path, index, item)
             if _SNAPSHOT_END.fullmatch(raw, position) is None:
                 raise ValueError("not the end of a snapshot")
         except ValueError:  # not JSON where an entry or the end should be: read as a whole below

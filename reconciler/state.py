@@ -272,7 +272,7 @@ class SyncStatus:
 class StoreStats:
     """Counters of the work the store did (for tests and benchmarks)."""
 
-    copied: int = 0  # records copied out (`records`, `record`)
+    copied: int = 0  # records handed out (`records`, `record`): the records themselves, not copies
     fsyncs: int = 0  # files made durable (journal appends, snapshots, durable summaries)
 
 

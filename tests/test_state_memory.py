@@ -132,3 +132,39 @@ def test_a_snapshot_is_read_one_entry_at_a_time_and_one_of_another_layout_as_a_w
     (tmp_path / SNAPSHOT).write_text(json.dumps(document))
     assert StateStore(tmp_path, readonly=True)._stream_snapshot(tmp_path / SNAPSHOT, json.dumps(document)) is None
     assert StateStore(tmp_path, readonly=True).records() == written
+
+
+def test_the_snapshot_of_every_record_is_written_a_piece_at_a_time(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A writer that counts: the snapshot of N records (a cold start's first write) is N / _PIECE
+    writes of a piece's records each, never one string of every record."""
+    import io
+
+    from ollama_gitops.reconciler import state
+    from ollama_gitops.reconciler.state import SNAPSHOT, _PIECE
+
+    writes: list[int] = []
+    real = state._write_file
+
+    class Counting(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(len(text))
+            return super().write(text)
+
+    def counted(path, write, durable):  # type: ignore[no-untyped-def]
+        buffer = Counting()
+        write(buffer)
+        real(path, lambda handle: handle.write(buffer.getvalue()), durable)
+
+    monkeypatch.setattr(state, "_write_file", counted)
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 3 + 1)]
+    with store.editing() as edit:  # an edit of every record: written as the snapshot
+        for key in keys:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"), {"default": ModelStatus()}))
+    whole = len((tmp_path / SNAPSHOT).read_text())
+    assert sum(writes) == whole
+    assert len([n for n in writes if n > 100]) == 4  # one write per piece of _PIECE records (and the ends)
+    assert max(writes) < whole / 3 + 1000
+    store.release_process_lock()
+    assert StateStore(tmp_path, readonly=True).records() == store.records()

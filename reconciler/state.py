@@ -275,7 +275,7 @@ class SyncStatus:
 class StoreStats:
     """Counters of the work the store did (for tests and benchmarks)."""
 
-    copied: int = 0  # records copied out (`records`, `record`)
+    copied: int = 0  # records handed out (`records`, `record`): the records themselves, not copies
     fsyncs: int = 0  # files made durable (journal appends, snapshots, durable summaries)
 
 
@@ -720,6 +720,9 @@ class StateStore:
             raw = path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return 0
+        streamed = self._stream_snapshot(path, raw)
+        if streamed is not None:
+            return streamed
         items, seq, error = _read_snapshot(raw)
         if error is not None:
             self._damage.append(
@@ -727,13 +730,47 @@ class StateStore:
                 f"{_LOST_EFFECT.format(what='a model whose record is lost')}")
         self.records_read += len(items)
         for index, item in enumerate(items):
-            try:
-                key, record = _decode_change(item)
-            except ValueError as exc:
-                self._damage.append(f"{path} entry {index + 1} is unreadable ({exc}): {_lost(item)}")
-                continue
-            if record is not None:
-                self._models[key] = record
+            self._take_entry(path, index + 1, item)
+        self._seq = max(self._seq, seq)
+        return seq
+
+    def _take_entry(self, path: Path, number: int, item: object) -> None:
+        """Take in the snapshot's entry `number` (1-based), or note it as unreadable."""
+        try:
+            key, record = _decode_change(item)
+        except ValueError as exc:
+            self._damage.append(f"{path} entry {number} is unreadable ({exc}): {_lost(item)}")
+            return
+        if record is not None:
+            self._models[key] = record
+
+    def _stream_snapshot(self, path: Path, raw: str) -> int | None:
+        """Take in a snapshot as `_compact` writes it, one entry decoded at a time (decoding the
+        whole document first would hold every record as JSON objects beside the records: several
+        times their size); its sequence number. None, with nothing taken in, for any other text (the
+        whole is then decoded as before, which also says what is damaged)."""
+        head = _SNAPSHOT_HEAD.match(raw)
+        if head is None:
+            return None
+        damage, read = len(self._damage), self.records_read
+        position, index = head.end(), 0
+        try:
+            more = not raw.startswith("]", position)
+            while more:
+                item, position = _JSON.raw_decode(raw, position)
+                index += 1
+                self.records_read += 1
+                more = raw.startswith(",", position)
+                position += more
+                self._take_entry(path, index, item)
+            if _SNAPSHOT_END.fullmatch(raw, position) is None:
+                raise ValueError("not the end of a snapshot")
+        except ValueError:  # not JSON where an entry or the end should be: read as a whole below
+            self._models.clear()
+            del self._damage[damage:]
+            self.records_read = read
+            return None
+        seq = int(head[1])
         self._seq = max(self._seq, seq)
         return seq
 
@@ -842,6 +879,10 @@ def _to_json(record: ModelRecord) -> dict[str, Any]:
     return {"spec": {field: getattr(spec, field) for field in _SPEC_FIELDS}, "servers": servers}
 
 
+_STATE = {state: state for state in STATES}
+_SNAPSHOT_HEAD = re.compile(r'\{"version":\d+,"seq":(\d+),"models":\[')  # as `_compact` writes it
+_SNAPSHOT_END = re.compile(r"\]\}\s*")
+_JSON = json.JSONDecoder()
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(AppliedSpec))
 _STATUS_FIELDS = tuple(f.name for f in dataclasses.fields(ModelStatus) if f.name not in _TRANSIENT)
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
@@ -864,11 +905,18 @@ def _from_json(data: Mapping[str, Any]) -> ModelRecord:
             raise ValueError(f"'servers' must be an object, not {_type_name(servers)}")
     else:
         servers = {DEFAULT_SERVER: data.get("status", {})}
-    record = ModelRecord(_decode(AppliedSpec, data.get("spec")),
-                         {str(name): _decode(ModelStatus, status) for name, status in servers.items()})
+    spec = data.get("spec")
+    if isinstance(spec, dict) and isinstance(spec.get("reference"), str):
+        # One string for the records, the listings and the plan's specs (all interned).
+        spec["reference"] = sys.intern(spec["reference"])
+    record = ModelRecord(_decode(AppliedSpec, spec),
+                         {sys.intern(str(name)): _decode(ModelStatus, status) for name, status in servers.items()})
     for name, status in record.servers.items():
         if status.state not in STATES:
             raise ValueError(f"state {status.state!r} on server {name!r} is not one of {', '.join(STATES)}")
+        status.state = _STATE[status.state]  # the constant, not a string of each record's
+        if status.applied_commit is not None:  # a few commits for every record: one string each
+            status.applied_commit = sys.intern(status.applied_commit)
     return record
 
 
@@ -893,7 +941,8 @@ def _decode_change(item: object) -> tuple[ModelKey, ModelRecord | None]:
     if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
         raise ValueError("'key' must be [namespace, name]")
     record = item.get("record")
-    return ModelKey(*key), None if record is None else _from_json(record)
+    # The namespace: a few for every record, one string each.
+    return ModelKey(sys.intern(key[0]), key[1]), None if record is None else _from_json(record)
 
 
 def _read_snapshot(text: str) -> tuple[list[Any], int, str | None]:

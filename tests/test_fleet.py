@@ -466,3 +466,33 @@ def test_listings_run_in_parallel_bounded_by_the_listing_threads(fleet: FleetRig
         for gate in gates.values():
             gate.release()
         servers.shutdown()
+
+
+class _Keeps(OllamaServer):
+    """The real Ollama edge, keeping the dict of each listing it decoded."""
+
+    def __init__(self, url: str, decoded: list[dict]) -> None:
+        super().__init__(url, timeout=30)
+        self.decoded = decoded
+
+    def tags(self, unless: str | None = None) -> Tags:
+        tags = super().tags(unless)
+        if tags.models is not None:
+            self.decoded.append(tags.models)
+        return tags
+
+
+def test_the_kept_listing_is_the_listings_own_dict_not_a_copy_and_pulls_keep_it_current(fleet: FleetRig) -> None:
+    """Issue 16 item 6: a server's listing is kept as decoded (no second dict of every entry), and a
+    pull's end updates it there."""
+    decoded: dict[str, list[dict]] = {name: [] for name in LABELS}
+    urls = {ollama.url: name for name, ollama in fleet.ollamas.items()}
+    fleet.work.model("default", "llama3.2", "1b")
+    fleet.push()
+    fleet.start(client_factory=lambda server: _Keeps(server.url, decoded[urls[server.url]]))
+    assert fleet.cycle().everything
+    for name in LABELS:
+        member = fleet.reconciler.fleet.member(name)
+        assert member is not None and member.observed is decoded[name][-1]
+    assert fleet.reconciler.fleet.wait(60)
+    assert eventually(lambda: all("llama3.2:1b" in decoded[name][-1] for name in LABELS))

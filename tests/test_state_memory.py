@@ -103,3 +103,68 @@ def test_a_cold_starts_edit_copies_no_status_and_hands_its_listeners_its_own_key
             assert first is not before[key].servers["default"] and edit.status(key, "default") is first
         assert len(edit._own) == 3
     store.release_process_lock()
+
+
+def test_a_snapshot_is_read_one_entry_at_a_time_and_one_of_another_layout_as_a_whole(tmp_path: Path) -> None:
+    """What `_compact` writes (this release's and the previous one's: the same layout) is decoded
+    entry by entry; any other JSON text of a snapshot (another layout, spaces) is read whole, as before;
+    both give the same records, and a commit recorded by many records is one string after the load."""
+    import json
+
+    from ollama_gitops.reconciler.state import SNAPSHOT, _to_json
+
+    store = filled(tmp_path)
+    with store.editing() as edit:
+        for key in KEYS:
+            edit.status(key, "default").applied_commit = "c" * 40  # type: ignore[union-attr]
+    store._compact()
+    written = store.records()
+    store.release_process_lock()
+    raw = (tmp_path / SNAPSHOT).read_text()
+    reader = StateStore(tmp_path, readonly=True)
+    assert reader._stream_snapshot(tmp_path / SNAPSHOT, raw) is not None  # this layout is streamed
+    again = StateStore(tmp_path, readonly=True).records()
+    assert again == written
+    commits = {id(record.servers["default"].applied_commit) for record in again.values()}
+    assert len(commits) == 1
+    # The same records in another layout (json.dump's default spacing): read whole, the same records.
+    document = {"version": 1, "seq": 100, "models": [{"key": list(k), "record": _to_json(written[k])} for k in sorted(written)]}
+    (tmp_path / SNAPSHOT).write_text(json.dumps(document))
+    assert StateStore(tmp_path, readonly=True)._stream_snapshot(tmp_path / SNAPSHOT, json.dumps(document)) is None
+    assert StateStore(tmp_path, readonly=True).records() == written
+
+
+def test_the_snapshot_of_every_record_is_written_a_piece_at_a_time(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A writer that counts: the snapshot of N records (a cold start's first write) is N / _PIECE
+    writes of a piece's records each, never one string of every record."""
+    import io
+
+    from ollama_gitops.reconciler import state
+    from ollama_gitops.reconciler.state import SNAPSHOT, _PIECE
+
+    writes: list[int] = []
+    real = state._write_file
+
+    class Counting(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(len(text))
+            return super().write(text)
+
+    def counted(path, write, durable):  # type: ignore[no-untyped-def]
+        buffer = Counting()
+        write(buffer)
+        real(path, lambda handle: handle.write(buffer.getvalue()), durable)
+
+    monkeypatch.setattr(state, "_write_file", counted)
+    store = StateStore(tmp_path)
+    store.acquire_process_lock()
+    keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 3 + 1)]
+    with store.editing() as edit:  # an edit of every record: written as the snapshot
+        for key in keys:
+            edit.put(key, ModelRecord(AppliedSpec(f"{key.name}:1", f"models/default/{key.name}.yaml"), {"default": ModelStatus()}))
+    whole = len((tmp_path / SNAPSHOT).read_text())
+    assert sum(writes) == whole
+    assert len([n for n in writes if n > 100]) == 4  # one write per piece of _PIECE records (and the ends)
+    assert max(writes) < whole / 3 + 1000
+    store.release_process_lock()
+    assert StateStore(tmp_path, readonly=True).records() == store.records()

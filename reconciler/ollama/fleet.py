@@ -236,8 +236,11 @@ class Fleet:
             if tags is not None and tags.models is None and member.observed is not None:
                 listing = self._unchanged(member)
             elif tags is not None and tags.models is not None:
-                member.observed, member.listed_digest = dict(tags.models), tags.digest
+                # The listing's own dict is kept (no copy of a hundred thousand entries), and what this
+                # listing gave is a view of it, kept current as the unchanged case's is.
+                member.observed, member.listed_digest = tags.models, tags.digest
                 member.since_listed = {}
+                listing = Listing(MappingProxyType(member.observed))
             else:  # failed; or (a listing forgotten meanwhile) unchanged with nothing kept: list in full next
                 member.observed, member.listed_digest, member.since_listed = None, None, {}
                 if tags is not None:
@@ -353,7 +356,8 @@ def _tags(client: ModelServer, unless: str | None) -> Tags:
     """`client`'s listing, not decoded when its body's digest is `unless` (a client without `tags()`,
     as tests' fakes are, is decoded every time: its digest is never the same)."""
     tags = getattr(client, "tags", None)
-    return tags(unless) if tags is not None else Tags("", client.installed())
+    # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
+    return tags(unless) if tags is not None else Tags("", dict(client.installed()))
 
 
 def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

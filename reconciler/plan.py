@@ -245,6 +245,13 @@ def _plan_reference(
     owned: bool,
     kept_errors: Mapping[ModelKey, str],
 ) -> list[Action]:
+    if len(keys) == 1 and observed is not None and reference not in in_flight:
+        # A cold start's every model: one new file for a model Ollama has. The same answer as below,
+        # without the lists made for references that several files or records share.
+        key = keys[0]
+        installed = observed.get(reference)
+        if installed is not None and key not in records and not specs[key].suspend:
+            return [MarkReady(key, installed, "already in Ollama", owned, kept_errors.get(key))]
     active = [k for k in keys if not specs[k].suspend]
     actions: list[Action] = [_suspended(k, records.get(k), k in kept_errors) for k in keys if specs[k].suspend]
     if not active:

@@ -843,3 +843,21 @@ def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fract
     assert _seconds_z("2024-05-01T12:34:56+02:00") == "2024-05-01T10:34:56Z"
     assert _seconds_z("2024-05-01T12:34:56.123+02:00") == _seconds_z("2024-05-01T12:34:56.987654321+02:00")
     assert _seconds_z("not a time") is None and _seconds_z("2024-05-01T12:34:56.x+02:00") is None
+
+
+def test_a_cycle_lists_the_server_while_it_loads_the_commit(rig: Rig) -> None:
+    rig.ollama.install("llama3.2:1b")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    reconciler = rig.start()
+    load = reconciler._load
+
+    def load_once_ollama_was_asked(commit: str):  # type: ignore[no-untyped-def]
+        # Finishes only if the listing runs beside the load: one made after it would wait forever.
+        eventually(lambda: ("GET", "/api/tags") in rig.ollama.requests, timeout=60, what="the listing during the load")
+        return load(commit)
+
+    reconciler._load = load_once_ollama_was_asked  # type: ignore[method-assign]
+    report = rig.cycle()
+    assert report.ok, report.message
+    assert rig.ollama.requests.count(("GET", "/api/tags")) == 1 and rig.state("default", "llama3.2-1b") == READY

@@ -126,10 +126,14 @@ def test_the_page_lists_the_models_with_their_states_and_filters_them(serve: Api
     status = serve.client.get("/api/v1/status").json()
     for repository, web in (("git@github.com:acme/models.git", "https://github.com/acme/models"),
                             ("https://***@gitlab.example.com/team/models.git", "https://gitlab.example.com/team/models")):
-        driver.execute_script("window.ollamaGitops.apply({type: 'status', data: JSON.stringify(arguments[0])})",
-                              {**status, "repository": repository})
-        link = driver.execute_script("const a = document.querySelector('#sync-applied a'); return a && a.href")
-        assert link == f"{web}/commit/{status['lastAppliedCommit']}"
+        # Applied and read in one script, once no read is in flight: between two scripts the page's own
+        # events may bring the real status (its repository a local path, without a web address) and
+        # redraw the summary, and during a read the page holds events back until the read is done.
+        script = ("if (window.ollamaGitops.state.loading) return null;"
+                  "window.ollamaGitops.apply({type: 'status', data: JSON.stringify(arguments[0])});"
+                  "const a = document.querySelector('#sync-applied a'); return a && a.href")
+        expected = f"{web}/commit/{status['lastAppliedCommit']}"
+        eventually(lambda: driver.execute_script(script, {**status, "repository": repository}) == expected, timeout=30)
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
     shoot(driver, "models-dark")
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})

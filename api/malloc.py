@@ -17,6 +17,7 @@ resident memory at 10,000 models (bench_scale), 12% of what the models cost it.
 from __future__ import annotations
 
 import ctypes
+import os
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's own default, kept from rising
 ARENA_MAX = 2  # heaps the threads share
@@ -30,8 +31,8 @@ def give_back_large_blocks() -> bool:
 
 def limit_heaps() -> bool:
     """At most `ARENA_MAX` heaps for all threads (those made after this); False where the C library
-    cannot (not glibc). `MALLOC_ARENA_MAX` in the environment, when set, is the operator's choice."""
-    return _mallopt(_M_ARENA_MAX, ARENA_MAX)
+    cannot (not glibc), or where `MALLOC_ARENA_MAX` in the environment made the operator's choice."""
+    return "MALLOC_ARENA_MAX" not in os.environ and _mallopt(_M_ARENA_MAX, ARENA_MAX)
 
 
 def _mallopt(parameter: int, value: int) -> bool:

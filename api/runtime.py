@@ -118,8 +118,7 @@ def start(settings: Settings, options: ApiOptions, *, with_reconciler: bool, sch
     `schedules=False` serves requests but runs no cycle or fetch on its own (tests drive them).
     """
     malloc.give_back_large_blocks()  # a long-running process of large transients (see malloc.py)
-    if "MALLOC_ARENA_MAX" not in os.environ:
-        malloc.limit_heaps()  # and of many threads
+    malloc.limit_heaps()  # and of many threads
     host, port = listen_address(options)
     hosts = host_check(options)
     try:

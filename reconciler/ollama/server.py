@@ -143,22 +143,9 @@ class OllamaServer:
     def _streamed_tags(self) -> Tags | None:
         """`GET /api/tags` decoded as it is read; None for a body of another shape than Ollama's
         (to be read again and decoded whole)."""
-        import ollama
-
         hasher = hashlib.blake2b(digest_size=16)
-
-        def get() -> dict[str, InstalledModel]:
-            with self._http.stream("GET", "/api/tags") as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise ollama.ResponseError(_error_text(response), response.status_code)
-                models: dict[str, InstalledModel] = {}
-                for model in _entries(_hashed(response.iter_bytes(), hasher)):
-                    models[normalize_reference(model.reference)] = model
-                return models
-
         try:
-            models = self._call(get)
+            models = self._stream("/api/tags", lambda chunks: _keyed(_entries(_hashed(chunks, hasher))))
         except _Unusual:
             return None
         return Tags(hasher.hexdigest(), models)  # type: ignore[arg-type]
@@ -169,16 +156,20 @@ class OllamaServer:
 
     def _get_pieces(self, path: str) -> list[bytes]:
         """`GET path`'s body, as the pieces it was read in; errors as `_get`'s."""
+        return self._stream(path, list)  # type: ignore[return-value]
+
+    def _stream(self, path: str, consume: Callable[[Iterator[bytes]], object]) -> object:
+        """What `consume` makes of `GET path`'s body, read piece by piece; errors as `_get`'s."""
         import ollama
 
-        def get() -> list[bytes]:
+        def get() -> object:
             with self._http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise ollama.ResponseError(_error_text(response), response.status_code)
-                return list(response.iter_bytes())
+                return consume(response.iter_bytes())
 
-        return self._call(get)  # type: ignore[return-value]
+        return self._call(get)
 
     def _get(self, path: str) -> httpx.Response:
         """`GET path`, its errors as the other calls' (`ServerUnreachable`, `ModelOperationFailed`)."""
@@ -298,20 +289,19 @@ def decode_listing(pieces: Sequence[bytes]) -> dict[str, InstalledModel]:
     reference. Each entry is decoded as soon as its text is in, so what is held besides the pieces
     is an entry's text, not the whole body as a string (`json.loads` makes one). A body of another
     shape (other fields, say) is decoded whole, as before; one that is not JSON is a ValueError."""
-    models: dict[str, InstalledModel] = {}
     try:
-        for model in _entries(pieces):
-            models[normalize_reference(model.reference)] = model
-        return models
+        return _keyed(_entries(pieces))
     except _Unusual:
         pass
-    models = {}
     listing = json.loads(b"".join(pieces), object_hook=_installed_or_object)
-    for model in (listing.get("models") if isinstance(listing, dict) else None) or []:
-        if not isinstance(model, InstalledModel):  # an entry that names no model
-            model = _installed(model)
-        models[normalize_reference(model.reference)] = model
-    return models
+    entries = (listing.get("models") if isinstance(listing, dict) else None) or []
+    # (An entry that names no model is left a dict by the hook.)
+    return _keyed(model if isinstance(model, InstalledModel) else _installed(model) for model in entries)
+
+
+def _keyed(models: Iterable[InstalledModel]) -> dict[str, InstalledModel]:
+    """`models` by normalised reference."""
+    return {normalize_reference(model.reference): model for model in models}
 
 
 def _entries(pieces: Iterable[bytes]) -> Iterator[InstalledModel]:

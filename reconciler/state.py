@@ -127,19 +127,10 @@ class ModelRecord:
     def __post_init__(self) -> None:
         self.servers = _frozen_servers(self.servers)
 
-    def statuses(self) -> Collection[ModelStatus]:
-        """The statuses on every server."""
-        return self.servers.values()
-
-    def status_on(self, server: str) -> ModelStatus | None:
-        """The status on `server`, None if never planned there."""
-        return self.servers.get(server)
-
     def with_status(self, server: str, status: ModelStatus) -> ModelRecord:
         """A new record: this one with `status` on `server` (this one is not changed)."""
-        if server in self.servers or not self.servers:
-            if len(self.servers) <= 1:
-                return ModelRecord(self.spec, OneServer(server, status))
+        if not self.servers or (len(self.servers) == 1 and server in self.servers):
+            return ModelRecord(self.spec, OneServer(server, status))
         return ModelRecord(self.spec, {**self.servers, server: status})
 
     def without(self, server: str) -> ModelRecord:
@@ -430,7 +421,7 @@ class StateStore:
         self._ensure_loaded()
         with self._lock:
             records = self._models.values()
-            whole = Counter(whole_state({s.state for s in r.statuses()}, True) for r in records)
+            whole = Counter(whole_state({s.state for s in r.servers.values()}, True) for r in records)
             on = Counter((server, status.state) for r in records for server, status in r.servers.items())
         return whole, on
 
@@ -470,7 +461,7 @@ class StateStore:
             return {
                 key for key in self._unsettled
                 if any(s.state == PENDING or (s.state == FAILED and (s.next_retry_at or 0) <= now)
-                       for s in self._models[key].statuses())
+                       for s in self._models[key].servers.values())
             }
 
     # -- writing ----------------------------------------------------------------------------------
@@ -495,7 +486,7 @@ class StateStore:
         with self._lock:
             for key in keys:
                 record = self._models.get(key)
-                status = record.status_on(server) if record is not None else None
+                status = record.servers.get(server) if record is not None else None
                 if status is not None:  # replaced, not changed: records handed out stay as they were
                     status = status.copy()
                     status.progress_completed, status.progress_total = completed, total
@@ -623,7 +614,7 @@ class StateStore:
             found.add(key)
         elif found != key:
             self._by_reference[reference] = {found, key}
-        statuses = record.statuses()
+        statuses = record.servers.values()
         if not record.spec.suspend and any(s.state in (PENDING, FAILED) for s in statuses):
             self._unsettled.add(key)
         else:
@@ -689,7 +680,7 @@ class StateStore:
     def _settle_loaded(self, records: Mapping[ModelKey, ModelRecord]) -> None:
         """Index records just read; a pull they say is under way died with the process that ran it."""
         for key, record in records.items():
-            for status in record.statuses():  # (not handed out yet: changed in place)
+            for status in record.servers.values():  # (not handed out yet: changed in place)
                 if status.state == PULLING and not self._readonly:
                     status.state = PENDING  # the pull died with the previous process
             self._index(key, record)
@@ -1100,16 +1091,16 @@ class _Edit:
         self._touch(key)
         old = self._models.get(key)
         if old is not None:  # (for a model new in this edit, every status is the edit's own anyway)
-            kept = {id(s) for s in old.statuses()}
+            kept = {id(s) for s in old.servers.values()}
             # A status new with this record is this edit's own; one kept from the old record is not.
-            self._own.update((id(s), s) for s in record.statuses() if id(s) not in kept)
+            self._own.update((id(s), s) for s in record.servers.values() if id(s) not in kept)
         self._models[key] = record
 
     def status(self, key: ModelKey, server: str) -> ModelStatus | None:
         """The status on `server` to change in place (the record is written at the end of the edit);
         None if the model has no record or was never planned there."""
         record = self._models.get(key)
-        status = record.status_on(server) if record is not None else None
+        status = record.servers.get(server) if record is not None else None
         if status is None:
             return None
         self._touch(key)
@@ -1130,7 +1121,7 @@ class _Edit:
         """Forget a model's entry on `server` (and so ollama-gitops's ownership of the weights there);
         a record left with no server is forgotten entirely."""
         record = self._models.get(key)
-        if record is None or record.status_on(server) is None:
+        if record is None or record.servers.get(server) is None:
             return
         self._touch(key)
         rest = record.without(server)

@@ -5,7 +5,7 @@ inventory (the servers the last cycle recorded, `SyncStatus.servers`); in a flee
 model on each of them.
 
 Reads are served from memory. A namespace's list is kept serialised, its body in pieces of many items
-(`pieces.Pieces`, sent as they are kept), and rebuilt when the commit, the status or the servers' names
+(`pieces.PackedPieces`, kept deflated and sent as they are kept), and rebuilt when the commit, the status or the servers' names
 and labels move: a model whose file's fields, record and placement (the servers it is shown on) are
 as they were keeps its bytes, so the list after a write serialises the models that changed, not all
 of them, and shares the last list's pieces around them.
@@ -34,11 +34,11 @@ from ..reconciler.models.sizes import format_size
 from ..reconciler.state import DEFAULT_SERVER, FAILED, PENDING, PULLING, READY, ModelRecord, ModelStatus, ServerSeen, SyncStatus
 
 from . import metrics
-from .pieces import PIECE_BYTES, Pieces
+from .pieces import PIECE_BYTES, Packed, PackedPieces, Pieces
 
-GZIP_LEVEL = 5  # a list of 100,000 models (25 MiB) compresses 12x in a quarter of a second, once per change
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps makes one per call
 _LIST_START, _LIST_END = b'{"items":[', b"]}\n"
+_PACKED_START, _PACKED_COMMA, _PACKED_END = Packed(_LIST_START), Packed(b","), Packed(_LIST_END)
 
 
 ALL_NAMESPACES = "*"
@@ -153,7 +153,7 @@ def server_view(server: ServerSeen, records: Iterable[ModelRecord]) -> dict[str,
 @dataclasses.dataclass(frozen=True)
 class ModelList:
     """A namespace's list, serialised: `body` is `{"items":[...]}` as the seed answers it, kept in pieces
-    (`Pieces`): its parts are the list's start, then pieces of whole items with a comma between two,
+    deflated (`PackedPieces`): its parts are the list's start, then pieces of whole items with a comma between two,
     then its end. Item `i` (the model `keys[i]`, in name order) ends at `ends[i]` in the body, after a
     comma or the list's start; piece `k` begins with item `firsts[k]`. `tag` changes whenever the body
     does (the list's ETag)."""
@@ -161,21 +161,18 @@ class ModelList:
     keys: Sequence[ModelKey]
     states: _States  # what each item was made from: a model is serialised again only when it differs
     ends: array.array
-    body: Pieces
+    body: PackedPieces
     firsts: array.array
     tag: str
-    _gzipped: list[bytes] = dataclasses.field(default_factory=list, repr=False, compare=False)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def gzipped(self) -> bytes:
-        """The body gzip-compressed, made once (mtime 0, so the same list compresses to the same bytes)."""
+    def gzipped(self) -> Pieces:
+        """The body gzip-compressed: its own deflated pieces in a gzip stream, made once."""
         with self._lock:
-            if not self._gzipped:
-                self._gzipped.append(self.body.gzipped(GZIP_LEVEL))
-            return self._gzipped[0]
+            return self.body.gzip()
 
     @property
-    def items(self) -> tuple[bytes, ...]:
+    def items(self) -> tuple[Packed, ...]:
         """The pieces of items, in order (the body's parts between its start and its end, less the commas)."""
         return self.body.parts[1:-1:2]
 
@@ -193,15 +190,15 @@ class ModelList:
         return items, (self.keys[end - 1].name if remaining and end > start else None), remaining
 
 
-def _body(pieces: Sequence[bytes]) -> Pieces:
+def _body(pieces: Sequence[Packed]) -> PackedPieces:
     """A list's body from its pieces of items: the list's start, the pieces with a comma between two, its end."""
-    parts: list[bytes] = [_LIST_START]
+    parts: list[Packed] = [_PACKED_START]
     for piece in pieces:
         if len(parts) > 1:
-            parts.append(b",")
+            parts.append(_PACKED_COMMA)
         parts.append(piece)
-    parts.append(_LIST_END)
-    return Pieces(parts)
+    parts.append(_PACKED_END)
+    return PackedPieces(parts)
 
 
 class _ListBuilder:
@@ -219,7 +216,7 @@ class _ListBuilder:
         self.joined = 0  # new pieces made (each one join)
         self.ends = array.array("q")
         self._position = len(_LIST_START) - 1  # where the last item ended (before the first: the comma it lacks)
-        self._pieces: list[bytes] = []
+        self._pieces: list[Packed] = []
         self._firsts = array.array("q")
         self._pending: list[bytes | memoryview] = []
         self._pending_size = 0
@@ -244,7 +241,7 @@ class _ListBuilder:
         self._pend(item, 1)
         self._ended(len(item))
 
-    def finish(self) -> tuple[Pieces, array.array]:
+    def finish(self) -> tuple[PackedPieces, array.array]:
         """The body and where each of its pieces begins (`ModelList.body`, `ModelList.firsts`)."""
         self._lay_out_run()
         self._flush()
@@ -257,10 +254,10 @@ class _ListBuilder:
     def _last_is_small(self) -> bool:
         return bool(self._pieces) and len(self._pieces[-1]) < self._small
 
-    def _whole(self, piece: bytes, items: int) -> None:
+    def _whole(self, piece: Packed, items: int) -> None:
         """A piece of the last list, all of whose items come next as they were."""
         if len(piece) < self._small and (self._pending or self._last_is_small()):
-            self._pend(piece, items)
+            self._pend(piece.raw(), items)
             return
         self._flush()
         self._pieces.append(piece)
@@ -270,7 +267,7 @@ class _ListBuilder:
     def _pend(self, part: bytes | memoryview, items: int) -> None:
         if not self._pending:
             if self._last_is_small():  # joined with the small piece before it
-                self._pending.append(self._pieces.pop())
+                self._pending.append(self._pieces.pop().raw())
                 self._pending_size = len(self._pending[0])
                 self._pending_first = self._firsts.pop()
             else:
@@ -283,7 +280,7 @@ class _ListBuilder:
 
     def _flush(self) -> None:
         if self._pending:
-            self._pieces.append(b",".join(self._pending))
+            self._pieces.append(Packed(b",".join(self._pending)))
             self.joined += 1
             self._firsts.append(self._pending_first)
             self._pending.clear()
@@ -304,7 +301,7 @@ class _ListBuilder:
                 self._whole(items[k], through - first)
             else:
                 base = old.start(begins)
-                self._pend(memoryview(items[k])[old.start(first) - base:old.ends[through - 1] - base], through - first)
+                self._pend(memoryview(items[k].raw())[old.start(first) - base:old.ends[through - 1] - base], through - first)
             first, k = through, k + 1
 
 
@@ -328,7 +325,7 @@ class Catalog:
         self._lock = threading.Lock()  # one rebuild at a time: the others wait and take its result
         self._lists: dict[str, tuple[tuple[object, ...], ModelList]] = {}
         self._servers: tuple[tuple[object, ...], bytes] | None = None
-        self._all: tuple[tuple[object, ...], Pieces] | None = None  # every namespace's list (list_all)
+        self._all: tuple[tuple[object, ...], PackedPieces] | None = None  # every namespace's list (list_all)
         self._generation = itertools.count(1)
         self._boot = os.urandom(4).hex()  # tags of another process (or an earlier one) never match ours
         self.stats = CatalogStats()
@@ -338,7 +335,7 @@ class Catalog:
         answers from the pieces, `model_list(namespace).body`)."""
         return bytes(self.model_list(namespace).body)
 
-    def list_all(self) -> Pieces:
+    def list_all(self) -> PackedPieces:
         """`{"items": [...]}` over every namespace, ordered by namespace then name (the dashboard's list):
         the namespaces' lists' pieces, shared, so it copies none of their bytes and is remade only when
         one of them is."""

@@ -23,8 +23,8 @@ from werkzeug.wsgi import wrap_file
 
 from ..reconciler.models import naming
 
-from .catalog import GZIP_LEVEL, ModelList
-from .pieces import Pieces
+from .catalog import ModelList
+from .pieces import GZIP_LEVEL, PackedPieces, Pieces
 
 MAX_LIMIT_DIGITS = 9
 _TOKEN_VERSION = 1
@@ -112,10 +112,10 @@ def respond(model_list: ModelList, query: ListQuery, namespace: str, request: Re
     return response
 
 
-def kept_body(body: bytes | Pieces, request: Request, headers: dict[str, str] | None = None) -> Response:
+def kept_body(body: bytes | Pieces | PackedPieces, request: Request, headers: dict[str, str] | None = None) -> Response:
     """A 200 of JSON `body`, which the API keeps (a list's), sent as it is kept: read through the WSGI
     server's file wrapper, a socket buffer at a time, never copied whole for the answer."""
-    kept = body if isinstance(body, Pieces) else Pieces((body,))
+    kept = Pieces((body,)) if isinstance(body, bytes) else body
     response = Response(wrap_file(request.environ, kept.reader()), 200, mimetype="application/json", headers=headers,
                         direct_passthrough=True)
     response.content_length = len(body)

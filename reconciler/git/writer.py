@@ -16,7 +16,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from io import BytesIO
@@ -248,9 +248,6 @@ class ModelWriter:
         """The tree `tree` (None: there is none yet) with `changes` made, by path relative to it: a
         blob SHA to write there, or None to remove the file. None when nothing is left in it (Git
         keeps no empty folders, as a commit from an index would not)."""
-        # Bytes, spliced once: at 100,000 files in a folder its listing is ~7 MB, and a decoded
-        # copy of it per changed name was most of a write's memory.
-        listing = self.repo.run_bytes("ls-tree", "-z", tree, action="read the branch head") if tree else b""
         files: dict[str, str | None] = {}
         below: dict[str, dict[str, str | None]] = {}
         for path, blob in changes.items():
@@ -260,19 +257,27 @@ class ModelWriter:
             else:
                 files[name] = blob
         lines = {name: f"100644 blob {blob}\t{name}" if blob else None for name, blob in files.items()}
-        for name, sub in below.items():
-            entry = _tree_entry(listing, name)
-            if entry is not None and entry[1] != "tree":
-                # A model write never replaces what it was not asked to (nor can a file hold files).
-                raise WriteRejected(409, f"{prefix}{name} is a file, not a folder; make it a folder again in Git "
-                                         "before changing its models here")
-            subtree = self._edit_tree(entry[2] if entry else None, f"{prefix}{name}/", sub)
-            lines[name] = f"040000 tree {subtree}\t{name}" if subtree else None
-        body = _spliced(listing, lines, [f"{line}\0".encode() for line in lines.values() if line])
-        if not body:
-            return None
+        if below:
+            # Only the folders' own entries: `ls-tree` with their names lists them, not the whole tree.
+            folders = {path: meta for meta, path in _ls_tree(
+                self.repo.run("ls-tree", "-z", tree, "--", *below, action="read the branch head"))} if tree else {}
+            for name, sub in below.items():
+                entry = folders.get(name)
+                if entry is not None and entry[1] != "tree":
+                    # A model write never replaces what it was not asked to (nor can a file hold files).
+                    raise WriteRejected(409, f"{prefix}{name} is a file, not a folder; make it a folder again in Git "
+                                             "before changing its models here")
+                subtree = self._edit_tree(entry[2] if entry else None, f"{prefix}{name}/", sub)
+                lines[name] = f"040000 tree {subtree}\t{name}" if subtree else None
+        added = [f"{line}\0".encode() for line in lines.values() if line]
         # mktree sorts the entries as Git orders them; --missing skips looking up every unchanged one.
-        return self.repo.run("mktree", "-z", "--missing", action="write a tree", stdin=body)
+        if tree is None:
+            return self.repo.run("mktree", "-z", "--missing", action="write a tree", stdin=b"".join(added)) if added else None
+        # The tree's listing streams from ls-tree to mktree with those lines taken out and put in: a
+        # folder of 100,000 files lists ~7 MB, which a write never holds.
+        splice = _Splice(lines, added)
+        made = self.repo.run_piped(["ls-tree", "-z", tree], ["mktree", "-z", "--missing"], splice, action="write a tree")
+        return made if splice.kept else None
 
 
 def _ls_tree(listing: str) -> list[tuple[list[str], str]]:
@@ -292,25 +297,42 @@ def _entry_span(listing: bytes, name: str) -> tuple[int, int] | None:
     return None
 
 
-def _tree_entry(listing: bytes, name: str) -> tuple[str, str, str] | None:
-    """(mode, type, SHA) of `name` in `git ls-tree -z` output, or None."""
-    span = _entry_span(listing, name)
-    if span is None:
-        return None
-    mode, kind, sha = listing[span[0]:span[1]].partition(b"\t")[0].decode().split()
-    return mode, kind, sha
+class _Splice:
+    """`git ls-tree -z` output as it streams by, without the lines of the names `removed` and with the
+    lines `added` after it (mktree sorts them): each read is cut after its last entry, and only the
+    parts between removed lines are passed on. `kept` says whether any line was."""
 
+    def __init__(self, removed: Iterable[str], added: list[bytes]) -> None:
+        self._removed = set(removed)
+        self._added = added
+        self.kept = bool(added)
 
-def _spliced(listing: bytes, removed: Iterable[str], added: list[bytes]) -> bytes:
-    """`git ls-tree -z` output without the lines of the names `removed` and with the lines `added`
-    (in any order: mktree sorts them), made in one copy."""
-    spans = sorted(span for span in (_entry_span(listing, name) for name in removed) if span is not None)
-    view, kept, at = memoryview(listing), [], 0
-    for start, end in spans:
-        kept.append(view[at:start])
-        at = end
-    kept.append(view[at:])
-    return b"".join([*kept, *added])
+    def __call__(self, reads: Iterable[bytes]) -> Iterator[bytes]:
+        tail = b""
+        for read in reads:
+            data = tail + read if tail else read
+            cut = data.rfind(b"\0") + 1
+            tail = data[cut:]
+            yield from self._without(data[:cut] if tail else data)
+        yield from self._without(tail)
+        yield from self._added
+
+    def _without(self, entries: bytes) -> Iterator[bytes]:
+        spans = []
+        for name in list(self._removed):
+            span = _entry_span(entries, name)
+            if span is not None:
+                spans.append(span)
+                self._removed.discard(name)
+        at = 0
+        for start, end in sorted(spans):
+            if start > at:
+                self.kept = True
+                yield entries[at:start]
+            at = end
+        if at < len(entries):
+            self.kept = True
+            yield entries[at:] if at else entries
 
 
 def bump_refresh(content: bytes, requested_at: str) -> bytes:

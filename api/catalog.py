@@ -396,7 +396,7 @@ class Catalog:
             keys.append(key)
             states.append(state)
             i = places.find(key)
-            if i is not None and old.states[i] == state:  # type: ignore[union-attr]
+            if i is not None and old.states.same(i, state):  # type: ignore[union-attr]
                 built.reuse(i)
             else:
                 self.stats.serialised += 1
@@ -635,9 +635,7 @@ def _desired_item(model: DesiredModel, record: ModelRecord | None, fleet: _Fleet
                   ) -> tuple[list[object], Callable[[], dict[str, Any]]]:
     """A model's state in a list (its file's fields, where it is placed, its record) and how to make its view."""
     placement = fleet.placement(model.fields.servers, record)
-    state: list[object] = [model.fields, placement]
-    _add_record(record, state)
-    return state, lambda: _desired_view(model, record, placement)
+    return [model.fields, placement, record], lambda: _desired_view(model, record, placement)
 
 
 _KEPT = "kept"  # the first value of a kept model's state (a model file's is its fields)
@@ -647,9 +645,7 @@ def _kept_item(key: ModelKey, record: ModelRecord, why: str, fleet: _Fleet
                ) -> tuple[list[object], Callable[[], dict[str, Any]]]:
     """A model kept at its last good version: its state in a list and how to make its view."""
     placement = fleet.recorded(record)
-    state: list[object] = [_KEPT, why, placement, record.spec]
-    _add_record(record, state)
-    return state, lambda: _last_good_view(key, record, why, placement)
+    return [_KEPT, why, placement, record.spec, record], lambda: _last_good_view(key, record, why, placement)
 
 
 def _unmade() -> dict[str, Any]:
@@ -664,16 +660,26 @@ def _name(key: ModelKey) -> str:
 _SHOWN = operator.attrgetter("state", "size", "digest", "last_pull_time", "error", "progress_completed", "progress_total")
 
 
-def _add_record(record: ModelRecord | None, state: list[object]) -> None:
-    """Add what a view shows of `record` to `state`, to compare with the last list's, as references
-    to its values (no copy of the record, which the store copies on every read): for each server,
-    its name and the values of its status that a view shows."""
-    if record is None:
-        return
-    state.append(len(record.servers))  # where the servers start, and how many
-    for name, status in record.servers.items():
-        state.append(name)
-        state.extend(_SHOWN(status))
+def _same_state(old: Sequence[object], new: Sequence[object]) -> bool:
+    """Would a list show the model of state `new` as it showed that of `old`? Their values are equal,
+    a record's in what a view shows of it: for each server, its name and the values of its status
+    that a view shows. A record is never changed, only replaced (copy on write), so the last list's
+    still says what it showed, and one that is the same object needs no look."""
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new):
+        if a is b:
+            continue
+        if isinstance(a, ModelRecord) and isinstance(b, ModelRecord):
+            if _shown(a) != _shown(b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def _shown(record: ModelRecord) -> list[object]:
+    return [(name, *_SHOWN(status)) for name, status in record.servers.items()]
 
 
 class _Places:
@@ -697,7 +703,9 @@ class _Places:
 
 class _States:
     """What each item of a list was made from (`_desired_item`, `_kept_item`), every item's values in
-    one flat list of references: a list of a hundred thousand models holds no object per model."""
+    one flat list of references: a list of a hundred thousand models holds no object per model, and
+    three references for most (a record, not what a view shows of it, which is compared when the
+    record is another: a list rebuilt beside the last holds little more than two of these)."""
 
     __slots__ = ("_values", "_ends", "kept")
 
@@ -722,8 +730,13 @@ class _States:
         begin = self._ends[i - 1] if i else 0
         return self._values[begin:min(begin + n, self._ends[i])]
 
+    def same(self, i: int, state: Sequence[object]) -> bool:
+        """Is item `i`'s state one that shows as `state` does (`_same_state`)?"""
+        return _same_state(self[i], state)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _States) and self._ends == other._ends and self._values == other._values
+        return (isinstance(other, _States) and self._ends == other._ends
+                and all(self.same(i, other[i]) for i in range(len(self))))
 
 
 def _last_good_view(key: ModelKey, record: ModelRecord, why: str, placement: Placement) -> dict[str, Any]:

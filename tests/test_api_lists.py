@@ -194,6 +194,12 @@ def test_a_list_after_a_status_change_serialises_the_models_whose_status_changed
         edit.place(ModelKey("default", "gemma3-1b"), "gpu-2", store.record(ModelKey("default", "gemma3-1b")).servers["default"])
     lists.client.get("/api/v1/models")
     assert stats.serialised - serialised == 2
+    # A record replaced by one that differs only in what no view shows: the same list, the same tag.
+    tag = lists.client.get("/api/v1/models", headers=PLAIN).headers["etag"]
+    with store.editing() as edit:
+        edit.status(ModelKey("default", "phi3-mini"), "default").applied_commit = "0" * 40
+    assert lists.client.get("/api/v1/models", headers=PLAIN).headers["etag"] == tag
+    assert stats.serialised - serialised == 2
 
 
 def _get_streamed(rig: ApiRig, encoding: str) -> int:

@@ -34,7 +34,7 @@ class InstalledModel:
     modified_at: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pull:
     """Pull `reference` into Ollama, for every model key that asks for it."""
 
@@ -44,7 +44,7 @@ class Pull:
     refresh: str | None = None  # the refreshRequestedAt value this pull satisfies
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delete:
     """Delete `reference` from Ollama, then forget the keys (files removed from Git)."""
 
@@ -53,7 +53,7 @@ class Delete:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Forget:
     """Stop managing a removed model without touching Ollama (its record, and so its ownership, goes)."""
 
@@ -62,7 +62,7 @@ class Forget:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots, as every action: a cold start plans one per model
 class MarkReady:
     """The model is in Ollama as wanted: record it Ready with what Ollama reports.
 
@@ -78,7 +78,7 @@ class MarkReady:
     error: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RecordError:
     """Show an error on a model without changing what is pulled (e.g. its file is broken)."""
 
@@ -86,7 +86,7 @@ class RecordError:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Suspend:
     """A suspended model is left alone, and shows nothing stale: its error and pending retry from
     before are cleared, and a Failed model becomes Pending (nothing is tried, so nothing fails)."""
@@ -95,7 +95,7 @@ class Suspend:
     reason: str = "suspended; the error from before is cleared"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skip:
     """Leave a model as it is, and say why (for dry runs and logs)."""
 

@@ -77,13 +77,12 @@ class Pieces:
         return Reader(self)
 
 
-class Reader(io.RawIOBase):
-    """A read-only file over `Pieces`: each read makes only the bytes it returns, and a read of a
-    size returns at most `READ_BYTES` (a short read, as a file may make: the reader asks again)."""
+class _Reader(io.RawIOBase):
+    """A read-only, seekable file over `length` bytes; `read` is the subclass's."""
 
-    def __init__(self, pieces: Pieces) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._pieces = pieces
+        self._length = length
         self._position = 0
 
     def readable(self) -> bool:
@@ -96,22 +95,31 @@ class Reader(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._pieces.length}[whence]
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
         self._position = base + offset
         return self._position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class Reader(_Reader):
+    """A read-only file over `Pieces`: each read makes only the bytes it returns, and a read of a
+    size returns at most `READ_BYTES` (a short read, as a file may make: the reader asks again)."""
+
+    def __init__(self, pieces: Pieces) -> None:
+        super().__init__(pieces.length)
+        self._pieces = pieces
 
     def read(self, size: int | None = -1) -> bytes:
         end = self._pieces.length if size is None or size < 0 else self._position + min(size, READ_BYTES)
         data = self._pieces.slice(self._position, end)
         self._position += len(data)
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
 
 class Packed:
@@ -201,36 +209,19 @@ def _zeros(length: int) -> memoryview:
     return memoryview(_ZEROS)[:length]
 
 
-class PackedReader(io.RawIOBase):
+class PackedReader(_Reader):
     """A read-only file over `PackedPieces`. A read returns at most `READ_BYTES`, from one part, inflated
     from where the last read ended; a read again from where the last one began (the WSGI server peeks
     at what it sends, then reads it again) returns those bytes, not inflated twice."""
 
     def __init__(self, body: PackedPieces) -> None:
-        super().__init__()
+        super().__init__(body.length)
         self._body = body
-        self._position = 0
         self._last: tuple[int, bytes] = (-1, b"")
         self._inflater: zlib._Decompress | None = None
         self._input = b""  # what the inflater has still to take of its part
         self._at = 0  # where the inflater's next byte is in the body
         self._end = 0  # where its part ends
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._body.length}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
 
     def read(self, size: int | None = -1) -> bytes:
         if self._position >= self._body.length or size == 0:
@@ -243,11 +234,6 @@ class PackedReader(io.RawIOBase):
         data = data[:want]
         self._position += len(data)
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def _inflate(self, size: int) -> bytes:
         if self._inflater is None or self._at != self._position or self._at >= self._end:

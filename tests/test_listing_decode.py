@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ollama_gitops.reconciler.models.naming import normalize_reference
-from ollama_gitops.reconciler.ollama.server import OllamaServer, _entries, decode_listing
+from ollama_gitops.reconciler.ollama.server import OllamaServer, _entries, decode_listing, modified_seconds
 from ollama_gitops.reconciler.plan import InstalledModel
 from standins.ollama_server import OllamaStandin
 
@@ -25,7 +25,7 @@ def whole(body: bytes) -> dict[str, InstalledModel]:
     out = {}
     for entry in json.loads(body).get("models") or []:
         model = InstalledModel(entry.get("model") or entry.get("name") or "", int(entry.get("size") or 0),
-                               entry.get("digest") or "", entry.get("modified_at"))
+                               entry.get("digest") or "", modified_seconds(entry.get("modified_at")))
         out[normalize_reference(model.reference)] = model
     return out
 

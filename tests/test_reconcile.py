@@ -7,7 +7,9 @@ import logging
 import shutil
 import time
 from dataclasses import replace
+from datetime import datetime
 
+import httpx
 import pytest
 
 from ollama_gitops.reconciler.models.naming import resource_name
@@ -835,7 +837,12 @@ def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(ri
 
 
 def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fraction_and_offset() -> None:
-    from ollama_gitops.reconciler.reconcile import _seconds_z
+    from ollama_gitops.reconciler.ollama.server import modified_seconds
+    from ollama_gitops.reconciler.reconcile import _seed_time
+
+    def _seconds_z(timestamp: object) -> str | None:  # what a listing's entry keeps, as a record writes it
+        seconds = modified_seconds(timestamp)
+        return None if seconds is None else _seed_time(seconds)
 
     assert _seconds_z("2024-05-01T12:34:56.123456789-07:00") == "2024-05-01T19:34:56Z"  # Ollama's nanoseconds
     assert _seconds_z("2024-12-31T23:59:59.999999999-01:00") == "2025-01-01T00:59:59Z"  # never rounded up
@@ -843,6 +850,22 @@ def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fract
     assert _seconds_z("2024-05-01T12:34:56+02:00") == "2024-05-01T10:34:56Z"
     assert _seconds_z("2024-05-01T12:34:56.123+02:00") == _seconds_z("2024-05-01T12:34:56.987654321+02:00")
     assert _seconds_z("not a time") is None and _seconds_z("2024-05-01T12:34:56.x+02:00") is None
+    assert _seconds_z("1969-12-31T23:59:59.75Z") == "1969-12-31T23:59:59Z"  # before the epoch: still dropped, not floored
+    # Not given, not a string, or past what a UTC time can be: unknown, never a failed cycle.
+    assert _seconds_z(None) is None and _seconds_z("") is None and _seconds_z(1714566896) is None
+    assert _seconds_z("9999-12-31T23:59:59-01:00") is None
+
+
+def test_a_model_already_in_ollama_is_recorded_with_the_second_ollama_says_it_was_modified(rig: Rig) -> None:
+    rig.ollama.install("llama3.2:1b")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    listed = httpx.get(f"{rig.ollama.url}/api/tags", timeout=30).json()["models"][0]["modified_at"]
+    expected = datetime.fromisoformat(listed[:19] + "+00:00").strftime("%Y-%m-%dT%H:%M:%SZ")  # the stand-in's is UTC
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and record.servers["default"].last_pull_time == expected
 
 
 def test_a_cycle_lists_the_server_while_it_loads_the_commit(rig: Rig) -> None:

@@ -4,6 +4,9 @@ the body never made into one string, and what it gives the same as decoding the 
 from __future__ import annotations
 
 import json
+import sys
+import tracemalloc
+from datetime import datetime, timezone
 
 import pytest
 
@@ -100,3 +103,29 @@ def test_a_first_listing_is_decoded_as_it_is_read_and_a_later_one_only_if_its_by
         client.close()
     finally:
         ollama.stop()
+
+
+def test_an_entry_keeps_its_modification_time_as_an_int_and_no_more_than_it_needs() -> None:
+    """What a kept listing holds per model, counted as serve has it: the records already hold each
+    reference (interned), which the listing shares. Ollama's `modified_at` alone, as the string it
+    is, would be 79 B an entry; kept as an int of whole seconds, 32 B."""
+    count = 4000
+    entries = [{"name": f"model{i}:1b", "model": f"model{i}:1b", "size": 1_500_000_000 + i, "digest": f"{i:064x}",
+                # every model pulled in another second, as on a real server
+                "modified_at": f"2026-01-{1 + i // 1440:02d}T{i // 60 % 24:02d}:{i % 60:02d}:07.123456789+02:00",
+                "details": {"format": "gguf", "family": "llama", "families": ["llama"]}} for i in range(count)]
+    body = json.dumps({"models": entries}).encode()
+    pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+    held_by_the_records = [sys.intern(f"model{i}:1b") for i in range(count)]
+    tracemalloc.start()
+    try:
+        listing = decode_listing(pieces)
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(listing) == count and all(model.reference is held_by_the_records[i]
+                                         for i, model in enumerate(listing.values()))
+    # The entry (64 B), its digest (113 B: Ollama's 64 hex), size (32 B), time (32 B), its dict slot.
+    assert kept / count < 300, f"{kept / count:.0f} B an entry"
+    assert all(type(model.modified) is int for model in listing.values())
+    assert listing["model1441:1b"].modified == int(datetime(2026, 1, 2, 0, 1, 7, tzinfo=timezone.utc).timestamp()) - 7200

@@ -868,6 +868,30 @@ def test_a_model_already_in_ollama_is_recorded_with_the_second_ollama_says_it_wa
     assert record is not None and record.servers["default"].last_pull_time == expected
 
 
+def test_a_listing_decoded_again_keeps_the_entries_it_kept_of_the_models_that_did_not_change(rig: Rig) -> None:
+    """Issue 16 item 6: a resync decodes the whole listing again when anything on the server changed.
+    Its entries for the models that did not change are the ones kept before, whose digest the
+    records share, not a second copy of each."""
+    for i in range(40):
+        rig.ollama.install(f"model{i}:1b", 1000 + i)
+        rig.work.model("default", f"model{i}", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    member = rig.reconciler.fleet.member("default")
+    assert member is not None and member.observed is not None
+    before = dict(member.observed)
+    status = rig.record("default", "model7-1b").servers["default"]
+    assert status.state == READY and status.digest is before["model7:1b"].digest  # marked Ready from the listing
+    rig.ollama.install("llama3.2:1b")  # by hand: the next listing's body differs
+    rig.clock.advance(301)  # past the resync
+    assert rig.cycle().ok and rig.ollama.requests.count(("GET", "/api/tags")) == 2
+    after = member.observed
+    assert after is not None and set(after) == set(before) | {"llama3.2:1b"}
+    assert [reference for reference, model in after.items() if model is not before.get(reference)] == ["llama3.2:1b"]
+    assert rig.record("default", "model7-1b").servers["default"].digest is after["model7:1b"].digest
+
+
 def test_a_cycle_lists_the_server_while_it_loads_the_commit(rig: Rig) -> None:
     rig.ollama.install("llama3.2:1b")
     rig.work.model("default", "llama3.2", "1b")

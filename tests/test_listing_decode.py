@@ -129,3 +129,14 @@ def test_an_entry_keeps_its_modification_time_as_an_int_and_no_more_than_it_need
     assert kept / count < 300, f"{kept / count:.0f} B an entry"
     assert all(type(model.modified) is int for model in listing.values())
     assert listing["model1441:1b"].modified == int(datetime(2026, 1, 2, 0, 1, 7, tzinfo=timezone.utc).timestamp()) - 7200
+
+
+@pytest.mark.parametrize("modified_at", ["yesterday", "", 1714566896, None, "9999-12-31T23:59:59-01:00"])
+def test_an_entry_whose_modification_time_is_absent_or_unreadable_keeps_none(modified_at: object) -> None:
+    entry = {"model": "a:b", "size": 3, "digest": "f" * 64}
+    if modified_at is not None:
+        entry["modified_at"] = modified_at
+    body = json.dumps({"models": [entry, {"model": "c:d", "modified_at": "2026-01-01T00:00:00.5Z"}]}).encode()
+    listing = decode_listing([body])
+    assert listing["a:b"] == InstalledModel("a:b", 3, "f" * 64, None)
+    assert listing["c:d"].modified == int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())

@@ -32,7 +32,7 @@ class InstalledModel:
     size: int
     digest: str
     # When Ollama says it was modified (`modified_at`), in whole seconds since the epoch: an int,
-    # decided when the listing is decoded, rather than Ollama's 30-character string kept per model.
+    # decided when the listing is decoded, rather than Ollama's string (30 to 35 characters) per model.
     # None when Ollama did not say or said it unreadably.
     modified: int | None = None
 

@@ -265,7 +265,9 @@ def _hashed(pieces: Iterable[bytes], hasher: Any) -> Iterator[bytes]:
 
 def _installed(entry: dict) -> InstalledModel:
     """An `/api/tags` entry. Its reference is interned: the records' spec is too (`plan.applied_spec`),
-    so a listing decoded after the records shares their string, and the records one decoded before."""
+    so a listing decoded after the records shares their string, and the records one decoded before.
+    (For a reference the records hold, that adds no entry to the interpreter's table: not interning
+    would keep a second string of each model, 60 B a model more in serve at 10,000.)"""
     return InstalledModel(sys.intern(entry.get("model") or entry.get("name") or ""), int(entry.get("size") or 0),
                           entry.get("digest") or "", modified_seconds(entry.get("modified_at")))
 

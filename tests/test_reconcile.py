@@ -7,10 +7,11 @@ import logging
 import shutil
 import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 
 import httpx
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ollama_gitops.reconciler.models.naming import resource_name
 from ollama_gitops.reconciler.ollama.server import OllamaServer, Tags
@@ -853,7 +854,39 @@ def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fract
     assert _seconds_z("1969-12-31T23:59:59.75Z") == "1969-12-31T23:59:59Z"  # before the epoch: still dropped, not floored
     # Not given, not a string, or past what a UTC time can be: unknown, never a failed cycle.
     assert _seconds_z(None) is None and _seconds_z("") is None and _seconds_z(1714566896) is None
-    assert _seconds_z("9999-12-31T23:59:59-01:00") is None
+    assert _seconds_z("9999-12-31T23:59:59-01:00") is None and _seconds_z("0001-01-01T00:59:59+01:00") is None
+    assert _seconds_z("9999-12-31T22:59:59.5-01:00") == "9999-12-31T23:59:59Z"
+
+
+def _seconds_z_as_before(timestamp: str) -> str | None:
+    """How a record's pull time was made from Ollama's `modified_at` before the listing kept seconds."""
+    text = timestamp.replace("Z", "+00:00")
+    if text[19:20] == ".":
+        offset = text[20:].lstrip("0123456789")
+        if len(offset) < len(text) - 20:
+            text = text[:19] + offset
+    try:
+        return datetime.fromisoformat(text).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):  # (an overflow was raised out of the cycle)
+        return None
+
+
+def _go_time(moment: datetime, digits: str, east_minutes: int) -> str:
+    """`moment` as Go's RFC3339Nano writes it (Ollama's `modified_at`), `digits` of fraction."""
+    offset = "Z" if east_minutes == 0 else f"{'+' if east_minutes > 0 else '-'}{abs(east_minutes) // 60:02d}:{abs(east_minutes) % 60:02d}"
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment:%H:%M:%S}"
+            + (f".{digits}" if digits else "") + offset)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.builds(_go_time, st.datetimes(), st.text("0123456789", max_size=9), st.integers(-1439, 1439)),
+                 st.text(max_size=40)))
+def test_a_time_kept_as_seconds_is_recorded_as_it_was_from_ollamas_string(timestamp: str) -> None:
+    from ollama_gitops.reconciler.ollama.server import modified_seconds
+    from ollama_gitops.reconciler.reconcile import _seed_time
+
+    seconds = modified_seconds(timestamp)
+    assert (None if seconds is None else _seed_time(seconds)) == _seconds_z_as_before(timestamp)
 
 
 def test_a_model_already_in_ollama_is_recorded_with_the_second_ollama_says_it_was_modified(rig: Rig) -> None:

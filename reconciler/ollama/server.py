@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -290,18 +290,20 @@ def modified_seconds(timestamp: object) -> int | None:
     return _epoch_seconds(text)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# What the seed's times can be: a UTC time of years 1 to 9999, in seconds since the epoch.
+_FIRST, _LAST = (int(moment.replace(microsecond=0, tzinfo=timezone.utc).timestamp())
+                 for moment in (datetime.min, datetime.max))
 
 
 @lru_cache(maxsize=16)
 def _epoch_seconds(text: str) -> int | None:
     try:
-        # (A time without an offset is local, as `astimezone` reads it; one whose UTC day is past
-        # year 9999 or before year 1 cannot be written as the seed writes times.)
-        moment = datetime.fromisoformat(text).astimezone(timezone.utc)
-    except (ValueError, OverflowError):
+        # (An aware datetime's timestamp is exact arithmetic, whole seconds here; one without an
+        # offset is local time, as before.)
+        seconds = int(datetime.fromisoformat(text).timestamp())
+    except (ValueError, OverflowError, OSError):
         return None
-    return (moment - _EPOCH) // timedelta(seconds=1)
+    return seconds if _FIRST <= seconds <= _LAST else None
 
 
 def _installed_or_object(entry: dict) -> object:

@@ -281,7 +281,7 @@ def modified_seconds(timestamp: object) -> int | None:
     # slicing rather than a regex per model, and Python 3.10's fromisoformat takes neither `Z` nor
     # more than six fractional digits. What is left is the same for every model pulled in the same
     # second, and the listing is sorted by that time: a few cached are enough for such models to
-    # share one int (a cache of thousands would outweigh the strings it saves).
+    # share one int (a cache of thousands would outweigh the ints it saves).
     text = timestamp.replace("Z", "+00:00")
     if text[19:20] == ".":
         offset = text[20:].lstrip("0123456789")

@@ -31,7 +31,10 @@ class InstalledModel:
     reference: str
     size: int
     digest: str
-    modified_at: str | None = None
+    # When Ollama says it was modified (`modified_at`), in whole seconds since the epoch: an int,
+    # decided when the listing is decoded, rather than Ollama's string (30 to 35 characters) per model.
+    # None when Ollama did not say or said it unreadably.
+    modified: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

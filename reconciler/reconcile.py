@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Protocol
-from datetime import datetime, timezone
 
 from . import metrics
 from .models.desired import DesiredState, GitLoader, ModelKey, SharedLoader, changed_between
@@ -599,31 +598,12 @@ def _mark_ready(status: ModelStatus, action: MarkReady, commit: str) -> None:
     # "" (a listing kept since a pull, which gave no digest) is recorded as unknown, as the pull did.
     status.size, status.digest, status.applied_commit = installed.size, installed.digest or None, commit
     status.owned = status.owned or action.owned
-    if status.last_pull_time is None and installed.modified_at:
-        status.last_pull_time = _seconds_z(installed.modified_at)
+    if status.last_pull_time is None and installed.modified is not None:
+        status.last_pull_time = _seed_time(installed.modified)
 
 
-def _seconds_z(timestamp: str) -> str | None:
-    """Ollama's `modified_at` (nanoseconds, any offset) as the seed writes times; None if unreadable."""
-    # The fraction is dropped (the seed writes whole seconds; it never carries into them), by string
-    # slicing rather than a regex per model, and Python 3.10's fromisoformat takes neither `Z` nor
-    # more than six fractional digits. What is left is the same for every model pulled in the same
-    # second: cached, as a cold start marks every model Ready.
-    text = timestamp.replace("Z", "+00:00")
-    if text[19:20] == ".":
-        offset = text[20:].lstrip("0123456789")
-        if len(offset) < len(text) - 20:  # a dot without digits is left for fromisoformat to refuse
-            text = text[:19] + offset
-    return _utc_seconds(text)
-
-
-@lru_cache(maxsize=4096)
-def _utc_seconds(text: str) -> str | None:
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+# Cached: a cold start marks every model Ready, and those pulled in the same second share one string.
+_seed_time = lru_cache(maxsize=4096)(utc_rfc3339)
 
 
 def _keep_with_error(edit: _Edit, server: str, message: str, desired: DesiredState) -> None:

@@ -4,11 +4,14 @@ the body never made into one string, and what it gives the same as decoding the 
 from __future__ import annotations
 
 import json
+import sys
+import tracemalloc
+from datetime import datetime, timezone
 
 import pytest
 
 from ollama_gitops.reconciler.models.naming import normalize_reference
-from ollama_gitops.reconciler.ollama.server import OllamaServer, _entries, decode_listing
+from ollama_gitops.reconciler.ollama.server import OllamaServer, _entries, decode_listing, modified_seconds
 from ollama_gitops.reconciler.plan import InstalledModel
 from standins.ollama_server import OllamaStandin
 
@@ -25,7 +28,7 @@ def whole(body: bytes) -> dict[str, InstalledModel]:
     out = {}
     for entry in json.loads(body).get("models") or []:
         model = InstalledModel(entry.get("model") or entry.get("name") or "", int(entry.get("size") or 0),
-                               entry.get("digest") or "", entry.get("modified_at"))
+                               entry.get("digest") or "", modified_seconds(entry.get("modified_at")))
         out[normalize_reference(model.reference)] = model
     return out
 
@@ -100,3 +103,40 @@ def test_a_first_listing_is_decoded_as_it_is_read_and_a_later_one_only_if_its_by
         client.close()
     finally:
         ollama.stop()
+
+
+def test_an_entry_keeps_its_modification_time_as_an_int_and_no_more_than_it_needs() -> None:
+    """What a kept listing holds per model, counted as serve has it: the records already hold each
+    reference (interned), which the listing shares. Ollama's `modified_at` alone, as the string it
+    is, would be 79 B an entry; kept as an int of whole seconds, 32 B."""
+    count = 4000
+    entries = [{"name": f"model{i}:1b", "model": f"model{i}:1b", "size": 1_500_000_000 + i, "digest": f"{i:064x}",
+                # every model pulled in another second, as on a real server
+                "modified_at": f"2026-01-{1 + i // 1440:02d}T{i // 60 % 24:02d}:{i % 60:02d}:07.123456789+02:00",
+                "details": {"format": "gguf", "family": "llama", "families": ["llama"]}} for i in range(count)]
+    body = json.dumps({"models": entries}).encode()
+    pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+    held_by_the_records = [sys.intern(f"model{i}:1b") for i in range(count)]
+    tracemalloc.start()
+    try:
+        listing = decode_listing(pieces)
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(listing) == count and all(model.reference is held_by_the_records[i]
+                                         for i, model in enumerate(listing.values()))
+    # The entry (64 B), its digest (113 B: Ollama's 64 hex), size (32 B), time (32 B), its dict slot.
+    assert kept / count < 300, f"{kept / count:.0f} B an entry"
+    assert all(type(model.modified) is int for model in listing.values())
+    assert listing["model1441:1b"].modified == int(datetime(2026, 1, 2, 0, 1, 7, tzinfo=timezone.utc).timestamp()) - 7200
+
+
+@pytest.mark.parametrize("modified_at", ["yesterday", "", 1714566896, None, "9999-12-31T23:59:59-01:00"])
+def test_an_entry_whose_modification_time_is_absent_or_unreadable_keeps_none(modified_at: object) -> None:
+    entry = {"model": "a:b", "size": 3, "digest": "f" * 64}
+    if modified_at is not None:
+        entry["modified_at"] = modified_at
+    body = json.dumps({"models": [entry, {"model": "c:d", "modified_at": "2026-01-01T00:00:00.5Z"}]}).encode()
+    listing = decode_listing([body])
+    assert listing["a:b"] == InstalledModel("a:b", 3, "f" * 64, None)
+    assert listing["c:d"].modified == int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())

@@ -22,7 +22,7 @@ def desired(*models: DesiredModel, unreadable: tuple[ModelKey, ...] = (), proble
 
 
 def installed(reference: str, size: int = 100, digest: str = "d" * 64) -> InstalledModel:
-    return InstalledModel(reference, size, digest, "2026-01-01T00:00:00.123456789Z")
+    return InstalledModel(reference, size, digest, 1_767_225_600)  # 2026-01-01T00:00:00Z
 
 
 def record(m: DesiredModel, state: str = READY, **status: object) -> ServerRecord:

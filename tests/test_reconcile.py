@@ -7,8 +7,11 @@ import logging
 import shutil
 import time
 from dataclasses import replace
+from datetime import datetime, timezone
 
+import httpx
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from ollama_gitops.reconciler.models.naming import resource_name
 from ollama_gitops.reconciler.ollama.server import OllamaServer, Tags
@@ -835,7 +838,12 @@ def test_ollama_going_away_between_resyncs_fails_every_cycle_until_it_is_back(ri
 
 
 def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fraction_and_offset() -> None:
-    from ollama_gitops.reconciler.reconcile import _seconds_z
+    from ollama_gitops.reconciler.ollama.server import modified_seconds
+    from ollama_gitops.reconciler.reconcile import _seed_time
+
+    def _seconds_z(timestamp: object) -> str | None:  # what a listing's entry keeps, as a record writes it
+        seconds = modified_seconds(timestamp)
+        return None if seconds is None else _seed_time(seconds)
 
     assert _seconds_z("2024-05-01T12:34:56.123456789-07:00") == "2024-05-01T19:34:56Z"  # Ollama's nanoseconds
     assert _seconds_z("2024-12-31T23:59:59.999999999-01:00") == "2025-01-01T00:59:59Z"  # never rounded up
@@ -843,6 +851,78 @@ def test_ollamas_modified_at_is_recorded_in_whole_seconds_utc_whatever_its_fract
     assert _seconds_z("2024-05-01T12:34:56+02:00") == "2024-05-01T10:34:56Z"
     assert _seconds_z("2024-05-01T12:34:56.123+02:00") == _seconds_z("2024-05-01T12:34:56.987654321+02:00")
     assert _seconds_z("not a time") is None and _seconds_z("2024-05-01T12:34:56.x+02:00") is None
+    assert _seconds_z("1969-12-31T23:59:59.75Z") == "1969-12-31T23:59:59Z"  # before the epoch: still dropped, not floored
+    # Not given, not a string, or past what a UTC time can be: unknown, never a failed cycle.
+    assert _seconds_z(None) is None and _seconds_z("") is None and _seconds_z(1714566896) is None
+    assert _seconds_z("9999-12-31T23:59:59-01:00") is None and _seconds_z("0001-01-01T00:59:59+01:00") is None
+    assert _seconds_z("9999-12-31T22:59:59.5-01:00") == "9999-12-31T23:59:59Z"
+
+
+def _seconds_z_as_before(timestamp: str) -> str | None:
+    """How a record's pull time was made from Ollama's `modified_at` before the listing kept seconds."""
+    text = timestamp.replace("Z", "+00:00")
+    if text[19:20] == ".":
+        offset = text[20:].lstrip("0123456789")
+        if len(offset) < len(text) - 20:
+            text = text[:19] + offset
+    try:
+        return datetime.fromisoformat(text).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError):  # (an overflow was raised out of the cycle)
+        return None
+
+
+def _go_time(moment: datetime, digits: str, east_minutes: int) -> str:
+    """`moment` as Go's RFC3339Nano writes it (Ollama's `modified_at`), `digits` of fraction."""
+    offset = "Z" if east_minutes == 0 else f"{'+' if east_minutes > 0 else '-'}{abs(east_minutes) // 60:02d}:{abs(east_minutes) % 60:02d}"
+    return (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment:%H:%M:%S}"
+            + (f".{digits}" if digits else "") + offset)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.builds(_go_time, st.datetimes(), st.text("0123456789", max_size=9), st.integers(-1439, 1439)),
+                 st.text(max_size=40)))
+def test_a_time_kept_as_seconds_is_recorded_as_it_was_from_ollamas_string(timestamp: str) -> None:
+    from ollama_gitops.reconciler.ollama.server import modified_seconds
+    from ollama_gitops.reconciler.reconcile import _seed_time
+
+    seconds = modified_seconds(timestamp)
+    assert (None if seconds is None else _seed_time(seconds)) == _seconds_z_as_before(timestamp)
+
+
+def test_a_model_already_in_ollama_is_recorded_with_the_second_ollama_says_it_was_modified(rig: Rig) -> None:
+    rig.ollama.install("llama3.2:1b")
+    rig.work.model("default", "llama3.2", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    listed = httpx.get(f"{rig.ollama.url}/api/tags", timeout=30).json()["models"][0]["modified_at"]
+    expected = datetime.fromisoformat(listed[:19] + "+00:00").strftime("%Y-%m-%dT%H:%M:%SZ")  # the stand-in's is UTC
+    record = rig.record("default", "llama3.2-1b")
+    assert record is not None and record.servers["default"].last_pull_time == expected
+
+
+def test_a_listing_decoded_again_keeps_the_entries_it_kept_of_the_models_that_did_not_change(rig: Rig) -> None:
+    """Issue 16 item 6: a resync decodes the whole listing again when anything on the server changed.
+    Its entries for the models that did not change are the ones kept before, whose digest the
+    records share, not a second copy of each."""
+    for i in range(40):
+        rig.ollama.install(f"model{i}:1b", 1000 + i)
+        rig.work.model("default", f"model{i}", "1b")
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    member = rig.reconciler.fleet.member("default")
+    assert member is not None and member.observed is not None
+    before = dict(member.observed)
+    status = rig.record("default", "model7-1b").servers["default"]
+    assert status.state == READY and status.digest is before["model7:1b"].digest  # marked Ready from the listing
+    rig.ollama.install("llama3.2:1b")  # by hand: the next listing's body differs
+    rig.clock.advance(301)  # past the resync
+    assert rig.cycle().ok and rig.ollama.requests.count(("GET", "/api/tags")) == 2
+    after = member.observed
+    assert after is not None and set(after) == set(before) | {"llama3.2:1b"}
+    assert [reference for reference, model in after.items() if model is not before.get(reference)] == ["llama3.2:1b"]
+    assert rig.record("default", "model7-1b").servers["default"].digest is after["model7:1b"].digest
 
 
 def test_a_cycle_lists_the_server_while_it_loads_the_commit(rig: Rig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import pytest
@@ -450,5 +451,6 @@ def test_the_listing_is_every_model_by_its_normalised_reference(ollama: OllamaSt
     assert set(installed) == {"llama3.2:1b", "qwen2.5:0.5b"} and set(raw) == {"llama3.2:1b", "Qwen2.5:0.5b"}
     assert all(isinstance(m, InstalledModel) for m in installed.values())
     qwen = installed["qwen2.5:0.5b"]
-    assert (qwen.reference, qwen.size, qwen.digest, qwen.modified_at) == (
-        "Qwen2.5:0.5b", 3_000, raw["Qwen2.5:0.5b"]["digest"], raw["Qwen2.5:0.5b"]["modified_at"])
+    modified = datetime.fromisoformat(raw["Qwen2.5:0.5b"]["modified_at"][:19] + "+00:00")  # the stand-in's is UTC
+    assert (qwen.reference, qwen.size, qwen.digest, qwen.modified) == (
+        "Qwen2.5:0.5b", 3_000, raw["Qwen2.5:0.5b"]["digest"], int(modified.timestamp()))

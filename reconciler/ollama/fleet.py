@@ -228,6 +228,9 @@ class Fleet:
             tags, listing = None, Listing(None, str(exc))
         else:
             listing = Listing(tags.models)
+            kept = member.observed  # (swapped under the lock; looking entries up in it needs none)
+            if tags.models is not None and kept is not None:
+                _share_unchanged(tags.models, kept)
         reachable = tags is not None
         version = member.seen.version
         if reachable and member.seen.reachable is not True:
@@ -358,6 +361,18 @@ def _tags(client: ModelServer, unless: str | None) -> Tags:
     tags = getattr(client, "tags", None)
     # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
     return tags(unless) if tags is not None else Tags("", dict(client.installed()))
+
+
+def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, InstalledModel]) -> None:
+    """Each entry of a new listing that equals the kept listing's becomes the kept one. A listing is
+    decoded again whenever anything on the server changed; the kept entries' digest and size are
+    the records' own objects (a record marked Ready from a listing holds them), while the new ones
+    would be a second copy of every model's. So a listing that changed in one model keeps one new
+    entry, and the plan's answers are the same (the entries are equal)."""
+    for reference, model in listed.items():  # (values replaced, never keys: iterating stays valid)
+        before = kept.get(reference)
+        if before is not None and before is not model and before == model:
+            listed[reference] = before
 
 
 def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

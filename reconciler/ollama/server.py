@@ -16,6 +16,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
@@ -263,9 +265,45 @@ def _hashed(pieces: Iterable[bytes], hasher: Any) -> Iterator[bytes]:
 
 def _installed(entry: dict) -> InstalledModel:
     """An `/api/tags` entry. Its reference is interned: the records' spec is too (`plan.applied_spec`),
-    so a listing decoded after the records shares their string, and the records one decoded before."""
+    so a listing decoded after the records shares their string, and the records one decoded before.
+    (For a reference the records hold, that adds no entry to the interpreter's table: not interning
+    would keep a second string of each model, 60 B a model more in serve at 10,000.)"""
     return InstalledModel(sys.intern(entry.get("model") or entry.get("name") or ""), int(entry.get("size") or 0),
-                          entry.get("digest") or "", entry.get("modified_at"))
+                          entry.get("digest") or "", modified_seconds(entry.get("modified_at")))
+
+
+def modified_seconds(timestamp: object) -> int | None:
+    """Ollama's `modified_at` (RFC 3339 with nanoseconds, any offset) in whole seconds since the
+    epoch; None when it is missing or unreadable (not a string, not a time, or out of range in UTC)."""
+    if not isinstance(timestamp, str) or not timestamp:
+        return None
+    # The fraction is dropped (the seed writes whole seconds; it never carries into them), by string
+    # slicing rather than a regex per model, and Python 3.10's fromisoformat takes neither `Z` nor
+    # more than six fractional digits. What is left is the same for every model pulled in the same
+    # second, and the listing is sorted by that time: a few cached are enough for such models to
+    # share one int (a cache of thousands would outweigh the ints it saves).
+    text = timestamp.replace("Z", "+00:00")
+    if text[19:20] == ".":
+        offset = text[20:].lstrip("0123456789")
+        if len(offset) < len(text) - 20:  # a dot without digits is left for fromisoformat to refuse
+            text = text[:19] + offset
+    return _epoch_seconds(text)
+
+
+# What the seed's times can be: a UTC time of years 1 to 9999, in seconds since the epoch.
+_FIRST, _LAST = (int(moment.replace(microsecond=0, tzinfo=timezone.utc).timestamp())
+                 for moment in (datetime.min, datetime.max))
+
+
+@lru_cache(maxsize=16)
+def _epoch_seconds(text: str) -> int | None:
+    try:
+        # (An aware datetime's timestamp is exact arithmetic, whole seconds here; one without an
+        # offset is local time, as before.)
+        seconds = int(datetime.fromisoformat(text).timestamp())
+    except (ValueError, OverflowError, OSError):
+        return None
+    return seconds if _FIRST <= seconds <= _LAST else None
 
 
 def _installed_or_object(entry: dict) -> object:

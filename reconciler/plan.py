@@ -13,7 +13,6 @@ Safety rules, in order of precedence:
 
 from __future__ import annotations
 
-import sys
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence, Set
@@ -152,11 +151,18 @@ def merge_plans(plans: Sequence[Plan]) -> Plan:
     return Plan(tuple(action for each in plans for action in each.actions), specs, refused)
 
 
-def applied_spec(model: DesiredModel) -> AppliedSpec:
-    """What the reconciler records of a desired model."""
+def applied_spec(model: DesiredModel, listed: Mapping[str, InstalledModel] | None = None) -> AppliedSpec:
+    """What the reconciler records of a desired model. Its reference is the very string of Ollama's
+    listing `listed` (by normalised reference) when that names the model alike: the records and the
+    kept listing of a hundred thousand models then hold one string each, with nothing interned (the
+    interpreter's table of interned strings would grow by every one of them)."""
     fields = model.fields
+    reference = fields.reference
+    installed = listed.get(normalize_reference(reference)) if listed else None
+    if installed is not None and installed.reference == reference:
+        reference = installed.reference
     return AppliedSpec(
-        reference=sys.intern(fields.reference),  # one string for every record and listing that names it
+        reference=reference,
         path=model.path,
         prune=fields.prune,
         suspend=fields.suspend,
@@ -199,7 +205,7 @@ def plan(
     for key in ordered:
         model = desired.models.get(key)
         if model is not None:
-            specs[key] = applied_spec(model)
+            specs[key] = applied_spec(model, observed)
         elif desired.is_unreadable(key):
             kept.add(key)
             if key in records:

@@ -608,7 +608,7 @@ class StateStore:
             self._unsettled.discard(key)
             self._pulling.discard(key)
             return
-        reference = sys.intern(normalize_reference(record.spec.reference))
+        reference = normalize_reference(record.spec.reference)  # (the record's own string when it is in normal form)
         found = self._by_reference.setdefault(reference, key)
         if isinstance(found, set):
             found.add(key)
@@ -897,9 +897,6 @@ def _from_json(data: Mapping[str, Any]) -> ModelRecord:
     else:
         servers = {DEFAULT_SERVER: data.get("status", {})}
     spec = data.get("spec")
-    if isinstance(spec, dict) and isinstance(spec.get("reference"), str):
-        # One string for the records, the listings and the plan's specs (all interned).
-        spec["reference"] = sys.intern(spec["reference"])
     record = ModelRecord(_decode(AppliedSpec, spec),
                          {sys.intern(str(name)): _decode(ModelStatus, status) for name, status in servers.items()})
     for name, status in record.servers.items():

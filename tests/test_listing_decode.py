@@ -106,9 +106,10 @@ def test_a_first_listing_is_decoded_as_it_is_read_and_a_later_one_only_if_its_by
 
 
 def test_an_entry_keeps_its_modification_time_as_an_int_and_no_more_than_it_needs() -> None:
-    """What a kept listing holds per model, counted as serve has it: the records already hold each
-    reference (interned), which the listing shares. Ollama's `modified_at` alone, as the string it
-    is, would be 79 B an entry; kept as an int of whole seconds, 32 B."""
+    """What a kept listing holds per model besides its reference, which is the records' too (a record
+    takes the listing's string, `plan.applied_spec`), and which is not interned (the interpreter's
+    table would grow by an entry a model). Ollama's `modified_at` alone, as the string it is, would
+    be 79 B an entry; kept as an int of whole seconds, 32 B."""
     count = 4000
     entries = [{"name": f"model{i}:1b", "model": f"model{i}:1b", "size": 1_500_000_000 + i, "digest": f"{i:064x}",
                 # every model pulled in another second, as on a real server
@@ -116,15 +117,14 @@ def test_an_entry_keeps_its_modification_time_as_an_int_and_no_more_than_it_need
                 "details": {"format": "gguf", "family": "llama", "families": ["llama"]}} for i in range(count)]
     body = json.dumps({"models": entries}).encode()
     pieces = [body[i:i + 65536] for i in range(0, len(body), 65536)]
-    held_by_the_records = [sys.intern(f"model{i}:1b") for i in range(count)]
     tracemalloc.start()
     try:
         listing = decode_listing(pieces)
-        kept = tracemalloc.get_traced_memory()[0]
+        kept = tracemalloc.get_traced_memory()[0] - sum(sys.getsizeof(model.reference) for model in listing.values())
     finally:
         tracemalloc.stop()
-    assert len(listing) == count and all(model.reference is held_by_the_records[i]
-                                         for i, model in enumerate(listing.values()))
+    assert len(listing) == count
+    assert all(sys.intern("".join(list(model.reference))) is not model.reference for model in listing.values())
     # The entry (64 B), its digest (113 B: Ollama's 64 hex), size (32 B), time (32 B), its dict slot.
     assert kept / count < 300, f"{kept / count:.0f} B an entry"
     assert all(type(model.modified) is int for model in listing.values())

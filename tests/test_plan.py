@@ -260,3 +260,13 @@ def test_a_suspended_model_is_left_alone_and_its_stale_error_cleared_but_not_a_b
     assert result.actions == (Skip(quiet.key, "suspended"), Suspend(failed.key))
     broken = plan(desired(quiet, unreadable=(failed.key,)), {}, records, now=NOW)
     assert not broken.of(Suspend)  # a broken file's error is current: it stays
+
+
+def test_a_spec_for_a_model_ollama_lists_holds_the_listings_own_string_for_its_reference() -> None:
+    """The records and the kept listing hold one string per model between them, and none interned."""
+    llama = model("llama3.2", "1b")
+    listed = {"llama3.2:1b": installed("".join(["llama3.2", ":1b"]))}
+    assert applied_spec(llama, listed).reference is listed["llama3.2:1b"].reference
+    result = plan(desired(llama), listed, {}, now=NOW)
+    assert result.specs[llama.key].reference is listed["llama3.2:1b"].reference
+    assert applied_spec(llama).reference == "llama3.2:1b" and applied_spec(llama, {}).reference == "llama3.2:1b"

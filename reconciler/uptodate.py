@@ -51,8 +51,8 @@ def run_once_if_up_to_date(settings: Settings, out: TextIO) -> int | None:
     record the no-op cycle in `sync.json` and print its line, as the whole reconciler would; 0.
 
     None when this cannot tell, having changed nothing but the clone's fetched branch: Kubernetes
-    mode (the records are the resources), servers from a file or a Service, a fetch that failed, or
-    anything not up to date. The whole reconciler then runs and says why (its fetch, again, costs a
+    mode (the records are the resources), servers from a file or a Service, a clone never fetched, a
+    fetch that failed, or anything not up to date. The whole reconciler then runs and says why (its fetch, again, costs a
     no-op fetch). Raises what building the reconciler would: StateLocked, and ValueError
     for credentials that cannot be used."""
     if kubernetes_mode(settings) or settings.ollama_service or settings.servers_file is not None:
@@ -68,11 +68,13 @@ def run_once_if_up_to_date(settings: Settings, out: TextIO) -> int | None:
         repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git",
                        settings.credentials)
         try:
-            commit = repo.fetch()
+            commit = repo.fetch_again()  # the fetch alone: what it cannot do, the reconciler's `fetch` says
         except GitError:
             return None
         finally:
             repo.close()
+        if commit is None:
+            return None
         sync = store.sync
         if not (recorded_up_to_date(sync, commit, time.time(), settings.resync_interval, servers)
                 and store.settled_on_disk()):

@@ -269,10 +269,9 @@ class GitRepo:
         with self.lock:
             if not self._tracking_ref_stored():
                 return None
-            # --write-fetch-head: whatever fetch.writeFetchHead says, FETCH_HEAD is this fetch's (its
-            # first line the branch, the one ref asked for); --end-of-options: the URL is no option.
-            self._run_in(self.path, "fetch", "--quiet", "--no-tags", "--write-fetch-head", "--end-of-options",
-                         self.url, self._refspec, action=f"fetch branch {self.branch!r} from {self.display_url}")
+            # A fetch that succeeds writes FETCH_HEAD anew, the ref asked for its one line.
+            self._run_in(self.path, "fetch", "--quiet", "--no-tags", "--end-of-options", self.url, self._refspec,
+                         action=f"fetch branch {self.branch!r} from {self.display_url}")
             return self._fetched_head()
 
     def _tracking_ref_stored(self) -> bool:

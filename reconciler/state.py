@@ -39,7 +39,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -1138,7 +1137,7 @@ class _Edit:
 
 def utc_rfc3339(epoch: float) -> str:
     """An epoch time as the seed writes times: RFC 3339, seconds precision, `Z`."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))  # not datetime: ~1.5 ms to import
 
 
 def _write_json(path: Path, payload: Mapping[str, Any], durable: bool) -> None:

@@ -54,7 +54,8 @@ def test_help_status_and_validate_import_none_of_the_heavy_modules(tmp_path: Pat
 # itself, the model-file format (PyYAML) or the plan: it is decided before they are (`uptodate`).
 DEFERRED = (*HEAVY, "yaml", "ollama_gitops.reconciler.models.desired", "ollama_gitops.reconciler.plan",
             "ollama_gitops.reconciler.reconcile", "ollama_gitops.reconciler.ollama.fleet",
-            "ollama_gitops.reconciler.ollama.server", "ollama_gitops.reconciler.metrics")
+            "ollama_gitops.reconciler.ollama.server", "ollama_gitops.reconciler.metrics",
+            "ollama_gitops.reconciler.state")  # the records' store: the summary (`summary`) is read alone
 # A `git` first on PATH that notes each command it runs, then runs the real one.
 GIT_SHIM = """#!/bin/sh
 echo "$1 $2 $3" >> "$GIT_SHIM_LOG"

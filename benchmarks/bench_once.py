@@ -12,14 +12,19 @@ remote for the baseline. Then `--rounds` rounds, each timing, in turn:
                  requests counted at the stand-in);
   (3)  interpreter  the same interpreter started with nothing to run (`python -c pass`): the part of (2)
                  no Python program can avoid;
-  (3b) imports   the same interpreter importing the modules a no-op `reconcile --once` runs from (the
-                 CLI and `uptodate`, which decides before the reconciler is imported);
+  (3b) imports   the same interpreter importing the modules a no-op `reconcile --once` loaded (this
+                 project's, as an untimed no-op run listed them, with the standard library's they
+                 import: the CLI, `uptodate`, which decides before the reconciler is imported, and
+                 what it calls);
   (4)  --full    `ollama-gitops reconcile --once --full`: every server listed, every model planned
                  (what every `--once` cost before), for reference.
 
-Printed per size: the medians, (2)/(1) and (4)/(1), and (2) less (3), and less (3b), over (1); and the growth
-exponent of each fitted over the sizes (least squares of log time against log size). Numbers, not
-assertions: the suite smoke-runs this script (`--smoke`: 10 and 100 models, 1 round).
+Printed per size: the medians, (2)/(1) and (4)/(1), and (2) less (3), and less (3b), over (1); the
+imports' own time ((3b) less (3)) and what is left of (2) after them (its git commands and its own
+work), with the number of git commands a no-op `--once` runs (counted in that untimed run by a `git`
+first on PATH); and the growth exponent of each fitted over the sizes (least squares of log time
+against log size). Numbers, not assertions: the suite smoke-runs this script (`--smoke`: 10 and 100
+models, 1 round).
 
     python benchmarks/bench_once.py                         # 1,000, 10,000 and 100,000; 5 rounds
     python benchmarks/bench_once.py --sizes 1000,10000 --rounds 3
@@ -29,6 +34,7 @@ assertions: the suite smoke-runs this script (`--smoke`: 10 and 100 models, 1 ro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -48,7 +54,16 @@ from benchrepos import GIT_ENV, exponent, generate, git  # noqa: E402
 
 MODEL_SIZE = 1_234_567_890  # bytes the stand-in reports for every model
 COMMAND = shutil.which("ollama-gitops", path=str(Path(sys.executable).parent)) or "ollama-gitops"
-IMPORTS = "import ollama_gitops.api.cli, ollama_gitops.reconciler.uptodate"  # what a no-op --once runs from
+# An untimed no-op `--once` in one interpreter: this project's modules it loaded, in the order it loaded them.
+PROBE = """
+import contextlib, io, json, sys
+from ollama_gitops.api.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    code = main(["reconcile", "--once"])
+print(json.dumps({"code": code, "out": out.getvalue(), "loaded": [m for m in sys.modules if m.startswith("ollama_gitops")]}))
+"""
+# A `git` first on PATH that notes each command it runs, then runs the real one.
+GIT_SHIM = '#!/bin/sh\necho "$3" >> "$GIT_SHIM_LOG"\nexec {git} "$@"\n'
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
@@ -80,6 +95,7 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
         settle_s, first = timed([COMMAND, "reconcile", "--once"], env)
         if f"{size} already in Ollama" not in first.stdout:
             raise SystemExit(f"the first cycle did not find every model:\n{first.stdout[-2000:]}")
+        imports, git_commands = probe(parent, env)
         times: dict[str, list[float]] = {"bare": [], "once": [], "interpreter": [], "imports": [], "full": []}
         requests_per_once: list[int] = []
         for _ in range(rounds):
@@ -91,7 +107,7 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
                 raise SystemExit(f"--once did not stop after the fetch:\n{once.stdout[-2000:]}{once.stderr[-2000:]}")
             times["once"].append(seconds)
             times["interpreter"].append(timed([sys.executable, "-c", "pass"], env)[0])
-            times["imports"].append(timed([sys.executable, "-c", IMPORTS], env)[0])
+            times["imports"].append(timed([sys.executable, "-c", imports], env)[0])
             seconds, full = timed([COMMAND, "reconcile", "--once", "--full"], env)
             if "full=True" not in full.stderr:
                 raise SystemExit(f"--once --full was not a full cycle:\n{full.stderr[-2000:]}")
@@ -99,19 +115,39 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
     finally:
         ollama.stop()
     medians = {name: statistics.median(samples) for name, samples in times.items()}
-    return {"size": size, "settle_s": settle_s, "requests_per_once": max(requests_per_once), **medians}
+    return {"size": size, "settle_s": settle_s, "requests_per_once": max(requests_per_once),
+            "git_commands": git_commands, **medians}
+
+
+def probe(parent: Path, env: dict[str, str]) -> tuple[str, list[str]]:
+    """One untimed no-op `--once`: the statement importing the modules of this project it loaded,
+    and the git commands it ran."""
+    shim, log = parent / "git-shim", parent / "git-shim.log"
+    shim.mkdir()
+    (shim / "git").write_text(GIT_SHIM.format(git=shutil.which("git")))
+    (shim / "git").chmod(0o755)
+    run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=600,
+                         env={**env, "PATH": f"{shim}{os.pathsep}{env.get('PATH', '')}", "GIT_SHIM_LOG": str(log)})
+    result = json.loads(run.stdout) if run.returncode == 0 else {}
+    if result.get("code") != 0 or ": up to date at " not in result.get("out", ""):
+        raise SystemExit(f"the probing --once did not stop after the fetch:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+    return "import " + ", ".join(result["loaded"]), log.read_text().split()
 
 
 def report(results: list[dict], rounds: int) -> None:
+    commands = sorted({" ".join(r["git_commands"]) for r in results})
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
           f"{rounds} round(s), medians; every --once stopped after the fetch (up to date), with "
-          f"{max(r['requests_per_once'] for r in results)} Ollama requests")
+          f"{max(r['requests_per_once'] for r in results)} Ollama requests and the git commands "
+          f"{' / '.join(commands)}")
     head = ("models", "bare fetch ms", "--once ms", "--once/fetch", "interpreter ms", "(--once-interpreter)/fetch",
-            "imports ms", "(--once-imports)/fetch", "--once --full ms", "--full/fetch")
+            "imports ms", "(--once-imports)/fetch", "imports' own ms", "rest ms", "git commands",
+            "--once --full ms", "--full/fetch")
     rows = [(f"{r['size']:,}", f"{r['bare'] * 1000:,.1f}", f"{r['once'] * 1000:,.1f}", f"{r['once'] / r['bare']:.1f}x",
              f"{r['interpreter'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['interpreter']) / r['bare']:.1f}x",
              f"{r['imports'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['imports']) / r['bare']:.1f}x",
-             f"{r['full'] * 1000:,.1f}", f"{r['full'] / r['bare']:.1f}x") for r in results]
+             f"{max(0.0, r['imports'] - r['interpreter']) * 1000:,.1f}", f"{max(0.0, r['once'] - r['imports']) * 1000:,.1f}",
+             f"{len(r['git_commands'])}", f"{r['full'] * 1000:,.1f}", f"{r['full'] / r['bare']:.1f}x") for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     line = "  ".join("{:>%d}" % w for w in widths)
     print(line.format(*head))

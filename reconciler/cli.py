@@ -73,7 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
 def _run_reconcile(args: argparse.Namespace) -> int:
     from .settings import ConfigurationError
-    from .state import StateLocked
+    from .summary import StateLocked
 
     configure_logging(args.log_level)
     os.umask(PRIVATE_UMASK)  # what it and git create in the state directory is this user's alone

@@ -5,7 +5,7 @@ Kept in the state directory as a snapshot and a journal, the way databases keep 
 - `models.journal`, one JSON line per changed record, appended (and fsynced) at the end of each
   edit, so that a cycle writes in proportion to what changed, not to the size of the repository;
   when the journal outgrows the snapshot, a new snapshot is written and the journal emptied;
-- `sync.json`, the reconciler as a whole, replaced atomically after each cycle.
+- `sync.json`, the reconciler as a whole, replaced atomically after each cycle (`summary.py`).
 Loading reads the snapshot and replays the journal; a line torn by a crash mid-append is dropped
 (its edit had not been acknowledged). A lock file stops two processes from reconciling the same
 state directory. Start-up reads the files once: taking the lock after the load takes in only what
@@ -22,29 +22,35 @@ cut short is noticed too.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import logging
 import operator
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
-from types import MappingProxyType, UnionType
-import typing
+from types import MappingProxyType
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from .models.key import ModelKey, Problem
+from .models.key import ModelKey
 from .models.naming import normalize_reference
+# The summary, the lock and the files' helpers: their own module, so that a process that reads no
+# record (`uptodate`) defines none of the records' classes. Re-exported: the store's users find them here.
+from .summary import (FAILED_OUTCOME, FORMAT_VERSION, JOURNAL, SNAPSHOT, SUCCEEDED, SYNC, ServerSeen, StateLocked,
+                      SyncStatus, decode, lock_state_directory, mtime_ns, read_summary, record_files,
+                      records_settled, type_name, utc_rfc3339, write_file, write_summary)
+
+__all__ = ["DEFAULT_SERVER", "FAILED", "FAILED_OUTCOME", "FORMAT_VERSION", "JOURNAL", "MIN_COMPACTION", "PENDING",
+           "PULLING", "READY", "SNAPSHOT", "STATES", "SUCCEEDED", "SYNC", "AppliedSpec", "ModelRecord", "ModelStatus",
+           "OneServer", "ServerRecord", "ServerSeen", "StateLocked", "StateStore", "StoreStats", "SyncStatus",
+           "on_server", "utc_rfc3339", "whole_state"]
 
 PENDING, PULLING, READY, FAILED = "Pending", "Pulling", "Ready", "Failed"
 STATES = (PENDING, PULLING, READY, FAILED)
@@ -66,8 +72,6 @@ DEFAULT_SERVER = "default"
 """The name of the one server given the old way (`--ollama-url URL`, `$OLLAMA_HOST`, nothing): records
 written before fleets existed are its (see `ollama/inventory.py`)."""
 
-FORMAT_VERSION = 1
-SNAPSHOT, JOURNAL, SYNC = "models.json", "models.journal", "sync.json"
 MIN_COMPACTION = 1000  # journal lines before a snapshot is considered at all
 
 
@@ -225,53 +229,12 @@ def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> dict[Mode
     return {key: entry for key, record in records.items() if (entry := record.on(server)) is not None}
 
 
-SUCCEEDED, FAILED_OUTCOME = "Succeeded", "Failed"  # how a cycle ended (`SyncStatus.last_cycle_outcome`)
-
-
-@dataclass(frozen=True)
-class ServerSeen:
-    """One server of the fleet as the reconciler last saw it (saved in `sync.json`)."""
-
-    name: str
-    url: str  # credentials stripped
-    labels: Mapping[str, str] = field(default_factory=dict, hash=False)
-    reachable: bool | None = None  # None: not asked yet
-    version: str | None = None  # Ollama's GET /api/version
-    last_seen: str | None = None  # RFC 3339 (seconds, Z) of the last successful contact
-    error: str | None = None  # why unreachable
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", dict(self.labels))  # plain, for JSON
-
-
-@dataclass(frozen=True)
-class SyncStatus:
-    """The reconciler as a whole."""
-
-    last_fetched_commit: str | None = None
-    last_applied_commit: str | None = None
-    last_cycle_at: str | None = None
-    last_cycle_duration: float | None = None
-    last_cycle_outcome: str | None = None  # "Succeeded" or "Failed"
-    last_cycle_message: str | None = None
-    last_resync_at: float | None = None  # epoch seconds of the last full look at Ollama
-    # The last applied cycle left nothing to prune nor any other step to retry (what its pulls left
-    # is in the records): with the same commit and servers, a restarted process has nothing to do.
-    converged: bool = False
-    problems: tuple[Problem, ...] = ()
-    servers: tuple[ServerSeen, ...] = ()  # sorted by name
-
-
 @dataclass
 class StoreStats:
     """Counters of the work the store did (for tests and benchmarks)."""
 
     copied: int = 0  # records handed out (`records`, `record`): the records themselves, not copies
     fsyncs: int = 0  # files made durable (journal appends, snapshots, durable summaries)
-
-
-class StateLocked(RuntimeError):
-    """Another process is reconciling the same state directory."""
 
 
 class StateStore:
@@ -335,25 +298,18 @@ class StateStore:
     # -- process lock ---------------------------------------------------------------------------
     def acquire_process_lock(self) -> None:
         """Take the state directory for this process, or raise StateLocked."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle = open(self.directory / "lock", "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise StateLocked(f"another ollama-gitops process is reconciling {self.directory}") from None
-        self._lock_file = handle
+        self._lock_file = lock_state_directory(self.directory)
         # Only the lock holder may mend the files (cut a journal line torn by a crash), and what was
         # on disk before the lock was taken may have changed since (a process that held it wrote on):
         # take in only that, unless the snapshot was replaced or the journal shrank (a compaction).
         with self._lock:
             if not self._loaded:  # the records are read when first used, by the lock holder
-                if _mtime(self.directory / SYNC) != self._sync_mtime:
+                if mtime_ns(self.directory / SYNC) != self._sync_mtime:
                     self._load_sync()  # rewritten by the process that held the lock before
                 return
             journal = self.directory / JOURNAL
             size = journal.stat().st_size if journal.exists() else 0
-            if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
+            if mtime_ns(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
                 self._reload(truncate=True)
             else:
                 self._catch_up()
@@ -381,13 +337,7 @@ class StateStore:
         snapshot and the journal are as that save saw them). False once the records are read: ask
         them then."""
         with self._lock:
-            if self._loaded:
-                return False
-            saved = self._records_saved
-            journal = self.directory / JOURNAL
-            return (saved is not None and not saved.get("work_left", True)
-                    and saved.get("snapshot_mtime_ns") == _mtime(self.directory / SNAPSHOT)
-                    and saved.get("journal_size") == (journal.stat().st_size if journal.exists() else 0))
+            return not self._loaded and records_settled(self.directory, self._records_saved)
 
     def keys(self) -> frozenset[ModelKey]:
         self._ensure_loaded()
@@ -504,8 +454,8 @@ class StateStore:
         with self._lock:
             journal = self.directory / JOURNAL
             size = journal.stat().st_size if journal.exists() else 0
-            changed = _mtime(self.directory / SYNC) != self._sync_mtime
-            if _mtime(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
+            changed = mtime_ns(self.directory / SYNC) != self._sync_mtime
+            if mtime_ns(self.directory / SNAPSHOT) != self._snapshot_mtime or size < self._journal_offset:
                 self._reload(truncate=False)
                 changed, keys = True, None
             elif size > self._journal_offset:
@@ -523,21 +473,10 @@ class StateStore:
         """Record the sync summary; `durable=False` skips the fsync (for what a restart can do without)."""
         with self._lock:
             self.sync = sync
-            # Field by field, not `dataclasses.asdict`: its deep copies of a hundred servers were most
-            # of a no-op cycle at fleet scale (every cycle saves the summary).
-            payload = _plain(sync)
-            payload["problems"] = [_plain(p) for p in sync.problems]
-            payload["servers"] = [_plain(s) for s in sync.servers]
-            # The last change written: a journal found behind it at start-up has lost lines.
-            payload["journal_seq"] = self._seq if self._loaded else (self._sync_written or 0)
             if self._loaded:  # else nothing was written since the summary was read: it holds
-                journal = self.directory / JOURNAL
-                self._records_saved = {"snapshot_mtime_ns": _mtime(self.directory / SNAPSHOT),
-                                       "journal_size": journal.stat().st_size if journal.exists() else 0,
-                                       "work_left": bool(self._unsettled or self._pulling)}
-            if self._records_saved is not None:
-                payload["records"] = self._records_saved
-            _write_json(self.directory / SYNC, {"version": FORMAT_VERSION, **payload}, durable=durable)
+                self._records_saved = record_files(self.directory, work_left=bool(self._unsettled or self._pulling))
+            write_summary(self.directory, sync, self._seq if self._loaded else (self._sync_written or 0),
+                          self._records_saved, durable)
             self.stats.fsyncs += durable
 
     # -- persistence --------------------------------------------------------------------------------
@@ -595,9 +534,9 @@ class StateStore:
                     _ENCODE({"key": list(k), "record": _to_json(self._models[k])}) for k in keys[start:start + _PIECE]))
             handle.write("]}")
 
-        _write_file(self.directory / SNAPSHOT, write, durable=True)
+        write_file(self.directory / SNAPSHOT, write, durable=True)
         self.stats.fsyncs += 2  # the snapshot, and the emptied journal
-        self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
+        self._snapshot_mtime = mtime_ns(self.directory / SNAPSHOT)
         with open(self.directory / JOURNAL, "w", encoding="utf-8") as journal:
             journal.flush()
             os.fsync(journal.fileno())
@@ -649,7 +588,7 @@ class StateStore:
         self._loaded = True
         self._damage = []
         self._journal_behind = None
-        self._snapshot_mtime = _mtime(self.directory / SNAPSHOT)
+        self._snapshot_mtime = mtime_ns(self.directory / SNAPSHOT)
         snapshot_seq = self._load_snapshot()
         journal = self.directory / JOURNAL
         first_seq: list[int] = []
@@ -671,7 +610,7 @@ class StateStore:
         if journal.exists():
             self._replay(journal, replayed=replayed)
         self._settle_loaded({key: self._models[key] for key in replayed if key in self._models})
-        if _mtime(self.directory / SYNC) != self._sync_mtime:  # rewritten since: what the load said of it is old
+        if mtime_ns(self.directory / SYNC) != self._sync_mtime:  # rewritten since: what the load said of it is old
             self._damage = [line for line in self._damage if not line.startswith(str(self.directory / SYNC))]
             self._finish_load(True, self._load_sync())
         else:
@@ -807,21 +746,16 @@ class StateStore:
         """
         path = self.directory / SYNC
         try:
-            data = _read_json(path)
-        except (ValueError, UnicodeDecodeError) as exc:
-            data, error = None, f"not JSON: {exc}"
-        else:
-            error = None
-        if data is None and error is None:
+            summary, error = read_summary(self.directory), None
+        except ValueError as exc:
+            summary, error = None, str(exc)
+        if summary is None and error is None:
             self._sync_written = self._records_saved = None
             return None
-        self._sync_mtime = _mtime(path)
+        self._sync_mtime = mtime_ns(path)
         written, self._records_saved = None, None
-        if error is None:
-            try:
-                written, self.sync, self._records_saved = _decode_sync(data)
-            except ValueError as exc:
-                error = str(exc)
+        if summary is not None:
+            written, self.sync, self._records_saved = summary
         self._sync_written = written
         if error is not None:
             self._damage.append(f"{path} is unreadable ({error}): starting with a fresh sync summary (last "
@@ -848,19 +782,6 @@ class StateStore:
         self._damage = []
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _plain(instance: Any) -> dict[str, Any]:
-    """A dataclass's fields as a dict, its values as they are (plain JSON values, or the lists and
-    objects made of them, as the sync summary's are)."""
-    cls = type(instance)
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return {name: getattr(instance, name) for name in names}
-
-
 def _to_json(record: ModelRecord) -> dict[str, Any]:
     # What `dataclasses.asdict` gives (every value is a scalar), without its deep copies: a cold start
     # writes every record.
@@ -884,7 +805,7 @@ def _from_json(data: Mapping[str, Any]) -> ModelRecord:
     """A record from JSON. One written before fleets (`status`, one server) is the `default` server's:
     one server given the old way is named `default`, so an upgrade keeps what ollama-gitops owns."""
     if not isinstance(data, Mapping):
-        raise ValueError(f"a record must be an object, not {_type_name(data)}")
+        raise ValueError(f"a record must be an object, not {type_name(data)}")
     unknown = set(data) - {"spec", "status", "servers"}
     if unknown:
         raise ValueError(f"unknown field(s) in the record: {', '.join(sorted(map(str, unknown)))}")
@@ -893,12 +814,12 @@ def _from_json(data: Mapping[str, Any]) -> ModelRecord:
             raise ValueError("a record has either 'status' (written before fleets) or 'servers', not both")
         servers = data["servers"]
         if not isinstance(servers, dict):
-            raise ValueError(f"'servers' must be an object, not {_type_name(servers)}")
+            raise ValueError(f"'servers' must be an object, not {type_name(servers)}")
     else:
         servers = {DEFAULT_SERVER: data.get("status", {})}
     spec = data.get("spec")
-    record = ModelRecord(_decode(AppliedSpec, spec),
-                         {sys.intern(str(name)): _decode(ModelStatus, status) for name, status in servers.items()})
+    record = ModelRecord(decode(AppliedSpec, spec),
+                         {sys.intern(str(name)): decode(ModelStatus, status) for name, status in servers.items()})
     for name, status in record.servers.items():
         if status.state not in STATES:
             raise ValueError(f"state {status.state!r} on server {name!r} is not one of {', '.join(STATES)}")
@@ -924,7 +845,7 @@ def _lost(text: object) -> str:
 def _decode_change(item: object) -> tuple[ModelKey, ModelRecord | None]:
     """One snapshot entry or journal line: `{"key": [namespace, name], "record": {...} | null}`."""
     if not isinstance(item, dict):
-        raise ValueError(f"an entry must be an object, not {_type_name(item)}")
+        raise ValueError(f"an entry must be an object, not {type_name(item)}")
     key = item.get("key")
     if not (isinstance(key, list) and len(key) == 2 and all(isinstance(part, str) for part in key)):
         raise ValueError("'key' must be [namespace, name]")
@@ -962,67 +883,6 @@ def _read_snapshot(text: str) -> tuple[list[Any], int, str | None]:
         position += 1
     seq = re.search(r'"seq":(\d+)', text[:start])
     return items, int(seq[1]) if seq else 0, error
-
-
-def _decode_sync(data: object) -> tuple[int | None, SyncStatus, dict[str, Any] | None]:
-    if not isinstance(data, dict):
-        raise ValueError(f"it must be an object, not {_type_name(data)}")
-    data = dict(data)
-    data.pop("version", None)
-    written = data.pop("journal_seq", None)
-    if written is not None and (not isinstance(written, int) or isinstance(written, bool)):
-        raise ValueError("'journal_seq' must be an integer")
-    records = data.pop("records", None)  # only compared with the files: a wrong one is a mismatch
-    records = records if isinstance(records, dict) else None
-    problems = data.pop("problems", [])
-    if not isinstance(problems, list):
-        raise ValueError("'problems' must be a list")
-    servers = data.pop("servers", [])
-    if not isinstance(servers, list):
-        raise ValueError("'servers' must be a list")
-    return written, _decode(SyncStatus, data, problems=tuple(_decode(Problem, p) for p in problems),
-                            servers=tuple(_decode(ServerSeen, s) for s in servers)), records
-
-
-def _decode(cls: type, data: object, **extra: Any) -> Any:
-    """An instance of the dataclass `cls` from JSON, checking each field's type; ValueError if wrong."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__} must be an object, not {_type_name(data)}")
-    hints = _field_types(cls)
-    for name, value in data.items():
-        if name not in hints or name in extra:
-            raise ValueError(f"unknown field {name!r} in {cls.__name__}")
-        allowed = hints[name]
-        if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
-            raise ValueError(f"field {name!r} of {cls.__name__} must be {' or '.join(t.__name__ for t in allowed)}, "
-                             f"not {_type_name(value)}")
-    try:
-        return cls(**data, **extra)
-    except TypeError as exc:  # a required field missing
-        raise ValueError(str(exc)) from None
-
-
-_FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {}
-
-
-def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
-    """Per field of a dataclass, the JSON types its value may have (`float` takes integers too)."""
-    if cls not in _FIELD_TYPES:
-        types = {}
-        for name, hint in typing.get_type_hints(cls).items():
-            union = typing.get_origin(hint) in (typing.Union, UnionType)
-            args = typing.get_args(hint) if union else (hint,)
-            allowed = tuple(typing.get_origin(a) or a for a in args)
-            # `Mapping[str, str]` is read as a JSON object (its values are checked where it is used)
-            allowed = tuple(dict if a is Mapping else a for a in allowed)
-            types[name] = allowed + ((int,) if float in allowed else ())
-        _FIELD_TYPES[cls] = types
-    return _FIELD_TYPES[cls]
-
-
-def _type_name(value: object) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), type(value).__name__)
 
 
 class _Changes(Sequence[tuple[ModelKey, "ModelRecord | None"]]):
@@ -1131,44 +991,3 @@ class _Edit:
         if key in self._models:
             self._touch(key)
             del self._models[key]
-
-
-def utc_rfc3339(epoch: float) -> str:
-    """An epoch time as the seed writes times: RFC 3339, seconds precision, `Z`."""
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_json(path: Path, payload: Mapping[str, Any], durable: bool) -> None:
-    _write_file(path, lambda handle: json.dump(payload, handle, separators=(",", ":")), durable)
-
-
-def _write_file(path: Path, write: Callable[[TextIO], None], durable: bool) -> None:
-    """Replace `path` atomically with what `write` writes to a temporary file beside it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            write(handle)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
-def _read_json(path: Path) -> Any:
-    """The JSON in `path`, None when there is no such file; ValueError when it is not JSON."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        return None

@@ -2,9 +2,10 @@
 after the fetch from the recorded state alone, and `reconcile --once` run on that alone.
 
 A scheduled `reconcile --once` with nothing changed should cost about a fetch. So the check is made
-before the reconciler is built, and this module imports only the settings, the clone, the state store
-and the inventory given on the command line: no model-file format (PyYAML), no plan, no Ollama client.
-Anything it cannot tell is left to the whole reconciler, which makes the same check first.
+before the reconciler is built, and this module imports only the settings, the clone, the state
+directory's summary and lock (not the records' store) and the inventory given on the command line: no
+model-file format (PyYAML), no plan, no Ollama client. Anything it cannot tell is left to the whole
+reconciler, which makes the same check first.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from .git.repo import GitError, GitRepo
 from .privatedir import make_private
 from .repository import repository_url
 from .settings import Settings, kubernetes_mode
-from .state import SUCCEEDED, StateStore, SyncStatus, utc_rfc3339
+from .summary import (SUCCEEDED, SyncStatus, lock_state_directory, read_summary, records_settled, utc_rfc3339,
+                      write_summary)
 
 
 class _Server(Protocol):
@@ -33,7 +35,7 @@ def recorded_up_to_date(sync: SyncStatus, commit: str, now: float, resync_interv
     Yes when `commit` is its last applied one, the last cycle succeeded and left nothing to prune or
     retry (`converged`), its resync is not due at `now` (epoch seconds) and the servers are those it
     kept (names, URLs and labels). The records may still have work left: the caller asks them (or
-    `StateStore.settled_on_disk`)."""
+    `summary.records_settled`)."""
     if (commit != sync.last_applied_commit or sync.last_cycle_outcome != SUCCEEDED or not sync.converged
             or sync.last_resync_at is None or now - sync.last_resync_at >= resync_interval):
         return False
@@ -51,37 +53,44 @@ def run_once_if_up_to_date(settings: Settings, out: TextIO) -> int | None:
     record the no-op cycle in `sync.json` and print its line, as the whole reconciler would; 0.
 
     None when this cannot tell, having changed nothing but the clone's fetched branch: Kubernetes
-    mode (the records are the resources), servers from a file or a Service, a fetch that failed, or
-    anything not up to date. The whole reconciler then runs and says why (its fetch, again, costs a
-    no-op fetch). Raises what building the reconciler would: StateLocked, and ValueError
-    for credentials that cannot be used."""
+    mode (the records are the resources), servers from a file or a Service, a clone never fetched, a
+    fetch that failed, a damaged summary, or anything not up to date. The whole reconciler then runs
+    and says why (its fetch, again, costs a no-op fetch). Raises what building the reconciler would:
+    StateLocked, and ValueError for credentials that cannot be used."""
     if kubernetes_mode(settings) or settings.ollama_service or settings.servers_file is not None:
         return None
     # No `check_repository`: what it refuses, the fetch fails on (and the whole reconciler then says
     # it), and what it only warns of concerns writes, which `reconcile` never makes.
     servers = sorted(settings.inventory(), key=lambda server: server.name)
     make_private(settings.state_dir)
-    store = StateStore(settings.state_dir, lazy=True)
-    store.acquire_process_lock()
+    lock = lock_state_directory(settings.state_dir)
     try:
         started = time.monotonic()
         repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git",
                        settings.credentials)
         try:
-            commit = repo.fetch()
+            commit = repo.fetch_again()  # the fetch alone: what it cannot do, the reconciler's `fetch` says
         except GitError:
             return None
         finally:
             repo.close()
-        sync = store.sync
+        try:
+            summary = read_summary(settings.state_dir)
+        except ValueError:
+            return None  # damaged: the whole reconciler keeps it aside and says so
+        if commit is None or summary is None:
+            return None
+        written, sync, records = summary
         if not (recorded_up_to_date(sync, commit, time.time(), settings.resync_interval, servers)
-                and store.settled_on_disk()):
+                and records_settled(settings.state_dir, records)):
             return None
         message = up_to_date_message(commit)
-        store.save_sync(replace(sync, last_fetched_commit=commit, last_cycle_at=utc_rfc3339(time.time()),
-                                last_cycle_duration=round(time.monotonic() - started, 6),
-                                last_cycle_outcome=SUCCEEDED, last_cycle_message=message), durable=False)
+        write_summary(settings.state_dir,
+                      replace(sync, last_fetched_commit=commit, last_cycle_at=utc_rfc3339(time.time()),
+                              last_cycle_duration=round(time.monotonic() - started, 6),
+                              last_cycle_outcome=SUCCEEDED, last_cycle_message=message),
+                      written or 0, records, durable=False)
         out.write(f"{SUCCEEDED} at {commit[:12]}: {message}\n")
         return 0
     finally:
-        store.release_process_lock()
+        lock.close()

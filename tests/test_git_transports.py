@@ -135,6 +135,34 @@ def test_https_clone_and_fetch_with_the_token(https: GitHttpServer, served: Serv
     assert_not_shown([(tmp_path / "clone.git" / "config").read_text()], token_secrets(TOKEN))
 
 
+def test_https_fetch_again_sends_the_token_and_keeps_it_out_of_argv_and_the_clone(
+        https: GitHttpServer, served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fetch of a no-op `reconcile --once` names the URL on git's command line: never the token.
+    url = with_userinfo(https.url("models.git"), "deploy-bot", TOKEN)
+    repo = GitRepo(url, "main", tmp_path / "clone.git", GitCredentials(ca_file=https.tls.ca_cert))
+    assert repo.fetch() == served.head()
+    served.work.model("default", "phi3", "mini")
+    served.work.commit("add phi3")
+    served.work.push()
+    shim, argv = tmp_path / "shim", tmp_path / "argv"  # a git first on PATH that keeps its arguments
+    shim.mkdir()
+    (shim / "git").write_text(f'#!/bin/sh\necho "$@" >> "{argv}"\nexec {shutil.which("git")} "$@"\n')
+    (shim / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    requests = len(https.requests)
+    assert repo.fetch_again() == served.head()
+    assert " fetch " in argv.read_text() and https.url("models.git") in argv.read_text()
+    assert https.requests[requests:] and all(r.authorized and r.user == "deploy-bot" for r in https.requests)
+    secrets = token_secrets(TOKEN, "deploy-bot")
+    assert files_holding(tmp_path / "clone.git", secrets) == []  # FETCH_HEAD, config and refs included
+    assert_not_shown([argv.read_text()], secrets)
+    wrong = GitRepo(with_userinfo(https.url("models.git"), "deploy-bot", "wrong-token-0123456789"), "main",
+                    tmp_path / "clone.git", GitCredentials(ca_file=https.tls.ca_cert))
+    with pytest.raises(GitError, match="the server refused the HTTPS token") as refused:
+        wrong.fetch_again()
+    assert_not_shown([str(refused.value), argv.read_text()], token_secrets("wrong-token-0123456789", "deploy-bot"))
+
+
 def test_https_api_write_is_pushed_with_the_token(https: GitHttpServer, served: Served, tmp_path: Path) -> None:
     repo = GitRepo(https.url("models.git"), "main", tmp_path / "api.git",
                    GitCredentials(token=TOKEN, ca_file=https.tls.ca_cert))
@@ -325,6 +353,11 @@ def test_ssh_key_readable_by_others_is_used_through_a_private_copy(
     assert copy.read_bytes() == ssh_key.private_file.read_bytes()
     assert stat.S_IMODE(ssh_key.private_file.stat().st_mode) == 0o644  # the mounted file is left alone
     assert f"action=ssh-key-copied key={ssh_key.private_file} mode=-rw-r--r--" in caplog.text
+    served.work.model("default", "phi3", "mini")
+    served.work.commit("add phi3")
+    served.work.push()
+    assert repo.fetch_again() == served.head()  # the fetch alone: the same copy, in the clone
+    assert copy.read_bytes() == ssh_key.private_file.read_bytes()
     assert_not_shown([caplog.text], key_secrets(ssh_key))
 
 

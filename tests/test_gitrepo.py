@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import git
@@ -90,3 +93,70 @@ def test_fetch_ref_finds_branches_tags_pull_request_refs_and_commits_without_mov
     for bad in ("--upload-pack=touch x", "a..b", "x.lock", "a b", ""):
         with pytest.raises(InvalidRef):
             repo.fetch_ref(bad)
+
+
+def test_fetch_again_is_the_fetch_alone_by_url_into_the_tracking_ref_of_a_clone_fetched_before(
+        remote: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    work.model("default", "a", "1")
+    first = work.commit()
+    work.push()
+    clone = tmp_path / "clone.git"
+    # A git first on PATH that notes each command it runs.
+    shim, log = tmp_path / "shim", tmp_path / "git.log"
+    shim.mkdir()
+    (shim / "git").write_text(f'#!/bin/sh\necho "$@" >> "{log}"\nexec {shutil.which("git")} "$@"\n')
+    (shim / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
+    repo = GitRepo(str(remote), "main", clone)
+
+    def fetched_again() -> tuple[str | None, list[str]]:
+        """fetch_again's answer, and the git commands it ran."""
+        before = len(log.read_text().splitlines()) if log.exists() else 0
+        commit = repo.fetch_again()
+        ran = log.read_text().splitlines()[before:] if log.exists() else []
+        return commit, [line.split()[2] for line in ran]
+
+    assert fetched_again() == (None, []) and not clone.exists()  # never fetched: `fetch`'s to do
+    assert GitRepo(str(remote), "main", clone).fetch() == first
+    assert fetched_again() == (first, ["fetch"])  # nothing new
+    # The head is this fetch's, not that of the last fetch made (a preview's); the tracking ref moves.
+    work.model("default", "b", "1")
+    other = work.commit()
+    work.push("other")
+    work.model("default", "c", "1")
+    second = work.commit()
+    work.push()
+    assert repo.fetch_ref("other") == other and "'other'" in (clone / "FETCH_HEAD").read_text()
+    assert fetched_again() == (second, ["fetch"]) and repo.head() == second
+    # The tracking ref packed (`git gc`, `pack-refs`) is found as well; the origin is not what it reads.
+    subprocess.run(["git", "--git-dir", str(clone), "pack-refs", "--all"], check=True)
+    assert not (clone / "refs/remotes/origin/main").exists()
+    subprocess.run(["git", "--git-dir", str(clone), "remote", "set-url", "origin", str(tmp_path / "gone.git")],
+                   check=True)
+    work.model("default", "d", "1")
+    third = work.commit()
+    work.push()
+    assert fetched_again() == (third, ["fetch"]) and GitRepo(str(remote), "main", clone).head() == third
+
+
+def test_fetch_again_fails_where_fetch_would_check_repair_or_explain(remote: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # where an option taken from the URL would run its command
+    work = WorkRepo(tmp_path / "work", remote=remote)
+    head = work.commit()
+    work.push()
+    clone = tmp_path / "clone.git"
+    GitRepo(str(remote), "main", clone).fetch()
+    assert GitRepo(str(remote), "release", clone).fetch_again() is None  # never fetched: no command
+    (clone / "refs/remotes/origin/release").write_text(head + "\n")  # fetched once, deleted since
+    with pytest.raises(GitError, match="could not fetch branch 'release'"):
+        GitRepo(str(remote), "release", clone).fetch_again()
+    with pytest.raises(GitError):  # a URL that could pass for an option is a repository, never an option
+        GitRepo("--upload-pack=touch pwned", "main", clone).fetch_again()
+    assert not (Path.cwd() / "pwned").exists()
+    (clone / "HEAD").write_text("garbage\n")  # damaged: `fetch` sets it aside, this only fails
+    with pytest.raises(GitError):
+        GitRepo(str(remote), "main", clone).fetch_again()
+    assert (clone / "HEAD").read_text() == "garbage\n"
+    assert GitRepo(str(remote), "main", clone).fetch() == head

@@ -72,6 +72,25 @@ def test_first_run_with_no_settings_reconciles_the_embedded_example_repo(env: di
     assert again.returncode == 0 and ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1}
 
 
+def test_once_after_a_no_op_once_applies_what_was_pushed_since(env: dict[str, str], ollama: OllamaStandin,
+                                                                tmp_path: Path, children: Children) -> None:
+    # A no-op run's fetch (by URL, before the reconciler is imported) moves the clone's tracking ref:
+    # the next run that finds a change there still applies it, and then ends after the fetch again.
+    assert run(children, ["reconcile", "--once"], env).returncode == 0
+    assert ": up to date at " in run(children, ["reconcile", "--once"], env).stdout
+    work = WorkRepo(tmp_path / "work", remote=tmp_path / "state" / "models.git")  # the embedded repository
+    work.model("default", "phi3", "mini")
+    head = work.commit("add phi3")
+    work.push()
+    work.close()
+    changed = run(children, ["reconcile", "--once"], env)
+    assert changed.returncode == 0, changed.stderr
+    assert f"Succeeded at {head[:12]}: applied {head[:12]}: 1 pull, 0 deletes" in changed.stdout
+    assert ollama.pull_count == {"llama3.2:1b": 1, "gemma3:1b": 1, "phi3:mini": 1}
+    again = run(children, ["reconcile", "--once"], env)
+    assert again.stdout == f"Succeeded at {head[:12]}: up to date at {head[:12]}\n", again.stdout + again.stderr
+
+
 def test_dry_run_previews_a_branch_and_changes_nothing(env: dict[str, str], ollama: OllamaStandin, tmp_path: Path,
                                                        children: Children) -> None:
     remote = init_bare(tmp_path / "remote.git")

@@ -143,7 +143,7 @@ def test_the_snapshot_of_every_record_is_written_a_piece_at_a_time(tmp_path: Pat
     from ollama_gitops.reconciler.state import SNAPSHOT, _PIECE
 
     writes: list[int] = []
-    real = state._write_file
+    real = state.write_file
 
     class Counting(io.StringIO):
         def write(self, text: str) -> int:
@@ -155,7 +155,7 @@ def test_the_snapshot_of_every_record_is_written_a_piece_at_a_time(tmp_path: Pat
         write(buffer)
         real(path, lambda handle: handle.write(buffer.getvalue()), durable)
 
-    monkeypatch.setattr(state, "_write_file", counted)
+    monkeypatch.setattr(state, "write_file", counted)
     store = StateStore(tmp_path)
     store.acquire_process_lock()
     keys = [ModelKey("default", f"m{i}-1") for i in range(_PIECE * 3 + 1)]

@@ -64,6 +64,7 @@ PREVIEW_REFS = "refs/ollama-gitops/preview/"
 removed once fetched."""
 _REF_CHARS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
 _HEX_REF = re.compile(r"[0-9a-fA-F]{7,40}")
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256, as git writes them
 
 
 def ref_problem(ref: str) -> str | None:
@@ -221,6 +222,10 @@ class GitRepo:
     def display_url(self) -> str:
         return redact(self.url, self.credentials.secrets())
 
+    @property
+    def _refspec(self) -> str:
+        return f"+refs/heads/{self.branch}:{self.tracking_ref}"
+
     def fetch(self) -> str:
         """Fetch the branch and return its head commit. Raises GitError when the remote cannot be read.
 
@@ -228,7 +233,7 @@ class GitRepo:
         remote's commit and transfers (and checks) a pack every time, so later fetches, most of
         which bring nothing, are ordinary incremental ones.
         """
-        refspec = f"+refs/heads/{self.branch}:{self.tracking_ref}"
+        refspec = self._refspec
         with self.lock:
             try:
                 return self._fetch(refspec)
@@ -252,6 +257,49 @@ class GitRepo:
                                     f"{self._branches_there()}") from None
             raise
         return self.head()
+
+    def fetch_again(self) -> str | None:
+        """`fetch` into a clone that was fetched before, with the fetch as its one git command: the
+        branch's head commit, or None (no command run) when the clone has no tracking ref yet. Raises
+        GitError when the fetch fails, for whatever reason (a damaged clone, a changed remote, a
+        missing branch): `fetch` checks, repairs and explains; this only tells the commit.
+
+        For a process whose work may end after the fetch (`reconcile --once` with nothing to do,
+        `uptodate`), so it leaves the clone as `fetch` would find it: no origin is set (the fetch is by
+        URL, into the same tracking ref), nothing is repaired, GitPython is not opened.
+        """
+        with self.lock:
+            if not self._tracking_ref_stored():
+                return None
+            # A fetch that succeeds writes FETCH_HEAD anew, the ref asked for its one line.
+            self._run_in(self.path, "fetch", "--quiet", "--no-tags", "--end-of-options", self.url, self._refspec,
+                         action=f"fetch branch {self.branch!r} from {self.display_url}")
+            return self._fetched_head()
+
+    def _tracking_ref_stored(self) -> bool:
+        """Is the tracking ref in the clone, read as git's files backend stores refs
+        (gitrepository-layout(5)): a file under `refs/`, else a line of `packed-refs`. No clone, or
+        refs stored otherwise (reftable), is False: the caller then takes `fetch`, which asks git."""
+        if (self.path / self.tracking_ref).is_file():
+            return True
+        try:
+            packed = (self.path / "packed-refs").read_bytes()
+        except OSError:
+            return False
+        return f" {self.tracking_ref}\n".encode() in packed
+
+    def _fetched_head(self) -> str:
+        """The commit the fetch just made brought for the branch, from its FETCH_HEAD: one line per
+        ref fetched, `<object id> TAB [not-for-merge] TAB branch '<name>' of <url>` (what `git pull`
+        reads). GitError when it does not say that of the branch."""
+        try:
+            line = (self.path / "FETCH_HEAD").read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+        except OSError as exc:
+            raise GitError(f"git fetch left no FETCH_HEAD in {self.path}: {exc.strerror}") from None
+        commit, _, rest = line.partition("\t")
+        if not _OBJECT_ID.fullmatch(commit) or not rest.partition("\t")[2].startswith(f"branch '{self.branch}' of "):
+            raise GitError(f"git fetch left a FETCH_HEAD in {self.path} that does not name branch {self.branch!r}")
+        return commit
 
     def fetch_ref(self, ref: str) -> str:
         """Fetch `ref` (a branch, a tag, a full ref such as `refs/pull/7/head`, or a commit) and return
@@ -413,6 +461,11 @@ class GitRepo:
         """`run`, its output as git wrote it: for what can be megabytes (a tree of 100,000 files), no
         decoded copy."""
         git_dir = self._prepare()  # creates the clone on first use
+        return self._run_in(git_dir, *args, action=action, env=env, stdin=stdin)
+
+    def _run_in(self, git_dir: Path, *args: str, action: str, env: dict[str, str] | None = None,
+                stdin: bytes | None = None) -> bytes:
+        """`run_bytes` in `git_dir` as it is (not prepared)."""
         try:
             result = subprocess.run(["git", "--git-dir", str(git_dir), *args], input=stdin, capture_output=True,
                                     env=self._environment(git_dir, env), timeout=GIT_TIMEOUT)

@@ -923,6 +923,10 @@ def test_a_listing_decoded_again_keeps_the_entries_it_kept_of_the_models_that_di
     assert after is not None and set(after) == set(before) | {"llama3.2:1b"}
     assert [reference for reference, model in after.items() if model is not before.get(reference)] == ["llama3.2:1b"]
     assert rig.record("default", "model7-1b").servers["default"].digest is after["model7:1b"].digest
+    # Their keys too are the strings kept before, which the records hold: no second copy of a reference.
+    kept_keys = {key: key for key in before}
+    assert all(key is kept_keys[key] for key in after if key in kept_keys)
+    assert rig.record("default", "model7-1b").spec.reference is next(k for k in after if k == "model7:1b")
 
 
 def test_a_cycle_lists_the_server_while_it_loads_the_commit(rig: Rig) -> None:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from ..models.naming import normalize_reference
 from ..plan import InstalledModel
 from ..state import DEFAULT_SERVER, ServerSeen, StateStore, utc_rfc3339
 from .inventory import FileProblem, Inventory, InventorySource, Server
@@ -227,10 +228,10 @@ class Fleet:
         except ModelOperationFailed as exc:
             tags, listing = None, Listing(None, str(exc))
         else:
-            listing = Listing(tags.models)
             kept = member.observed  # (swapped under the lock; looking entries up in it needs none)
             if tags.models is not None and kept is not None:
-                _share_unchanged(tags.models, kept)
+                tags = replace(tags, models=_share_unchanged(tags.models, kept))
+            listing = Listing(tags.models)
         reachable = tags is not None
         version = member.seen.version
         if reachable and member.seen.reachable is not True:
@@ -363,16 +364,20 @@ def _tags(client: ModelServer, unless: str | None) -> Tags:
     return tags(unless) if tags is not None else Tags("", dict(client.installed()))
 
 
-def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, InstalledModel]) -> None:
-    """Each entry of a new listing that equals the kept listing's becomes the kept one. A listing is
-    decoded again whenever anything on the server changed; the kept entries' digest and size are
-    the records' own objects (a record marked Ready from a listing holds them), while the new ones
-    would be a second copy of every model's. So a listing that changed in one model keeps one new
-    entry, and the plan's answers are the same (the entries are equal)."""
-    for reference, model in listed.items():  # (values replaced, never keys: iterating stays valid)
+def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, InstalledModel]) -> dict[str, InstalledModel]:
+    """`listed` with each entry that equals the kept listing's made the kept one, under the kept
+    one's key. A listing is decoded again whenever anything on the server changed; the kept entries'
+    reference, digest and size are the records' own strings (a record made from a listing holds
+    them), while the new ones would be a second copy of every model's. So a listing that changed in
+    one model keeps one new entry, and the plan's answers are the same (the entries are equal)."""
+    shared = {}
+    for reference, model in listed.items():
         before = kept.get(reference)
-        if before is not None and before is not model and before == model:
-            listed[reference] = before
+        if before is not None and before == model:
+            model = before
+        # A key is its entry's normalised reference, its very string when that is in normal form.
+        shared[normalize_reference(model.reference)] = model
+    return shared
 
 
 def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

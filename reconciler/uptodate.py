@@ -66,6 +66,13 @@ def run_once_if_up_to_date(settings: Settings, out: TextIO) -> int | None:
     lock = lock_state_directory(settings.state_dir)
     try:
         started = time.monotonic()
+        try:
+            summary = read_summary(settings.state_dir)
+        except ValueError:
+            return None  # damaged: the whole reconciler keeps it aside and says so
+        if summary is None:
+            return None  # (read before the fetch: the whole reconciler would fetch again)
+        written, sync, records = summary
         repo = GitRepo(repository_url(settings), settings.branch, settings.state_dir / "clone.git",
                        settings.credentials)
         try:
@@ -74,13 +81,8 @@ def run_once_if_up_to_date(settings: Settings, out: TextIO) -> int | None:
             return None
         finally:
             repo.close()
-        try:
-            summary = read_summary(settings.state_dir)
-        except ValueError:
-            return None  # damaged: the whole reconciler keeps it aside and says so
-        if commit is None or summary is None:
+        if commit is None:
             return None
-        written, sync, records = summary
         if not (recorded_up_to_date(sync, commit, time.time(), settings.resync_interval, servers)
                 and records_settled(settings.state_dir, records)):
             return None

@@ -24,29 +24,38 @@ WATCH_REDRAW = 2.0  # seconds between redraws at most while it is up (an event r
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ollama-gitops` console command; returns the exit code."""
-    parser, _ = build_parser()
-    return reconciler_cli.run(parser, argv)
+    return reconciler_cli.run(build_parser, argv)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """The whole command line: the reconciler's commands plus `serve`, `api` and `status`."""
-    parser, commands = reconciler_cli.build_parser()
+def build_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, reconciler_cli.Commands]:
+    """The whole command line: the reconciler's commands plus `serve`, `api`, `status` and `plan`
+    (`only`: see `reconciler.cli.build_parser`)."""
+    return reconciler_cli.build_parser(only, COMMANDS)
+
+
+def _add_serve(commands: reconciler_cli.Commands) -> None:
     serve = commands.add_parser("serve", help="the reconciler and the API in one process",
                                 description="Reconcile on a schedule and serve the API on port 8082.")
+    add_reconciler_options(serve, reconciles=True)
+    _add_api_options(serve)
+    serve.set_defaults(run=_run_serve)
+
+
+def _add_api(commands: reconciler_cli.Commands) -> None:
     api = commands.add_parser("api", help="the API alone (with a reconciler run separately)",
                               description="Serve the API; status is read from a reconciler's state directory.")
-    for command, runner, reconciles in ((serve, _run_serve, True), (api, _run_api, False)):
-        add_reconciler_options(command, reconciles=reconciles)  # `api` pulls nothing and leads nothing
-        _add_api_options(command)
-        command.set_defaults(run=runner)
+    add_reconciler_options(api, reconciles=False)  # `api` pulls nothing and leads nothing
+    _add_api_options(api)
+    api.set_defaults(run=_run_api)
+
+
+def _add_status(commands: reconciler_cli.Commands) -> None:
     status = commands.add_parser(
         "status", help="show the models, their state and the sync summary",
         description="Exit codes: 0 all well; 1 a model is Failed, a model file has a problem or the sync "
                     "failed (the last cycle, e.g. a refused prune to zero, or the API's fetch); 2 the API "
                     "cannot be reached.")
-    env = os.environ.get
-    add_option(status, "--api-url", default=env(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
-               default_text="http://127.0.0.1:8082", help="the API", env=("API_URL",), metavar="URL")
+    _add_api_url(status)
     _add_api_key_file(status, "none: no key sent")
     add_option(status, "--namespace", default=None, default_text="the API's", help="namespace to show", metavar="NS")
     add_option(status, "--watch", action="store_true", default_text="off",
@@ -54,6 +63,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                     f"Pulling (or a cycle fails), at most {WATCH_LIMIT // 60} minutes")
     status.set_defaults(run=_run_status)
 
+
+def _add_plan(commands: reconciler_cli.Commands) -> None:
     plan = commands.add_parser(
         "plan", help="what merging a ref would do: pulls (with sizes), deletes and file problems, per server",
         description="Ask the running service (serve or api) to plan a branch, tag, ref or commit of the models "
@@ -62,8 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                     "the files are valid; 1 planned, the ref's files have problems; 2 could not plan.")
     add_option(plan, "--ref", default=None, metavar="REF", default_text="HEAD with --offline, else required",
                help="the branch, tag, ref (refs/pull/7/head) or commit to plan")
-    add_option(plan, "--api-url", default=env(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
-               default_text="http://127.0.0.1:8082", help="the API", env=("API_URL",), metavar="URL")
+    _add_api_url(plan)
     _add_api_key_file(plan, "none: no key sent")
     add_option(plan, "--format", choices=("text", "markdown", "json"), default="text", default_text="text",
                help="'markdown' for a pull request comment")
@@ -74,7 +84,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                     "merge commit)")
     plan.add_argument("path", nargs="?", default=".", metavar="PATH", help="with --offline: the checkout (default: .)")
     plan.set_defaults(run=_run_plan)
-    return parser, commands
+
+
+COMMANDS: dict[str, reconciler_cli.AddCommand] = {"serve": _add_serve, "api": _add_api, "status": _add_status,
+                                                   "plan": _add_plan}
+
+
+def _add_api_url(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--api-url", default=os.environ.get(f"{ENV_PREFIX}API_URL", "http://127.0.0.1:8082"),
+               default_text="http://127.0.0.1:8082", help="the API", env=("API_URL",), metavar="URL")
 
 
 def _add_api_key_file(parser: argparse.ArgumentParser, default_text: str) -> None:

@@ -6,11 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .. import __version__
 from .privatedir import PRIVATE_UMASK
 from .settings import ENV_PREFIX, Settings, add_option, add_reconciler_options, parse_listen
+
+
+Commands = argparse._SubParsersAction  # the table of commands a parser has
+AddCommand = Callable[[Commands], None]
+"""Adds one command's parser (with its options and its `run`) to the table of commands."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,12 +23,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The `ollama-gitops` console command is `api.cli.main`, which adds the API's commands to these.
     """
-    parser, _ = build_parser()
-    return run(parser, argv)
+    return run(build_parser, argv)
 
 
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse `argv` and run the chosen command."""
+def run(build: Callable[[str | None], tuple[argparse.ArgumentParser, Commands]], argv: Sequence[str] | None) -> int:
+    """Parse `argv` with the parser `build(its first argument)` makes, and run the chosen command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, _ = build(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
@@ -31,15 +37,29 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     return int(args.run(args) or 0)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    """The command-line parser with the reconciler's commands, and its subcommand table to extend."""
+def build_parser(only: str | None = None,
+                 more: Mapping[str, AddCommand] | None = None) -> tuple[argparse.ArgumentParser, Commands]:
+    """The command-line parser with the reconciler's commands and `more` (name: how to add it), and
+    its table of commands.
+
+    `only`, when it names one of them, builds that command's parser alone: parsing its arguments
+    needs no other, and each costs about a millisecond to build (a scheduled `reconcile --once`
+    pays for its own). Anything else (None, `--help`, a typo) builds them all, for the help and the
+    "invalid choice" error that list them."""
     parser = argparse.ArgumentParser(
         prog="ollama-gitops",
         description="Keep the Ollama models of a fleet in line with YAML files in a Git repository.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    table = {**COMMANDS, **(more or {})}
+    for name, add in table.items():
+        if only not in table or name == only:
+            add(commands)
+    return parser, commands
 
+
+def _add_validate(commands: Commands) -> None:
     validate = commands.add_parser(
         "validate",
         help="check the model files of a models repository checkout",
@@ -51,6 +71,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                help="'github' prints GitHub Actions error annotations")
     validate.set_defaults(run=_run_validate)
 
+
+def _add_reconcile(commands: Commands) -> None:
     reconcile = commands.add_parser(
         "reconcile",
         help="make Ollama match the models repository, on a schedule",
@@ -68,7 +90,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
                help="serve /healthz, /readyz and /metrics here, for probes and Prometheus")
     add_reconciler_options(reconcile)
     reconcile.set_defaults(run=_run_reconcile)
-    return parser, commands
+
+
+COMMANDS: dict[str, AddCommand] = {"validate": _add_validate, "reconcile": _add_reconcile}
 
 
 def _run_reconcile(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "models-repo"
 HEAVY = ("kubernetes", "flask", "waitress", "apscheduler", "ollama", "httpx", "prometheus_client", "http.server",
          "git", "jsonschema", "ollama_gitops.reconciler.service")
@@ -55,7 +57,8 @@ def test_help_status_and_validate_import_none_of_the_heavy_modules(tmp_path: Pat
 DEFERRED = (*HEAVY, "yaml", "ollama_gitops.reconciler.models.desired", "ollama_gitops.reconciler.plan",
             "ollama_gitops.reconciler.reconcile", "ollama_gitops.reconciler.ollama.fleet",
             "ollama_gitops.reconciler.ollama.server", "ollama_gitops.reconciler.metrics",
-            "ollama_gitops.reconciler.state")  # the records' store: the summary (`summary`) is read alone
+            "ollama_gitops.reconciler.state",  # the records' store: the summary (`summary`) is read alone
+            "difflib", "hashlib")  # for a mistake's "did you mean" and a derived server name over 63 characters
 # A `git` first on PATH that notes each command it runs, then runs the real one.
 GIT_SHIM = """#!/bin/sh
 echo "$1 $2 $3" >> "$GIT_SHIM_LOG"
@@ -103,3 +106,19 @@ def test_reconcile_once_with_nothing_to_do_imports_none_of_the_deferred_modules(
     assert summary["last_cycle_at"] >= summary_before["last_cycle_at"]
     assert {k: v for k, v in summary.items() if not k.startswith("last_cycle")} == \
         {k: v for k, v in summary_before.items() if not k.startswith("last_cycle")}
+
+
+def test_a_command_builds_its_own_parser_alone_and_help_or_a_typo_builds_them_all(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from ollama_gitops.api.cli import build_parser, main
+
+    every = ["validate", "reconcile", "serve", "api", "status", "plan"]
+    for command in every:
+        assert list(build_parser(command)[1].choices) == [command]
+    for first in (None, "--help", "--version", "reconcil"):
+        assert list(build_parser(first)[1].choices) == every
+    with pytest.raises(SystemExit) as typo:
+        main(["reconcil", "--once"])
+    assert typo.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid choice: 'reconcil'" in error and all(f"'{command}'" in error for command in every), error

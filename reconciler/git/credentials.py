@@ -24,7 +24,6 @@ import os
 import re
 import shlex
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -185,6 +184,8 @@ class GitCredentials:
                 return copy
         except OSError:
             pass
+        import tempfile  # (with shutil and random: ~4 ms a command that never copies a key need not pay)
+
         # mkstemp creates the file 0600 before anything is written to it; rename makes it whole at once.
         handle, temporary = tempfile.mkstemp(prefix=f".{PRIVATE_KEY_COPY}-", dir=private_dir)
         try:

@@ -7,7 +7,6 @@ Each problem is one line that says what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shutil
@@ -65,6 +64,8 @@ def unknown_scheme(url: str) -> str | None:
 
 def explain_scheme(scheme: str) -> str:
     """`unknown URL scheme 'htps', did you mean https?`"""
+    import difflib  # only for a mistake: not at every start
+
     guess = difflib.get_close_matches(scheme.lower(), _NATIVE_SCHEMES, n=1, cutoff=0.5)
     hint = f", did you mean {guess[0]}?" if guess else f"; git speaks {', '.join(_NATIVE_SCHEMES[:7])}"
     return f"unknown URL scheme {scheme!r}{hint}"

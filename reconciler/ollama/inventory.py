@@ -39,7 +39,6 @@ but nothing would be kept in line on it either).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -207,6 +206,8 @@ def derived_name(url: str) -> str:
     _, host, port, _ = _endpoint(url)
     name = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]", "-", f"{host}-{port}")).strip("-")
     if len(name) > 63:
+        import hashlib  # (~3.5 ms, OpenSSL's) for a name this long only
+
         name = name[:54].rstrip("-") + "-" + hashlib.sha256(f"{host}:{port}".encode()).hexdigest()[:8]
     return name
 
@@ -428,9 +429,10 @@ class ServersFile:
     The first read happens on construction and must succeed (`InventoryError`: a service does not
     start on a broken servers file). After that, `refresh()` re-reads the file: good new content
     replaces the inventory; broken, empty, unreadable or missing content keeps the last good one
-    and is reported in the snapshot's `problems`. The content is hashed on every refresh, so a
-    change is seen even when the size and the modification time stay the same (an edit within the
-    file system's clock tick); a refresh of an unchanged file parses nothing. Thread-safe.
+    and is reported in the snapshot's `problems`. The content is compared with the last on every
+    refresh (it is at most `MAX_SERVERS_FILE_BYTES`), so a change is seen even when the size and the
+    modification time stay the same (an edit within the file system's clock tick); a refresh of an
+    unchanged file parses nothing. Thread-safe.
 
     `alongside` are servers given elsewhere (`--ollama-url`): new content whose names or URLs clash
     with theirs is a problem like any other.
@@ -446,7 +448,7 @@ class ServersFile:
         result = self._parse(content)
         if not isinstance(result, Inventory):
             raise InventoryError("\n".join(p.format(self.path) for p in result))
-        self._digest = hashlib.sha256(content).digest()
+        self._content: bytes | None = content
         self._snapshot = Snapshot(result)
 
     @property
@@ -460,13 +462,12 @@ class ServersFile:
         with self._lock:
             content = self._read()
             if isinstance(content, FileProblem):
-                self._digest = b""  # whatever comes back next is read in full
+                self._content = None  # whatever comes back next is read in full
                 self._snapshot = Snapshot(self._snapshot.inventory, (content,))
                 return self._snapshot
-            digest = hashlib.sha256(content).digest()
-            if digest == self._digest:
+            if content == self._content:
                 return self._snapshot
-            self._digest = digest
+            self._content = content
             result = self._parse(content)
             if isinstance(result, Inventory):
                 self._snapshot = Snapshot(result)

@@ -16,10 +16,13 @@ remote for the baseline. Then `--rounds` rounds, each timing, in turn:
                  project's, as an untimed no-op run listed them, with the standard library's they
                  import: the CLI, `uptodate`, which decides before the reconciler is imported, and
                  what it calls);
+  (3c) least     the least a Python program can do for the same answer: import `json`, `os` and
+                 `subprocess`, read `sync.json`, run the same fetch, write `sync.json` back (to a
+                 copy) through a temporary file: no options, no logging, no checks;
   (4)  --full    `ollama-gitops reconcile --once --full`: every server listed, every model planned
                  (what every `--once` cost before), for reference.
 
-Printed per size: the medians, (2)/(1) and (4)/(1), and (2) less (3), and less (3b), over (1); the
+Printed per size: the medians, (2)/(1), (3c)/(1), (2)/(3c) and (4)/(1), and (2) less (3), and less (3b), over (1); the
 imports' own time ((3b) less (3)) and what is left of (2) after them (its git commands and its own
 work), with the number of git commands a no-op `--once` runs (counted in that untimed run by a `git`
 first on PATH); and the growth exponent of each fitted over the sizes (least squares of log time
@@ -62,6 +65,17 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
     code = main(["reconcile", "--once"])
 print(json.dumps({"code": code, "out": out.getvalue(), "loaded": [m for m in sys.modules if m.startswith("ollama_gitops")]}))
 """
+# (3c): the least a Python program does to answer as a no-op `--once` does; argv: state, clone, copy.
+LEAST = """
+import json, os, subprocess, sys
+state, clone, copy = sys.argv[1:]
+with open(os.path.join(state, "sync.json"), encoding="utf-8") as handle:
+    summary = json.load(handle)
+subprocess.run(["git", "fetch", "-q", "origin"], cwd=clone, check=True)
+with open(copy + ".tmp", "w", encoding="utf-8") as handle:
+    json.dump(summary, handle)
+os.replace(copy + ".tmp", copy)
+"""
 # A `git` first on PATH that notes each command it runs, then runs the real one.
 GIT_SHIM = '#!/bin/sh\necho "$3" >> "$GIT_SHIM_LOG"\nexec {git} "$@"\n'
 
@@ -96,7 +110,8 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
         if f"{size} already in Ollama" not in first.stdout:
             raise SystemExit(f"the first cycle did not find every model:\n{first.stdout[-2000:]}")
         imports, git_commands = probe(parent, env)
-        times: dict[str, list[float]] = {"bare": [], "once": [], "interpreter": [], "imports": [], "full": []}
+        times: dict[str, list[float]] = {"bare": [], "once": [], "interpreter": [], "imports": [], "least": [],
+                                         "full": []}
         requests_per_once: list[int] = []
         for _ in range(rounds):
             times["bare"].append(timed(["git", "fetch", "-q", "origin"], env, cwd=clone)[0])
@@ -108,6 +123,8 @@ def bench(parent: Path, size: int, rounds: int) -> dict:
             times["once"].append(seconds)
             times["interpreter"].append(timed([sys.executable, "-c", "pass"], env)[0])
             times["imports"].append(timed([sys.executable, "-c", imports], env)[0])
+            times["least"].append(timed([sys.executable, "-c", LEAST, str(parent / "state"), str(clone),
+                                         str(parent / "sync-copy.json")], env)[0])
             seconds, full = timed([COMMAND, "reconcile", "--once", "--full"], env)
             if "full=True" not in full.stderr:
                 raise SystemExit(f"--once --full was not a full cycle:\n{full.stderr[-2000:]}")
@@ -140,10 +157,12 @@ def report(results: list[dict], rounds: int) -> None:
           f"{rounds} round(s), medians; every --once stopped after the fetch (up to date), with "
           f"{max(r['requests_per_once'] for r in results)} Ollama requests and the git commands "
           f"{' / '.join(commands)}")
-    head = ("models", "bare fetch ms", "--once ms", "--once/fetch", "interpreter ms", "(--once-interpreter)/fetch",
+    head = ("models", "bare fetch ms", "--once ms", "--once/fetch", "least ms", "least/fetch", "--once/least",
+            "interpreter ms", "(--once-interpreter)/fetch",
             "imports ms", "(--once-imports)/fetch", "imports' own ms", "rest ms", "git commands",
             "--once --full ms", "--full/fetch")
     rows = [(f"{r['size']:,}", f"{r['bare'] * 1000:,.1f}", f"{r['once'] * 1000:,.1f}", f"{r['once'] / r['bare']:.1f}x",
+             f"{r['least'] * 1000:,.1f}", f"{r['least'] / r['bare']:.1f}x", f"{r['once'] / r['least']:.2f}x",
              f"{r['interpreter'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['interpreter']) / r['bare']:.1f}x",
              f"{r['imports'] * 1000:,.1f}", f"{max(0.0, r['once'] - r['imports']) / r['bare']:.1f}x",
              f"{max(0.0, r['imports'] - r['interpreter']) * 1000:,.1f}", f"{max(0.0, r['once'] - r['imports']) * 1000:,.1f}",
@@ -155,7 +174,7 @@ def report(results: list[dict], rounds: int) -> None:
         print(line.format(*row))
     fits = {label: exponent([(r["size"], r[key]) for r in results])
             for label, key in (("bare fetch", "bare"), ("--once", "once"), ("interpreter", "interpreter"),
-                               ("imports", "imports"),
+                               ("imports", "imports"), ("least", "least"),
                                ("--once --full", "full"))}
     print("Growth exponents (time ~ models^k, fitted over the sizes): "
           + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in fits.items()))

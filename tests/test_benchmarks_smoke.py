@@ -30,7 +30,8 @@ def test_once_benchmark_smoke_run() -> None:
     result = subprocess.run([sys.executable, str(BENCHMARKS / "bench_once.py"), "--smoke"], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "with 0 Ollama requests" in result.stdout and "Growth exponents" in result.stdout, result.stdout
+    assert "with 0 Ollama requests" in result.stdout and "--once/least" in result.stdout, result.stdout
+    assert "Growth exponents" in result.stdout, result.stdout
 
 
 def test_webhook_benchmark_smoke_run() -> None:

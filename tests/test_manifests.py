@@ -351,22 +351,14 @@ def parse(argv: list[str], env: dict[str, str], monkeypatch) -> Any:
     """What the real `ollama-gitops` parser makes of `argv` in the environment `env` (it reads the
     environment when it is built, so it is built anew each time)."""
     from ollama_gitops.api import cli as api_cli
-    from ollama_gitops.reconciler import cli as reconciler_cli
 
     for name in list(os.environ):
         if name.startswith("OLLAMA_GITOPS_") or name in ("POD_NAMESPACE", "OLLAMA_HOST"):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    captured = {}
-
-    def run(parser, argv):  # type: ignore[no-untyped-def]
-        captured["args"] = parser.parse_args(argv)
-        return 0
-
-    monkeypatch.setattr(reconciler_cli, "run", run)
-    assert api_cli.main(argv) == 0
-    return captured["args"]
+    parser, _ = api_cli.build_parser(argv[0] if argv else None)  # as `main` builds it for `argv`
+    return parser.parse_args(argv)
 
 
 # Read by name outside the parser: Settings.from_args, and api.cli._api_key.

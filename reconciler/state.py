@@ -647,12 +647,13 @@ class StateStore:
         """Take in the snapshot's records (every readable one); returns its sequence number."""
         path = self.directory / SNAPSHOT
         try:
+            with open(path, encoding="utf-8", errors="replace") as source:
+                streamed = self._stream_snapshot(path, source)
+            if streamed is not None:
+                return streamed
             raw = path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return 0
-        streamed = self._stream_snapshot(path, raw)
-        if streamed is not None:
-            return streamed
         items, seq, error = _read_snapshot(raw)
         if error is not None:
             self._damage.append(
@@ -674,26 +675,32 @@ class StateStore:
         if record is not None:
             self._models[key] = record
 
-    def _stream_snapshot(self, path: Path, raw: str) -> int | None:
-        """Take in a snapshot as `_compact` writes it, one entry decoded at a time (decoding the
-        whole document first would hold every record as JSON objects beside the records: several
-        times their size); its sequence number. None, with nothing taken in, for any other text (the
-        whole is then decoded as before, which also says what is damaged)."""
-        head = _SNAPSHOT_HEAD.match(raw)
+    def _stream_snapshot(self, path: Path, source: TextIO) -> int | None:
+        """Take in a snapshot as `_compact` writes it, read a piece at a time and decoded one entry
+        at a time (the whole text, or the whole document decoded, would be held beside the records
+        being made: at a restart on a hundred thousand records, as large as they are); its sequence
+        number. None, with nothing taken in, for any other text (the whole is then decoded as before,
+        which also says what is damaged)."""
+        window = _Window(source)
+        while len(window.text) < _HEAD_CHARACTERS and not window.ended:
+            window.fill(0)
+        head = _SNAPSHOT_HEAD.match(window.text)
         if head is None:
             return None
         damage, read = len(self._damage), self.records_read
         position, index = head.end(), 0
         try:
-            more = not raw.startswith("]", position)
+            more = not window.starts(position, "]")
             while more:
-                item, position = _JSON.raw_decode(raw, position)
+                item, position = window.decode(position)
                 index += 1
                 self.records_read += 1
-                more = raw.startswith(",", position)
+                more = window.starts(position, ",")
                 position += more
                 self._take_entry(path, index, item)
-            if _SNAPSHOT_END.fullmatch(raw, position) is None:
+                position = window.let_go(position)  # what was decoded is not kept
+            position = window.read_to_end(position)
+            if _SNAPSHOT_END.fullmatch(window.text, position) is None:
                 raise ValueError("not the end of a snapshot")
         except ValueError:  # not JSON where an entry or the end should be: read as a whole below
             self._models.clear()
@@ -799,6 +806,61 @@ _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(AppliedSpec))
 _STATUS_FIELDS = tuple(f.name for f in dataclasses.fields(ModelStatus) if f.name not in _TRANSIENT)
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _PIECE = 1000  # records encoded and written at a time
+
+
+_READ = 1 << 16  # characters of a snapshot read at a time
+_HEAD_CHARACTERS = 64  # enough for `_SNAPSHOT_HEAD` to match
+
+
+class _Window:
+    """A text file read a piece at a time: `text` is what was read and not yet let go of (positions
+    are in it); a JSON value is decoded once the text holds all of it."""
+
+    def __init__(self, source: TextIO) -> None:
+        self._source = source
+        self.text = ""
+        self.ended = False
+
+    def fill(self, position: int) -> None:
+        """Let go of the text before `position` (which is then 0) and read one more piece."""
+        piece = self._source.read(_READ)
+        self.text = self.text[position:] + piece
+        self.ended = not piece
+
+    def let_go(self, position: int) -> int:
+        """`position` in the text, with what is before it let go of once it is half a piece."""
+        if position < _READ // 2:
+            return position
+        self.text = self.text[position:]
+        return 0
+
+    def starts(self, position: int, prefix: str) -> bool:
+        """Does the text at `position` start with the one character `prefix`?"""
+        while len(self.text) <= position and not self.ended:
+            self.fill(0)  # (all kept: `position` stays where it is)
+        return self.text.startswith(prefix, position)
+
+    def decode(self, position: int) -> tuple[Any, int]:
+        """The JSON value at `position` (ValueError if there is none) and the position after it. A
+        value that ends where the text read so far ends is read on: a number cut short reads as another."""
+        while True:
+            try:
+                value, end = _JSON.raw_decode(self.text, position)
+            except ValueError:
+                if self.ended:
+                    raise
+            else:
+                if end < len(self.text) or self.ended:
+                    return value, end
+            self.fill(position)
+            position = 0
+
+    def read_to_end(self, position: int) -> int:
+        """`position` in the text once the rest of the file is read."""
+        while not self.ended:
+            self.fill(position)
+            position = 0
+        return position
 
 
 def _from_json(data: Mapping[str, Any]) -> ModelRecord:

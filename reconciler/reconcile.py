@@ -499,6 +499,8 @@ class Reconciler:
                 continue
             if record.spec != spec:
                 edit.put(key, ModelRecord(spec, record.servers))
+            else:  # (read from the state directory, it holds its own strings: it takes the plan's)
+                edit.share(key, spec)
             if name not in record.servers:
                 edit.place(key, name, new)
         for action in the_plan.actions:

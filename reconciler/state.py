@@ -22,6 +22,7 @@ cut short is noticed too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import operator
@@ -120,7 +121,8 @@ class ModelRecord:
     was planned on, its status there (no entry: never planned there). The whole is read with
     `fleetstatus.overall()`, never stored, so nothing can change an aggregate by mistake.
 
-    `servers` is read-only: the store changes a record only by replacing it (see `StateStore.records`).
+    `servers` is read-only: the store changes a record only by replacing it (see `StateStore.records`),
+    but for its spec made another equal one (`_Edit.share`), which no reader can tell.
     There is one record per model, kept for the process's life, and most models are on one server:
     the servers of a record with one are a `OneServer`, its name and status, rather than a dict of
     one entry (which would cost more than the rest of the record)."""
@@ -381,6 +383,12 @@ class StateStore:
             found = self._models.get(key)
             self.stats.copied += found is not None
             return found  # never changed: see `records`
+
+    def recorded_as(self, reference: str) -> ModelRecord | None:
+        """The record of the one model recorded for the normalised `reference` (None: none, or several)."""
+        self._ensure_loaded()
+        found = self._by_reference.get(reference)  # (dict look-ups: atomic; a record is replaced, never changed)
+        return self._models.get(found) if isinstance(found, ModelKey) else None
 
     def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
         """`keys`, plus every recorded key that shares a reference with them or is for `references`."""
@@ -888,7 +896,14 @@ def _from_json(data: Mapping[str, Any]) -> ModelRecord:
         status.state = _STATE[status.state]  # the constant, not a string of each record's
         if status.applied_commit is not None:  # a few commits for every record: one string each
             status.applied_commit = sys.intern(status.applied_commit)
+        if status.last_pull_time is not None:  # models found or pulled in the same second: one string
+            status.last_pull_time = _one_string(status.last_pull_time)
     return record
+
+
+# The first of equal strings, from a bounded cache (not interned: the interpreter's table would grow
+# by one slot a model); a cold start's records share their times alike (`reconcile._seed_time`).
+_one_string = functools.lru_cache(maxsize=4096)(str)
 
 
 _LOST_EFFECT = ("ollama-gitops treats the weights of {what} as not pulled by it, so it will not prune them when "
@@ -1005,6 +1020,16 @@ class _Edit:
     def keys(self) -> list[ModelKey]:
         """Every recorded model, at the time of the call."""
         return list(self._models)
+
+    def share(self, key: ModelKey, spec: AppliedSpec) -> None:
+        """Let the record of `key`, whose spec is equal to `spec`, hold `spec` itself (a plan's, made of
+        the loaded file's and Ollama's listing's strings, as a cold start's records are): nothing
+        changes for any reader, so nothing is written, announced or touched. The one change made to
+        a record in place, since it changes no value: a record read from the state directory would
+        otherwise hold its own copy of each string beside them, for the process's life."""
+        record = self._models.get(key)
+        if record is not None and record.spec is not spec and record.spec == spec:
+            record.spec = spec
 
     def put(self, key: ModelKey, record: ModelRecord) -> None:
         self._touch(key)

@@ -231,6 +231,8 @@ class Fleet:
             kept = member.observed  # (swapped under the lock; looking entries up in it needs none)
             if tags.models is not None and kept is not None:
                 tags = replace(tags, models=_share_unchanged(tags.models, kept))
+            elif tags.models is not None:  # a first listing: a restart's records hold what it says of them
+                tags = replace(tags, models=_share_recorded(tags.models, self._store, member.name))
             listing = Listing(tags.models)
         reachable = tags is not None
         version = member.seen.version
@@ -377,6 +379,25 @@ def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, Insta
             model = before
         # A key is its entry's normalised reference, its very string when that is in normal form.
         shared[normalize_reference(model.reference)] = model
+    return shared
+
+
+def _share_recorded(listed: dict[str, InstalledModel], store: StateStore, server: str) -> dict[str, InstalledModel]:
+    """`listed` with each entry that says what a record on `server` says of its model (the reference
+    as spelled, its size and digest) made of the record's very objects, under the record's
+    reference. A first listing in a process restarted on its records would otherwise hold a second
+    string of every model's reference and digest beside the records' (a cold start's records take
+    the listing's instead); the entries are equal, so what the plan decides is the same."""
+    shared = {}
+    for reference, model in listed.items():
+        record = store.recorded_as(reference)
+        status = record.servers.get(server) if record is not None else None
+        if (status is not None and status.size == model.size and status.digest == model.digest
+                and record.spec.reference == model.reference):  # type: ignore[union-attr]
+            recorded = record.spec.reference  # type: ignore[union-attr]
+            model = InstalledModel(recorded, status.size, status.digest, model.modified)  # type: ignore[arg-type]
+            reference = normalize_reference(recorded)  # its very string when that is in normal form
+        shared[reference] = model
     return shared
 
 

@@ -1,0 +1,64 @@
+"""A reconciler restarted on its state holds what a cold start holds: after its first full cycle, each
+record is made of the very strings (and sizes) of the kept Ollama listing and the loaded model files,
+not of its own read from the snapshot beside them. Nothing is written for it: the records' files are
+as they were, and every record is equal to what it was."""
+
+from __future__ import annotations
+
+from ollama_gitops.reconciler.models.desired import ModelKey
+from ollama_gitops.reconciler.models.naming import normalize_reference
+from ollama_gitops.reconciler.state import JOURNAL, READY, SNAPSHOT
+from rig import CATALOGUE, Rig
+
+MODELS = [("llama3.2", "1b"), ("gemma3", "1b"), ("phi3", "mini"), ("qwen2.5", "0.5b")]
+
+
+def _key(name: str, tag: str) -> ModelKey:
+    return ModelKey("default", f"{name}-{tag}")
+
+
+def _assert_shared(rig: Rig) -> None:
+    reconciler = rig.reconciler
+    assert reconciler is not None and reconciler.desired is not None
+    listing = reconciler.fleet.observed("default")
+    assert listing is not None
+    for name, tag in MODELS:
+        key = _key(name, tag)
+        record = reconciler.store.record(key)
+        assert record is not None
+        status, entry = record.servers["default"], listing[normalize_reference(f"{name}:{tag}")]
+        assert status.state == READY and status.digest == entry.digest and status.size == entry.size
+        assert record.spec.reference is entry.reference, key
+        assert status.digest is entry.digest and status.size is entry.size, key
+        assert record.spec.path is reconciler.desired.models[key].path, key
+
+
+def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_the_files_strings(rig: Rig) -> None:
+    for name, tag in MODELS:
+        rig.ollama.install(f"{name}:{tag}")
+        rig.work.model("default", name, tag)
+    rig.push()
+    rig.start()
+    assert rig.cycle().ok
+    _assert_shared(rig)  # a cold start's records are made from them
+    before = dict(rig.reconciler.store.records())  # type: ignore[union-attr]
+    rig.reconciler.store._compact()  # type: ignore[union-attr]  # as a cold start of 1,000 models or more leaves it
+
+    rig.start()  # a new process on the same state directory
+    assert rig.cycle().noop  # nothing to do: the recorded state says so
+    files = {name: (rig.state_dir / name).read_bytes() for name in (SNAPSHOT, JOURNAL)}
+    rig.ollama.install("mistral:7b")
+    rig.work.model("default", "mistral", "7b")
+    rig.push("one more")
+    report = rig.cycle()  # the process's first full cycle
+    assert report.ok and report.everything
+    _assert_shared(rig)
+    store = rig.reconciler.store  # type: ignore[union-attr]
+    assert {key: store.record(key) for key in before} == before  # equal, as they were
+    # Only the new model was written: its journal line follows what was there, unchanged.
+    assert (rig.state_dir / SNAPSHOT).read_bytes() == files[SNAPSHOT]
+    journal = (rig.state_dir / JOURNAL).read_bytes()
+    assert journal.startswith(files[JOURNAL])
+    added = journal[len(files[JOURNAL]):].decode().splitlines()
+    assert len(added) == 1 and '"mistral-7b"' in added[0]
+    assert store.record(_key("mistral", "7b")).servers["default"].size == CATALOGUE["mistral:7b"]  # type: ignore[union-attr]

@@ -272,6 +272,11 @@ class StateStore:
         # The records' files as the last sync.json save saw them, and whether any record had work left.
         self._records_saved: dict[str, Any] | None = None
         self._loaded = False
+        # What makes the records read from the files share strings with what the process holds of the
+        # same models (their loaded files, the servers' listings): asked for once per load, it gives a
+        # function of each entry read, `(key, record) -> (key, record)` equal to them (None: nothing).
+        self.sharing: Callable[[], Callable[[ModelKey, ModelRecord], tuple[ModelKey, ModelRecord]] | None] | None = None
+        self._share: Callable[[ModelKey, ModelRecord], tuple[ModelKey, ModelRecord]] | None = None
         self.mended = False  # a load found damage (records may be lost): what is recorded is not the whole
         if lazy:
             self._load_sync()
@@ -332,6 +337,11 @@ class StateStore:
                 self._load(truncate=self._lock_file is not None)
                 self._loaded = True
                 self.sync = sync
+
+    @property
+    def loaded(self) -> bool:
+        """Are the records read (a `lazy` store reads them when first used)?"""
+        return self._loaded
 
     def settled_on_disk(self) -> bool:
         """Without reading the records: the last save of `sync.json` found no record with work left
@@ -597,11 +607,15 @@ class StateStore:
         self._damage = []
         self._journal_behind = None
         self._snapshot_mtime = mtime_ns(self.directory / SNAPSHOT)
-        snapshot_seq = self._load_snapshot()
-        journal = self.directory / JOURNAL
-        first_seq: list[int] = []
-        if journal.exists():
-            self._replay(journal, first_seq)
+        self._share = self.sharing() if self.sharing is not None else None
+        try:
+            snapshot_seq = self._load_snapshot()
+            journal = self.directory / JOURNAL
+            first_seq: list[int] = []
+            if journal.exists():
+                self._replay(journal, first_seq)
+        finally:
+            self._share = None
         if first_seq and first_seq[0] > snapshot_seq + 1:
             self._damage.append(
                 f"{self.directory / SNAPSHOT} is missing changes 1 to {first_seq[0] - 1} (the journal starts at "
@@ -681,6 +695,8 @@ class StateStore:
             self._damage.append(f"{path} entry {number} is unreadable ({exc}): {_lost(item)}")
             return
         if record is not None:
+            if self._share is not None:
+                key, record = self._share(key, record)
             self._models[key] = record
 
     def _stream_snapshot(self, path: Path, source: TextIO) -> int | None:
@@ -749,6 +765,8 @@ class StateStore:
                     self._unsettled.discard(key)
                     self._pulling.discard(key)
                 else:
+                    if self._share is not None:
+                        key, record = self._share(key, record)
                     self._models[key] = record
                     self._index(key, record)
                 self._journal_lines += 1

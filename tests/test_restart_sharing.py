@@ -5,6 +5,8 @@ as they were, and every record is equal to what it was."""
 
 from __future__ import annotations
 
+import pytest
+
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.models.naming import normalize_reference
 from ollama_gitops.reconciler.state import JOURNAL, READY, SNAPSHOT
@@ -17,7 +19,7 @@ def _key(name: str, tag: str) -> ModelKey:
     return ModelKey("default", f"{name}-{tag}")
 
 
-def _assert_shared(rig: Rig) -> None:
+def _assert_shared(rig: Rig, keys: bool = True) -> None:
     reconciler = rig.reconciler
     assert reconciler is not None and reconciler.desired is not None
     listing = reconciler.fleet.observed("default")
@@ -31,9 +33,17 @@ def _assert_shared(rig: Rig) -> None:
         assert record.spec.reference is entry.reference, key
         assert status.digest is entry.digest and status.size is entry.size, key
         assert record.spec.path is reconciler.desired.models[key].path, key
+        if keys:  # the store's key is the loaded model's too
+            assert next(k for k in reconciler.store.records() if k == key) is reconciler.desired.models[key].key
 
 
-def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_the_files_strings(rig: Rig) -> None:
+@pytest.mark.parametrize("lazy", [True, False], ids=["records-read-in-the-cycle", "records-read-at-start"])
+def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_the_files_strings(
+        rig: Rig, lazy: bool) -> None:
+    """Read in the first cycle (as `serve` and `reconcile --once` read them), once the commit is
+    loaded and the server listed, the records are made of their strings as they are read; read
+    before (a store read at start, or by the API meanwhile), the listing takes the records' and the
+    records the plan's specs (their keys stay their own)."""
     for name, tag in MODELS:
         rig.ollama.install(f"{name}:{tag}")
         rig.work.model("default", name, tag)
@@ -43,8 +53,9 @@ def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_t
     _assert_shared(rig)  # a cold start's records are made from them
     before = dict(rig.reconciler.store.records())  # type: ignore[union-attr]
     rig.reconciler.store._compact()  # type: ignore[union-attr]  # as a cold start of 1,000 models or more leaves it
+    assert rig.cycle().noop  # and its summary saved over these files, as a cycle leaves them
 
-    rig.start()  # a new process on the same state directory
+    rig.start(lazy=lazy)  # a new process on the same state directory
     assert rig.cycle().noop  # nothing to do: the recorded state says so
     files = {name: (rig.state_dir / name).read_bytes() for name in (SNAPSHOT, JOURNAL)}
     rig.ollama.install("mistral:7b")
@@ -52,7 +63,7 @@ def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_t
     rig.push("one more")
     report = rig.cycle()  # the process's first full cycle
     assert report.ok and report.everything
-    _assert_shared(rig)
+    _assert_shared(rig, keys=lazy)
     store = rig.reconciler.store  # type: ignore[union-attr]
     assert {key: store.record(key) for key in before} == before  # equal, as they were
     # Only the new model was written: its journal line follows what was there, unchanged.

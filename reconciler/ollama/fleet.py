@@ -9,6 +9,7 @@ in parallel on a bounded pool of threads, so a full cycle over ten servers costs
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -231,7 +232,7 @@ class Fleet:
             kept = member.observed  # (swapped under the lock; looking entries up in it needs none)
             if tags.models is not None and kept is not None:
                 tags = replace(tags, models=_share_unchanged(tags.models, kept))
-            elif tags.models is not None:  # a first listing: a restart's records hold what it says of them
+            elif tags.models is not None and self._store.loaded:  # a first listing, after a restart's records
                 tags = replace(tags, models=_share_recorded(tags.models, self._store, member.name))
             listing = Listing(tags.models)
         reachable = tags is not None
@@ -388,8 +389,8 @@ def _share_recorded(listed: dict[str, InstalledModel], store: StateStore, server
     reference. A first listing in a process restarted on its records would otherwise hold a second
     string of every model's reference and digest beside the records' (a cold start's records take
     the listing's instead); the entries are equal, so what the plan decides is the same."""
-    shared = {}
-    for reference, model in listed.items():
+    shared: dict[str, InstalledModel] | None = None  # (none made while nothing is shared: a cold start's)
+    for at, (reference, model) in enumerate(listed.items()):
         record = store.recorded_as(reference)
         status = record.servers.get(server) if record is not None else None
         if (status is not None and status.size == model.size and status.digest == model.digest
@@ -397,8 +398,11 @@ def _share_recorded(listed: dict[str, InstalledModel], store: StateStore, server
             recorded = record.spec.reference  # type: ignore[union-attr]
             model = InstalledModel(recorded, status.size, status.digest, model.modified)  # type: ignore[arg-type]
             reference = normalize_reference(recorded)  # its very string when that is in normal form
-        shared[reference] = model
-    return shared
+            if shared is None:
+                shared = dict(itertools.islice(listed.items(), at))
+        if shared is not None:
+            shared[reference] = model
+    return listed if shared is None else shared
 
 
 def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

@@ -151,16 +151,23 @@ def merge_plans(plans: Sequence[Plan]) -> Plan:
     return Plan(tuple(action for each in plans for action in each.actions), specs, refused)
 
 
-def applied_spec(model: DesiredModel, listed: Mapping[str, InstalledModel] | None = None) -> AppliedSpec:
+def applied_spec(model: DesiredModel, listed: Mapping[str, InstalledModel] | None = None,
+                 recorded: AppliedSpec | None = None) -> AppliedSpec:
     """What the reconciler records of a desired model. Its reference is the very string of Ollama's
     listing `listed` (by normalised reference) when that names the model alike: the records and the
     kept listing of a hundred thousand models then hold one string each, with nothing interned (the
-    interpreter's table of interned strings would grow by every one of them)."""
+    interpreter's table of interned strings would grow by every one of them). The spec `recorded`
+    itself when it is that, made of the same strings (a full plan over recorded models then makes
+    no spec of each)."""
     fields = model.fields
     reference = fields.reference
     installed = listed.get(normalize_reference(reference)) if listed else None
     if installed is not None and installed.reference == reference:
         reference = installed.reference
+    if (recorded is not None and recorded.reference is reference and recorded.path is model.path
+            and recorded.prune == fields.prune and recorded.suspend == fields.suspend
+            and recorded.refresh_requested_at == fields.refresh_requested_at):
+        return recorded
     return AppliedSpec(
         reference=reference,
         path=model.path,
@@ -205,7 +212,8 @@ def plan(
     for key in ordered:
         model = desired.models.get(key)
         if model is not None:
-            specs[key] = applied_spec(model, observed)
+            recorded = records.get(key)
+            specs[key] = applied_spec(model, observed, recorded.spec if recorded is not None else None)
         elif desired.is_unreadable(key):
             kept.add(key)
             if key in records:

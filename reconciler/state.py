@@ -226,9 +226,39 @@ class ServerRecord:
     status: ModelStatus
 
 
-def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> dict[ModelKey, ServerRecord]:
-    """`records` as `server` sees them: only the models planned there."""
-    return {key: entry for key, record in records.items() if (entry := record.on(server)) is not None}
+def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> Mapping[ModelKey, ServerRecord]:
+    """`records` as `server` sees them: only the models planned there. A view, each entry made when
+    asked for: a full plan over a hundred thousand recorded models holds no entry of each beside them."""
+    return _OnServer(records, server)
+
+
+class _OnServer(Mapping[ModelKey, ServerRecord]):
+    __slots__ = ("_records", "_server")
+
+    def __init__(self, records: Mapping[ModelKey, ModelRecord], server: str) -> None:
+        self._records, self._server = records, server
+
+    def __getitem__(self, key: ModelKey) -> ServerRecord:
+        entry = self._records[key].on(self._server)
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
+    def get(self, key: ModelKey, default: Any = None) -> Any:
+        record = self._records.get(key)
+        entry = record.on(self._server) if record is not None else None
+        return default if entry is None else entry
+
+    def __contains__(self, key: object) -> bool:
+        record = self._records.get(key)  # type: ignore[call-overload]
+        return record is not None and record.servers.get(self._server) is not None
+
+    def __iter__(self) -> Iterator[ModelKey]:
+        server = self._server
+        return (key for key, record in self._records.items() if record.servers.get(server) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass

@@ -73,3 +73,27 @@ def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_t
     added = journal[len(files[JOURNAL]):].decode().splitlines()
     assert len(added) == 1 and '"mistral-7b"' in added[0]
     assert store.record(_key("mistral", "7b")).servers["default"].size == CATALOGUE["mistral:7b"]  # type: ignore[union-attr]
+
+
+def test_registering_the_models_metrics_reads_no_record_and_a_scrape_counts_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`serve` registers its models' metrics at start: reading the records there would read them
+    before the commit is loaded and the servers listed, so that none shares their strings."""
+    from prometheus_client import CollectorRegistry
+
+    from ollama_gitops.reconciler.metrics import ModelsByState
+    from ollama_gitops.reconciler.state import AppliedSpec, ModelRecord, ModelStatus, StateStore
+
+    writer = StateStore(tmp_path)
+    writer.acquire_process_lock()
+    with writer.editing() as edit:
+        for i in range(3):
+            edit.put(ModelKey("default", f"m{i}-1"), ModelRecord(AppliedSpec(f"m{i}:1", f"models/default/m{i}-1.yaml"),
+                                                                 {"default": ModelStatus(READY)}))
+    writer.release_process_lock()
+    store = StateStore(tmp_path, lazy=True)
+    registry = CollectorRegistry(auto_describe=True)  # as prometheus_client.REGISTRY, where serve registers it
+    registry.register(ModelsByState(store.records, store.tally))
+    assert not store.loaded
+    assert registry.get_sample_value("ollama_gitops_models", {"state": READY}) == 3
+    assert registry.get_sample_value("ollama_gitops_server_models", {"server": "default", "state": READY}) == 3
+    assert store.loaded

@@ -234,16 +234,26 @@ def plan(
         specs.update({key: records[key].spec for key in removed})
         removed = []
 
-    wanted_by_reference: dict[str, list[ModelKey]] = defaultdict(list)
-    for key, spec in sorted(specs.items()):
-        wanted_by_reference[normalize_reference(spec.reference)].append(key)
+    # Per normalised reference, the key that wants it or, wanted by several, a list of them in key
+    # order (a list per model, or a pair of each in a sorted list, would cost a full plan more than
+    # its specs: a plan is made beside every record, at a restart).
+    wanted_by_reference: dict[str, ModelKey | list[ModelKey]] = {}
+    for key in sorted(specs):
+        reference = normalize_reference(specs[key].reference)
+        found = wanted_by_reference.setdefault(reference, key)
+        if found is not key:
+            if isinstance(found, list):
+                found.append(key)
+            else:
+                wanted_by_reference[reference] = [found, key]
     # Recorded models outside the scope are unchanged: they still want what they wanted.
     still_wanted = {normalize_reference(r.spec.reference) for k, r in records.items() if k not in keys}
     owned = {normalize_reference(r.spec.reference) for r in records.values() if r.status.owned}
 
-    for reference, wanting in sorted(wanted_by_reference.items()):
-        actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now,
-                                       reference in owned, kept_errors))
+    for reference in sorted(wanted_by_reference):
+        wanting = wanted_by_reference[reference]
+        actions.extend(_plan_reference(reference, wanting if isinstance(wanting, list) else [wanting], specs, records,
+                                       observed, in_flight, now, reference in owned, kept_errors))
 
     if observed is not None:
         wanted = still_wanted | set(wanted_by_reference)

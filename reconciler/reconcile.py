@@ -380,11 +380,15 @@ class Reconciler:
             self._leaving.clear()
 
     def _strings_to_share(self) -> Callable[[ModelKey, ModelRecord], tuple[ModelKey, ModelRecord]] | None:
-        """For the store (`StateStore.sharing`), as it reads records from the state directory: what
-        makes each of the loaded commit's key and path and of the servers' kept listings' reference,
-        digest and size, where the record says the same. A cold start's records are made of those
-        very objects; a restart's would otherwise hold a copy of each beside them."""
-        desired = self.desired
+        """For the store (`StateStore.sharing`), as it reads records from the state directory (in the
+        first cycle, or before when the API asks for one): what makes each of the loaded commit's
+        key and path and of the servers' kept listings' reference, digest and size, where the
+        record says the same. A cold start's records are made of those very objects; a restart's
+        would otherwise hold a copy of each beside them. (Read before the servers are listed, the
+        listing takes the records' strings instead: `Fleet`.)"""
+        # (`serve`: the loader the API shares may have loaded a newer commit, for a write, since.)
+        shared = self.shared_loader.last if self.shared_loader is not None else None
+        desired = shared or self.desired
         listings = {name: observed for name in self.fleet.names if (observed := self.fleet.observed(name))}
         if (desired is None or not desired.models) and not listings:
             return None

@@ -424,6 +424,11 @@ class StateStore:
             self.stats.copied += found is not None
             return found  # never changed: see `records`
 
+    def any_recorded(self) -> bool:
+        """Is any model recorded?"""
+        self._ensure_loaded()
+        return bool(self._models)
+
     def recorded_as(self, reference: str) -> ModelRecord | None:
         """The record of the one model recorded for the normalised `reference` (None: none, or several)."""
         self._ensure_loaded()

@@ -9,13 +9,13 @@ in parallel on a bounded pool of threads, so a full cycle over ten servers costs
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 
 from ..models.naming import normalize_reference
@@ -23,7 +23,7 @@ from ..plan import InstalledModel
 from ..state import DEFAULT_SERVER, ServerSeen, StateStore, utc_rfc3339
 from .inventory import FileProblem, Inventory, InventorySource, Server
 from .pulls import BACKOFF_BASE, PullPool
-from .server import ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable, Tags
+from .server import Keep, ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable, Tags
 
 log = logging.getLogger("ollama_gitops.fleet")
 
@@ -222,8 +222,13 @@ class Fleet:
         return {member.name: result for member, result in zip(members, results)}
 
     def _list(self, member: Member) -> Listing:
+        # A first listing after the records were read (a restart's, say) keeps their strings of each
+        # model they say the same of, rather than a copy of each beside them (a cold start's
+        # records take the listing's instead).
+        keep = (partial(_recorded_entry, self._store, member.name)
+                if member.observed is None and self._store.loaded and self._store.any_recorded() else None)
         try:
-            tags = _tags(member.client, member.listed_digest)
+            tags = _tags(member.client, member.listed_digest, keep)
         except ServerUnreachable as exc:
             tags, listing = None, Listing(None, str(exc), unreachable=True)
         except ModelOperationFailed as exc:
@@ -232,8 +237,6 @@ class Fleet:
             kept = member.observed  # (swapped under the lock; looking entries up in it needs none)
             if tags.models is not None and kept is not None:
                 tags = replace(tags, models=_share_unchanged(tags.models, kept))
-            elif tags.models is not None and self._store.loaded:  # a first listing, after a restart's records
-                tags = replace(tags, models=_share_recorded(tags.models, self._store, member.name))
             listing = Listing(tags.models)
         reachable = tags is not None
         version = member.seen.version
@@ -359,12 +362,14 @@ class Fleet:
                 _close(member.client)
 
 
-def _tags(client: ModelServer, unless: str | None) -> Tags:
+def _tags(client: ModelServer, unless: str | None, keep: Keep | None = None) -> Tags:
     """`client`'s listing, not decoded when its body's digest is `unless` (a client without `tags()`,
-    as tests' fakes are, is decoded every time: its digest is never the same)."""
+    as tests' fakes are, is decoded every time: its digest is never the same), each entry as `keep`
+    gives it (see `OllamaServer.tags`)."""
     tags = getattr(client, "tags", None)
-    # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
-    return tags(unless) if tags is not None else Tags("", dict(client.installed()))
+    if tags is None:  # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
+        return Tags("", dict(client.installed()))
+    return tags(unless, keep=keep) if keep is not None else tags(unless)
 
 
 def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, InstalledModel]) -> dict[str, InstalledModel]:
@@ -383,26 +388,16 @@ def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, Insta
     return shared
 
 
-def _share_recorded(listed: dict[str, InstalledModel], store: StateStore, server: str) -> dict[str, InstalledModel]:
-    """`listed` with each entry that says what a record on `server` says of its model (the reference
-    as spelled, its size and digest) made of the record's very objects, under the record's
-    reference. A first listing in a process restarted on its records would otherwise hold a second
-    string of every model's reference and digest beside the records' (a cold start's records take
-    the listing's instead); the entries are equal, so what the plan decides is the same."""
-    shared: dict[str, InstalledModel] | None = None  # (none made while nothing is shared: a cold start's)
-    for at, (reference, model) in enumerate(listed.items()):
-        record = store.recorded_as(reference)
-        status = record.servers.get(server) if record is not None else None
-        if (status is not None and status.size == model.size and status.digest == model.digest
-                and record.spec.reference == model.reference):  # type: ignore[union-attr]
-            recorded = record.spec.reference  # type: ignore[union-attr]
-            model = InstalledModel(recorded, status.size, status.digest, model.modified)  # type: ignore[arg-type]
-            reference = normalize_reference(recorded)  # its very string when that is in normal form
-            if shared is None:
-                shared = dict(itertools.islice(listed.items(), at))
-        if shared is not None:
-            shared[reference] = model
-    return listed if shared is None else shared
+def _recorded_entry(store: StateStore, server: str, model: InstalledModel) -> InstalledModel:
+    """`model`, an entry of `server`'s listing, made of the objects of the record of its model where
+    that says the same (the reference as spelled, the size and the digest): the entries are equal,
+    so what the plan decides is the same."""
+    record = store.recorded_as(normalize_reference(model.reference))
+    status = record.servers.get(server) if record is not None else None
+    if (status is None or status.size != model.size or status.digest != model.digest
+            or record.spec.reference != model.reference):  # type: ignore[union-attr]
+        return model
+    return InstalledModel(record.spec.reference, status.size, status.digest, model.modified)  # type: ignore[union-attr,arg-type]
 
 
 def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

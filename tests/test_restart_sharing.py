@@ -164,7 +164,6 @@ def test_a_first_listing_after_the_records_are_read_never_holds_a_copy_of_their_
     record = reconciler.store.record(ModelKey("default", "model7-1b"))
     assert observed["model7:1b"].digest is record.servers["default"].digest  # type: ignore[union-attr]
     # Measured: 108 B kept and 191 B at the peak an entry (6,000 entries); 421 B at the peak when the
-    # listing was decoded whole
-    # and then made to share, 350 B or so kept with no sharing at all.
+    # listing was decoded whole and then made to share, about 350 B kept with no sharing at all.
     assert (kept - before) / count < 200, f"{(kept - before) / count:.0f} B kept an entry"
     assert (peak - before) / count < 300, f"{(peak - before) / count:.0f} B an entry at the listing's peak"

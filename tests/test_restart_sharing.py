@@ -37,13 +37,9 @@ def _assert_shared(rig: Rig, keys: bool = True) -> None:
             assert next(k for k in reconciler.store.records() if k == key) is reconciler.desired.models[key].key
 
 
-@pytest.mark.parametrize("lazy", [True, False], ids=["records-read-in-the-cycle", "records-read-at-start"])
-def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_the_files_strings(
-        rig: Rig, lazy: bool) -> None:
-    """Read in the first cycle (as `serve` and `reconcile --once` read them), once the commit is
-    loaded and the server listed, the records are made of their strings as they are read; read
-    before (a store read at start, or by the API meanwhile), the listing takes the records' and the
-    records the plan's specs (their keys stay their own)."""
+def _cold_start(rig: Rig) -> dict[ModelKey, object]:
+    """MODELS in Git and in Ollama, a cold start's cycle, its records in a snapshot (as a cold start of
+    1,000 models or more leaves them) and the summary saved over it, as a cycle leaves them; the records."""
     for name, tag in MODELS:
         rig.ollama.install(f"{name}:{tag}")
         rig.work.model("default", name, tag)
@@ -51,9 +47,20 @@ def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_t
     rig.start()
     assert rig.cycle().ok
     _assert_shared(rig)  # a cold start's records are made from them
-    before = dict(rig.reconciler.store.records())  # type: ignore[union-attr]
-    rig.reconciler.store._compact()  # type: ignore[union-attr]  # as a cold start of 1,000 models or more leaves it
-    assert rig.cycle().noop  # and its summary saved over these files, as a cycle leaves them
+    records = dict(rig.reconciler.store.records())  # type: ignore[union-attr]
+    rig.reconciler.store._compact()  # type: ignore[union-attr]
+    assert rig.cycle().noop
+    return records  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["records-read-in-the-cycle", "records-read-at-start"])
+def test_a_restart_s_first_full_cycle_leaves_records_made_of_the_listing_s_and_the_files_strings(
+        rig: Rig, lazy: bool) -> None:
+    """Read in the first cycle (as `serve` and `reconcile --once` read them), once the commit is
+    loaded and the server listed, the records are made of their strings as they are read; read
+    before (a store read at start, or by the API meanwhile), the listing takes the records' and the
+    records the plan's specs (their keys stay their own)."""
+    before = _cold_start(rig)
 
     rig.start(lazy=lazy)  # a new process on the same state directory
     assert rig.cycle().noop  # nothing to do: the recorded state says so
@@ -105,14 +112,7 @@ def test_records_read_before_the_first_cycle_by_the_api_share_the_key_and_path_i
     loaded last (for the write); the listing, decoded after, takes their reference, digest and size."""
     from ollama_gitops.reconciler.models.desired import SharedLoader
 
-    for name, tag in MODELS:
-        rig.ollama.install(f"{name}:{tag}")
-        rig.work.model("default", name, tag)
-    rig.push()
-    rig.start()
-    assert rig.cycle().ok
-    rig.reconciler.store._compact()  # type: ignore[union-attr]
-    assert rig.cycle().noop
+    _cold_start(rig)
     reconciler = rig.start(lazy=True)
     reconciler.shared_loader = SharedLoader(reconciler.repo)
     assert rig.cycle().noop

@@ -388,7 +388,7 @@ class Reconciler:
         listing takes the records' strings instead: `Fleet`.)"""
         # (`serve`: the loader the API shares may have loaded a newer commit, for a write, since.)
         shared = self.shared_loader.last if self.shared_loader is not None else None
-        desired = shared or self.desired
+        desired = shared if shared is not None else self.desired
         listings = {name: observed for name in self.fleet.names if (observed := self.fleet.observed(name))}
         if (desired is None or not desired.models) and not listings:
             return None

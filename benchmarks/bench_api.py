@@ -180,7 +180,8 @@ class SubprocessServer:
     mode = "ollama-gitops serve subprocess"
 
     def __init__(self, parent: Path, remote: Path, ollama_url: str, extra: tuple[str, ...] = (),
-                 site_hook: str = "", env: dict[str, str] | None = None) -> None:
+                 site_hook: str = "", env: dict[str, str] | None = None, state: Path | None = None) -> None:
+        """`state`: the state directory (default `parent/state`); another serve's, to restart on it."""
         script = Path(sys.executable).with_name("ollama-gitops")
         command = [str(script)] if script.exists() else [sys.executable, "-m", "ollama_gitops"]
         self.log_path = parent / "serve.log"
@@ -194,7 +195,7 @@ class SubprocessServer:
         env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
         env["BENCH_API_GC_LOG"] = str(self._gc_path)
         self.process = subprocess.Popen(
-            [*command, "serve", "--repo", str(remote), "--state-dir", str(parent / "state"),
+            [*command, "serve", "--repo", str(remote), "--state-dir", str(state or parent / "state"),
              "--ollama-url", ollama_url, "--kubernetes", "off", "--interval", "3600",
              "--listen", "127.0.0.1:0", "--log-level", "INFO", *extra],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)

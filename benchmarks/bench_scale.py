@@ -26,12 +26,17 @@ remote; the stand-in Ollama with every model installed; a real `ollama-gitops se
        namespace (3e: the code a write and a list load, such as the writer and the schema's
        validator, is code, not data), against (3b) less the peak RSS of a bare Python that only
        imported yaml (3i): ((3) - (3e)) / ((3b) - (3i)), "data ratio" below.
+  (3r) the same serve restarted: once the rounds are done and the measured serve is stopped, `serve` is
+       started again on its state directory, beside the same Ollama; once ready (its status showing the
+       head applied, from what it recorded), it takes one POST (whose cycle is its first full one: a new
+       process plans every model once) and lists the namespace as a round does. Its peak RSS gives the
+       restart's data ratio, with the same baselines as (3): ((3r) - (3e)) / ((3b) - (3i)).
   (4)  readiness: the seconds from starting `serve` to its status showing the head applied
        (`lastAppliedCommit`, what README calls ready for `serve`, which has no /readyz), next to
        (4b) the bare cold baseline: a bare `git clone --depth 1` of the remote, the bare parse of
        (3b) run on that clone (its interpreter start included), and one `/api/tags` of the stand-in.
 
-Printed: each ratio ((1)/(1b), (2)/(2b), (3)/(3b), the data ratio, (4)/(4b)) per size, each beside its
+Printed: each ratio ((1)/(1b), (2)/(2b), (3)/(3b), the data ratios fresh and restarted, (4)/(4b)) per size, each beside its
 baseline, and the growth exponent fitted over the sizes (least squares of log value against log size)
 of each measure and baseline. Numbers, not assertions: the suite smoke-runs this script (`--smoke`:
 100 and 200 models in one namespace, 1 round). `--profile DIR` writes a cProfile of every thread of
@@ -70,6 +75,7 @@ from bench_api import API_KEY, BARE_BRANCH, MODEL_SIZE, SubprocessServer, bare_r
 
 LAYOUTS = {"one": 1, "hundred": 100}
 SERIALISED = "ollama_gitops_api_list_items_serialised_total"
+RESTART_POST = "again"  # the model the restarted serve is given
 
 # The bare parsed data: every model blob of the head read in one `git cat-file --batch`, each parsed
 # with the C loader and kept; the process's peak RSS.
@@ -216,7 +222,7 @@ def bench(parent: Path, layout: str, size: int, posts: int, profile: Path | None
     for i in range(size):
         ollama.add_to_catalogue(f"model{i}:1b", MODEL_SIZE)
         ollama.install(f"model{i}:1b", MODEL_SIZE)
-    for name in names:
+    for name in [*names, RESTART_POST]:
         ollama.add_to_catalogue(f"{name}:1b", MODEL_SIZE)
     print(f"[{layout} {size:,}] bare cold baseline, serve on an empty repository...", file=sys.stderr, flush=True)
     bare_cold_s, bare_peak = bare_cold(parent, remote, ollama.url)
@@ -264,6 +270,10 @@ def bench(parent: Path, layout: str, size: int, posts: int, profile: Path | None
                 cached_s.append(statistics.median(cached))
                 serialised.append(count)
         peak = server.peak_rss_mib()
+        client.close()
+        server.stop()
+        print(f"[{layout} {size:,}] serve restarted on its state...", file=sys.stderr, flush=True)
+        restart = restarted_serve(parent, remote, ollama.url, namespace)
     finally:
         client.close()
         server.stop()
@@ -278,7 +288,38 @@ def bench(parent: Path, layout: str, size: int, posts: int, profile: Path | None
         "serve_empty_peak_mib": empty_peak, "bare_interpreter_peak_mib": bare_interpreter,
         "serve_data_mib": peak - empty_peak, "bare_data_mib": bare_peak - bare_interpreter,
         "ready_s": ready_s, "bare_cold_s": bare_cold_s,
+        "restart_peak_mib": restart["peak_mib"], "restart_data_mib": restart["peak_mib"] - empty_peak,
+        "restart_ready_s": restart["ready_s"],
     }
+
+
+def restarted_serve(parent: Path, remote: Path, ollama_url: str, namespace: str) -> dict[str, float]:
+    """`serve` started again on the state directory the measured serve left (3r): ready on what it
+    recorded, then one POST (its first full cycle) and the lists of a round; its seconds to ready
+    and its peak RSS (MiB)."""
+    where = parent / "restart"
+    where.mkdir()
+    head = git("--git-dir", str(remote), "rev-parse", "refs/heads/main").decode().strip()
+    started = time.perf_counter()
+    server = SubprocessServer(where, remote, ollama_url, ("--namespace", namespace), state=parent / "state")
+    try:
+        with httpx.Client(base_url=server.url, headers={"X-API-Key": API_KEY, "Accept-Encoding": "identity"},
+                          timeout=300) as client:
+            wait_applied(client, server, head)
+            ready_s = time.perf_counter() - started
+            _, response = post_model_in(client, RESTART_POST, namespace)
+            if response.status_code != 201:
+                raise RuntimeError(f"POST {RESTART_POST}: {response.status_code} {response.text[:300]}")
+            wait_quiet_in(client, server, namespace, f"{RESTART_POST}-1b")
+            listed = client.get("/api/v1/models", params={"namespace": namespace})
+            assert listed.status_code == 200 and f'"{RESTART_POST}-1b"' in listed.text
+            for _ in range(5):
+                client.get("/api/v1/models", params={"namespace": namespace}).read()
+        peak = server.peak_rss_mib()
+    finally:
+        server.stop()
+    assert peak is not None
+    return {"peak_mib": peak, "ready_s": ready_s}
 
 
 def post_model_in(client: httpx.Client, name: str, namespace: str) -> tuple[float, httpx.Response]:
@@ -319,18 +360,20 @@ def report(results: list[dict]) -> None:
              f"{r['relist_s'] / r['cached_list_s']:.2f}x", "/".join(f"{c:g}" for c in r["serialised_per_relist"]))
             for r in results])
     print("\nMemory, peak RSS in MiB (the bar is the data ratio: serve less serve on an empty repository, "
-          "against the bare parse less a bare interpreter with yaml):")
+          "against the bare parse less a bare interpreter with yaml; restarted: the same serve started again "
+          "on its state, through one POST and its lists):")
     _table(("layout", "models", "serve", "bare parse", "absolute ratio", "serve empty", "bare interpreter",
-            "serve data", "bare data", "data ratio"),
+            "serve data", "bare data", "data ratio", "restarted", "restarted data", "restarted ratio"),
            [(r["layout"], f"{r['size']:,}", f"{r['serve_peak_mib']:,.0f}", f"{r['bare_parse_peak_mib']:,.0f}",
              f"{r['serve_peak_mib'] / r['bare_parse_peak_mib']:.2f}x", f"{r['serve_empty_peak_mib']:,.0f}",
              f"{r['bare_interpreter_peak_mib']:,.0f}", f"{r['serve_data_mib']:,.0f}", f"{r['bare_data_mib']:,.0f}",
-             f"{r['serve_data_mib'] / r['bare_data_mib']:.2f}x") for r in results])
+             f"{r['serve_data_mib'] / r['bare_data_mib']:.2f}x", f"{r['restart_peak_mib']:,.0f}",
+             f"{r['restart_data_mib']:,.0f}", f"{r['restart_data_mib'] / r['bare_data_mib']:.2f}x") for r in results])
     print("\nReady: seconds from starting serve to its status showing the head applied, against the bare cold "
           "baseline (shallow clone + bare parse + one /api/tags):")
-    _table(("layout", "models", "serve ready s", "bare cold s", "ratio"),
+    _table(("layout", "models", "serve ready s", "bare cold s", "ratio", "restarted ready s"),
            [(r["layout"], f"{r['size']:,}", f"{r['ready_s']:,.2f}", f"{r['bare_cold_s']:,.2f}",
-             f"{r['ready_s'] / r['bare_cold_s']:.2f}x") for r in results])
+             f"{r['ready_s'] / r['bare_cold_s']:.2f}x", f"{r['restart_ready_s']:,.2f}") for r in results])
     print("\nGrowth exponents (value ~ models^k, fitted over the sizes):")
     for layout in dict.fromkeys(r["layout"] for r in results):
         of = [r for r in results if r["layout"] == layout]
@@ -338,7 +381,8 @@ def report(results: list[dict]) -> None:
             ("POST", "post_s"), ("bare add+commit+push", "bare_s"), ("list after write", "relist_s"),
             ("cached list", "cached_list_s"), ("serve peak RSS", "serve_peak_mib"),
             ("bare parse RSS", "bare_parse_peak_mib"), ("serve data", "serve_data_mib"),
-            ("bare data", "bare_data_mib"), ("serve ready", "ready_s"), ("bare cold", "bare_cold_s"))}
+            ("bare data", "bare_data_mib"), ("restarted data", "restart_data_mib"), ("serve ready", "ready_s"),
+            ("bare cold", "bare_cold_s"))}
         print(f"  {layout}: " + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in fits.items()))
 
 

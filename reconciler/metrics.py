@@ -105,20 +105,33 @@ class ModelsByState:
         self._records = records
         self._tally = tally
 
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The metrics, without a value: what the registry reads of a collector when it is registered,
+        which then counts nothing (else it collects, and a `serve` restarted on its state would read
+        every record at its start, rather than in its first cycle, where they share the strings of
+        the loaded files and of the servers' listings)."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(*_MODELS)
+        yield GaugeMetricFamily(*_SERVER_MODELS)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from prometheus_client.core import GaugeMetricFamily
 
         counts, on = self._tally() if self._tally is not None else _tally(self._records().values())
-        family = GaugeMetricFamily("ollama_gitops_models", "Managed models, by state", labels=["state"])
+        family = GaugeMetricFamily(*_MODELS)
         for state in STATES:
             family.add_metric([state], counts.get(state, 0))
         yield family
-        per_server = GaugeMetricFamily("ollama_gitops_server_models", "Managed models on each server, by state",
-                                       labels=["server", "state"])
+        per_server = GaugeMetricFamily(*_SERVER_MODELS)
         for server in sorted({server for server, _ in on}):
             for state in STATES:
                 per_server.add_metric([server, state], on.get((server, state), 0))
         yield per_server
+
+
+_MODELS = ("ollama_gitops_models", "Managed models, by state", None, ["state"])
+_SERVER_MODELS = ("ollama_gitops_server_models", "Managed models on each server, by state", None, ["server", "state"])
 
 
 def _tally(records: Iterable[ModelRecord]) -> Tallies:

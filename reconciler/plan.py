@@ -151,16 +151,23 @@ def merge_plans(plans: Sequence[Plan]) -> Plan:
     return Plan(tuple(action for each in plans for action in each.actions), specs, refused)
 
 
-def applied_spec(model: DesiredModel, listed: Mapping[str, InstalledModel] | None = None) -> AppliedSpec:
+def applied_spec(model: DesiredModel, listed: Mapping[str, InstalledModel] | None = None,
+                 recorded: AppliedSpec | None = None) -> AppliedSpec:
     """What the reconciler records of a desired model. Its reference is the very string of Ollama's
     listing `listed` (by normalised reference) when that names the model alike: the records and the
     kept listing of a hundred thousand models then hold one string each, with nothing interned (the
-    interpreter's table of interned strings would grow by every one of them)."""
+    interpreter's table of interned strings would grow by every one of them). The spec `recorded`
+    itself when it is that, made of the same strings (a full plan over recorded models then makes
+    no spec of each)."""
     fields = model.fields
     reference = fields.reference
     installed = listed.get(normalize_reference(reference)) if listed else None
     if installed is not None and installed.reference == reference:
         reference = installed.reference
+    if (recorded is not None and recorded.reference is reference and recorded.path is model.path
+            and recorded.prune == fields.prune and recorded.suspend == fields.suspend
+            and recorded.refresh_requested_at == fields.refresh_requested_at):
+        return recorded
     return AppliedSpec(
         reference=reference,
         path=model.path,
@@ -205,7 +212,8 @@ def plan(
     for key in ordered:
         model = desired.models.get(key)
         if model is not None:
-            specs[key] = applied_spec(model, observed)
+            recorded = records.get(key)
+            specs[key] = applied_spec(model, observed, recorded.spec if recorded is not None else None)
         elif desired.is_unreadable(key):
             kept.add(key)
             if key in records:
@@ -226,16 +234,26 @@ def plan(
         specs.update({key: records[key].spec for key in removed})
         removed = []
 
-    wanted_by_reference: dict[str, list[ModelKey]] = defaultdict(list)
-    for key, spec in sorted(specs.items()):
-        wanted_by_reference[normalize_reference(spec.reference)].append(key)
+    # Per normalised reference, the key that wants it or, wanted by several, a list of them in key
+    # order (a list per model, or a pair of each in a sorted list, would cost a full plan more than
+    # its specs: a plan is made beside every record, at a restart).
+    wanted_by_reference: dict[str, ModelKey | list[ModelKey]] = {}
+    for key in sorted(specs):
+        reference = normalize_reference(specs[key].reference)
+        found = wanted_by_reference.setdefault(reference, key)
+        if found is not key:
+            if isinstance(found, list):
+                found.append(key)
+            else:
+                wanted_by_reference[reference] = [found, key]
     # Recorded models outside the scope are unchanged: they still want what they wanted.
     still_wanted = {normalize_reference(r.spec.reference) for k, r in records.items() if k not in keys}
     owned = {normalize_reference(r.spec.reference) for r in records.values() if r.status.owned}
 
-    for reference, wanting in sorted(wanted_by_reference.items()):
-        actions.extend(_plan_reference(reference, wanting, specs, records, observed, in_flight, now,
-                                       reference in owned, kept_errors))
+    for reference in sorted(wanted_by_reference):
+        wanting = wanted_by_reference[reference]
+        actions.extend(_plan_reference(reference, wanting if isinstance(wanting, list) else [wanting], specs, records,
+                                       observed, in_flight, now, reference in owned, kept_errors))
 
     if observed is not None:
         wanted = still_wanted | set(wanted_by_reference)

@@ -31,7 +31,7 @@ from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Protocol
 
 from . import metrics
-from .models.desired import DesiredState, GitLoader, ModelKey, SharedLoader, changed_between
+from .models.desired import DesiredModel, DesiredState, GitLoader, ModelKey, SharedLoader, changed_between
 from .fleetstatus import Placements
 from .git.repo import GitError, GitRepo
 from .ollama.fleet import ClientFactory, Fleet, Listing, Member, listed_entry
@@ -41,8 +41,8 @@ from .models.naming import normalize_reference
 from .placement import ServerView, plan_servers
 from .plan import Delete, Forget, InstalledModel, MarkReady, Plan, Pull, RecordError, Skip, Suspend, merge_plans
 from .ollama.pulls import BACKOFF_BASE, model_names
-from .state import (DEFAULT_SERVER, FAILED, FAILED_OUTCOME, PENDING, READY, SUCCEEDED, ModelRecord, ModelStatus,
-                    StateStore, utc_rfc3339)
+from .state import (DEFAULT_SERVER, FAILED, FAILED_OUTCOME, PENDING, READY, SUCCEEDED, AppliedSpec, ModelRecord,
+                    ModelStatus, StateStore, utc_rfc3339)
 from .uptodate import recorded_up_to_date, up_to_date_message
 
 if TYPE_CHECKING:
@@ -137,6 +137,7 @@ class Reconciler:
         self._unpruned_dirty: set[ModelKey] | None = None
         self._unpruned_lock = threading.Lock()  # the store's listener runs on the pulls' threads
         store.add_listener(self._records_changed)
+        store.sharing = self._strings_to_share
         self._leaving: set[str] = set()  # servers gone from the inventory, not yet forgotten
 
     def placements(self) -> Placements | None:
@@ -203,15 +204,8 @@ class Reconciler:
             self.fleet.adopt_seen(self.store.sync.servers)  # as the last cycle saw them: it asked them last
             return CycleReport(SUCCEEDED, commit, up_to_date_message(commit), noop=True)
         self._leaving |= set(change.removed)
-        if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
-            self._leaving |= self.store.servers_recorded()
         self._leaving -= set(names)
-        # An inventory that could not be read as it is now (discovery refused by the API server, say)
-        # is no news of a server leaving: what ollama-gitops pulled there is forgotten only once the
-        # inventory is read again and the server is still not in it.
-        if self._leaving and not dry_run and not change.problems:
-            self._forget_servers(tuple(sorted(self._leaving)))
-            self._leaving.clear()
+        self._forget_leaving(dry_run, bool(change.problems))
         due = self.fleet.due()  # to list and plan in full: new, relabelled, failed, found unreachable
         everything = dry_run or forced or self._plan_everything_due()
         resync = everything or self._resync_due(now)
@@ -233,6 +227,11 @@ class Reconciler:
                 listings = listed_ahead.result()
         else:
             desired, listings = self._load(commit), {}
+        if self.applied is None:  # the first cycle: servers recorded by an earlier run may have left since
+            # (The records are first read here, once the commit is loaded and the servers listed: a
+            # restart's records are then made of their strings, see `_strings_to_share`.)
+            self._leaving |= self.store.servers_recorded() - set(names)
+            self._forget_leaving(dry_run, bool(change.problems))
         due |= {name for name, before in kept.items() if before is None or listings[name].observed is None}
         incremental = [name for name in names if name not in due]
         scope = None
@@ -371,6 +370,30 @@ class Reconciler:
         return (not self.store.unsettled(now) and not self.store.mended
                 and self.store.servers_recorded() <= {s.name for s in sync.servers})
 
+    def _forget_leaving(self, dry_run: bool, problems: bool) -> None:
+        """Forget the servers gone from the inventory. An inventory that could not be read as it is
+        now (`problems`: discovery refused by the API server, say) is no news of a server leaving:
+        what ollama-gitops pulled there is forgotten only once the inventory is read again and the
+        server is still not in it."""
+        if self._leaving and not dry_run and not problems:
+            self._forget_servers(tuple(sorted(self._leaving)))
+            self._leaving.clear()
+
+    def _strings_to_share(self) -> Callable[[ModelKey, ModelRecord], tuple[ModelKey, ModelRecord]] | None:
+        """For the store (`StateStore.sharing`), as it reads records from the state directory (in the
+        first cycle, or before when the API asks for one): what makes each of the loaded commit's
+        key and path and of the servers' kept listings' reference, digest and size, where the
+        record says the same. A cold start's records are made of those very objects; a restart's
+        would otherwise hold a copy of each beside them. (Read before the servers are listed, the
+        listing takes the records' strings instead: `Fleet`.)"""
+        # (`serve`: the loader the API shares may have loaded a newer commit, for a write, since.)
+        shared = self.shared_loader.last if self.shared_loader is not None else None
+        desired = shared if shared is not None else self.desired
+        listings = {name: observed for name in self.fleet.names if (observed := self.fleet.observed(name))}
+        if (desired is None or not desired.models) and not listings:
+            return None
+        return partial(_shared_record, desired.models if desired is not None else {}, listings)
+
     def _forget_servers(self, names: tuple[str, ...]) -> None:
         """Servers that left the inventory (since the last cycle, or since the last run): their
         entries go from every record (ownership there with them); nothing is deleted on them."""
@@ -499,6 +522,8 @@ class Reconciler:
                 continue
             if record.spec != spec:
                 edit.put(key, ModelRecord(spec, record.servers))
+            else:  # (read from the state directory, it holds its own strings: it takes the plan's)
+                edit.share(key, spec)
             if name not in record.servers:
                 edit.place(key, name, new)
         for action in the_plan.actions:
@@ -586,6 +611,35 @@ def _set_error(edit: _Edit, *, keys: tuple[ModelKey, ...], server: str, message:
 def _drop(edit: _Edit, *, keys: tuple[ModelKey, ...], server: str) -> None:
     for key in keys:
         edit.drop(key, server)
+
+
+def _shared_record(models: Mapping[ModelKey, DesiredModel], listings: Mapping[str, Mapping[str, InstalledModel]],
+                   key: ModelKey, record: ModelRecord) -> tuple[ModelKey, ModelRecord]:
+    """`key` and `record`, just read, made of the loaded model's key and path and of each server's
+    listing's reference, digest and size where they are equal (see `Reconciler._strings_to_share`).
+    The record's statuses are its own still (nothing has it yet): changed in place."""
+    spec = record.spec
+    reference, path = spec.reference, spec.path
+    model = models.get(key)
+    if model is not None:
+        key = model.key
+        path = model.path if model.path == path else path
+    normal = None
+    for server, status in record.servers.items():
+        listing = listings.get(server)
+        if listing is None:
+            continue
+        normal = normal or normalize_reference(spec.reference)
+        entry = listing.get(normal)
+        if entry is None:
+            continue
+        reference = entry.reference if entry.reference == reference else reference
+        status.digest = entry.digest if status.digest == entry.digest else status.digest
+        status.size = entry.size if status.size == entry.size else status.size
+    if reference is spec.reference and path is spec.path:
+        return key, record
+    return key, ModelRecord(AppliedSpec(reference, path, spec.prune, spec.suspend, spec.refresh_requested_at),
+                            record.servers)
 
 
 def _references(desired: DesiredState, keys: set[ModelKey]) -> list[str]:

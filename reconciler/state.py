@@ -22,6 +22,7 @@ cut short is noticed too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import operator
@@ -120,7 +121,8 @@ class ModelRecord:
     was planned on, its status there (no entry: never planned there). The whole is read with
     `fleetstatus.overall()`, never stored, so nothing can change an aggregate by mistake.
 
-    `servers` is read-only: the store changes a record only by replacing it (see `StateStore.records`).
+    `servers` is read-only: the store changes a record only by replacing it (see `StateStore.records`),
+    but for its spec made another equal one (`_Edit.share`), which no reader can tell.
     There is one record per model, kept for the process's life, and most models are on one server:
     the servers of a record with one are a `OneServer`, its name and status, rather than a dict of
     one entry (which would cost more than the rest of the record)."""
@@ -224,9 +226,39 @@ class ServerRecord:
     status: ModelStatus
 
 
-def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> dict[ModelKey, ServerRecord]:
-    """`records` as `server` sees them: only the models planned there."""
-    return {key: entry for key, record in records.items() if (entry := record.on(server)) is not None}
+def on_server(records: Mapping[ModelKey, ModelRecord], server: str) -> Mapping[ModelKey, ServerRecord]:
+    """`records` as `server` sees them: only the models planned there. A view, each entry made when
+    asked for: a full plan over a hundred thousand recorded models holds no entry of each beside them."""
+    return _OnServer(records, server)
+
+
+class _OnServer(Mapping[ModelKey, ServerRecord]):
+    __slots__ = ("_records", "_server")
+
+    def __init__(self, records: Mapping[ModelKey, ModelRecord], server: str) -> None:
+        self._records, self._server = records, server
+
+    def __getitem__(self, key: ModelKey) -> ServerRecord:
+        entry = self._records[key].on(self._server)
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
+    def get(self, key: ModelKey, default: Any = None) -> Any:
+        record = self._records.get(key)
+        entry = record.on(self._server) if record is not None else None
+        return default if entry is None else entry
+
+    def __contains__(self, key: object) -> bool:
+        record = self._records.get(key)  # type: ignore[call-overload]
+        return record is not None and record.servers.get(self._server) is not None
+
+    def __iter__(self) -> Iterator[ModelKey]:
+        server = self._server
+        return (key for key, record in self._records.items() if record.servers.get(server) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass
@@ -270,6 +302,11 @@ class StateStore:
         # The records' files as the last sync.json save saw them, and whether any record had work left.
         self._records_saved: dict[str, Any] | None = None
         self._loaded = False
+        # What makes the records read from the files share strings with what the process holds of the
+        # same models (their loaded files, the servers' listings): asked for once per load, it gives a
+        # function of each entry read, `(key, record) -> (key, record)` equal to them (None: nothing).
+        self.sharing: Callable[[], Callable[[ModelKey, ModelRecord], tuple[ModelKey, ModelRecord]] | None] | None = None
+        self._share: Callable[[ModelKey, ModelRecord], tuple[ModelKey, ModelRecord]] | None = None
         self.mended = False  # a load found damage (records may be lost): what is recorded is not the whole
         if lazy:
             self._load_sync()
@@ -331,6 +368,11 @@ class StateStore:
                 self._loaded = True
                 self.sync = sync
 
+    @property
+    def loaded(self) -> bool:
+        """Are the records read (a `lazy` store reads them when first used)?"""
+        return self._loaded
+
     def settled_on_disk(self) -> bool:
         """Without reading the records: the last save of `sync.json` found no record with work left
         (Pending, Pulling or Failed, on any server), and nothing was written to them since (the
@@ -381,6 +423,17 @@ class StateStore:
             found = self._models.get(key)
             self.stats.copied += found is not None
             return found  # never changed: see `records`
+
+    def any_recorded(self) -> bool:
+        """Is any model recorded?"""
+        self._ensure_loaded()
+        return bool(self._models)
+
+    def recorded_as(self, reference: str) -> ModelRecord | None:
+        """The record of the one model recorded for the normalised `reference` (None: none, or several)."""
+        self._ensure_loaded()
+        found = self._by_reference.get(reference)  # (dict look-ups: atomic; a record is replaced, never changed)
+        return self._models.get(found) if isinstance(found, ModelKey) else None
 
     def related(self, keys: Collection[ModelKey], references: Collection[str] = ()) -> set[ModelKey]:
         """`keys`, plus every recorded key that shares a reference with them or is for `references`."""
@@ -589,11 +642,15 @@ class StateStore:
         self._damage = []
         self._journal_behind = None
         self._snapshot_mtime = mtime_ns(self.directory / SNAPSHOT)
-        snapshot_seq = self._load_snapshot()
-        journal = self.directory / JOURNAL
-        first_seq: list[int] = []
-        if journal.exists():
-            self._replay(journal, first_seq)
+        self._share = self.sharing() if self.sharing is not None else None
+        try:
+            snapshot_seq = self._load_snapshot()
+            journal = self.directory / JOURNAL
+            first_seq: list[int] = []
+            if journal.exists():
+                self._replay(journal, first_seq)
+        finally:
+            self._share = None
         if first_seq and first_seq[0] > snapshot_seq + 1:
             self._damage.append(
                 f"{self.directory / SNAPSHOT} is missing changes 1 to {first_seq[0] - 1} (the journal starts at "
@@ -647,12 +704,13 @@ class StateStore:
         """Take in the snapshot's records (every readable one); returns its sequence number."""
         path = self.directory / SNAPSHOT
         try:
+            with open(path, encoding="utf-8", errors="replace") as source:
+                streamed = self._stream_snapshot(path, source)
+            if streamed is not None:
+                return streamed
             raw = path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return 0
-        streamed = self._stream_snapshot(path, raw)
-        if streamed is not None:
-            return streamed
         items, seq, error = _read_snapshot(raw)
         if error is not None:
             self._damage.append(
@@ -672,28 +730,36 @@ class StateStore:
             self._damage.append(f"{path} entry {number} is unreadable ({exc}): {_lost(item)}")
             return
         if record is not None:
+            if self._share is not None:
+                key, record = self._share(key, record)
             self._models[key] = record
 
-    def _stream_snapshot(self, path: Path, raw: str) -> int | None:
-        """Take in a snapshot as `_compact` writes it, one entry decoded at a time (decoding the
-        whole document first would hold every record as JSON objects beside the records: several
-        times their size); its sequence number. None, with nothing taken in, for any other text (the
-        whole is then decoded as before, which also says what is damaged)."""
-        head = _SNAPSHOT_HEAD.match(raw)
+    def _stream_snapshot(self, path: Path, source: TextIO) -> int | None:
+        """Take in a snapshot as `_compact` writes it, read a piece at a time and decoded one entry
+        at a time (the whole text, or the whole document decoded, would be held beside the records
+        being made: at a restart on a hundred thousand records, as large as they are); its sequence
+        number. None, with nothing taken in, for any other text (the whole is then decoded as before,
+        which also says what is damaged)."""
+        window = _Window(source)
+        while len(window.text) < _HEAD_CHARACTERS and not window.ended:
+            window.fill(0)
+        head = _SNAPSHOT_HEAD.match(window.text)
         if head is None:
             return None
         damage, read = len(self._damage), self.records_read
         position, index = head.end(), 0
         try:
-            more = not raw.startswith("]", position)
+            more = not window.starts(position, "]")
             while more:
-                item, position = _JSON.raw_decode(raw, position)
+                item, position = window.decode(position)
                 index += 1
                 self.records_read += 1
-                more = raw.startswith(",", position)
+                more = window.starts(position, ",")
                 position += more
                 self._take_entry(path, index, item)
-            if _SNAPSHOT_END.fullmatch(raw, position) is None:
+                position = window.let_go(position)  # what was decoded is not kept
+            position = window.read_to_end(position)
+            if _SNAPSHOT_END.fullmatch(window.text, position) is None:
                 raise ValueError("not the end of a snapshot")
         except ValueError:  # not JSON where an entry or the end should be: read as a whole below
             self._models.clear()
@@ -734,6 +800,8 @@ class StateStore:
                     self._unsettled.discard(key)
                     self._pulling.discard(key)
                 else:
+                    if self._share is not None:
+                        key, record = self._share(key, record)
                     self._models[key] = record
                     self._index(key, record)
                 self._journal_lines += 1
@@ -801,6 +869,61 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 _PIECE = 1000  # records encoded and written at a time
 
 
+_READ = 1 << 16  # characters of a snapshot read at a time
+_HEAD_CHARACTERS = 64  # enough for `_SNAPSHOT_HEAD` to match
+
+
+class _Window:
+    """A text file read a piece at a time: `text` is what was read and not yet let go of (positions
+    are in it); a JSON value is decoded once the text holds all of it."""
+
+    def __init__(self, source: TextIO) -> None:
+        self._source = source
+        self.text = ""
+        self.ended = False
+
+    def fill(self, position: int) -> None:
+        """Let go of the text before `position` (which is then 0) and read one more piece."""
+        piece = self._source.read(_READ)
+        self.text = self.text[position:] + piece
+        self.ended = not piece
+
+    def let_go(self, position: int) -> int:
+        """`position` in the text, with what is before it let go of once it is half a piece."""
+        if position < _READ // 2:
+            return position
+        self.text = self.text[position:]
+        return 0
+
+    def starts(self, position: int, prefix: str) -> bool:
+        """Does the text at `position` start with the one character `prefix`?"""
+        while len(self.text) <= position and not self.ended:
+            self.fill(0)  # (all kept: `position` stays where it is)
+        return self.text.startswith(prefix, position)
+
+    def decode(self, position: int) -> tuple[Any, int]:
+        """The JSON value at `position` (ValueError if there is none) and the position after it. A
+        value that ends where the text read so far ends is read on: a number cut short reads as another."""
+        while True:
+            try:
+                value, end = _JSON.raw_decode(self.text, position)
+            except ValueError:
+                if self.ended:
+                    raise
+            else:
+                if end < len(self.text) or self.ended:
+                    return value, end
+            self.fill(position)
+            position = 0
+
+    def read_to_end(self, position: int) -> int:
+        """`position` in the text once the rest of the file is read."""
+        while not self.ended:
+            self.fill(position)
+            position = 0
+        return position
+
+
 def _from_json(data: Mapping[str, Any]) -> ModelRecord:
     """A record from JSON. One written before fleets (`status`, one server) is the `default` server's:
     one server given the old way is named `default`, so an upgrade keeps what ollama-gitops owns."""
@@ -826,7 +949,14 @@ def _from_json(data: Mapping[str, Any]) -> ModelRecord:
         status.state = _STATE[status.state]  # the constant, not a string of each record's
         if status.applied_commit is not None:  # a few commits for every record: one string each
             status.applied_commit = sys.intern(status.applied_commit)
+        if status.last_pull_time is not None:  # models found or pulled in the same second: one string
+            status.last_pull_time = _one_string(status.last_pull_time)
     return record
+
+
+# The first of equal strings, from a bounded cache (not interned: the interpreter's table would grow
+# by one slot a model); a cold start's records share their times alike (`reconcile._seed_time`).
+_one_string = functools.lru_cache(maxsize=4096)(str)
 
 
 _LOST_EFFECT = ("ollama-gitops treats the weights of {what} as not pulled by it, so it will not prune them when "
@@ -943,6 +1073,16 @@ class _Edit:
     def keys(self) -> list[ModelKey]:
         """Every recorded model, at the time of the call."""
         return list(self._models)
+
+    def share(self, key: ModelKey, spec: AppliedSpec) -> None:
+        """Let the record of `key`, whose spec is equal to `spec`, hold `spec` itself (a plan's, made of
+        the loaded file's and Ollama's listing's strings, as a cold start's records are): nothing
+        changes for any reader, so nothing is written, announced or touched. The one change made to
+        a record in place, since it changes no value: a record read from the state directory would
+        otherwise hold its own copy of each string beside them, for the process's life."""
+        record = self._models.get(key)
+        if record is not None and record.spec is not spec and record.spec == spec:
+            record.spec = spec
 
     def put(self, key: ModelKey, record: ModelRecord) -> None:
         self._touch(key)

@@ -48,11 +48,12 @@ class Rig:
         self.work.push()
         return commit
 
-    def start(self, **options: object) -> Reconciler:
-        """A fresh reconciler process (the state directory survives between calls, as on disk)."""
+    def start(self, *, lazy: bool = False, **options: object) -> Reconciler:
+        """A fresh reconciler process (the state directory survives between calls, as on disk);
+        `lazy`: its records read when first used, as `serve` reads them."""
         if self.reconciler is not None:
             self.stop()
-        store = StateStore(self.state_dir)
+        store = StateStore(self.state_dir, lazy=lazy)
         store.acquire_process_lock()
         repo = GitRepo(str(self.remote), "main", self.state_dir / "clone.git")
         options.setdefault("resync_interval", 300.0)

@@ -387,8 +387,8 @@ class _Decodes(OllamaServer):
         super().__init__(url, timeout=30)
         self.said = said
 
-    def tags(self, unless: str | None = None) -> Tags:
-        tags = super().tags(unless)
+    def tags(self, unless: str | None = None, keep=None) -> Tags:  # type: ignore[no-untyped-def]
+        tags = super().tags(unless, keep)
         self.said.append("decoded" if tags.models is not None else "unchanged")
         return tags
 
@@ -475,8 +475,8 @@ class _Keeps(OllamaServer):
         super().__init__(url, timeout=30)
         self.decoded = decoded
 
-    def tags(self, unless: str | None = None) -> Tags:
-        tags = super().tags(unless)
+    def tags(self, unless: str | None = None, keep=None) -> Tags:  # type: ignore[no-untyped-def]
+        tags = super().tags(unless, keep)
         if tags.models is not None:
             self.decoded.append(tags.models)
         return tags

@@ -683,7 +683,7 @@ def test_a_deeply_nested_file_keeps_its_model_and_later_commits_apply(rig: Rig, 
 class _ListingBug(OllamaServer):
     """An Ollama edge with a bug: reading the listing fails with an error no one planned for."""
 
-    def tags(self, unless: str | None = None) -> Tags:
+    def tags(self, unless: str | None = None, keep=None) -> Tags:  # type: ignore[no-untyped-def]
         raise KeyError("models")
 
 

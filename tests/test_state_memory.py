@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
+import pytest
+
 from ollama_gitops.reconciler.models.desired import ModelKey
 from ollama_gitops.reconciler.state import (PULLING, READY, AppliedSpec, ModelRecord, ModelStatus, OneServer,
                                             StateStore)
@@ -109,6 +111,7 @@ def test_a_snapshot_is_read_one_entry_at_a_time_and_one_of_another_layout_as_a_w
     """What `_compact` writes (this release's and the previous one's: the same layout) is decoded
     entry by entry; any other JSON text of a snapshot (another layout, spaces) is read whole, as before;
     both give the same records, and a commit recorded by many records is one string after the load."""
+    import io
     import json
 
     from ollama_gitops.reconciler.state import SNAPSHOT, _to_json
@@ -122,7 +125,7 @@ def test_a_snapshot_is_read_one_entry_at_a_time_and_one_of_another_layout_as_a_w
     store.release_process_lock()
     raw = (tmp_path / SNAPSHOT).read_text()
     reader = StateStore(tmp_path, readonly=True)
-    assert reader._stream_snapshot(tmp_path / SNAPSHOT, raw) is not None  # this layout is streamed
+    assert reader._stream_snapshot(tmp_path / SNAPSHOT, io.StringIO(raw)) is not None  # this layout is streamed
     again = StateStore(tmp_path, readonly=True).records()
     assert again == written
     commits = {id(record.servers["default"].applied_commit) for record in again.values()}
@@ -130,7 +133,7 @@ def test_a_snapshot_is_read_one_entry_at_a_time_and_one_of_another_layout_as_a_w
     # The same records in another layout (json.dump's default spacing): read whole, the same records.
     document = {"version": 1, "seq": 100, "models": [{"key": list(k), "record": _to_json(written[k])} for k in sorted(written)]}
     (tmp_path / SNAPSHOT).write_text(json.dumps(document))
-    assert StateStore(tmp_path, readonly=True)._stream_snapshot(tmp_path / SNAPSHOT, json.dumps(document)) is None
+    assert StateStore(tmp_path, readonly=True)._stream_snapshot(tmp_path / SNAPSHOT, io.StringIO(json.dumps(document))) is None
     assert StateStore(tmp_path, readonly=True).records() == written
 
 
@@ -168,3 +171,63 @@ def test_the_snapshot_of_every_record_is_written_a_piece_at_a_time(tmp_path: Pat
     assert max(writes) < whole / 3 + 1000
     store.release_process_lock()
     assert StateStore(tmp_path, readonly=True).records() == store.records()
+
+
+def _snapshot_of(directory: Path, count: int) -> dict[ModelKey, ModelRecord]:
+    """A store of `count` Ready records, compacted into a snapshot; its records."""
+    store = StateStore(directory)
+    store.acquire_process_lock()
+    with store.editing() as edit:
+        for i in range(count):
+            status = ModelStatus(READY, size=10**9 + i, digest=f"{i:064x}", last_pull_time="2026-01-01T00:00:00Z",
+                                 applied_commit="c" * 40)
+            edit.put(ModelKey("default", f"model{i}-1b"),
+                     ModelRecord(AppliedSpec(f"model{i}:1b", f"models/default/model{i}-1b.yaml"), {"default": status}))
+    store._compact()
+    records = store.records()
+    store.release_process_lock()
+    return records
+
+
+@pytest.mark.parametrize("piece", [1, 7, 500, 1 << 16])
+def test_a_snapshot_read_in_pieces_of_any_size_gives_the_records_written(tmp_path: Path, piece: int, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ollama_gitops.reconciler import state
+
+    written = _snapshot_of(tmp_path, 60)
+    monkeypatch.setattr(state, "_READ", piece)  # cuts inside entries, numbers and the head
+    reader = StateStore(tmp_path, readonly=True)
+    assert reader.records() == written and reader.records_read == 60 and not reader._damage
+
+
+def test_a_snapshot_cut_short_is_read_whole_and_says_what_it_recovered(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ollama_gitops.reconciler import state
+    from ollama_gitops.reconciler.state import SNAPSHOT
+
+    written = _snapshot_of(tmp_path, 30)
+    text = (tmp_path / SNAPSHOT).read_text()
+    (tmp_path / SNAPSHOT).write_text(text[:text.index('{"key":["default","model20-1b"]') + 25])
+    monkeypatch.setattr(state, "_READ", 64)
+    reader = StateStore(tmp_path, readonly=True)
+    before = sorted(written)[:sorted(written).index(ModelKey("default", "model20-1b"))]  # in the snapshot's order
+    assert reader.records() == {key: written[key] for key in before}
+    assert any(f"{len(before)} record(s) recovered" in line for line in reader._damage)
+
+
+def test_a_snapshot_is_not_held_whole_while_its_records_are_made(tmp_path: Path) -> None:
+    """A restart reads the snapshot a piece at a time: what the load holds beyond the records it
+    made is a piece, not the snapshot's text (which is as large as the records themselves)."""
+    import tracemalloc
+
+    from ollama_gitops.reconciler.state import SNAPSHOT
+
+    _snapshot_of(tmp_path, 3000)
+    size = (tmp_path / SNAPSHOT).stat().st_size  # about 1.3 MB
+    gc.collect()
+    tracemalloc.start()
+    try:
+        reader = StateStore(tmp_path, readonly=True)
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(reader.records()) == 3000
+    assert peak - kept < size / 4, f"{peak - kept} B held beyond the records, for a snapshot of {size} B"

@@ -680,6 +680,11 @@ class SharedLoader:
         self._generations: tuple[int, ...] = ()
         self._last: DesiredState | None = None
 
+    @property
+    def last(self) -> DesiredState | None:
+        """The state loaded last (None before any), as it was handed out."""
+        return self._last
+
     def load(self, commit: str, source: Clone | None = None) -> DesiredState:
         """The desired state at `commit`, read from `source`, the clone it was fetched into, when
         given (see `GitLoader.load`)."""

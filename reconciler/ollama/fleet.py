@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 
 from ..models.naming import normalize_reference
@@ -22,7 +23,7 @@ from ..plan import InstalledModel
 from ..state import DEFAULT_SERVER, ServerSeen, StateStore, utc_rfc3339
 from .inventory import FileProblem, Inventory, InventorySource, Server
 from .pulls import BACKOFF_BASE, PullPool
-from .server import ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable, Tags
+from .server import Keep, ModelOperationFailed, ModelServer, OllamaServer, ServerUnreachable, Tags
 
 log = logging.getLogger("ollama_gitops.fleet")
 
@@ -221,8 +222,13 @@ class Fleet:
         return {member.name: result for member, result in zip(members, results)}
 
     def _list(self, member: Member) -> Listing:
+        # A first listing after the records were read (a restart's, say) keeps their strings of each
+        # model they say the same of, rather than a copy of each beside them (a cold start's
+        # records take the listing's instead).
+        keep = (partial(_recorded_entry, self._store, member.name)
+                if member.observed is None and self._store.loaded and self._store.any_recorded() else None)
         try:
-            tags = _tags(member.client, member.listed_digest)
+            tags = _tags(member.client, member.listed_digest, keep)
         except ServerUnreachable as exc:
             tags, listing = None, Listing(None, str(exc), unreachable=True)
         except ModelOperationFailed as exc:
@@ -356,12 +362,14 @@ class Fleet:
                 _close(member.client)
 
 
-def _tags(client: ModelServer, unless: str | None) -> Tags:
+def _tags(client: ModelServer, unless: str | None, keep: Keep | None = None) -> Tags:
     """`client`'s listing, not decoded when its body's digest is `unless` (a client without `tags()`,
-    as tests' fakes are, is decoded every time: its digest is never the same)."""
+    as tests' fakes are, is decoded every time: its digest is never the same), each entry as `keep`
+    gives it (see `OllamaServer.tags`)."""
     tags = getattr(client, "tags", None)
-    # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
-    return tags(unless) if tags is not None else Tags("", dict(client.installed()))
+    if tags is None:  # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
+        return Tags("", dict(client.installed()))
+    return tags(unless, keep=keep) if keep is not None else tags(unless)
 
 
 def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, InstalledModel]) -> dict[str, InstalledModel]:
@@ -378,6 +386,18 @@ def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, Insta
         # A key is its entry's normalised reference, its very string when that is in normal form.
         shared[normalize_reference(model.reference)] = model
     return shared
+
+
+def _recorded_entry(store: StateStore, server: str, model: InstalledModel) -> InstalledModel:
+    """`model`, an entry of `server`'s listing, made of the objects of the record of its model where
+    that says the same (the reference as spelled, the size and the digest): the entries are equal,
+    so what the plan decides is the same."""
+    record = store.recorded_as(normalize_reference(model.reference))
+    status = record.servers.get(server) if record is not None else None
+    if (status is None or status.size != model.size or status.digest != model.digest
+            or record.spec.reference != model.reference):  # type: ignore[union-attr]
+        return model
+    return InstalledModel(record.spec.reference, status.size, status.digest, model.modified)  # type: ignore[union-attr,arg-type]
 
 
 def listed_entry(installed: InstalledModel | None) -> tuple[str, str, int] | None:

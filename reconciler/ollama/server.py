@@ -118,7 +118,7 @@ class OllamaServer:
         assert models is not None
         return models
 
-    def tags(self, unless: str | None = None) -> Tags:
+    def tags(self, unless: str | None = None, keep: Keep | None = None) -> Tags:
         """`GET /api/tags`, decoded unless its body's digest is `unless` (a resync of a server where
         nothing changed then costs the request and a hash, not a decode: Ollama has no ETag there).
 
@@ -130,23 +130,24 @@ class OllamaServer:
         the body is decoded piece by piece (`decode_listing`), never made into one string of every
         entry (as `json.loads` would). With no digest to compare with (a first listing: a cold
         start's), each piece is decoded as it is read and not kept; else the pieces are kept until
-        the digest says whether to decode them."""
+        the digest says whether to decode them. `keep(entry)` gives what is kept of each entry as it
+        is decoded (an equal one: see `Fleet`)."""
         if unless is None:
-            streamed = self._streamed_tags()
+            streamed = self._streamed_tags(keep)
             if streamed is not None:
                 return streamed
         pieces = self._get_pieces("/api/tags")
         digest = _digest(pieces)
         if digest == unless:
             return Tags(digest, None)
-        return Tags(digest, decode_listing(pieces))
+        return Tags(digest, decode_listing(pieces, keep))
 
-    def _streamed_tags(self) -> Tags | None:
+    def _streamed_tags(self, keep: Keep | None = None) -> Tags | None:
         """`GET /api/tags` decoded as it is read; None for a body of another shape than Ollama's
         (to be read again and decoded whole)."""
         hasher = hashlib.blake2b(digest_size=16)
         try:
-            models = self._stream("/api/tags", lambda chunks: _keyed(_entries(_hashed(chunks, hasher))))
+            models = self._stream("/api/tags", lambda chunks: _keyed(_entries(_hashed(chunks, hasher)), keep))
         except _Unusual:
             return None
         return Tags(hasher.hexdigest(), models)  # type: ignore[arg-type]
@@ -322,24 +323,28 @@ _LISTING_END = re.compile(r"\s*\}\s*")  # after the list's `]`
 _ENTRY = json.JSONDecoder(object_hook=_installed_or_object)
 
 
-def decode_listing(pieces: Sequence[bytes]) -> dict[str, InstalledModel]:
+def decode_listing(pieces: Sequence[bytes], keep: Keep | None = None) -> dict[str, InstalledModel]:
     """The models of an `/api/tags` body given as the pieces it was read in, keyed by normalised
     reference. Each entry is decoded as soon as its text is in, so what is held besides the pieces
     is an entry's text, not the whole body as a string (`json.loads` makes one). A body of another
     shape (other fields, say) is decoded whole, as before; one that is not JSON is a ValueError."""
     try:
-        return _keyed(_entries(pieces))
+        return _keyed(_entries(pieces), keep)
     except _Unusual:
         pass
     listing = json.loads(b"".join(pieces), object_hook=_installed_or_object)
     entries = (listing.get("models") if isinstance(listing, dict) else None) or []
     # (An entry that names no model is left a dict by the hook.)
-    return _keyed(model if isinstance(model, InstalledModel) else _installed(model) for model in entries)
+    return _keyed((model if isinstance(model, InstalledModel) else _installed(model) for model in entries), keep)
 
 
-def _keyed(models: Iterable[InstalledModel]) -> dict[str, InstalledModel]:
-    """`models` by normalised reference."""
-    return {normalize_reference(model.reference): model for model in models}
+Keep = Callable[[InstalledModel], InstalledModel]
+"""What a listing keeps of each entry it decodes: the entry, or one equal to it (made of other objects)."""
+
+
+def _keyed(models: Iterable[InstalledModel], keep: Keep | None = None) -> dict[str, InstalledModel]:
+    """`models` (each as `keep` gives it) by normalised reference (its very string when in normal form)."""
+    return {normalize_reference(model.reference): model for model in (map(keep, models) if keep else models)}
 
 
 def _entries(pieces: Iterable[bytes]) -> Iterator[InstalledModel]:

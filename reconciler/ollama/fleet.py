@@ -369,7 +369,7 @@ def _tags(client: ModelServer, unless: str | None, keep: Keep | None = None) -> 
     tags = getattr(client, "tags", None)
     if tags is None:  # (A fake's `installed()` may be its own dict: the fleet keeps and changes what it is given.)
         return Tags("", dict(client.installed()))
-    return tags(unless, keep=keep) if keep is not None else tags(unless)
+    return tags(unless, keep)
 
 
 def _share_unchanged(listed: dict[str, InstalledModel], kept: Mapping[str, InstalledModel]) -> dict[str, InstalledModel]:
